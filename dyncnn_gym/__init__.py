@@ -1,0 +1,51 @@
+"""dyncnn_gym: input-adaptive CNNs as Gymnasium environments.
+
+Importing the package registers ``DynChannel-v0`` (Runtime Neural Pruning: how many channel
+groups each layer computes) and ``DynSkip-v0`` (SkipNet: which residual blocks run). Nothing heavy
+happens at import: data are generated and backbones trained or loaded when an env is made.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gymnasium.envs.registration import register, registry
+
+__version__ = "0.1.0"
+
+ENV_IDS = ("DynChannel-v0", "DynSkip-v0")
+
+_ENTRY = {
+    "DynChannel-v0": ("dyncnn_gym.envs.routing:DynChannelEnv", "dyncnn_gym.envs.vector:DynChannelVectorEnv"),
+    "DynSkip-v0": ("dyncnn_gym.envs.routing:DynSkipEnv", "dyncnn_gym.envs.vector:DynSkipVectorEnv"),
+}
+
+
+def _register() -> None:
+    for env_id, (entry, vector_entry) in _ENTRY.items():
+        if env_id not in registry:
+            register(id=env_id, entry_point=entry, vector_entry_point=vector_entry, disable_env_checker=False)
+
+
+_register()
+
+_LAZY = {
+    "pretrain": ("dyncnn_gym.pretrain", "pretrain"),
+    "load_checkpoint": ("dyncnn_gym.pretrain", "load_checkpoint"),
+    "load_dataset": ("dyncnn_gym.data", "load_dataset"),
+    "Walk": ("dyncnn_gym.walk", "Walk"),
+    "evaluate": ("dyncnn_gym.benchmark", "evaluate"),
+    "export": ("dyncnn_gym.export", "export"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'dyncnn_gym' has no attribute {name!r}")
+
+
+__all__ = ["ENV_IDS", "__version__", *_LAZY]

@@ -1,0 +1,323 @@
+"""``RoutingCore``: N routing episodes over one backbone, the engine behind every env face.
+
+The single env is a core with one slot, the native Gymnasium and SB3 vector envs are cores with N
+slots. Slots that stand at the same decision point form a *cohort* that moves as one batched
+:class:`~dyncnn_gym.walk.Walk`; since every episode has the same length, all slots normally form one
+cohort, and only partial resets (``reset_mask``) split them for a while.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+
+from ..data.base import DataSplits
+from ..models import DynamicNet
+from ..pretrain import resolve_backbone
+from ..walk import Walk, cost_tensors
+from .rewards import Reward
+
+OBS_MODES = ("features",)
+
+
+@dataclass
+class _Cohort:
+    walk: Walk
+    slots: np.ndarray  # int64 [b], the slots whose episodes this walk carries (row i <-> slots[i])
+
+
+def _shared_data(dataset: Any) -> DataSplits:
+    """Load a data set once per process for hashable specs (names), so many envs share one copy."""
+    if isinstance(dataset, DataSplits):
+        return dataset
+    if isinstance(dataset, str):
+        hit = _DATA.get(dataset)
+        if hit is None:
+            from ..data import load_dataset
+
+            hit = _DATA[dataset] = load_dataset(dataset)
+        return hit
+    from ..data import load_dataset
+
+    return load_dataset(dataset)
+
+
+_DATA: dict[str, DataSplits] = {}
+_OBS_SCALE: dict[tuple, list[torch.Tensor]] = {}
+
+
+@torch.no_grad()
+def feature_scale(net: DynamicNet, mode: str, data: DataSplits, n: int = 256) -> list[torch.Tensor]:
+    """Per decision point, per channel scale of the pooled features: their mean over the first ``n``
+    train images on the full route (floored at 1 % of the largest). Observations are
+    ``tanh(pooled / scale)``. Computed once per (net, mode, data) and process."""
+    key = (id(net), mode, data.fingerprint)
+    if key not in _OBS_SCALE:
+        was_training = net.training
+        net.eval()
+        x = torch.as_tensor(data.train.images[:n]).to(next(net.parameters()).device)
+        walk = Walk(net, mode, x)
+        scales = []
+        while not walk.done:
+            m = walk.pooled().abs().mean(0)
+            scales.append(torch.clamp(m, min=max(float(m.max()) * 0.01, 1e-6)))
+            walk.step(torch.full((len(walk),), walk.A - 1))
+        net.train(was_training)
+        _OBS_SCALE[key] = scales
+    return _OBS_SCALE[key]
+
+
+class RoutingCore:
+    """Routing episodes for ``num_slots`` images at once (see the env docstrings for the arguments)."""
+
+    def __init__(
+        self,
+        mode: str,
+        num_slots: int = 1,
+        dataset: Any = "shapes",
+        backbone: Any = None,
+        groups: int = 4,
+        split: str = "train",
+        reward: str = "flops",
+        compute_weight: float | None = None,
+        loss_weight: float = 1.0,
+        ce_clip: float = 5.0,
+        budget: float | None = None,
+        device: str | torch.device = "cpu",
+        obs: str = "features",
+    ) -> None:
+        if not isinstance(num_slots, (int, np.integer)) or num_slots < 1:
+            raise ValueError(f"num_envs={num_slots!r} must be a positive integer")
+        if split not in ("train", "test"):
+            raise ValueError(f"split={split!r} is not a valid split; choose one of ['train', 'test']")
+        if obs not in OBS_MODES:
+            raise ValueError(f"obs={obs!r} is not an observation mode; choose one of {list(OBS_MODES)}")
+        if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 2:
+            raise ValueError(f"groups={groups!r} must be an integer >= 2 (e.g. 2, 4 or 8)")
+        self.mode, self.n, self.split_name, self.obs_mode = mode, int(num_slots), split, obs
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} was asked for, but torch sees no CUDA device; use device='cpu'")
+        self.reward = Reward.make(reward, compute_weight, loss_weight, ce_clip)
+        self.data = _shared_data(dataset)
+        self.net = resolve_backbone(backbone, self.data, mode, int(groups), self.device)
+        self.net.eval()
+        self.table, self._steps, self._head = cost_tensors(self.net, mode)
+        self.T, self.A = self.table.num_decisions, self.table.num_actions
+        self.full = self.table.full
+        a_max = self.A - 1
+        self._full_step = np.array([int(self.table.steps[t, a_max, a_max]) for t in range(self.T)], dtype=np.int64)
+        self._full_step[-1] += int(self.table.head[a_max])
+        self._min_to_go = self.table.min_to_go()
+        self.budget = self._check_budget(budget)
+
+        split_data = self.data.split(split)
+        if len(split_data) == 0:
+            raise ValueError(f"the {split!r} split of data {self.data.name!r} is empty")
+        self.images = torch.as_tensor(split_data.images).to(self.device)
+        self.labels = np.asarray(split_data.labels, dtype=np.int64)
+        self.difficulty = np.asarray(split_data.difficulty, dtype=np.float32)
+        self.has_difficulty = bool(np.isfinite(self.difficulty).any())
+        self.difficulty_params = {k: np.asarray(v, dtype=np.float32) for k, v in split_data.difficulty_params.items()}
+        self.scale = feature_scale(self.net, mode, self.data)
+        self.feat_dim = max(self.net.feature_widths(mode))
+        dim = self.feat_dim + self.T + 1
+        low = np.concatenate([-np.ones(self.feat_dim), np.zeros(self.T + 1)]).astype(np.float32)
+        self.observation_space = spaces.Box(low, np.ones(dim, dtype=np.float32), dtype=np.float32)
+        self.action_space = spaces.Discrete(self.A)
+
+        self.rngs: list[np.random.Generator] = [np.random.default_rng() for _ in range(self.n)]
+        self.cursor = 0
+        self.cohorts: list[_Cohort] = []
+        self.index = np.zeros(self.n, dtype=np.int64)
+        self.active = np.zeros(self.n, dtype=bool)
+
+    # -- configuration ---------------------------------------------------------------------------
+    def _check_budget(self, budget: float | None) -> float | None:
+        if budget is None:
+            return None
+        lo = float(self._min_to_go[0, self.A - 1] + self.table.stem) / self.full
+        if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not (lo <= budget <= 1.0):
+            raise ValueError(
+                f"budget={budget!r} must be a FLOPs ratio in [{lo:.4f}, 1.0] (the cheapest route of this"
+                " backbone up to the full network), or None for no budget"
+            )
+        return float(budget)
+
+    def seed_slots(self, seeds: list[int | None]) -> None:
+        for i, s in enumerate(seeds):
+            self.rngs[i] = np.random.default_rng(s)
+
+    # -- episodes --------------------------------------------------------------------------------
+    def _pick(self, slot: int) -> int:
+        if self.split_name == "train":
+            return int(self.rngs[slot].integers(len(self.labels)))
+        i = self.cursor % len(self.labels)
+        self.cursor += 1
+        return i
+
+    @torch.no_grad()
+    def reset_slots(self, slots: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+        """Start new episodes in ``slots``; returns their observations ``[len(slots), D]`` and infos."""
+        slots = np.asarray(slots, dtype=np.int64)
+        self._drop(slots)
+        for s in slots:
+            self.index[s] = self._pick(int(s))
+        walk = Walk(self.net, self.mode, self.images[torch.as_tensor(self.index[slots], device=self.device)])
+        self.cohorts.append(_Cohort(walk, slots.copy()))
+        self.active[slots] = True
+        self._merge()
+        obs = self._observe(walk)
+        masks = self._masks(walk)
+        return obs, [self._info(int(s), walk, r, masks[r]) for r, s in enumerate(slots)]
+
+    def _drop(self, slots: np.ndarray) -> None:
+        """Remove ``slots`` from the cohorts they are in."""
+        gone = np.isin
+        kept = []
+        for c in self.cohorts:
+            keep = ~gone(c.slots, slots)
+            if keep.all():
+                kept.append(c)
+            elif keep.any():
+                rows = torch.as_tensor(np.nonzero(keep)[0])
+                kept.append(_Cohort(c.walk.select(rows), c.slots[keep]))
+        self.cohorts = kept
+
+    def _merge(self) -> None:
+        by_t: dict[int, list[_Cohort]] = {}
+        for c in self.cohorts:
+            by_t.setdefault(c.walk.t, []).append(c)
+        self.cohorts = [
+            cs[0] if len(cs) == 1 else _Cohort(Walk.cat([c.walk for c in cs]), np.concatenate([c.slots for c in cs]))
+            for cs in by_t.values()
+        ]
+
+    @torch.no_grad()
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        """Apply one action per slot (all slots must be in an episode).
+
+        Returns observations ``[N, D]`` float32, rewards ``[N]`` float64, terminated ``[N]`` bool and
+        one info dict per slot. A terminated slot's observation is the last one of its episode
+        (all zeros but the decision one-hot and FLOPs used); it must be reset before the next step.
+        """
+        actions = self._check_actions(actions)
+        if not self.active.all():
+            idle = np.nonzero(~self.active)[0].tolist()
+            raise RuntimeError(f"slots {idle} have finished their episode; reset them before stepping")
+        obs = np.zeros((self.n, self.observation_space.shape[0]), dtype=np.float32)
+        rew = np.zeros(self.n, dtype=np.float64)
+        term = np.zeros(self.n, dtype=bool)
+        infos: list[dict] = [{} for _ in range(self.n)]
+        for c in self.cohorts:
+            walk, slots = c.walk, c.slots
+            a = actions[slots]
+            t = walk.t
+            if self.budget is not None:
+                masks = self._masks(walk)
+                bad = ~masks[np.arange(len(slots)), a]
+                if bad.any():
+                    r = int(np.nonzero(bad)[0][0])
+                    raise ValueError(
+                        f"action {int(a[r])} in slot {int(slots[r])} breaks the compute budget {self.budget}; "
+                        f"valid actions there: {np.nonzero(masks[r])[0].tolist()} (see action_masks())"
+                    )
+            cost = walk.step(torch.as_tensor(a)).numpy().copy()
+            if walk.done:
+                logits = walk.logits()
+                cost = cost + self._head.numpy()[a]
+                labels = torch.as_tensor(self.labels[self.index[slots]], device=logits.device)
+                ce = F.cross_entropy(logits.float(), labels, reduction="none").double().cpu().numpy()
+                pred = logits.argmax(1).cpu().numpy()
+                rew[slots] = self.reward.step(t, a, cost, int(self._full_step[t]), self.full, self.A, self.T)
+                rew[slots] += self.reward.final(ce)
+                term[slots] = True
+                obs[slots] = self._observe(walk)
+                for r, s in enumerate(slots):
+                    infos[s] = self._final_info(int(s), walk, r, int(pred[r]), float(ce[r]))
+                self.active[slots] = False
+            else:
+                rew[slots] = self.reward.step(t, a, cost, int(self._full_step[t]), self.full, self.A, self.T)
+                obs[slots] = self._observe(walk)
+                masks = self._masks(walk)
+                for r, s in enumerate(slots):
+                    infos[s] = self._info(int(s), walk, r, masks[r])
+        self.cohorts = [c for c in self.cohorts if not c.walk.done]
+        return obs, rew, term, infos
+
+    def _check_actions(self, actions: Any) -> np.ndarray:
+        a = np.asarray(actions)
+        if a.dtype.kind not in "iu":
+            if a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
+                a = a.astype(np.int64)  # e.g. a float array of whole numbers from a generic agent
+            else:
+                raise TypeError(f"action {actions!r} is not an integer action of {self.action_space}")
+        a = a.astype(np.int64).reshape(-1)
+        if a.shape[0] != self.n:
+            raise ValueError(f"expected {self.n} actions (one per env), got {a.shape[0]}: {actions!r}")
+        bad = (a < 0) | (a >= self.A)
+        if bad.any():
+            raise ValueError(f"action {int(a[bad][0])} is outside the action space {self.action_space} (valid: 0..{self.A - 1})")
+        return a
+
+    # -- observations and infos ------------------------------------------------------------------
+    def _observe(self, walk: Walk) -> np.ndarray:
+        b = len(walk)
+        out = np.zeros((b, self.observation_space.shape[0]), dtype=np.float32)
+        if not walk.done:
+            f = torch.tanh(walk.pooled() / self.scale[walk.t]).float().cpu().numpy()
+            out[:, : f.shape[1]] = f
+            out[:, self.feat_dim + walk.t] = 1.0
+        out[:, -1] = np.minimum(walk.flops.numpy() / self.full, 1.0)
+        return out
+
+    def _masks(self, walk: Walk) -> np.ndarray:
+        """bool ``[b, A]``: actions allowed at the walk's decision point (all, unless a budget)."""
+        b = len(walk)
+        if self.budget is None or walk.done:
+            return np.ones((b, self.A), dtype=bool)
+        t = walk.t
+        prev = walk.prev.numpy()
+        limit = self.budget * self.full + 1e-9
+        need = walk.flops.numpy()[:, None] + self.table.steps[t][prev] + self._min_to_go[t + 1][None, :]
+        return need <= limit
+
+    def action_masks(self) -> np.ndarray:
+        """bool ``[N, A]`` of allowed actions for every slot's current decision."""
+        out = np.ones((self.n, self.A), dtype=bool)
+        for c in self.cohorts:
+            out[c.slots] = self._masks(c.walk)
+        return out
+
+    def _info(self, slot: int, walk: Walk, row: int, mask: np.ndarray) -> dict:
+        i = int(self.index[slot])
+        info = {"decision": int(walk.t), "flops": int(walk.flops[row]), "action_mask": mask.copy(), "index": i}
+        if self.has_difficulty:
+            info["difficulty"] = float(self.difficulty[i])
+        return info
+
+    def _final_info(self, slot: int, walk: Walk, row: int, pred: int, ce: float) -> dict:
+        i = int(self.index[slot])
+        label = int(self.labels[i])
+        flops = int(walk.flops[row])
+        info = {
+            "decision": int(walk.t),
+            "flops": flops,
+            "action_mask": np.ones(self.A, dtype=bool),
+            "index": i,
+            "prediction": pred,
+            "label": label,
+            "correct": bool(pred == label),
+            "flops_ratio": flops / self.full,
+            "cross_entropy": ce,
+            "actions": walk.actions[row].numpy().copy(),
+        }
+        if self.has_difficulty:
+            info["difficulty"] = float(self.difficulty[i])
+            info["difficulty_params"] = {k: float(v[i]) for k, v in self.difficulty_params.items()}
+        return info

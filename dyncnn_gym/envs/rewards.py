@@ -1,0 +1,67 @@
+"""Reward definitions shared by every routing env.
+
+Each decision ``t`` pays a compute term; the last decision adds a classification term.
+
+* ``"flops"`` (default): ``compute_weight * (F_t_full - F_t) / F_full`` at each step, where ``F_t``
+  is the FLOPs decision ``t`` actually cost and ``F_t_full`` what it costs in the full network (the
+  head's saving is paid on the last step). Summed over an episode it is exactly
+  ``compute_weight * (1 - flops_ratio)``. Default ``compute_weight = 0.5``.
+* ``"rnp"`` (Runtime Neural Pruning): ``compute_weight * (A - 1 - a_t)`` — a fixed bonus per channel
+  group (or block) not computed; the paper's ``-p`` per group used, shifted by a constant so that it
+  reads as a saving. Default ``compute_weight = 0.1`` (``p`` of the paper's reproduction).
+* ``"skipnet"`` (SkipNet): ``compute_weight * (A - 1 - a_t) / ((A - 1) * T)`` — the paper's
+  ``(1 - g_t) * alpha / N`` per gate. Default ``compute_weight = 0.1`` (its CIFAR ``alpha``).
+
+Final term of every form: ``-loss_weight * min(CE, ce_clip)``, the cross-entropy (nats) of the true
+label under the network's prediction, clipped so one hopeless image cannot dominate a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+REWARD_KINDS = ("flops", "rnp", "skipnet")
+DEFAULT_COMPUTE_WEIGHT = {"flops": 0.5, "rnp": 0.1, "skipnet": 0.1}
+
+
+@dataclass(frozen=True)
+class Reward:
+    """A reward form with its weights (see the module docstring)."""
+
+    kind: str = "flops"
+    compute_weight: float = 0.5
+    loss_weight: float = 1.0
+    ce_clip: float = 5.0
+
+    @classmethod
+    def make(
+        cls, kind: str = "flops", compute_weight: float | None = None, loss_weight: float = 1.0, ce_clip: float = 5.0
+    ) -> "Reward":
+        if kind not in REWARD_KINDS:
+            raise ValueError(f"reward={kind!r} is not a reward form; choose one of {list(REWARD_KINDS)}")
+        cw = DEFAULT_COMPUTE_WEIGHT[kind] if compute_weight is None else compute_weight
+        for name, v in (("compute_weight", cw), ("loss_weight", loss_weight), ("ce_clip", ce_clip)):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
+                raise ValueError(f"{name}={v!r} must be a finite number >= 0")
+        if ce_clip == 0:
+            raise ValueError("ce_clip=0 would erase the classification term; use a positive value")
+        return cls(kind, float(cw), float(loss_weight), float(ce_clip))
+
+    def step(self, t: int, actions: np.ndarray, cost: np.ndarray, full_cost: int, full_flops: int, A: int, T: int) -> np.ndarray:
+        """Compute term of decision ``t`` for each sample (float64 ``[B]``).
+
+        ``cost``/``full_cost`` are FLOPs of this decision (plus the head on the last one) as taken
+        and in the full network.
+        """
+        if self.kind == "flops":
+            return self.compute_weight * (full_cost - cost) / full_flops
+        saved = (A - 1 - actions).astype(np.float64)
+        if self.kind == "rnp":
+            return self.compute_weight * saved
+        return self.compute_weight * saved / ((A - 1) * T)
+
+    def final(self, ce: np.ndarray) -> np.ndarray:
+        """Classification term (float64 ``[B]``) from per-sample cross-entropy in nats."""
+        return -self.loss_weight * np.minimum(ce, self.ce_clip)

@@ -1,0 +1,196 @@
+"""The single-image Gymnasium envs ``DynChannel-v0`` and ``DynSkip-v0``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.utils import EzPickle
+
+from .core import RoutingCore
+
+_ARGS_DOC = """
+    ## Arguments
+
+    ```python
+    gymnasium.make("{id}", dataset="shapes", backbone=None, groups=4, split="train",
+                   reward="flops", compute_weight=None, loss_weight=1.0, ce_clip=5.0,
+                   budget=None, device="cpu", obs="features", render_mode=None)
+    ```
+
+    * `dataset`: a name (`"shapes"` — the embedded default, `"digits"`, `"cifar10"`, `"cifar100"`,
+      `"svhn"`, `"mnist"`, `"fashionmnist"`), an `(images, labels)` pair, a
+      `{{"train": pair, "test": pair}}` dict, a torch `Dataset`, or a loaded `DataSplits`.
+    * `backbone`: `None` (default arch: {default}), an arch name (its cached checkpoint for this data,
+      pretrained and cached on first use), a checkpoint path, or a `DynamicNet`.
+    * `groups`: channel groups per layer (channel decisions; for skip envs it only selects the
+      backbone checkpoint).
+    * `split`: `"train"` draws each episode's image with `np_random`; `"test"` sweeps the test split
+      in order (restarting at image 0 on every seeded reset) so that evaluation covers it exactly.
+    * `reward`, `compute_weight`, `loss_weight`, `ce_clip`: see Rewards.
+    * `budget`: optional FLOPs-ratio budget per image; actions that could not finish within it are
+      masked (`info["action_mask"]`, `action_masks()`), and taking one raises `ValueError`.
+    * `device`: torch device of the backbone and the walk (`"cpu"`, `"cuda"`, ...).
+    * `obs`: observation mode (`"features"`).
+"""
+
+_COMMON_DOC = """
+    ## Observation Space
+
+    `Box(-1, 1, (F + T + 1,), float32)`: `F` = the widest feature map entering any decision point,
+    `T` = number of decision points.
+
+    | index | observation |
+    |-------|-------------|
+    | `0 .. F-1` | `tanh(pooled / scale)`: the feature map entering this decision, globally average-pooled per channel and divided by the channel's mean on training images; channels not computed (or beyond this layer's width) are 0 |
+    | `F .. F+T-1` | one-hot of the decision point `t` |
+    | `F+T` | FLOPs spent so far / FLOPs of the full network |
+
+    ## Rewards
+
+    Each step pays a bonus for the computation its decision saved; the last step adds
+    `-loss_weight * min(CE, ce_clip)`, the clipped cross-entropy (nats) of the true label.
+    `reward="flops"` (default): bonus `compute_weight * (FLOPs saved by this decision) / FLOPs(full)`
+    (default `compute_weight=0.5`; the episode's bonuses sum to `compute_weight * (1 - flops_ratio)`).
+    `reward="rnp"`: `compute_weight` (default 0.1) per group / block not computed.
+    `reward="skipnet"`: `compute_weight * saved / ((A - 1) * T)` (default 0.1).
+    FLOPs are those counted by `torch.utils.flop_counter` (2 per multiply-accumulate of every
+    convolution and linear layer run; agent and observation not included).
+
+    ## Starting State
+
+    A new image (drawn with `np_random` from the train split, or the next test image) has passed
+    the backbone's stem; the observation describes the feature map entering decision 0.
+
+    ## Episode End
+
+    Terminates after the last decision (every episode has exactly `T` steps); never truncates.
+    The final `info` holds `prediction`, `label`, `correct`, `flops`, `flops_ratio`,
+    `cross_entropy`, `actions` (int64 `[T]`), `index` (image index in the split), and, for data
+    with per-image difficulty (the embedded `"shapes"`), `difficulty` and `difficulty_params`.
+    Every `info` holds `decision`, `flops` (so far), `action_mask`, `index` (and `difficulty`).
+"""
+
+
+class RoutingEnv(gym.Env, EzPickle):
+    """Base of the single-image routing envs (one image per episode, one step per decision point)."""
+
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    mode: str = ""
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
+        EzPickle.__init__(self, render_mode=render_mode, **kwargs)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r} is not supported; choose one of {self.metadata['render_modes']} or None")
+        self.render_mode = render_mode
+        self.core = RoutingCore(self.mode, 1, **kwargs)
+        self.observation_space = self.core.observation_space
+        self.action_space = self.core.action_space
+        self._last_info: dict = {}
+        self._needs_reset = True
+
+    @property
+    def backbone(self):
+        """The :class:`~dyncnn_gym.models.DynamicNet` this env routes (shared, not a copy)."""
+        return self.core.net
+
+    @property
+    def num_decisions(self) -> int:
+        return self.core.T
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        if options:
+            raise ValueError(f"options={options!r}: this env takes no reset options")
+        if seed is not None:
+            self.core.cursor = 0
+        self.core.rngs[0] = self.np_random
+        obs, infos = self.core.reset_slots(np.array([0]))
+        self._last_info = infos[0]
+        self._needs_reset = False
+        return obs[0], infos[0]
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step(): the episode has ended or not started")
+        a = np.asarray(action)
+        if a.size != 1:
+            raise ValueError(f"action {action!r} is not a single action of {self.action_space}")
+        obs, rew, term, infos = self.core.step(a.reshape(1))
+        self._last_info = infos[0]
+        self._needs_reset = bool(term[0])
+        return obs[0], float(rew[0]), bool(term[0]), False, infos[0]
+
+    def action_masks(self) -> np.ndarray:
+        """bool ``[A]``: actions allowed now (for sb3-contrib's MaskablePPO)."""
+        return self.core.action_masks()[0]
+
+    def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'rgb_array'")
+            return None
+        info = self._last_info
+        if self.render_mode == "ansi":
+            acts = info.get("actions")
+            line = f"image {info.get('index')} decision {info.get('decision')}/{self.core.T} flops {info.get('flops', 0) / self.core.full:.3f} of full"
+            if acts is not None:
+                line += f" actions {acts.tolist()} pred {info['prediction']} label {info['label']}"
+            return line
+        return self._image_rgb(int(info.get("index", 0)))
+
+    def _image_rgb(self, i: int) -> np.ndarray:
+        d = self.core.data
+        img = self.core.images[i].cpu().numpy() * d.std[:, None, None] + d.mean[:, None, None]
+        img = np.clip(img, 0, 1)
+        if img.shape[0] != 3:
+            img = np.repeat(img[:1], 3, axis=0)
+        img = (img.transpose(1, 2, 0) * 255).astype(np.uint8)
+        k = max(1, 128 // img.shape[0])
+        img = np.kron(img, np.ones((k, k, 1), dtype=np.uint8))
+        bar = np.zeros((8, img.shape[1], 3), dtype=np.uint8)
+        used = int(round(min(self._last_info.get("flops", 0) / self.core.full, 1.0) * img.shape[1]))
+        bar[:, :used] = (230, 120, 30)
+        return np.concatenate([img, bar], axis=0)
+
+
+class DynChannelEnv(RoutingEnv):
+    __doc__ = """
+    ## Description
+
+    Runtime Neural Pruning (Lin et al., NIPS 2017) as a Gymnasium env. One image walks through a
+    CNN whose every conv layer's output channels are split into `groups` equal groups. At each
+    decision point the agent chooses how many groups of that layer to compute; pruned groups are
+    not computed, and the next layer reads only the computed channels. Few groups save FLOPs; too
+    few lose the image.
+
+    ## Action Space
+
+    `Discrete(groups)`: action `a` computes channel groups `0..a` (`a + 1` of `groups`).
+    """ + _COMMON_DOC + _ARGS_DOC.format(id="DynChannel-v0", default="'vgg', a 6-layer VGG-style CNN; any ResNet arch works too (groups inside its blocks)") + """
+    ## Version History
+
+    * v0: initial version.
+    """
+    mode = "channel"
+
+
+class DynSkipEnv(RoutingEnv):
+    __doc__ = """
+    ## Description
+
+    SkipNet (Wang et al., ECCV 2018) as a Gymnasium env. One image walks through a CIFAR-style
+    ResNet; before each residual block after the first the agent decides whether to execute it or
+    skip it. A skipped block is not computed: the image passes through the block's shortcut
+    (identity, or for the blocks that change shape, stride-2 subsampling with zero channels
+    appended, which costs no FLOPs).
+
+    ## Action Space
+
+    `Discrete(2)`: 0 skips the block, 1 executes it.
+    """ + _COMMON_DOC + _ARGS_DOC.format(id="DynSkip-v0", default="'resnet20'") + """
+    ## Version History
+
+    * v0: initial version.
+    """
+    mode = "skip"

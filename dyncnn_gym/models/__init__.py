@@ -1,0 +1,41 @@
+"""Dynamic backbones and their cost tables (no training loops here)."""
+
+from __future__ import annotations
+
+from .base import MODES, CostTable, DynamicNet, conv_flops, linear_flops
+from .resnet import RESNET_DEPTHS, ResNet
+from .vgg import VGG_CONFIGS, ChannelVGG
+
+#: every arch name ``build`` accepts, and the modes each supports
+ARCHS: dict[str, tuple[str, ...]] = {
+    **{name: ChannelVGG.modes for name in VGG_CONFIGS},
+    **{f"resnet{d}": ResNet.modes for d in RESNET_DEPTHS},
+}
+
+
+def build(arch: str, in_shape: tuple[int, int, int], num_classes: int, groups: int = 4, **kwargs) -> DynamicNet:
+    """A freshly initialised backbone called ``arch`` (see :data:`ARCHS`).
+
+    ``kwargs`` override the arch's configuration (``widths=``, ``pool_after=`` for VGGs,
+    ``widths=`` for ResNets).
+    """
+    if arch in VGG_CONFIGS:
+        widths, pools = VGG_CONFIGS[arch]
+        kw = {"widths": widths, "pool_after": pools, **kwargs}
+        return ChannelVGG(in_shape, num_classes, groups, arch=arch, **kw)
+    if isinstance(arch, str) and arch.startswith("resnet") and arch[6:].isdigit() and int(arch[6:]) in RESNET_DEPTHS:
+        return ResNet(in_shape, num_classes, groups, depth=int(arch[6:]), arch=arch, **kwargs)
+    raise ValueError(f"arch={arch!r} is not a known backbone; choose one of {sorted(ARCHS)}")
+
+
+__all__ = [
+    "ARCHS",
+    "MODES",
+    "ChannelVGG",
+    "CostTable",
+    "DynamicNet",
+    "ResNet",
+    "build",
+    "conv_flops",
+    "linear_flops",
+]

@@ -1,0 +1,181 @@
+"""What every dynamic backbone exposes: decision points, exact cost tables, and per-group compute.
+
+A dynamic backbone is a CNN with *decision points*. Its forward pass is split into
+
+* ``stem(x, mode)`` — always computed;
+* ``decision(mode, t, h, prev_action, action)`` — decision point ``t`` computed for a batch in
+  which every sample chose the same ``action`` (and had the same ``prev_action``). It computes
+  only what that action asks for: pruned channel groups and skipped blocks are never touched;
+* ``head(h, last_action)`` — pooling and the classifier.
+
+Per-sample routing (grouping a mixed batch by action, gather/scatter) lives one floor up, in
+:mod:`dyncnn_gym.walk`. Networks and cost tables live here; no training loops.
+
+Modes:
+
+* ``"channel"`` (RNP, width): every decision picks how many of ``groups`` equal channel groups to
+  compute; action ``a`` computes groups ``0..a``.
+* ``"skip"`` (SkipNet, depth): every decision executes (1) or skips (0) a residual block.
+
+Costs are **FLOPs as counted by** :class:`torch.utils.flop_counter.FlopCounterMode`: two per
+multiply-accumulate of every convolution and linear layer actually run. Batch-norm (folded into
+the convolutions at inference), ReLU, pooling, residual additions and the agent's own observation
+and policy are not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+MODES = ("channel", "skip")
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """Exact FLOPs of one backbone in one mode.
+
+    Attributes:
+        stem: FLOPs of the stem (per image).
+        steps: int64 ``[T, A, A]``; ``steps[t, p, a]`` is the FLOPs of decision point ``t`` when the
+            previous decision was ``p`` and this one is ``a`` (for ``t = 0`` the previous action is
+            taken to be ``A - 1``, the stem being full). Where the cost does not depend on ``p`` the
+            table repeats along that axis.
+        head: int64 ``[A]``; FLOPs of the head given the last action.
+    """
+
+    stem: int
+    steps: np.ndarray
+    head: np.ndarray
+
+    @property
+    def num_decisions(self) -> int:
+        return int(self.steps.shape[0])
+
+    @property
+    def num_actions(self) -> int:
+        return int(self.steps.shape[2])
+
+    @property
+    def full(self) -> int:
+        """FLOPs of the full network (every decision at its largest action)."""
+        return int(self.path_flops([self.num_actions - 1] * self.num_decisions))
+
+    def path_flops(self, actions) -> int:
+        """FLOPs of one image that took ``actions`` (length ``T``)."""
+        a_max = self.num_actions - 1
+        total, prev = self.stem, a_max
+        for t, a in enumerate(actions):
+            total += int(self.steps[t, prev, int(a)])
+            prev = int(a)
+        return int(total + self.head[prev])
+
+    def min_to_go(self) -> np.ndarray:
+        """int64 ``[T + 1, A]``: least FLOPs still to spend from decision ``t`` given previous action.
+
+        ``min_to_go()[t, p]`` = min over the remaining actions of decisions ``t..T-1`` plus the head.
+        Used to mask actions that would break a compute budget.
+        """
+        T, A = self.num_decisions, self.num_actions
+        m = np.zeros((T + 1, A), dtype=np.int64)
+        m[T] = self.head
+        for t in range(T - 1, -1, -1):
+            m[t] = (self.steps[t] + m[t + 1][None, :]).min(axis=1)
+        return m
+
+
+def conv_flops(c_in: int, c_out: int, k: int, h_out: int, w_out: int) -> int:
+    """FLOPs of a dense ``k x k`` convolution producing a ``c_out x h_out x w_out`` map."""
+    return 2 * c_in * c_out * k * k * h_out * w_out
+
+
+def linear_flops(f_in: int, f_out: int) -> int:
+    """FLOPs of a linear layer (per sample)."""
+    return 2 * f_in * f_out
+
+
+class DynamicNet(nn.Module):
+    """Base class of dynamic backbones. Subclasses fill in the abstract methods below."""
+
+    modes: ClassVar[tuple[str, ...]] = ()
+    arch: str = "?"
+
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, groups: int) -> None:
+        super().__init__()
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+            raise ValueError(f"groups={groups!r} must be a positive integer (e.g. 2, 4 or 8)")
+        if num_classes < 2:
+            raise ValueError(f"num_classes={num_classes!r} must be at least 2")
+        self.in_shape = tuple(int(s) for s in in_shape)
+        self.num_classes = int(num_classes)
+        self.groups = groups
+
+    # -- description -------------------------------------------------------------------------
+    def check_mode(self, mode: str) -> None:
+        if mode not in self.modes:
+            raise ValueError(
+                f"mode={mode!r} is not supported by backbone {self.arch!r}; it supports {list(self.modes)}"
+            )
+
+    def num_actions(self, mode: str) -> int:
+        self.check_mode(mode)
+        return self.groups if mode == "channel" else 2
+
+    def num_decisions(self, mode: str) -> int:
+        return self.cost_table(mode).num_decisions
+
+    def feature_widths(self, mode: str) -> list[int]:
+        """Channels of the (full) feature map entering each decision point."""
+        raise NotImplementedError
+
+    def cost_table(self, mode: str) -> CostTable:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """Constructor keyword arguments that rebuild this network (saved in checkpoints)."""
+        raise NotImplementedError
+
+    # -- compute -----------------------------------------------------------------------------
+    def stem(self, x: torch.Tensor, mode: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decision(self, mode: str, t: int, h: torch.Tensor, prev_action: int, action: int) -> torch.Tensor:
+        """Decision point ``t`` for a batch whose samples all chose ``action`` after ``prev_action``.
+
+        ``h`` holds at least the channels the previous action kept (channel mode). Returns the
+        feature map leaving the decision point; in channel mode on a plain CNN it has only the
+        computed channels (``(action + 1) * width / groups``), the rest being implicitly zero.
+        """
+        raise NotImplementedError
+
+    def head(self, h: torch.Tensor, mode: str, last_action: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- helpers -------------------------------------------------------------------------------
+    def channels(self, width: int, action: int) -> int:
+        """Channels computed out of ``width`` when ``action`` (0-based) groups are kept."""
+        return (action + 1) * (width // self.groups)
+
+    def _fast(self) -> bool:
+        """True when the folded, cached inference kernels may be used (eval mode, no autograd)."""
+        return (not self.training) and not torch.is_grad_enabled()
+
+    def weights_version(self) -> int:
+        """Changes whenever any parameter or buffer is modified in place (optimiser step, load)."""
+        return sum(p._version for p in self.parameters()) + sum(b._version for b in self.buffers())
+
+    def full_forward(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
+        """Plain forward pass of the full network (every decision at its largest action)."""
+        mode = mode or self.modes[0]
+        h = self.stem(x, mode)
+        a_max = self.num_actions(mode) - 1
+        for t in range(self.num_decisions(mode)):
+            h = self.decision(mode, t, h, a_max, a_max)
+        return self.head(h, mode, a_max)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # the full network
+        return self.full_forward(x)

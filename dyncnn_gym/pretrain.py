@@ -1,0 +1,371 @@
+"""Pruning- and skipping-robust pretraining of backbones, and the checkpoint cache.
+
+A backbone that a routing agent will later prune or skip must stay accurate under any route.
+Each training step therefore computes the cross-entropy of two routes through the same batch:
+
+* the full network (every decision at its largest action), and
+* a random route, drawn as in slimmable networks (channel mode: one random width per decision
+  point for the whole batch) or stochastic depth (skip mode: every sample skips every skippable
+  block independently with a rate drawn uniformly from ``[0, max_skip]`` per batch). ResNets,
+  which serve both envs, alternate the two kinds step by step.
+
+Batch-norm under varying widths: every layer whose input width varies keeps one set of statistics
+per input width (switchable batch-norm), so each width is normalised with its own statistics.
+Under skipping, the statistics average over the routes seen in training (full and random).
+
+Checkpoints are cached in ``cache_dir("checkpoints")`` with metadata (arch, data set name and
+fingerprint, groups, training config, accuracies at every static width / skip rate) that is
+checked on load. Backbones shipped with the package (``dyncnn_gym/checkpoints/``) are found the
+same way; ``dyncnn-gym pretrain`` reproduces them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import cache_dir
+from .data.base import DataSplits
+from .models import ARCHS, DynamicNet, build
+from .walk import run_routes
+
+CHECKPOINT_VERSION = 1
+SHIPPED_DIR = Path(__file__).parent / "checkpoints"
+
+#: default backbone arch of each mode
+DEFAULT_ARCH = {"channel": "vgg", "skip": "resnet20"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of :func:`pretrain` (all are recorded in the checkpoint)."""
+
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    max_skip: float = 0.6
+    augment: bool = True
+    seed: int = 0
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def default_epochs(data: DataSplits) -> int:
+    """Epochs that fit the data set: about 24k steps' worth of images, between 8 and 60 epochs."""
+    return int(np.clip(round(240_000 / max(len(data.train), 1)), 8, 60))
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+def checkpoint_name(arch: str, groups: int, data: DataSplits, cfg: TrainConfig) -> str:
+    return f"{arch}-g{groups}-{data.name}-{data.fingerprint}-{cfg.key()}.pt"
+
+
+def save_checkpoint(net: DynamicNet, path: str | Path) -> Path:
+    """Write ``net``'s weights and ``net.meta`` to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"version": CHECKPOINT_VERSION, "meta": net.meta, "state_dict": net.state_dict()}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(
+    path: str | Path,
+    data: DataSplits | None = None,
+    groups: int | None = None,
+    device: str | torch.device = "cpu",
+) -> DynamicNet:
+    """Load a backbone, checking its metadata against ``data`` and ``groups`` when given.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the checkpoint was trained on other data or with other groups (both named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no backbone checkpoint at {str(path)!r}")
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(blob, dict) or "meta" not in blob or "state_dict" not in blob:
+        raise ValueError(f"{str(path)!r} is not a dyncnn_gym checkpoint (no 'meta'/'state_dict')")
+    meta = blob["meta"]
+    if data is not None and meta["data_fingerprint"] != data.fingerprint:
+        raise ValueError(
+            f"checkpoint {str(path)!r} was trained on data {meta['data']!r} (fingerprint {meta['data_fingerprint']}),"
+            f" but the env uses data {data.name!r} (fingerprint {data.fingerprint})"
+        )
+    if groups is not None and meta["groups"] != groups:
+        raise ValueError(f"checkpoint {str(path)!r} has groups={meta['groups']}, but groups={groups} was asked for")
+    net = build(meta["arch"], tuple(meta["in_shape"]), meta["num_classes"], meta["groups"], **meta["config"])
+    net.load_state_dict(blob["state_dict"])
+    net.meta = meta
+    return net.to(device).eval()
+
+
+# -- training -----------------------------------------------------------------------------------
+def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Random translation by up to ``pad`` pixels (zero padding), one shift per batch row block."""
+    B, _, H, W = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    dx = torch.randint(0, 2 * pad + 1, (B,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (B,), generator=gen)
+    rows = (dy[:, None] + torch.arange(H)[None, :])  # [B, H]
+    cols = (dx[:, None] + torch.arange(W)[None, :])  # [B, W]
+    b = torch.arange(B)[:, None, None]
+    return xp.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+def _random_route(net: DynamicNet, mode: str, B: int, gen: torch.Generator, max_skip: float) -> torch.Tensor:
+    T, A = net.num_decisions(mode), net.num_actions(mode)
+    if mode == "channel":
+        return torch.randint(0, A, (1, T), generator=gen).expand(B, T)
+    rate = float(torch.rand((), generator=gen)) * max_skip
+    return (torch.rand((B, T), generator=gen) >= rate).long()
+
+
+@torch.no_grad()
+def evaluate_static(
+    net: DynamicNet, data: DataSplits, split: str = "test", batch_size: int = 500, seed: int = 0
+) -> dict[str, list[dict[str, float]]]:
+    """Accuracy and FLOPs ratio of static routes on a split.
+
+    Returns ``{"channel": [{"action", "accuracy", "flops_ratio"} per static width],
+    "skip": [{"rate", "accuracy", "flops_ratio"} for random skipping at rates 0, .25, .5, .75, 1]}``
+    for the modes ``net`` supports. Random skipping is seeded with ``seed``.
+    """
+    net.eval()
+    s = data.split(split)
+    dev = next(net.parameters()).device
+    X = torch.as_tensor(s.images)
+    y = torch.as_tensor(s.labels)
+    out: dict[str, list[dict[str, float]]] = {}
+    for mode in net.modes:
+        T, A = net.num_decisions(mode), net.num_actions(mode)
+        full = net.cost_table(mode).full
+        gen = torch.Generator().manual_seed(seed)
+        settings = [("action", a) for a in range(A)] if mode == "channel" else [("rate", r) for r in (0.0, 0.25, 0.5, 0.75, 1.0)]
+        rows = []
+        for name, v in settings:
+            correct, flops = 0, 0
+            for i in range(0, len(s), batch_size):
+                xb = X[i : i + batch_size].to(dev)
+                B = xb.shape[0]
+                acts = torch.full((B, T), v) if name == "action" else (torch.rand((B, T), generator=gen) >= v).long()
+                logits, route_flops = run_routes(net, mode, xb, acts)
+                correct += int((logits.argmax(1).cpu() == y[i : i + B]).sum())
+                flops += int(route_flops.sum())
+            rows.append({name: v, "accuracy": correct / len(s), "flops_ratio": flops / (len(s) * full)})
+        out[mode] = rows
+    return out
+
+
+def pretrain(
+    arch: str,
+    dataset: Any = "shapes",
+    *,
+    groups: int = 4,
+    epochs: int | None = None,
+    batch_size: int = 128,
+    lr: float = 0.05,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    cache: bool = True,
+    progress: bool = True,
+    out: str | Path | None = None,
+    **arch_kwargs: Any,
+) -> DynamicNet:
+    """Train a backbone that stays accurate when pruned or skipped, and cache it.
+
+    Args:
+        arch: a name in :data:`dyncnn_gym.models.ARCHS` (``"vgg"``, ``"resnet20"``, ...).
+        dataset: anything :func:`dyncnn_gym.data.load_dataset` takes (a name, arrays, a dict, a
+            torch ``Dataset``) or a loaded :class:`~dyncnn_gym.data.DataSplits`.
+        groups: channel groups per layer (channel mode actions).
+        epochs: passes over the train split; ``None`` picks :func:`default_epochs`.
+        batch_size, lr: SGD with Nesterov momentum 0.9, weight decay 5e-4, cosine schedule.
+        seed: seeds initialisation, batch order, augmentation and random routes.
+        device: where to train.
+        cache: look for / store the checkpoint in the cache (and the shipped checkpoints).
+        progress: show a tqdm progress bar.
+        out: also save the checkpoint to this path.
+        arch_kwargs: override the arch's configuration (e.g. ``widths=``).
+
+    Returns:
+        The backbone in eval mode, with ``.meta`` holding the metadata saved in the checkpoint:
+        ``arch``, ``data``, ``data_fingerprint``, ``groups``, ``train_config``, ``train_seconds``
+        and ``static`` (see :func:`evaluate_static`, on the test split).
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"arch={arch!r} is not a known backbone; choose one of {sorted(ARCHS)}")
+    if isinstance(dataset, DataSplits):
+        data = dataset
+    else:
+        from .data import load_dataset
+
+        data = load_dataset(dataset)
+    cfg = TrainConfig(
+        epochs=int(epochs) if epochs is not None else default_epochs(data),
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        augment=min(data.image_shape[1:]) >= 16,
+    )
+    if cfg.epochs < 1:
+        raise ValueError(f"epochs={epochs!r} must be at least 1")
+    name = checkpoint_name(arch, groups, data, cfg)
+    if cache and not arch_kwargs:
+        for folder in (cache_dir("checkpoints"), SHIPPED_DIR):
+            if (folder / name).is_file():
+                return load_checkpoint(folder / name, data, groups, device)
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = build(arch, data.image_shape, data.num_classes, groups, **arch_kwargs).to(device)
+    X = torch.as_tensor(data.train.images)
+    y = torch.as_tensor(data.train.labels)
+    n = len(y)
+    steps_per_epoch = max(1, n // batch_size)
+    total = steps_per_epoch * cfg.epochs
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
+    modes = net.modes
+    bar = _progress(total, f"pretrain {arch} on {data.name}", progress)
+    start = time.perf_counter()
+    net.train()
+    step = 0
+    for _epoch in range(cfg.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch_size : (i + 1) * batch_size]
+            xb, yb = X[idx], y[idx]
+            if cfg.augment:
+                xb = _augment(xb, gen)
+            xb, yb = xb.to(device), yb.to(device)
+            mode = modes[step % len(modes)]
+            loss_full = F.cross_entropy(net.full_forward(xb, mode), yb)
+            acts = _random_route(net, mode, xb.shape[0], gen, cfg.max_skip)
+            loss_route = F.cross_entropy(run_routes(net, mode, xb, acts)[0], yb)
+            loss = loss_full + loss_route
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{loss_full.item():.3f}", route=f"{loss_route.item():.3f}")
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - start
+    net.eval()
+    static = evaluate_static(net, data)
+    net.meta = {
+        "arch": arch,
+        "config": net.config(),
+        "in_shape": list(data.image_shape),
+        "num_classes": data.num_classes,
+        "groups": groups,
+        "data": data.name,
+        "data_fingerprint": data.fingerprint,
+        "train_config": asdict(cfg),
+        "train_seconds": round(seconds, 1),
+        "static": static,
+        "torch": torch.__version__,
+    }
+    if cache and not arch_kwargs:
+        save_checkpoint(net, cache_dir("checkpoints") / name)
+    if out is not None:
+        save_checkpoint(net, out)
+    return net
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=True)
+
+
+# -- resolving the `backbone=` argument of the envs --------------------------------------------
+_RESOLVED: dict[tuple, DynamicNet] = {}
+
+
+def resolve_backbone(
+    backbone: Any,
+    data: DataSplits,
+    mode: str,
+    groups: int = 4,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> DynamicNet:
+    """Turn an env's ``backbone=`` argument into a loaded network for ``data`` and ``mode``.
+
+    ``backbone`` may be ``None`` (the mode's default arch), an arch name (its cached or shipped
+    checkpoint for this data and ``groups``; pretrained on first use, with a progress bar, and
+    cached), a path to a checkpoint, or a :class:`~dyncnn_gym.models.DynamicNet`. Loaded networks are
+    shared within a process, so many envs on the same backbone hold one copy (and all see the
+    weights a fine-tuning callback changes).
+    """
+    if backbone is None:
+        backbone = DEFAULT_ARCH[mode]
+    if isinstance(backbone, DynamicNet):
+        _check_compatible(backbone, data, mode, groups)
+        return backbone
+    if isinstance(backbone, nn.Module):
+        raise TypeError(
+            f"backbone={type(backbone).__name__} is a torch module but not a dyncnn_gym DynamicNet;"
+            " build one with dyncnn_gym.models.build(...) or dyncnn_gym.pretrain(...)"
+        )
+    if isinstance(backbone, Path) or (isinstance(backbone, str) and (backbone.endswith(".pt") or "/" in backbone)):
+        key = ("path", str(Path(backbone).resolve()), data.fingerprint, groups, str(device))
+        if key not in _RESOLVED:
+            net = load_checkpoint(backbone, data, groups, device)
+            _check_compatible(net, data, mode, groups)
+            _RESOLVED[key] = net
+        return _RESOLVED[key]
+    if isinstance(backbone, str):
+        if backbone not in ARCHS:
+            raise ValueError(
+                f"backbone={backbone!r} is not a known arch or a checkpoint path; choose an arch from"
+                f" {sorted(ARCHS)}, a path to a .pt checkpoint, or a DynamicNet"
+            )
+        if mode not in ARCHS[backbone]:
+            valid = sorted(a for a, m in ARCHS.items() if mode in m)
+            raise ValueError(f"backbone={backbone!r} has no {mode!r} decisions; for this env choose one of {valid}")
+        key = ("arch", backbone, data.fingerprint, groups, str(device))
+        if key not in _RESOLVED:
+            _RESOLVED[key] = pretrain(backbone, data, groups=groups, device=device, progress=progress)
+        return _RESOLVED[key]
+    raise TypeError(
+        f"backbone={backbone!r} must be None, an arch name {sorted(ARCHS)}, a checkpoint path, or a DynamicNet"
+    )
+
+
+def _check_compatible(net: DynamicNet, data: DataSplits, mode: str, groups: int) -> None:
+    net.check_mode(mode)
+    if tuple(net.in_shape) != tuple(data.image_shape):
+        raise ValueError(f"backbone expects images {tuple(net.in_shape)}, but the data has {data.image_shape}")
+    if net.num_classes != data.num_classes:
+        raise ValueError(f"backbone has {net.num_classes} classes, but the data has {data.num_classes}")
+    if mode == "channel" and net.groups != groups:
+        raise ValueError(f"backbone has groups={net.groups}, but groups={groups} was asked for")
+    meta = getattr(net, "meta", None)
+    if meta and meta.get("data_fingerprint") not in (None, data.fingerprint):
+        raise ValueError(
+            f"backbone was trained on data {meta.get('data')!r} (fingerprint {meta['data_fingerprint']}),"
+            f" but the env uses data {data.name!r} (fingerprint {data.fingerprint})"
+        )
