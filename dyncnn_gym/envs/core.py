@@ -200,16 +200,14 @@ class RoutingCore:
 
     @torch.no_grad()
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
-        """Apply one action per slot (all slots must be in an episode).
+        """Apply one action per slot to every slot that is in an episode (``self.active``).
 
         Returns observations ``[N, D]`` float32, rewards ``[N]`` float64, terminated ``[N]`` bool and
-        one info dict per slot. A terminated slot's observation is the last one of its episode
-        (all zeros but the decision one-hot and FLOPs used); it must be reset before the next step.
+        one info dict per slot; slots not in an episode get zeros and ``{}`` (their actions are
+        ignored, but must still be valid). A terminated slot's observation is the last one of its
+        episode (zero features, the FLOPs used); the slot must be reset before it can step again.
         """
         actions = self._check_actions(actions)
-        if not self.active.all():
-            idle = np.nonzero(~self.active)[0].tolist()
-            raise RuntimeError(f"slots {idle} have finished their episode; reset them before stepping")
         obs = np.zeros((self.n, self.observation_space.shape[0]), dtype=np.float32)
         rew = np.zeros(self.n, dtype=np.float64)
         term = np.zeros(self.n, dtype=bool)

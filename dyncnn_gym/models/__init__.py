@@ -24,7 +24,10 @@ def build(arch: str, in_shape: tuple[int, int, int], num_classes: int, groups: i
         kw = {"widths": widths, "pool_after": pools, **kwargs}
         return ChannelVGG(in_shape, num_classes, groups, arch=arch, **kw)
     if isinstance(arch, str) and arch.startswith("resnet") and arch[6:].isdigit() and int(arch[6:]) in RESNET_DEPTHS:
-        return ResNet(in_shape, num_classes, groups, depth=int(arch[6:]), arch=arch, **kwargs)
+        kw = {**kwargs, "depth": int(arch[6:])}
+        if kwargs.get("depth", kw["depth"]) != kw["depth"]:
+            raise ValueError(f"arch={arch!r} has depth {kw['depth']}, not depth={kwargs['depth']!r}")
+        return ResNet(in_shape, num_classes, groups, arch=arch, **kw)
     raise ValueError(f"arch={arch!r} is not a known backbone; choose one of {sorted(ARCHS)}")
 
 

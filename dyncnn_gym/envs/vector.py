@@ -1,0 +1,162 @@
+"""Native Gymnasium vector envs: N images step through the backbone as one batch.
+
+Registered as the ``vector_entry_point`` of every id, so ``gymnasium.make_vec("DynChannel-v0",
+num_envs=256)`` builds one of these (not a Sync/Async wrapper of single envs). Seeds, observations,
+rewards and infos match ``num_envs`` single envs seeded ``seed, seed + 1, ...`` given the same actions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from .core import RoutingCore
+from .routing import DynChannelEnv, DynSkipEnv
+
+
+def slot_seeds(seed: int | list | tuple | None, n: int) -> list[int | None] | None:
+    """Per-slot seeds from a vector ``reset(seed=...)``: an int gives ``seed + i``; a list is taken as is."""
+    if seed is None:
+        return None
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return [int(seed) + i for i in range(n)]
+    if isinstance(seed, (list, tuple)) and len(seed) == n:
+        return [None if s is None else int(s) for s in seed]
+    raise ValueError(f"seed={seed!r} must be None, an int, or a list of {n} ints (one per env)")
+
+
+class RoutingVectorEnv(VectorEnv):
+    """Base of the native vector envs. Arguments are those of the single env, plus:
+
+    Args:
+        num_envs: number of images routed in lockstep.
+        autoreset_mode: ``AutoresetMode.NEXT_STEP`` (default; Gymnasium 1.x and RLlib) or
+            ``AutoresetMode.SAME_STEP`` (the reset observation is returned at once; the last one is in
+            ``info["final_obs"]``, the last info in ``info["final_info"]``).
+        max_episode_steps: accepted because ``make_vec`` passes it; every episode has exactly
+            ``T`` steps, so only ``None`` or a value ``>= T`` is valid (it changes nothing).
+
+    Infos come in Gymnasium's dict-of-arrays form (``info["correct"]`` with mask ``info["_correct"]``).
+    ``reset(options={"reset_mask": mask})`` resets only the envs where ``mask`` is true.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+    mode = ""
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        *,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        max_episode_steps: int | None = None,
+        render_mode: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if render_mode is not None:
+            raise ValueError(f"render_mode={render_mode!r}: the vector envs do not render; use the single env")
+        modes = {m.value: m for m in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)}
+        key = autoreset_mode.value if isinstance(autoreset_mode, AutoresetMode) else autoreset_mode
+        if key not in modes:
+            raise ValueError(f"autoreset_mode={autoreset_mode!r} is not supported; choose one of {list(modes)}")
+        self.core = RoutingCore(self.mode, num_envs, **kwargs)
+        T = self.core.T
+        if max_episode_steps is not None and (not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < T):
+            raise ValueError(
+                f"max_episode_steps={max_episode_steps!r}: every episode has exactly {T} steps and never"
+                f" truncates; pass None or a value >= {T}"
+            )
+        self.num_envs = int(num_envs)
+        self.metadata = {**self.metadata, "autoreset_mode": modes[key]}
+        self.render_mode = None
+        self.single_observation_space = self.core.observation_space
+        self.single_action_space = self.core.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._obs = np.zeros(self.observation_space.shape, dtype=np.float32)
+        self._needs_reset = np.ones(self.num_envs, dtype=bool)
+        self._started = False
+
+    @property
+    def backbone(self):
+        return self.core.net
+
+    def reset(self, *, seed: int | list | None = None, options: dict | None = None):
+        super().reset(seed=seed if isinstance(seed, (int, np.integer)) or seed is None else None)
+        options = dict(options or {})
+        mask = options.pop("reset_mask", None)
+        if options:
+            raise ValueError(f"unknown reset options {sorted(options)}; the only option is 'reset_mask'")
+        seeds = slot_seeds(seed, self.num_envs)
+        if mask is None:
+            slots = np.arange(self.num_envs)
+        else:
+            mask = np.asarray(mask)
+            if mask.dtype != bool or mask.shape != (self.num_envs,):
+                raise ValueError(f"reset_mask must be a bool array of shape ({self.num_envs},), got {mask!r}")
+            if not self._started and not mask.all():
+                raise ValueError("the first reset must reset every env (reset_mask all true, or no reset_mask)")
+            slots = np.nonzero(mask)[0]
+        if seeds is not None:
+            for s in slots:
+                self.core.rngs[s] = np.random.default_rng(seeds[s])
+            self.core.cursor = 0
+        elif not self._started:
+            for s in slots:
+                self.core.rngs[s] = np.random.default_rng(self.np_random.integers(2**63))
+        obs, infos = self.core.reset_slots(slots)
+        self._obs[slots] = obs
+        self._needs_reset[slots] = False
+        self._started = True
+        info: dict = {}
+        for r, s in enumerate(slots):
+            info = self._add_info(info, infos[r], int(s))
+        return self._obs.copy(), info
+
+    def step(self, actions):
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        n = self.num_envs
+        pending = self._needs_reset.copy()  # NEXT_STEP: episodes that ended last step restart now
+        obs, rew, term, infos = self.core.step(actions)
+        info: dict = {}
+        if self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP:
+            stepped = ~pending
+            self._obs[stepped] = obs[stepped]
+            for s in np.nonzero(stepped)[0]:
+                info = self._add_info(info, infos[s], int(s))
+            slots = np.nonzero(pending)[0]
+            if len(slots):
+                r_obs, r_infos = self.core.reset_slots(slots)
+                self._obs[slots] = r_obs
+                for r, s in enumerate(slots):
+                    info = self._add_info(info, r_infos[r], int(s))
+            self._needs_reset = term.copy()
+        else:  # SAME_STEP: a finished episode restarts at once
+            self._obs[:] = obs
+            done = np.nonzero(term)[0]
+            for s in np.nonzero(~term)[0]:
+                info = self._add_info(info, infos[s], int(s))
+            if len(done):
+                r_obs, r_infos = self.core.reset_slots(done)
+                for r, s in enumerate(done):
+                    info = self._add_info(info, {"final_obs": obs[s], "final_info": infos[s]}, int(s))
+                    info = self._add_info(info, r_infos[r], int(s))
+                self._obs[done] = r_obs
+        return self._obs.copy(), rew, term, np.zeros(n, dtype=bool), info
+
+    def action_masks(self) -> np.ndarray:
+        """bool ``[num_envs, A]`` of the actions allowed now."""
+        return self.core.action_masks()
+
+
+class DynChannelVectorEnv(RoutingVectorEnv):
+    __doc__ = "Native vector env of ``DynChannel-v0``.\n\n" + (RoutingVectorEnv.__doc__ or "") + (DynChannelEnv.__doc__ or "")
+    mode = "channel"
+
+
+class DynSkipVectorEnv(RoutingVectorEnv):
+    __doc__ = "Native vector env of ``DynSkip-v0``.\n\n" + (RoutingVectorEnv.__doc__ or "") + (DynSkipEnv.__doc__ or "")
+    mode = "skip"

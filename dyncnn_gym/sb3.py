@@ -1,0 +1,145 @@
+"""Stable-Baselines3 face of the routing core: a native ``VecEnv``.
+
+``make_vec_env("DynSkip-v0", n_envs=256, dataset="digits")`` routes all ``n_envs`` images as one
+batch per step (no ``DummyVecEnv`` of single envs). It follows SB3's conventions: same-step
+autoreset with ``infos[i]["terminal_observation"]``, ``infos[i]["episode"]`` statistics (``r``,
+``l``, ``t``) as ``Monitor`` writes them, ``env_method("action_masks")`` for MaskablePPO, and
+``get_attr`` / ``set_attr`` / ``env_is_wrapped`` / ``seed``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
+
+from .envs.core import RoutingCore
+
+_MODES = {"DynChannel-v0": "channel", "DynSkip-v0": "skip"}
+
+
+def _mode_of(env_id: str) -> str:
+    name = env_id.split(":", 1)[-1]
+    if name not in _MODES:
+        raise ValueError(f"env_id={env_id!r} has no native SB3 VecEnv; choose one of {sorted(_MODES)}")
+    return _MODES[name]
+
+
+class RoutingVecEnv(VecEnv):
+    """Native SB3 ``VecEnv`` over a :class:`~dyncnn_gym.envs.core.RoutingCore` with ``n_envs`` slots.
+
+    Args:
+        env_id: ``"DynChannel-v0"`` or ``"DynSkip-v0"`` (optionally ``"dyncnn_gym:"``-prefixed).
+        n_envs: images routed in lockstep.
+        seed: optional base seed (slot ``i`` gets ``seed + i``), as ``VecEnv.seed`` would set.
+        env_kwargs: the single env's arguments (``dataset``, ``backbone``, ``reward``, ...).
+    """
+
+    def __init__(self, env_id: str, n_envs: int = 8, seed: int | None = None, **env_kwargs: Any) -> None:
+        self.env_id = env_id
+        self.env_kwargs = dict(env_kwargs)
+        self.core = RoutingCore(_mode_of(env_id), n_envs, **env_kwargs)
+        self.render_mode = None
+        super().__init__(n_envs, self.core.observation_space, self.core.action_space)
+        self._actions: np.ndarray | None = None
+        self._returns = np.zeros(n_envs)
+        self._lengths = np.zeros(n_envs, dtype=np.int64)
+        self._t0 = time.time()
+        if seed is not None:
+            self.seed(seed)
+
+    @property
+    def backbone(self):
+        return self.core.net
+
+    def reset(self) -> np.ndarray:
+        for i, s in enumerate(self._seeds):
+            if s is not None:
+                self.core.rngs[i] = np.random.default_rng(s)
+                self.core.cursor = 0
+        self._reset_seeds()
+        obs, infos = self.core.reset_slots(np.arange(self.num_envs))
+        self.reset_infos = infos
+        self._returns[:] = 0.0
+        self._lengths[:] = 0
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        if self._actions is None:
+            raise RuntimeError("step_wait() called without step_async()")
+        obs, rew, term, infos = self.core.step(self._actions)
+        self._actions = None
+        self._returns += rew
+        self._lengths += 1
+        done = np.nonzero(term)[0]
+        if len(done):
+            now = round(time.time() - self._t0, 6)
+            for s in done:
+                infos[s]["terminal_observation"] = obs[s].copy()
+                infos[s]["TimeLimit.truncated"] = False
+                infos[s]["episode"] = {"r": float(self._returns[s]), "l": int(self._lengths[s]), "t": now}
+            r_obs, r_infos = self.core.reset_slots(done)
+            obs[done] = r_obs
+            for r, s in enumerate(done):
+                self.reset_infos[s] = r_infos[r]
+            self._returns[done] = 0.0
+            self._lengths[done] = 0
+        return obs, rew.astype(np.float32), term.copy(), infos
+
+    def close(self) -> None:
+        pass
+
+    # -- the rest of the VecEnv API --------------------------------------------------------------
+    def action_masks(self) -> np.ndarray:
+        """bool ``[n_envs, A]`` of the actions allowed now."""
+        return self.core.action_masks()
+
+    def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
+        idx = self._get_indices(indices)
+        if method_name == "action_masks":
+            masks = self.core.action_masks()
+            return [masks[i] for i in idx]
+        if method_name == "render":
+            return [None for _ in idx]
+        raise AttributeError(
+            f"env_method({method_name!r}) is not available on the native routing VecEnv; "
+            "available: ['action_masks', 'render']"
+        )
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        idx = self._get_indices(indices)
+        for owner in (self, self.core):
+            if hasattr(owner, attr_name):
+                value = getattr(owner, attr_name)
+                return [value for _ in idx]
+        raise AttributeError(f"the routing VecEnv has no attribute {attr_name!r}")
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        idx = list(self._get_indices(indices))
+        if idx != list(range(self.num_envs)):
+            raise ValueError(
+                f"set_attr({attr_name!r}) on indices {idx}: the native VecEnv shares one backbone and"
+                " configuration across all envs, so attributes can only be set for all of them"
+            )
+        target = self.core if hasattr(self.core, attr_name) else self
+        setattr(target, attr_name, value)
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+        """True only for SB3's ``Monitor``, whose episode statistics this VecEnv writes itself."""
+        return [wrapper_class is Monitor for _ in self._get_indices(indices)]
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        return [None for _ in range(self.num_envs)]
+
+
+def make_vec_env(env_id: str, n_envs: int = 8, seed: int | None = None, **env_kwargs: Any) -> RoutingVecEnv:
+    """The native SB3 ``VecEnv`` of a registered routing env (see :class:`RoutingVecEnv`)."""
+    return RoutingVecEnv(env_id, n_envs, seed=seed, **env_kwargs)
