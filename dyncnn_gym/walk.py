@@ -12,6 +12,7 @@ Shapes: ``B`` samples, ``T`` decision points, ``A`` actions per decision.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -20,18 +21,34 @@ import torch.nn.functional as F
 
 from .models.base import CostTable, DynamicNet
 
-_COST_CACHE: dict[tuple[int, str], tuple[CostTable, torch.Tensor, torch.Tensor]] = {}
+_COST_CACHE: "weakref.WeakKeyDictionary[DynamicNet, dict]" = weakref.WeakKeyDictionary()
 
 
 def cost_tensors(net: DynamicNet, mode: str) -> tuple[CostTable, torch.Tensor, torch.Tensor]:
     """The cost table of ``net`` in ``mode``, plus its ``steps`` and ``head`` as CPU int64 tensors."""
-    key = (id(net), mode)
-    hit = _COST_CACHE.get(key)
-    if hit is None or hit[0] is None:
+    per_net = _COST_CACHE.get(net)
+    if per_net is None:
+        per_net = _COST_CACHE[net] = {}
+    hit = per_net.get(mode)
+    if hit is None:
         table = net.cost_table(mode)
-        hit = (table, torch.as_tensor(table.steps), torch.as_tensor(table.head))
-        _COST_CACHE[key] = hit
+        hit = per_net[mode] = (table, torch.as_tensor(table.steps), torch.as_tensor(table.head))
     return hit
+
+
+class _Chunk:
+    """Rows of a walk that share their previous action ``p``: sample indices ``rows`` (NumPy int64)
+    and their feature map ``x`` ``[len(rows), c, H, W]`` (``c`` = what ``p`` computed).
+
+    For backbones whose decisions ignore the previous action (:meth:`DynamicNet.decision_uses_prev`)
+    ``p`` is only a label (``-1`` when the rows' previous actions differ). ``owned``: ``x`` is
+    referenced by no one else, so rows may be overwritten in place (inference only).
+    """
+
+    __slots__ = ("p", "rows", "x", "owned")
+
+    def __init__(self, p: int, rows: np.ndarray, x: torch.Tensor, owned: bool = True) -> None:
+        self.p, self.rows, self.x, self.owned = p, rows, x, owned
 
 
 class Walk:
@@ -41,9 +58,18 @@ class Walk:
         t: index of the next decision point (``T`` when all decisions are made).
         h: feature map entering decision ``t``, ``[B, C, H, W]`` on the net's device; in channel
             mode on a plain CNN it may hold fewer than the layer's full channels (the rest are 0).
+            Assembled on access (see below).
         prev: int64 ``[B]`` (CPU), the previous action of each sample (``A - 1`` before the first).
         flops: int64 ``[B]`` (CPU), FLOPs spent so far on each sample.
         actions: int64 ``[B, T]`` (CPU), actions taken so far (``-1`` where not yet taken).
+
+    Inside, the samples are kept in *chunks* of equal previous action, each a dense tensor holding
+    exactly the channels that action computed. A step splits each chunk by the new action (one
+    gather where a chunk is mixed; none where it is not), runs every (previous action, action)
+    group once on contiguous cached weight slices, and concatenates the outputs by action; so a
+    mixed batch costs one gather and one concatenation per step, never a mask or a zero fill, and a
+    uniform batch costs neither. The accounting (``prev``, ``flops``, ``actions``) lives in NumPy
+    arrays that the tensors share memory with.
     """
 
     def __init__(self, net: DynamicNet, mode: str, images: torch.Tensor | None) -> None:
@@ -52,137 +78,266 @@ class Walk:
         self.table, self._steps, self._head = cost_tensors(net, mode)
         self.T, self.A = self.table.num_decisions, self.table.num_actions
         self.widths = net.feature_widths(mode)
+        self._by_prev = net.decision_uses_prev(mode)
         self.t = 0
         self._logits: torch.Tensor | None = None
+        self._chunks: list[_Chunk] = []
         if images is None:  # used by select / cat
             return
         B = images.shape[0]
-        self.h = net.stem(images, mode)
-        self.prev = torch.full((B,), self.A - 1, dtype=torch.int64)
-        self.flops = torch.full((B,), self.table.stem, dtype=torch.int64)
-        self.actions = torch.full((B, self.T), -1, dtype=torch.int64)
+        self._chunks = [_Chunk(self.A - 1, np.arange(B, dtype=np.int64), net.stem(images, mode))]
+        self._books(
+            np.full(B, self.A - 1, dtype=np.int64),
+            np.full(B, self.table.stem, dtype=np.int64),
+            np.full((B, self.T), -1, dtype=np.int64),
+        )
+
+    def _books(self, prev: np.ndarray, flops: np.ndarray, actions: np.ndarray) -> None:
+        self._prev, self._flops, self._actions = prev, flops, actions
+        self.prev, self.flops, self.actions = torch.from_numpy(prev), torch.from_numpy(flops), torch.from_numpy(actions)
 
     def __len__(self) -> int:
-        return int(self.prev.shape[0])
+        return int(self._prev.shape[0])
 
     @property
     def done(self) -> bool:
         return self.t >= self.T
+
+    @property
+    def device(self) -> torch.device:
+        return self._chunks[0].x.device if self._chunks else next(self.net.parameters()).device
+
+    # -- the feature map in sample order ---------------------------------------------------------
+    def _order(self) -> np.ndarray | None:
+        """Sample index of each row of the chunks laid end to end (``None`` if that is ``0..B-1``)."""
+        if len(self._chunks) == 1:
+            rows = self._chunks[0].rows
+            if rows.shape[0] < 2 or bool((rows[1:] > rows[:-1]).all()):
+                return None
+            return rows
+        return np.concatenate([c.rows for c in self._chunks]) if self._chunks else None
+
+    def _unpermute(self, y: torch.Tensor) -> torch.Tensor:
+        """Rows of ``y`` (chunk order) put back in sample order."""
+        order = self._order()
+        if order is None:
+            return y
+        inv = np.empty_like(order)
+        inv[order] = np.arange(order.shape[0])
+        return y.index_select(0, torch.from_numpy(inv).to(y.device))
+
+    @property
+    def h(self) -> torch.Tensor:
+        chunks = self._chunks
+        if len(chunks) == 1 and self._order() is None:
+            chunks[0].owned = False  # the caller holds it now: never overwrite it in place
+            return chunks[0].x
+        if not chunks:
+            raise RuntimeError("the walk holds no samples")
+        C = max(c.x.shape[1] for c in chunks)
+        xs = [F.pad(c.x, (0, 0, 0, 0, 0, C - c.x.shape[1])) if c.x.shape[1] < C else c.x for c in chunks]
+        return self._unpermute(torch.cat(xs))
+
+    @h.setter
+    def h(self, value: torch.Tensor) -> None:
+        """Replace the feature map (``[B, C, H, W]`` in sample order)."""
+        if value.shape[0] != len(self):
+            raise ValueError(f"h must have {len(self)} rows, got {tuple(value.shape)}")
+        self._chunks = []
+        for p in np.unique(self._prev).tolist():
+            rows = np.flatnonzero(self._prev == p)
+            x = value if rows.shape[0] == len(self) else value.index_select(0, torch.from_numpy(rows).to(value.device))
+            self._chunks.append(_Chunk(int(p), rows, x))
 
     # -- observing ---------------------------------------------------------------------------
     def pooled(self) -> torch.Tensor:
         """Globally average-pooled feature map entering decision ``t``: ``[B, widths[t]]``."""
         if self.done:
             raise RuntimeError("the walk is finished: every decision has been made")
-        f = self.h.mean(dim=(2, 3))
-        missing = self.widths[self.t] - f.shape[1]
-        return F.pad(f, (0, missing)) if missing > 0 else f
+        width = self.widths[self.t]
+        fs = []
+        for c in self._chunks:
+            f = c.x.mean(dim=(2, 3))
+            fs.append(F.pad(f, (0, width - f.shape[1])) if f.shape[1] < width else f)
+        if not fs:
+            return torch.zeros((0, width), device=self.device)
+        return self._unpermute(fs[0] if len(fs) == 1 else torch.cat(fs))
 
     # -- acting ------------------------------------------------------------------------------
     def step(self, actions: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
         """Take decision ``t`` for every sample; returns the FLOPs it cost each sample, int64 ``[B]``."""
         if self.done:
             raise RuntimeError("the walk is finished: every decision has been made")
-        a = _as_actions(actions, len(self), self.A)
-        t, net, mode = self.t, self.net, self.mode
-        keys = self.prev * self.A + a
-        first = int(keys[0])
-        if bool((keys == first).all()):
-            self.h = net.decision(mode, t, self.h, first // self.A, first % self.A)
-        else:
-            self.h = self._grouped(t, keys)
-        cost = self._steps[t][self.prev, a]
-        self.flops += cost
-        self.actions[:, t] = a
-        self.prev = a
+        B = len(self)
+        a = _as_actions(actions, B, self.A)
+        t, net, mode, prev = self.t, self.net, self.mode, self._prev
+        if B == 1:  # one image (the single env): no grouping, scalar bookkeeping
+            c, p, v = self._chunks[0], int(prev[0]), int(a[0])
+            c.x = net.decision(mode, t, c.x, p, v)
+            c.p, c.owned = v, True
+            cost = self.table.steps[t, p, v]
+            self._flops[0] += cost
+            self._actions[0, t] = v
+            prev[0] = v
+            self.t += 1
+            return torch.from_numpy(np.array([cost], dtype=np.int64))
+        if B:
+            self._chunks = self._advance(t, a) if self._by_prev else self._advance_any_prev(t, a)
+        cost = self.table.steps[t][prev, a]
+        self._flops += cost
+        self._actions[:, t] = a
+        prev[:] = a
         self.t += 1
-        return cost
+        return torch.from_numpy(cost)
 
-    def _grouped(self, t: int, keys: torch.Tensor) -> torch.Tensor:
-        """Decision ``t`` on a batch with mixed (previous action, action) pairs."""
-        net, mode, h = self.net, self.mode, self.h
-        dev = h.device
-        uniq = torch.unique(keys).tolist()
-        parts: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-        for k in uniq:
-            idx = (keys == k).nonzero().flatten().to(dev)
-            p, a = divmod(int(k), self.A)
-            if mode == "skip" and a == 0 and _is_identity_skip(net, t):
-                parts.append((idx, None))  # rows left as they are: nothing to compute
-                continue
-            parts.append((idx, net.decision(mode, t, h.index_select(0, idx), p, a)))
-        computed = [y for _, y in parts if y is not None]
-        ref = computed[0]
-        C = max(y.shape[1] for y in computed)
-        if any(y is None for _, y in parts):
-            C = max(C, h.shape[1])
-        shape = (h.shape[0], C, *ref.shape[2:])
-        if torch.is_grad_enabled():
-            ys, order = [], []
-            for idx, y in parts:
-                y = h.index_select(0, idx) if y is None else y
-                ys.append(F.pad(y, (0, 0, 0, 0, 0, C - y.shape[1])) if y.shape[1] < C else y)
-                order.append(idx)
-            return torch.zeros(shape, dtype=ref.dtype, device=dev).index_copy(0, torch.cat(order), torch.cat(ys))
-        if any(y is None for _, y in parts) and tuple(h.shape) == shape:
-            out = h  # identity rows stay in place; overwrite only the computed ones
-        else:
-            out = torch.zeros(shape, dtype=ref.dtype, device=dev)
-        for idx, y in parts:
-            if y is not None:
-                (out if y.shape[1] == C else out[:, : y.shape[1]]).index_copy_(0, idx, y)
+    def _advance(self, t: int, a: np.ndarray) -> list[_Chunk]:
+        """Decision ``t`` on every chunk; returns the new chunks (one per action taken)."""
+        net, mode = self.net, self.mode
+        skip_identity = mode == "skip" and _is_identity_skip(net, t)
+        pieces: dict[int, list[tuple[np.ndarray, torch.Tensor]]] = {}
+        for c in self._chunks:
+            ac = a[c.rows]
+            a0 = int(ac[0])
+            if (ac == a0).all():
+                groups = [(a0, c.rows, c.x)]
+            else:
+                order = np.argsort(ac, kind="stable")
+                sa = ac[order]
+                cuts = [0, *(np.flatnonzero(sa[1:] != sa[:-1]) + 1).tolist(), sa.shape[0]]
+                order_dev = torch.from_numpy(order).to(c.x.device)
+                groups = [
+                    (int(sa[s]), c.rows[order[s:e]], _gather(c.x, order_dev[s:e])) for s, e in zip(cuts[:-1], cuts[1:])
+                ]
+            for act, rows, x in groups:
+                y = x if (skip_identity and act == 0) else net.decision(mode, t, x, c.p, act)
+                pieces.setdefault(act, []).append((rows, y))
+        out = []
+        for act in sorted(pieces):
+            ps = pieces[act]
+            if len(ps) == 1:
+                out.append(_Chunk(act, ps[0][0], ps[0][1]))
+            else:
+                out.append(_Chunk(act, np.concatenate([r for r, _ in ps]), torch.cat([y for _, y in ps])))
         return out
+
+    def _advance_any_prev(self, t: int, a: np.ndarray) -> list[_Chunk]:
+        """Decision ``t`` when the previous action does not matter (ResNets): chunks need not be
+        split by it. Samples that skip an identity block stay where they are: only the rows that
+        execute it are gathered, computed and written back (in place when the chunk is owned and
+        no gradient is recorded)."""
+        net, mode = self.net, self.mode
+        skip_identity = mode == "skip" and _is_identity_skip(net, t)
+        inplace_ok = not torch.is_grad_enabled()
+        kept: list[_Chunk] = []
+        pieces: list[tuple[np.ndarray, torch.Tensor]] = []
+        for c in self._chunks:
+            ac = a[c.rows]
+            a0 = int(ac[0])
+            if (ac == a0).all():
+                if not (skip_identity and a0 == 0):
+                    c.x, c.owned = net.decision(mode, t, c.x, c.p, a0), True
+                c.p = a0
+                kept.append(c)
+                continue
+            if skip_identity:
+                run = np.flatnonzero(ac == 1)
+                idx = torch.from_numpy(run).to(c.x.device)
+                y = net.decision(mode, t, _gather(c.x, idx), c.p, 1)
+                if inplace_ok and c.owned:
+                    _scatter_(c.x, idx, y)
+                else:
+                    c.x, c.owned = c.x.index_copy(0, idx, y), True
+                c.p = -1
+                kept.append(c)
+                continue
+            order = np.argsort(ac, kind="stable")
+            sa = ac[order]
+            cuts = [0, *(np.flatnonzero(sa[1:] != sa[:-1]) + 1).tolist(), sa.shape[0]]
+            order_dev = torch.from_numpy(order).to(c.x.device)
+            for s, e in zip(cuts[:-1], cuts[1:]):
+                pieces.append((c.rows[order[s:e]], net.decision(mode, t, _gather(c.x, order_dev[s:e]), c.p, int(sa[s]))))
+        if pieces:
+            kept.append(_Chunk(-1, np.concatenate([r for r, _ in pieces]), torch.cat([y for _, y in pieces])))
+        return kept
 
     def logits(self) -> torch.Tensor:
         """Class scores ``[B, num_classes]`` after the last decision; adds the head's FLOPs once."""
         if not self.done:
             raise RuntimeError(f"decision {self.t} of {self.T} is still to be made")
         if self._logits is None:
-            a = self.prev
-            first = int(a[0])
-            if bool((a == first).all()):
-                self._logits = self.net.head(self.h, self.mode, first)
+            ys = [self.net.head(c.x, self.mode, c.p) for c in self._chunks]
+            if not ys:
+                self._logits = torch.zeros((0, self.net.num_classes), device=self.device)
             else:
-                out = None
-                for v in torch.unique(a).tolist():
-                    idx = (a == v).nonzero().flatten().to(self.h.device)
-                    y = self.net.head(self.h.index_select(0, idx), self.mode, int(v))
-                    if out is None:
-                        out = y.new_zeros((len(self), y.shape[1]))
-                    out = out.index_copy(0, idx, y) if torch.is_grad_enabled() else out.index_copy_(0, idx, y)
-                self._logits = out
-            self.flops += self._head[a]
+                self._logits = self._unpermute(ys[0] if len(ys) == 1 else torch.cat(ys))
+            self._flops += self.table.head[self._prev]
         return self._logits
 
     # -- regrouping (vector envs with partial resets) ----------------------------------------
-    def select(self, rows: torch.Tensor) -> "Walk":
+    def select(self, rows: torch.Tensor | np.ndarray | Sequence[int]) -> "Walk":
         """A walk of the samples ``rows`` (int64 indices), at the same decision point."""
+        rows_np = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
+        rows_np = rows_np.astype(np.int64, copy=False).reshape(-1)
         w = Walk(self.net, self.mode, None)
-        rows_cpu = rows.cpu()
         w.t = self.t
-        w.h = self.h.index_select(0, rows_cpu.to(self.h.device))
-        w.prev, w.flops, w.actions = self.prev[rows_cpu], self.flops[rows_cpu], self.actions[rows_cpu]
-        w._logits = None if self._logits is None else self._logits.index_select(0, rows_cpu.to(self.h.device))
+        pos = np.full(len(self), -1, dtype=np.int64)
+        pos[rows_np] = np.arange(rows_np.shape[0])
+        for c in self._chunks:
+            new = pos[c.rows]
+            keep = new >= 0
+            if keep.all():
+                c.owned = False  # shared by both walks from now on
+                w._chunks.append(_Chunk(c.p, new, c.x, owned=False))
+            elif keep.any():
+                k = np.flatnonzero(keep)
+                w._chunks.append(_Chunk(c.p, new[k], _gather(c.x, torch.from_numpy(k).to(c.x.device))))
+        w._books(self._prev[rows_np], self._flops[rows_np], self._actions[rows_np])
+        if self._logits is not None:
+            w._logits = self._logits.index_select(0, torch.from_numpy(rows_np).to(self._logits.device))
         return w
 
     @staticmethod
     def cat(walks: Sequence["Walk"]) -> "Walk":
-        """Concatenate walks that stand at the same decision point."""
+        """Concatenate walks that stand at the same decision point (no feature map is copied)."""
         if len({w.t for w in walks}) != 1:
             raise ValueError(f"walks at different decision points {[w.t for w in walks]} cannot be merged")
         if len(walks) == 1:
             return walks[0]
         w = Walk(walks[0].net, walks[0].mode, None)
         w.t = walks[0].t
-        C = max(x.h.shape[1] for x in walks)
-        w.h = torch.cat([F.pad(x.h, (0, 0, 0, 0, 0, C - x.h.shape[1])) for x in walks])
-        w.prev = torch.cat([x.prev for x in walks])
-        w.flops = torch.cat([x.flops for x in walks])
-        w.actions = torch.cat([x.actions for x in walks])
-        w._logits = None
+        offset = 0
+        for x in walks:
+            for c in x._chunks:
+                c.owned = False
+                w._chunks.append(_Chunk(c.p, c.rows + offset, c.x, owned=False))
+            offset += len(x)
+        w._books(
+            np.concatenate([x._prev for x in walks]),
+            np.concatenate([x._flops for x in walks]),
+            np.concatenate([x._actions for x in walks]),
+        )
         if all(x._logits is not None for x in walks):
             w._logits = torch.cat([x._logits for x in walks])
         return w
+
+
+def _scatter_(x: torch.Tensor, idx: torch.Tensor, y: torch.Tensor) -> None:
+    """``x[idx] = y`` in place (rows copied as contiguous NHWC rows when channels-last)."""
+    if _channels_last(x) and _channels_last(y):
+        x.permute(0, 2, 3, 1).index_copy_(0, idx, y.permute(0, 2, 3, 1))
+    else:
+        x.index_copy_(0, idx, y)
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` of ``x``, keeping a channels-last layout (gathered as contiguous NHWC rows)."""
+    if _channels_last(x):
+        return x.permute(0, 2, 3, 1).index_select(0, idx).permute(0, 3, 1, 2)
+    return x.index_select(0, idx)
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def _is_identity_skip(net: DynamicNet, t: int) -> bool:
@@ -190,16 +345,26 @@ def _is_identity_skip(net: DynamicNet, t: int) -> bool:
     return blocks is not None and not blocks[1 + t].changes_shape
 
 
-def _as_actions(actions, B: int, A: int) -> torch.Tensor:
-    a = torch.as_tensor(np.asarray(actions) if not isinstance(actions, torch.Tensor) else actions)
-    if a.dtype.is_floating_point or a.dtype == torch.bool or a.dtype.is_complex:
-        raise TypeError(f"actions must be integers in [0, {A}); got dtype {a.dtype}")
-    a = a.to(device="cpu", dtype=torch.int64).reshape(-1)
+def _as_actions(actions, B: int, A: int) -> np.ndarray:
+    """``actions`` as an int64 NumPy array ``[B]``, checked against ``Discrete(A)``."""
+    if isinstance(actions, np.ndarray) and actions.dtype == np.int64 and actions.shape == (B,) and B == 1:
+        if not 0 <= actions[0] < A:
+            raise ValueError(f"actions {actions.tolist()} are outside Discrete({A}) (valid: 0..{A - 1})")
+        return actions
+    if isinstance(actions, torch.Tensor):
+        if actions.dtype.is_floating_point or actions.dtype == torch.bool or actions.dtype.is_complex:
+            raise TypeError(f"actions must be integers in [0, {A}); got dtype {actions.dtype}")
+        a = actions.detach().cpu().numpy()
+    else:
+        a = np.asarray(actions)
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"actions must be integers in [0, {A}); got dtype {a.dtype}")
+    a = a.astype(np.int64, copy=False).reshape(-1)
     if a.shape[0] != B:
         raise ValueError(f"expected {B} actions (one per sample), got {a.shape[0]}")
-    if B and (int(a.min()) < 0 or int(a.max()) >= A):
-        bad = a[(a < 0) | (a >= A)].tolist()
-        raise ValueError(f"actions {bad} are outside Discrete({A}) (valid: 0..{A - 1})")
+    bad = (a < 0) | (a >= A)
+    if bad.any():
+        raise ValueError(f"actions {a[bad].tolist()} are outside Discrete({A}) (valid: 0..{A - 1})")
     return a
 
 
@@ -210,9 +375,9 @@ def run_routes(
 
     Returns ``(logits [B, classes], flops int64 [B])``.
     """
-    acts = torch.as_tensor(np.asarray(actions) if not isinstance(actions, torch.Tensor) else actions)
+    acts = actions.detach().cpu().numpy() if isinstance(actions, torch.Tensor) else np.asarray(actions)
     walk = Walk(net, mode, images)
-    if acts.dim() != 2 or acts.shape[1] != walk.T:
+    if acts.ndim != 2 or acts.shape[1] != walk.T:
         raise ValueError(f"actions must have shape [B, {walk.T}], got {tuple(acts.shape)}")
     for t in range(walk.T):
         walk.step(acts[:, t])

@@ -264,11 +264,15 @@ class RoutingCore:
         return a
 
     # -- observations and infos ------------------------------------------------------------------
+    def observe(self, walk: Walk) -> np.ndarray:
+        """Observations ``[b, D]`` of the samples of ``walk`` (any walk on this core's backbone)."""
+        return self._observe(walk)
+
     def _observe(self, walk: Walk) -> np.ndarray:
         b = len(walk)
         out = np.zeros((b, self.observation_space.shape[0]), dtype=np.float32)
         if not walk.done:
-            f = torch.tanh(walk.pooled() / self.scale[walk.t]).float().cpu().numpy()
+            f = torch.tanh(walk.pooled().detach() / self.scale[walk.t]).float().cpu().numpy()
             out[:, : f.shape[1]] = f
             out[:, self.feat_dim + walk.t] = 1.0
         out[:, -1] = np.minimum(walk.flops.numpy() / self.full, 1.0)

@@ -122,6 +122,11 @@ class RoutingEnv(gym.Env, EzPickle):
         self._needs_reset = bool(term[0])
         return obs[0], float(rew[0]), bool(term[0]), False, infos[0]
 
+    def set_backbone_state(self, state_dict: dict) -> None:
+        """Load new backbone weights (how a fine-tuning callback reaches envs in other processes)."""
+        self.core.net.load_state_dict(state_dict)
+        self.core.net.eval()
+
     def action_masks(self) -> np.ndarray:
         """bool ``[A]``: actions allowed now (for sb3-contrib's MaskablePPO)."""
         return self.core.action_masks()[0]

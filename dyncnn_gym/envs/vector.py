@@ -7,6 +7,7 @@ rewards and infos match ``num_envs`` single envs seeded ``seed, seed + 1, ...`` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,65 @@ def slot_seeds(seed: int | list | tuple | None, n: int) -> list[int | None] | No
     if isinstance(seed, (list, tuple)) and len(seed) == n:
         return [None if s is None else int(s) for s in seed]
     raise ValueError(f"seed={seed!r} must be None, an int, or a list of {n} ints (one per env)")
+
+
+def _new_array(value: Any, n: int) -> np.ndarray:
+    """The batch array ``VectorEnv._add_info`` would create for the first ``value`` of a key."""
+    if type(value) in (int, float, bool) or isinstance(value, np.number):
+        return np.zeros(n, dtype=type(value))
+    if isinstance(value, np.ndarray):
+        return np.zeros((n, *value.shape), dtype=value.dtype)
+    return np.full(n, fill_value=None, dtype=object)
+
+
+def batch_infos(out: dict[str, Any], infos: Sequence[dict], slots: np.ndarray, n: int) -> dict[str, Any]:
+    """Add per-env ``infos`` (env ``slots[i]`` has ``infos[i]``) to the dict-of-arrays ``out``.
+
+    Gives exactly what calling ``VectorEnv._add_info(out, infos[i], slots[i])`` for each ``i`` in
+    turn gives (arrays typed by the first value of each key, ``_key`` masks, nested dicts batched
+    recursively, ``final_obs`` as an object array), but one NumPy assignment per key instead of one
+    Python call per env and key.
+    """
+    if not len(infos):
+        return out
+    slots = np.asarray(slots, dtype=np.int64)
+    keys0 = infos[0].keys()
+    if all(d.keys() == keys0 for d in infos):  # the usual case: one kind of info
+        signature: dict[tuple, list[int]] = {tuple(keys0): list(range(len(infos)))}
+    else:
+        signature = {}
+        for r, d in enumerate(infos):
+            signature.setdefault(tuple(d), []).append(r)
+    for keys, rows in signature.items():
+        sl = slots[rows] if len(rows) != len(infos) else slots
+        for key in keys:
+            values = [infos[r][key] for r in rows] if len(rows) != len(infos) else [d[key] for d in infos]
+            first = values[0]
+            if key == "final_obs":
+                array = out.get("final_obs")
+                if array is None:
+                    array = np.full(n, fill_value=None, dtype=object)
+                for s, v in zip(sl.tolist(), values):
+                    array[s] = v
+            elif isinstance(first, dict):
+                array = batch_infos(out.get(key, {}), values, sl, n)
+            else:
+                array = out.get(key)
+                if array is None:
+                    array = _new_array(first, n)
+                if array.dtype == object:
+                    for s, v in zip(sl.tolist(), values):
+                        array[s] = v
+                elif isinstance(first, np.ndarray):
+                    array[sl] = np.stack(values)
+                else:
+                    array[sl] = values
+            mask = out.get(f"_{key}")
+            if mask is None:
+                mask = np.zeros(n, dtype=np.bool_)
+            mask[sl] = True
+            out[key], out[f"_{key}"] = array, mask
+    return out
 
 
 class RoutingVectorEnv(VectorEnv):
@@ -84,7 +144,9 @@ class RoutingVectorEnv(VectorEnv):
         return self.core.net
 
     def reset(self, *, seed: int | list | None = None, options: dict | None = None):
-        super().reset(seed=seed if isinstance(seed, (int, np.integer)) or seed is None else None)
+        if isinstance(seed, np.integer):
+            seed = int(seed)
+        super().reset(seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
         options = dict(options or {})
         mask = options.pop("reset_mask", None)
         if options:
@@ -106,13 +168,13 @@ class RoutingVectorEnv(VectorEnv):
         elif not self._started:
             for s in slots:
                 self.core.rngs[s] = np.random.default_rng(self.np_random.integers(2**63))
-        obs, infos = self.core.reset_slots(slots)
-        self._obs[slots] = obs
-        self._needs_reset[slots] = False
-        self._started = True
         info: dict = {}
-        for r, s in enumerate(slots):
-            info = self._add_info(info, infos[r], int(s))
+        if len(slots):
+            obs, infos = self.core.reset_slots(slots)
+            self._obs[slots] = obs
+            self._needs_reset[slots] = False
+            info = batch_infos(info, infos, slots, self.num_envs)
+        self._started = True
         return self._obs.copy(), info
 
     def step(self, actions):
@@ -123,27 +185,25 @@ class RoutingVectorEnv(VectorEnv):
         obs, rew, term, infos = self.core.step(actions)
         info: dict = {}
         if self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP:
-            stepped = ~pending
+            stepped = np.flatnonzero(~pending)
             self._obs[stepped] = obs[stepped]
-            for s in np.nonzero(stepped)[0]:
-                info = self._add_info(info, infos[s], int(s))
-            slots = np.nonzero(pending)[0]
+            info = batch_infos(info, [infos[s] for s in stepped], stepped, n)
+            slots = np.flatnonzero(pending)
             if len(slots):
                 r_obs, r_infos = self.core.reset_slots(slots)
                 self._obs[slots] = r_obs
-                for r, s in enumerate(slots):
-                    info = self._add_info(info, r_infos[r], int(s))
+                info = batch_infos(info, r_infos, slots, n)
             self._needs_reset = term.copy()
         else:  # SAME_STEP: a finished episode restarts at once
             self._obs[:] = obs
-            done = np.nonzero(term)[0]
-            for s in np.nonzero(~term)[0]:
-                info = self._add_info(info, infos[s], int(s))
+            done = np.flatnonzero(term)
+            going = np.flatnonzero(~term)
+            info = batch_infos(info, [infos[s] for s in going], going, n)
             if len(done):
                 r_obs, r_infos = self.core.reset_slots(done)
-                for r, s in enumerate(done):
-                    info = self._add_info(info, {"final_obs": obs[s], "final_info": infos[s]}, int(s))
-                    info = self._add_info(info, r_infos[r], int(s))
+                finals = [{"final_obs": obs[s], "final_info": infos[s]} for s in done]
+                info = batch_infos(info, finals, done, n)
+                info = batch_infos(info, r_infos, done, n)
                 self._obs[done] = r_obs
         return self._obs.copy(), rew, term, np.zeros(n, dtype=bool), info
 

@@ -10,6 +10,7 @@ from .vgg import VGG_CONFIGS, ChannelVGG
 ARCHS: dict[str, tuple[str, ...]] = {
     **{name: ChannelVGG.modes for name in VGG_CONFIGS},
     **{f"resnet{d}": ResNet.modes for d in RESNET_DEPTHS},
+    **{f"resnet{d}-lite": ResNet.modes for d in RESNET_DEPTHS},
 }
 
 
@@ -17,14 +18,18 @@ def build(arch: str, in_shape: tuple[int, int, int], num_classes: int, groups: i
     """A freshly initialised backbone called ``arch`` (see :data:`ARCHS`).
 
     ``kwargs`` override the arch's configuration (``widths=``, ``pool_after=`` for VGGs,
-    ``widths=`` for ResNets).
+    ``widths=``, ``stem_stride=`` for ResNets). ``resnet{d}-lite`` is ``resnet{d}`` with a stride-2 stem.
     """
     if arch in VGG_CONFIGS:
         widths, pools = VGG_CONFIGS[arch]
         kw = {"widths": widths, "pool_after": pools, **kwargs}
         return ChannelVGG(in_shape, num_classes, groups, arch=arch, **kw)
-    if isinstance(arch, str) and arch.startswith("resnet") and arch[6:].isdigit() and int(arch[6:]) in RESNET_DEPTHS:
-        kw = {**kwargs, "depth": int(arch[6:])}
+    lite = isinstance(arch, str) and arch.endswith("-lite")
+    base = arch[: -len("-lite")] if lite else arch
+    if isinstance(arch, str) and base.startswith("resnet") and base[6:].isdigit() and int(base[6:]) in RESNET_DEPTHS:
+        kw = {**kwargs, "depth": int(base[6:])}
+        if lite:
+            kw.setdefault("stem_stride", 2)
         if kwargs.get("depth", kw["depth"]) != kw["depth"]:
             raise ValueError(f"arch={arch!r} has depth {kw['depth']}, not depth={kwargs['depth']!r}")
         return ResNet(in_shape, num_classes, groups, arch=arch, **kw)

@@ -155,6 +155,20 @@ class DynamicNet(nn.Module):
     def head(self, h: torch.Tensor, mode: str, last_action: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def decision_uses_prev(self, mode: str) -> bool:
+        """Whether ``decision`` (and ``head``) depend on the previous action in ``mode``.
+
+        When they do not, the walk need not keep samples apart by their previous action.
+        """
+        return True
+
+    def input_channels(self, mode: str, t: int, prev_action: int) -> int | None:
+        """Leading channels of ``h`` that decision ``t`` reads after ``prev_action`` (``None``: all).
+
+        The walk gathers only these when it regroups a mixed batch.
+        """
+        return None
+
     # -- helpers -------------------------------------------------------------------------------
     def channels(self, width: int, action: int) -> int:
         """Channels computed out of ``width`` when ``action`` (0-based) groups are kept."""
@@ -165,7 +179,9 @@ class DynamicNet(nn.Module):
         return (not self.training) and not torch.is_grad_enabled()
 
     def weights_version(self) -> int:
-        """Changes whenever any parameter or buffer is modified in place (optimiser step, load)."""
+        """Changes whenever any parameter or buffer is modified in place (optimiser step, load).
+
+        (The folded-kernel caches track the exact tensors each kernel was made from instead.)"""
         return sum(p._version for p in self.parameters()) + sum(b._version for b in self.buffers())
 
     def full_forward(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:

@@ -8,7 +8,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import CostTable, DynamicNet, conv_flops, linear_flops
-from .layers import KernelCache, SwitchableBatchNorm2d, fold_conv_bn, sliced_bn
+from .layers import (
+    KernelCache,
+    SwitchableBatchNorm2d,
+    bn_slots,
+    conv_fast,
+    conv_slots,
+    fold_conv_bn,
+    inference_layout,
+    sliced_bn,
+    with_channels_last,
+)
 
 RESNET_DEPTHS = (8, 14, 20, 26, 32, 44, 56, 110)
 
@@ -61,6 +71,9 @@ class ResNet(DynamicNet):
         groups: channel groups inside each block (must divide every width).
         depth: one of 8, 14, 20, 26, 32, 44, 56, 110 (any ``6n + 2``).
         widths: channels of the three stages.
+        stem_stride: 1 for the CIFAR ResNet; 2 for the ``-lite`` variants (``resnet20-lite``, ...),
+            whose stem convolution has stride 2 so every stage runs at half the resolution (about 4x
+            fewer FLOPs: a CPU-sized backbone for 32x32 images).
     """
 
     modes = ("skip", "channel")
@@ -72,6 +85,7 @@ class ResNet(DynamicNet):
         groups: int = 4,
         depth: int = 20,
         widths: tuple[int, int, int] = (16, 32, 64),
+        stem_stride: int = 1,
         arch: str | None = None,
     ) -> None:
         super().__init__(in_shape, num_classes, groups)
@@ -80,13 +94,18 @@ class ResNet(DynamicNet):
         self.depth = depth
         self.arch = arch or f"resnet{depth}"
         self.widths = tuple(int(w) for w in widths)
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride={stem_stride!r} must be 1 (CIFAR ResNet) or 2 (the '-lite' variants)")
+        self.stem_stride = stem_stride
         bad = [w for w in self.widths if w % groups]
         if bad:
             raise ValueError(f"groups={groups} must divide every stage width; widths={self.widths} (not {bad})")
         n = (depth - 2) // 6
         c, h, w = self.in_shape
-        self.conv1 = nn.Conv2d(c, self.widths[0], 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(c, self.widths[0], 3, stride=stem_stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(self.widths[0])
+        h, w = (h + stem_stride - 1) // stem_stride, (w + stem_stride - 1) // stem_stride
+        self.stem_hw = (h, w)
         self.blocks = nn.ModuleList()
         self.block_out_hw: list[tuple[int, int]] = []
         c_in = self.widths[0]
@@ -102,12 +121,9 @@ class ResNet(DynamicNet):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        for blk in self.blocks:  # start every residual branch near zero (Goyal et al. 2017)
-            for bn in blk.bn2.bns:
-                nn.init.zeros_(bn.weight)
 
     def config(self) -> dict:
-        return {"depth": self.depth, "widths": list(self.widths)}
+        return {"depth": self.depth, "widths": list(self.widths), "stem_stride": self.stem_stride}
 
     def _first_block(self, mode: str) -> int:
         self.check_mode(mode)
@@ -125,7 +141,7 @@ class ResNet(DynamicNet):
     def cost_table(self, mode: str) -> CostTable:
         first = self._first_block(mode)
         A = self.num_actions(mode)
-        stem = conv_flops(self.in_shape[0], self.widths[0], 3, self.in_shape[1], self.in_shape[2])
+        stem = conv_flops(self.in_shape[0], self.widths[0], 3, *self.stem_hw)
         if mode == "skip":
             stem += self._block_flops(0, self.blocks[0].c_out)
         T = len(self.blocks) - first
@@ -142,8 +158,13 @@ class ResNet(DynamicNet):
     def stem(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         first = self._first_block(mode)
         if self._fast():
-            w, b = self._kernels.get(self, ("stem",), lambda: fold_conv_bn(self.conv1, self.bn1, x.shape[1], self.widths[0]))
-            h = F.relu(F.conv2d(x, w, b, padding=1))
+            conv, bn = self.conv1, self.bn1
+            kernel = self._kernels.get(
+                ("stem",),
+                lambda: with_channels_last(fold_conv_bn(conv, bn, x.shape[1], self.widths[0])),
+                lambda: conv_slots(conv) + bn_slots(bn),
+            )
+            h = conv_fast(inference_layout(x), kernel, self.stem_stride).relu_()
         else:
             h = F.relu(self.bn1(self.conv1(x)))
         if first == 1:
@@ -156,24 +177,39 @@ class ResNet(DynamicNet):
         inner = self.channels(blk.c_out, width_action)
         sc = blk.shortcut(x)
         if self._fast():
-            w1, b1 = self._kernels.get(self, (b, 1, inner), lambda: fold_conv_bn(blk.conv1, blk.bn1, blk.c_in, inner))
-            w2, b2 = self._kernels.get(
-                self, (b, 2, inner), lambda: fold_conv_bn(blk.conv2, blk.bn2.bns[width_action], inner, blk.c_out)
+            k1, k2 = self._kernels.get(
+                (b, inner), lambda: self._fold_block(b, width_action), lambda: self._block_slots(b, width_action)
             )
-            y = F.relu(F.conv2d(x, w1, b1, stride=blk.stride, padding=1))
-            y = F.conv2d(y, w2, b2, padding=1)
-            return F.relu(y.add_(sc))
+            y = conv_fast(x, k1, blk.stride).relu_()
+            y = conv_fast(y, k2)
+            return y.add_(sc).relu_()
         y = F.conv2d(x, blk.conv1.weight[:inner], None, stride=blk.stride, padding=1)
         y = F.relu(sliced_bn(blk.bn1, y))
         y = F.conv2d(y, blk.conv2.weight[:, :inner], None, padding=1)
         y = blk.bn2(y, width_action)
         return F.relu(y + sc)
 
+    def _fold_block(self, b: int, width_action: int):
+        blk = self.blocks[b]
+        inner = self.channels(blk.c_out, width_action)
+        return (
+            with_channels_last(fold_conv_bn(blk.conv1, blk.bn1, blk.c_in, inner)),
+            with_channels_last(fold_conv_bn(blk.conv2, blk.bn2.bns[width_action], inner, blk.c_out)),
+        )
+
+    def _block_slots(self, b: int, width_action: int) -> list:
+        blk = self.blocks[b]
+        return conv_slots(blk.conv1) + bn_slots(blk.bn1) + conv_slots(blk.conv2) + bn_slots(blk.bn2.bns[width_action])
+
     def decision(self, mode: str, t: int, h: torch.Tensor, prev_action: int, action: int) -> torch.Tensor:
         b = self._first_block(mode) + t
         if mode == "skip":
             return self.run_block(b, h, self.groups - 1) if action == 1 else self.blocks[b].shortcut(h)
         return self.run_block(b, h, action)
+
+    def decision_uses_prev(self, mode: str) -> bool:
+        self.check_mode(mode)
+        return False  # a block's work depends on its own action only; the head on none
 
     def skip_output(self, t: int, h: torch.Tensor) -> torch.Tensor:
         """What decision point ``t`` (skip mode) leaves for samples that skip it."""

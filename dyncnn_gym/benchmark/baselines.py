@@ -1,0 +1,178 @@
+"""Baselines on the test split: the full network, static routes, random routes, and a label-aware oracle.
+
+All of them route images through the same :class:`~dyncnn_gym.walk.Walk` the envs use, so their
+accuracy and FLOPs are measured exactly like a learned policy's.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..envs.core import RoutingCore
+from ..walk import run_routes
+
+
+@torch.no_grad()
+def route_outcomes(core: RoutingCore, routes: np.ndarray, split: str = "test", limit: int | None = None, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Correctness and FLOPs of every image under every static route.
+
+    Args:
+        routes: int64 ``[R, T]`` action sequences.
+        split: ``"test"`` (the core's images) or ``"train"`` (for selecting routes without
+            touching the test split).
+        limit: use only the first ``limit`` images of the split.
+
+    Returns:
+        ``correct`` bool ``[R, N]`` and ``flops`` int64 ``[R]`` (a static route costs the same on every image).
+    """
+    if split == "test":
+        X, y = core.images, core.labels
+    else:
+        s = core.data.train
+        X, y = torch.as_tensor(s.images).to(core.device), s.labels
+    if limit is not None:
+        X, y = X[:limit], y[:limit]
+    correct = np.zeros((len(routes), len(y)), dtype=bool)
+    flops = np.array([core.table.path_flops(r) for r in routes], dtype=np.int64)
+    for r, route in enumerate(routes):
+        for i in range(0, len(y), batch):
+            xb = X[i : i + batch]
+            acts = torch.as_tensor(np.broadcast_to(route, (xb.shape[0], len(route))).copy())
+            logits, _ = run_routes(core.net, core.mode, xb, acts)
+            correct[r, i : i + batch] = logits.argmax(1).cpu().numpy() == y[i : i + batch]
+    return correct, flops
+
+
+def uniform_routes(core: RoutingCore) -> np.ndarray:
+    """The same action at every decision: ``A`` routes (static widths; skip none / skip all)."""
+    return np.repeat(np.arange(core.A)[:, None], core.T, axis=1).astype(np.int64)
+
+
+def greedy_routes(core: RoutingCore, select_on: int = 1000) -> np.ndarray:
+    """A nested family of static routes found greedily on the first ``select_on`` *train* images.
+
+    Starting from the full network, repeatedly lower one decision by one step (one group less, or
+    skip one more block), choosing the change that loses the fewest correct images per FLOP saved,
+    until every decision is at its smallest action. Returns int64 ``[K, T]`` routes, full first.
+    """
+    route = np.full(core.T, core.A - 1, dtype=np.int64)
+    out = [route.copy()]
+    base_correct, _ = route_outcomes(core, route[None], split="train", limit=select_on)
+    base_acc, base_flops = base_correct.mean(), core.table.path_flops(route)
+    while (route > 0).any():
+        cands = []
+        for t in np.nonzero(route > 0)[0]:
+            r = route.copy()
+            r[t] -= 1
+            cands.append(r)
+        cands = np.stack(cands)
+        correct, flops = route_outcomes(core, cands, split="train", limit=select_on)
+        acc = correct.mean(1)
+        cost = (base_acc - acc) / np.maximum(base_flops - flops, 1)
+        best = int(np.argmin(cost))
+        route = cands[best]
+        base_acc, base_flops = acc[best], flops[best]
+        out.append(route.copy())
+    return np.stack(out)
+
+
+def all_routes(core: RoutingCore, max_routes: int = 256) -> np.ndarray | None:
+    """Every route (``A ** T`` of them) when there are at most ``max_routes``, else ``None``."""
+    if core.A**core.T > max_routes:
+        return None
+    return np.array(list(itertools.product(range(core.A), repeat=core.T)), dtype=np.int64)
+
+
+def pareto(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points not dominated in (higher accuracy, lower flops_ratio), sorted by flops_ratio."""
+    pts = sorted(points, key=lambda p: (p["flops_ratio"], -p["accuracy"]))
+    front, best = [], -1.0
+    for p in pts:
+        if p["accuracy"] > best:
+            front.append(p)
+            best = p["accuracy"]
+    return front
+
+
+def interpolate(front: list[dict[str, Any]], flops_ratio: float) -> float:
+    """Accuracy of a front (sorted by flops_ratio) at ``flops_ratio``, linear between its points.
+
+    Outside the front's FLOPs range: NaN below its cheapest point, its best accuracy above.
+    """
+    xs = np.array([p["flops_ratio"] for p in front])
+    ys = np.array([p["accuracy"] for p in front])
+    if flops_ratio < xs[0] - 1e-12:
+        return float("nan")
+    return float(np.interp(flops_ratio, xs, ys))
+
+
+def static_baselines(core: RoutingCore, greedy: bool = True, select_on: int = 1000) -> dict[str, Any]:
+    """``full``, ``uniform`` (same action everywhere), ``greedy`` (per-decision static routes chosen
+    on train images) or, when there are few, ``exhaustive`` routes, and their Pareto ``front`` — all
+    on the whole test split."""
+    n = len(core.labels)
+    out: dict[str, Any] = {}
+
+    def rows(routes: np.ndarray) -> list[dict[str, Any]]:
+        correct, flops = route_outcomes(core, routes)
+        return [
+            {"actions": r.tolist(), "accuracy": float(c.mean()), "flops_ratio": float(f / core.full), "n_images": n}
+            for r, c, f in zip(routes, correct, flops)
+        ]
+
+    out["uniform"] = rows(uniform_routes(core))
+    out["full"] = out["uniform"][-1]
+    exhaustive = all_routes(core, max_routes=64)
+    if exhaustive is not None:
+        out["exhaustive"] = rows(exhaustive)
+    elif greedy:
+        out["greedy"] = rows(greedy_routes(core, select_on=select_on))
+    pool = out["uniform"] + out.get("exhaustive", []) + out.get("greedy", [])
+    out["front"] = pareto(pool)
+    return out
+
+
+@torch.no_grad()
+def random_policy_eval(core: RoutingCore, action_rates: list[list[float]], seed: int = 0) -> dict[str, float]:
+    """Accuracy and FLOPs ratio of routes drawn at random with the given per-decision action rates
+    (e.g. a learned policy's ``action_rates``), over the whole test split."""
+    rng = np.random.default_rng(seed)
+    n = len(core.labels)
+    probs = np.asarray(action_rates, dtype=np.float64)
+    acts = np.stack([rng.choice(core.A, size=n, p=p / p.sum()) for p in probs], axis=1)
+    correct = np.zeros(n, dtype=bool)
+    flops = np.zeros(n, dtype=np.int64)
+    for i in range(0, n, 500):
+        logits, f = run_routes(core.net, core.mode, core.images[i : i + 500], torch.as_tensor(acts[i : i + 500]))
+        correct[i : i + 500] = logits.argmax(1).cpu().numpy() == core.labels[i : i + 500]
+        flops[i : i + 500] = f.numpy()
+    return {"accuracy": float(correct.mean()), "flops_ratio": float(flops.mean() / core.full)}
+
+
+def oracle(core: RoutingCore, routes: np.ndarray | None = None) -> dict[str, Any]:
+    """Label-aware upper bound (for analysis only): each image takes the cheapest route among
+    ``routes`` (default: uniform + greedy / exhaustive) that classifies it correctly, or the full
+    network when none does."""
+    if routes is None:
+        routes = all_routes(core, max_routes=64)
+        if routes is None:
+            routes = np.concatenate([uniform_routes(core), greedy_routes(core)])
+    correct, flops = route_outcomes(core, routes)
+    order = np.argsort(flops)
+    n = correct.shape[1]
+    chosen = np.full(n, -1)
+    for r in order[::-1]:  # the cheapest correct route wins (assigned last)
+        chosen[correct[r]] = r
+    full_idx = int(np.argmax(flops))
+    used = np.where(chosen >= 0, flops[np.maximum(chosen, 0)], flops[full_idx])
+    ok = chosen >= 0
+    return {
+        "accuracy": float(ok.mean()),
+        "flops_ratio": float(used.mean() / core.full),
+        "upper_bound": True,
+        "note": "knows the label: an upper bound for analysis, not a policy",
+    }

@@ -1,0 +1,171 @@
+"""``dyncnn-gym demo``: the whole idea in one command on the embedded default data.
+
+Loads (or pretrains and caches) the default backbones, trains PPO routers on ``DynChannel-v0`` and
+``DynSkip-v0`` with the recipe of :mod:`dyncnn_gym.recipes`, evaluates them on the whole test split
+against the full network, static routes, random routes at the learned rates and a label-aware
+oracle, prints a table, and writes ``results.json``, PNG plots and the trained SB3 models.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import ENV_IDS
+from ..envs.core import RoutingCore, _shared_data
+from ..pretrain import DEFAULT_ARCH
+from ..recipes import recipe, train_ppo
+from . import plots
+from .baselines import interpolate, oracle, random_policy_eval, static_baselines
+from .evaluate import evaluate, mode_of
+
+DEMO_COMPUTE_WEIGHT = {"DynChannel-v0": 0.5, "DynSkip-v0": 0.5}
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items() if k != "images"}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+def run_demo(
+    out: str | Path = "demo_out",
+    *,
+    envs: tuple[str, ...] = ENV_IDS,
+    timesteps: int | None = None,
+    dataset: str = "shapes",
+    backbones: dict[str, str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the demo and write its outputs into ``out`` (see the module docstring). Returns the results.
+
+    Args:
+        out: output directory.
+        envs: env ids to train routers for.
+        timesteps: PPO steps per env (default: the recipe's).
+        dataset: data set name (default: the embedded ``"shapes"``).
+        backbones: per mode (``"channel"``, ``"skip"``), an arch name or checkpoint path to use instead
+            of the default arch.
+        seed: seeds PPO and the environments.
+        progress: show progress bars.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    data = _shared_data(dataset)
+    results: dict[str, Any] = {
+        "command": f"dyncnn-gym demo --out {out}",
+        "data": {"name": data.name, "fingerprint": data.fingerprint, "n_train": len(data.train), "n_test": len(data.test)},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "full": {},
+        "static": {},
+        "learned": [],
+        "baselines": {},
+    }
+    for env_id in envs:
+        mode = mode_of(env_id)
+        env_kwargs = {
+            "dataset": dataset,
+            "backbone": (backbones or {}).get(mode, DEFAULT_ARCH[mode]),
+            "groups": 4,
+            "reward": "flops",
+            "compute_weight": DEMO_COMPUTE_WEIGHT[env_id],
+        }
+        t0 = time.perf_counter()
+        core = RoutingCore(mode, 1, split="test", **env_kwargs)  # loads or pretrains the backbone
+        t_backbone = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        steps = timesteps or recipe(env_id)["total_timesteps"]
+        model = train_ppo(env_id, total_timesteps=steps, seed=seed, progress=progress, **env_kwargs)
+        t_train = time.perf_counter() - t0
+        rel = f"models/{env_id}-PPO.zip"
+        model.save(out / rel)
+        res = evaluate(model, env_id, per_image=True, **env_kwargs)
+        static = static_baselines(core)
+        rnd = random_policy_eval(core, res["action_rates"], seed=seed)
+        orc = oracle(core)
+        static_at = interpolate(static["front"], res["flops_ratio"])
+        results["full"][env_id] = {k: static["full"][k] for k in ("accuracy", "flops_ratio")}
+        results["static"][env_id] = static
+        results["baselines"][env_id] = {"random_matched": rnd, "oracle": orc}
+        results["learned"].append(
+            {
+                "env_id": env_id,
+                "env_kwargs": env_kwargs,
+                "algorithm": type(model).__name__,
+                "model_path": rel,
+                "total_timesteps": steps,
+                "train_seconds": round(t_train, 1),
+                "backbone_seconds": round(t_backbone, 1),
+                "accuracy": res["accuracy"],
+                "flops_ratio": res["flops_ratio"],
+                "static_front_accuracy_at_same_flops": static_at,
+                **{k: res[k] for k in ("action_rates", "mean_action", "routes", "by_difficulty", "difficulty_flops_spearman") if k in res},
+            }
+        )
+        name = env_id.replace("-v0", "")
+        plots.plot_fronts(out / f"{name}_front.png", f"{env_id} on {data.name} ({env_kwargs['backbone']})", static,
+                          [results["learned"][-1]], {"random (matched rates)": rnd, "oracle (knows label)": orc})
+        plots.plot_usage(out / f"{name}_usage.png", f"{env_id}: action frequency per decision", res["action_rates"],
+                         [f"{a + 1} groups" for a in range(core.A)] if mode == "channel" else ["skip", "execute"])
+        if "by_difficulty" in res:
+            full_rows = _full_by_difficulty(core, res)
+            plots.plot_difficulty(out / f"{name}_difficulty.png", f"{env_id}: compute and accuracy by difficulty",
+                                  {"PPO": res["by_difficulty"], "full network": full_rows})
+        raw = data.test.images * data.std[None, :, None, None] + data.mean[None, :, None, None]
+        img = res["images"]
+        plots.plot_image_grid(out / f"{name}_images.png", f"{env_id}: test images by compute spent",
+                              raw, img["flops"] / core.full, img["correct"])
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
+    print(format_table(results))
+    print(f"\nwrote {out / 'results.json'}, plots and models in {out}/ ({results['seconds']} s)")
+    return results
+
+
+def _full_by_difficulty(core: RoutingCore, res: dict[str, Any]) -> list[dict[str, Any]]:
+    from .baselines import route_outcomes, uniform_routes
+
+    correct, _ = route_outcomes(core, uniform_routes(core)[-1:])
+    rows = []
+    for r in res["by_difficulty"]:
+        lo, hi = r["difficulty_lo"], r["difficulty_hi"]
+        sel = (core.difficulty >= lo) & ((core.difficulty < hi) if r is not res["by_difficulty"][-1] else (core.difficulty <= hi))
+        rows.append({**r, "accuracy": float(correct[0, sel].mean()), "flops_ratio": 1.0})
+    return rows
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A Markdown table of the demo's results."""
+    lines = [
+        "| env | policy | accuracy (%) | FLOPs ratio | static front at same FLOPs (%) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for entry in results["learned"]:
+        env_id = entry["env_id"]
+        full = results["full"][env_id]
+        lines.append(f"| {env_id} | full network | {100 * full['accuracy']:.2f} | 1.000 | |")
+        for row in results["static"][env_id]["uniform"][:-1]:
+            lines.append(f"| {env_id} | static {row['actions']} | {100 * row['accuracy']:.2f} | {row['flops_ratio']:.3f} | |")
+        rnd = results["baselines"][env_id]["random_matched"]
+        lines.append(f"| {env_id} | random at PPO's rates | {100 * rnd['accuracy']:.2f} | {rnd['flops_ratio']:.3f} | |")
+        st = entry["static_front_accuracy_at_same_flops"]
+        st_s = "n/a" if st is None or not np.isfinite(st) else f"{100 * st:.2f}"
+        lines.append(f"| {env_id} | **{entry['algorithm']}** | **{100 * entry['accuracy']:.2f}** | **{entry['flops_ratio']:.3f}** | {st_s} |")
+        orc = results["baselines"][env_id]["oracle"]
+        lines.append(f"| {env_id} | oracle (knows the label; upper bound) | {100 * orc['accuracy']:.2f} | {orc['flops_ratio']:.3f} | |")
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""``BackboneFinetuneCallback``: fine-tune the backbone under the routes the current policy takes.
+
+While an SB3 agent learns routing with RL, this callback trains the backbone supervisedly (cross-
+entropy, gradients into the backbone only) on train images routed by the *current policy*, as
+Runtime Neural Pruning alternates agent and network training. Batch-norm running statistics are
+kept frozen by default (``bn="frozen"``): the routed network is evaluated with them, and letting
+sampled routes rewrite them is what made SkipNet's accuracy collapse when its RL stage started.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from stable_baselines3.common.callbacks import BaseCallback
+
+from .envs.core import RoutingCore
+from .walk import Walk
+
+
+def routed_logits(core: RoutingCore, policy: Any, images: torch.Tensor, deterministic: bool = True) -> tuple[torch.Tensor, Walk]:
+    """Route ``images`` through ``core.net`` with ``policy`` (an SB3 model) choosing every action.
+
+    Runs with autograd enabled (gradients reach the backbone only; the policy sees detached
+    observations). Returns the logits ``[B, classes]`` and the finished walk.
+    """
+    walk = Walk(core.net, core.mode, images)
+    state, first = None, True
+    while not walk.done:
+        obs = core.observe(walk)
+        kw: dict[str, Any] = {"deterministic": deterministic}
+        if "action_masks" in policy.predict.__code__.co_varnames:
+            kw["action_masks"] = np.ones((len(walk), core.A), dtype=bool)
+        actions, state = policy.predict(obs, state=state, episode_start=np.full(len(walk), first), **kw)
+        first = False
+        walk.step(np.asarray(actions).reshape(-1))
+    return walk.logits(), walk
+
+
+class BackboneFinetuneCallback(BaseCallback):
+    """Supervised fine-tuning of the routed backbone inside ``model.learn``.
+
+    Args:
+        schedule: ``"alternate"`` (RNP: after every ``agent_rollouts`` rollouts, ``backbone_steps``
+            steps of backbone training) or ``"joint"`` (``backbone_steps`` steps after every rollout).
+        agent_rollouts, backbone_steps: see ``schedule``.
+        lr: Adam learning rate of the backbone.
+        batch_size: train images per backbone step.
+        deterministic: route with the policy's deterministic actions (as evaluated) or sampled ones.
+        bn: ``"frozen"`` (running statistics kept, default) or ``"train"`` (updated by the routed batches).
+        core: the :class:`RoutingCore` whose backbone to train; default: the training VecEnv's
+            (``dyncnn_gym.sb3.make_vec_env``). For single envs in other processes
+            (``SubprocVecEnv``), pass a core built with the same arguments: after every backbone
+            update the new weights are sent to every env with ``env_method("set_backbone_state", ...)``.
+        seed: seeds the batch sampling.
+
+    Logs ``finetune/loss``, ``finetune/routed_accuracy`` and ``finetune/flops_ratio``.
+    """
+
+    def __init__(
+        self,
+        schedule: str = "alternate",
+        agent_rollouts: int = 2,
+        backbone_steps: int = 10,
+        lr: float = 1e-4,
+        batch_size: int = 128,
+        deterministic: bool = True,
+        bn: str = "frozen",
+        core: RoutingCore | None = None,
+        seed: int = 0,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(verbose)
+        if schedule not in ("alternate", "joint"):
+            raise ValueError(f"schedule={schedule!r} is not a schedule; choose one of ['alternate', 'joint']")
+        if bn not in ("frozen", "train"):
+            raise ValueError(f"bn={bn!r} is not a batch-norm mode; choose one of ['frozen', 'train']")
+        for name, v in (("agent_rollouts", agent_rollouts), ("backbone_steps", backbone_steps), ("batch_size", batch_size)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r} must be a positive integer")
+        self.schedule, self.agent_rollouts, self.backbone_steps = schedule, agent_rollouts, backbone_steps
+        self.lr, self.batch_size, self.deterministic, self.bn = lr, batch_size, deterministic, bn
+        self.core = core
+        self.rng = np.random.default_rng(seed)
+        self.rollouts = 0
+        self.opt: torch.optim.Optimizer | None = None
+        self.history: list[dict[str, float]] = []
+
+    def _on_training_start(self) -> None:
+        if self.core is None:
+            env = self.training_env
+            while hasattr(env, "venv"):
+                env = env.venv
+            core = getattr(env, "core", None)
+            if not isinstance(core, RoutingCore):
+                raise ValueError(
+                    "BackboneFinetuneCallback needs the native routing VecEnv (dyncnn_gym.sb3.make_vec_env)"
+                    " or an explicit core=RoutingCore(...) for envs in other processes"
+                )
+            self.core = core
+        self.opt = torch.optim.Adam(self.core.net.parameters(), lr=self.lr)
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.rollouts += 1
+        if self.schedule == "alternate" and self.rollouts % self.agent_rollouts:
+            return
+        stats = self.finetune(self.backbone_steps)
+        for k, v in stats.items():
+            self.logger.record(f"finetune/{k}", v)
+        self._broadcast()
+
+    def finetune(self, steps: int) -> dict[str, float]:
+        """Run ``steps`` supervised steps now; returns mean loss, routed accuracy and FLOPs ratio."""
+        core = self.core
+        assert core is not None and self.opt is not None
+        net = core.net
+        train = core.data.train
+        X = torch.as_tensor(train.images)
+        y = torch.as_tensor(train.labels)
+        losses, accs, flops = [], [], []
+        net.train(self.bn == "train")
+        try:
+            for _ in range(steps):
+                idx = torch.as_tensor(self.rng.integers(0, len(y), self.batch_size))
+                xb, yb = X[idx].to(core.device), y[idx].to(core.device)
+                logits, walk = routed_logits(core, self.model, xb, self.deterministic)
+                loss = F.cross_entropy(logits, yb)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                losses.append(loss.item())
+                accs.append(float((logits.argmax(1) == yb).float().mean()))
+                flops.append(float(walk.flops.float().mean() / core.full))
+        finally:
+            net.eval()
+        stats = {"loss": float(np.mean(losses)), "routed_accuracy": float(np.mean(accs)), "flops_ratio": float(np.mean(flops))}
+        self.history.append(stats)
+        return stats
+
+    def _broadcast(self) -> None:
+        env = self.training_env
+        if getattr(env, "core", None) is self.core:
+            return  # the native VecEnv shares this backbone object: it already sees the new weights
+        state = {k: v.detach().cpu() for k, v in self.core.net.state_dict().items()}
+        env.env_method("set_backbone_state", state)

@@ -1,0 +1,139 @@
+"""The ``dyncnn-gym`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from .pretrain import pretrain
+
+    net = pretrain(
+        args.arch,
+        args.data,
+        groups=args.groups,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        cache=not args.no_cache,
+        progress=not args.quiet,
+        out=args.out,
+        augment=args.augment,
+    )
+    meta = net.meta
+    print(f"{meta['arch']} on {meta['data']} (groups={meta['groups']}): trained in {meta['train_seconds']} s")
+    for mode, rows in meta["static"].items():
+        for row in rows:
+            key = "action" if "action" in row else "rate"
+            label = f"width {row[key] + 1}/{meta['groups']}" if key == "action" else f"skip rate {row[key]:.2f}"
+            print(f"  {mode:8s} {label:16s} accuracy {row['accuracy']:.4f}  flops_ratio {row['flops_ratio']:.3f}")
+    if args.json:
+        print(json.dumps(meta, indent=2))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from . import ENV_IDS
+    from .cache import cache_dir
+    from .data import DATASET_NAMES
+    from .models import ARCHS
+    from .pretrain import DEFAULT_ARCH
+
+    print("envs:      ", ", ".join(ENV_IDS))
+    print("archs:     ", ", ".join(f"{a} ({'/'.join(m)})" for a, m in ARCHS.items()))
+    print("defaults:  ", ", ".join(f"{m}: {a}" for m, a in DEFAULT_ARCH.items()))
+    print("data sets: ", ", ".join(DATASET_NAMES))
+    print("cache dir: ", cache_dir(create=False))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .benchmark.demo import run_demo
+
+    envs = tuple(args.env) if args.env else None
+    kwargs = {"envs": envs} if envs else {}
+    run_demo(args.out, timesteps=args.timesteps, seed=args.seed, progress=not args.quiet, **kwargs)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .benchmark.evaluate import evaluate, load_model
+
+    env_kwargs = json.loads(args.env_kwargs) if args.env_kwargs else {}
+    if not isinstance(env_kwargs, dict):
+        raise ValueError(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}")
+    res = evaluate(load_model(args.model), args.env, **env_kwargs)
+    print(json.dumps({k: v for k, v in res.items() if k != "images"}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dyncnn-gym",
+        description="Input-adaptive CNNs as Gymnasium environments (DynChannel-v0, DynSkip-v0).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("pretrain", help="train a pruning/skipping-robust backbone and cache it")
+    p.add_argument("arch", help="backbone arch, e.g. vgg, resnet8, resnet20 (see `dyncnn-gym info`)")
+    p.add_argument("--data", default="shapes", help="data set name (default: shapes, the embedded data)")
+    p.add_argument("--groups", type=int, default=4, help="channel groups per layer (default: 4)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: chosen from the data size)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="also write the checkpoint here")
+    p.add_argument("--augment", action="store_true", help="random 2-pixel translations (images >= 16x16)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the checkpoint cache")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the checkpoint metadata as JSON")
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("demo", help="the main job: pretrain, train PPO routers, evaluate, plot (about 5 min on 2 cores)")
+    p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    p.add_argument("--env", action="append", choices=["DynChannel-v0", "DynSkip-v0"], help="only this env (repeatable)")
+    p.add_argument("--timesteps", type=int, default=None, help="PPO steps per env (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("evaluate", help="evaluate a saved SB3 model on the whole test split")
+    p.add_argument("model", help="path to an SB3 .zip (PPO, A2C, DQN, MaskablePPO, RecurrentPPO, QR-DQN)")
+    p.add_argument("--env", default="DynChannel-v0", choices=["DynChannel-v0", "DynSkip-v0"])
+    p.add_argument("--env-kwargs", default=None, help='JSON object of env arguments, e.g. \'{"dataset": "digits"}\'')
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("info", help="list envs, backbones, data sets and the cache directory")
+    p.set_defaults(func=_cmd_info)
+
+    try:
+        from .benchmark import perf
+    except ImportError:  # pragma: no cover - the perf module is optional while being built
+        perf = None
+    if perf is not None:
+        p = sub.add_parser("perf", help="measure env, SB3 and dynamic-forward speed (ratios, medians)")
+        perf.add_arguments(p)
+        p.set_defaults(func=perf.run_from_args)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"dyncnn-gym {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

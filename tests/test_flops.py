@@ -1,0 +1,283 @@
+"""Cost accounting and conditional execution, checked independently of the code under test.
+
+* FLOPs: what the walk and the envs report equals what ``torch.utils.flop_counter.FlopCounterMode``
+  counts for the operations that actually ran. A 0/1 mask multiply would be counted at full cost,
+  so equality for cheap routes also proves that pruned groups and skipped blocks are not computed.
+* Outputs: the walk's logits equal those of a plain reference implementation written here, which
+  computes every channel and block densely and then zeroes / bypasses what the route drops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import load_test_data, make_env, make_net, mode_of, registered_ids
+from torch.utils.flop_counter import FlopCounterMode
+
+from dyncnn_gym.models import ARCHS, ChannelVGG, ResNet, build
+from dyncnn_gym.walk import Walk, run_routes
+
+CASES = [
+    (arch, mode, groups)
+    for arch in ("vgg", "resnet8", "resnet14", "resnet8-lite")
+    for mode in ARCHS[arch]
+    for groups in (2, 4, 8)
+]
+
+
+def counted(fn, *args, **kwargs):
+    """(result, FLOPs counted by FlopCounterMode while running ``fn``)."""
+    with FlopCounterMode(display=False) as fc:
+        out = fn(*args, **kwargs)
+    return out, fc.get_total_flops()
+
+
+def random_routes(net, mode, B, seed):
+    T, A = net.num_decisions(mode), net.num_actions(mode)
+    gen = torch.Generator().manual_seed(seed)
+    acts = torch.randint(0, A, (B, T), generator=gen)
+    acts[0] = A - 1  # one full route,
+    acts[1] = 0  # one cheapest,
+    return acts  # the rest mixed
+
+
+def images(data_name, n, seed=0):
+    d = load_test_data(data_name)
+    idx = np.random.default_rng(seed).choice(len(d.test), n, replace=False)
+    return torch.as_tensor(d.test.images[idx])
+
+
+# ------------------------------------------------------------------------------ dense reference
+
+
+def _bn(bn, x):
+    """Eval-mode batch-norm over all channels of ``x`` (what the network would do at full width)."""
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+def _zero_from(x, c):
+    x = x.clone()
+    x[:, c:] = 0
+    return x
+
+
+def _ref_block(blk, x, inner, variant):
+    """A residual block computed densely, its inner channels from ``inner`` on zeroed."""
+    y = F.conv2d(x, blk.conv1.weight, None, stride=blk.stride, padding=1)
+    y = _zero_from(F.relu(_bn(blk.bn1, y)), inner)
+    y = _bn(blk.bn2.bns[variant], F.conv2d(y, blk.conv2.weight, None, padding=1))
+    return F.relu(y + blk.shortcut(x))
+
+
+@torch.no_grad()
+def reference_logits(net, mode, x, actions):
+    """Logits of one image ``x [1, C, H, W]`` along ``actions`` (length T), dense and masked."""
+    actions = [int(a) for a in actions]
+    if isinstance(net, ChannelVGG):
+        g = net.groups
+        h = F.relu(_bn(net.bns[0], F.conv2d(x, net.convs[0].weight, None, padding=1)))
+        h = F.max_pool2d(h, 2) if 0 in net.pool_after else h
+        prev = g - 1
+        for t, a in enumerate(actions):
+            layer = t + 1
+            y = _bn(net.bns[layer].bns[prev], F.conv2d(h, net.convs[layer].weight, None, padding=1))
+            h = F.relu(_zero_from(y, (a + 1) * net.widths[layer] // g))
+            h = F.max_pool2d(h, 2) if layer in net.pool_after else h
+            prev = a
+        return F.linear(h.mean(dim=(2, 3)), net.fc.weight, net.fc.bias)
+    assert isinstance(net, ResNet)
+    g = net.groups
+    h = F.relu(_bn(net.bn1, F.conv2d(x, net.conv1.weight, None, stride=net.conv1.stride, padding=1)))
+    blocks = list(net.blocks)
+    if mode == "skip":
+        h = _ref_block(blocks[0], h, blocks[0].c_out, g - 1)
+        for blk, a in zip(blocks[1:], actions):
+            h = _ref_block(blk, h, blk.c_out, g - 1) if a == 1 else blk.shortcut(h)
+    else:
+        for blk, a in zip(blocks, actions):
+            h = _ref_block(blk, h, (a + 1) * blk.c_out // g, a)
+    return F.linear(h.mean(dim=(2, 3)), net.fc.weight, net.fc.bias)
+
+
+# ------------------------------------------------------------------------------ the walk
+
+
+@pytest.mark.parametrize("arch,mode,groups", CASES)
+def test_walk_flops_equal_flop_counter_and_outputs_equal_reference(arch, mode, groups):
+    net = make_net(arch, "user12", groups)
+    table = net.cost_table(mode)
+    B = 6
+    x = images("user12", B)
+    acts = random_routes(net, mode, B, seed=groups)
+    with torch.no_grad():
+        (logits, flops), total = counted(run_routes, net, mode, x, acts)
+    expected = [table.path_flops(a.tolist()) for a in acts]
+    assert flops.dtype == torch.int64 and flops.tolist() == expected
+    assert total == sum(expected), "the batched walk ran other work than the routes ask for"
+    assert int(flops[0]) == table.full and int(flops[1]) < table.full
+    for i in range(B):
+        with torch.no_grad():
+            (li, fi), ci = counted(run_routes, net, mode, x[i : i + 1], acts[i : i + 1])
+        assert ci == int(fi[0]) == expected[i], f"sample {i}: route {acts[i].tolist()}"
+        torch.testing.assert_close(li[0], logits[i], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(reference_logits(net, mode, x[i : i + 1], acts[i])[0], logits[i], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch,mode,groups", CASES)
+def test_fused_path_equals_unfused_path(arch, mode, groups):
+    """Eval + no-grad uses folded conv/batch-norm kernels; with autograd on it does not."""
+    net = make_net(arch, "user12", groups)
+    x = images("user12", 5, seed=1)
+    acts = random_routes(net, mode, 5, seed=7 + groups)
+    with torch.no_grad():
+        fused, f1 = run_routes(net, mode, x, acts)
+    with torch.enable_grad():
+        plain, f2 = run_routes(net, mode, x, acts)
+    assert plain.requires_grad
+    torch.testing.assert_close(fused, plain.detach(), rtol=1e-4, atol=1e-4)
+    assert f1.tolist() == f2.tolist()
+
+
+@pytest.mark.parametrize("arch,mode", [(a, m) for a in ("vgg", "resnet8", "resnet14") for m in ARCHS[a]])
+def test_train_mode_flops_equal_flop_counter(arch, mode):
+    """In training (batch statistics, autograd) the same convolutions run as in inference.
+
+    (32x32 images: a single image whose feature map is 1x1 has no batch statistics.)"""
+    net = make_net(arch, "shapes", 4, seed=3, cached=False).train()
+    table = net.cost_table(mode)
+    x = images("shapes", 8, seed=2)
+    acts = random_routes(net, mode, 8, seed=5)
+    (logits, flops), total = counted(run_routes, net, mode, x, acts)
+    assert logits.requires_grad
+    expected = [table.path_flops(a.tolist()) for a in acts]
+    assert flops.tolist() == expected
+    assert total == sum(expected)  # the forward pass only; backward runs below, outside the counter
+    logits.sum().backward()
+    used = [p for p in net.parameters() if p.grad is not None]
+    assert used, "gradients reach the backbone"
+
+
+@pytest.mark.parametrize("arch,mode,groups", CASES)
+def test_full_network_flops_equal_flop_counter(arch, mode, groups):
+    net = make_net(arch, "user12", groups)
+    x = images("user12", 3)
+    with torch.no_grad():
+        _, total = counted(net.full_forward, x, mode)
+    assert total == 3 * net.cost_table(mode).full
+
+
+@pytest.mark.parametrize(
+    "arch,mode", [(a, m) for a in ("vgg", "resnet8", "resnet14", "resnet8-lite") for m in ARCHS[a]]
+)
+def test_less_computation_is_strictly_cheaper_when_counted(arch, mode):
+    """Lowering any single decision (fewer groups, or a skip) strictly lowers the counted FLOPs,
+    and so do uniformly narrower routes: dropped work is really not run."""
+    net = make_net(arch, "shapes", 4)
+    x = images("shapes", 1)
+    T, A = net.num_decisions(mode), net.num_actions(mode)
+    table = net.cost_table(mode)
+
+    def count(route):
+        with torch.no_grad():
+            (_, flops), total = counted(run_routes, net, mode, x, torch.tensor([route]))
+        assert total == int(flops[0]) == table.path_flops(route)
+        return total
+
+    full = count([A - 1] * T)
+    assert full == table.full
+    for t in range(T):
+        route = [A - 1] * T
+        route[t] = 0
+        assert count(route) < full, f"dropping work at decision {t} saved nothing"
+    uniform = [count([a] * T) for a in range(A)]
+    assert all(lo < hi for lo, hi in zip(uniform, uniform[1:]))
+
+
+@pytest.mark.parametrize(
+    "arch,in_shape",
+    [("vgg", (2, 11, 13)), ("resnet8", (2, 11, 13)), ("resnet14", (1, 5, 7)), ("resnet8-lite", (3, 9, 15))],
+)
+def test_odd_input_sizes_are_counted_exactly(arch, in_shape):
+    torch.manual_seed(0)
+    net = build(arch, in_shape, 4, groups=2).eval()
+    x = torch.randn(2, *in_shape)
+    for mode in net.modes:
+        with torch.no_grad():
+            _, total = counted(net.full_forward, x, mode)
+            acts = random_routes(net, mode, 2, seed=1)
+            (_, flops), routed = counted(run_routes, net, mode, x, acts)
+        assert total == 2 * net.cost_table(mode).full
+        assert routed == int(flops.sum())
+
+
+def test_cost_tables_belong_to_their_network():
+    """A network never gets the cached cost table of another one (e.g. a dead network whose
+    memory address the new one reuses)."""
+    from dyncnn_gym.walk import cost_tensors
+
+    reused = 0
+    addresses = set()
+    for i in range(60):
+        arch = ("vgg", "resnet8")[i % 2]
+        net = build(arch, (1, 8, 8), 3, groups=2)
+        reused += id(net) in addresses
+        addresses.add(id(net))
+        table, steps, head = cost_tensors(net, "channel")
+        fresh = net.cost_table("channel")
+        assert table.full == fresh.full and steps.shape == fresh.steps.shape, (
+            f"{arch} at a reused address got another network's cost table"
+        )
+        del net, table, steps, head
+    if not reused:
+        pytest.skip("no memory address was reused in this run; nothing was exercised")
+
+
+# ------------------------------------------------------------------------------ the walk, step by step
+
+
+@pytest.mark.parametrize("arch,mode", [("vgg", "channel"), ("resnet14", "skip"), ("resnet8", "channel")])
+def test_walk_steps_report_each_decisions_cost(arch, mode):
+    net = make_net(arch, "user12", 4)
+    table = net.cost_table(mode)
+    x = images("user12", 4, seed=3)
+    acts = random_routes(net, mode, 4, seed=9)
+    with torch.no_grad():
+        walk, stem = counted(Walk, net, mode, x)
+        assert stem == 4 * table.stem and walk.flops.tolist() == [table.stem] * 4
+        prev = torch.full((4,), table.num_actions - 1)
+        for t in range(walk.T):
+            assert walk.pooled().shape == (4, net.feature_widths(mode)[t])
+            cost, c = counted(walk.step, acts[:, t])
+            assert cost.tolist() == [int(table.steps[t, int(p), int(a)]) for p, a in zip(prev, acts[:, t])]
+            assert c == int(cost.sum())
+            prev = acts[:, t]
+        assert walk.done
+        _, c = counted(walk.logits)
+        assert c == int(table.head[acts[:, -1]].sum())
+        _, c = counted(walk.logits)  # the head is run (and charged) once
+        assert c == 0
+    assert walk.actions.tolist() == acts.tolist()
+    assert walk.flops.tolist() == [table.path_flops(a.tolist()) for a in acts]
+
+
+# ------------------------------------------------------------------------------ the envs
+
+
+@pytest.mark.parametrize(
+    "env_id,arch",
+    [(e, a) for e in registered_ids() for a in ("vgg", "resnet8", "resnet14") if mode_of(e) in ARCHS[a]],
+)
+def test_env_reported_flops_equal_flop_counter(env_id, arch):
+    """Everything an env computes for one episode (reset + steps) is counted as reported."""
+    env = make_env(env_id, arch, "shapes", groups=4)
+    rng = np.random.default_rng(0)
+    for episode in range(3):
+        with FlopCounterMode(display=False) as fc:
+            _, info = env.reset(seed=episode)
+            done = False
+            while not done:
+                _, _, done, _, info = env.step(int(rng.integers(env.action_space.n)))
+        assert fc.get_total_flops() == info["flops"]
+        assert info["flops"] == env.unwrapped.backbone.cost_table(mode_of(env_id)).path_flops(info["actions"])
