@@ -30,12 +30,11 @@ def _register() -> None:
 _register()
 
 _LAZY = {
-    "pretrain": ("dyncnn_gym.pretrain", "pretrain"),
-    "load_checkpoint": ("dyncnn_gym.pretrain", "load_checkpoint"),
+    "pretrain": ("dyncnn_gym.pretraining", "pretrain"),
+    "load_checkpoint": ("dyncnn_gym.pretraining", "load_checkpoint"),
     "load_dataset": ("dyncnn_gym.data", "load_dataset"),
     "Walk": ("dyncnn_gym.walk", "Walk"),
     "evaluate": ("dyncnn_gym.benchmark", "evaluate"),
-    "export": ("dyncnn_gym.export", "export"),
 }
 
 

@@ -9,7 +9,7 @@ from typing import Sequence
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from .pretrain import pretrain
+    from .pretraining import pretrain
 
     net = pretrain(
         args.arch,
@@ -42,7 +42,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .cache import cache_dir
     from .data import DATASET_NAMES
     from .models import ARCHS
-    from .pretrain import DEFAULT_ARCH
+    from .pretraining import DEFAULT_ARCH
 
     print("envs:      ", ", ".join(ENV_IDS))
     print("archs:     ", ", ".join(f"{a} ({'/'.join(m)})" for a, m in ARCHS.items()))

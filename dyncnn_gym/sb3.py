@@ -109,9 +109,13 @@ class RoutingVecEnv(VecEnv):
             return [masks[i] for i in idx]
         if method_name == "render":
             return [None for _ in idx]
+        if method_name == "set_backbone_state":  # the envs share one backbone: load it once
+            self.core.net.load_state_dict(*method_args, **method_kwargs)
+            self.core.net.eval()
+            return [None for _ in idx]
         raise AttributeError(
             f"env_method({method_name!r}) is not available on the native routing VecEnv; "
-            "available: ['action_masks', 'render']"
+            "available: ['action_masks', 'render', 'set_backbone_state']"
         )
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:

@@ -19,7 +19,7 @@ import torch
 
 from .. import ENV_IDS
 from ..envs.core import RoutingCore, _shared_data
-from ..pretrain import DEFAULT_ARCH
+from ..pretraining import DEFAULT_ARCH
 from ..recipes import recipe, train_ppo
 from . import plots
 from .baselines import interpolate, oracle, random_policy_eval, static_baselines

@@ -8,6 +8,7 @@ cohort, and only partial resets (``reset_mask``) split them for a while.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +19,11 @@ from gymnasium import spaces
 
 from ..data.base import DataSplits
 from ..models import DynamicNet
-from ..pretrain import resolve_backbone
+from ..pretraining import resolve_backbone
 from ..walk import Walk, cost_tensors
 from .rewards import Reward
 
-OBS_MODES = ("features",)
+OBS_MODES = ("features", "probe")
 
 
 @dataclass
@@ -48,7 +49,7 @@ def _shared_data(dataset: Any) -> DataSplits:
 
 
 _DATA: dict[str, DataSplits] = {}
-_OBS_SCALE: dict[tuple, list[torch.Tensor]] = {}
+_OBS_SCALE: "weakref.WeakKeyDictionary[DynamicNet, dict[tuple, list[torch.Tensor]]]" = weakref.WeakKeyDictionary()
 
 
 @torch.no_grad()
@@ -56,8 +57,9 @@ def feature_scale(net: DynamicNet, mode: str, data: DataSplits, n: int = 256) ->
     """Per decision point, per channel scale of the pooled features: their mean over the first ``n``
     train images on the full route (floored at 1 % of the largest). Observations are
     ``tanh(pooled / scale)``. Computed once per (net, mode, data) and process."""
-    key = (id(net), mode, data.fingerprint)
-    if key not in _OBS_SCALE:
+    per_net = _OBS_SCALE.setdefault(net, {})
+    key = (mode, data.fingerprint)
+    if key not in per_net:
         was_training = net.training
         net.eval()
         x = torch.as_tensor(data.train.images[:n]).to(next(net.parameters()).device)
@@ -68,8 +70,8 @@ def feature_scale(net: DynamicNet, mode: str, data: DataSplits, n: int = 256) ->
             scales.append(torch.clamp(m, min=max(float(m.max()) * 0.01, 1e-6)))
             walk.step(torch.full((len(walk),), walk.A - 1))
         net.train(was_training)
-        _OBS_SCALE[key] = scales
-    return _OBS_SCALE[key]
+        per_net[key] = scales
+    return per_net[key]
 
 
 class RoutingCore:
@@ -126,8 +128,14 @@ class RoutingCore:
         self.difficulty_params = {k: np.asarray(v, dtype=np.float32) for k, v in split_data.difficulty_params.items()}
         self.scale = feature_scale(self.net, mode, self.data)
         self.feat_dim = max(self.net.feature_widths(mode))
-        dim = self.feat_dim + self.T + 1
-        low = np.concatenate([-np.ones(self.feat_dim), np.zeros(self.T + 1)]).astype(np.float32)
+        self.extra_dim = 3 if obs == "probe" else 0
+        dim = self.feat_dim + self.T + self.extra_dim + 1
+        low = np.concatenate([-np.ones(self.feat_dim), np.zeros(self.T + self.extra_dim + 1)]).astype(np.float32)
+        self.probes = None
+        if obs == "probe":
+            from .probes import fit_probes
+
+            self.probes = fit_probes(self)
         self.observation_space = spaces.Box(low, np.ones(dim, dtype=np.float32), dtype=np.float32)
         self.action_space = spaces.Discrete(self.A)
 
@@ -208,6 +216,17 @@ class RoutingCore:
         episode (zero features, the FLOPs used); the slot must be reset before it can step again.
         """
         actions = self._check_actions(actions)
+        if self.budget is not None:  # check every cohort before any episode advances
+            for c in self.cohorts:
+                masks = self._masks(c.walk)
+                a = actions[c.slots]
+                bad = ~masks[np.arange(len(c.slots)), a]
+                if bad.any():
+                    r = int(np.nonzero(bad)[0][0])
+                    raise ValueError(
+                        f"action {int(a[r])} in slot {int(c.slots[r])} breaks the compute budget {self.budget}; "
+                        f"valid actions there: {np.nonzero(masks[r])[0].tolist()} (see action_masks())"
+                    )
         obs = np.zeros((self.n, self.observation_space.shape[0]), dtype=np.float32)
         rew = np.zeros(self.n, dtype=np.float64)
         term = np.zeros(self.n, dtype=bool)
@@ -216,15 +235,6 @@ class RoutingCore:
             walk, slots = c.walk, c.slots
             a = actions[slots]
             t = walk.t
-            if self.budget is not None:
-                masks = self._masks(walk)
-                bad = ~masks[np.arange(len(slots)), a]
-                if bad.any():
-                    r = int(np.nonzero(bad)[0][0])
-                    raise ValueError(
-                        f"action {int(a[r])} in slot {int(slots[r])} breaks the compute budget {self.budget}; "
-                        f"valid actions there: {np.nonzero(masks[r])[0].tolist()} (see action_masks())"
-                    )
             cost = walk.step(torch.as_tensor(a)).numpy().copy()
             if walk.done:
                 logits = walk.logits()
@@ -268,13 +278,24 @@ class RoutingCore:
         """Observations ``[b, D]`` of the samples of ``walk`` (any walk on this core's backbone)."""
         return self._observe(walk)
 
+    def scaled_features(self, walk: Walk) -> torch.Tensor:
+        """``tanh(pooled / scale)`` of the feature map entering the walk's decision: ``[b, C_t]``."""
+        return torch.tanh(walk.pooled().detach() / self.scale[walk.t]).float()
+
     def _observe(self, walk: Walk) -> np.ndarray:
         b = len(walk)
         out = np.zeros((b, self.observation_space.shape[0]), dtype=np.float32)
         if not walk.done:
-            f = torch.tanh(walk.pooled().detach() / self.scale[walk.t]).float().cpu().numpy()
+            ft = self.scaled_features(walk)
+            f = ft.cpu().numpy()
             out[:, : f.shape[1]] = f
             out[:, self.feat_dim + walk.t] = 1.0
+            if self.probes is not None:
+                from .probes import confidence
+
+                w, bias = self.probes[walk.t]
+                c0 = self.feat_dim + self.T
+                out[:, c0 : c0 + 3] = confidence(ft @ w + bias).cpu().numpy()
         out[:, -1] = np.minimum(walk.flops.numpy() / self.full, 1.0)
         return out
 

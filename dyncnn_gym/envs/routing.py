@@ -32,20 +32,23 @@ _ARGS_DOC = """
     * `budget`: optional FLOPs-ratio budget per image; actions that could not finish within it are
       masked (`info["action_mask"]`, `action_masks()`), and taking one raises `ValueError`.
     * `device`: torch device of the backbone and the walk (`"cpu"`, `"cuda"`, ...).
-    * `obs`: observation mode (`"features"`).
+    * `obs`: observation mode: `"features"` (default) or `"probe"`, which adds the confidence of a
+      linear probe (an early classifier fitted on the pooled features of each decision point):
+      top probability, margin between the two best classes, normalised entropy.
 """
 
 _COMMON_DOC = """
     ## Observation Space
 
-    `Box(-1, 1, (F + T + 1,), float32)`: `F` = the widest feature map entering any decision point,
-    `T` = number of decision points.
+    `Box(-1, 1, (F + T + 1,), float32)` (`F + T + 4` with `obs="probe"`): `F` = the widest feature
+    map entering any decision point, `T` = number of decision points.
 
     | index | observation |
     |-------|-------------|
     | `0 .. F-1` | `tanh(pooled / scale)`: the feature map entering this decision, globally average-pooled per channel and divided by the channel's mean on training images; channels not computed (or beyond this layer's width) are 0 |
     | `F .. F+T-1` | one-hot of the decision point `t` |
-    | `F+T` | FLOPs spent so far / FLOPs of the full network |
+    | `F+T .. F+T+2` | only with `obs="probe"`: the probe's top probability, top-two margin and entropy / log(classes) |
+    | last | FLOPs spent so far / FLOPs of the full network |
 
     ## Rewards
 
@@ -193,7 +196,7 @@ class DynSkipEnv(RoutingEnv):
     ## Action Space
 
     `Discrete(2)`: 0 skips the block, 1 executes it.
-    """ + _COMMON_DOC + _ARGS_DOC.format(id="DynSkip-v0", default="'resnet20'") + """
+    """ + _COMMON_DOC + _ARGS_DOC.format(id="DynSkip-v0", default="'resnet20-lite', ResNet-20 with a stride-2 stem") + """
     ## Version History
 
     * v0: initial version.

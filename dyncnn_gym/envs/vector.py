@@ -122,6 +122,8 @@ class RoutingVectorEnv(VectorEnv):
         if key not in modes:
             raise ValueError(f"autoreset_mode={autoreset_mode!r} is not supported; choose one of {list(modes)}")
         self.core = RoutingCore(self.mode, num_envs, **kwargs)
+        if hasattr(self.core, "info_format"):  # the core can build the dict-of-arrays infos itself
+            self.core.info_format = "arrays"
         T = self.core.T
         if max_episode_steps is not None and (not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < T):
             raise ValueError(
@@ -173,7 +175,7 @@ class RoutingVectorEnv(VectorEnv):
             obs, infos = self.core.reset_slots(slots)
             self._obs[slots] = obs
             self._needs_reset[slots] = False
-            info = batch_infos(info, infos, slots, self.num_envs)
+            info = self._batched(infos, slots)
         self._started = True
         return self._obs.copy(), info
 
@@ -183,33 +185,79 @@ class RoutingVectorEnv(VectorEnv):
         n = self.num_envs
         pending = self._needs_reset.copy()  # NEXT_STEP: episodes that ended last step restart now
         obs, rew, term, infos = self.core.step(actions)
-        info: dict = {}
         if self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP:
             stepped = np.flatnonzero(~pending)
             self._obs[stepped] = obs[stepped]
-            info = batch_infos(info, [infos[s] for s in stepped], stepped, n)
+            info = self._of_slots(infos, stepped)
             slots = np.flatnonzero(pending)
             if len(slots):
                 r_obs, r_infos = self.core.reset_slots(slots)
                 self._obs[slots] = r_obs
-                info = batch_infos(info, r_infos, slots, n)
+                merge_infos(info, self._batched(r_infos, slots))
             self._needs_reset = term.copy()
         else:  # SAME_STEP: a finished episode restarts at once
             self._obs[:] = obs
             done = np.flatnonzero(term)
-            going = np.flatnonzero(~term)
-            info = batch_infos(info, [infos[s] for s in going], going, n)
+            info = self._of_slots(infos, np.flatnonzero(~term))
             if len(done):
                 r_obs, r_infos = self.core.reset_slots(done)
-                finals = [{"final_obs": obs[s], "final_info": infos[s]} for s in done]
-                info = batch_infos(info, finals, done, n)
-                info = batch_infos(info, r_infos, done, n)
+                final_obs = np.full(n, fill_value=None, dtype=object)
+                for s in done.tolist():
+                    final_obs[s] = obs[s]
+                mask = np.zeros(n, dtype=bool)
+                mask[done] = True
+                info["final_obs"], info["_final_obs"] = final_obs, mask
+                info["final_info"], info["_final_info"] = self._of_slots(infos, done), mask.copy()
+                merge_infos(info, self._batched(r_infos, done))
                 self._obs[done] = r_obs
         return self._obs.copy(), rew, term, np.zeros(n, dtype=bool), info
 
     def action_masks(self) -> np.ndarray:
         """bool ``[num_envs, A]`` of the actions allowed now."""
         return self.core.action_masks()
+
+    # -- infos from the core: one dict per env, or (when the core builds them) already batched ------
+    def _batched(self, infos: list[dict] | dict, slots: np.ndarray) -> dict:
+        """Dict-of-arrays infos of ``reset_slots(slots)``."""
+        return infos if isinstance(infos, dict) else batch_infos({}, infos, slots, self.num_envs)
+
+    def _of_slots(self, infos: list[dict] | dict, slots: np.ndarray) -> dict:
+        """Dict-of-arrays infos of ``step()`` restricted to ``slots``."""
+        if isinstance(infos, dict):
+            keep = np.zeros(self.num_envs, dtype=bool)
+            keep[slots] = True
+            return restrict_infos(infos, keep)
+        return batch_infos({}, [infos[s] for s in slots], slots, self.num_envs)
+
+
+def restrict_infos(info: dict[str, Any], keep: np.ndarray) -> dict[str, Any]:
+    """The entries of a dict-of-arrays ``info`` for the envs where ``keep`` is true (masks narrowed)."""
+    out: dict[str, Any] = {}
+    for key, value in info.items():
+        if key.startswith("_") and key[1:] in info:
+            continue
+        mask = info[f"_{key}"] & keep
+        if mask.any():
+            out[key] = restrict_infos(value, keep) if isinstance(value, dict) else value
+            out[f"_{key}"] = mask
+    return out
+
+
+def merge_infos(out: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Write the entries of dict-of-arrays ``new`` into ``out`` (as ``_add_info`` would, env by env)."""
+    for key, value in new.items():
+        if key.startswith("_") and key[1:] in new:
+            continue
+        mask = new[f"_{key}"]
+        if key not in out:
+            out[key], out[f"_{key}"] = value, mask.copy()
+            continue
+        if isinstance(value, dict):
+            merge_infos(out[key], value)
+        else:
+            out[key][mask] = value[mask]
+        out[f"_{key}"] = out[f"_{key}"] | mask
+    return out
 
 
 class DynChannelVectorEnv(RoutingVectorEnv):

@@ -1,0 +1,607 @@
+"""``dyncnn-gym perf``: how fast the batched walk and its env faces are, and whether savings are real.
+
+Every number is a *ratio of two things measured in the same run*, interleaved (A, B, A, B, ... with
+the order alternating between repeats), and reported as the median over ``repeats``: the machines
+this runs on are shared and noisy, and a ratio measured this way survives the noise far better than
+any absolute speed.
+
+Measured (see :func:`run_perf` for the JSON layout):
+
+* ``env_vs_raw_ratio`` — full episodes per second through the native Gymnasium vector env
+  (``gymnasium.make_vec(id, num_envs=256)``, random actions) divided by the raw batched dynamic
+  forward pass (:func:`~dyncnn_gym.walk.run_routes`) of the same backbone with the same actions and no
+  env around it. Goal >= 0.8 (the raw pass is the limit; 1.0 would mean the env costs nothing).
+* ``sb3_native_vs_dummy_ratio`` — SB3 PPO training env-steps per second with the native VecEnv
+  (:func:`dyncnn_gym.sb3.make_vec_env`) divided by the same with SB3's ``DummyVecEnv`` of single envs,
+  ``n_envs = 64``, on the default data shape (3x32x32) and on digits (1x8x8). PPO is kept cheap
+  (``n_steps`` small, one epoch, one minibatch) so the env dominates as it does in real training.
+  ``batching_limit`` = raw batched forward images/s at batch 64 / raw batch-1 forward images/s (same
+  run) bounds what batching can gain on a CPU. Goals: >= 0.8 x batching_limit on the default data,
+  >= 10 on digits.
+* ``speedup`` — the dynamic forward pass vs the full network at FLOPs fractions about 0.25 / 0.5 /
+  0.75, with static routes (every sample the same route) and per-sample random routes (mixed actions
+  in one batch), at batch 1 and batch 256, for both default backbones. Goals: wall_speedup >= 0.8 /
+  flops_ratio at batch >= 64 and >= 0.6 / flops_ratio at batch 1.
+
+Speed does not depend on trained weights, so the backbones are freshly built (untrained, eval mode)
+networks of the default archs (:data:`dyncnn_gym.pretraining.DEFAULT_ARCH`) on data of the default shape;
+the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+#: env id of each mode
+ENV_OF_MODE = {"channel": "DynChannel-v0", "skip": "DynSkip-v0"}
+#: FLOPs fractions the speedup table aims at
+SPEEDUP_TARGETS = (0.25, 0.5, 0.75)
+
+
+# -- measuring -----------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, measured ``repeats`` times, interleaved.
+
+    Each function is called ``warmup`` times first (kernel caches, allocator). In repeat ``r`` the
+    functions run in turn, in reversed order on odd repeats, so drifts in machine load hit all alike.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    _sync(device)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names if r % 2 == 0 else names[::-1]:
+            _sync(device)
+            t0 = time.perf_counter()
+            fns[n]()
+            _sync(device)
+            times[n].append(time.perf_counter() - t0)
+    return times
+
+
+def _median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
+    """Median over repeats of ``times[num][r] / times[den][r]``: each ratio compares two
+    measurements taken back to back, so load that drifts between repeats cancels out."""
+    return _median([a / b for a, b in zip(times[num], times[den])])
+
+
+def machine_facts(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import gymnasium
+    import stable_baselines3
+
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        affinity = os.cpu_count()
+    facts: dict[str, Any] = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "cpu": platform.processor() or platform.machine(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "gymnasium": gymnasium.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+    }
+    try:
+        facts["load_average_1m_at_start"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+    return facts
+
+
+# -- data and backbones ----------------------------------------------------------------------------
+def _synthetic(shape: tuple[int, int, int], n: int = 2048, num_classes: int = 10, name: str = "synthetic"):
+    from ..data.base import DataSplits, Split, fingerprint_arrays
+
+    rng = np.random.default_rng(0)
+    splits = []
+    for m in (n, max(n // 4, 1)):
+        x = rng.standard_normal((m, *shape)).astype(np.float32)
+        y = rng.integers(0, num_classes, m).astype(np.int64)
+        splits.append(Split(x, y, np.full(m, np.nan, dtype=np.float32)))
+    fp = fingerprint_arrays(splits[0].images, splits[0].labels, splits[1].images, splits[1].labels)
+    c = shape[0]
+    return DataSplits(name, splits[0], splits[1], num_classes, np.zeros(c, np.float32), np.ones(c, np.float32), fp)
+
+
+def load_bench_data(name: str, shape: tuple[int, int, int]):
+    """``load_dataset(name)``, or random images of ``shape`` when it is unavailable (speed does not
+    depend on pixel values). Returns ``(data, note)``."""
+    try:
+        from ..data import load_dataset
+
+        data = load_dataset(name)
+        if tuple(data.image_shape) != tuple(shape):
+            raise ValueError(f"{name!r} has shape {data.image_shape}, expected {shape}")
+        return data, f"{name!r} ({len(data.train)} train images, {'x'.join(map(str, data.image_shape))})"
+    except Exception as e:  # noqa: BLE001 - any failure falls back to random data of the same shape
+        return _synthetic(shape, name=f"synthetic-{name}"), f"random images {shape} (load_dataset({name!r}) failed: {e})"
+
+
+def fresh_backbone(arch: str, data, groups: int, device: torch.device, seed: int = 0):
+    """A freshly initialised backbone (eval mode) for ``data``; speed does not depend on trained weights."""
+    from ..models import build
+
+    torch.manual_seed(seed)
+    return build(arch, data.image_shape, data.num_classes, groups).to(device).eval()
+
+
+# -- 1. env vs raw forward -----------------------------------------------------------------------------
+def bench_env_vs_raw(data, nets: dict, device: torch.device, repeats: int, num_envs: int = 256, bar=None) -> dict:
+    import gymnasium as gym
+
+    import dyncnn_gym  # noqa: F401  (registers the ids)
+
+    from ..walk import run_routes
+
+    out = {}
+    for mode, net in nets.items():
+        env_id = ENV_OF_MODE[mode]
+        venv = gym.make_vec(env_id, num_envs=num_envs, dataset=data, backbone=net, device=str(device))
+        core = venv.unwrapped.core if hasattr(venv, "unwrapped") else venv.core
+        T, A = core.T, core.A
+        rng = np.random.default_rng(1)
+        acts = rng.integers(0, A, (num_envs, T))
+        acts_t = torch.as_tensor(acts)
+        x = core.images[torch.as_tensor(rng.integers(0, len(core.labels), num_envs), device=core.images.device)]
+        venv.reset(seed=0)
+
+        def env_episodes(venv=venv, acts=acts, T=T):
+            venv.reset()
+            for t in range(T):
+                venv.step(acts[:, t])
+
+        def raw_forward(net=net, mode=mode, x=x, acts_t=acts_t):
+            with torch.no_grad():
+                run_routes(net, mode, x, acts_t)
+
+        times = interleaved({"env": env_episodes, "raw": raw_forward}, repeats, device)
+        t_env, t_raw = _median(times["env"]), _median(times["raw"])
+        out[env_id] = {
+            "backbone": net.arch,
+            "num_envs": num_envs,
+            "decisions": T,
+            "env_episodes_per_s": num_envs / t_env,
+            "raw_episodes_per_s": num_envs / t_raw,
+            "ratio": paired_ratio(times, "raw", "env"),
+            "vector_env": type(venv.unwrapped).__name__,
+        }
+        venv.close()
+        if bar is not None:
+            bar.update(1)
+    return out
+
+
+# -- 2. batching limit and SB3 --------------------------------------------------------------------------
+def bench_batching_limit(data, net, mode: str, device: torch.device, repeats: int, batch: int = 64) -> dict:
+    """Raw batched forward images/s at ``batch`` / raw batch-1 forward images/s (random actions)."""
+    from ..walk import run_routes
+
+    T, A = net.num_decisions(mode), net.num_actions(mode)
+    rng = np.random.default_rng(2)
+    x = torch.as_tensor(data.train.images[:batch]).to(device)
+    acts = torch.as_tensor(rng.integers(0, A, (batch, T)))
+
+    def batched():
+        with torch.no_grad():
+            run_routes(net, mode, x, acts)
+
+    def one_by_one():
+        with torch.no_grad():
+            for i in range(batch):
+                run_routes(net, mode, x[i : i + 1], acts[i : i + 1])
+
+    times = interleaved({"batched": batched, "single": one_by_one}, repeats, device)
+    return {
+        "batch": batch,
+        "batched_images_per_s": batch / _median(times["batched"]),
+        "single_images_per_s": batch / _median(times["single"]),
+        "batching_limit": paired_ratio(times, "single", "batched"),
+    }
+
+
+def bench_sb3(
+    data, net, mode: str, device: torch.device, repeats: int, n_envs: int = 64, n_steps: int = 8, rollouts: int = 2
+) -> dict:
+    """PPO env-steps/s on the native VecEnv vs a ``DummyVecEnv`` of ``n_envs`` single envs."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+
+    import dyncnn_gym  # noqa: F401
+
+    from ..sb3 import make_vec_env
+
+    env_id = ENV_OF_MODE[mode]
+    kw = {"dataset": data, "backbone": net, "device": str(device)}
+    vecs = {
+        "native": make_vec_env(env_id, n_envs=n_envs, seed=0, **kw),
+        "dummy": sb3_make_vec_env(env_id, n_envs=n_envs, seed=0, env_kwargs=kw),
+    }
+    ppo_kw = {"n_steps": n_steps, "batch_size": n_steps * n_envs, "n_epochs": 1, "device": str(device), "seed": 0}
+    models = {k: PPO("MlpPolicy", v, **ppo_kw) for k, v in vecs.items()}
+    steps = n_steps * n_envs * rollouts
+    for m in models.values():  # first learn() resets the env; later ones continue
+        m.learn(n_steps * n_envs, reset_num_timesteps=False)
+
+    fns = {k: (lambda m=m: m.learn(steps, reset_num_timesteps=False)) for k, m in models.items()}
+    times = interleaved(fns, repeats, device, warmup=0)
+    for v in vecs.values():
+        v.close()
+    t_native, t_dummy = _median(times["native"]), _median(times["dummy"])
+    return {
+        "env_id": env_id,
+        "backbone": net.arch,
+        "n_envs": n_envs,
+        "ppo": {k: v for k, v in ppo_kw.items() if k != "device"},
+        "env_steps_per_measure": steps,
+        "native_steps_per_s": steps / t_native,
+        "dummy_steps_per_s": steps / t_dummy,
+        "ratio": paired_ratio(times, "dummy", "native"),
+    }
+
+
+# -- 3. speedup of real conditional execution ---------------------------------------------------------
+def static_routes_for(table, targets: Sequence[float]) -> list[tuple[float, list[int]]]:
+    """For each target FLOPs ratio, the static route (one action per decision) closest to it."""
+    T, A = table.num_decisions, table.num_actions
+    full = table.full
+    if A**T > 200_000:  # too many to enumerate: uniform routes only
+        cands = [[a] * T for a in range(A)]
+    else:
+        cands = [list(r) for r in itertools.product(range(A), repeat=T)]
+    ratios = np.array([table.path_flops(r) / full for r in cands])
+    out = []
+    for target in targets:
+        i = int(np.argmin(np.abs(ratios - target)))
+        out.append((float(ratios[i]), cands[i]))
+    return out
+
+
+def random_routes_for(table, target: float, n: int, seed: int = 0) -> np.ndarray:
+    """int64 ``[n, T]`` per-sample random routes whose mean FLOPs ratio is close to ``target``.
+
+    Each action is a Binomial(A - 1, p) draw from fixed uniforms; ``p`` is found by bisection (the
+    mean FLOPs ratio grows with ``p``), so samples take a mix of all actions.
+    """
+    T, A = table.num_decisions, table.num_actions
+    u = np.random.default_rng(seed).random((n, T, A - 1))
+    full = table.full
+    steps, head, stem = table.steps, table.head, table.stem
+
+    def routes(p: float) -> np.ndarray:
+        return (u < p).sum(axis=2).astype(np.int64)
+
+    def mean_ratio(r: np.ndarray) -> float:
+        prev = np.full(n, A - 1)
+        total = np.full(n, stem, dtype=np.int64)
+        for t in range(T):
+            total += steps[t][prev, r[:, t]]
+            prev = r[:, t]
+        total += head[prev]
+        return float(total.mean() / full)
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if mean_ratio(routes(mid)) < target:
+            lo = mid
+        else:
+            hi = mid
+    best = min((lo, hi), key=lambda p: abs(mean_ratio(routes(p)) - target))
+    return routes(best)
+
+
+def bench_speedup(
+    data, nets: dict, device: torch.device, repeats: int, batches: Sequence[int] = (1, 256), singles: int = 32, bar=None
+) -> list[dict]:
+    """Dynamic forward (:func:`run_routes`) vs the full network, per backbone, batch and route kind.
+
+    Batch 1 is measured as a loop over ``singles`` images, each with its own route.
+    """
+    from ..walk import run_routes
+
+    rows = []
+    big = max(batches)
+    for mode, net in nets.items():
+        table = net.cost_table(mode)
+        full = table.full
+        x_all = torch.as_tensor(data.train.images[: max(big, singles)]).to(device)
+        statics = static_routes_for(table, SPEEDUP_TARGETS)
+        for batch in batches:
+            n_calls = singles if batch == 1 else 1
+            n = batch * n_calls
+            x = x_all[:n]
+            configs: list[tuple[str, float, np.ndarray]] = []
+            for target, (_ratio, route) in zip(SPEEDUP_TARGETS, statics):
+                configs.append(("static", target, np.tile(np.asarray(route, dtype=np.int64), (n, 1))))
+            for k, target in enumerate(SPEEDUP_TARGETS):  # the routes' mean hits the target on these n images
+                configs.append(("random", target, random_routes_for(table, target, n, seed=10 + k)))
+            fns: dict[str, Callable[[], Any]] = {}
+
+            def full_fn(x=x, batch=batch, n_calls=n_calls, net=net, mode=mode):
+                with torch.no_grad():
+                    for i in range(n_calls):
+                        net.full_forward(x[i * batch : (i + 1) * batch], mode)
+
+            fns["full"] = full_fn
+            used = {}
+            for c, (kind, target, acts) in enumerate(configs):
+                a = torch.as_tensor(acts)
+                used[c] = a
+
+                def dyn_fn(x=x, a=a, batch=batch, n_calls=n_calls, net=net, mode=mode):
+                    with torch.no_grad():
+                        for i in range(n_calls):
+                            run_routes(net, mode, x[i * batch : (i + 1) * batch], a[i * batch : (i + 1) * batch])
+
+                fns[f"dyn{c}"] = dyn_fn
+            times = interleaved(fns, repeats, device)
+            for c, (kind, target, _acts) in enumerate(configs):
+                a = used[c].numpy()
+                ratio = float(np.mean([table.path_flops(r) for r in a]) / full)
+                speed = paired_ratio(times, "full", f"dyn{c}")
+                factor = 0.8 if batch >= 64 else 0.6
+                rows.append(
+                    {
+                        "backbone": net.arch,
+                        "env_id": ENV_OF_MODE[mode],
+                        "mode": mode,
+                        "batch": batch,
+                        "routes": kind,
+                        "target": target,
+                        "flops_ratio": round(ratio, 4),
+                        "wall_speedup": round(speed, 3),
+                        "goal": round(factor / ratio, 3),
+                        "met": bool(speed >= factor / ratio),
+                        "route": a[0].tolist() if kind == "static" else None,
+                    }
+                )
+            if bar is not None:
+                bar.update(1)
+    return rows
+
+
+# -- the whole benchmark -------------------------------------------------------------------------------
+def run_perf(
+    out: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    repeats: int = 9,
+    quick: bool = False,
+    threads: int | None = None,
+    groups: int = 4,
+    progress: bool = True,
+    verbose: bool = True,
+) -> dict:
+    """Run the benchmark; print a table (``verbose``) and write JSON to ``out`` (when given).
+
+    Args:
+        out: path of the JSON file.
+        device: torch device of the backbones and the envs.
+        repeats: interleaved repeats per measurement (medians are reported); ``quick`` caps it at 3.
+        quick: a smaller, faster run (fewer repeats, fewer SB3 steps, fewer batch-1 images) for a
+            smoke check; its numbers are noisier.
+        threads: ``torch.set_num_threads`` for the run (default: leave torch's setting).
+        groups: channel groups of the backbones.
+
+    Returns:
+        A dict with ``machine``, ``setup``, ``env_vs_raw_ratio``, ``env_vs_raw``,
+        ``sb3_native_vs_dummy_ratio``, ``batching_limit``, ``sb3``, ``speedup`` (list of rows with
+        ``backbone, batch, routes, flops_ratio, wall_speedup, goal, met``), ``goals`` (every ratio with
+        its goal) and ``seconds``.
+    """
+    from ..pretraining import DEFAULT_ARCH
+
+    start = time.perf_counter()
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was asked for, but torch sees no CUDA device; use device='cpu'")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats={repeats!r} must be a positive integer")
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads={threads!r} must be a positive integer or None")
+        torch.set_num_threads(threads)
+    if quick:
+        repeats = min(repeats, 3)
+    sb3_steps = 4 if quick else 8
+    sb3_rollouts = 1 if quick else 2
+    singles = 8 if quick else 32
+    try:
+        result: dict[str, Any] = {"machine": machine_facts(dev)}
+        default_data, default_note = load_bench_data("shapes", (3, 32, 32))
+        digits, digits_note = load_bench_data("digits", (1, 8, 8))
+        archs = dict(DEFAULT_ARCH)
+        nets = {m: fresh_backbone(archs[m], default_data, groups, dev) for m in ("channel", "skip")}
+        digit_nets = {m: fresh_backbone(archs[m], digits, groups, dev) for m in ("channel", "skip")}
+        result["setup"] = {
+            "quick": quick,
+            "repeats": repeats,
+            "statistic": "ratios: median over repeats of the ratio of two back-to-back measurements; speeds: median",
+            "default_data": default_note,
+            "digits_data": digits_note,
+            "backbones": {ENV_OF_MODE[m]: archs[m] for m in nets},
+            "groups": groups,
+            "weights": "freshly built, untrained backbones in eval mode (speed does not depend on trained weights)",
+            "sb3": {"algo": "PPO", "n_envs": 64, "n_steps": sb3_steps, "n_epochs": 1, "rollouts_per_measure": sb3_rollouts},
+            "speedup_batch1_images": singles,
+        }
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=2 + 4 + 4 + 4, desc="dyncnn-gym perf", unit="part", file=sys.stderr)
+
+        env = bench_env_vs_raw(default_data, nets, dev, repeats, bar=bar)
+        result["env_vs_raw"] = env
+        result["env_vs_raw_ratio"] = {k: round(v["ratio"], 3) for k, v in env.items()}
+
+        limits: dict[str, dict] = {}
+        sb3: dict[str, dict] = {}
+        for dname, data, dnets in (("default", default_data, nets), ("digits", digits, digit_nets)):
+            limits[dname], sb3[dname] = {}, {}
+            for mode, net in dnets.items():
+                limits[dname][ENV_OF_MODE[mode]] = bench_batching_limit(data, net, mode, dev, repeats)
+                if bar is not None:
+                    bar.update(1)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    sb3[dname][ENV_OF_MODE[mode]] = bench_sb3(
+                        data, net, mode, dev, repeats, n_steps=sb3_steps, rollouts=sb3_rollouts
+                    )
+                if bar is not None:
+                    bar.update(1)
+        result["batching"] = limits
+        result["batching_limit"] = {d: {k: round(v["batching_limit"], 3) for k, v in r.items()} for d, r in limits.items()}
+        result["sb3"] = sb3
+        result["sb3_native_vs_dummy_ratio"] = {d: {k: round(v["ratio"], 3) for k, v in r.items()} for d, r in sb3.items()}
+
+        result["speedup"] = bench_speedup(default_data, nets, dev, repeats, singles=singles, bar=bar)
+        if bar is not None:
+            bar.close()
+        result["goals"] = _goals(result)
+        result["seconds"] = round(time.perf_counter() - start, 1)
+    finally:
+        torch.set_num_threads(old_threads)
+    if verbose:
+        print(format_table(result))
+    if out is not None:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+        if verbose:
+            print(f"wrote {path}")
+    return result
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _goals(result: dict) -> list[dict]:
+    rows = []
+    for env_id, r in result["env_vs_raw_ratio"].items():
+        rows.append({"metric": f"env_vs_raw_ratio {env_id}", "value": r, "goal": 0.8, "met": r >= 0.8})
+    for d, per_env in result["sb3_native_vs_dummy_ratio"].items():
+        for env_id, r in per_env.items():
+            limit = result["batching_limit"][d][env_id]
+            goal = round(0.8 * limit, 3) if d == "default" else 10.0
+            rows.append(
+                {
+                    "metric": f"sb3_native_vs_dummy_ratio {d} {env_id}",
+                    "value": r,
+                    "goal": goal,
+                    "met": r >= goal,
+                    "batching_limit": limit,
+                }
+            )
+    for s in result["speedup"]:
+        rows.append(
+            {
+                "metric": f"speedup {s['backbone']} batch {s['batch']} {s['routes']} flops {s['flops_ratio']:.3f}",
+                "value": s["wall_speedup"],
+                "goal": s["goal"],
+                "met": s["met"],
+            }
+        )
+    return rows
+
+
+def format_table(result: dict) -> str:
+    """The result as a plain-text table."""
+    m = result["machine"]
+    lines = [
+        f"dyncnn-gym perf on {m['device']} ({m['cpu']}, {m['cpus_usable']} usable CPUs, torch {m['torch']},"
+        f" {m['torch_threads']} threads); medians of {result['setup']['repeats']} interleaved repeats",
+        f"default data: {result['setup']['default_data']}; digits: {result['setup']['digits_data']}",
+        f"backbones: {result['setup']['backbones']}, {result['setup']['weights']}",
+        "",
+        f"{'metric':<66} {'value':>8} {'goal':>8}  met",
+    ]
+    for g in result["goals"]:
+        lines.append(f"{g['metric']:<66} {g['value']:>8.3f} {g['goal']:>8.3f}  {'yes' if g['met'] else 'NO'}")
+    lines.append("")
+    lines.append("env episodes/s (N=256) vs raw: " + ", ".join(
+        f"{k}: {v['env_episodes_per_s']:.0f} vs {v['raw_episodes_per_s']:.0f}" for k, v in result["env_vs_raw"].items()
+    ))
+    for d, per in result["sb3"].items():
+        lines.append(f"SB3 PPO env-steps/s on {d}: " + ", ".join(
+            f"{k}: native {v['native_steps_per_s']:.0f} vs dummy {v['dummy_steps_per_s']:.0f}" for k, v in per.items()
+        ))
+    lines.append(f"total {result['seconds']} s")
+    return "\n".join(lines)
+
+
+# -- command line ---------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``dyncnn-gym perf`` options to ``parser``."""
+    parser.add_argument("--out", type=str, default=None, help="write the results as JSON to this file")
+    parser.add_argument("--device", type=str, default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--quick", action="store_true", help="a fast, noisier smoke run (< 1 min on 2 CPU cores)")
+    parser.add_argument("--repeats", type=int, default=9, help="interleaved repeats per measurement (median reported)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's setting)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run :func:`run_perf` with the options :func:`add_arguments` defined; returns the exit code 0."""
+    run_perf(
+        out=args.out,
+        device=args.device,
+        repeats=args.repeats,
+        quick=args.quick,
+        threads=args.threads,
+        progress=not getattr(args, "no_progress", False),
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = add_arguments(argparse.ArgumentParser(prog="dyncnn-gym perf", description=__doc__.split("\n\n")[0]))
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""Linear probes: a cheap early classifier at every decision point, for the ``"probe"`` observation.
+
+A probe is a linear softmax classifier on the observation's pooled features entering decision
+``t``. Its confidence (top probability, margin between the two best classes, normalised entropy)
+is what a confidence cascade escalates on; the ``"probe"`` observation mode hands it to the agent.
+Probes are fitted on train images walked along uniformly random routes, so that they read
+partially computed feature maps too. Their cost (one ``F x classes`` matrix product per decision,
+under 0.1 % of the default backbones) is agent overhead and, like the pooling, not counted in the
+backbone's FLOPs.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+import torch.nn.functional as F
+
+from ..walk import Walk
+
+_PROBES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def _features(core, n: int, seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    train = core.data.train
+    idx = torch.randperm(len(train), generator=gen)[:n]
+    x = torch.as_tensor(train.images)[idx].to(core.device)
+    y = torch.as_tensor(train.labels)[idx].to(core.device)
+    walk = Walk(core.net, core.mode, x)
+    feats = []
+    while not walk.done:
+        feats.append(core.scaled_features(walk))
+        walk.step(torch.randint(0, walk.A, (len(walk),), generator=gen))
+    return feats, y
+
+
+def fit_probes(core, n: int = 3000, steps: int = 300, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One ``(weight [C_t, K], bias [K])`` probe per decision point of ``core`` (memoised per
+    backbone, mode and data within a process)."""
+    per_net = _PROBES.setdefault(core.net, {})
+    key = (core.mode, core.data.fingerprint, n, steps, seed)
+    if key in per_net:
+        return per_net[key]
+    feats, y = _features(core, n, seed)
+    K = core.data.num_classes
+    probes = []
+    torch.manual_seed(seed)
+    for f in feats:
+        lin = torch.nn.Linear(f.shape[1], K).to(f.device)
+        opt = torch.optim.Adam(lin.parameters(), lr=0.05)
+        for _ in range(steps):
+            loss = F.cross_entropy(lin(f), y) + 1e-4 * lin.weight.square().sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        probes.append((lin.weight.detach().t().contiguous(), lin.bias.detach().clone()))
+    per_net[key] = probes
+    return probes
+
+
+def confidence(logits: torch.Tensor) -> torch.Tensor:
+    """``[B, 3]``: top probability, margin between the two best, entropy / log(K) (all in [0, 1])."""
+    p = logits.float().softmax(1)
+    top2 = p.topk(min(2, p.shape[1]), dim=1).values
+    margin = top2[:, 0] - (top2[:, 1] if top2.shape[1] > 1 else 0)
+    ent = -(p * p.clamp_min(1e-12).log()).sum(1) / math.log(p.shape[1])
+    return torch.stack([top2[:, 0], margin, ent], dim=1)
+
+
+__all__ = ["confidence", "fit_probes"]

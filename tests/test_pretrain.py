@@ -1,0 +1,216 @@
+"""Pretraining (seeded, recorded static accuracies), the checkpoint cache, and ``backbone=`` resolution.
+
+Everything trains for one epoch on the 48-image ``user12`` set (a couple of seconds), except one
+test that lets an env pretrain its default-length schedule on that same tiny set.
+"""
+
+from __future__ import annotations
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from conftest import load_test_data, user12_arrays
+
+import dyncnn_gym
+from dyncnn_gym import pretraining as pretrain_mod
+from dyncnn_gym.pretraining import (
+    TrainConfig,
+    checkpoint_name,
+    evaluate_static,
+    load_checkpoint,
+    pretrain,
+    resolve_backbone,
+)
+from dyncnn_gym.walk import run_routes
+
+
+def same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def vgg_1ep():
+    return pretrain("vgg", load_test_data("user12"), epochs=1, progress=False, cache=False)
+
+
+@pytest.fixture(scope="module")
+def resnet_1ep():
+    return pretrain("resnet8", load_test_data("user12"), epochs=1, progress=False, cache=False)
+
+
+def test_load_checkpoint_is_exported_at_top_level():
+    assert dyncnn_gym.load_checkpoint is load_checkpoint
+
+
+def test_top_level_pretrain_stays_callable_after_an_env_is_made():
+    """The issue's example: ``gym.make(...)`` first, then ``dyncnn_gym.pretrain("vgg", data)``."""
+    make_env_args = {"dataset": load_test_data("user12"), "backbone": "vgg"}
+    gymnasium.make("DynChannel-v0", **make_env_args)  # imports dyncnn_gym.pretrain (the module)
+    assert callable(dyncnn_gym.pretrain), f"dyncnn_gym.pretrain is {dyncnn_gym.pretrain!r}"
+    assert dyncnn_gym.pretrain is pretrain
+
+
+def test_pretrain_is_seeded(vgg_1ep):
+    data = load_test_data("user12")
+    again = pretrain("vgg", data, epochs=1, progress=False, cache=False)
+    other = pretrain("vgg", data, epochs=1, progress=False, cache=False, seed=1)
+    assert same_weights(vgg_1ep, again)
+    assert not same_weights(vgg_1ep, other)
+    assert not vgg_1ep.training, "pretrain returns the backbone in eval mode"
+
+
+def test_pretrain_changes_the_weights():
+    data = load_test_data("user12")
+    torch.manual_seed(0)
+    from dyncnn_gym.models import build
+
+    init = build("vgg", data.image_shape, data.num_classes, 4)
+    trained = pretrain("vgg", data, epochs=1, progress=False, cache=False)
+    assert not same_weights(init, trained)
+
+
+def _check_static_rows(rows, key, values):
+    assert [r[key] for r in rows] == values
+    for r in rows:
+        assert 0.0 <= r["accuracy"] <= 1.0
+        assert 0.0 < r["flops_ratio"] <= 1.0
+
+
+def test_meta_records_static_accuracies(vgg_1ep, resnet_1ep):
+    data = load_test_data("user12")
+    meta = vgg_1ep.meta
+    assert meta["arch"] == "vgg" and meta["groups"] == 4
+    assert meta["data"] == data.name and meta["data_fingerprint"] == data.fingerprint
+    assert meta["in_shape"] == list(data.image_shape) and meta["num_classes"] == 3
+    assert meta["train_config"]["epochs"] == 1 and meta["train_config"]["seed"] == 0
+    assert meta["train_seconds"] >= 0
+    assert set(meta["static"]) == {"channel"}
+    rows = meta["static"]["channel"]
+    _check_static_rows(rows, "action", [0, 1, 2, 3])
+    ratios = [r["flops_ratio"] for r in rows]
+    assert ratios == sorted(ratios) and ratios[-1] == 1.0 and len(set(ratios)) == 4
+
+    res = resnet_1ep.meta["static"]
+    assert set(res) == {"skip", "channel"}  # a ResNet serves both envs
+    _check_static_rows(res["skip"], "rate", [0.0, 0.25, 0.5, 0.75, 1.0])
+    _check_static_rows(res["channel"], "action", [0, 1, 2, 3])
+    assert res["skip"][0]["flops_ratio"] == 1.0
+    skip_ratios = [r["flops_ratio"] for r in res["skip"]]
+    assert skip_ratios == sorted(skip_ratios, reverse=True) and skip_ratios[-1] < 1.0
+
+
+def test_static_accuracies_are_what_the_routes_score(vgg_1ep):
+    """Recompute each static width's test accuracy with the walk and compare with the record."""
+    data = load_test_data("user12")
+    x, y = torch.as_tensor(data.test.images), torch.as_tensor(data.test.labels)
+    T = vgg_1ep.num_decisions("channel")
+    for row in vgg_1ep.meta["static"]["channel"]:
+        with torch.no_grad():
+            logits, flops = run_routes(vgg_1ep, "channel", x, torch.full((len(y), T), row["action"]))
+        assert row["accuracy"] == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+        assert row["flops_ratio"] == pytest.approx(float(flops[0]) / vgg_1ep.cost_table("channel").full)
+    assert evaluate_static(vgg_1ep, data) == vgg_1ep.meta["static"]
+
+
+def test_progress_bar(capsys):
+    pretrain("resnet8", load_test_data("user12"), epochs=1, progress=True, cache=False)
+    err = capsys.readouterr().err
+    assert "pretrain resnet8 on user" in err
+
+
+def test_checkpoint_cache_roundtrip(cache_root, monkeypatch):
+    data = load_test_data("user12")
+    first = pretrain("resnet8", data, groups=2, epochs=1, progress=False)
+    cfg = TrainConfig(**first.meta["train_config"])
+    path = cache_root / "checkpoints" / checkpoint_name("resnet8", 2, data, cfg)
+    assert path.is_file(), f"no checkpoint in the cache dir: {sorted(p.name for p in (cache_root / 'checkpoints').iterdir())}"
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    assert blob["meta"]["arch"] == "resnet8" and blob["meta"]["groups"] == 2
+    assert blob["meta"]["data_fingerprint"] == data.fingerprint and blob["meta"]["static"] == first.meta["static"]
+
+    # a second call loads from the cache: it must not train (no backward pass runs)
+    def no_training(*args, **kwargs):
+        raise AssertionError("pretrain trained again instead of loading the cached checkpoint")
+
+    monkeypatch.setattr(torch.Tensor, "backward", no_training)
+    second = pretrain("resnet8", data, groups=2, epochs=1, progress=False)
+    assert same_weights(first, second) and second.meta == first.meta and not second.training
+    loaded = load_checkpoint(path, data, groups=2)
+    assert same_weights(first, loaded) and loaded.meta["arch"] == "resnet8"
+    # another seed, epochs or groups is another checkpoint
+    with pytest.raises(AssertionError, match="trained again"):
+        pretrain("resnet8", data, groups=2, epochs=1, progress=False, seed=5)
+
+
+def test_cache_dir_follows_the_environment_variable(cache_root):
+    from dyncnn_gym.cache import cache_dir
+
+    assert cache_dir("checkpoints") == cache_root / "checkpoints"
+
+
+def test_out_writes_a_loadable_checkpoint(tmp_path):
+    data = load_test_data("user12")
+    path = tmp_path / "sub" / "net.pt"
+    net = pretrain("vgg", data, groups=2, epochs=1, progress=False, cache=False, out=path)
+    loaded = load_checkpoint(path)
+    assert same_weights(net, loaded) and loaded.meta == net.meta and loaded.groups == 2
+
+
+def test_load_checkpoint_checks_data_and_groups(tmp_path):
+    data = load_test_data("user12")
+    other = load_test_data("digits")
+    path = tmp_path / "net.pt"
+    pretrain("vgg", data, epochs=1, progress=False, cache=False, out=path)
+    with pytest.raises(ValueError) as exc:
+        load_checkpoint(path, other)
+    msg = str(exc.value)
+    assert data.fingerprint in msg and other.fingerprint in msg and "'digits'" in msg and "'user'" in msg
+    with pytest.raises(ValueError) as exc:
+        load_checkpoint(path, data, groups=8)
+    assert "groups=4" in str(exc.value) and "groups=8" in str(exc.value)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    torch.save({"weights": 1}, junk)
+    with pytest.raises(ValueError, match="not a dyncnn_gym checkpoint"):
+        load_checkpoint(junk)
+
+
+def test_env_backbone_from_checkpoint_path(tmp_path):
+    data = load_test_data("user12")
+    path = tmp_path / "resnet8.pt"
+    net = pretrain("resnet8", data, epochs=1, progress=False, cache=False, out=path)
+    env = gymnasium.make("DynSkip-v0", dataset=data, backbone=str(path))
+    assert same_weights(env.unwrapped.backbone, net)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="fingerprint"):
+        gymnasium.make("DynSkip-v0", dataset=load_test_data("shapes"), backbone=str(path))
+    with pytest.raises(ValueError, match="groups"):
+        gymnasium.make("DynChannel-v0", dataset=data, backbone=str(path), groups=2)
+
+
+def test_env_pretrains_an_arch_on_first_use_and_caches_it(cache_root):
+    """``backbone="vgg"`` with no checkpoint for these data trains one (default schedule), caches
+    it, and later envs on the same data share the loaded network."""
+    arrays = user12_arrays(seed=1)  # data no other test trains on
+    before = set((cache_root / "checkpoints").glob("vgg-g4-user-*.pt")) if (cache_root / "checkpoints").exists() else set()
+    env = gymnasium.make("DynChannel-v0", dataset=arrays, backbone="vgg")
+    after = set((cache_root / "checkpoints").glob("vgg-g4-user-*.pt"))
+    assert len(after - before) == 1
+    net = env.unwrapped.backbone
+    data = env.unwrapped.core.data
+    assert net.meta["train_config"]["epochs"] == pretrain_mod.default_epochs(data)
+    # on this easy set the trained backbone is accurate at full width
+    assert net.meta["static"]["channel"][-1]["accuracy"] >= 0.9
+    again = gymnasium.make("DynChannel-v0", dataset=data, backbone="vgg")
+    assert again.unwrapped.backbone is net
+    assert resolve_backbone("vgg", data, "channel") is net
+    # a default arch for each mode, one that has that mode's decisions
+    from dyncnn_gym.models import ARCHS
+
+    assert pretrain_mod.DEFAULT_ARCH["channel"] == "vgg"
+    assert all(mode in ARCHS[arch] for mode, arch in pretrain_mod.DEFAULT_ARCH.items())
+    obs, info = env.reset(seed=0)
+    assert np.isfinite(obs).all()
