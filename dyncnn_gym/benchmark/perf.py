@@ -1,9 +1,11 @@
 """``dyncnn-gym perf``: how fast the batched walk and its env faces are, and whether savings are real.
 
 Every number is a *ratio of two things measured in the same run*, interleaved (A, B, A, B, ... with
-the order alternating between repeats), and reported as the median over ``repeats``: the machines
-this runs on are shared and noisy, and a ratio measured this way survives the noise far better than
-any absolute speed.
+the order alternating between repeats): each repeat gives one ratio of two back-to-back
+measurements, and the median over ``repeats`` is reported. The machines this runs on are shared and
+noisy; a ratio measured this way survives the noise far better than any absolute speed. On a shared
+machine whose load exceeds its cores, ``--threads 1`` avoids OpenMP threads waiting on each other
+(the load average at start and end is recorded with the results).
 
 Measured (see :func:`run_perf` for the JSON layout):
 
@@ -496,6 +498,10 @@ def run_perf(
             bar.close()
         result["goals"] = _goals(result)
         result["seconds"] = round(time.perf_counter() - start, 1)
+        try:
+            result["machine"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+        except OSError:
+            pass
     finally:
         torch.set_num_threads(old_threads)
     if verbose:
@@ -580,7 +586,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", type=str, default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--quick", action="store_true", help="a fast, noisier smoke run (< 1 min on 2 CPU cores)")
     parser.add_argument("--repeats", type=int, default=9, help="interleaved repeats per measurement (median reported)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's setting)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's setting; 1 on a busy shared machine)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

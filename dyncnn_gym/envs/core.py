@@ -139,6 +139,9 @@ class RoutingCore:
         self.observation_space = spaces.Box(low, np.ones(dim, dtype=np.float32), dtype=np.float32)
         self.action_space = spaces.Discrete(self.A)
 
+        #: "dicts": one info dict per slot (single env, SB3); "arrays": dict of per-slot arrays with
+        #: ``_key`` masks, Gymnasium's vector form, built with array operations (native vector env)
+        self.info_format = "dicts"
         self.rngs: list[np.random.Generator] = [np.random.default_rng() for _ in range(self.n)]
         self.cursor = 0
         self.cohorts: list[_Cohort] = []
@@ -182,6 +185,8 @@ class RoutingCore:
         self._merge()
         obs = self._observe(walk)
         masks = self._masks(walk)
+        if self.info_format == "arrays":
+            return obs, _put({}, self._info_arrays(slots, walk, masks), slots, self.n)
         return obs, [self._info(int(s), walk, r, masks[r]) for r, s in enumerate(slots)]
 
     def _drop(self, slots: np.ndarray) -> None:
@@ -230,7 +235,8 @@ class RoutingCore:
         obs = np.zeros((self.n, self.observation_space.shape[0]), dtype=np.float32)
         rew = np.zeros(self.n, dtype=np.float64)
         term = np.zeros(self.n, dtype=bool)
-        infos: list[dict] = [{} for _ in range(self.n)]
+        arrays = self.info_format == "arrays"
+        infos: list[dict] | dict = {} if arrays else [{} for _ in range(self.n)]
         for c in self.cohorts:
             walk, slots = c.walk, c.slots
             a = actions[slots]
@@ -246,15 +252,21 @@ class RoutingCore:
                 rew[slots] += self.reward.final(ce)
                 term[slots] = True
                 obs[slots] = self._observe(walk)
-                for r, s in enumerate(slots):
-                    infos[s] = self._final_info(int(s), walk, r, int(pred[r]), float(ce[r]))
+                if arrays:
+                    _put(infos, self._final_info_arrays(slots, walk, pred, ce), slots, self.n)
+                else:
+                    for r, s in enumerate(slots):
+                        infos[s] = self._final_info(int(s), walk, r, int(pred[r]), float(ce[r]))
                 self.active[slots] = False
             else:
                 rew[slots] = self.reward.step(t, a, cost, int(self._full_step[t]), self.full, self.A, self.T)
                 obs[slots] = self._observe(walk)
                 masks = self._masks(walk)
-                for r, s in enumerate(slots):
-                    infos[s] = self._info(int(s), walk, r, masks[r])
+                if arrays:
+                    _put(infos, self._info_arrays(slots, walk, masks), slots, self.n)
+                else:
+                    for r, s in enumerate(slots):
+                        infos[s] = self._info(int(s), walk, r, masks[r])
         self.cohorts = [c for c in self.cohorts if not c.walk.done]
         return obs, rew, term, infos
 
@@ -317,6 +329,42 @@ class RoutingCore:
             out[c.slots] = self._masks(c.walk)
         return out
 
+    def _info_arrays(self, slots: np.ndarray, walk: Walk, masks: np.ndarray) -> dict:
+        """The infos of ``_info`` for all ``slots`` of a cohort at once, as arrays (one row per slot)."""
+        idx = self.index[slots]
+        d = {
+            "decision": np.full(len(slots), walk.t, dtype=np.int64),
+            "flops": walk.flops.numpy().copy(),
+            "action_mask": masks.copy(),
+            "index": idx.copy(),
+        }
+        if self.has_difficulty:
+            d["difficulty"] = self.difficulty[idx].astype(np.float64)
+        return d
+
+    def _final_info_arrays(self, slots: np.ndarray, walk: Walk, pred: np.ndarray, ce: np.ndarray) -> dict:
+        """The infos of ``_final_info`` for all ``slots`` of a finished cohort at once, as arrays."""
+        idx = self.index[slots]
+        labels = self.labels[idx]
+        flops = walk.flops.numpy().copy()
+        pred = pred.astype(np.int64)
+        d = {
+            "decision": np.full(len(slots), walk.t, dtype=np.int64),
+            "flops": flops,
+            "action_mask": np.ones((len(slots), self.A), dtype=bool),
+            "index": idx.copy(),
+            "prediction": pred,
+            "label": labels.copy(),
+            "correct": pred == labels,
+            "flops_ratio": flops / self.full,
+            "cross_entropy": np.asarray(ce, dtype=np.float64),
+            "actions": walk.actions.numpy().copy(),
+        }
+        if self.has_difficulty:
+            d["difficulty"] = self.difficulty[idx].astype(np.float64)
+            d["difficulty_params"] = {k: v[idx].astype(np.float64) for k, v in self.difficulty_params.items()}
+        return d
+
     def _info(self, slot: int, walk: Walk, row: int, mask: np.ndarray) -> dict:
         i = int(self.index[slot])
         info = {"decision": int(walk.t), "flops": int(walk.flops[row]), "action_mask": mask.copy(), "index": i}
@@ -344,3 +392,20 @@ class RoutingCore:
             info["difficulty"] = float(self.difficulty[i])
             info["difficulty_params"] = {k: float(v[i]) for k, v in self.difficulty_params.items()}
         return info
+
+
+def _put(out: dict, arrays: dict, slots: np.ndarray, n: int) -> dict:
+    """Scatter per-row ``arrays`` of ``slots`` into the dict-of-arrays ``out`` (``_key`` masks)."""
+    for k, v in arrays.items():
+        if isinstance(v, dict):
+            out[k] = _put(out.get(k, {}), v, slots, n)
+        else:
+            a = out.get(k)
+            if a is None:
+                a = out[k] = np.zeros((n, *v.shape[1:]), dtype=v.dtype)
+            a[slots] = v
+        m = out.get(f"_{k}")
+        if m is None:
+            m = out[f"_{k}"] = np.zeros(n, dtype=bool)
+        m[slots] = True
+    return out
