@@ -17,7 +17,7 @@ from typing import Any
 PPO_RECIPES: dict[str, dict[str, Any]] = {
     "DynChannel-v0": {
         "n_envs": 64,
-        "total_timesteps": 120_000,
+        "total_timesteps": 150_000,
         "ppo": {
             "n_steps": 40,
             "batch_size": 512,
@@ -32,7 +32,7 @@ PPO_RECIPES: dict[str, dict[str, Any]] = {
     },
     "DynSkip-v0": {
         "n_envs": 64,
-        "total_timesteps": 120_000,
+        "total_timesteps": 150_000,
         "ppo": {
             "n_steps": 40,
             "batch_size": 512,

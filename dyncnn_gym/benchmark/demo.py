@@ -84,6 +84,7 @@ def run_demo(
             "groups": 4,
             "reward": "flops",
             "compute_weight": DEMO_COMPUTE_WEIGHT[env_id],
+            "obs": "probe",
         }
         t0 = time.perf_counter()
         core = RoutingCore(mode, 1, split="test", **env_kwargs)  # loads or pretrains the backbone
@@ -97,7 +98,8 @@ def run_demo(
         res = evaluate(model, env_id, per_image=True, **env_kwargs)
         static = static_baselines(core)
         rnd = random_policy_eval(core, res["action_rates"], seed=seed)
-        orc = oracle(core)
+        pool = static.get("exhaustive") or (static["uniform"] + static.get("greedy", []))
+        orc = oracle(core, np.array([r["actions"] for r in pool], dtype=np.int64))
         static_at = interpolate(static["front"], res["flops_ratio"])
         results["full"][env_id] = {k: static["full"][k] for k in ("accuracy", "flops_ratio")}
         results["static"][env_id] = static
