@@ -34,7 +34,7 @@ _LAZY = {
     "load_checkpoint": ("dyncnn_gym.pretraining", "load_checkpoint"),
     "load_dataset": ("dyncnn_gym.data", "load_dataset"),
     "Walk": ("dyncnn_gym.walk", "Walk"),
-    "evaluate": ("dyncnn_gym.benchmark", "evaluate"),
+    "evaluate": ("dyncnn_gym.benchmark.protocol", "evaluate"),
 }
 
 

@@ -62,7 +62,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .benchmark.evaluate import evaluate, load_model
+    from .benchmark.protocol import evaluate, load_model
 
     env_kwargs = json.loads(args.env_kwargs) if args.env_kwargs else {}
     if not isinstance(env_kwargs, dict):
@@ -112,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="list envs, backbones, data sets and the cache directory")
     p.set_defaults(func=_cmd_info)
+
+    from .benchmark import bench
+
+    p = sub.add_parser("bench", help="rank routing algorithms on a benchmark suite (leaderboard, fronts, plots)",
+                       description="Train and evaluate agents on every task and compute weight of a suite; write"
+                       " results.json, leaderboard.md and plots. Agents: ppo, a2c, dqn, static, random, oracle,"
+                       " or module:function (function(env_fn, task, seed, step_budget) -> policy).")
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.run_from_args)
 
     try:
         from .benchmark import perf

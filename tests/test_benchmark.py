@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dyncnn_gym.benchmark.baselines import interpolate, oracle, pareto, random_policy_eval, static_baselines
-from dyncnn_gym.benchmark.evaluate import evaluate, load_model
+from dyncnn_gym.benchmark.protocol import evaluate, load_model
 from dyncnn_gym.envs.core import RoutingCore
 from dyncnn_gym.pretraining import pretrain
 

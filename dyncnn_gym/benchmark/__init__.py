@@ -5,8 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 _LAZY = {
-    "evaluate": ("dyncnn_gym.benchmark.evaluate", "evaluate"),
-    "as_policy": ("dyncnn_gym.benchmark.evaluate", "as_policy"),
+    "evaluate": ("dyncnn_gym.benchmark.protocol", "evaluate"),
+    "as_policy": ("dyncnn_gym.benchmark.protocol", "as_policy"),
+    "run_bench": ("dyncnn_gym.benchmark.bench", "run_bench"),
+    "get_suite": ("dyncnn_gym.benchmark.suites", "get_suite"),
+    "check_pins": ("dyncnn_gym.benchmark.suites", "check_pins"),
+    "Suite": ("dyncnn_gym.benchmark.suites", "Suite"),
+    "Task": ("dyncnn_gym.benchmark.suites", "Task"),
 }
 
 

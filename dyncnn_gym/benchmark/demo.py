@@ -23,7 +23,7 @@ from ..pretraining import DEFAULT_ARCH
 from ..recipes import recipe, train_ppo
 from . import plots
 from .baselines import interpolate, oracle, random_policy_eval, static_baselines
-from .evaluate import evaluate, mode_of
+from .protocol import evaluate, mode_of
 
 DEMO_COMPUTE_WEIGHT = {"DynChannel-v0": 0.5, "DynSkip-v0": 0.5}
 

@@ -1,0 +1,82 @@
+"""Baseline routers on the whole test split, in the benchmark's result format (CleanRL-style, one file).
+
+    python agents/baselines.py --env DynChannel-v0 --out runs/baselines_channel.json
+    python agents/baselines.py --env DynSkip-v0 --dataset digits --rate 0.3
+
+* ``static``: the same action at every decision (every static width, skip none / skip all), and
+  per-decision static routes found greedily on train images (all routes when there are <= 64);
+* ``random``: each decision draws its action at random; ``--rate`` sets the probability of the
+  cheap choice (skip / narrowest width), the rest spread over the other actions;
+* ``oracle``: knows the label — each image takes the cheapest static route that classifies it
+  correctly (an upper bound for analysis, not a policy).
+
+Only the public API is used (``RoutingCore`` is what every env face is built on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dyncnn_gym.benchmark.baselines import oracle, random_policy_eval, static_baselines
+from dyncnn_gym.envs.core import RoutingCore
+
+
+@dataclass
+class Args:
+    env: str = "DynChannel-v0"
+    dataset: str = "shapes"
+    backbone: str | None = None
+    groups: int = 4
+    rate: float = 0.5
+    seed: int = 0
+    out: str | None = None
+
+
+def parse_args() -> Args:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for field, default in asdict(Args()).items():
+        kind = type(default) if default is not None else str
+        p.add_argument(f"--{field}", type=kind, default=default)
+    ns = p.parse_args()
+    if ns.env not in ("DynChannel-v0", "DynSkip-v0"):
+        p.error(f"--env {ns.env!r} is not a routing env; choose DynChannel-v0 or DynSkip-v0")
+    if not 0.0 <= ns.rate <= 1.0:
+        p.error(f"--rate {ns.rate} must be a probability in [0, 1]")
+    return Args(**vars(ns))
+
+
+def main() -> None:
+    args = parse_args()
+    mode = "channel" if args.env == "DynChannel-v0" else "skip"
+    core = RoutingCore(mode, 1, dataset=args.dataset, backbone=args.backbone, groups=args.groups, split="test")
+    static = static_baselines(core)
+    others = [args.rate] + [(1 - args.rate) / (core.A - 1)] * (core.A - 1)
+    rnd = random_policy_eval(core, [others] * core.T, seed=args.seed)
+    pool = static.get("exhaustive") or (static["uniform"] + static.get("greedy", []))
+    orc = oracle(core, np.array([r["actions"] for r in pool], dtype=np.int64))
+    result = {
+        "env_id": args.env,
+        "env_kwargs": {"dataset": args.dataset, "backbone": args.backbone, "groups": args.groups},
+        "full": static["full"],
+        "static": static,
+        "random": {"rate_cheapest": args.rate, **rnd},
+        "oracle": orc,
+    }
+    print(f"{args.env} on {args.dataset}: full {static['full']['accuracy']:.4f}")
+    for row in static["front"]:
+        print(f"  static {row['actions']}: accuracy {row['accuracy']:.4f} at FLOPs ratio {row['flops_ratio']:.3f}")
+    print(f"  random (cheapest with p={args.rate}): {rnd['accuracy']:.4f} at {rnd['flops_ratio']:.3f}")
+    print(f"  oracle (knows the label): {orc['accuracy']:.4f} at {orc['flops_ratio']:.3f}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Named, versioned benchmark suites: fixed task sets whose backbones are pinned by checkpoint hash.
+
+A :class:`Task` is one env configuration (env id + data + backbone + reward + observation), a step
+budget for training and the compute weights swept to trace an accuracy–FLOPs front. A
+:class:`Suite` is a versioned tuple of tasks plus ``backbone_sha256``: per task name, the sha256 of
+the backbone checkpoint file the results were produced with (``None`` = not pinned).
+
+Suites:
+
+* ``"cpu-v0"``: the embedded ``shapes`` data with the default backbones (``vgg`` for DynChannel,
+  ``resnet20-lite`` for DynSkip), 4 groups, ``reward="flops"``, ``obs="probe"``, 150k steps,
+  compute weights (0.25, 0.5, 1.0). Pinned to the two shapes checkpoints shipped in
+  ``dyncnn_gym/checkpoints/``.
+* ``"paper-v0"``: GPU-sized, as in the papers: CIFAR-10 ResNet-110 DynSkip (SkipNet) and CIFAR-10
+  VGG-16 DynChannel (RNP), ``device="cuda"``. Needs the user's CIFAR-10 files (see
+  :mod:`dyncnn_gym.data`); the backbones are pretrained on first use, so they are **not pinned**
+  (``None``) until reference checkpoints are published.
+* ``"tiny-v0"``: scikit-learn's ``digits`` with the shipped digits checkpoints, tiny budgets, for
+  tests and smoke runs. Unpinned (``None``): it is not for comparing results.
+
+:func:`check_pins` resolves every pinned task's checkpoint and raises :class:`ValueError` naming the
+expected and the found hash when they differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .protocol import mode_of
+
+
+@dataclass(frozen=True)
+class Task:
+    """One benchmark task. ``env_kwargs`` excludes ``compute_weight`` (swept over ``compute_weights``)."""
+
+    name: str
+    env_id: str
+    env_kwargs: dict[str, Any] = field(hash=False)
+    step_budget: int
+    compute_weights: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named, versioned task set; ``backbone_sha256[task.name]`` pins the task's checkpoint (or ``None``)."""
+
+    name: str
+    version: int
+    tasks: tuple[Task, ...]
+    backbone_sha256: dict[str, str | None] = field(hash=False, default_factory=dict)
+
+    def with_budget(self, step_budget: int) -> "Suite":
+        """The same suite with every task's step budget replaced (e.g. ``--timesteps``)."""
+        return replace(self, tasks=tuple(replace(t, step_budget=int(step_budget)) for t in self.tasks))
+
+
+def _tasks(dataset: str, channel_arch: str, skip_arch: str, budget: int, weights: tuple[float, ...], **extra: Any) -> tuple[Task, ...]:
+    common = {"dataset": dataset, "groups": 4, "reward": "flops", "obs": "probe", **extra}
+    return (
+        Task(f"channel-{channel_arch}-{dataset}", "DynChannel-v0", {**common, "backbone": channel_arch}, budget, weights),
+        Task(f"skip-{skip_arch}-{dataset}", "DynSkip-v0", {**common, "backbone": skip_arch}, budget, weights),
+    )
+
+
+_CPU = _tasks("shapes", "vgg", "resnet20-lite", 150_000, (0.25, 0.5, 1.0))
+_PAPER = _tasks("cifar10", "vgg16", "resnet110", 2_000_000, (0.1, 0.25, 0.5, 1.0), device="cuda")
+_TINY = _tasks("digits", "vgg", "resnet20-lite", 512, (0.5, 1.0))
+
+SUITES: dict[str, Suite] = {
+    "cpu-v0": Suite(
+        "cpu-v0",
+        0,
+        _CPU,
+        {
+            _CPU[0].name: "f283b7ab1017c18a6b1c203dc3724458a4a160fcb46997f79b6b1d3db0522ef9",
+            _CPU[1].name: "339bab5b0462ca35c61ae1cd5ee4a31a00b56c9b5c3f7946d7259e44050e4384",
+        },
+    ),
+    "paper-v0": Suite("paper-v0", 0, _PAPER, {t.name: None for t in _PAPER}),
+    "tiny-v0": Suite("tiny-v0", 0, _TINY, {t.name: None for t in _TINY}),
+}
+
+
+def get_suite(name: str | Suite) -> Suite:
+    """The suite called ``name`` (a :class:`Suite` is returned as is)."""
+    if isinstance(name, Suite):
+        return name
+    if name not in SUITES:
+        raise ValueError(f"suite={name!r} is not a known suite; choose one of {sorted(SUITES)}")
+    return SUITES[name]
+
+
+def list_suites() -> str:
+    """One line per suite: name, version, tasks and whether the backbones are pinned."""
+    lines = []
+    for s in SUITES.values():
+        pinned = "pinned" if all(s.backbone_sha256.get(t.name) for t in s.tasks) else "unpinned"
+        tasks = ", ".join(f"{t.name} ({t.env_id}, {t.step_budget} steps, weights {list(t.compute_weights)})" for t in s.tasks)
+        lines.append(f"{s.name} (v{s.version}, {pinned}): {tasks}")
+    return "\n".join(lines)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def backbone_path(task: Task, pretrain_missing: bool = True) -> Path:
+    """The checkpoint file of ``task``'s backbone.
+
+    A path is used as is; an arch name is looked up in the cache and the shipped checkpoints under
+    the name :func:`~dyncnn_gym.pretraining.pretrain` gives it by default; when it is missing and
+    ``pretrain_missing``, it is trained (and cached) through
+    :func:`~dyncnn_gym.pretraining.resolve_backbone` first.
+    """
+    from ..cache import cache_dir
+    from ..envs.core import _shared_data
+    from ..pretraining import SHIPPED_DIR, TrainConfig, checkpoint_name, default_epochs, resolve_backbone
+
+    backbone = task.env_kwargs.get("backbone")
+    if backbone is not None and (isinstance(backbone, Path) or "/" in str(backbone) or str(backbone).endswith(".pt")):
+        path = Path(backbone)
+        if not path.is_file():
+            raise FileNotFoundError(f"task {task.name!r}: no backbone checkpoint at {str(path)!r}")
+        return path
+    data = _shared_data(task.env_kwargs.get("dataset", "shapes"))
+    mode = mode_of(task.env_id)
+    if backbone is None:
+        from ..pretraining import DEFAULT_ARCH
+
+        backbone = DEFAULT_ARCH[mode]
+    groups = int(task.env_kwargs.get("groups", 4))
+    name = checkpoint_name(str(backbone), groups, data, TrainConfig(epochs=default_epochs(data)))
+    for _ in range(2):
+        for folder in (cache_dir("checkpoints"), SHIPPED_DIR):
+            if (folder / name).is_file():
+                return folder / name
+        if not pretrain_missing:
+            break
+        resolve_backbone(backbone, data, mode, groups, task.env_kwargs.get("device", "cpu"))
+        pretrain_missing = False
+    raise FileNotFoundError(f"task {task.name!r}: no checkpoint {name!r} in the cache or the shipped checkpoints")
+
+
+def backbone_sha256(task: Task, pretrain_missing: bool = True) -> str:
+    """sha256 of ``task``'s backbone checkpoint file."""
+    return sha256_file(backbone_path(task, pretrain_missing))
+
+
+def check_pins(suite: str | Suite) -> dict[str, str | None]:
+    """Check every pinned backbone of ``suite``; returns the found hash per task (``None`` if unpinned
+    and not computed).
+
+    Raises:
+        ValueError: a task's checkpoint hash differs from the pinned one (both named).
+    """
+    suite = get_suite(suite)
+    found: dict[str, str | None] = {}
+    for task in suite.tasks:
+        expected = suite.backbone_sha256.get(task.name)
+        if expected is None:
+            found[task.name] = None
+            continue
+        got = backbone_sha256(task)
+        if got != expected:
+            raise ValueError(
+                f"suite {suite.name!r} v{suite.version}, task {task.name!r}: the backbone checkpoint"
+                f" {str(backbone_path(task, False))!r} has sha256 {got}, but the suite pins {expected};"
+                " results would not be comparable"
+            )
+        found[task.name] = got
+    return found

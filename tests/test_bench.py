@@ -1,0 +1,109 @@
+"""The benchmark bench: suites, pins, the scalar summary, route analysis, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+from dyncnn_gym.benchmark.bench import front_area, resolve_agent, route_analysis, route_mutual_information, run_bench
+from dyncnn_gym.benchmark.suites import SUITES, check_pins, get_suite
+
+
+def constant_agent(env_fn, task, seed, step_budget):
+    """A plug-in agent: checks the env it is handed, trains nothing, always takes the largest action."""
+    vec = env_fn(2)
+    assert vec.num_envs == 2 and env_fn.compute_weight in task.compute_weights
+    n_actions = int(vec.action_space.n)
+    return lambda obs: np.full(len(obs), n_actions - 1)
+
+
+def test_suites_resolve_and_unknown_names_are_named():
+    assert {"cpu-v0", "paper-v0", "tiny-v0"} <= set(SUITES)
+    cpu = get_suite("cpu-v0")
+    assert cpu.version == 0 and len(cpu.tasks) == 2
+    for t in cpu.tasks:
+        assert t.step_budget == 150_000 and t.compute_weights == (0.25, 0.5, 1.0)
+        assert t.env_kwargs["dataset"] == "shapes" and t.env_kwargs["obs"] == "probe"
+        assert len(cpu.backbone_sha256[t.name]) == 64
+    assert {t.env_kwargs["backbone"] for t in get_suite("paper-v0").tasks} == {"vgg16", "resnet110"}
+    with pytest.raises(ValueError, match=r"nope.*cpu-v0.*tiny-v0"):
+        get_suite("nope")
+    with pytest.raises(ValueError, match=r"sac.*ppo"):
+        resolve_agent("sac")
+    with pytest.raises(ValueError, match="no_such_module"):
+        resolve_agent("no_such_module:f")
+    assert resolve_agent(f"{__name__}:constant_agent") is constant_agent
+
+
+def test_pins_match_the_shipped_checkpoints_and_a_mismatch_raises():
+    found = check_pins("cpu-v0")
+    assert found == get_suite("cpu-v0").backbone_sha256
+    cpu = get_suite("cpu-v0")
+    name = cpu.tasks[0].name
+    bad = dataclasses.replace(cpu, backbone_sha256={**cpu.backbone_sha256, name: "0" * 64})
+    with pytest.raises(ValueError, match=rf"{name}.*{cpu.backbone_sha256[name]}.*{'0' * 64}"):
+        check_pins(bad)
+
+
+def test_scalar_summary_on_hand_made_fronts():
+    static = [{"flops_ratio": 0.1, "accuracy": 0.3}, {"flops_ratio": 0.5, "accuracy": 0.7}, {"flops_ratio": 1.0, "accuracy": 0.9}]
+    same = front_area(static, static)
+    assert same["score"] == pytest.approx(0.0)
+    assert same["extended"] == {"below": False, "above": False}
+    better = [{**p, "accuracy": p["accuracy"] + 0.02} for p in static]
+    assert front_area(better, static)["score"] == pytest.approx(2.0)
+    worse = [{**p, "accuracy": p["accuracy"] - 0.05} for p in static]
+    assert front_area(worse, static)["score"] == pytest.approx(-5.0)
+    # a front covering only [0.4, 0.6], 3 points above static there: no credit outside what it ran
+    part = front_area([{"flops_ratio": x, "accuracy": y + 0.03} for x, y in ((0.4, 0.6), (0.5, 0.7), (0.6, 0.74))], static)
+    assert part["extended"] == {"below": True, "above": True}
+    assert part["score"] == pytest.approx(3.0 * 0.2 / 0.6)
+    # a single cheap point that is not on the static front earns nothing it did not measure
+    one = front_area([{"flops_ratio": 0.5, "accuracy": 0.7}], static)
+    assert one["score"] == pytest.approx(0.0)
+
+
+def test_route_mutual_information_on_hand_made_routes():
+    labels = np.repeat(np.arange(4), 5)
+    routes = np.stack([labels % 2, labels // 2], axis=1)  # a distinct route per class
+    assert route_mutual_information(routes, labels) == pytest.approx(math.log2(4))
+    assert route_mutual_information(np.zeros((20, 3)), labels) == pytest.approx(0.0)
+    r = route_analysis(routes, labels)
+    assert r["distinct"] == 4 and r["top1_share"] == pytest.approx(0.25) and r["normalized_mi"] == pytest.approx(1.0)
+
+
+def test_run_bench_end_to_end_on_tiny(tmp_path):
+    agents = ["static", "random", "oracle", f"{__name__}:constant_agent", "ppo"]
+    suite = get_suite("tiny-v0")
+    res = run_bench("tiny-v0", agents, tmp_path, progress=False, timesteps=512)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    board = (tmp_path / "leaderboard.md").read_text()
+    task = suite.tasks[0].name
+    assert set(saved["tasks"][task]["agents"]) == set(agents)
+    assert saved["tasks"][task]["agents"]["static"]["summary"]["score"] == pytest.approx(0.0)
+    const = saved["tasks"][task]["agents"][f"{__name__}:constant_agent"]
+    assert len(const["points"]) == len(suite.tasks[0].compute_weights)
+    assert const["points"][0]["flops_ratio"] == pytest.approx(1.0)
+    assert const["points"][0]["routes"]["distinct"] == 1
+    assert const["points"][0]["routes"]["mutual_information_bits"] == pytest.approx(0.0)
+    assert [r["rank"] for r in res["leaderboard"]] == list(range(1, len(agents) + 1))
+    for a in agents:
+        assert a in board
+    assert "static (baseline)" in board and "oracle (upper bound" in board
+    assert saved["tasks"][task]["agents"]["oracle"]["upper_bound"] is True
+    assert set(saved["tasks"]) == {t.name for t in suite.tasks}
+    assert (tmp_path / f"{task}_fronts.png").stat().st_size > 1000
+    assert (tmp_path / f"{task}_ppo_usage.png").stat().st_size > 1000
+
+
+def test_cli_bench_list_and_errors(capsys):
+    from dyncnn_gym.cli import main
+
+    assert main(["bench", "--list"]) == 0
+    assert "cpu-v0" in capsys.readouterr().out
+    assert main(["bench", "--suite", "nope", "--agent", "static", "--out", "x"]) == 2
+    assert "choose one of" in capsys.readouterr().err
