@@ -19,16 +19,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
 from .envs.core import RoutingCore
-
-_MODES = {"DynChannel-v0": "channel", "DynSkip-v0": "skip"}
-
-
-def _mode_of(env_id: str) -> str:
-    name = env_id.split(":", 1)[-1]
-    if name not in _MODES:
-        raise ValueError(f"env_id={env_id!r} has no native SB3 VecEnv; choose one of {sorted(_MODES)}")
-    return _MODES[name]
-
+from .envs.routing import mode_of
 
 class RoutingVecEnv(VecEnv):
     """Native SB3 ``VecEnv`` over a :class:`~dyncnn_gym.envs.core.RoutingCore` with ``n_envs`` slots.
@@ -43,7 +34,7 @@ class RoutingVecEnv(VecEnv):
     def __init__(self, env_id: str, n_envs: int = 8, seed: int | None = None, **env_kwargs: Any) -> None:
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs)
-        self.core = RoutingCore(_mode_of(env_id), n_envs, **env_kwargs)
+        self.core = RoutingCore(mode_of(env_id, "has no native SB3 VecEnv"), n_envs, **env_kwargs)
         self.render_mode = None
         super().__init__(n_envs, self.core.observation_space, self.core.action_space)
         self._actions: np.ndarray | None = None

@@ -11,18 +11,10 @@ import torch
 from torch import nn
 
 from ..envs.core import RoutingCore
-
-_MODES = {"DynChannel-v0": "channel", "DynSkip-v0": "skip"}
+from ..envs.routing import mode_of
 
 #: ``policy(obs [B, D] float32, masks [B, A] bool, first: bool) -> actions [B] int``
 BatchPolicy = Callable[[np.ndarray, np.ndarray, bool], np.ndarray]
-
-
-def mode_of(env_id: str) -> str:
-    name = env_id.split(":", 1)[-1]
-    if name not in _MODES:
-        raise ValueError(f"env_id={env_id!r} is not a routing env; choose one of {sorted(_MODES)}")
-    return _MODES[name]
 
 
 def as_policy(policy: Any) -> BatchPolicy:
@@ -134,8 +126,7 @@ def evaluate(
         (``[T]``, in units of ``A - 1``), ``routes`` (distinct action sequences and the most
         frequent ones), and, for data with per-image difficulty, ``by_difficulty`` (accuracy and
         FLOPs ratio per bin) and ``difficulty_flops_spearman`` (rank correlation of difficulty and
-        FLOPs, over all images and over the images the full network classifies right is left to
-        :mod:`dyncnn_gym.benchmark.analysis`).
+        FLOPs over all test images).
     """
     if env_kwargs.get("split", "test") != "test":
         raise ValueError(f"split={env_kwargs['split']!r}: evaluation always uses the test split")
@@ -149,7 +140,7 @@ def evaluate(
         core = RoutingCore(mode_of(env_id), min(batch_size, n_test), dataset=data, split="test", **env_kwargs)
     n = len(core.labels)
     core.cursor = 0
-    T, A = core.T, core.A
+    T = core.T
     preds = np.zeros(n, dtype=np.int64)
     flops = np.zeros(n, dtype=np.int64)
     actions = np.zeros((n, T), dtype=np.int64)

@@ -2,6 +2,6 @@
 
 from .core import RoutingCore
 from .rewards import REWARD_KINDS, Reward
-from .routing import DynChannelEnv, DynSkipEnv, RoutingEnv
+from .routing import ENV_MODES, DynChannelEnv, DynSkipEnv, RoutingEnv, mode_of
 
-__all__ = ["DynChannelEnv", "DynSkipEnv", "REWARD_KINDS", "Reward", "RoutingCore", "RoutingEnv"]
+__all__ = ["ENV_MODES", "DynChannelEnv", "DynSkipEnv", "REWARD_KINDS", "Reward", "RoutingCore", "RoutingEnv", "mode_of"]

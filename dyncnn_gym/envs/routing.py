@@ -202,3 +202,15 @@ class DynSkipEnv(RoutingEnv):
     * v0: initial version.
     """
     mode = "skip"
+
+
+#: registered env id -> the mode of its decisions
+ENV_MODES: dict[str, str] = {"DynChannel-v0": DynChannelEnv.mode, "DynSkip-v0": DynSkipEnv.mode}
+
+
+def mode_of(env_id: str, problem: str = "is not a routing env") -> str:
+    """The decision mode (``"channel"`` / ``"skip"``) of ``env_id`` (optionally ``"dyncnn_gym:"``-prefixed)."""
+    name = env_id.split(":", 1)[-1]
+    if name not in ENV_MODES:
+        raise ValueError(f"env_id={env_id!r} {problem}; choose one of {sorted(ENV_MODES)}")
+    return ENV_MODES[name]
