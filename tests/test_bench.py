@@ -53,18 +53,32 @@ def test_scalar_summary_on_hand_made_fronts():
     static = [{"flops_ratio": 0.1, "accuracy": 0.3}, {"flops_ratio": 0.5, "accuracy": 0.7}, {"flops_ratio": 1.0, "accuracy": 0.9}]
     same = front_area(static, static)
     assert same["score"] == pytest.approx(0.0)
-    assert same["extended"] == {"below": False, "above": False}
+    assert same["mixed"] == {"below": False, "above": False}
     better = [{**p, "accuracy": p["accuracy"] + 0.02} for p in static]
     assert front_area(better, static)["score"] == pytest.approx(2.0)
     worse = [{**p, "accuracy": p["accuracy"] - 0.05} for p in static]
     assert front_area(worse, static)["score"] == pytest.approx(-5.0)
-    # a front covering only [0.4, 0.6], 3 points above static there: no credit outside what it ran
-    part = front_area([{"flops_ratio": x, "accuracy": y + 0.03} for x, y in ((0.4, 0.6), (0.5, 0.7), (0.6, 0.74))], static)
-    assert part["extended"] == {"below": True, "above": True}
-    assert part["score"] == pytest.approx(3.0 * 0.2 / 0.6)
-    # a single cheap point that is not on the static front earns nothing it did not measure
+    # a single point on the (concave) static front: mixing it with static routes gives the static front
     one = front_area([{"flops_ratio": 0.5, "accuracy": 0.7}], static)
-    assert one["score"] == pytest.approx(0.0)
+    assert one["score"] == pytest.approx(0.0, abs=1e-9) and one["mixed"] == {"below": True, "above": True}
+    # a single point below static is penalised: its mixtures with static routes stay below
+    assert front_area([{"flops_ratio": 0.5, "accuracy": 0.6}], static)["score"] < -1.0
+
+
+def test_partial_coverage_is_extended_by_mixing_with_static_routes():
+    static = [{"flops_ratio": 0.1, "accuracy": 0.3}, {"flops_ratio": 0.5, "accuracy": 0.7}, {"flops_ratio": 1.0, "accuracy": 0.9}]
+    # an oracle-like single cheap point (0.2, 0.95): beyond it, the best chord goes to the full network
+    x = np.linspace(0.2, 0.8, 60001)
+    chord = 0.95 + (0.9 - 0.95) * (x - 0.2) / (1.0 - 0.2)
+    stat = np.interp(x, [0.1, 0.5, 1.0], [0.3, 0.7, 0.9])
+    expected = 100 * float(np.mean(chord - stat))
+    cheap = front_area([{"flops_ratio": 0.2, "accuracy": 0.95}], static)
+    assert cheap["score"] == pytest.approx(expected, abs=0.01)
+    assert cheap["covered"] == [0.2, 0.2] and cheap["mixed"] == {"below": False, "above": True}
+    # a front 3 points above static on [0.4, 0.6] only: credited there, less than a whole-range +3
+    part = front_area([{"flops_ratio": x, "accuracy": y + 0.03} for x, y in ((0.4, 0.6), (0.5, 0.7), (0.6, 0.74))], static)
+    assert part["mixed"] == {"below": True, "above": True} and part["covered"] == [0.4, 0.6]
+    assert 3.0 * 0.2 / 0.6 < part["score"] < 3.0
 
 
 def test_route_mutual_information_on_hand_made_routes():
@@ -91,6 +105,10 @@ def test_run_bench_end_to_end_on_tiny(tmp_path):
     assert const["points"][0]["routes"]["distinct"] == 1
     assert const["points"][0]["routes"]["mutual_information_bits"] == pytest.approx(0.0)
     assert [r["rank"] for r in res["leaderboard"]] == list(range(1, len(agents) + 1))
+    # every learned point carries random routes at its own action rates, and the board reports the gap
+    rnd = const["points"][0]["random_matched"]
+    assert 0.0 <= rnd["accuracy"] <= 1.0 and rnd["flops_ratio"] == pytest.approx(1.0)  # always-largest rates
+    assert "vs random" in board
     for a in agents:
         assert a in board
     assert "static (baseline)" in board and "oracle (upper bound" in board
@@ -107,3 +125,24 @@ def test_cli_bench_list_and_errors(capsys):
     assert "cpu-v0" in capsys.readouterr().out
     assert main(["bench", "--suite", "nope", "--agent", "static", "--out", "x"]) == 2
     assert "choose one of" in capsys.readouterr().err
+
+
+def test_bench_merges_agents_and_reports_seeds(tmp_path):
+    run_bench("tiny-v0", ["static", f"{__name__}:constant_agent"], tmp_path, progress=False, timesteps=64)
+    res = run_bench("tiny-v0", ["random", f"{__name__}:other_agent"], tmp_path, progress=False, timesteps=64, seed=[0, 1], merge=True)
+    task = get_suite("tiny-v0").tasks[0].name
+    agents = res["tasks"][task]["agents"]
+    assert {f"{__name__}:constant_agent", f"{__name__}:other_agent", "random", "static"} <= set(agents)
+    assert agents[f"{__name__}:constant_agent"]["merged"] is True
+    other = agents[f"{__name__}:other_agent"]
+    assert sorted({p["seed"] for p in other["points"]}) == [0, 1]
+    assert len(other["summary"]["per_seed"]) == 2
+    row = next(r for r in res["leaderboard"] if r["agent"] == f"{__name__}:other_agent")
+    assert row["seeds"] == 2
+    with pytest.raises(ValueError, match="distinct seeds"):
+        run_bench("tiny-v0", ["static"], tmp_path, progress=False, seed=[1, 1])
+
+
+def other_agent(env_fn, task, seed, step_budget):
+    """A plug-in agent taking the smallest action everywhere."""
+    return lambda obs: np.zeros(len(obs), dtype=np.int64)

@@ -7,6 +7,7 @@ accuracy and FLOPs are measured exactly like a learned policy's.
 from __future__ import annotations
 
 import itertools
+import weakref
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,16 @@ import torch
 
 from ..envs.core import RoutingCore
 from ..walk import run_routes
+
+
+#: per backbone: (data fingerprint, split, limit, weights version, route) -> correct bool [N]
+_OUTCOMES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _weights_version(net: torch.nn.Module) -> tuple[int, ...]:
+    """Changes whenever any parameter or buffer of ``net`` is modified in place (optimiser steps,
+    ``load_state_dict``, batch-norm statistics), so cached outcomes never outlive the weights."""
+    return tuple(t._version for t in net.state_dict(keep_vars=True).values())
 
 
 @torch.no_grad()
@@ -28,6 +39,9 @@ def route_outcomes(core: RoutingCore, routes: np.ndarray, split: str = "test", l
 
     Returns:
         ``correct`` bool ``[R, N]`` and ``flops`` int64 ``[R]`` (a static route costs the same on every image).
+
+    Per-route outcomes are memoised per backbone and weights version, so the static baselines,
+    the oracle and the per-difficulty tables that share routes evaluate each route once.
     """
     if split == "test":
         X, y = core.images, core.labels
@@ -38,12 +52,19 @@ def route_outcomes(core: RoutingCore, routes: np.ndarray, split: str = "test", l
         X, y = X[:limit], y[:limit]
     correct = np.zeros((len(routes), len(y)), dtype=bool)
     flops = np.array([core.table.path_flops(r) for r in routes], dtype=np.int64)
+    memo = _OUTCOMES.setdefault(core.net, {})
+    version = (core.data.fingerprint, core.mode, split, limit, len(y), _weights_version(core.net))
     for r, route in enumerate(routes):
+        key = (version, tuple(int(a) for a in route))
+        if key in memo:
+            correct[r] = memo[key]
+            continue
         for i in range(0, len(y), batch):
             xb = X[i : i + batch]
             acts = torch.as_tensor(np.broadcast_to(route, (xb.shape[0], len(route))).copy())
             logits, _ = run_routes(core.net, core.mode, xb, acts)
             correct[r, i : i + batch] = logits.argmax(1).cpu().numpy() == y[i : i + batch]
+        memo[key] = correct[r].copy()
     return correct, flops
 
 

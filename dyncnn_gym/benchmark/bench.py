@@ -34,13 +34,24 @@ way from all static routes, so both sides are treated alike.
 
 ``score = 100 / (hi - lo) * integral_lo^hi [front(x) - static_front(x)] dx`` with the fixed range
 ``[lo, hi] = [0.2, 0.8]`` of FLOPs ratios: the mean accuracy gain over the static front across that
-range, in accuracy **points** (positive = better than static; static scores 0). Where an
-algorithm's front does not reach (FLOPs below its cheapest or above its most expensive point), it
-is taken to equal the static front there: no credit and no penalty for FLOPs it never ran at
-(extending it flat would credit a cheap-looking accuracy it never reached). ``results.json``
-reports this under ``extended`` and the leaderboard marks the score with ``*``: such a score
-averages over less than the whole range. The range leaves out the extremes, where every method collapses to the full
-network or to chance.
+range, in accuracy **points** (positive = better than static; static scores 0). The range leaves
+out the extremes, where every method collapses to the full network or to chance.
+
+**Partial coverage.** A sweep rarely spans the whole range. Beyond an algorithm's cheapest (or
+dearest) point its front continues along the best *mixture* of that end point with one static
+route at lower (or higher) FLOPs: routing each image with the algorithm's policy with probability
+``p`` and with the static route otherwise attains exactly the chord between the two points, with
+no further training, so the extension is attainable and uses only points that were measured.
+Inside the range its points cover, an algorithm is judged by its own front alone (a policy below
+static is penalised there). Where not even a mixture reaches (below the cheapest static route) the
+difference counts as 0. ``results.json`` reports the covered FLOPs and ``mixed`` (which side was
+extended); the leaderboard marks such scores with ``*``. (Rejected alternatives: counting uncovered
+FLOPs as equal to static gives a one-point sweep such as the label-aware oracle a score of 0;
+extending flat credits accuracy at FLOPs never run.)
+
+**Matched random.** Every learned point also gets ``random_matched``: routes drawn independently
+per image from that point's own per-decision action rates, evaluated on the same test split. Its
+gap to the policy is what the policy gains from choosing *per image* rather than only *how often*.
 
 Route analysis
 --------------
@@ -149,25 +160,60 @@ def _xy(front: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p["flops_ratio"] for p in f], dtype=float), np.array([p["accuracy"] for p in f], dtype=float)
 
 
+def _mixed_extension(x: np.ndarray, end: tuple[float, float], xs: np.ndarray, ys: np.ndarray, right: bool) -> np.ndarray:
+    """Best accuracy at FLOPs ``x`` attainable by routing each image at random with the algorithm's
+    end point ``end`` or one static route beyond it (on the side of ``x``): the highest chord from
+    ``end`` to a static point at or past ``x``. NaN where no static point lies past ``x``."""
+    ex, ey = end
+    out = np.full(len(x), np.nan)
+    for i, xi in enumerate(x):
+        beyond = xs >= xi if right else xs <= xi
+        best = -np.inf
+        for sx, sy in zip(xs[beyond], ys[beyond]):
+            best = max(best, ey if sx == ex else ey + (sy - ey) * (xi - ex) / (sx - ex))
+        if np.isfinite(best):
+            out[i] = best
+    return out
+
+
+def algorithm_front(points: list[dict[str, Any]], static_front: list[dict[str, Any]], grid: np.ndarray) -> np.ndarray:
+    """An algorithm's front evaluated on ``grid`` (FLOPs ratios): its own Pareto points joined
+    linearly inside the range they cover; beyond its cheapest / dearest point, the best random
+    per-image mixture of that end point with a static route (see the module docstring)."""
+    xa, ya = _xy(points)
+    xs, ys = _xy(static_front)
+    out = np.interp(grid, xa, ya)
+    lo_side, hi_side = grid < xa[0], grid > xa[-1]
+    if lo_side.any():
+        out[lo_side] = _mixed_extension(grid[lo_side], (xa[0], ya[0]), xs, ys, right=False)
+    if hi_side.any():
+        out[hi_side] = _mixed_extension(grid[hi_side], (xa[-1], ya[-1]), xs, ys, right=True)
+    return out
+
+
 def front_area(points: list[dict[str, Any]], static_front: list[dict[str, Any]], flops_range: tuple[float, float] = FLOPS_RANGE) -> dict[str, Any]:
     """The scalar summary (see the module docstring) of ``points`` against ``static_front``.
 
-    Both are reduced to their Pareto fronts and joined linearly; outside the FLOPs range that
-    ``points`` covers the difference is 0 (the static front is extended flat at its ends). Returns ``score`` (accuracy points), ``extended`` (``below`` / ``above``: whether the
-    front had to be extended to reach ``lo`` / ``hi``) and the same for the static front.
+    Both are reduced to their Pareto fronts and joined linearly; beyond the FLOPs an algorithm's
+    points cover, its front continues along random per-image mixtures of its end point with a
+    static route (:func:`algorithm_front`). Where neither it nor such a mixture reaches (below the
+    cheapest static route) the difference counts as 0. Returns ``score`` (accuracy points),
+    ``mixed`` (``below`` / ``above``: whether the front was extended by mixing to reach ``lo`` /
+    ``hi``) and ``static_extended`` (whether the static front itself had to be extended flat).
     """
     lo, hi = flops_range
-    xa, ya = _xy(points)
+    xa, _ = _xy(points)
     xs, ys = _xy(static_front)
-    a, b = max(lo, float(xa[0])), min(hi, float(xa[-1]))  # outside [a, b] the difference is 0
-    grid = np.unique(np.concatenate([[a, b], xa, xs]))
-    grid = grid[(grid >= a) & (grid <= b)]
-    diff = np.interp(grid, xa, ya) - np.interp(grid, xs, ys)
+    grid = np.unique(np.concatenate([np.linspace(lo, hi, 241), xa, xs]))
+    grid = grid[(grid >= lo) & (grid <= hi)]
+    diff = algorithm_front(points, static_front, grid) - np.interp(grid, xs, ys)
+    diff = np.where(np.isfinite(diff), diff, 0.0)
     area = float(np.sum((diff[1:] + diff[:-1]) / 2 * np.diff(grid))) if len(grid) > 1 else 0.0
     return {
         "score": 100.0 * area / (hi - lo),
         "flops_range": [lo, hi],
-        "extended": {"below": bool(xa[0] > lo), "above": bool(xa[-1] < hi)},
+        "covered": [float(xa[0]), float(xa[-1])],
+        "mixed": {"below": bool(xa[0] > lo), "above": bool(xa[-1] < hi)},
         "static_extended": {"below": bool(xs[0] > lo), "above": bool(xs[-1] < hi)},
     }
 
@@ -230,13 +276,43 @@ def _point(res: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {**extra, **{k: res[k] for k in keep if k in res}}
 
 
+def _seed_summary(points: list[dict[str, Any]], static_front: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Score each seed's sweep separately; the summary holds their mean (``score``), standard
+    deviation (``score_std``, 0 for one seed) and the per-seed scores."""
+    per = [front_area([p for p in points if p.get("seed", seeds[0]) == sd], static_front) for sd in seeds]
+    out = dict(per[0])
+    scores = [q["score"] for q in per]
+    out.update(score=float(np.mean(scores)), score_std=float(np.std(scores)), per_seed=scores, seeds=list(seeds),
+               mixed={k: any(q["mixed"][k] for q in per) for k in ("below", "above")})
+    return out
+
+
+def _load_previous(out: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """The task entries of an earlier ``results.json`` in ``out`` for the same suite version, pins
+    and FLOPs range (for ``merge``); raises ``ValueError`` naming what differs."""
+    f = out / "results.json"
+    if not f.exists():
+        return {}
+    old = json.loads(f.read_text())
+    for key in ("name", "version", "backbone_sha256"):
+        if old["suite"].get(key) != results["suite"][key]:
+            raise ValueError(
+                f"merge: {f} was written for suite {key}={old['suite'].get(key)!r}, this run has {results['suite'][key]!r};"
+                " use another --out or drop --merge"
+            )
+    if list(old.get("flops_range", [])) != list(results["flops_range"]):
+        raise ValueError(f"merge: {f} used flops_range={old.get('flops_range')}, this run {results['flops_range']}")
+    return old.get("tasks", {})
+
+
 def run_bench(
     suite: str | Suite,
     agents: list[str],
     out_dir: str | Path,
-    seed: int = 0,
+    seed: int | list[int] = 0,
     progress: bool = True,
     timesteps: int | None = None,
+    merge: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate ``agents`` on every task and compute weight of ``suite``; write the reports.
 
@@ -244,9 +320,13 @@ def run_bench(
         suite: a suite name or :class:`Suite`.
         agents: agent specs (see the module docstring); ``static`` is always computed as the reference.
         out_dir: where ``results.json``, ``leaderboard.md`` and the PNG plots go.
-        seed: passed to every agent and env.
+        seed: a seed or a list of seeds; every learned agent runs its whole sweep once per seed
+            (scores: mean and standard deviation over seeds).
         progress: print a line per step of the bench.
         timesteps: override every task's step budget.
+        merge: keep the other agents of an earlier ``results.json`` in ``out_dir`` (same suite
+            version, pins and FLOPs range, checked) and add or replace only ``agents``; the
+            baselines are recomputed.
 
     Returns:
         The results written to ``results.json``.
@@ -257,6 +337,9 @@ def run_bench(
     from .demo import _jsonable
     from .protocol import evaluate, mode_of
 
+    seeds = [int(x) for x in (seed if isinstance(seed, (list, tuple)) else [seed])]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seed={seed!r}: give one seed or a list of distinct seeds")
     suite = get_suite(suite)
     if timesteps is not None:
         suite = suite.with_budget(timesteps)
@@ -268,11 +351,13 @@ def run_bench(
     pins = check_pins(suite)
     results: dict[str, Any] = {
         "suite": {"name": suite.name, "version": suite.version, "backbone_sha256": suite.backbone_sha256, "checked": pins},
-        "seed": seed,
+        "seed": seeds[0],
+        "seeds": seeds,
         "flops_range": list(FLOPS_RANGE),
         "agents": list(agents),
         "tasks": {},
     }
+    previous = _load_previous(out, _jsonable(results)) if merge else {}
     for task in suite.tasks:
         mode = mode_of(task.env_id)
         core = RoutingCore(mode, 1, split="test", **task.env_kwargs)
@@ -288,6 +373,12 @@ def run_bench(
             "static": static,
             "agents": {},
         }
+        for name, old in previous.get(task.name, {}).get("agents", {}).items():
+            if name not in resolved and old.get("kind") == "learned":
+                for p in old["points"]:  # results from before matched random existed
+                    if "random_matched" not in p and "action_rates" in p:
+                        p["random_matched"] = random_policy_eval(core, p["action_rates"], seed=int(p.get("seed", 0)))
+                entry["agents"][name] = {**old, "summary": _seed_summary(old["points"], static["front"], old.get("seeds", [results["seed"]])), "merged": True}
         images: dict[str, Any] = {}
         for spec, fn in resolved.items():
             t0 = time.perf_counter()
@@ -301,20 +392,23 @@ def run_bench(
             elif fn == "random":
                 levels = np.linspace(0.25, 0.75, len(task.compute_weights))
                 a.update(kind="baseline", points=[
-                    {**random_policy_eval(core, _random_rates(core.A, core.T, lv), seed=seed), "level": float(lv)} for lv in levels
+                    {**random_policy_eval(core, _random_rates(core.A, core.T, lv), seed=seeds[0]), "level": float(lv)} for lv in levels
                 ])
             else:
                 pts = []
-                for w in task.compute_weights:
-                    log(f"[bench] {task.name}: agent {spec}, compute_weight={w}, {task.step_budget} steps")
-                    policy = fn(_make_env_fn(task, w, seed), task, seed, task.step_budget)
-                    res = evaluate(policy, task.env_id, per_image=True, **task.env_kwargs)
-                    img = res["images"]
-                    pts.append(_point(res, compute_weight=w, routes=route_analysis(img["actions"], img["label"])))
-                    images.setdefault(spec, []).append(img)
-                a["points"] = pts
-                a["algorithm"] = spec
-            a["summary"] = front_area(a["points"], static["front"])
+                for sd in seeds:
+                    for w in task.compute_weights:
+                        log(f"[bench] {task.name}: agent {spec}, seed {sd}, compute_weight={w}, {task.step_budget} steps")
+                        policy = fn(_make_env_fn(task, w, sd), task, sd, task.step_budget)
+                        res = evaluate(policy, task.env_id, per_image=True, **task.env_kwargs)
+                        img = res["images"]
+                        rnd = random_policy_eval(core, res["action_rates"], seed=sd)
+                        pts.append(_point(res, compute_weight=w, seed=sd, routes=route_analysis(img["actions"], img["label"]),
+                                          random_matched=rnd))
+                        if sd == seeds[0]:
+                            images.setdefault(spec, []).append(img)
+                a.update(points=pts, algorithm=spec, seeds=seeds)
+            a["summary"] = _seed_summary(a["points"], static["front"], a.get("seeds", seeds[:1]))
             a["seconds"] = round(time.perf_counter() - t0, 1)
             entry["agents"][spec] = a
         if "static" not in entry["agents"]:
@@ -369,7 +463,10 @@ def leaderboard_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             "kind": kind,
             "score": float(np.mean([s["score"] for s in per.values()])),
             "per_task": {t: s["score"] for t, s in per.items()},
-            "extended": {t: s["extended"] for t, s in per.items()},
+            "per_task_std": {t: s.get("score_std", 0.0) for t, s in per.items()},
+            "seeds": max(len(s.get("per_seed", [0])) for s in per.values()),
+            "vs_random_matched": _vs_random(results, n),
+            "mixed": {t: s["mixed"] for t, s in per.items()},
         })
     rows.sort(key=lambda r: -r["score"])
     for i, r in enumerate(rows):
@@ -377,16 +474,26 @@ def leaderboard_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _vs_random(results: dict[str, Any], name: str) -> float | None:
+    """Mean accuracy gain (points) of an agent's points over their matched random routes."""
+    gaps = [100 * (p["accuracy"] - p["random_matched"]["accuracy"])
+            for e in results["tasks"].values() if name in e["agents"]
+            for p in e["agents"][name]["points"] if "random_matched" in p]
+    return float(np.mean(gaps)) if gaps else None
+
+
 def format_leaderboard(results: dict[str, Any]) -> str:
     """The Markdown leaderboard (ranked by the mean score over the suite's tasks)."""
     tasks = list(results["tasks"])
     lo, hi = results["flops_range"]
     lines = [
-        f"Suite `{results['suite']['name']}` v{results['suite']['version']}, seed {results['seed']}. Score: mean accuracy gain"
-        f" (points) over the static front for FLOPs ratios in [{lo}, {hi}]; `*` = the front does not cover the whole range (counted as equal to static where it does not reach).",
+        f"Suite `{results['suite']['name']}` v{results['suite']['version']}, seeds {results.get('seeds', [results['seed']])}. Score: mean accuracy gain"
+        f" (points) over the static front for FLOPs ratios in [{lo}, {hi}]; `*` = the agent's points do not cover the whole range; beyond them its front is the best random per-image mixture of its end point with a static route (see `dyncnn_gym.benchmark.bench`).",
         "",
-        "| rank | agent | score | " + " | ".join(tasks) + " |",
-        "|---:|---|---:|" + "---:|" * len(tasks),
+        "`vs random` = mean accuracy gain (points) of the agent's points over random routes with the same per-decision action rates.",
+        "",
+        "| rank | agent | score | " + " | ".join(tasks) + " | vs random | seeds |",
+        "|---:|---|---:|" + "---:|" * len(tasks) + "---:|---:|",
     ]
     for r in results["leaderboard"]:
         mark = {"baseline": " (baseline)", "upper_bound": " (upper bound, knows the label)"}.get(r["kind"], "")
@@ -395,10 +502,13 @@ def format_leaderboard(results: dict[str, Any]) -> str:
             if t not in r["per_task"]:
                 cells.append("")
                 continue
-            ext = r["extended"][t]
-            cells.append(f"{r['per_task'][t]:+.2f}{'*' if ext['below'] or ext['above'] else ''}")
+            ext = r["mixed"][t]
+            std = r["per_task_std"][t]
+            cells.append(f"{r['per_task'][t]:+.2f}{f' ± {std:.2f}' if r['seeds'] > 1 else ''}{'*' if ext['below'] or ext['above'] else ''}")
         name = f"**{r['agent']}**" if r["kind"] == "learned" else r["agent"]
-        lines.append(f"| {r['rank']} | {name}{mark} | {r['score']:+.2f} | " + " | ".join(cells) + " |")
+        vr = "" if r["vs_random_matched"] is None else f"{r['vs_random_matched']:+.2f}"
+        seeds = r["seeds"] if r["kind"] == "learned" else ""
+        lines.append(f"| {r['rank']} | {name}{mark} | {r['score']:+.2f} | " + " | ".join(cells) + f" | {vr} | {seeds} |")
     return "\n".join(lines) + "\n"
 
 
@@ -409,7 +519,10 @@ def add_arguments(p) -> None:
     p.add_argument("--agent", action="append", default=None, metavar="SPEC",
                    help=f"agent: {', '.join(list(AGENTS) + list(BASELINES))} or module:function (repeatable)")
     p.add_argument("--out", default="bench_out", help="output directory (default: bench_out)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, nargs="+", default=[0], metavar="SEED",
+                   help="one or more seeds; each learned agent runs its sweep once per seed (default: 0)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other agents of an earlier results.json in --out (same suite version and pins)")
     p.add_argument("--timesteps", type=int, default=None, help="override every task's step budget")
     p.add_argument("--list", action="store_true", help="list the suites and exit")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -423,5 +536,5 @@ def run_from_args(args) -> int:
         return 0
     if not args.suite or not args.agent:
         raise ValueError("--suite and at least one --agent are required (see --list for the suites)")
-    run_bench(args.suite, args.agent, args.out, seed=args.seed, progress=not args.quiet, timesteps=args.timesteps)
+    run_bench(args.suite, args.agent, args.out, seed=args.seed, progress=not args.quiet, timesteps=args.timesteps, merge=args.merge)
     return 0
