@@ -204,6 +204,7 @@ def front_area(points: list[dict[str, Any]], static_front: list[dict[str, Any]],
     lo, hi = flops_range
     xa, _ = _xy(points)
     xs, ys = _xy(static_front)
+    spent = [float(p["flops_ratio"]) for p in points]  # coverage counts every measured point, dominated or not
     grid = np.unique(np.concatenate([np.linspace(lo, hi, 241), xa, xs]))
     grid = grid[(grid >= lo) & (grid <= hi)]
     diff = algorithm_front(points, static_front, grid) - np.interp(grid, xs, ys)
@@ -212,8 +213,8 @@ def front_area(points: list[dict[str, Any]], static_front: list[dict[str, Any]],
     return {
         "score": 100.0 * area / (hi - lo),
         "flops_range": [lo, hi],
-        "covered": [float(xa[0]), float(xa[-1])],
-        "mixed": {"below": bool(xa[0] > lo), "above": bool(xa[-1] < hi)},
+        "covered": [min(spent), max(spent)],
+        "mixed": {"below": bool(min(spent) > lo), "above": bool(max(spent) < hi)},
         "static_extended": {"below": bool(xs[0] > lo), "above": bool(xs[-1] < hi)},
     }
 

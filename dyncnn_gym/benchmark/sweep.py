@@ -1,0 +1,217 @@
+"""``dyncnn-gym sweep``: the learning figures of the package — PPO (recipe) over a sweep of compute
+weights, frozen and co-trained, judged against static networks of the same cost.
+
+For every env and compute weight it trains PPO with the recipe of :mod:`dyncnn_gym.recipes` on the
+default (or given) frozen backbone, and — with ``cotrain`` — once more on a private copy of the
+backbone that :class:`~dyncnn_gym.callbacks.BackboneFinetuneCallback` fine-tunes under the
+policy's routes (RNP's alternating schedule). Every policy is evaluated on the whole test split
+(with the backbone it was trained with) and each point is compared with
+
+* ``uniform``: the static network of the same mean FLOPs, interpolated between the uniform static
+  routes (the same width / skip decision everywhere) — the comparison the issue defines;
+* ``greedy``: the front of per-decision static routes (a different static width per layer, chosen
+  on train images) — a stricter static baseline, since it already beats uniform widths;
+* ``random_matched``: random routes with the point's own per-decision action rates.
+
+Co-trained points are also compared with the uniform static routes of *their own* fine-tuned
+backbone (does routing still beat static after fine-tuning, or did fine-tuning only improve the
+network?).
+
+Input adaptivity: per point, the Spearman correlation of difficulty and FLOPs over all test images
+and over the images the full network classifies correctly, and FLOPs / accuracy per difficulty bin.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: default compute weights per env: they span the FLOPs where each backbone starts to lose accuracy
+DEFAULT_WEIGHTS: dict[str, tuple[float, ...]] = {
+    "DynChannel-v0": (0.05, 0.1, 0.25, 0.5, 1.0),
+    "DynSkip-v0": (0.5, 1.0, 2.0, 4.0),
+}
+
+
+def _interp(points: list[dict[str, Any]], x: float) -> float:
+    from .baselines import pareto
+
+    f = pareto(points)
+    return float(np.interp(x, [p["flops_ratio"] for p in f], [p["accuracy"] for p in f]))
+
+
+def _adaptivity(core, res: dict[str, Any], full_correct: np.ndarray) -> dict[str, Any]:
+    from .protocol import spearman
+
+    img = res["images"]
+    out: dict[str, Any] = {}
+    if core.has_difficulty:
+        d = core.difficulty
+        ratio = img["flops"] / core.full
+        out["spearman_all"] = spearman(d, ratio)
+        out["spearman_full_correct"] = spearman(d[full_correct], ratio[full_correct])
+        out["spearman_full_wrong"] = spearman(d[~full_correct], ratio[~full_correct]) if (~full_correct).sum() > 2 else float("nan")
+        out["flops_full_correct"] = float(ratio[full_correct].mean())
+        out["flops_full_wrong"] = float(ratio[~full_correct].mean()) if (~full_correct).any() else float("nan")
+    return out
+
+
+def run_sweep(
+    out: str | Path = "sweep_out",
+    *,
+    envs: tuple[str, ...] = ("DynChannel-v0", "DynSkip-v0"),
+    dataset: str = "shapes",
+    weights: dict[str, tuple[float, ...]] | None = None,
+    timesteps: int | None = None,
+    cotrain: bool = True,
+    frozen: bool = True,
+    seed: int = 0,
+    finetune_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the sweep and write ``out/results.json``, ``out/summary.md`` and a fronts plot per env.
+
+    Args:
+        envs: env ids.
+        dataset: data name (the default backbones of that data are used, frozen unless co-trained).
+        weights: per env id, the compute weights (default :data:`DEFAULT_WEIGHTS`).
+        timesteps: PPO steps per point (default: the recipe's).
+        cotrain / frozen: which variants to run.
+        seed: seeds PPO, the envs and the fine-tuning batches.
+        finetune_kwargs: arguments of :class:`~dyncnn_gym.callbacks.BackboneFinetuneCallback`.
+    """
+    import torch
+
+    from ..callbacks import BackboneFinetuneCallback
+    from ..envs.core import RoutingCore
+    from ..envs.routing import mode_of
+    from ..pretraining import DEFAULT_ARCH
+    from ..recipes import recipe, train_ppo
+    from . import plots
+    from .baselines import random_policy_eval, route_outcomes, static_baselines, uniform_routes
+    from .demo import _jsonable
+    from .protocol import evaluate
+
+    if not (cotrain or frozen):
+        raise ValueError("cotrain=False and frozen=False leave nothing to run; enable at least one")
+    weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = print if progress else (lambda *a, **k: None)
+    start = time.perf_counter()
+    results: dict[str, Any] = {"dataset": dataset, "seed": seed, "timesteps": {}, "envs": {}}
+    for env_id in envs:
+        mode = mode_of(env_id)
+        kwargs = {"dataset": dataset, "backbone": DEFAULT_ARCH[mode], "groups": 4, "reward": "flops", "obs": "probe"}
+        core = RoutingCore(mode, 1, split="test", **kwargs)
+        static = static_baselines(core)
+        full_correct = route_outcomes(core, uniform_routes(core)[-1:])[0][0]
+        steps = timesteps or recipe(env_id)["total_timesteps"]
+        results["timesteps"][env_id] = steps
+        entry: dict[str, Any] = {"env_kwargs": kwargs, "full": static["full"], "uniform": static["uniform"],
+                                 "greedy_front": static["front"], "points": []}
+        variants = (["frozen"] if frozen else []) + (["cotrained"] if cotrain else [])
+        for w in weights[env_id]:
+            for variant in variants:
+                log(f"[sweep] {env_id} compute_weight={w} {variant}: PPO {steps} steps")
+                torch.manual_seed(seed)
+                backbone = core.net if variant == "frozen" else copy.deepcopy(core.net)
+                env_kwargs = {**kwargs, "backbone": backbone, "compute_weight": w}
+                callback = BackboneFinetuneCallback(seed=seed, **(finetune_kwargs or {})) if variant == "cotrained" else None
+                t0 = time.perf_counter()
+                # the test core is built before training so that it shares the observation scales
+                # and probes the policy was trained with (memoised per backbone object)
+                test_core = RoutingCore(mode, 500, split="test", **env_kwargs)
+                model = train_ppo(env_id, total_timesteps=steps, seed=seed, progress=False, callback=callback, **env_kwargs)
+                secs = time.perf_counter() - t0
+                res = evaluate(model, env_id, per_image=True, core=test_core)
+                x, acc = res["flops_ratio"], res["accuracy"]
+                point: dict[str, Any] = {
+                    "variant": variant,
+                    "compute_weight": w,
+                    "accuracy": acc,
+                    "flops_ratio": x,
+                    "flops_saved": 1.0 - x,
+                    "gap_to_full_points": 100 * (static["full"]["accuracy"] - acc),
+                    "vs_uniform_static_points": 100 * (acc - _interp(static["uniform"], x)),
+                    "vs_greedy_static_points": 100 * (acc - _interp(static["front"], x)),
+                    "random_matched": random_policy_eval(core, res["action_rates"], seed=seed),
+                    "train_seconds": round(secs, 1),
+                    **{k: res[k] for k in ("action_rates", "by_difficulty", "difficulty_flops_spearman") if k in res},
+                    **_adaptivity(core, res, full_correct),
+                }
+                if variant == "cotrained":
+                    tuned = RoutingCore(mode, 1, split="test", **{**kwargs, "backbone": backbone})
+                    own = static_baselines(tuned, greedy=False)["uniform"]
+                    point["own_uniform"] = own
+                    point["vs_own_uniform_static_points"] = 100 * (acc - _interp(own, x))
+                    point["finetune"] = callback.history[-1] if callback.history else {}
+                entry["points"].append(point)
+                log(f"[sweep]   accuracy {acc:.4f} at FLOPs {x:.3f}: vs uniform static {point['vs_uniform_static_points']:+.2f},"
+                    f" vs greedy static {point['vs_greedy_static_points']:+.2f} points ({secs:.0f} s)")
+        results["envs"][env_id] = entry
+        learned = [{**p, "algorithm": f"PPO {p['variant']}"} for p in entry["points"]]
+        plots.plot_fronts(out / f"{env_id.replace('-v0', '')}_sweep.png", f"{env_id} on {dataset}: PPO sweep vs static",
+                          static, learned, {})
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
+    text = format_summary(results)
+    (out / "summary.md").write_text(text)
+    log(text)
+    return results
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """A Markdown table per env: every point against full, uniform static and greedy static."""
+    lines = [f"Data `{results['dataset']}`, seed {results['seed']}; PPO recipe, steps {results['timesteps']}.", ""]
+    for env_id, e in results["envs"].items():
+        full = e["full"]["accuracy"]
+        lines += [
+            f"**{env_id}** (full network {100 * full:.2f} %)",
+            "",
+            "| variant | weight | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static | vs matched random | Spearman diff./FLOPs (all / full-correct) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for p in e["points"]:
+            own = f" ({p['vs_own_uniform_static_points']:+.2f} own)" if "vs_own_uniform_static_points" in p else ""
+            sp = " / ".join(_fmt(p.get(k)) for k in ("spearman_all", "spearman_full_correct"))
+            lines.append(
+                f"| {p['variant']} | {p['compute_weight']} | {100 * p['flops_saved']:.1f} % | {100 * p['accuracy']:.2f} |"
+                f" {-p['gap_to_full_points']:+.2f} | {p['vs_uniform_static_points']:+.2f}{own} | {p['vs_greedy_static_points']:+.2f} |"
+                f" {100 * (p['accuracy'] - p['random_matched']['accuracy']):+.2f} | {sp} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:+.2f}"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--out", default="sweep_out", help="output directory (default: sweep_out)")
+    p.add_argument("--env", action="append", choices=list(DEFAULT_WEIGHTS), help="only this env (repeatable)")
+    p.add_argument("--data", default="shapes", help="data set name (default: shapes)")
+    p.add_argument("--weight", type=float, action="append", default=None,
+                   help="compute weight (repeatable; default: per env, see dyncnn_gym.benchmark.sweep.DEFAULT_WEIGHTS)")
+    p.add_argument("--timesteps", type=int, default=None, help="PPO steps per point (default: the recipe's)")
+    p.add_argument("--no-cotrain", action="store_true", help="frozen backbones only")
+    p.add_argument("--no-frozen", action="store_true", help="co-trained backbones only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+
+
+def run_from_args(args) -> int:
+    envs = tuple(args.env or DEFAULT_WEIGHTS)
+    weights = {e: tuple(args.weight) for e in envs} if args.weight else None
+    for w in args.weight or []:
+        if not w > 0:
+            raise ValueError(f"--weight {w!r} must be a positive compute weight")
+    run_sweep(args.out, envs=envs, dataset=args.data, weights=weights, timesteps=args.timesteps,
+              cotrain=not args.no_cotrain, frozen=not args.no_frozen, seed=args.seed, progress=not args.quiet)
+    return 0

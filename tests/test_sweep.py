@@ -1,0 +1,42 @@
+"""``dyncnn-gym sweep``: the learning figures (PPO frozen vs co-trained against static networks)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dyncnn_gym.benchmark.sweep import format_summary, run_sweep
+
+
+def test_sweep_compares_each_point_with_static_networks_of_the_same_cost(tmp_path):
+    res = run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", weights={"DynChannel-v0": (0.5,)}, timesteps=640,
+                    finetune_kwargs={"agent_rollouts": 1, "backbone_steps": 2, "batch_size": 32}, progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    e = saved["envs"]["DynChannel-v0"]
+    assert [p["variant"] for p in e["points"]] == ["frozen", "cotrained"]
+    ux = [r["flops_ratio"] for r in e["uniform"]]
+    uy = [r["accuracy"] for r in e["uniform"]]
+    for p in e["points"]:
+        assert 0.0 < p["flops_ratio"] <= 1.0 and p["flops_saved"] == pytest.approx(1.0 - p["flops_ratio"])
+        assert p["gap_to_full_points"] == pytest.approx(100 * (e["full"]["accuracy"] - p["accuracy"]))
+        assert p["vs_uniform_static_points"] == pytest.approx(100 * (p["accuracy"] - np.interp(p["flops_ratio"], ux, uy)))
+        assert 0.0 <= p["random_matched"]["accuracy"] <= 1.0
+    co = e["points"][1]
+    assert co["finetune"]["loss"] > 0 and len(co["own_uniform"]) == len(e["uniform"])
+    # co-training fine-tuned a private copy: the shared default backbone still gives the full accuracy
+    from dyncnn_gym.benchmark.baselines import route_outcomes, uniform_routes
+    from dyncnn_gym.envs.core import RoutingCore
+
+    core = RoutingCore("channel", 1, split="test", dataset="digits", backbone="vgg")
+    assert route_outcomes(core, uniform_routes(core)[-1:])[0].mean() == pytest.approx(e["full"]["accuracy"])
+    assert res["envs"]["DynChannel-v0"]["uniform"] == e["uniform"]
+    text = (tmp_path / "summary.md").read_text()
+    assert text == format_summary(saved) and "vs uniform static" in text and "n/a" in text  # digits: no difficulty
+    assert (tmp_path / "DynChannel_sweep.png").stat().st_size > 1000
+
+
+def test_sweep_rejects_an_empty_run(tmp_path):
+    with pytest.raises(ValueError, match="nothing to run"):
+        run_sweep(tmp_path, cotrain=False, frozen=False, progress=False)
