@@ -1,7 +1,8 @@
 """dyncnn_gym: input-adaptive CNNs as Gymnasium environments.
 
 Importing the package registers ``DynChannel-v0`` (Runtime Neural Pruning: how many channel
-groups each layer computes) and ``DynSkip-v0`` (SkipNet: which residual blocks run). Nothing heavy
+groups each layer computes) and ``DynSkip-v0`` (SkipNet: which residual blocks run), the per-decision
+routing envs, and ``DynBlockDrop-v0`` (BlockDrop: all block keep/drop decisions in one step). Nothing heavy
 happens at import: data are generated and backbones trained or loaded when an env is made.
 """
 
@@ -13,11 +14,15 @@ from gymnasium.envs.registration import register, registry
 
 __version__ = "0.1.0"
 
+#: the per-decision routing envs (one step per decision point)
 ENV_IDS = ("DynChannel-v0", "DynSkip-v0")
+#: one-step envs: every decision of an image in one ``MultiBinary`` action
+ONE_SHOT_IDS = ("DynBlockDrop-v0",)
 
 _ENTRY = {
     "DynChannel-v0": ("dyncnn_gym.envs.routing:DynChannelEnv", "dyncnn_gym.envs.vector:DynChannelVectorEnv"),
     "DynSkip-v0": ("dyncnn_gym.envs.routing:DynSkipEnv", "dyncnn_gym.envs.vector:DynSkipVectorEnv"),
+    "DynBlockDrop-v0": ("dyncnn_gym.envs.blockdrop:DynBlockDropEnv", "dyncnn_gym.envs.blockdrop:DynBlockDropVectorEnv"),
 }
 
 
@@ -35,6 +40,7 @@ _LAZY = {
     "load_dataset": ("dyncnn_gym.data", "load_dataset"),
     "Walk": ("dyncnn_gym.walk", "Walk"),
     "evaluate": ("dyncnn_gym.benchmark.protocol", "evaluate"),
+    "export": ("dyncnn_gym.export", "export"),
 }
 
 
@@ -47,4 +53,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'dyncnn_gym' has no attribute {name!r}")
 
 
-__all__ = ["ENV_IDS", "__version__", *_LAZY]
+__all__ = ["ENV_IDS", "ONE_SHOT_IDS", "__version__", *_LAZY]

@@ -125,15 +125,16 @@ def make_net(arch: str, data_name: str, groups: int = 4, seed: int = 0, cached: 
 
 
 def registered_ids() -> list[str]:
-    """Every env id dyncnn_gym registers (found by entry point, as Minigrid/HighwayEnv test theirs)."""
+    """Every per-decision routing env id dyncnn_gym registers (found by entry point, as
+    Minigrid/HighwayEnv test theirs); the one-step ``DynBlockDrop-v0`` has its own tests."""
     import gymnasium
 
-    import dyncnn_gym  # noqa: F401  (registers)
+    import dyncnn_gym
 
     return sorted(
         env_id
         for env_id, spec in gymnasium.registry.items()
-        if isinstance(spec.entry_point, str) and spec.entry_point.startswith("dyncnn_gym")
+        if isinstance(spec.entry_point, str) and spec.entry_point.startswith("dyncnn_gym") and env_id not in dyncnn_gym.ONE_SHOT_IDS
     )
 
 

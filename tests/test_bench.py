@@ -146,3 +146,23 @@ def test_bench_merges_agents_and_reports_seeds(tmp_path):
 def other_agent(env_fn, task, seed, step_budget):
     """A plug-in agent taking the smallest action everywhere."""
     return lambda obs: np.zeros(len(obs), dtype=np.int64)
+
+
+def skip_only_agent(env_fn, task, seed, step_budget):
+    """A plug-in agent for block-skipping tasks only."""
+    if task.env_id != "DynSkip-v0":
+        raise NotImplementedError("skip tasks only")
+    return lambda obs: np.ones(len(obs), dtype=np.int64)
+
+
+def test_reference_agents_are_registered_by_file_and_unsupported_tasks_are_marked(tmp_path):
+    for name in ("rnp", "skipnet", "blockdrop"):
+        assert callable(resolve_agent(name))
+    with pytest.raises(ValueError, match="not found"):
+        resolve_agent("no/such/file.py:f")
+    res = run_bench("tiny-v0", ["static", f"{__name__}:skip_only_agent"], tmp_path, progress=False, timesteps=64)
+    channel, skip = (t.name for t in get_suite("tiny-v0").tasks)
+    assert f"{__name__}:skip_only_agent" in res["tasks"][channel]["unsupported"]
+    assert f"{__name__}:skip_only_agent" in res["tasks"][skip]["agents"]
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert "(1 of 2 tasks)" in board and "n/a" in board

@@ -75,34 +75,73 @@ import numpy as np
 from .suites import Suite, Task, check_pins, get_suite
 
 FLOPS_RANGE = (0.2, 0.8)
-#: registered trainable agents (name -> "module:function")
+#: registered trainable agents (name -> "module:function" or "path/to/file.py:function"; relative
+#: paths are the reference agents in the repository's ``agents/`` directory)
 AGENTS: dict[str, str] = {
     "ppo": "dyncnn_gym.benchmark.bench:ppo_agent",
     "a2c": "dyncnn_gym.benchmark.bench:a2c_agent",
     "dqn": "dyncnn_gym.benchmark.bench:dqn_agent",
+    "rnp": "agents/rnp_dqn.py:bench_agent",
+    "skipnet": "agents/skipnet_hrl.py:bench_agent",
+    "blockdrop": "agents/blockdrop_pg.py:bench_agent",
 }
 #: baselines computed by the bench itself
 BASELINES = ("static", "random", "oracle")
+#: the repository root (where ``agents/`` lies in a source checkout / editable install)
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 AgentFn = Callable[..., Any]
 
 
 # -- agents -------------------------------------------------------------------------------------
+def _import_file(path: Path, spec: str):
+    import importlib.util
+    import sys
+
+    name = f"dyncnn_gym_agent_{path.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    loader = importlib.util.spec_from_file_location(name, path)
+    if loader is None or loader.loader is None:
+        raise ValueError(f"agent={spec!r}: {path} is not an importable Python file")
+    module = importlib.util.module_from_spec(loader)
+    sys.modules[name] = module
+    try:
+        loader.loader.exec_module(module)
+    except Exception:
+        del sys.modules[name]
+        raise
+    return module
+
+
 def resolve_agent(spec: str) -> AgentFn | str:
-    """A registered name, a baseline name (returned as is), or ``"module:function"`` (imported)."""
+    """A registered name, a baseline name (returned as is), ``"module:function"`` (imported) or
+    ``"path/to/file.py:function"`` (loaded from the file; a relative path is tried from the current
+    directory, then from the repository root)."""
     if spec in BASELINES:
         return spec
     target = AGENTS.get(spec, spec)
     if ":" not in target:
         raise ValueError(
             f"agent={spec!r} is not a registered agent; choose one of {sorted(AGENTS) + list(BASELINES)}"
-            " or give 'module:function'"
+            " or give 'module:function' or 'path/to/file.py:function'"
         )
-    module, _, attr = target.partition(":")
+    module, _, attr = target.rpartition(":")
     try:
-        fn = getattr(importlib.import_module(module), attr)
+        if module.endswith(".py"):
+            path = Path(module)
+            if not path.is_absolute() and not path.exists():
+                path = REPO_ROOT / module
+            if not path.exists():
+                raise ValueError(
+                    f"agent={spec!r}: {module} not found (the reference agents live in the agents/ directory of a"
+                    " source checkout of dyncnn_gym; run from there or give the file's path)"
+                )
+            fn = getattr(_import_file(path, spec), attr)
+        else:
+            fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"agent={spec!r}: cannot import {attr!r} from module {module!r} ({err})") from err
+        raise ValueError(f"agent={spec!r}: cannot import {attr!r} from {module!r} ({err})") from err
     if not callable(fn):
         raise ValueError(f"agent={spec!r}: {target!r} is not callable")
     return fn
@@ -400,7 +439,12 @@ def run_bench(
                 for sd in seeds:
                     for w in task.compute_weights:
                         log(f"[bench] {task.name}: agent {spec}, seed {sd}, compute_weight={w}, {task.step_budget} steps")
-                        policy = fn(_make_env_fn(task, w, sd), task, sd, task.step_budget)
+                        try:
+                            policy = fn(_make_env_fn(task, w, sd), task, sd, task.step_budget)
+                        except NotImplementedError as err:  # e.g. a block-dropping agent on a channel task
+                            log(f"[bench] {task.name}: agent {spec} does not support this task ({err})")
+                            pts = None
+                            break
                         res = evaluate(policy, task.env_id, per_image=True, **task.env_kwargs)
                         img = res["images"]
                         rnd = random_policy_eval(core, res["action_rates"], seed=sd)
@@ -408,6 +452,11 @@ def run_bench(
                                           random_matched=rnd))
                         if sd == seeds[0]:
                             images.setdefault(spec, []).append(img)
+                    if pts is None:
+                        break
+                if pts is None:
+                    entry.setdefault("unsupported", {})[spec] = "the agent raised NotImplementedError for this task"
+                    continue
                 a.update(points=pts, algorithm=spec, seeds=seeds)
             a["summary"] = _seed_summary(a["points"], static["front"], a.get("seeds", seeds[:1]))
             a["seconds"] = round(time.perf_counter() - t0, 1)
@@ -463,6 +512,7 @@ def leaderboard_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             "agent": n,
             "kind": kind,
             "score": float(np.mean([s["score"] for s in per.values()])),
+            "tasks_run": len(per),
             "per_task": {t: s["score"] for t, s in per.items()},
             "per_task_std": {t: s.get("score_std", 0.0) for t, s in per.items()},
             "seeds": max(len(s.get("per_seed", [0])) for s in per.values()),
@@ -501,7 +551,7 @@ def format_leaderboard(results: dict[str, Any]) -> str:
         cells = []
         for t in tasks:
             if t not in r["per_task"]:
-                cells.append("")
+                cells.append("n/a")
                 continue
             ext = r["mixed"][t]
             std = r["per_task_std"][t]
@@ -509,7 +559,8 @@ def format_leaderboard(results: dict[str, Any]) -> str:
         name = f"**{r['agent']}**" if r["kind"] == "learned" else r["agent"]
         vr = "" if r["vs_random_matched"] is None else f"{r['vs_random_matched']:+.2f}"
         seeds = r["seeds"] if r["kind"] == "learned" else ""
-        lines.append(f"| {r['rank']} | {name}{mark} | {r['score']:+.2f} | " + " | ".join(cells) + f" | {vr} | {seeds} |")
+        part = f" ({r['tasks_run']} of {len(tasks)} tasks)" if r.get("tasks_run", len(tasks)) < len(tasks) else ""
+        lines.append(f"| {r['rank']} | {name}{mark}{part} | {r['score']:+.2f} | " + " | ".join(cells) + f" | {vr} | {seeds} |")
     return "\n".join(lines) + "\n"
 
 

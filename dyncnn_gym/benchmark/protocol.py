@@ -82,7 +82,9 @@ def load_model(path: str, algorithm: str | None = None):
     if algorithm is None:
         with zipfile.ZipFile(path) as z:
             blob = json.loads(z.read("data").decode())
-        kind = str(blob.get("policy_class", {}).get(":type:", ""))
+        pc = blob.get("policy_class", {})
+        # ":type:" is the metaclass (abc.ABCMeta) for every policy; the class shows in its module and methods
+        kind = " ".join(str(pc.get(k, "")) for k in ("__module__", "__init__", "__doc__")).lower()
         if "maskable" in kind:
             algorithm = "MaskablePPO"
         elif "recurrent" in kind:

@@ -1,0 +1,277 @@
+"""BlockDrop (Wu et al., CVPR 2018): one look, all block decisions at once, policy gradient with a
+self-critical baseline and a curriculum, CleanRL-style, one file.
+
+    python agents/blockdrop_pg.py --iterations 300
+    python agents/blockdrop_pg.py --dataset digits --iterations 100 --reward flops --compute-weight 0.5
+
+Env: ``DynBlockDrop-v0`` (one step per image: the observation is the one ``DynSkip-v0`` gives at
+its first decision, the action ``MultiBinary(T)`` keeps or drops every later residual block;
+dropped blocks are not computed). Reward (``--reward blockdrop``, default): ``1 - u**2`` if the
+image is classified correctly (``u`` = fraction of blocks kept), else ``-penalty``; ``--reward
+flops`` pays ``DynSkip-v0``'s return for the same actions (``compute_weight * (1 - FLOPs ratio) -
+CE``) instead.
+
+Policy: an MLP from the observation to ``T`` keep logits (independent Bernoulli per block). Each
+iteration routes ``--num-envs`` train images twice, through two vector envs seeded alike (so
+both draw the same images): once with actions sampled from the policy (probabilities bounded
+away from 0 and 1 by ``--explore``: ``p' = explore * p + (1 - explore) * (1 - p)``, BlockDrop's
+``alpha``), once with the greedy actions (``p > 0.5``); the greedy reward is the **self-critical
+baseline**: ``loss = -(R(sampled) - R(greedy)) * log pi(sampled) - ent_coef * entropy``.
+**Curriculum**: for the first ``--curriculum-fraction`` of the iterations only the last ``j``
+blocks are decided by the policy (the others are kept), ``j`` growing linearly from 1 to ``T``.
+The backbone is frozen (BlockDrop's joint fine-tuning stage is not done here).
+
+Evaluation: the learned one-shot policy is exported as a per-decision policy over
+``DynSkip-v0`` (:class:`PerDecision`): at an episode's first decision it reads the observation
+(the same as ``DynBlockDrop-v0``'s), decides every block at once and then replays those
+decisions, so ``dyncnn_gym.evaluate(policy, "DynSkip-v0", ...)`` measures it on the whole test split
+under the common protocol (same keys, same FLOPs as the one-shot env; checked by the tests).
+
+Output in ``--out``: ``policy.pt`` (:func:`load_policy`: the :class:`PerDecision` module by
+default, the raw one-shot network with ``per_decision=False``) and ``result.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+import dyncnn_gym  # noqa: F401  (registers the envs)
+from dyncnn_gym import evaluate
+
+REWARDS = ("blockdrop", "flops")
+
+
+@dataclass
+class Args:
+    dataset: str = "shapes"
+    backbone: str = ""  # "" = the default ResNet (resnet20-lite)
+    obs: str = "probe"
+    reward: str = "blockdrop"
+    penalty: float = 1.0
+    compute_weight: float = 0.5  # only with --reward flops
+    num_envs: int = 256
+    iterations: int = 300
+    hidden: int = 64
+    lr: float = 3e-3
+    ent_coef: float = 0.0
+    explore: float = 0.8
+    curriculum_fraction: float = 0.5
+    compare_static: bool = True
+    seed: int = 0
+    out: str = "runs/blockdrop_pg"
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for field, default in asdict(Args()).items():
+        flag = f"--{field.replace('_', '-')}"
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            p.add_argument(flag, type=type(default), default=default)
+    ns = p.parse_args(argv)
+    if ns.reward not in REWARDS:
+        p.error(f"--reward {ns.reward!r} is not supported; choose one of {list(REWARDS)}")
+    for name in ("num_envs", "iterations", "hidden"):
+        if getattr(ns, name) < 1:
+            p.error(f"--{name.replace('_', '-')} {getattr(ns, name)} must be a positive integer")
+    if not 0.5 <= ns.explore <= 1.0:
+        p.error(f"--explore {ns.explore} must be in [0.5, 1] (1 = sample from the policy as is)")
+    if not 0.0 <= ns.curriculum_fraction <= 1.0:
+        p.error(f"--curriculum-fraction {ns.curriculum_fraction} must be in [0, 1]")
+    if ns.lr <= 0:
+        p.error(f"--lr {ns.lr} must be > 0")
+    return Args(**vars(ns))
+
+
+class OneShotPolicy(nn.Module):
+    """BlockDrop's policy network: observation ``[B, D]`` -> keep logits ``[B, T]`` (one per block)."""
+
+    def __init__(self, obs_dim: int, n_blocks: int, hidden: int, feat_dim: int) -> None:
+        super().__init__()
+        self.config = {"obs_dim": int(obs_dim), "n_blocks": int(n_blocks), "hidden": int(hidden), "feat_dim": int(feat_dim)}
+        self.T, self.F = n_blocks, feat_dim
+        self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, n_blocks))
+        with torch.no_grad():  # start by keeping every block
+            self.net[-1].bias.fill_(1.0)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs)
+
+
+class PerDecision(nn.Module):
+    """A :class:`OneShotPolicy` as a per-decision policy over ``DynSkip-v0``: obs ``[B, D]`` -> scores ``[B, 2]``.
+
+    At a row's first decision (its decision one-hot reads 0) the one-shot network decides every
+    block from that observation (``DynBlockDrop-v0``'s); at decision ``t`` the score of the stored
+    decision ``t`` is 1 and the other 0. ``dyncnn_gym.evaluate(PerDecision(...), "DynSkip-v0")``.
+    """
+
+    def __init__(self, oneshot: OneShotPolicy) -> None:
+        super().__init__()
+        self.oneshot = oneshot
+        self._plan: torch.Tensor | None = None
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        F_, T = self.oneshot.F, self.oneshot.T
+        t = obs[:, F_ : F_ + T].argmax(1)
+        first = t == 0
+        if self._plan is None or self._plan.shape[0] != obs.shape[0]:
+            if not bool(first.all()):
+                raise RuntimeError("the policy got a batch mid-episode without its plan; start at decision 0")
+            self._plan = torch.zeros(obs.shape[0], T, dtype=torch.long, device=obs.device)
+        if first.any():
+            self._plan[first] = (self.oneshot(obs[first]) > 0).long()
+        keep = self._plan.gather(1, t[:, None]).squeeze(1).float()
+        return torch.stack([1 - keep, keep], 1)
+
+
+def save_policy(policy: OneShotPolicy, path: str | Path) -> None:
+    torch.save({"config": policy.config, "state_dict": policy.state_dict()}, path)
+
+
+def load_policy(path: str | Path, per_decision: bool = True) -> nn.Module:
+    """The saved policy (eval mode): :class:`PerDecision` for ``DynSkip-v0`` (default) or the raw
+    :class:`OneShotPolicy` for ``DynBlockDrop-v0`` (``per_decision=False``)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    net = OneShotPolicy(**blob["config"])
+    net.load_state_dict(blob["state_dict"])
+    net.eval()
+    return PerDecision(net).eval() if per_decision else net
+
+
+def curriculum_blocks(it: int, iterations: int, T: int, fraction: float) -> int:
+    """Blocks the policy decides at iteration ``it``: the last ``j``, ``j`` from 1 up to ``T``."""
+    span = fraction * iterations
+    if span <= 0:
+        return T
+    return int(min(T, 1 + np.floor(it / span * T)))
+
+
+def train(args: Args, env_kwargs: dict[str, Any], log=print) -> tuple[OneShotPolicy, list[dict]]:
+    """Train the one-shot policy on ``DynBlockDrop-v0`` (``env_kwargs`` are that env's arguments)."""
+    torch.manual_seed(args.seed)
+    make = lambda: gym.make_vec("DynBlockDrop-v0", num_envs=args.num_envs, autoreset_mode="SameStep", **env_kwargs)  # noqa: E731
+    envs, twin = make(), make()
+    core = envs.unwrapped.core
+    T = core.T
+    policy = OneShotPolicy(envs.single_observation_space.shape[0], T, args.hidden, core.feat_dim)
+    opt = torch.optim.Adam(policy.parameters(), lr=args.lr)
+    obs, info = envs.reset(seed=args.seed)
+    obs2, info2 = twin.reset(seed=args.seed)
+    history, start = [], time.time()
+    for it in range(args.iterations):
+        assert np.array_equal(info["index"], info2["index"]), "the two envs must see the same images"
+        j = curriculum_blocks(it, args.iterations, T, args.curriculum_fraction)
+        logits = policy(torch.as_tensor(obs))
+        p = torch.sigmoid(logits)
+        p_explore = args.explore * p + (1 - args.explore) * (1 - p)
+        dist = torch.distributions.Bernoulli(probs=p_explore)
+        sampled = dist.sample()
+        decided = torch.zeros(T, dtype=torch.bool)
+        decided[T - j :] = True
+        sampled[:, ~decided] = 1.0  # curriculum: the first T - j blocks are kept
+        greedy = (p.detach() > 0.5).float()
+        greedy[:, ~decided] = 1.0
+        obs, r_s, _, _, info = envs.step(sampled.long().numpy())
+        obs2, r_g, _, _, info2 = twin.step(greedy.long().numpy())
+        adv = torch.as_tensor(r_s - r_g, dtype=torch.float32)
+        logp = (dist.log_prob(sampled) * decided).sum(1)
+        ent = (dist.entropy() * decided).sum(1) / j
+        loss = -(adv * logp).mean() - args.ent_coef * ent.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        fin = info["final_info"]
+        row = {"iteration": it, "blocks_decided": j, "reward": float(r_s.mean()), "greedy_reward": float(r_g.mean()),
+               "train_accuracy": float(np.mean(fin["correct"])), "flops_ratio": float(np.mean(fin["flops_ratio"])),
+               "blocks_used": float(np.mean(fin["blocks_used"]))}
+        history.append(row)
+        if it % max(1, args.iterations // 10) == 0 or it == args.iterations - 1:
+            log(f"iter {it:4d}  decide {j}/{T}  reward {row['reward']:+.3f} (greedy {row['greedy_reward']:+.3f})  "
+                f"train acc {row['train_accuracy']:.3f}  flops {row['flops_ratio']:.3f}  {time.time() - start:.0f}s")
+    return policy.eval(), history
+
+
+def env_kwargs_of(args: Args) -> dict[str, Any]:
+    kw: dict[str, Any] = {"dataset": args.dataset, "obs": args.obs, "reward": args.reward}
+    if args.reward == "blockdrop":
+        kw["penalty"] = args.penalty
+    else:
+        kw["compute_weight"] = args.compute_weight
+    if args.backbone:
+        kw["backbone"] = args.backbone
+    return kw
+
+
+def skip_kwargs(blockdrop_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``DynSkip-v0`` arguments for evaluating under the common protocol (reward terms dropped)."""
+    return {k: v for k, v in blockdrop_kwargs.items() if k in ("dataset", "backbone", "groups", "device", "obs")}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    env_kwargs = env_kwargs_of(args)
+    t0 = time.time()
+    policy, history = train(args, env_kwargs)
+    train_s = time.time() - t0
+    eval_kwargs = skip_kwargs(env_kwargs)
+    res = evaluate(PerDecision(policy), "DynSkip-v0", **eval_kwargs)
+    print(f"test (DynSkip-v0 protocol): accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} "
+          f"({train_s:.0f}s training)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_policy(policy, out / "policy.pt")
+    entry = {"env_id": "DynSkip-v0", "train_env_id": "DynBlockDrop-v0", "env_kwargs": eval_kwargs,
+             "train_env_kwargs": env_kwargs, "algorithm": "BlockDrop-PG", "args": asdict(args),
+             "train_seconds": round(train_s, 1), **res, "history": history}
+    if args.compare_static:
+        from dyncnn_gym.benchmark.baselines import interpolate, static_baselines
+        from dyncnn_gym.envs.core import RoutingCore
+
+        static = static_baselines(RoutingCore("skip", 1, split="test", **eval_kwargs))
+        at = interpolate(static["front"], res["flops_ratio"])
+        entry["static"] = {"full": static["full"], "front": static["front"], "static_front_accuracy_at_same_flops": at,
+                           "gain_points": 100.0 * (res["accuracy"] - at) if np.isfinite(at) else float("nan")}
+        print(f"static front at the same FLOPs: {at:.4f} (gain {entry['static']['gain_points']:+.2f} points)")
+    (out / "result.json").write_text(json.dumps(entry, indent=2, default=float))
+    print(f"wrote {out}/result.json and policy.pt")
+    return entry
+
+
+def bench_agent(env_fn, task, seed: int, step_budget: int) -> PerDecision:
+    """``dyncnn-gym bench`` plug-in (DynSkip-v0 tasks only; raises ``NotImplementedError`` on others):
+    BlockDrop-PG, backbone frozen.
+
+    Trains on ``DynBlockDrop-v0`` built from ``task.env_kwargs`` with ``reward="flops"`` and
+    ``env_fn.compute_weight`` (the objective every agent of the sweep gets); an image routed once
+    counts as ``T`` env steps (the decisions it covers), the self-critical pass included. Returns the
+    :class:`PerDecision` export, which ``dyncnn_gym.evaluate`` runs on ``task.env_id``.
+    """
+    if not task.env_id.endswith("DynSkip-v0"):
+        raise NotImplementedError(f"blockdrop_pg decides residual blocks: it runs on DynSkip-v0 tasks, not {task.env_id!r}")
+    torch.set_num_threads(1)
+    kw = {**skip_kwargs(task.env_kwargs), "reward": task.env_kwargs.get("reward", "flops"),
+          "compute_weight": env_fn.compute_weight}
+    T = gym.make("DynBlockDrop-v0", **kw).unwrapped.core.T
+    num_envs = int(np.clip(step_budget // (2 * T * 20), 8, 256))
+    args = Args(num_envs=num_envs, iterations=max(1, step_budget // (2 * T * num_envs)), reward=kw["reward"],
+                compute_weight=env_fn.compute_weight, seed=seed)
+    policy, _ = train(args, kw, log=lambda *a, **k: None)
+    return PerDecision(policy).eval()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""``DynBlockDrop-v0``: BlockDrop (Wu et al., CVPR 2018) as a one-step Gymnasium env, and its native
+vector env. Built on :class:`~dyncnn_gym.envs.core.RoutingCore` in skip mode: the T decisions of an
+action are applied one after the other through the same batched :class:`~dyncnn_gym.walk.Walk`
+``DynSkip-v0`` uses, so dropped blocks are never computed and FLOPs are those ``DynSkip-v0``
+counts for the same actions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.utils import EzPickle
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from .core import RoutingCore
+from .rewards import REWARD_KINDS
+from .vector import slot_seeds
+
+#: ``reward=`` forms of DynBlockDrop-v0: BlockDrop's own, or a DynSkip-v0 episode return
+BLOCKDROP_REWARDS = ("blockdrop", *REWARD_KINDS)
+USAGE_KINDS = ("blocks", "flops")
+
+
+class _OneShot:
+    """``n`` one-step BlockDrop episodes over a skip-mode :class:`RoutingCore` (shared by both faces)."""
+
+    def __init__(
+        self,
+        n: int,
+        dataset: Any = "shapes",
+        backbone: Any = None,
+        groups: int = 4,
+        split: str = "train",
+        reward: str = "blockdrop",
+        penalty: float = 1.0,
+        usage: str = "blocks",
+        compute_weight: float | None = None,
+        loss_weight: float = 1.0,
+        ce_clip: float = 5.0,
+        device: str = "cpu",
+        obs: str = "features",
+    ) -> None:
+        if reward not in BLOCKDROP_REWARDS:
+            raise ValueError(f"reward={reward!r} is not a DynBlockDrop-v0 reward; choose one of {list(BLOCKDROP_REWARDS)}")
+        if usage not in USAGE_KINDS:
+            raise ValueError(f"usage={usage!r} is not a usage measure; choose one of {list(USAGE_KINDS)}")
+        if not isinstance(penalty, (int, float)) or isinstance(penalty, bool) or not np.isfinite(penalty) or penalty < 0:
+            raise ValueError(f"penalty={penalty!r} must be a finite number >= 0 (a wrong image pays -penalty)")
+        if reward == "blockdrop" and (compute_weight is not None or loss_weight != 1.0 or ce_clip != 5.0):
+            raise ValueError(
+                "compute_weight / loss_weight / ce_clip apply to the DynSkip-v0 reward forms"
+                f" {list(REWARD_KINDS)}; reward='blockdrop' is set by penalty= and usage="
+            )
+        self.kind, self.penalty, self.usage = reward, float(penalty), usage
+        core_reward = "flops" if reward == "blockdrop" else reward
+        self.core = RoutingCore("skip", n, dataset=dataset, backbone=backbone, groups=groups, split=split,
+                                reward=core_reward, compute_weight=compute_weight, loss_weight=loss_weight,
+                                ce_clip=ce_clip, device=device, obs=obs)
+        self.T = self.core.T
+        self.observation_space = self.core.observation_space
+        self.action_space = spaces.MultiBinary(self.T)
+
+    def check_actions(self, action: Any, n: int) -> np.ndarray:
+        """``action`` as int64 ``[n, T]`` of 0/1, or a clear error."""
+        a = np.asarray(action)
+        if a.dtype.kind == "b":
+            a = a.astype(np.int64)
+        if a.dtype.kind not in "iu" and not (a.dtype.kind == "f" and np.isfinite(a).all() and (a == np.round(a)).all()):
+            raise TypeError(f"action {action!r} is not a binary action of MultiBinary({self.T}) (dtype {a.dtype})")
+        a = a.astype(np.int64)
+        want = (self.T,) if n == 1 and a.ndim == 1 else (n, self.T)
+        if a.shape != want:
+            raise ValueError(f"action of shape {a.shape} does not match MultiBinary({self.T}) x {n} env(s): expected {want}")
+        if ((a != 0) & (a != 1)).any():
+            raise ValueError(f"action {a.tolist()} has entries outside {{0, 1}} (1 executes a block, 0 drops it)")
+        return a.reshape(n, self.T)
+
+    def run(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
+        """Route every slot's image with its ``T`` decisions; returns last observations, rewards, infos."""
+        total = np.zeros(self.core.n)
+        for t in range(self.T):
+            obs, rew, term, infos = self.core.step(a[:, t])
+            total += rew
+        assert term.all()
+        arrays = isinstance(infos, dict)
+        correct = np.asarray(infos["correct"]) if arrays else np.array([d["correct"] for d in infos])
+        ratio = np.asarray(infos["flops_ratio"]) if arrays else np.array([d["flops_ratio"] for d in infos])
+        used = a.sum(1) / self.T
+        u = used if self.usage == "blocks" else ratio
+        if self.kind == "blockdrop":
+            total = np.where(correct, 1.0 - u**2, -self.penalty)
+        if arrays:
+            n = self.core.n
+            infos.pop("action_mask", None)
+            infos.pop("_action_mask", None)
+            infos["blocks_used"], infos["_blocks_used"] = used, np.ones(n, dtype=bool)
+        else:
+            for d, b in zip(infos, used):
+                d.pop("action_mask", None)
+                d["blocks_used"] = float(b)
+        return obs, total, infos
+
+
+class DynBlockDropEnv(gym.Env, EzPickle):
+    """
+    ## Description
+
+    BlockDrop (Wu et al., CVPR 2018) as a Gymnasium env. A policy looks once at a cheap view of
+    the image and decides, all at once, which residual blocks of a CIFAR-style ResNet to run. An
+    episode is **one step**: the image enters the network, the agent sees the observation
+    `DynSkip-v0` gives at its first decision (after the stem and the first block), and its
+    `MultiBinary(T)` action keeps or drops every later block. Dropped blocks are not computed (the
+    image passes through the block's shortcut), exactly as in `DynSkip-v0`: the same actions give
+    the same prediction and the same FLOPs there.
+
+    ## Action Space
+
+    `MultiBinary(T)`, `T` = residual blocks after the first (8 for `resnet20-lite`): entry `t` is
+    1 to execute block `t + 1`, 0 to drop it.
+
+    ## Observation Space
+
+    `Box(-1, 1, (F + T + 1,), float32)` (`F + T + 4` with `obs="probe"`), the first observation of
+    `DynSkip-v0`: `tanh(pooled / scale)` of the feature map entering the first decision (`F`
+    channels), the one-hot of decision 0 (`T`), with `obs="probe"` the linear probe's top
+    probability, margin and normalised entropy (3), and the FLOPs spent so far (stem and first
+    block) / FLOPs of the full network (1). The observation returned by `step` is the final one
+    of `DynSkip-v0` (zero features, FLOPs used).
+
+    ## Rewards
+
+    `reward="blockdrop"` (default): `1 - u**2` if the prediction is correct, else `-penalty`
+    (default `penalty=1.0`, BlockDrop's `-gamma`); `u` is the fraction of the `T` blocks executed
+    (`usage="blocks"`, BlockDrop's) or the FLOPs ratio (`usage="flops"`).
+    `reward="flops"`, `"rnp"` or `"skipnet"`: the return `DynSkip-v0` pays for the same actions
+    with that reward form (`compute_weight`, `loss_weight`, `ce_clip` as there), so returns are
+    comparable across the two envs.
+
+    ## Starting State
+
+    A new image (drawn with `np_random` from the train split, or the next test image) has passed
+    the stem and the first residual block.
+
+    ## Episode End
+
+    Terminates after its single step; never truncates. The final `info` holds `prediction`,
+    `label`, `correct`, `flops`, `flops_ratio` (used / full network), `cross_entropy`, `actions`
+    (int64 `[T]`), `blocks_used` (fraction of the `T` blocks executed), `index` (image index in the
+    split), and on data with per-image difficulty `difficulty` and `difficulty_params`. The reset
+    `info` holds `decision`, `flops`, `index` (and `difficulty`).
+
+    ## Arguments
+
+    ```python
+    gymnasium.make("DynBlockDrop-v0", dataset="shapes", backbone=None, groups=4, split="train",
+                   reward="blockdrop", penalty=1.0, usage="blocks", compute_weight=None,
+                   loss_weight=1.0, ce_clip=5.0, device="cpu", obs="features", render_mode=None)
+    ```
+
+    * `dataset`, `backbone` (default `'resnet20-lite'`; any ResNet arch), `groups`, `split`,
+      `device`, `obs`: as for `DynSkip-v0`.
+    * `reward`: `"blockdrop"` or a `DynSkip-v0` reward form (`"flops"`, `"rnp"`, `"skipnet"`).
+    * `penalty`: reward of a wrong image under `reward="blockdrop"` is `-penalty` (>= 0).
+    * `usage`: `"blocks"` or `"flops"`, the `u` of `reward="blockdrop"`.
+    * `compute_weight`, `loss_weight`, `ce_clip`: only with a `DynSkip-v0` reward form.
+    * `render_mode`: `None` or `"ansi"`.
+
+    `gymnasium.make_vec("DynBlockDrop-v0", num_envs=N)` routes `N` images as one batch
+    (:class:`DynBlockDropVectorEnv`).
+
+    ## Version History
+
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
+        EzPickle.__init__(self, render_mode=render_mode, **kwargs)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r} is not supported; choose one of {self.metadata['render_modes']} or None")
+        self.render_mode = render_mode
+        self._shot = _OneShot(1, **kwargs)
+        self.core = self._shot.core
+        self.observation_space = self._shot.observation_space
+        self.action_space = self._shot.action_space
+        self._needs_reset = True
+        self._last_info: dict = {}
+
+    @property
+    def backbone(self):
+        """The :class:`~dyncnn_gym.models.DynamicNet` this env routes (shared, not a copy)."""
+        return self.core.net
+
+    @property
+    def num_decisions(self) -> int:
+        return self.core.T
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        if options:
+            raise ValueError(f"options={options!r}: this env takes no reset options")
+        if seed is not None:
+            self.core.cursor = 0
+        self.core.rngs[0] = self.np_random
+        obs, infos = self.core.reset_slots(np.array([0]))
+        info = infos[0]
+        info.pop("action_mask", None)
+        self._needs_reset, self._last_info = False, info
+        return obs[0], info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step(): the episode has ended or not started")
+        a = self._shot.check_actions(action, 1)
+        obs, rew, infos = self._shot.run(a)
+        self._needs_reset, self._last_info = True, infos[0]
+        return obs[0], float(rew[0]), True, False, infos[0]
+
+    def set_backbone_state(self, state_dict: dict) -> None:
+        """Load new backbone weights (e.g. from a fine-tuning loop in another process)."""
+        self.core.net.load_state_dict(state_dict)
+        self.core.net.eval()
+
+    def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi'")
+            return None
+        info = self._last_info
+        line = f"image {info.get('index')} flops {info.get('flops', 0) / self.core.full:.3f} of full"
+        if "actions" in info:
+            line += f" blocks {info['actions'].tolist()} pred {info['prediction']} label {info['label']}"
+        return line
+
+
+class DynBlockDropVectorEnv(VectorEnv):
+    """Native vector env of ``DynBlockDrop-v0``: ``num_envs`` images per step, one batched walk.
+
+    Arguments are those of :class:`DynBlockDropEnv`, plus ``num_envs``, ``autoreset_mode``
+    (``AutoresetMode.NEXT_STEP``, default, as Gymnasium's; or ``AutoresetMode.SAME_STEP``, where the
+    next images' observations come back at once, the last ones in ``info["final_obs"]`` and their
+    infos in ``info["final_info"]``: with one-step episodes this halves the calls) and
+    ``max_episode_steps`` (``None`` or ``>= 1``; changes nothing). Every episode lasts one step,
+    so all envs are always in lockstep; ``reset`` takes no options. Infos are dict-of-arrays.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        *,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        max_episode_steps: int | None = None,
+        render_mode: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if render_mode is not None:
+            raise ValueError(f"render_mode={render_mode!r}: the vector env does not render; use the single env")
+        modes = {m.value: m for m in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)}
+        key = autoreset_mode.value if isinstance(autoreset_mode, AutoresetMode) else autoreset_mode
+        if key not in modes:
+            raise ValueError(f"autoreset_mode={autoreset_mode!r} is not supported; choose one of {list(modes)}")
+        if max_episode_steps is not None and (not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1):
+            raise ValueError(f"max_episode_steps={max_episode_steps!r}: every episode has one step; pass None or a value >= 1")
+        self._shot = _OneShot(num_envs, **kwargs)
+        self.core = self._shot.core
+        self.core.info_format = "arrays"
+        self.num_envs = int(num_envs)
+        self.metadata = {**self.metadata, "autoreset_mode": modes[key]}
+        self.render_mode = None
+        self.single_observation_space = self._shot.observation_space
+        self.single_action_space = self._shot.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._needs_reset = True
+        self._started = False
+
+    @property
+    def backbone(self):
+        return self.core.net
+
+    def _reset_all(self) -> tuple[np.ndarray, dict]:
+        obs, info = self.core.reset_slots(np.arange(self.num_envs))
+        info.pop("action_mask", None)
+        info.pop("_action_mask", None)
+        self._needs_reset = False
+        return obs, info
+
+    def reset(self, *, seed: int | list | None = None, options: dict | None = None):
+        if isinstance(seed, np.integer):
+            seed = int(seed)
+        super().reset(seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
+        if options:
+            raise ValueError(f"options={options!r}: DynBlockDrop-v0's vector env takes no reset options (episodes last one step)")
+        seeds = slot_seeds(seed, self.num_envs)
+        if seeds is not None:
+            self.core.seed_slots(seeds)
+            self.core.cursor = 0
+        elif not self._started:
+            self.core.seed_slots([int(self.np_random.integers(2**63)) for _ in range(self.num_envs)])
+        self._started = True
+        return self._reset_all()
+
+    def step(self, actions):
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        n = self.num_envs
+        zeros = np.zeros(n, dtype=bool)
+        if self._needs_reset:  # NEXT_STEP: the episodes that ended last step restart now
+            obs, info = self._reset_all()
+            return obs, np.zeros(n), zeros.copy(), zeros.copy(), info
+        a = self._shot.check_actions(actions, n)
+        obs, rew, info = self._shot.run(a)
+        term = np.ones(n, dtype=bool)
+        if self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP:
+            self._needs_reset = True
+            return obs, rew, term, zeros.copy(), info
+        final_obs = np.empty(n, dtype=object)
+        for i in range(n):
+            final_obs[i] = obs[i]
+        new_obs, new_info = self._reset_all()
+        new_info["final_obs"], new_info["_final_obs"] = final_obs, np.ones(n, dtype=bool)
+        new_info["final_info"], new_info["_final_info"] = info, np.ones(n, dtype=bool)
+        return new_obs, rew, term, zeros.copy(), new_info
