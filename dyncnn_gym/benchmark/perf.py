@@ -25,7 +25,17 @@ Measured (see :func:`run_perf` for the JSON layout):
   in one batch), at batch 1 and batch 256, for both default backbones. Goals: wall_speedup >= 0.8 /
   flops_ratio at batch >= 64 and >= 0.6 / flops_ratio at batch 1.
 
-Speed does not depend on trained weights, so the backbones are freshly built (untrained, eval mode)
+* ``export`` — the exported routed model (:func:`dyncnn_gym.export.export`: router and backbone in
+  one ``nn.Module``) vs the full backbone, at batch 1 and 256, per default env, on the *shipped*
+  trained backbones and the embedded data's test images (routes depend on weights here). The router
+  is :class:`ConfidenceThresholds`, a fixed, untrained torch module on the ``obs="probe"``
+  observation (no RL training, so the section is cheap and deterministic). Reported with the mean
+  FLOPs ratio of its routes: ``wall_speedup`` (full / routed), ``raw_speedup`` (full / the raw
+  dynamic pass with the same routes, no router) and ``policy_overhead`` (routed / raw - 1: building
+  the observations, the probes and the policy head at every decision). No goal; ``--export-only``
+  runs this section alone.
+
+Speed does not depend on trained weights, so the backbones of the other sections are freshly built (untrained, eval mode)
 networks of the default archs (:data:`dyncnn_gym.pretraining.DEFAULT_ARCH`) on data of the default shape;
 the output says so.
 """
@@ -47,6 +57,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 #: env id of each mode
 ENV_OF_MODE = {"channel": "DynChannel-v0", "skip": "DynSkip-v0"}
@@ -398,7 +409,200 @@ def bench_speedup(
     return rows
 
 
+# -- 4. the exported routed model ----------------------------------------------------------------------
+#: probe top-probability thresholds of :class:`ConfidenceThresholds` per mode: fixed, picked once
+#: (from 4 candidates each) for mean FLOPs ratios of about 0.47 (vgg) and 0.63 (resnet20-lite) on the
+#: first 1000 train images of the embedded data with the shipped backbones; not trained
+EXPORT_THRESHOLDS = {"channel": (0.5, 0.3, 0.15), "skip": (0.3,)}
+
+
+class ConfidenceThresholds(nn.Module):
+    """A fixed confidence-threshold router (untrained; for timing the export, not a good policy).
+
+    Reads the probe's top-class probability ``p`` from an ``obs="probe"`` observation ``[B, D]``
+    (index ``F + T``) and picks action ``k`` = the number of ``thresholds`` that ``p`` falls below:
+    confident images take small actions (fewer channel groups, skipped blocks). Returns one-hot
+    scores ``[B, A]`` (float32), so the budget mask applies as for any score module.
+    """
+
+    def __init__(self, feat_dim: int, num_decisions: int, num_actions: int, thresholds: Sequence[float]) -> None:
+        super().__init__()
+        if len(thresholds) != num_actions - 1:
+            raise ValueError(f"thresholds={list(thresholds)!r} must hold num_actions - 1 = {num_actions - 1} values")
+        self.index, self.num_actions = int(feat_dim + num_decisions), int(num_actions)
+        self.register_buffer("thresholds", torch.as_tensor(thresholds, dtype=torch.float32))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        conf = obs[:, self.index]
+        k = (conf[:, None] < self.thresholds[None, :]).sum(1)
+        return torch.nn.functional.one_hot(k, self.num_actions).float()
+
+
+def export_router(mode: str, device: torch.device, groups: int = 4):
+    """The exported model of :func:`bench_export`: the mode's shipped default backbone on the embedded
+    data (a fresh one on random images if that is unavailable), ``obs="probe"``, and a
+    :class:`ConfidenceThresholds` router. Returns ``(routed_net, test_images, test_labels, note)``."""
+    from ..envs.core import RoutingCore
+    from ..export import export
+    from ..pretraining import DEFAULT_ARCH, resolve_backbone
+
+    data, note = load_bench_data("shapes", (3, 32, 32))
+    arch = DEFAULT_ARCH[mode]
+    try:
+        net = resolve_backbone(arch, data, mode, groups, device, progress=False)
+        note += f"; shipped {arch} backbone"
+    except Exception as e:  # noqa: BLE001 - fall back to an untrained backbone of the same arch
+        net = fresh_backbone(arch, data, groups, device)
+        note += f"; FRESH untrained {arch} backbone (shipped one unavailable: {e})"
+    core = RoutingCore(mode, 1, dataset=data, backbone=net, split="test", obs="probe", device=str(device))
+    policy = ConfidenceThresholds(core.feat_dim, core.T, core.A, EXPORT_THRESHOLDS[mode])
+    return export(policy, core=core), core.images, torch.as_tensor(core.labels), note
+
+
+def bench_export(
+    device: torch.device, repeats: int, batches: Sequence[int] = (1, 256), singles: int = 32, groups: int = 4, bar=None
+) -> dict:
+    """Exported routed model vs the full backbone vs the raw dynamic pass with the router's routes.
+
+    Batch 1 is measured as a loop over ``singles`` test images. Returns ``{"setup": ..., "rows": [...]}``.
+    """
+    from ..walk import run_routes
+
+    rows, notes = [], {}
+    big = max(batches)
+    for mode in ("channel", "skip"):
+        rn, images, labels, note = export_router(mode, device, groups)
+        notes[ENV_OF_MODE[mode]] = note
+        net = rn.backbone
+        x_all = images[: max(big, singles)]
+        for batch in batches:
+            n_calls = singles if batch == 1 else 1
+            n = batch * n_calls
+            x = x_all[:n]
+            parts = [x[i * batch : (i + 1) * batch] for i in range(n_calls)]
+            routes = [rn.route(p) for p in parts]
+            acts = [r.actions for r in routes]
+
+            def full_fn(parts=parts, net=net, mode=mode):
+                with torch.no_grad():
+                    for p in parts:
+                        net.full_forward(p, mode)
+
+            def routed_fn(parts=parts, rn=rn):
+                for p in parts:
+                    rn.route(p)
+
+            def raw_fn(parts=parts, acts=acts, net=net, mode=mode):
+                with torch.no_grad():
+                    for p, a in zip(parts, acts):
+                        run_routes(net, mode, p, a)
+
+            times = interleaved({"full": full_fn, "routed": routed_fn, "raw": raw_fn}, repeats, device)
+            ratio = torch.cat([r.flops_ratio for r in routes])
+            with torch.no_grad():
+                full_pred = torch.cat([net.full_forward(p, mode).argmax(1).cpu() for p in parts])
+            routed_pred = torch.cat([r.logits.argmax(1).cpu() for r in routes])
+            all_acts = torch.cat(acts)
+            rows.append(
+                {
+                    "env_id": ENV_OF_MODE[mode],
+                    "backbone": net.arch,
+                    "batch": batch,
+                    "images": n,
+                    "flops_ratio": round(float(ratio.mean()), 4),
+                    "accuracy": round(float((routed_pred == labels[:n]).double().mean()), 4),
+                    "full_accuracy": round(float((full_pred == labels[:n]).double().mean()), 4),
+                    "wall_speedup": round(paired_ratio(times, "full", "routed"), 3),
+                    "raw_speedup": round(paired_ratio(times, "full", "raw"), 3),
+                    "policy_overhead": round(paired_ratio(times, "routed", "raw") - 1.0, 3),
+                    "ms_per_image": {k: round(1000 * _median(v) / n, 4) for k, v in times.items()},
+                    "distinct_routes": int(all_acts.unique(dim=0).shape[0]),
+                    "mean_action": [round(float(v), 3) for v in all_acts.double().mean(0) / (rn.A - 1)],
+                }
+            )
+            if bar is not None:
+                bar.update(1)
+    setup = {
+        "router": "ConfidenceThresholds (fixed probe top-probability thresholds, untrained)",
+        "thresholds": {ENV_OF_MODE[m]: list(t) for m, t in EXPORT_THRESHOLDS.items()},
+        "obs": "probe",
+        "data": notes,
+        "images": "test split, in order",
+        "batch1_images": singles,
+    }
+    return {"setup": setup, "rows": rows}
+
+
+def format_export(export: dict) -> list[str]:
+    """The export section as text lines."""
+    lines = [f"exported routed model ({export['setup']['router']}) vs full backbone:"]
+    lines.append(
+        f"  {'env':<14} {'batch':>5} {'FLOPs':>6} {'acc':>6} {'full acc':>8} {'wall speedup':>12} {'raw speedup':>11} {'policy overhead':>15}"
+        f" {'ms/img routed':>13} {'ms/img full':>11}"
+    )
+    for r in export["rows"]:
+        ms = r["ms_per_image"]
+        lines.append(
+            f"  {r['env_id']:<14} {r['batch']:>5} {r['flops_ratio']:>6.3f} {r.get('accuracy', float('nan')):>6.3f}"
+            f" {r.get('full_accuracy', float('nan')):>8.3f} {r['wall_speedup']:>12.3f} {r['raw_speedup']:>11.3f}"
+            f" {100 * r['policy_overhead']:>14.1f}% {ms['routed']:>13.3f} {ms['full']:>11.3f}"
+        )
+    return lines
+
+
 # -- the whole benchmark -------------------------------------------------------------------------------
+def _run_main_sections(
+    result: dict, dev: torch.device, repeats: int, groups: int, quick: bool, sb3_steps: int, sb3_rollouts: int,
+    singles: int, bar,
+) -> None:
+    """Sections 1-3 (env vs raw, batching and SB3, speedup) into ``result``."""
+    from ..pretraining import DEFAULT_ARCH
+
+    default_data, default_note = load_bench_data("shapes", (3, 32, 32))
+    digits, digits_note = load_bench_data("digits", (1, 8, 8))
+    archs = dict(DEFAULT_ARCH)
+    nets = {m: fresh_backbone(archs[m], default_data, groups, dev) for m in ("channel", "skip")}
+    digit_nets = {m: fresh_backbone(archs[m], digits, groups, dev) for m in ("channel", "skip")}
+    result["setup"] = {
+        "quick": quick,
+        "repeats": repeats,
+        "statistic": "ratios: median over repeats of the ratio of two back-to-back measurements; speeds: median",
+        "default_data": default_note,
+        "digits_data": digits_note,
+        "backbones": {ENV_OF_MODE[m]: archs[m] for m in nets},
+        "groups": groups,
+        "weights": "freshly built, untrained backbones in eval mode (speed does not depend on trained weights)",
+        "sb3": {"algo": "PPO", "n_envs": 64, "n_steps": sb3_steps, "n_epochs": 1, "rollouts_per_measure": sb3_rollouts},
+        "speedup_batch1_images": singles,
+    }
+
+    env = bench_env_vs_raw(default_data, nets, dev, repeats, bar=bar)
+    result["env_vs_raw"] = env
+    result["env_vs_raw_ratio"] = {k: round(v["ratio"], 3) for k, v in env.items()}
+
+    limits: dict[str, dict] = {}
+    sb3: dict[str, dict] = {}
+    for dname, data, dnets in (("default", default_data, nets), ("digits", digits, digit_nets)):
+        limits[dname], sb3[dname] = {}, {}
+        for mode, net in dnets.items():
+            limits[dname][ENV_OF_MODE[mode]] = bench_batching_limit(data, net, mode, dev, repeats)
+            if bar is not None:
+                bar.update(1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sb3[dname][ENV_OF_MODE[mode]] = bench_sb3(
+                    data, net, mode, dev, repeats, n_steps=sb3_steps, rollouts=sb3_rollouts
+                )
+            if bar is not None:
+                bar.update(1)
+    result["batching"] = limits
+    result["batching_limit"] = {d: {k: round(v["batching_limit"], 3) for k, v in r.items()} for d, r in limits.items()}
+    result["sb3"] = sb3
+    result["sb3_native_vs_dummy_ratio"] = {d: {k: round(v["ratio"], 3) for k, v in r.items()} for d, r in sb3.items()}
+
+    result["speedup"] = bench_speedup(default_data, nets, dev, repeats, singles=singles, bar=bar)
+
+
 def run_perf(
     out: str | Path | None = None,
     device: str | torch.device = "cpu",
@@ -408,6 +612,7 @@ def run_perf(
     groups: int = 4,
     progress: bool = True,
     verbose: bool = True,
+    export_only: bool = False,
 ) -> dict:
     """Run the benchmark; print a table (``verbose``) and write JSON to ``out`` (when given).
 
@@ -419,15 +624,15 @@ def run_perf(
             smoke check; its numbers are noisier.
         threads: ``torch.set_num_threads`` for the run (default: leave torch's setting).
         groups: channel groups of the backbones.
+        export_only: run only the export section (:func:`bench_export`).
 
     Returns:
         A dict with ``machine``, ``setup``, ``env_vs_raw_ratio``, ``env_vs_raw``,
         ``sb3_native_vs_dummy_ratio``, ``batching_limit``, ``sb3``, ``speedup`` (list of rows with
         ``backbone, batch, routes, flops_ratio, wall_speedup, goal, met``), ``goals`` (every ratio with
-        its goal) and ``seconds``.
+        its goal), ``export`` (see :func:`bench_export`) and ``seconds``. With ``export_only``:
+        ``machine``, ``setup``, ``export``, ``goals`` (empty) and ``seconds``.
     """
-    from ..pretraining import DEFAULT_ARCH
-
     start = time.perf_counter()
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -446,54 +651,17 @@ def run_perf(
     singles = 8 if quick else 32
     try:
         result: dict[str, Any] = {"machine": machine_facts(dev)}
-        default_data, default_note = load_bench_data("shapes", (3, 32, 32))
-        digits, digits_note = load_bench_data("digits", (1, 8, 8))
-        archs = dict(DEFAULT_ARCH)
-        nets = {m: fresh_backbone(archs[m], default_data, groups, dev) for m in ("channel", "skip")}
-        digit_nets = {m: fresh_backbone(archs[m], digits, groups, dev) for m in ("channel", "skip")}
-        result["setup"] = {
-            "quick": quick,
-            "repeats": repeats,
-            "statistic": "ratios: median over repeats of the ratio of two back-to-back measurements; speeds: median",
-            "default_data": default_note,
-            "digits_data": digits_note,
-            "backbones": {ENV_OF_MODE[m]: archs[m] for m in nets},
-            "groups": groups,
-            "weights": "freshly built, untrained backbones in eval mode (speed does not depend on trained weights)",
-            "sb3": {"algo": "PPO", "n_envs": 64, "n_steps": sb3_steps, "n_epochs": 1, "rollouts_per_measure": sb3_rollouts},
-            "speedup_batch1_images": singles,
-        }
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=2 + 4 + 4 + 4, desc="dyncnn-gym perf", unit="part", file=sys.stderr)
-
-        env = bench_env_vs_raw(default_data, nets, dev, repeats, bar=bar)
-        result["env_vs_raw"] = env
-        result["env_vs_raw_ratio"] = {k: round(v["ratio"], 3) for k, v in env.items()}
-
-        limits: dict[str, dict] = {}
-        sb3: dict[str, dict] = {}
-        for dname, data, dnets in (("default", default_data, nets), ("digits", digits, digit_nets)):
-            limits[dname], sb3[dname] = {}, {}
-            for mode, net in dnets.items():
-                limits[dname][ENV_OF_MODE[mode]] = bench_batching_limit(data, net, mode, dev, repeats)
-                if bar is not None:
-                    bar.update(1)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    sb3[dname][ENV_OF_MODE[mode]] = bench_sb3(
-                        data, net, mode, dev, repeats, n_steps=sb3_steps, rollouts=sb3_rollouts
-                    )
-                if bar is not None:
-                    bar.update(1)
-        result["batching"] = limits
-        result["batching_limit"] = {d: {k: round(v["batching_limit"], 3) for k, v in r.items()} for d, r in limits.items()}
-        result["sb3"] = sb3
-        result["sb3_native_vs_dummy_ratio"] = {d: {k: round(v["ratio"], 3) for k, v in r.items()} for d, r in sb3.items()}
-
-        result["speedup"] = bench_speedup(default_data, nets, dev, repeats, singles=singles, bar=bar)
+            total = 4 if export_only else 2 + 4 + 4 + 4 + 4
+            bar = tqdm(total=total, desc="dyncnn-gym perf", unit="part", file=sys.stderr)
+        if export_only:
+            result["setup"] = {"quick": quick, "repeats": repeats, "groups": groups, "sections": ["export"]}
+        else:
+            _run_main_sections(result, dev, repeats, groups, quick, sb3_steps, sb3_rollouts, singles, bar)
+        result["export"] = bench_export(dev, repeats, singles=singles, groups=groups, bar=bar)
         if bar is not None:
             bar.close()
         result["goals"] = _goals(result)
@@ -526,7 +694,9 @@ def _json_default(o: Any) -> Any:
 
 
 def _goals(result: dict) -> list[dict]:
-    rows = []
+    rows: list[dict] = []
+    if "env_vs_raw_ratio" not in result:  # --export-only: no goals
+        return rows
     for env_id, r in result["env_vs_raw_ratio"].items():
         rows.append({"metric": f"env_vs_raw_ratio {env_id}", "value": r, "goal": 0.8, "met": r >= 0.8})
     for d, per_env in result["sb3_native_vs_dummy_ratio"].items():
@@ -560,6 +730,12 @@ def format_table(result: dict) -> str:
     lines = [
         f"dyncnn-gym perf on {m['device']} ({m['cpu']}, {m['cpus_usable']} usable CPUs, torch {m['torch']},"
         f" {m['torch_threads']} threads); medians of {result['setup']['repeats']} interleaved repeats",
+    ]
+    if "env_vs_raw" not in result:  # --export-only
+        lines += [f"export data: {result['export']['setup']['data']}", *format_export(result["export"])]
+        lines.append(f"total {result['seconds']} s")
+        return "\n".join(lines)
+    lines += [
         f"default data: {result['setup']['default_data']}; digits: {result['setup']['digits_data']}",
         f"backbones: {result['setup']['backbones']}, {result['setup']['weights']}",
         "",
@@ -575,6 +751,8 @@ def format_table(result: dict) -> str:
         lines.append(f"SB3 PPO env-steps/s on {d}: " + ", ".join(
             f"{k}: native {v['native_steps_per_s']:.0f} vs dummy {v['dummy_steps_per_s']:.0f}" for k, v in per.items()
         ))
+    if "export" in result:
+        lines += format_export(result["export"])
     lines.append(f"total {result['seconds']} s")
     return "\n".join(lines)
 
@@ -590,6 +768,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="torch threads (default: torch's setting; 1 on a busy shared machine)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--export-only",
+        action="store_true",
+        help="run only the export section (exported routed model vs full backbone, shipped backbones)",
+    )
     return parser
 
 
@@ -602,6 +785,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         quick=args.quick,
         threads=args.threads,
         progress=not getattr(args, "no_progress", False),
+        export_only=getattr(args, "export_only", False),
     )
     return 0
 
