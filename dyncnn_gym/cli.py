@@ -122,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(p)
     p.set_defaults(func=bench.run_from_args)
 
+    from .benchmark import sweep
+
+    p = sub.add_parser("sweep", help="PPO over compute weights, frozen and co-trained, against static networks of the same cost",
+                       description="Train PPO (the recipe) per env and compute weight on frozen and on co-trained"
+                       " (BackboneFinetuneCallback) backbones; evaluate on the whole test split against the full"
+                       " network, uniform and per-layer static routes and matched random routes; write results.json,"
+                       " summary.md and plots.")
+    sweep.add_arguments(p)
+    p.set_defaults(func=sweep.run_from_args)
+
     try:
         from .benchmark import perf
     except ImportError:  # pragma: no cover - the perf module is optional while being built
