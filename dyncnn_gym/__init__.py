@@ -40,7 +40,7 @@ _LAZY = {
     "load_dataset": ("dyncnn_gym.data", "load_dataset"),
     "Walk": ("dyncnn_gym.walk", "Walk"),
     "evaluate": ("dyncnn_gym.benchmark.protocol", "evaluate"),
-    "export": ("dyncnn_gym.export", "export"),
+    "export": ("dyncnn_gym.routed", "export"),
 }
 
 

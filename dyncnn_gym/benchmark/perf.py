@@ -25,7 +25,7 @@ Measured (see :func:`run_perf` for the JSON layout):
   in one batch), at batch 1 and batch 256, for both default backbones. Goals: wall_speedup >= 0.8 /
   flops_ratio at batch >= 64 and >= 0.6 / flops_ratio at batch 1.
 
-* ``export`` — the exported routed model (:func:`dyncnn_gym.export.export`: router and backbone in
+* ``export`` — the exported routed model (:func:`dyncnn_gym.routed.export`: router and backbone in
   one ``nn.Module``) vs the full backbone, at batch 1 and 256, per default env, on the *shipped*
   trained backbones and the embedded data's test images (routes depend on weights here). The router
   is :class:`ConfidenceThresholds`, a fixed, untrained torch module on the ``obs="probe"``
@@ -443,7 +443,7 @@ def export_router(mode: str, device: torch.device, groups: int = 4):
     data (a fresh one on random images if that is unavailable), ``obs="probe"``, and a
     :class:`ConfidenceThresholds` router. Returns ``(routed_net, test_images, test_labels, note)``."""
     from ..envs.core import RoutingCore
-    from ..export import export
+    from ..routed import export
     from ..pretraining import DEFAULT_ARCH, resolve_backbone
 
     data, note = load_bench_data("shapes", (3, 32, 32))

@@ -1,5 +1,8 @@
 """Export a trained router and its backbone as one torch model that routes internally.
 
+(The module is ``routed``, not ``export``: a submodule named like the package-level function
+``dyncnn_gym.export`` would shadow it once imported.)
+
 :func:`export` turns a policy (an SB3 / sb3-contrib model or a torch module) and the env it was
 trained on into a :class:`RoutedNet`: ``net(images [B, C, H, W]) -> logits [B, K]``. At every
 decision point it builds exactly the observation the env builds (``tanh(pooled / scale)`` padded
@@ -39,8 +42,6 @@ scriptable (``torch.jit.script(net.head)``), for running the router elsewhere.
 from __future__ import annotations
 
 import copy
-import sys
-import types
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -590,15 +591,3 @@ def _dry_run(routed: RoutedNet) -> None:
 
 
 __all__ = ["ModuleHead", "QuantileMean", "RecurrentHead", "Routed", "RoutedNet", "ScoreHead", "export", "load", "policy_head"]
-
-
-class _CallableModule(types.ModuleType):
-    """``dyncnn_gym.export`` is both this module and (lazily) the :func:`export` function; once the
-    module is imported, Python binds the package attribute to the module, so calling the module
-    calls :func:`export` and ``dyncnn_gym.export(policy, ...)`` works either way."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> RoutedNet:
-        return export(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
