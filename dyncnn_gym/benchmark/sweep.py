@@ -33,7 +33,7 @@ import numpy as np
 
 #: default compute weights per env: they span the FLOPs where each backbone starts to lose accuracy
 DEFAULT_WEIGHTS: dict[str, tuple[float, ...]] = {
-    "DynChannel-v0": (0.05, 0.1, 0.25, 0.5, 1.0),
+    "DynChannel-v0": (0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0),
     "DynSkip-v0": (0.5, 1.0, 2.0, 4.0),
 }
 
