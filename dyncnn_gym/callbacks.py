@@ -39,6 +39,28 @@ def routed_logits(core: RoutingCore, policy: Any, images: torch.Tensor, determin
     return walk.logits(), walk
 
 
+def local_core(venv: Any) -> RoutingCore:
+    """A one-slot :class:`RoutingCore` in this process that mirrors env 0 of ``venv`` (an SB3 VecEnv of
+    single routing envs, e.g. a ``SubprocVecEnv``): built from that env's constructor arguments and
+    loaded with its current backbone weights. Raises ``ValueError`` if env 0 is not a routing env."""
+    try:
+        mode = venv.get_attr("mode", indices=[0])[0]
+        kwargs = dict(venv.get_attr("_ezpickle_kwargs", indices=[0])[0])
+    except AttributeError as e:
+        raise ValueError(
+            f"BackboneFinetuneCallback cannot find the routing env in the training env {type(venv).__name__}"
+            f" ({e}); train on dyncnn_gym.sb3.make_vec_env(...), a VecEnv of gymnasium.make('DynChannel-v0' /"
+            " 'DynSkip-v0', ...) envs, or pass core=RoutingCore(...)"
+        ) from e
+    if mode not in ("channel", "skip"):
+        raise ValueError(f"env 0 of the training env has mode={mode!r}; BackboneFinetuneCallback routes 'channel' or 'skip' envs")
+    kwargs.pop("render_mode", None)
+    core = RoutingCore(mode, 1, **kwargs)
+    core.net.load_state_dict(venv.env_method("get_backbone_state", indices=[0])[0])
+    core.net.eval()
+    return core
+
+
 class BackboneFinetuneCallback(BaseCallback):
     """Supervised fine-tuning of the routed backbone inside ``model.learn``.
 
@@ -50,10 +72,17 @@ class BackboneFinetuneCallback(BaseCallback):
         batch_size: train images per backbone step.
         deterministic: route with the policy's deterministic actions (as evaluated) or sampled ones.
         bn: ``"frozen"`` (running statistics kept, default) or ``"train"`` (updated by the routed batches).
-        core: the :class:`RoutingCore` whose backbone to train; default: the training VecEnv's
-            (``dyncnn_gym.sb3.make_vec_env``). For single envs in other processes
-            (``SubprocVecEnv``), pass a core built with the same arguments: after every backbone
-            update the new weights are sent to every env with ``env_method("set_backbone_state", ...)``.
+        core: the :class:`RoutingCore` whose backbone to train. Default: the training VecEnv's own
+            core for the native VecEnv (``dyncnn_gym.sb3.make_vec_env``), which shares the backbone
+            with every env slot. For single envs behind ``DummyVecEnv`` or in other processes
+            (``SubprocVecEnv``, any start method), a *local* core built in this process at training
+            start from the first env's constructor arguments (read with ``get_attr``), loaded with
+            that env's current backbone weights (``env_method("get_backbone_state")``); its backbone
+            is resolved like any env's in this process (an arch name or the default gives the
+            process-wide shared network). Pass an explicit core to choose it yourself. Whenever the
+            core is not the VecEnv's own, every backbone update is sent to every env with
+            ``env_method("set_backbone_state", state_dict)`` (CPU tensors, one pickled copy per
+            subprocess).
         seed: seeds the batch sampling.
 
     Logs ``finetune/loss``, ``finetune/routed_accuracy`` and ``finetune/flops_ratio``.
@@ -94,12 +123,7 @@ class BackboneFinetuneCallback(BaseCallback):
             while hasattr(env, "venv"):
                 env = env.venv
             core = getattr(env, "core", None)
-            if not isinstance(core, RoutingCore):
-                raise ValueError(
-                    "BackboneFinetuneCallback needs the native routing VecEnv (dyncnn_gym.sb3.make_vec_env)"
-                    " or an explicit core=RoutingCore(...) for envs in other processes"
-                )
-            self.core = core
+            self.core = core if isinstance(core, RoutingCore) else local_core(env)
         self.opt = torch.optim.Adam(self.core.net.parameters(), lr=self.lr)
 
     def _on_step(self) -> bool:
@@ -143,6 +167,7 @@ class BackboneFinetuneCallback(BaseCallback):
         return stats
 
     def _broadcast(self) -> None:
+        """Send the new weights to every env unless they share this core (the native VecEnv)."""
         env = self.training_env
         if getattr(env, "core", None) is self.core:
             return  # the native VecEnv shares this backbone object: it already sees the new weights

@@ -104,9 +104,12 @@ class RoutingVecEnv(VecEnv):
             self.core.net.load_state_dict(*method_args, **method_kwargs)
             self.core.net.eval()
             return [None for _ in idx]
+        if method_name == "get_backbone_state":
+            state = {k: v.detach().cpu().clone() for k, v in self.core.net.state_dict().items()}
+            return [state for _ in idx]
         raise AttributeError(
             f"env_method({method_name!r}) is not available on the native routing VecEnv; "
-            "available: ['action_masks', 'render', 'set_backbone_state']"
+            "available: ['action_masks', 'get_backbone_state', 'render', 'set_backbone_state']"
         )
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:

@@ -130,6 +130,11 @@ class RoutingEnv(gym.Env, EzPickle):
         self.core.net.load_state_dict(state_dict)
         self.core.net.eval()
 
+    def get_backbone_state(self) -> dict:
+        """A detached CPU copy of the backbone's ``state_dict`` (name -> tensor), e.g. for
+        ``SubprocVecEnv.env_method("get_backbone_state")`` to read the weights of an env in another process."""
+        return {k: v.detach().cpu().clone() for k, v in self.core.net.state_dict().items()}
+
     def action_masks(self) -> np.ndarray:
         """bool ``[A]``: actions allowed now (for sb3-contrib's MaskablePPO)."""
         return self.core.action_masks()[0]
