@@ -85,6 +85,9 @@ class Walk:
         if images is None:  # used by select / cat
             return
         B = images.shape[0]
+        dtype = _param_dtype(net)
+        if images.is_floating_point() and images.dtype != dtype:  # e.g. a bfloat16 / float16 backbone
+            images = images.to(dtype)
         self._chunks = [_Chunk(self.A - 1, np.arange(B, dtype=np.int64), net.stem(images, mode))]
         self._books(
             np.full(B, self.A - 1, dtype=np.int64),
@@ -319,6 +322,11 @@ class Walk:
         if all(x._logits is not None for x in walks):
             w._logits = torch.cat([x._logits for x in walks])
         return w
+
+
+def _param_dtype(net: torch.nn.Module) -> torch.dtype:
+    p = next(net.parameters(), None)
+    return p.dtype if p is not None else torch.float32
 
 
 def _scatter_(x: torch.Tensor, idx: torch.Tensor, y: torch.Tensor) -> None:

@@ -24,6 +24,22 @@ from ..walk import Walk, cost_tensors
 from .rewards import Reward
 
 OBS_MODES = ("features", "probe")
+#: backbone precisions (``dtype=``): FLOPs are counted per operation, so the accounting is the same in each
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_LOW_PRECISION: "weakref.WeakKeyDictionary[DynamicNet, dict[torch.dtype, DynamicNet]]" = weakref.WeakKeyDictionary()
+
+
+def at_precision(net: DynamicNet, dtype: torch.dtype) -> DynamicNet:
+    """``net`` itself in float32, else one shared copy of it cast to ``dtype`` (per net and dtype,
+    so the envs of one process share it; the original is never modified)."""
+    if next(net.parameters()).dtype == dtype:
+        return net
+    per = _LOW_PRECISION.setdefault(net, {})
+    if dtype not in per:
+        import copy
+
+        per[dtype] = copy.deepcopy(net).to(dtype).eval()
+    return per[dtype]
 
 
 @dataclass
@@ -92,6 +108,7 @@ class RoutingCore:
         budget: float | None = None,
         device: str | torch.device = "cpu",
         obs: str = "features",
+        dtype: str = "float32",
     ) -> None:
         if not isinstance(num_slots, (int, np.integer)) or num_slots < 1:
             raise ValueError(f"num_envs={num_slots!r} must be a positive integer")
@@ -99,6 +116,8 @@ class RoutingCore:
             raise ValueError(f"split={split!r} is not a valid split; choose one of ['train', 'test']")
         if obs not in OBS_MODES:
             raise ValueError(f"obs={obs!r} is not an observation mode; choose one of {list(OBS_MODES)}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not a backbone precision; choose one of {list(DTYPES)}")
         if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 2:
             raise ValueError(f"groups={groups!r} must be an integer >= 2 (e.g. 2, 4 or 8)")
         self.mode, self.n, self.split_name, self.obs_mode = mode, int(num_slots), split, obs
@@ -107,7 +126,8 @@ class RoutingCore:
             raise ValueError(f"device={device!r} was asked for, but torch sees no CUDA device; use device='cpu'")
         self.reward = Reward.make(reward, compute_weight, loss_weight, ce_clip)
         self.data = _shared_data(dataset)
-        self.net = resolve_backbone(backbone, self.data, mode, int(groups), self.device)
+        self.net = at_precision(resolve_backbone(backbone, self.data, mode, int(groups), self.device), DTYPES[dtype])
+        self.dtype = dtype
         self.net.eval()
         self.table, self._steps, self._head = cost_tensors(self.net, mode)
         self.T, self.A = self.table.num_decisions, self.table.num_actions
@@ -121,7 +141,7 @@ class RoutingCore:
         split_data = self.data.split(split)
         if len(split_data) == 0:
             raise ValueError(f"the {split!r} split of data {self.data.name!r} is empty")
-        self.images = torch.as_tensor(split_data.images).to(self.device)
+        self.images = torch.as_tensor(split_data.images).to(self.device, DTYPES[dtype])
         self.labels = np.asarray(split_data.labels, dtype=np.int64)
         self.difficulty = np.asarray(split_data.difficulty, dtype=np.float32)
         self.has_difficulty = bool(np.isfinite(self.difficulty).any())

@@ -16,7 +16,7 @@ _ARGS_DOC = """
     ```python
     gymnasium.make("{id}", dataset="shapes", backbone=None, groups=4, split="train",
                    reward="flops", compute_weight=None, loss_weight=1.0, ce_clip=5.0,
-                   budget=None, device="cpu", obs="features", render_mode=None)
+                   budget=None, device="cpu", obs="features", dtype="float32", render_mode=None)
     ```
 
     * `dataset`: a name (`"shapes"` — the embedded default, `"digits"`, `"cifar10"`, `"cifar100"`,
@@ -32,6 +32,10 @@ _ARGS_DOC = """
     * `budget`: optional FLOPs-ratio budget per image; actions that could not finish within it are
       masked (`info["action_mask"]`, `action_masks()`), and taking one raises `ValueError`.
     * `device`: torch device of the backbone and the walk (`"cpu"`, `"cuda"`, ...).
+    * `dtype`: precision of the backbone and the walk: `"float32"` (default), `"bfloat16"` or
+      `"float16"` (a shared cast copy of the backbone; the original is untouched). FLOPs are
+      counted per operation, so the accounting is identical; predictions may differ slightly.
+      Observations and rewards stay float32.
     * `obs`: observation mode: `"features"` (default) or `"probe"`, which adds the confidence of a
       linear probe (an early classifier fitted on the pooled features of each decision point):
       top probability, margin between the two best classes, normalised entropy.
