@@ -375,3 +375,14 @@ def test_qrdqn_example_help():
         sys.argv = old
     assert exc.value.code == 0
 
+
+
+def test_supervised_router_example_has_help_and_rejects_bad_arguments():
+    import subprocess
+    import sys
+
+    script = REPO_ROOT / "examples" / "supervised_router.py"
+    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "supervised" in out.stdout
+    bad = subprocess.run([sys.executable, str(script), "--n-val", "5"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--n-val 5" in bad.stderr
