@@ -377,12 +377,13 @@ def test_qrdqn_example_help():
 
 
 
-def test_supervised_router_example_has_help_and_rejects_bad_arguments():
+@pytest.mark.parametrize("name,word", [("supervised_router.py", "supervised"), ("route_bandit.py", "bandit")])
+def test_research_probe_examples_have_help_and_reject_bad_arguments(name, word):
     import subprocess
     import sys
 
-    script = REPO_ROOT / "examples" / "supervised_router.py"
+    script = REPO_ROOT / "examples" / name
     out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "supervised" in out.stdout
+    assert out.returncode == 0 and word in out.stdout
     bad = subprocess.run([sys.executable, str(script), "--n-val", "5"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--n-val 5" in bad.stderr
