@@ -63,6 +63,7 @@ class Args:
     backbone: str = ""  # "" = the env's default backbone
     compute_weight: float = 0.5
     obs: str = "probe"
+    split: str = "train"  # images the agent trains on: "train", or "val" (held out from the backbone)
     num_envs: int = 128
     iterations: int = 300
     hidden: int = 64
@@ -95,6 +96,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
         else:
             p.add_argument(flag, type=type(default), default=default)
     ns = p.parse_args(argv)
+    if ns.split not in ("train", "val"):
+        p.error(f"--split {ns.split!r} is not a training split; choose one of ['train', 'val']")
     if ns.env not in ENVS:
         p.error(f"--env {ns.env!r} is not a routing env; choose one of {list(ENVS)}")
     for name in ("num_envs", "iterations", "hidden", "batch_episodes", "buffer_episodes", "updates_per_iter",
@@ -278,6 +281,7 @@ def train(args: Args, env_kwargs: dict[str, Any], log=print) -> tuple[RNPQNet, A
     """
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
+    env_kwargs = {**env_kwargs, "split": args.split}
     envs = gym.make_vec(args.env, num_envs=args.num_envs, autoreset_mode="SameStep", **env_kwargs)
     if args.finetune:  # train a private copy: the process-wide cached backbone stays untouched
         net = copy.deepcopy(envs.unwrapped.core.net)

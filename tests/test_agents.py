@@ -275,6 +275,7 @@ def test_agent_help_runs_as_a_script(module, capsys, monkeypatch):
     (rnp_dqn, ["--gamma", "1.5"], "--gamma 1.5 must be in"),
     (rnp_dqn, ["--num-envs", "0"], "--num-envs 0 must be a positive integer"),
     (rnp_dqn, ["--eps-end", "2"], "--eps-end 2.0 must be in"),
+    (rnp_dqn, ["--split", "test"], "--split 'test' is not a training split"),
     (skipnet_hrl, ["--env", "DynChannel-v0"], "supports DynSkip-v0 only"),
     (skipnet_hrl, ["--ste-iterations", "0", "--rl-iterations", "0"], "nothing to train"),
     (blockdrop_pg, ["--reward", "accuracy"], "not supported; choose one of"),

@@ -512,3 +512,45 @@ def test_error_mismatched_dict_shapes():
     a, ya = _blobs(10, 2, (3, 3))
     b, yb = _blobs(10, 2, (4, 4))
     _err(ValueError, {"train": (a, ya), "test": (b, yb)}, "[1, 3, 3]", "[1, 4, 4]")
+
+
+def test_held_out_val_split_for_routers():
+
+    X = np.random.default_rng(0).random((30, 1, 6, 6)).astype(np.float32)
+    y = np.arange(30) % 3
+    d = load_dataset({"train": (X[:12], y[:12]), "test": (X[12:18], y[12:18]), "val": (X[18:], y[18:])})
+    no_val = load_dataset({"train": (X[:12], y[:12]), "test": (X[12:18], y[12:18])})
+    assert d.has_val and not no_val.has_val and d.fingerprint == no_val.fingerprint  # val is not fingerprinted
+    val = d.split("val")
+    assert len(val) == 12 and val.images.dtype == np.float32
+    assert np.allclose(val.images, (X[18:] - d.mean[None, :, None, None]) / d.std[None, :, None, None], atol=1e-5)
+    with pytest.raises(ValueError, match=r"no 'val' split.*\['train', 'test'\]"):
+        no_val.split("val")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['valid'\].*\['train', 'test', 'val'\]"):
+        load_dataset({"train": (X[:12], y[:12]), "test": (X[12:18], y[12:18]), "valid": (X[18:], y[18:])})
+
+
+def test_envs_draw_training_episodes_from_the_val_split():
+    import dataclasses
+
+    import gymnasium
+    from conftest import load_test_data, make_net
+
+    digits = load_test_data("digits")
+    val = dataclasses.replace(digits.test, images=digits.test.images[::-1].copy(), labels=digits.test.labels[::-1].copy())
+    d = dataclasses.replace(digits, val=val)
+    env = gymnasium.make("DynChannel-v0", dataset=d, backbone=make_net("vgg", "digits"), split="val")
+    core = env.unwrapped.core
+    assert np.array_equal(core.images.numpy(), val.images) and np.array_equal(core.labels, val.labels)
+    env.reset(seed=0)
+    seen = set()
+    for _ in range(6):
+        env.reset()
+        done, info = False, {}
+        while not done:
+            _, _, done, _, info = env.step(env.action_space.sample())
+        seen.add(info["index"])
+        assert info["label"] == val.labels[info["index"]]
+    assert len(seen) > 1  # drawn at random, not swept in order
+    with pytest.raises(ValueError, match=r"split='dev'.*\['train', 'val', 'test'\]"):
+        gymnasium.make("DynChannel-v0", dataset=d, backbone=make_net("vgg", "digits"), split="dev")

@@ -6,6 +6,8 @@ until :func:`load_dataset` (or :func:`make_shapes`) is called.
 
 from __future__ import annotations
 
+import functools
+
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,7 +76,8 @@ def load_dataset(
               - ``"shapes"`` (default): the embedded procedurally generated set (3x32x32, 10 classes,
                 per-image difficulty; see :mod:`dyncnn_gym.data.shapes`). ``n_train`` (default
                 10000) and ``n_test`` (default 2000) images are generated from ``seed`` (train and
-                test from independent streams) and cached under ``cache_dir("data")``.
+                test from independent streams) and cached under ``cache_dir("data")``; a held-out
+                ``"val"`` split of 10000 more images (a third stream) is generated on first use.
               - ``"digits"``: scikit-learn's 8x8 digits (1x8x8, 10 classes), split like a pair.
               - ``"cifar10"``, ``"cifar100"``, ``"svhn"``, ``"mnist"``, ``"fashionmnist"``: read from
                 torchvision's on-disk files under ``root`` (default ``cache_dir("torchvision")``),
@@ -84,7 +87,9 @@ def load_dataset(
               class: ``perm = np.random.default_rng(seed).permutation(N)``; of each class's ``n_c``
               examples, the first ``min(round(test_fraction * n_c), n_c - 1)`` in ``perm`` order go to
               test, the rest to train (both keep ``perm`` order).
-            * a dict ``{"train": (images, labels), "test": (images, labels)}``: used as given.
+            * a dict ``{"train": (images, labels), "test": (images, labels)}``: used as given; an
+              optional ``"val"`` pair becomes the held-out ``"val"`` split (images neither the
+              backbone nor the test split use, for training routers; see ``split="val"``).
             * a map-style ``torch.utils.data.Dataset`` of ``(image, label)`` items: split like a pair.
 
             User images may be ``[N, H, W]`` (grayscale), ``[N, H, W, C]`` (channels-last; detected
@@ -135,8 +140,9 @@ def load_dataset(
         return _load_named(key, root=root, download=download, test_fraction=test_fraction, seed=seed,
                            n_train=n_train, n_test=n_test)
 
+    val = None
     if isinstance(spec, dict):
-        train, test, k = arrays.from_dict(spec)
+        train, test, k, val = arrays.from_dict(spec)
     elif isinstance(spec, (tuple, list)):
         if len(spec) != 2:
             raise TypeError(
@@ -153,7 +159,15 @@ def load_dataset(
         )
     train = _take(train, n_train, "n_train", "train")
     test = _take(test, n_test, "n_test", "test")
-    return arrays.build_splits("user", train, test, k)
+    return arrays.build_splits("user", train, test, k, val=val)
+
+
+def _shapes_val(seed: int) -> Any:
+    """The held-out ``"val"`` split of ``"shapes"`` (a third stream of the generator), raw."""
+    from . import arrays, shapes
+
+    va = load_shapes(shapes.DEFAULT_N_VAL, seed, stream=shapes.VAL_STREAM)
+    return arrays.RawSplit(va.images, va.labels, va.difficulty, dict(va.params))
 
 
 def _is_torch_dataset(obj: Any) -> bool:
@@ -180,7 +194,7 @@ def _load_named(
         te = load_shapes(n_test or shapes.DEFAULT_N_TEST, seed, stream=shapes.TEST_STREAM)
         train = arrays.RawSplit(tr.images, tr.labels, tr.difficulty, dict(tr.params))
         test = arrays.RawSplit(te.images, te.labels, te.difficulty, dict(te.params))
-        return arrays.build_splits("shapes", train, test, shapes.NUM_CLASSES)
+        return arrays.build_splits("shapes", train, test, shapes.NUM_CLASSES, val=functools.partial(_shapes_val, seed))
 
     if name == "digits":
         from .digits import NUM_CLASSES, load_digits_raw

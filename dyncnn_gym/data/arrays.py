@@ -255,12 +255,35 @@ def _normalise(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndar
     return x
 
 
-def build_splits(name: str, train: RawSplit, test: RawSplit, num_classes: int) -> DataSplits:
+def _finish(raw: RawSplit, mean: np.ndarray, std: np.ndarray) -> Split:
+    return Split(
+        images=_normalise(raw.images, mean, std),
+        labels=np.ascontiguousarray(raw.labels, dtype=np.int64),
+        difficulty=np.ascontiguousarray(raw.difficulty, dtype=np.float32),
+        difficulty_params={k: np.ascontiguousarray(v, dtype=np.float32) for k, v in raw.difficulty_params.items()},
+    )
+
+
+class DeferredSplit:
+    """A split normalised on first use: ``DeferredSplit(raw_or_factory, mean, std)()`` returns the
+    :class:`Split` (picklable, unlike a closure, so data sets travel to worker processes)."""
+
+    def __init__(self, source: Any, mean: np.ndarray, std: np.ndarray) -> None:
+        self.source, self.mean, self.std = source, mean, std
+
+    def __call__(self) -> Split:
+        raw = self.source() if callable(self.source) else self.source
+        return _finish(raw.with_difficulty(), self.mean, self.std)
+
+
+def build_splits(name: str, train: RawSplit, test: RawSplit, num_classes: int, val: Any = None) -> DataSplits:
     """Normalise both splits with the train split's per-channel mean/std and wrap them.
 
     ``fingerprint`` is :func:`fingerprint_arrays` over the RAW arrays (train images, train labels,
     test images, test labels) exactly as held in the :class:`RawSplit` objects (uint8 or float32,
-    NCHW), so it does not depend on floating-point details of the normalisation.
+    NCHW), so it does not depend on floating-point details of the normalisation. ``val`` (a
+    :class:`RawSplit` or a zero-argument callable returning one, built on first use) becomes the
+    held-out ``"val"`` split, normalised like the others and left out of the fingerprint.
     """
     if train.images.shape[1:] != test.images.shape[1:]:
         raise ValueError(
@@ -277,12 +300,7 @@ def build_splits(name: str, train: RawSplit, test: RawSplit, num_classes: int) -
     mean, std = channel_stats(to_unit_float(train.images))
 
     def finish(raw: RawSplit) -> Split:
-        return Split(
-            images=_normalise(raw.images, mean, std),
-            labels=np.ascontiguousarray(raw.labels, dtype=np.int64),
-            difficulty=np.ascontiguousarray(raw.difficulty, dtype=np.float32),
-            difficulty_params={k: np.ascontiguousarray(v, dtype=np.float32) for k, v in raw.difficulty_params.items()},
-        )
+        return _finish(raw, mean, std)
 
     return DataSplits(
         name=name,
@@ -292,6 +310,7 @@ def build_splits(name: str, train: RawSplit, test: RawSplit, num_classes: int) -
         mean=mean,
         std=std,
         fingerprint=fingerprint,
+        val=None if val is None else DeferredSplit(val, mean, std),
     )
 
 
@@ -306,24 +325,28 @@ def from_pair(images: Any, labels: Any, *, test_fraction: float, seed: int) -> t
     return train, test, k
 
 
-def from_dict(spec: dict) -> tuple[RawSplit, RawSplit, int]:
-    """``{"train": (X, y), "test": (X, y)}`` -> (train, test, num_classes)."""
+def from_dict(spec: dict) -> tuple[RawSplit, RawSplit, int, RawSplit | None]:
+    """``{"train": (X, y), "test": (X, y)[, "val": (X, y)]}`` -> (train, test, num_classes, val or None)."""
     missing = [k for k in ("train", "test") if k not in spec]
     if missing:
         raise ValueError(
             f"dict spec is missing key(s) {missing} (got keys {sorted(map(repr, spec))}); "
-            "expected {'train': (images, labels), 'test': (images, labels)}"
+            "expected {'train': (images, labels), 'test': (images, labels)} and optionally 'val'"
         )
+    unknown = sorted(set(spec) - {"train", "test", "val"}, key=repr)
+    if unknown:
+        raise ValueError(f"dict spec has unknown key(s) {unknown}; valid keys: ['train', 'test', 'val']")
     out = []
-    for key in ("train", "test"):
+    keys = [k for k in ("train", "test", "val") if k in spec]
+    for key in keys:
         pair = spec[key]
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise TypeError(
                 f"spec[{key!r}] is a {type(pair).__name__}; expected an (images, labels) pair"
             )
         out.append(make_raw(pair[0], pair[1], key))
-    k = infer_num_classes(out[0].labels, out[1].labels)
-    return out[0], out[1], k
+    k = infer_num_classes(*(r.labels for r in out))
+    return out[0], out[1], k, (out[2] if len(out) == 3 else None)
 
 
 def from_torch_dataset(ds: Any, *, test_fraction: float, seed: int) -> tuple[RawSplit, RawSplit, int]:

@@ -52,19 +52,36 @@ class DataSplits:
     mean: np.ndarray
     std: np.ndarray
     fingerprint: str
+    #: the optional held-out ``"val"`` split: a :class:`Split`, a zero-argument callable that builds
+    #: it on first use, or ``None``. Not part of ``fingerprint`` (backbones never train on it).
+    val: object = field(default=None, repr=False, compare=False)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of every image."""
         return tuple(int(s) for s in self.train.images.shape[1:])  # type: ignore[return-value]
 
+    @property
+    def has_val(self) -> bool:
+        """Whether this data set has a held-out ``"val"`` split."""
+        return self.val is not None
+
     def split(self, name: str) -> Split:
-        """Return the split called ``name`` (``"train"`` or ``"test"``)."""
+        """Return the split called ``name`` (``"train"``, ``"test"``, or ``"val"`` where there is one)."""
         if name == "train":
             return self.train
         if name == "test":
             return self.test
-        raise ValueError(f"split={name!r} is not a valid split; choose one of ['train', 'test']")
+        if name == "val":
+            if self.val is None:
+                raise ValueError(
+                    f"data {self.name!r} has no 'val' split (the generated 'shapes' data and user dicts with a"
+                    " 'val' key have one); choose one of ['train', 'test']"
+                )
+            if callable(self.val):
+                object.__setattr__(self, "val", self.val())
+            return self.val  # type: ignore[return-value]
+        raise ValueError(f"split={name!r} is not a valid split; choose one of ['train', 'val', 'test']")
 
 
 def fingerprint_arrays(*arrays: np.ndarray) -> str:

@@ -86,9 +86,12 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 DEFAULT_N_TRAIN = 10_000
 DEFAULT_N_TEST = 2_000
+DEFAULT_N_VAL = 10_000
 #: Seed streams: the train and test splits come from independent streams of the same seed.
 TRAIN_STREAM = 0
 TEST_STREAM = 1
+#: held-out images for training routers on data the backbone never saw (the ``"val"`` split)
+VAL_STREAM = 2
 
 #: Names of the per-image parameters in :attr:`ShapesArrays.params` (natural units, see module doc).
 PARAM_NAMES: tuple[str, ...] = (

@@ -112,8 +112,8 @@ class RoutingCore:
     ) -> None:
         if not isinstance(num_slots, (int, np.integer)) or num_slots < 1:
             raise ValueError(f"num_envs={num_slots!r} must be a positive integer")
-        if split not in ("train", "test"):
-            raise ValueError(f"split={split!r} is not a valid split; choose one of ['train', 'test']")
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split={split!r} is not a valid split; choose one of ['train', 'val', 'test']")
         if obs not in OBS_MODES:
             raise ValueError(f"obs={obs!r} is not an observation mode; choose one of {list(OBS_MODES)}")
         if dtype not in DTYPES:
@@ -186,7 +186,7 @@ class RoutingCore:
 
     # -- episodes --------------------------------------------------------------------------------
     def _pick(self, slot: int) -> int:
-        if self.split_name == "train":
+        if self.split_name != "test":
             return int(self.rngs[slot].integers(len(self.labels)))
         i = self.cursor % len(self.labels)
         self.cursor += 1

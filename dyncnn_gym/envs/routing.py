@@ -26,8 +26,11 @@ _ARGS_DOC = """
       pretrained and cached on first use), a checkpoint path, or a `DynamicNet`.
     * `groups`: channel groups per layer (channel decisions; for skip envs it only selects the
       backbone checkpoint).
-    * `split`: `"train"` draws each episode's image with `np_random`; `"test"` sweeps the test split
-      in order (restarting at image 0 on every seeded reset) so that evaluation covers it exactly.
+    * `split`: `"train"` draws each episode's image with `np_random`; `"val"` does the same on the
+      held-out split (images the backbone never trained on: `"shapes"` generates one, user dicts
+      may give one), where the backbone's outcomes are like the test split's rather than memorised;
+      `"test"` sweeps the test split in order (restarting at image 0 on every seeded reset) so
+      that evaluation covers it exactly.
     * `reward`, `compute_weight`, `loss_weight`, `ce_clip`: see Rewards.
     * `budget`: optional FLOPs-ratio budget per image; actions that could not finish within it are
       masked (`info["action_mask"]`, `action_masks()`), and taking one raises `ValueError`.
