@@ -38,6 +38,9 @@ p.add_argument("--weight", type=float, action="append", default=None, help="comp
 p.add_argument("--n-val", type=int, default=10_000, help="fresh training images")
 p.add_argument("--timesteps", type=int, default=150_000, help="PPO steps (= images routed) per weight")
 p.add_argument("--algo", default="ppo", choices=["ppo", "dqn"], help="SB3 algorithm (default: ppo)")
+p.add_argument("--ent-coef", type=float, default=0.01, help="PPO entropy bonus (default 0.01)")
+p.add_argument("--n-epochs", type=int, default=4, help="PPO epochs per rollout (default 4)")
+p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
 p.add_argument("--seed", type=int, default=0)
 args = p.parse_args()
 for w in args.weight or []:
@@ -110,8 +113,8 @@ for w in args.weight or [0.5, 1.0]:
     venv = make_vec_env(lambda w=w: RouteBandit(w), n_envs=64, seed=args.seed)
     torch.manual_seed(args.seed)
     if args.algo == "ppo":
-        model = PPO("MlpPolicy", venv, n_steps=16, batch_size=512, n_epochs=4, gamma=1.0, learning_rate=1e-3,
-                    ent_coef=0.01, policy_kwargs={"net_arch": [64, 64]}, seed=args.seed, verbose=0, device="cpu")
+        model = PPO("MlpPolicy", venv, n_steps=16, batch_size=512, n_epochs=args.n_epochs, gamma=1.0, learning_rate=args.lr,
+                    ent_coef=args.ent_coef, policy_kwargs={"net_arch": [64, 64]}, seed=args.seed, verbose=0, device="cpu")
     else:  # one-step episodes: Q(x, a) regresses each route's expected reward on the image
         model = DQN("MlpPolicy", venv, gamma=1.0, learning_rate=5e-4, buffer_size=args.timesteps, learning_starts=5000,
                     batch_size=256, train_freq=1, gradient_steps=4, target_update_interval=500, exploration_fraction=0.3,
