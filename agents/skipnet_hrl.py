@@ -65,6 +65,7 @@ class Args:
     backbone: str = ""  # "" = the env's default backbone
     compute_weight: float = 0.5
     obs: str = "probe"
+    split: str = "train"  # images the gates learn on: "train", or "val" (held out from the backbone)
     hidden: int = 32
     alpha: float = -1.0  # compute penalty of stage 1; < 0 = compute_weight
     ste_iterations: int = 100
@@ -90,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
         else:
             p.add_argument(flag, type=type(default), default=default)
     ns = p.parse_args(argv)
+    if ns.split not in ("train", "val"):
+        p.error(f"--split {ns.split!r} is not a training split; choose one of ['train', 'val']")
     if ns.env not in ENVS:
         p.error(f"--env {ns.env!r} is not a routing env; choose one of {list(ENVS)}")
     if ns.env == "DynChannel-v0" and ns.ste_iterations > 0:
@@ -210,10 +213,10 @@ def ste_objective(core, policy: GatePolicy, x: torch.Tensor, y: torch.Tensor, al
 
 
 def train_ste(core, policy: GatePolicy, iterations: int, batch: int, lr: float, alpha: float, rng: np.random.Generator,
-              backbone_opt: torch.optim.Optimizer | None = None, log=print) -> list[dict]:
-    """Stage 1: ``iterations`` Adam steps of :func:`ste_objective` on train batches (BN frozen)."""
+              backbone_opt: torch.optim.Optimizer | None = None, log=print, split: str = "train") -> list[dict]:
+    """Stage 1: ``iterations`` Adam steps of :func:`ste_objective` on batches of ``split`` (BN frozen)."""
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    net, train = core.net, core.data.train
+    net, train = core.net, core.data.split(split)
     X, Y = torch.as_tensor(train.images), torch.as_tensor(train.labels)
     net.eval()
     history = []
@@ -303,6 +306,7 @@ def train(args: Args, env_kwargs: dict[str, Any], log=print, after_stage1=None) 
     """
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
+    env_kwargs = {**env_kwargs, "split": args.split}
     envs = gym.make_vec(args.env, num_envs=args.num_envs, autoreset_mode="SameStep", **env_kwargs)
     if args.joint_backbone:  # train a private copy: the process-wide cached backbone stays untouched
         net = copy.deepcopy(envs.unwrapped.core.net)
@@ -317,7 +321,10 @@ def train(args: Args, env_kwargs: dict[str, Any], log=print, after_stage1=None) 
     try:
         alpha = args.compute_weight if args.alpha < 0 else args.alpha
         if args.ste_iterations:
-            logs["stage1"] = train_ste(core, policy, args.ste_iterations, args.ste_batch, args.ste_lr, alpha, rng, bb_opt, log)
+            # gates learn on the agent's split; a jointly trained backbone would see those images, so
+            # with --joint-backbone they stay on train
+            logs["stage1"] = train_ste(core, policy, args.ste_iterations, args.ste_batch, args.ste_lr, alpha, rng, bb_opt, log,
+                                       split="train" if args.joint_backbone else args.split)
             if after_stage1 is not None:
                 after_stage1(policy.eval(), core.net)
                 policy.train()

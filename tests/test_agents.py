@@ -277,6 +277,7 @@ def test_agent_help_runs_as_a_script(module, capsys, monkeypatch):
     (rnp_dqn, ["--eps-end", "2"], "--eps-end 2.0 must be in"),
     (rnp_dqn, ["--split", "test"], "--split 'test' is not a training split"),
     (skipnet_hrl, ["--env", "DynChannel-v0"], "supports DynSkip-v0 only"),
+    (skipnet_hrl, ["--split", "test"], "--split 'test' is not a training split"),
     (skipnet_hrl, ["--ste-iterations", "0", "--rl-iterations", "0"], "nothing to train"),
     (blockdrop_pg, ["--reward", "accuracy"], "not supported; choose one of"),
     (blockdrop_pg, ["--explore", "0.2"], "--explore 0.2 must be in"),
