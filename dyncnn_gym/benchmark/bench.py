@@ -13,12 +13,14 @@ An agent is ``"module:function"`` (imported) or a registered short name (see :da
 * ``task`` is the :class:`~dyncnn_gym.benchmark.suites.Task` (env id, env kwargs, budget);
 * ``seed`` seeds everything the agent draws;
 * ``step_budget`` is the number of env steps (decisions) the agent may train for;
-* the returned ``policy`` is anything :func:`~dyncnn_gym.benchmark.evaluate.evaluate` accepts (an
+* the returned ``policy`` is anything :func:`~dyncnn_gym.benchmark.protocol.evaluate` accepts (an
   SB3 model, a torch module, or a callable ``obs_batch -> actions``).
 
 The bench then evaluates the policy deterministically on the **whole test split**. The registered
 ``ppo``, ``a2c`` and ``dqn`` agents follow the same contract (SB3 on the native VecEnv,
-``gamma=1``). ``static`` (every uniform and greedy / exhaustive static route), ``random`` (random
+``gamma=1``), and so do the reference agents ``rnp``, ``skipnet`` and ``blockdrop`` (``bench_agent``
+of the files in the repository's ``agents/``; backbone frozen, as suites pin it). An agent that
+raises ``NotImplementedError`` for a task is listed as not supporting it. ``static`` (every uniform and greedy / exhaustive static route), ``random`` (random
 routes at one action distribution per sweep point) and ``oracle`` (label-aware; an **upper bound**,
 not a policy) are computed directly from the baselines.
 
