@@ -56,8 +56,7 @@ def local_core(venv: Any) -> RoutingCore:
         raise ValueError(f"env 0 of the training env has mode={mode!r}; BackboneFinetuneCallback routes 'channel' or 'skip' envs")
     kwargs.pop("render_mode", None)
     core = RoutingCore(mode, 1, **kwargs)
-    core.net.load_state_dict(venv.env_method("get_backbone_state", indices=[0])[0])
-    core.net.eval()
+    core.load_backbone_state(venv.env_method("get_backbone_state", indices=[0])[0])
     return core
 
 
@@ -171,5 +170,5 @@ class BackboneFinetuneCallback(BaseCallback):
         env = self.training_env
         if getattr(env, "core", None) is self.core:
             return  # the native VecEnv shares this backbone object: it already sees the new weights
-        state = {k: v.detach().cpu() for k, v in self.core.net.state_dict().items()}
+        state = self.core.backbone_state()
         env.env_method("set_backbone_state", state)

@@ -101,11 +101,10 @@ class RoutingVecEnv(VecEnv):
         if method_name == "render":
             return [None for _ in idx]
         if method_name == "set_backbone_state":  # the envs share one backbone: load it once
-            self.core.net.load_state_dict(*method_args, **method_kwargs)
-            self.core.net.eval()
+            self.core.load_backbone_state(*method_args, **method_kwargs)
             return [None for _ in idx]
         if method_name == "get_backbone_state":
-            state = {k: v.detach().cpu().clone() for k, v in self.core.net.state_dict().items()}
+            state = self.core.backbone_state()
             return [state for _ in idx]
         raise AttributeError(
             f"env_method({method_name!r}) is not available on the native routing VecEnv; "

@@ -5,7 +5,7 @@ A research probe, not a registered env: the agent sees the env's first observati
 ``dyncnn_gym.benchmark`` (the full network first, each next one a little cheaper). Its reward is
 ``-min(CE, 5) + compute_weight * (1 - FLOPs ratio)`` of that route on that image (the same
 classification and compute terms as the routing envs' ``reward="flops"``). Training images are
-fresh generated ones (``shapes`` stream 2) that neither the backbone nor the test split saw; to keep
+the held-out ``"val"`` split of ``shapes`` (fresh generated images) that neither the backbone nor the test split saw; to keep
 PPO's many steps cheap, every route's cross-entropy on every training image is computed once up
 front (the backbone is frozen, so the env would compute the same numbers). The trained policy then
 routes the whole test split through the real dynamic network.
@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 
 from dyncnn_gym.benchmark.baselines import greedy_routes, interpolate, route_outcomes, static_baselines
-from dyncnn_gym.data.shapes import make_shapes
 from dyncnn_gym.envs.core import RoutingCore
 from dyncnn_gym.pretraining import DEFAULT_ARCH
 from dyncnn_gym.walk import Walk, run_routes
@@ -35,7 +34,7 @@ from dyncnn_gym.walk import Walk, run_routes
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--env", default="DynChannel-v0", choices=["DynChannel-v0", "DynSkip-v0"])
 p.add_argument("--weight", type=float, action="append", default=None, help="compute weight (repeatable; default 0.5 and 1)")
-p.add_argument("--n-val", type=int, default=10_000, help="fresh training images")
+p.add_argument("--n-val", type=int, default=10_000, help="training images (the first of the held-out val split)")
 p.add_argument("--timesteps", type=int, default=150_000, help="PPO steps (= images routed) per weight")
 p.add_argument("--algo", default="ppo", choices=["ppo", "dqn"], help="SB3 algorithm (default: ppo)")
 p.add_argument("--ent-coef", type=float, default=0.01, help="PPO entropy bonus (default 0.01)")
@@ -46,17 +45,14 @@ args = p.parse_args()
 for w in args.weight or []:
     if not w >= 0:
         p.error(f"--weight {w} must be >= 0")
-if args.n_val < 100:
-    p.error(f"--n-val {args.n_val} is too small; use at least 100")
+if not 100 <= args.n_val <= 10_000:
+    p.error(f"--n-val {args.n_val} is out of range; use 100 .. 10000 (the size of the val split)")
 torch.set_num_threads(1)
 
 mode = {"DynChannel-v0": "channel", "DynSkip-v0": "skip"}[args.env]
 core = RoutingCore(mode, 1, split="test", dataset="shapes", backbone=DEFAULT_ARCH[mode], obs="probe")
-data = core.data
-raw = make_shapes(args.n_val, args.seed, stream=2)
-x = raw.images.astype(np.float32) / 255.0 if raw.images.dtype == np.uint8 else raw.images.astype(np.float32)
-X = torch.as_tensor(((x - data.mean[None, :, None, None]) / data.std[None, :, None, None]).astype(np.float32))
-Y = torch.as_tensor(raw.labels.astype(np.int64))
+val = core.data.split("val")  # fresh images from a third stream of the generator
+X, Y = torch.as_tensor(val.images[: args.n_val]), torch.as_tensor(val.labels[: args.n_val])
 routes = greedy_routes(core)
 cost = np.array([core.table.path_flops(r) for r in routes]) / core.full
 

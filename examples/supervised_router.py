@@ -2,7 +2,7 @@
 
 For a family of static routes (the greedy per-layer routes of ``dyncnn_gym.benchmark``), it
 measures on *fresh* generated images that neither the backbone nor the test split ever saw
-(``shapes`` stream 2) whether each route classifies each image correctly, fits one logistic
+(the held-out ``"val"`` split of ``shapes``) whether each route classifies each image correctly, fits one logistic
 model per route on the first observation of the env (the stem's pooled features, plus the probe
 confidences), and routes every test image with the route that maximises
 ``P(correct | image, route) - lam * FLOPs(route)``. Sweeping ``lam`` gives an accuracy-FLOPs front
@@ -25,31 +25,21 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from dyncnn_gym.benchmark.baselines import greedy_routes, interpolate, route_outcomes, static_baselines
-from dyncnn_gym.data.base import Split
-from dyncnn_gym.data.shapes import make_shapes
 from dyncnn_gym.envs.core import RoutingCore
 from dyncnn_gym.pretraining import DEFAULT_ARCH
 from dyncnn_gym.walk import Walk
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--env", default="DynChannel-v0", choices=["DynChannel-v0", "DynSkip-v0"])
-p.add_argument("--n-val", type=int, default=10_000, help="fresh held-out images to fit the router on")
-p.add_argument("--seed", type=int, default=0)
+p.add_argument("--n-val", type=int, default=10_000, help="held-out images (the first of the val split) to fit the router on")
 args = p.parse_args()
-if args.n_val < 100:
-    p.error(f"--n-val {args.n_val} is too small; use at least 100")
+if not 100 <= args.n_val <= 10_000:
+    p.error(f"--n-val {args.n_val} is out of range; use 100 .. 10000 (the size of the val split)")
 torch.set_num_threads(1)
 
 mode = {"DynChannel-v0": "channel", "DynSkip-v0": "skip"}[args.env]
 core = RoutingCore(mode, 1, split="test", dataset="shapes", backbone=DEFAULT_ARCH[mode], obs="probe")
-data = core.data
-
-# fresh images from a third stream of the generator, normalised like the data set
-raw = make_shapes(args.n_val, args.seed, stream=2)
-x = raw.images.astype(np.float32) / 255.0 if raw.images.dtype == np.uint8 else raw.images.astype(np.float32)
-x = (x - data.mean[None, :, None, None]) / data.std[None, :, None, None]
-val = Split(images=x.astype(np.float32), labels=raw.labels.astype(np.int64),
-            difficulty=raw.difficulty.astype(np.float32), difficulty_params={})
+val = core.data.split("val")  # fresh images from a third stream of the generator
 
 
 @torch.no_grad()
@@ -58,25 +48,11 @@ def first_obs(images: np.ndarray | torch.Tensor) -> np.ndarray:
     return core.observe(Walk(core.net, mode, torch.as_tensor(images)))
 
 
-@torch.no_grad()
-def outcomes(routes: np.ndarray, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """bool [R, N]: route r classifies image n correctly."""
-    from dyncnn_gym.walk import run_routes
-
-    out = np.zeros((len(routes), len(labels)), dtype=bool)
-    X = torch.as_tensor(images)
-    for r, route in enumerate(routes):
-        for i in range(0, len(labels), 1000):
-            acts = torch.as_tensor(np.broadcast_to(route, (len(X[i:i + 1000]), len(route))).copy())
-            out[r, i:i + 1000] = run_routes(core.net, mode, X[i:i + 1000], acts)[0].argmax(1).numpy() == labels[i:i + 1000]
-    return out
-
-
 routes = greedy_routes(core)  # chosen on train images, full network first
 cost = np.array([core.table.path_flops(r) for r in routes]) / core.full
-ok_val = outcomes(routes, val.images, val.labels)
+ok_val, _ = route_outcomes(core, routes, split="val", limit=args.n_val)
 ok_test, _ = route_outcomes(core, routes)
-f_val, f_test = first_obs(val.images), first_obs(core.images)
+f_val, f_test = first_obs(val.images[: args.n_val]), first_obs(core.images)
 print(f"{len(routes)} routes; fresh-image accuracy per route: {np.round(ok_val.mean(1), 3).tolist()}")
 
 p_test = np.zeros((len(routes), len(core.labels)))

@@ -33,8 +33,8 @@ def route_outcomes(core: RoutingCore, routes: np.ndarray, split: str = "test", l
 
     Args:
         routes: int64 ``[R, T]`` action sequences.
-        split: ``"test"`` (the core's images) or ``"train"`` (for selecting routes without
-            touching the test split).
+        split: ``"test"`` (the core's images), ``"train"`` (for selecting routes without
+            touching the test split) or ``"val"`` (held-out images, where the data has them).
         limit: use only the first ``limit`` images of the split.
 
     Returns:
@@ -46,7 +46,7 @@ def route_outcomes(core: RoutingCore, routes: np.ndarray, split: str = "test", l
     if split == "test":
         X, y = core.images, core.labels
     else:
-        s = core.data.train
+        s = core.data.split(split)
         X, y = torch.as_tensor(s.images).to(core.device), s.labels
     if limit is not None:
         X, y = X[:limit], y[:limit]

@@ -39,10 +39,10 @@ DEFAULT_WEIGHTS: dict[str, tuple[float, ...]] = {
 
 
 def _interp(points: list[dict[str, Any]], x: float) -> float:
-    from .baselines import pareto
+    """Accuracy of the Pareto front of ``points`` at FLOPs ratio ``x`` (linear between points)."""
+    from .baselines import interpolate, pareto
 
-    f = pareto(points)
-    return float(np.interp(x, [p["flops_ratio"] for p in f], [p["accuracy"] for p in f]))
+    return interpolate(pareto(points), x)
 
 
 def _adaptivity(core, res: dict[str, Any], full_correct: np.ndarray) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from gymnasium.vector.utils import batch_space
 
 from .core import RoutingCore
 from .rewards import REWARD_KINDS
-from .vector import slot_seeds
+from .routing import BackboneAccess, check_render_mode
+from .vector import slot_seeds, vector_autoreset_mode
 
 #: ``reward=`` forms of DynBlockDrop-v0: BlockDrop's own, or a DynSkip-v0 episode return
 BLOCKDROP_REWARDS = ("blockdrop", *REWARD_KINDS)
@@ -105,7 +106,7 @@ class _OneShot:
         return obs, total, infos
 
 
-class DynBlockDropEnv(gym.Env, EzPickle):
+class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
     """
     ## Description
 
@@ -181,8 +182,7 @@ class DynBlockDropEnv(gym.Env, EzPickle):
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
         EzPickle.__init__(self, render_mode=render_mode, **kwargs)
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r} is not supported; choose one of {self.metadata['render_modes']} or None")
+        check_render_mode(render_mode, self.metadata["render_modes"])
         self.render_mode = render_mode
         self._shot = _OneShot(1, **kwargs)
         self.core = self._shot.core
@@ -190,11 +190,6 @@ class DynBlockDropEnv(gym.Env, EzPickle):
         self.action_space = self._shot.action_space
         self._needs_reset = True
         self._last_info: dict = {}
-
-    @property
-    def backbone(self):
-        """The :class:`~dyncnn_gym.models.DynamicNet` this env routes (shared, not a copy)."""
-        return self.core.net
 
     @property
     def num_decisions(self) -> int:
@@ -220,11 +215,6 @@ class DynBlockDropEnv(gym.Env, EzPickle):
         obs, rew, infos = self._shot.run(a)
         self._needs_reset, self._last_info = True, infos[0]
         return obs[0], float(rew[0]), True, False, infos[0]
-
-    def set_backbone_state(self, state_dict: dict) -> None:
-        """Load new backbone weights (e.g. from a fine-tuning loop in another process)."""
-        self.core.net.load_state_dict(state_dict)
-        self.core.net.eval()
 
     def render(self):
         if self.render_mode is None:
@@ -259,19 +249,14 @@ class DynBlockDropVectorEnv(VectorEnv):
         render_mode: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode={render_mode!r}: the vector env does not render; use the single env")
-        modes = {m.value: m for m in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)}
-        key = autoreset_mode.value if isinstance(autoreset_mode, AutoresetMode) else autoreset_mode
-        if key not in modes:
-            raise ValueError(f"autoreset_mode={autoreset_mode!r} is not supported; choose one of {list(modes)}")
+        mode = vector_autoreset_mode(autoreset_mode, render_mode)
         if max_episode_steps is not None and (not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1):
             raise ValueError(f"max_episode_steps={max_episode_steps!r}: every episode has one step; pass None or a value >= 1")
         self._shot = _OneShot(num_envs, **kwargs)
         self.core = self._shot.core
         self.core.info_format = "arrays"
         self.num_envs = int(num_envs)
-        self.metadata = {**self.metadata, "autoreset_mode": modes[key]}
+        self.metadata = {**self.metadata, "autoreset_mode": mode}
         self.render_mode = None
         self.single_observation_space = self._shot.observation_space
         self.single_action_space = self._shot.action_space

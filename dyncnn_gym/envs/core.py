@@ -168,6 +168,16 @@ class RoutingCore:
         self.index = np.zeros(self.n, dtype=np.int64)
         self.active = np.zeros(self.n, dtype=bool)
 
+    # -- backbone weights (how fine-tuning reaches envs in other processes) ----------------------
+    def backbone_state(self) -> dict:
+        """A detached CPU copy of the backbone's ``state_dict`` (name -> tensor)."""
+        return {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+
+    def load_backbone_state(self, state_dict: dict) -> None:
+        """Load new backbone weights (kept in eval mode, as the routed network is evaluated)."""
+        self.net.load_state_dict(state_dict)
+        self.net.eval()
+
     # -- configuration ---------------------------------------------------------------------------
     def _check_budget(self, budget: float | None) -> float | None:
         if budget is None:

@@ -83,7 +83,33 @@ _COMMON_DOC = """
 """
 
 
-class RoutingEnv(gym.Env, EzPickle):
+def check_render_mode(render_mode: str | None, modes: list[str]) -> None:
+    """``ValueError`` naming the valid choices unless ``render_mode`` is ``None`` or in ``modes``."""
+    if render_mode is not None and render_mode not in modes:
+        raise ValueError(f"render_mode={render_mode!r} is not supported; choose one of {modes} or None")
+
+
+class BackboneAccess:
+    """The backbone of a single env's ``self.core`` (:class:`RoutingCore`), shared by every env face."""
+
+    core: RoutingCore
+
+    @property
+    def backbone(self):
+        """The :class:`~dyncnn_gym.models.DynamicNet` this env routes (shared, not a copy)."""
+        return self.core.net
+
+    def set_backbone_state(self, state_dict: dict) -> None:
+        """Load new backbone weights (how a fine-tuning callback reaches envs in other processes)."""
+        self.core.load_backbone_state(state_dict)
+
+    def get_backbone_state(self) -> dict:
+        """A detached CPU copy of the backbone's ``state_dict`` (name -> tensor), e.g. for
+        ``SubprocVecEnv.env_method("get_backbone_state")`` to read the weights of an env in another process."""
+        return self.core.backbone_state()
+
+
+class RoutingEnv(BackboneAccess, gym.Env, EzPickle):
     """Base of the single-image routing envs (one image per episode, one step per decision point)."""
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
@@ -91,19 +117,13 @@ class RoutingEnv(gym.Env, EzPickle):
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
         EzPickle.__init__(self, render_mode=render_mode, **kwargs)
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode={render_mode!r} is not supported; choose one of {self.metadata['render_modes']} or None")
+        check_render_mode(render_mode, self.metadata["render_modes"])
         self.render_mode = render_mode
         self.core = RoutingCore(self.mode, 1, **kwargs)
         self.observation_space = self.core.observation_space
         self.action_space = self.core.action_space
         self._last_info: dict = {}
         self._needs_reset = True
-
-    @property
-    def backbone(self):
-        """The :class:`~dyncnn_gym.models.DynamicNet` this env routes (shared, not a copy)."""
-        return self.core.net
 
     @property
     def num_decisions(self) -> int:
@@ -131,16 +151,6 @@ class RoutingEnv(gym.Env, EzPickle):
         self._last_info = infos[0]
         self._needs_reset = bool(term[0])
         return obs[0], float(rew[0]), bool(term[0]), False, infos[0]
-
-    def set_backbone_state(self, state_dict: dict) -> None:
-        """Load new backbone weights (how a fine-tuning callback reaches envs in other processes)."""
-        self.core.net.load_state_dict(state_dict)
-        self.core.net.eval()
-
-    def get_backbone_state(self) -> dict:
-        """A detached CPU copy of the backbone's ``state_dict`` (name -> tensor), e.g. for
-        ``SubprocVecEnv.env_method("get_backbone_state")`` to read the weights of an env in another process."""
-        return {k: v.detach().cpu().clone() for k, v in self.core.net.state_dict().items()}
 
     def action_masks(self) -> np.ndarray:
         """bool ``[A]``: actions allowed now (for sb3-contrib's MaskablePPO)."""

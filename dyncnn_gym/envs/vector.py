@@ -18,6 +18,18 @@ from .core import RoutingCore
 from .routing import DynChannelEnv, DynSkipEnv
 
 
+def vector_autoreset_mode(autoreset_mode: AutoresetMode | str, render_mode: str | None) -> AutoresetMode:
+    """The :class:`AutoresetMode` of a native vector env (``NEXT_STEP`` or ``SAME_STEP``, given as
+    the enum or its value); ``ValueError`` for any other, or for a ``render_mode`` (they do not render)."""
+    if render_mode is not None:
+        raise ValueError(f"render_mode={render_mode!r}: the vector envs do not render; use the single env")
+    modes = {m.value: m for m in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)}
+    key = autoreset_mode.value if isinstance(autoreset_mode, AutoresetMode) else autoreset_mode
+    if key not in modes:
+        raise ValueError(f"autoreset_mode={autoreset_mode!r} is not supported; choose one of {list(modes)}")
+    return modes[key]
+
+
 def slot_seeds(seed: int | list | tuple | None, n: int) -> list[int | None] | None:
     """Per-slot seeds from a vector ``reset(seed=...)``: an int gives ``seed + i``; a list is taken as is."""
     if seed is None:
@@ -115,12 +127,7 @@ class RoutingVectorEnv(VectorEnv):
         render_mode: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode={render_mode!r}: the vector envs do not render; use the single env")
-        modes = {m.value: m for m in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)}
-        key = autoreset_mode.value if isinstance(autoreset_mode, AutoresetMode) else autoreset_mode
-        if key not in modes:
-            raise ValueError(f"autoreset_mode={autoreset_mode!r} is not supported; choose one of {list(modes)}")
+        mode = vector_autoreset_mode(autoreset_mode, render_mode)
         self.core = RoutingCore(self.mode, num_envs, **kwargs)
         if hasattr(self.core, "info_format"):  # the core can build the dict-of-arrays infos itself
             self.core.info_format = "arrays"
@@ -131,7 +138,7 @@ class RoutingVectorEnv(VectorEnv):
                 f" truncates; pass None or a value >= {T}"
             )
         self.num_envs = int(num_envs)
-        self.metadata = {**self.metadata, "autoreset_mode": modes[key]}
+        self.metadata = {**self.metadata, "autoreset_mode": mode}
         self.render_mode = None
         self.single_observation_space = self.core.observation_space
         self.single_action_space = self.core.action_space
