@@ -3,6 +3,7 @@ self-critical baseline and a curriculum, CleanRL-style, one file.
 
     python agents/blockdrop_pg.py --iterations 300
     python agents/blockdrop_pg.py --dataset digits --iterations 100 --reward flops --compute-weight 0.5
+    python agents/blockdrop_pg.py --dataset digits --iterations 100 --finetune-iterations 100
 
 Env: ``DynBlockDrop-v0`` (one step per image: the observation is the one ``DynSkip-v0`` gives at
 its first decision, the action ``MultiBinary(T)`` keeps or drops every later residual block;
@@ -19,7 +20,20 @@ away from 0 and 1 by ``--explore``: ``p' = explore * p + (1 - explore) * (1 - p)
 baseline**: ``loss = -(R(sampled) - R(greedy)) * log pi(sampled) - ent_coef * entropy``.
 **Curriculum**: for the first ``--curriculum-fraction`` of the iterations only the last ``j``
 blocks are decided by the policy (the others are kept), ``j`` growing linearly from 1 to ``T``.
-The backbone is frozen (BlockDrop's joint fine-tuning stage is not done here).
+The backbone is frozen during these ``--iterations``.
+
+**Joint fine-tuning** (BlockDrop's last stage; ``--finetune-iterations N``, default 0 = off): ``N``
+more iterations after the curriculum, each (1) one policy-gradient update as above with every
+block decided by the policy, then (2) one supervised step of the backbone: cross-entropy of the
+network run on ``--finetune-batch`` random train images with the blocks the policy samples for
+them (same ``--explore`` bound; dropped blocks are not computed), Adam at ``--finetune-lr``,
+gradients into the backbone only, batch-norm statistics frozen (eval mode, as
+``dyncnn_gym.callbacks.BackboneFinetuneCallback`` and ``agents/rnp_dqn.py`` keep them). The
+backbone trained is a private copy (the process-wide cached one is never touched) that both
+vector envs share, so their next rollouts see the new weights. The envs' observation scales and
+probes stay those of the backbone the stage started from; the test evaluation reloads the saved
+``backbone.pt`` as a fresh network, as a user would (its scales and probes are refitted on the
+fine-tuned weights), so ``result.json`` is what the saved files reproduce.
 
 Evaluation: the learned one-shot policy is exported as a per-decision policy over
 ``DynSkip-v0`` (:class:`PerDecision`): at an episode's first decision it reads the observation
@@ -28,12 +42,16 @@ decisions, so ``dyncnn_gym.evaluate(policy, "DynSkip-v0", ...)`` measures it on 
 under the common protocol (same keys, same FLOPs as the one-shot env; checked by the tests).
 
 Output in ``--out``: ``policy.pt`` (:func:`load_policy`: the :class:`PerDecision` module by
-default, the raw one-shot network with ``per_decision=False``) and ``result.json``.
+default, the raw one-shot network with ``per_decision=False``), ``result.json`` and, after joint
+fine-tuning, ``backbone.pt`` (a backbone checkpoint: pass its path as ``backbone=`` to the envs or
+``dyncnn_gym.evaluate``); ``result.json``'s ``finetune`` entry records the stage's settings and
+its final supervised loss.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -43,10 +61,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
-from dyncnn_gym import evaluate
+from dyncnn_gym import Walk, evaluate
 
 REWARDS = ("blockdrop", "flops")
 
@@ -66,6 +85,9 @@ class Args:
     ent_coef: float = 0.0
     explore: float = 0.8
     curriculum_fraction: float = 0.5
+    finetune_iterations: int = 0  # joint policy + backbone iterations after the RL stage (0 = backbone frozen)
+    finetune_lr: float = 1e-4
+    finetune_batch: int = 128
     compare_static: bool = True
     seed: int = 0
     out: str = "runs/blockdrop_pg"
@@ -82,15 +104,19 @@ def parse_args(argv: list[str] | None = None) -> Args:
     ns = p.parse_args(argv)
     if ns.reward not in REWARDS:
         p.error(f"--reward {ns.reward!r} is not supported; choose one of {list(REWARDS)}")
-    for name in ("num_envs", "iterations", "hidden"):
+    for name in ("num_envs", "iterations", "hidden", "finetune_batch"):
         if getattr(ns, name) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(ns, name)} must be a positive integer")
+    if ns.finetune_iterations < 0:
+        p.error(f"--finetune-iterations {ns.finetune_iterations} must be >= 0 (0 = backbone frozen)")
     if not 0.5 <= ns.explore <= 1.0:
         p.error(f"--explore {ns.explore} must be in [0.5, 1] (1 = sample from the policy as is)")
     if not 0.0 <= ns.curriculum_fraction <= 1.0:
         p.error(f"--curriculum-fraction {ns.curriculum_fraction} must be in [0, 1]")
     if ns.lr <= 0:
         p.error(f"--lr {ns.lr} must be > 0")
+    if not ns.finetune_lr > 0:
+        p.error(f"--finetune-lr {ns.finetune_lr} must be > 0")
     return Args(**vars(ns))
 
 
@@ -159,25 +185,67 @@ def curriculum_blocks(it: int, iterations: int, T: int, fraction: float) -> int:
     return int(min(T, 1 + np.floor(it / span * T)))
 
 
-def train(args: Args, env_kwargs: dict[str, Any], log=print) -> tuple[OneShotPolicy, list[dict]]:
-    """Train the one-shot policy on ``DynBlockDrop-v0`` (``env_kwargs`` are that env's arguments)."""
+def explore_probs(p: torch.Tensor, explore: float) -> torch.Tensor:
+    """Keep probabilities bounded away from 0 and 1: ``explore * p + (1 - explore) * (1 - p)``."""
+    return explore * p + (1 - explore) * (1 - p)
+
+
+def finetune_step(core, policy: OneShotPolicy, opt: torch.optim.Optimizer, batch: int, explore: float,
+                  rng: np.random.Generator) -> dict[str, float]:
+    """One supervised step of ``core.net``: cross-entropy on ``batch`` train images run with the blocks
+    ``policy`` samples for them (dropped blocks are not computed; gradients into the backbone only,
+    batch-norm statistics frozen)."""
+    train = core.data.train
+    idx = rng.integers(0, len(train.labels), batch)
+    xb = torch.as_tensor(train.images[idx]).to(core.device)
+    yb = torch.as_tensor(np.asarray(train.labels)[idx]).to(core.device)
+    core.net.eval()  # BN statistics frozen; autograd still reaches every weight
+    walk = Walk(core.net, core.mode, xb)
+    with torch.no_grad():
+        keep = torch.bernoulli(explore_probs(torch.sigmoid(policy(torch.as_tensor(core.observe(walk)))), explore))
+    while not walk.done:
+        walk.step(keep[:, walk.t].long())
+    logits = walk.logits()
+    loss = F.cross_entropy(logits, yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return {"loss": loss.item(), "routed_accuracy": float((logits.argmax(1) == yb).float().mean()),
+            "flops_ratio": float(walk.flops.float().mean() / core.full)}
+
+
+def train(args: Args, env_kwargs: dict[str, Any], log=print) -> tuple[OneShotPolicy, Any, list[dict]]:
+    """Train the one-shot policy on ``DynBlockDrop-v0`` (``env_kwargs`` are that env's arguments), then,
+    with ``args.finetune_iterations``, jointly with a private copy of the backbone.
+
+    Returns the policy (eval mode), the backbone it was trained with (the fine-tuned copy or the
+    env's own) and the per-iteration log.
+    """
     torch.manual_seed(args.seed)
-    make = lambda: gym.make_vec("DynBlockDrop-v0", num_envs=args.num_envs, autoreset_mode="SameStep", **env_kwargs)  # noqa: E731
-    envs, twin = make(), make()
+    rng = np.random.default_rng(args.seed)
+    make = lambda **kw: gym.make_vec("DynBlockDrop-v0", num_envs=args.num_envs, autoreset_mode="SameStep",  # noqa: E731
+                                     **{**env_kwargs, **kw})
+    envs = make()
+    if args.finetune_iterations:  # train a private copy: the process-wide cached backbone stays untouched
+        net = copy.deepcopy(envs.unwrapped.core.net)
+        envs = make(backbone=net)
+    twin = make(backbone=envs.unwrapped.core.net)  # the same backbone object: both envs see every update
     core = envs.unwrapped.core
     T = core.T
     policy = OneShotPolicy(envs.single_observation_space.shape[0], T, args.hidden, core.feat_dim)
     opt = torch.optim.Adam(policy.parameters(), lr=args.lr)
+    bb_opt = torch.optim.Adam(core.net.parameters(), lr=args.finetune_lr) if args.finetune_iterations else None
     obs, info = envs.reset(seed=args.seed)
     obs2, info2 = twin.reset(seed=args.seed)
     history, start = [], time.time()
-    for it in range(args.iterations):
+    total = args.iterations + args.finetune_iterations
+    for it in range(total):
         assert np.array_equal(info["index"], info2["index"]), "the two envs must see the same images"
-        j = curriculum_blocks(it, args.iterations, T, args.curriculum_fraction)
+        joint = it >= args.iterations
+        j = T if joint else curriculum_blocks(it, args.iterations, T, args.curriculum_fraction)
         logits = policy(torch.as_tensor(obs))
         p = torch.sigmoid(logits)
-        p_explore = args.explore * p + (1 - args.explore) * (1 - p)
-        dist = torch.distributions.Bernoulli(probs=p_explore)
+        dist = torch.distributions.Bernoulli(probs=explore_probs(p, args.explore))
         sampled = dist.sample()
         decided = torch.zeros(T, dtype=torch.bool)
         decided[T - j :] = True
@@ -194,14 +262,18 @@ def train(args: Args, env_kwargs: dict[str, Any], log=print) -> tuple[OneShotPol
         loss.backward()
         opt.step()
         fin = info["final_info"]
-        row = {"iteration": it, "blocks_decided": j, "reward": float(r_s.mean()), "greedy_reward": float(r_g.mean()),
-               "train_accuracy": float(np.mean(fin["correct"])), "flops_ratio": float(np.mean(fin["flops_ratio"])),
-               "blocks_used": float(np.mean(fin["blocks_used"]))}
+        row = {"iteration": it, "stage": "joint" if joint else "rl", "blocks_decided": j, "reward": float(r_s.mean()),
+               "greedy_reward": float(r_g.mean()), "train_accuracy": float(np.mean(fin["correct"])),
+               "flops_ratio": float(np.mean(fin["flops_ratio"])), "blocks_used": float(np.mean(fin["blocks_used"]))}
+        if joint:
+            row["finetune"] = finetune_step(core, policy, bb_opt, args.finetune_batch, args.explore, rng)
         history.append(row)
-        if it % max(1, args.iterations // 10) == 0 or it == args.iterations - 1:
+        if it % max(1, total // 10) == 0 or it == total - 1:
+            ft = f"  ce {row['finetune']['loss']:.4f}" if joint else ""
             log(f"iter {it:4d}  decide {j}/{T}  reward {row['reward']:+.3f} (greedy {row['greedy_reward']:+.3f})  "
-                f"train acc {row['train_accuracy']:.3f}  flops {row['flops_ratio']:.3f}  {time.time() - start:.0f}s")
-    return policy.eval(), history
+                f"train acc {row['train_accuracy']:.3f}  flops {row['flops_ratio']:.3f}{ft}  {time.time() - start:.0f}s")
+    core.net.eval()
+    return policy.eval(), core.net, history
 
 
 def env_kwargs_of(args: Args) -> dict[str, Any]:
@@ -225,29 +297,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     env_kwargs = env_kwargs_of(args)
     t0 = time.time()
-    policy, history = train(args, env_kwargs)
+    policy, net, history = train(args, env_kwargs)
     train_s = time.time() - t0
-    eval_kwargs = skip_kwargs(env_kwargs)
-    res = evaluate(PerDecision(policy), "DynSkip-v0", **eval_kwargs)
-    print(f"test (DynSkip-v0 protocol): accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} "
-          f"({train_s:.0f}s training)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_policy(policy, out / "policy.pt")
+    eval_kwargs = skip_kwargs(env_kwargs)
+    test_kwargs = dict(eval_kwargs)
+    if args.finetune_iterations:
+        from dyncnn_gym.pretraining import load_checkpoint
+
+        torch.save({"state_dict": net.state_dict(), "meta": getattr(net, "meta", None)}, out / "backbone.pt")
+        test_kwargs["backbone"] = load_checkpoint(out / "backbone.pt")  # evaluated as reloaded from the file
+    res = evaluate(PerDecision(policy), "DynSkip-v0", **test_kwargs)
+    print(f"test (DynSkip-v0 protocol): accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} "
+          f"({train_s:.0f}s training)")
     entry = {"env_id": "DynSkip-v0", "train_env_id": "DynBlockDrop-v0", "env_kwargs": eval_kwargs,
              "train_env_kwargs": env_kwargs, "algorithm": "BlockDrop-PG", "args": asdict(args),
-             "train_seconds": round(train_s, 1), **res, "history": history}
+             "train_seconds": round(train_s, 1), "finetuned_backbone": bool(args.finetune_iterations), **res,
+             "history": history}
+    if args.finetune_iterations:
+        last = history[-1]["finetune"]
+        entry["finetune"] = {"iterations": args.finetune_iterations, "lr": args.finetune_lr,
+                             "batch": args.finetune_batch, "final_loss": last["loss"],
+                             "final_routed_accuracy": last["routed_accuracy"], "backbone": "backbone.pt"}
     if args.compare_static:
         from dyncnn_gym.benchmark.baselines import interpolate, static_baselines
         from dyncnn_gym.envs.core import RoutingCore
 
-        static = static_baselines(RoutingCore("skip", 1, split="test", **eval_kwargs))
+        static = static_baselines(RoutingCore("skip", 1, split="test", **test_kwargs))
         at = interpolate(static["front"], res["flops_ratio"])
         entry["static"] = {"full": static["full"], "front": static["front"], "static_front_accuracy_at_same_flops": at,
                            "gain_points": 100.0 * (res["accuracy"] - at) if np.isfinite(at) else float("nan")}
         print(f"static front at the same FLOPs: {at:.4f} (gain {entry['static']['gain_points']:+.2f} points)")
     (out / "result.json").write_text(json.dumps(entry, indent=2, default=float))
-    print(f"wrote {out}/result.json and policy.pt")
+    print(f"wrote {out}/result.json, policy.pt" + (" and backbone.pt" if args.finetune_iterations else ""))
     return entry
 
 
@@ -269,7 +353,7 @@ def bench_agent(env_fn, task, seed: int, step_budget: int) -> PerDecision:
     num_envs = int(np.clip(step_budget // (2 * T * 20), 8, 256))
     args = Args(num_envs=num_envs, iterations=max(1, step_budget // (2 * T * num_envs)), reward=kw["reward"],
                 compute_weight=env_fn.compute_weight, seed=seed)
-    policy, _ = train(args, kw, log=lambda *a, **k: None)
+    policy, _, _ = train(args, kw, log=lambda *a, **k: None)
     return PerDecision(policy).eval()
 
 

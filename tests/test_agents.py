@@ -237,6 +237,7 @@ def test_blockdrop_pg_trains_saves_and_reloads(tmp_path):
                                "--lr", "0.05", "--no-compare-static", "--out", str(out)])
     assert saved["algorithm"] == "BlockDrop-PG" and saved["history"][0]["blocks_decided"] == 1
     assert saved["history"][-1]["blocks_decided"] == 8  # the curriculum reached every block
+    assert not saved["finetuned_backbone"] and not (out / "backbone.pt").exists()
     _check_saved(out, blockdrop_pg.load_policy, "DynSkip-v0", dataset="digits", obs="features")
     # the export replays the one-shot decisions: DynBlockDrop-v0 gives the same FLOPs per image
     oneshot = blockdrop_pg.load_policy(out / "policy.pt", per_decision=False)
@@ -250,6 +251,46 @@ def test_blockdrop_pg_trains_saves_and_reloads(tmp_path):
         i = fin["index"]
         assert np.array_equal(res["images"]["actions"][i], a) and res["images"]["flops"][i] == fin["flops"]
         obs, info = bd.reset()
+
+
+def test_blockdrop_pg_joint_finetuning_lowers_the_routed_loss(tmp_path):
+    """--finetune-iterations: a private backbone copy is trained under the policy's drop patterns,
+    saved as backbone.pt and used by the test evaluation."""
+    import torch.nn.functional as F
+
+    from dyncnn_gym.pretraining import load_checkpoint
+    from dyncnn_gym.walk import Walk, run_routes
+
+    core = gymnasium.make("DynSkip-v0", dataset="digits", obs="features").unwrapped.core
+    default = core.net  # the process-wide backbone the run starts from
+    before = {k: v.clone() for k, v in default.state_dict().items()}
+    out = tmp_path / "bdft"
+    saved = blockdrop_pg.main(["--dataset", "digits", "--obs", "features", "--iterations", "4", "--num-envs", "16",
+                               "--lr", "0.05", "--finetune-iterations", "3", "--finetune-lr", "1e-3",
+                               "--finetune-batch", "64", "--no-compare-static", "--out", str(out)])
+    assert [r["stage"] for r in saved["history"]] == ["rl"] * 4 + ["joint"] * 3
+    assert all(r["blocks_decided"] == core.T for r in saved["history"][4:])  # no curriculum: the policy decides all
+    ft = saved["finetune"]
+    assert saved["finetuned_backbone"] and (ft["iterations"], ft["lr"], ft["batch"]) == (3, 1e-3, 64)
+    assert ft["final_loss"] == saved["history"][-1]["finetune"]["loss"] and np.isfinite(ft["final_loss"])
+    assert all(torch.equal(before[k], v) for k, v in default.state_dict().items())  # a private copy was trained
+    tuned = load_checkpoint(out / "backbone.pt")
+    assert any(not torch.equal(before[k], v) for k, v in tuned.state_dict().items())
+    # the routed loss on fixed train images under fixed drop patterns (sampled from the policy) went down
+    x, y = torch.as_tensor(core.data.train.images[:256]), torch.as_tensor(core.data.train.labels[:256])
+    oneshot = blockdrop_pg.load_policy(out / "policy.pt", per_decision=False)
+    with torch.no_grad():
+        p = blockdrop_pg.explore_probs(torch.sigmoid(oneshot(torch.as_tensor(core.observe(Walk(default, "skip", x))))), 0.8)
+        keep = torch.bernoulli(p, generator=torch.Generator().manual_seed(0)).long()
+        assert 0 < keep.float().mean() < 1
+        loss_before = F.cross_entropy(run_routes(default, "skip", x, keep)[0], y).item()
+        loss_after = F.cross_entropy(run_routes(tuned, "skip", x, keep)[0], y).item()
+    assert loss_after < loss_before - 0.03, (loss_before, loss_after)
+    # the test evaluation used the fine-tuned backbone: reloading both files reproduces it exactly
+    res = evaluate(blockdrop_pg.load_policy(out / "policy.pt"), "DynSkip-v0", dataset="digits", obs="features",
+                   backbone=str(out / "backbone.pt"))
+    assert res["n_images"] == saved["n_images"] > 0
+    assert res["accuracy"] == saved["accuracy"] and res["flops_ratio"] == saved["flops_ratio"]
 
 
 def test_curriculum_schedule():
@@ -281,6 +322,9 @@ def test_agent_help_runs_as_a_script(module, capsys, monkeypatch):
     (skipnet_hrl, ["--ste-iterations", "0", "--rl-iterations", "0"], "nothing to train"),
     (blockdrop_pg, ["--reward", "accuracy"], "not supported; choose one of"),
     (blockdrop_pg, ["--explore", "0.2"], "--explore 0.2 must be in"),
+    (blockdrop_pg, ["--finetune-iterations", "-1"], "--finetune-iterations -1 must be >= 0"),
+    (blockdrop_pg, ["--finetune-lr", "0"], "--finetune-lr 0.0 must be > 0"),
+    (blockdrop_pg, ["--finetune-batch", "0"], "--finetune-batch 0 must be a positive integer"),
 ])
 def test_agent_cli_errors(module, argv, match, capsys):
     with pytest.raises(SystemExit) as exc:

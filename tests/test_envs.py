@@ -389,6 +389,22 @@ def test_reward_flops_form(env_id):
     assert clipped and unclipped, "the test should see the clip both active and inactive"
 
 
+@pytest.mark.parametrize("env_id", IDS)
+def test_reward_error_loss_pays_accuracy_not_cross_entropy(env_id):
+    cw, lw = 0.7, 2.0
+    env = make_env(env_id, CHEAP[env_id], "shapes", reward="flops", compute_weight=cw, loss_weight=lw, loss="error")
+    seen = set()
+    for k in range(80):  # the test backbones are untrained: keep going until both outcomes were seen
+        if len(seen) == 2 and k >= 8:
+            break
+        _, rewards, _, _, infos = rollout(env, seed=k, rng=np.random.default_rng(k))
+        info = infos[-1]
+        final = sum(rewards) - cw * (1 - info["flops_ratio"])
+        assert final == pytest.approx(0.0 if info["correct"] else -lw, abs=1e-9)
+        seen.add(bool(info["correct"]))
+    assert seen == {True, False}, "the test should see right and wrong predictions"
+
+
 def test_reward_flops_default_weights():
     env = make_env(CHANNEL_ID, "vgg", "user12")
     for k in range(3):

@@ -106,6 +106,12 @@ def test_bad_reward_weights(kwargs, name):
     assert name in message(exc)
 
 
+def test_bad_loss_term():
+    with pytest.raises(ValueError) as exc:
+        make_env(CHANNEL_ID, "vgg", "user12", loss="hinge")
+    assert "'hinge'" in message(exc) and "'ce'" in message(exc) and "'error'" in message(exc)
+
+
 @pytest.mark.parametrize("groups", [1, 0, 2.5, "4", True])
 def test_bad_groups(groups):
     with pytest.raises(ValueError) as exc:

@@ -228,3 +228,37 @@ def test_ppo_on_the_native_vecenv_on_a_device(device):
     model.learn(64)
     assert model.num_timesteps >= 64
     assert vec.core.images.device.type == torch.device(device).type
+
+
+# ------------------------------------------------------------------------------ the PPO recipe
+
+
+def test_recipe_env_arguments_are_the_recipe_updated_by_overrides():
+    from dyncnn_gym.recipes import env_kwargs, recipe
+
+    for env_id in ("DynChannel-v0", "DynSkip-v0"):
+        base = env_kwargs(env_id)
+        assert base == recipe(env_id)["env"] and base["loss"] == "error" and base["obs"] == "probe"
+        assert env_kwargs(env_id, compute_weight=0.3, dataset="digits") == {**base, "compute_weight": 0.3, "dataset": "digits"}
+    assert env_kwargs("dyncnn_gym:DynChannel-v0") == env_kwargs("DynChannel-v0")
+    with pytest.raises(ValueError, match="'DynBlockDrop-v0'.*'DynChannel-v0'"):
+        recipe("DynBlockDrop-v0")
+    recipe("DynChannel-v0")["env"]["loss"] = "ce"  # a copy: the recipe itself is unchanged
+    assert env_kwargs("DynChannel-v0")["loss"] == "error"
+
+
+def test_train_ppo_builds_the_recipe_env_and_the_example_evaluates_it(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from dyncnn_gym.recipes import train_ppo
+
+    model = train_ppo("DynChannel-v0", total_timesteps=256, n_envs=8, progress=False, dataset="digits", compute_weight=0.1)
+    core = model.get_env().core
+    assert core.reward.loss == "error" and core.reward.compute_weight == 0.1 and core.obs_mode == "probe"
+    script = Path(__file__).resolve().parents[1] / "examples" / "ppo_dynchannel.py"
+    out = subprocess.run([sys.executable, str(script), "--dataset", "digits", "--timesteps", "640", "--out", str(tmp_path / "m.zip")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "test accuracy" in out.stdout and (tmp_path / "m.zip").exists()

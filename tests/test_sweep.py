@@ -40,3 +40,20 @@ def test_sweep_compares_each_point_with_static_networks_of_the_same_cost(tmp_pat
 def test_sweep_rejects_an_empty_run(tmp_path):
     with pytest.raises(ValueError, match="nothing to run"):
         run_sweep(tmp_path, cotrain=False, frozen=False, progress=False)
+
+
+def test_sweep_with_several_seeds_reports_each_and_their_mean(tmp_path):
+    res = run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", weights={"DynChannel-v0": (0.05,)}, timesteps=640,
+                    cotrain=False, seed=(0, 1), progress=False)
+    assert res["seeds"] == [0, 1] and res["loss"] == "error"  # the recipe's classification term
+    assert res["envs"]["DynChannel-v0"]["env_kwargs"]["loss"] == "error"
+    pts = res["envs"]["DynChannel-v0"]["points"]
+    assert [p["seed"] for p in pts] == [0, 1]
+    text = format_summary(res)
+    mean_acc = 100 * np.mean([p["accuracy"] for p in pts])
+    assert "Mean ± std over seeds [0, 1]" in text and f"{mean_acc:.2f} ± " in text
+
+
+def test_sweep_rejects_an_unknown_loss_term(tmp_path):
+    with pytest.raises(ValueError, match="'hinge'.*'error'"):
+        run_sweep(tmp_path, loss="hinge", progress=False)

@@ -20,12 +20,12 @@ import torch
 from .. import ENV_IDS
 from ..envs.core import RoutingCore, _shared_data
 from ..pretraining import DEFAULT_ARCH
+from ..recipes import env_kwargs as recipe_env_kwargs
 from ..recipes import recipe, train_ppo
 from . import plots
 from .baselines import interpolate, oracle, random_policy_eval, static_baselines
 from .protocol import evaluate, mode_of
 
-DEMO_COMPUTE_WEIGHT = {"DynChannel-v0": 0.5, "DynSkip-v0": 0.5}
 
 
 def _jsonable(x: Any) -> Any:
@@ -78,14 +78,7 @@ def run_demo(
     }
     for env_id in envs:
         mode = mode_of(env_id)
-        env_kwargs = {
-            "dataset": dataset,
-            "backbone": (backbones or {}).get(mode, DEFAULT_ARCH[mode]),
-            "groups": 4,
-            "reward": "flops",
-            "compute_weight": DEMO_COMPUTE_WEIGHT[env_id],
-            "obs": "probe",
-        }
+        env_kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=(backbones or {}).get(mode, DEFAULT_ARCH[mode]), groups=4)
         t0 = time.perf_counter()
         core = RoutingCore(mode, 1, split="test", **env_kwargs)  # loads or pretrains the backbone
         t_backbone = time.perf_counter() - t0

@@ -31,10 +31,11 @@ from typing import Any
 
 import numpy as np
 
-#: default compute weights per env: they span the FLOPs where each backbone starts to lose accuracy
-DEFAULT_WEIGHTS: dict[str, tuple[float, ...]] = {
-    "DynChannel-v0": (0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0),
-    "DynSkip-v0": (0.5, 1.0, 2.0, 4.0),
+#: default compute weights per reward loss term and env: they span the FLOPs where each backbone
+#: starts to lose accuracy (``"error"`` weights are in accuracy, ``"ce"`` ones in nats, per FLOPs ratio)
+DEFAULT_WEIGHTS: dict[str, dict[str, tuple[float, ...]]] = {
+    "error": {"DynChannel-v0": (0.02, 0.05, 0.1, 0.2), "DynSkip-v0": (0.1, 0.2, 0.5, 1.0)},
+    "ce": {"DynChannel-v0": (0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0), "DynSkip-v0": (0.5, 1.0, 2.0, 4.0)},
 }
 
 
@@ -70,8 +71,9 @@ def run_sweep(
     timesteps: int | None = None,
     cotrain: bool = True,
     frozen: bool = True,
-    seed: int = 0,
+    seed: int | tuple[int, ...] = 0,
     finetune_kwargs: dict[str, Any] | None = None,
+    loss: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the sweep and write ``out/results.json``, ``out/summary.md`` and a fronts plot per env.
@@ -82,8 +84,11 @@ def run_sweep(
         weights: per env id, the compute weights (default :data:`DEFAULT_WEIGHTS`).
         timesteps: PPO steps per point (default: the recipe's).
         cotrain / frozen: which variants to run.
-        seed: seeds PPO, the envs and the fine-tuning batches.
+        seed: seeds PPO, the envs and the fine-tuning batches; several seeds train every point once
+            per seed and the summary adds mean ± std over seeds.
         finetune_kwargs: arguments of :class:`~dyncnn_gym.callbacks.BackboneFinetuneCallback`.
+        loss: the reward's classification term, ``"error"`` or ``"ce"`` (see :mod:`dyncnn_gym.envs.rewards`;
+            default: the recipe's, ``"error"``).
     """
     import torch
 
@@ -91,6 +96,7 @@ def run_sweep(
     from ..envs.core import RoutingCore
     from ..envs.routing import mode_of
     from ..pretraining import DEFAULT_ARCH
+    from ..recipes import env_kwargs as recipe_env_kwargs
     from ..recipes import recipe, train_ppo
     from . import plots
     from .baselines import random_policy_eval, route_outcomes, static_baselines, uniform_routes
@@ -99,15 +105,24 @@ def run_sweep(
 
     if not (cotrain or frozen):
         raise ValueError("cotrain=False and frozen=False leave nothing to run; enable at least one")
-    weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+    from ..envs.rewards import LOSS_KINDS
+
+    loss = loss or recipe(envs[0])["env"]["loss"]
+    if loss not in LOSS_KINDS:
+        raise ValueError(f"loss={loss!r} is not a classification term; choose one of {list(LOSS_KINDS)}")
+    weights = {**DEFAULT_WEIGHTS[loss], **(weights or {})}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = print if progress else (lambda *a, **k: None)
     start = time.perf_counter()
-    results: dict[str, Any] = {"dataset": dataset, "seed": seed, "timesteps": {}, "envs": {}}
+    seeds = (seed,) if isinstance(seed, (int, np.integer)) else tuple(seed)
+    if not seeds:
+        raise ValueError("seed=() gives nothing to run; pass at least one seed")
+    results: dict[str, Any] = {"dataset": dataset, "seeds": list(seeds), "loss": loss, "timesteps": {}, "envs": {}}
     for env_id in envs:
         mode = mode_of(env_id)
-        kwargs = {"dataset": dataset, "backbone": DEFAULT_ARCH[mode], "groups": 4, "reward": "flops", "obs": "probe"}
+        kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=DEFAULT_ARCH[mode], groups=4, loss=loss)
+        kwargs.pop("compute_weight")  # set per point
         core = RoutingCore(mode, 1, split="test", **kwargs)
         static = static_baselines(core)
         full_correct = route_outcomes(core, uniform_routes(core)[-1:])[0][0]
@@ -116,44 +131,44 @@ def run_sweep(
         entry: dict[str, Any] = {"env_kwargs": kwargs, "full": static["full"], "uniform": static["uniform"],
                                  "greedy_front": static["front"], "points": []}
         variants = (["frozen"] if frozen else []) + (["cotrained"] if cotrain else [])
-        for w in weights[env_id]:
-            for variant in variants:
-                log(f"[sweep] {env_id} compute_weight={w} {variant}: PPO {steps} steps")
-                torch.manual_seed(seed)
-                backbone = core.net if variant == "frozen" else copy.deepcopy(core.net)
-                env_kwargs = {**kwargs, "backbone": backbone, "compute_weight": w}
-                callback = BackboneFinetuneCallback(seed=seed, **(finetune_kwargs or {})) if variant == "cotrained" else None
-                t0 = time.perf_counter()
-                # the test core is built before training so that it shares the observation scales
-                # and probes the policy was trained with (memoised per backbone object)
-                test_core = RoutingCore(mode, 500, split="test", **env_kwargs)
-                model = train_ppo(env_id, total_timesteps=steps, seed=seed, progress=False, callback=callback, **env_kwargs)
-                secs = time.perf_counter() - t0
-                res = evaluate(model, env_id, per_image=True, core=test_core)
-                x, acc = res["flops_ratio"], res["accuracy"]
-                point: dict[str, Any] = {
-                    "variant": variant,
-                    "compute_weight": w,
-                    "accuracy": acc,
-                    "flops_ratio": x,
-                    "flops_saved": 1.0 - x,
-                    "gap_to_full_points": 100 * (static["full"]["accuracy"] - acc),
-                    "vs_uniform_static_points": 100 * (acc - _interp(static["uniform"], x)),
-                    "vs_greedy_static_points": 100 * (acc - _interp(static["front"], x)),
-                    "random_matched": random_policy_eval(core, res["action_rates"], seed=seed),
-                    "train_seconds": round(secs, 1),
-                    **{k: res[k] for k in ("action_rates", "by_difficulty", "difficulty_flops_spearman") if k in res},
-                    **_adaptivity(core, res, full_correct),
-                }
-                if variant == "cotrained":
-                    tuned = RoutingCore(mode, 1, split="test", **{**kwargs, "backbone": backbone})
-                    own = static_baselines(tuned, greedy=False)["uniform"]
-                    point["own_uniform"] = own
-                    point["vs_own_uniform_static_points"] = 100 * (acc - _interp(own, x))
-                    point["finetune"] = callback.history[-1] if callback.history else {}
-                entry["points"].append(point)
-                log(f"[sweep]   accuracy {acc:.4f} at FLOPs {x:.3f}: vs uniform static {point['vs_uniform_static_points']:+.2f},"
-                    f" vs greedy static {point['vs_greedy_static_points']:+.2f} points ({secs:.0f} s)")
+        for seed, w, variant in ((sd, w, v) for sd in seeds for w in weights[env_id] for v in variants):
+            log(f"[sweep] {env_id} compute_weight={w} {variant} seed {seed}: PPO {steps} steps")
+            torch.manual_seed(seed)
+            backbone = core.net if variant == "frozen" else copy.deepcopy(core.net)
+            env_kwargs = {**kwargs, "backbone": backbone, "compute_weight": w}
+            callback = BackboneFinetuneCallback(seed=seed, **(finetune_kwargs or {})) if variant == "cotrained" else None
+            t0 = time.perf_counter()
+            # the test core is built before training so that it shares the observation scales
+            # and probes the policy was trained with (memoised per backbone object)
+            test_core = RoutingCore(mode, 500, split="test", **env_kwargs)
+            model = train_ppo(env_id, total_timesteps=steps, seed=seed, progress=False, callback=callback, **env_kwargs)
+            secs = time.perf_counter() - t0
+            res = evaluate(model, env_id, per_image=True, core=test_core)
+            x, acc = res["flops_ratio"], res["accuracy"]
+            point: dict[str, Any] = {
+                "variant": variant,
+                "compute_weight": w,
+                "seed": seed,
+                "accuracy": acc,
+                "flops_ratio": x,
+                "flops_saved": 1.0 - x,
+                "gap_to_full_points": 100 * (static["full"]["accuracy"] - acc),
+                "vs_uniform_static_points": 100 * (acc - _interp(static["uniform"], x)),
+                "vs_greedy_static_points": 100 * (acc - _interp(static["front"], x)),
+                "random_matched": random_policy_eval(core, res["action_rates"], seed=seed),
+                "train_seconds": round(secs, 1),
+                **{k: res[k] for k in ("action_rates", "by_difficulty", "difficulty_flops_spearman") if k in res},
+                **_adaptivity(core, res, full_correct),
+            }
+            if variant == "cotrained":
+                tuned = RoutingCore(mode, 1, split="test", **{**kwargs, "backbone": backbone})
+                own = static_baselines(tuned, greedy=False)["uniform"]
+                point["own_uniform"] = own
+                point["vs_own_uniform_static_points"] = 100 * (acc - _interp(own, x))
+                point["finetune"] = callback.history[-1] if callback.history else {}
+            entry["points"].append(point)
+            log(f"[sweep]   accuracy {acc:.4f} at FLOPs {x:.3f}: vs uniform static {point['vs_uniform_static_points']:+.2f},"
+                f" vs greedy static {point['vs_greedy_static_points']:+.2f} points ({secs:.0f} s)")
         results["envs"][env_id] = entry
         learned = [{**p, "algorithm": f"PPO {p['variant']}"} for p in entry["points"]]
         plots.plot_fronts(out / f"{env_id.replace('-v0', '')}_sweep.png", f"{env_id} on {dataset}: PPO sweep vs static",
@@ -167,25 +182,47 @@ def run_sweep(
 
 
 def format_summary(results: dict[str, Any]) -> str:
-    """A Markdown table per env: every point against full, uniform static and greedy static."""
-    lines = [f"Data `{results['dataset']}`, seed {results['seed']}; PPO recipe, steps {results['timesteps']}.", ""]
+    """A Markdown table per env: every point against full, uniform static and greedy static, and,
+    with several seeds, the mean ± std over seeds per variant and weight."""
+    seeds = results.get("seeds", [results.get("seed", 0)])
+    lines = [f"Data `{results['dataset']}`, seeds {seeds}; PPO recipe, steps {results['timesteps']};"
+             f" reward loss term `{results.get('loss', 'ce')}`.", ""]
     for env_id, e in results["envs"].items():
         full = e["full"]["accuracy"]
         lines += [
             f"**{env_id}** (full network {100 * full:.2f} %)",
             "",
-            "| variant | weight | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static | vs matched random | Spearman diff./FLOPs (all / full-correct) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| variant | weight | seed | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static | vs matched random | Spearman diff./FLOPs (all / full-correct) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for p in e["points"]:
             own = f" ({p['vs_own_uniform_static_points']:+.2f} own)" if "vs_own_uniform_static_points" in p else ""
             sp = " / ".join(_fmt(p.get(k)) for k in ("spearman_all", "spearman_full_correct"))
             lines.append(
-                f"| {p['variant']} | {p['compute_weight']} | {100 * p['flops_saved']:.1f} % | {100 * p['accuracy']:.2f} |"
+                f"| {p['variant']} | {p['compute_weight']} | {p.get('seed', seeds[0])} | {100 * p['flops_saved']:.1f} % | {100 * p['accuracy']:.2f} |"
                 f" {-p['gap_to_full_points']:+.2f} | {p['vs_uniform_static_points']:+.2f}{own} | {p['vs_greedy_static_points']:+.2f} |"
                 f" {100 * (p['accuracy'] - p['random_matched']['accuracy']):+.2f} | {sp} |"
             )
         lines.append("")
+        if len(seeds) > 1:
+            lines += [
+                f"Mean ± std over seeds {seeds}:",
+                "",
+                "| variant | weight | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+            ]
+            groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+            for p in e["points"]:
+                groups.setdefault((p["variant"], p["compute_weight"]), []).append(p)
+            for (variant, w), ps in groups.items():
+                def ms(key: str, scale: float = 1.0, sign: str = "") -> str:
+                    v = scale * np.array([q[key] for q in ps], dtype=np.float64)
+                    return f"{v.mean():{sign}.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+                lines.append(
+                    f"| {variant} | {w} | {ms('flops_saved', 100)} % | {ms('accuracy', 100)} | {ms('gap_to_full_points', -1, '+')} |"
+                    f" {ms('vs_uniform_static_points', 1, '+')} | {ms('vs_greedy_static_points', 1, '+')} |"
+                )
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -195,23 +232,26 @@ def _fmt(v: float | None) -> str:
 
 def add_arguments(p) -> None:
     p.add_argument("--out", default="sweep_out", help="output directory (default: sweep_out)")
-    p.add_argument("--env", action="append", choices=list(DEFAULT_WEIGHTS), help="only this env (repeatable)")
+    p.add_argument("--env", action="append", choices=list(DEFAULT_WEIGHTS["error"]), help="only this env (repeatable)")
     p.add_argument("--data", default="shapes", help="data set name (default: shapes)")
     p.add_argument("--weight", type=float, action="append", default=None,
                    help="compute weight (repeatable; default: per env, see dyncnn_gym.benchmark.sweep.DEFAULT_WEIGHTS)")
     p.add_argument("--timesteps", type=int, default=None, help="PPO steps per point (default: the recipe's)")
     p.add_argument("--no-cotrain", action="store_true", help="frozen backbones only")
     p.add_argument("--no-frozen", action="store_true", help="co-trained backbones only")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds (several: mean ± std in the summary)")
+    p.add_argument("--loss", default=None, choices=["error", "ce"],
+                   help="the reward's classification term: 0/1 error or clipped cross-entropy (default: the recipe's, error)")
     p.add_argument("--quiet", action="store_true")
 
 
 def run_from_args(args) -> int:
-    envs = tuple(args.env or DEFAULT_WEIGHTS)
+    envs = tuple(args.env or DEFAULT_WEIGHTS["error"])
     weights = {e: tuple(args.weight) for e in envs} if args.weight else None
     for w in args.weight or []:
         if not w > 0:
             raise ValueError(f"--weight {w!r} must be a positive compute weight")
     run_sweep(args.out, envs=envs, dataset=args.data, weights=weights, timesteps=args.timesteps,
-              cotrain=not args.no_cotrain, frozen=not args.no_frozen, seed=args.seed, progress=not args.quiet)
+              cotrain=not args.no_cotrain, frozen=not args.no_frozen, seed=tuple(args.seed), loss=args.loss,
+              progress=not args.quiet)
     return 0

@@ -42,6 +42,7 @@ class _OneShot:
         compute_weight: float | None = None,
         loss_weight: float = 1.0,
         ce_clip: float = 5.0,
+        loss: str = "ce",
         device: str = "cpu",
         obs: str = "features",
     ) -> None:
@@ -51,16 +52,16 @@ class _OneShot:
             raise ValueError(f"usage={usage!r} is not a usage measure; choose one of {list(USAGE_KINDS)}")
         if not isinstance(penalty, (int, float)) or isinstance(penalty, bool) or not np.isfinite(penalty) or penalty < 0:
             raise ValueError(f"penalty={penalty!r} must be a finite number >= 0 (a wrong image pays -penalty)")
-        if reward == "blockdrop" and (compute_weight is not None or loss_weight != 1.0 or ce_clip != 5.0):
+        if reward == "blockdrop" and (compute_weight is not None or loss_weight != 1.0 or ce_clip != 5.0 or loss != "ce"):
             raise ValueError(
-                "compute_weight / loss_weight / ce_clip apply to the DynSkip-v0 reward forms"
+                "compute_weight / loss_weight / ce_clip / loss apply to the DynSkip-v0 reward forms"
                 f" {list(REWARD_KINDS)}; reward='blockdrop' is set by penalty= and usage="
             )
         self.kind, self.penalty, self.usage = reward, float(penalty), usage
         core_reward = "flops" if reward == "blockdrop" else reward
         self.core = RoutingCore("skip", n, dataset=dataset, backbone=backbone, groups=groups, split=split,
                                 reward=core_reward, compute_weight=compute_weight, loss_weight=loss_weight,
-                                ce_clip=ce_clip, device=device, obs=obs)
+                                ce_clip=ce_clip, loss=loss, device=device, obs=obs)
         self.T = self.core.T
         self.observation_space = self.core.observation_space
         self.action_space = spaces.MultiBinary(self.T)
@@ -138,7 +139,7 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
     (default `penalty=1.0`, BlockDrop's `-gamma`); `u` is the fraction of the `T` blocks executed
     (`usage="blocks"`, BlockDrop's) or the FLOPs ratio (`usage="flops"`).
     `reward="flops"`, `"rnp"` or `"skipnet"`: the return `DynSkip-v0` pays for the same actions
-    with that reward form (`compute_weight`, `loss_weight`, `ce_clip` as there), so returns are
+    with that reward form (`compute_weight`, `loss_weight`, `ce_clip`, `loss` as there), so returns are
     comparable across the two envs.
 
     ## Starting State
@@ -159,7 +160,7 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
     ```python
     gymnasium.make("DynBlockDrop-v0", dataset="shapes", backbone=None, groups=4, split="train",
                    reward="blockdrop", penalty=1.0, usage="blocks", compute_weight=None,
-                   loss_weight=1.0, ce_clip=5.0, device="cpu", obs="features", render_mode=None)
+                   loss_weight=1.0, ce_clip=5.0, loss="ce", device="cpu", obs="features", render_mode=None)
     ```
 
     * `dataset`, `backbone` (default `'resnet20-lite'`; any ResNet arch), `groups`, `split`,
@@ -167,7 +168,7 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
     * `reward`: `"blockdrop"` or a `DynSkip-v0` reward form (`"flops"`, `"rnp"`, `"skipnet"`).
     * `penalty`: reward of a wrong image under `reward="blockdrop"` is `-penalty` (>= 0).
     * `usage`: `"blocks"` or `"flops"`, the `u` of `reward="blockdrop"`.
-    * `compute_weight`, `loss_weight`, `ce_clip`: only with a `DynSkip-v0` reward form.
+    * `compute_weight`, `loss_weight`, `ce_clip`, `loss`: only with a `DynSkip-v0` reward form.
     * `render_mode`: `None` or `"ansi"`.
 
     `gymnasium.make_vec("DynBlockDrop-v0", num_envs=N)` routes `N` images as one batch

@@ -105,6 +105,7 @@ class RoutingCore:
         compute_weight: float | None = None,
         loss_weight: float = 1.0,
         ce_clip: float = 5.0,
+        loss: str = "ce",
         budget: float | None = None,
         device: str | torch.device = "cpu",
         obs: str = "features",
@@ -124,7 +125,7 @@ class RoutingCore:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={device!r} was asked for, but torch sees no CUDA device; use device='cpu'")
-        self.reward = Reward.make(reward, compute_weight, loss_weight, ce_clip)
+        self.reward = Reward.make(reward, compute_weight, loss_weight, ce_clip, loss)
         self.data = _shared_data(dataset)
         self.net = at_precision(resolve_backbone(backbone, self.data, mode, int(groups), self.device), DTYPES[dtype])
         self.dtype = dtype
@@ -279,7 +280,7 @@ class RoutingCore:
                 ce = F.cross_entropy(logits.float(), labels, reduction="none").double().cpu().numpy()
                 pred = logits.argmax(1).cpu().numpy()
                 rew[slots] = self.reward.step(t, a, cost, int(self._full_step[t]), self.full, self.A, self.T)
-                rew[slots] += self.reward.final(ce)
+                rew[slots] += self.reward.final(ce, pred == labels.cpu().numpy())
                 term[slots] = True
                 obs[slots] = self._observe(walk)
                 if arrays:

@@ -12,8 +12,14 @@ Each decision ``t`` pays a compute term; the last decision adds a classification
 * ``"skipnet"`` (SkipNet): ``compute_weight * (A - 1 - a_t) / ((A - 1) * T)`` — the paper's
   ``(1 - g_t) * alpha / N`` per gate. Default ``compute_weight = 0.1`` (its CIFAR ``alpha``).
 
-Final term of every form: ``-loss_weight * min(CE, ce_clip)``, the cross-entropy (nats) of the true
-label under the network's prediction, clipped so one hopeless image cannot dominate a batch.
+Final term of every form, chosen by ``loss``:
+
+* ``"ce"`` (default; RNP, SkipNet): ``-loss_weight * min(CE, ce_clip)``, the cross-entropy (nats) of
+  the true label under the network's prediction, clipped so one hopeless image cannot dominate a batch.
+* ``"error"`` (BlockDrop's correctness reward): ``-loss_weight`` if the prediction is wrong, else 0.
+  It pays exactly the accuracy the benchmark measures: an image the network gets wrong at every
+  width costs the same whatever is computed, so the agent is not paid to spend FLOPs making a
+  hopeless image less wrong (which ``"ce"`` does). ``ce_clip`` does not apply.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 REWARD_KINDS = ("flops", "rnp", "skipnet")
+LOSS_KINDS = ("ce", "error")
 DEFAULT_COMPUTE_WEIGHT = {"flops": 0.5, "rnp": 0.1, "skipnet": 0.1}
 
 
@@ -34,20 +41,24 @@ class Reward:
     compute_weight: float = 0.5
     loss_weight: float = 1.0
     ce_clip: float = 5.0
+    loss: str = "ce"
 
     @classmethod
     def make(
-        cls, kind: str = "flops", compute_weight: float | None = None, loss_weight: float = 1.0, ce_clip: float = 5.0
+        cls, kind: str = "flops", compute_weight: float | None = None, loss_weight: float = 1.0, ce_clip: float = 5.0,
+        loss: str = "ce",
     ) -> "Reward":
         if kind not in REWARD_KINDS:
             raise ValueError(f"reward={kind!r} is not a reward form; choose one of {list(REWARD_KINDS)}")
+        if loss not in LOSS_KINDS:
+            raise ValueError(f"loss={loss!r} is not a classification term; choose one of {list(LOSS_KINDS)}")
         cw = DEFAULT_COMPUTE_WEIGHT[kind] if compute_weight is None else compute_weight
         for name, v in (("compute_weight", cw), ("loss_weight", loss_weight), ("ce_clip", ce_clip)):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
                 raise ValueError(f"{name}={v!r} must be a finite number >= 0")
         if ce_clip == 0:
             raise ValueError("ce_clip=0 would erase the classification term; use a positive value")
-        return cls(kind, float(cw), float(loss_weight), float(ce_clip))
+        return cls(kind, float(cw), float(loss_weight), float(ce_clip), loss)
 
     def step(self, t: int, actions: np.ndarray, cost: np.ndarray, full_cost: int, full_flops: int, A: int, T: int) -> np.ndarray:
         """Compute term of decision ``t`` for each sample (float64 ``[B]``).
@@ -62,6 +73,8 @@ class Reward:
             return self.compute_weight * saved
         return self.compute_weight * saved / ((A - 1) * T)
 
-    def final(self, ce: np.ndarray) -> np.ndarray:
-        """Classification term (float64 ``[B]``) from per-sample cross-entropy in nats."""
+    def final(self, ce: np.ndarray, correct: np.ndarray) -> np.ndarray:
+        """Classification term (float64 ``[B]``) from per-sample cross-entropy (nats) and correctness (bool)."""
+        if self.loss == "error":
+            return -self.loss_weight * (~np.asarray(correct, dtype=bool)).astype(np.float64)
         return -self.loss_weight * np.minimum(ce, self.ce_clip)

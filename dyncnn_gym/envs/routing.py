@@ -15,7 +15,7 @@ _ARGS_DOC = """
 
     ```python
     gymnasium.make("{id}", dataset="shapes", backbone=None, groups=4, split="train",
-                   reward="flops", compute_weight=None, loss_weight=1.0, ce_clip=5.0,
+                   reward="flops", compute_weight=None, loss_weight=1.0, ce_clip=5.0, loss="ce",
                    budget=None, device="cpu", obs="features", dtype="float32", render_mode=None)
     ```
 
@@ -31,7 +31,7 @@ _ARGS_DOC = """
       may give one), where the backbone's outcomes are like the test split's rather than memorised;
       `"test"` sweeps the test split in order (restarting at image 0 on every seeded reset) so
       that evaluation covers it exactly.
-    * `reward`, `compute_weight`, `loss_weight`, `ce_clip`: see Rewards.
+    * `reward`, `compute_weight`, `loss_weight`, `ce_clip`, `loss`: see Rewards.
     * `budget`: optional FLOPs-ratio budget per image; actions that could not finish within it are
       masked (`info["action_mask"]`, `action_masks()`), and taking one raises `ValueError`.
     * `device`: torch device of the backbone and the walk (`"cpu"`, `"cuda"`, ...).
@@ -60,7 +60,9 @@ _COMMON_DOC = """
     ## Rewards
 
     Each step pays a bonus for the computation its decision saved; the last step adds
-    `-loss_weight * min(CE, ce_clip)`, the clipped cross-entropy (nats) of the true label.
+    `-loss_weight * min(CE, ce_clip)`, the clipped cross-entropy (nats) of the true label
+    (`loss="ce"`, default), or `-loss_weight` if the prediction is wrong and 0 if right
+    (`loss="error"`, BlockDrop's correctness reward: it pays exactly the measured accuracy).
     `reward="flops"` (default): bonus `compute_weight * (FLOPs saved by this decision) / FLOPs(full)`
     (default `compute_weight=0.5`; the episode's bonuses sum to `compute_weight * (1 - flops_ratio)`).
     `reward="rnp"`: `compute_weight` (default 0.1) per group / block not computed.
