@@ -16,7 +16,8 @@ Gymnasium vector env (all in lockstep, same-step autoreset: every episode has ex
 steps), a replay buffer of **whole episodes** (the Q-network is recurrent across an episode's
 decisions, so updates replay each sampled episode from its first decision), Double-DQN targets
 from a target network synced every ``--target-every`` updates, Huber loss, ``--gamma 1``
-(undiscounted: the env pays a compute bonus at every step and ``-CE`` at the last). Epsilon is
+(undiscounted: the env pays a compute bonus at every step and ``-CE`` at the last, or ``-1`` for a
+wrong prediction with ``--loss error``). Epsilon is
 annealed linearly from ``--eps-start`` to ``--eps-end`` over ``--eps-fraction`` of the iterations
 (RNP: 1.0 -> 0.1).
 
@@ -62,6 +63,7 @@ class Args:
     dataset: str = "shapes"
     backbone: str = ""  # "" = the env's default backbone
     compute_weight: float = 0.5
+    loss: str = "ce"  # the reward's classification term: "ce" (the paper's) or "error" (0/1)
     obs: str = "probe"
     split: str = "train"  # images the agent trains on: "train", or "val" (held out from the backbone)
     num_envs: int = 128
@@ -96,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
         else:
             p.add_argument(flag, type=type(default), default=default)
     ns = p.parse_args(argv)
+    if ns.loss not in ("ce", "error"):
+        p.error(f"--loss {ns.loss!r} is not a classification term; choose one of ['ce', 'error']")
     if ns.split not in ("train", "val"):
         p.error(f"--split {ns.split!r} is not a training split; choose one of ['train', 'val']")
     if ns.env not in ENVS:
@@ -343,7 +347,7 @@ def static_comparison(env_id: str, res: dict[str, Any], **env_kwargs: Any) -> di
     from dyncnn_gym.envs.core import RoutingCore
     from dyncnn_gym.envs.routing import mode_of
 
-    kw = {k: v for k, v in env_kwargs.items() if k not in ("compute_weight", "reward", "loss_weight", "ce_clip")}
+    kw = {k: v for k, v in env_kwargs.items() if k not in ("compute_weight", "reward", "loss_weight", "ce_clip", "loss")}
     static = static_baselines(RoutingCore(mode_of(env_id), 1, split="test", **kw))
     at = interpolate(static["front"], res["flops_ratio"])
     return {"full": static["full"], "front": static["front"], "static_front_accuracy_at_same_flops": at,
@@ -351,7 +355,7 @@ def static_comparison(env_id: str, res: dict[str, Any], **env_kwargs: Any) -> di
 
 
 def env_kwargs_of(args: Args) -> dict[str, Any]:
-    kw: dict[str, Any] = {"dataset": args.dataset, "compute_weight": args.compute_weight, "obs": args.obs}
+    kw: dict[str, Any] = {"dataset": args.dataset, "compute_weight": args.compute_weight, "loss": args.loss, "obs": args.obs}
     if args.backbone:
         kw["backbone"] = args.backbone
     return kw

@@ -22,8 +22,9 @@ the tests), so the gates transfer unchanged to stage 2 and to the env.
 
 **Stage 2, REINFORCE** (as ``agents/reinforce_gates.py``): ``--num-envs`` episodes in lockstep on the
 native Gymnasium vector env, where skipped blocks are really not computed; gates are sampled
-(Bernoulli / categorical), undiscounted returns (per-gate compute reward + final ``-CE``), the
-batch's mean return at each decision as the baseline, an entropy bonus.
+(Bernoulli / categorical), undiscounted returns (per-gate compute reward + final ``-CE``, or
+``-1`` for a wrong prediction with ``--loss error``), the batch's mean return at each decision as
+the baseline, an entropy bonus.
 
 Backbone: frozen by default (its batch-norm statistics always are). ``--joint-backbone`` trains a
 private copy jointly — stage 1 with the routed CE, stage 2 with one supervised step per iteration
@@ -64,6 +65,7 @@ class Args:
     dataset: str = "shapes"
     backbone: str = ""  # "" = the env's default backbone
     compute_weight: float = 0.5
+    loss: str = "ce"  # the reward's classification term: "ce" (the paper's) or "error" (0/1)
     obs: str = "probe"
     split: str = "train"  # images the gates learn on: "train", or "val" (held out from the backbone)
     hidden: int = 32
@@ -91,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
         else:
             p.add_argument(flag, type=type(default), default=default)
     ns = p.parse_args(argv)
+    if ns.loss not in ("ce", "error"):
+        p.error(f"--loss {ns.loss!r} is not a classification term; choose one of ['ce', 'error']")
     if ns.split not in ("train", "val"):
         p.error(f"--split {ns.split!r} is not a training split; choose one of ['train', 'val']")
     if ns.env not in ENVS:
@@ -343,7 +347,7 @@ def static_comparison(env_id: str, res: dict[str, Any], **env_kwargs: Any) -> di
     from dyncnn_gym.envs.core import RoutingCore
     from dyncnn_gym.envs.routing import mode_of
 
-    kw = {k: v for k, v in env_kwargs.items() if k not in ("compute_weight", "reward", "loss_weight", "ce_clip")}
+    kw = {k: v for k, v in env_kwargs.items() if k not in ("compute_weight", "reward", "loss_weight", "ce_clip", "loss")}
     static = static_baselines(RoutingCore(mode_of(env_id), 1, split="test", **kw))
     at = interpolate(static["front"], res["flops_ratio"])
     return {"full": static["full"], "front": static["front"], "static_front_accuracy_at_same_flops": at,
@@ -353,7 +357,7 @@ def static_comparison(env_id: str, res: dict[str, Any], **env_kwargs: Any) -> di
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    env_kwargs: dict[str, Any] = {"dataset": args.dataset, "compute_weight": args.compute_weight, "obs": args.obs}
+    env_kwargs: dict[str, Any] = {"dataset": args.dataset, "compute_weight": args.compute_weight, "loss": args.loss, "obs": args.obs}
     if args.backbone:
         env_kwargs["backbone"] = args.backbone
     stage1: dict[str, Any] = {}

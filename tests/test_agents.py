@@ -173,8 +173,10 @@ def test_rnp_dqn_finetunes_a_private_copy_of_the_backbone():
 def test_skipnet_hrl_trains_saves_and_reloads(tmp_path):
     out = tmp_path / "skip"
     saved = skipnet_hrl.main(["--dataset", "digits", "--obs", "features", "--ste-iterations", "6", "--ste-batch", "32",
-                              "--rl-iterations", "4", "--num-envs", "16", "--no-compare-static", "--out", str(out)])
+                              "--rl-iterations", "4", "--num-envs", "16", "--no-compare-static", "--loss", "error",
+                              "--out", str(out)])
     assert saved["algorithm"] == "SkipNet-HRL" and saved["after_stage1"]["flops_ratio"] > 0
+    assert saved["env_kwargs"]["loss"] == "error" and saved["args"]["loss"] == "error"
     assert len(saved["history"]["stage1"]) == 6 and len(saved["history"]["stage2"]) == 4
     _check_saved(out, skipnet_hrl.load_policy, "DynSkip-v0", dataset="digits", obs="features")
 
@@ -317,6 +319,8 @@ def test_agent_help_runs_as_a_script(module, capsys, monkeypatch):
     (rnp_dqn, ["--num-envs", "0"], "--num-envs 0 must be a positive integer"),
     (rnp_dqn, ["--eps-end", "2"], "--eps-end 2.0 must be in"),
     (rnp_dqn, ["--split", "test"], "--split 'test' is not a training split"),
+    (rnp_dqn, ["--loss", "hinge"], "--loss 'hinge' is not a classification term; choose one of ['ce', 'error']"),
+    (skipnet_hrl, ["--loss", "hinge"], "--loss 'hinge' is not a classification term; choose one of ['ce', 'error']"),
     (skipnet_hrl, ["--env", "DynChannel-v0"], "supports DynSkip-v0 only"),
     (skipnet_hrl, ["--split", "test"], "--split 'test' is not a training split"),
     (skipnet_hrl, ["--ste-iterations", "0", "--rl-iterations", "0"], "nothing to train"),
