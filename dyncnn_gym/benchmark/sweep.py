@@ -240,7 +240,9 @@ def add_arguments(p) -> None:
     p.add_argument("--no-cotrain", action="store_true", help="frozen backbones only")
     p.add_argument("--no-frozen", action="store_true", help="co-trained backbones only")
     p.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds (several: mean ± std in the summary)")
-    p.add_argument("--loss", default=None, choices=["error", "ce"],
+    from ..envs.rewards import LOSS_KINDS
+
+    p.add_argument("--loss", default=None, choices=list(LOSS_KINDS),
                    help="the reward's classification term: 0/1 error or clipped cross-entropy (default: the recipe's, error)")
     p.add_argument("--quiet", action="store_true")
 
