@@ -24,7 +24,11 @@ the tests), so the gates transfer unchanged to stage 2 and to the env.
 native Gymnasium vector env, where skipped blocks are really not computed; gates are sampled
 (Bernoulli / categorical), undiscounted returns (per-gate compute reward + final ``-CE``, or
 ``-1`` for a wrong prediction with ``--loss error``), the batch's mean return at each decision as
-the baseline, an entropy bonus.
+the baseline, an entropy bonus. ``--rl-sharpness b > 1`` samples from ``softmax(b * logits)``, so
+that stage 2 starts close to stage 1's hard gates (the greedy gates, used for evaluation, are the
+same). On train images the backbone has memorised, the full network has nearly zero CE: with a
+small ``--compute-weight`` (0.5 on shapes) stage 2 rightly learns to run every block; 2.0 keeps it
+skipping.
 
 Backbone: frozen by default (its batch-norm statistics always are). ``--joint-backbone`` trains a
 private copy jointly — stage 1 with the routed CE, stage 2 with one supervised step per iteration
@@ -77,6 +81,7 @@ class Args:
     num_envs: int = 256
     lr: float = 3e-3
     ent_coef: float = 0.01
+    rl_sharpness: float = 1.0  # stage 2 samples from softmax(rl_sharpness * logits); > 1 starts it near stage 1's hard gates
     joint_backbone: bool = False
     backbone_lr: float = 1e-4
     compare_static: bool = True
@@ -109,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
             p.error(f"--{name.replace('_', '-')} {getattr(ns, name)} must be >= 0")
     if ns.ste_iterations + ns.rl_iterations == 0:
         p.error("nothing to train: --ste-iterations and --rl-iterations are both 0")
-    for name in ("ste_lr", "lr", "backbone_lr"):
+    for name in ("ste_lr", "lr", "backbone_lr", "rl_sharpness"):
         if getattr(ns, name) <= 0:
             p.error(f"--{name.replace('_', '-')} {getattr(ns, name)} must be > 0")
     return Args(**vars(ns))
@@ -242,7 +247,8 @@ def train_ste(core, policy: GatePolicy, iterations: int, batch: int, lr: float, 
 
 
 # -- stage 2: REINFORCE on the env ---------------------------------------------------------------
-def routed_step(core, policy: GatePolicy, opt: torch.optim.Optimizer, batch: int, rng: np.random.Generator) -> float:
+def routed_step(core, policy: GatePolicy, opt: torch.optim.Optimizer, batch: int, rng: np.random.Generator,
+                sharpness: float = 1.0) -> float:
     """One supervised backbone step on train images routed by sampled gates (only executed blocks run)."""
     train = core.data.train
     idx = rng.integers(0, len(train.labels), batch)
@@ -253,7 +259,7 @@ def routed_step(core, policy: GatePolicy, opt: torch.optim.Optimizer, batch: int
     while not walk.done:
         with torch.no_grad():
             logits, h = policy.step(torch.as_tensor(core.observe(walk)), h)
-        walk.step(torch.distributions.Categorical(logits=logits).sample().numpy())
+        walk.step(torch.distributions.Categorical(logits=sharpness * logits).sample().numpy())
     loss = F.cross_entropy(walk.logits(), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -263,8 +269,9 @@ def routed_step(core, policy: GatePolicy, opt: torch.optim.Optimizer, batch: int
 
 def train_reinforce(envs, policy: GatePolicy, iterations: int, lr: float, ent_coef: float, seed: int,
                     backbone_opt: torch.optim.Optimizer | None = None, rng: np.random.Generator | None = None,
-                    log=print) -> list[dict]:
-    """Stage 2: REINFORCE with a per-decision batch-mean baseline (undiscounted returns)."""
+                    log=print, sharpness: float = 1.0) -> list[dict]:
+    """Stage 2: REINFORCE with a per-decision batch-mean baseline (undiscounted returns); actions are
+    sampled from ``softmax(sharpness * logits)`` (the greedy gates, and so evaluation, do not depend on it)."""
     core = envs.unwrapped.core
     n, T = envs.num_envs, core.T
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
@@ -275,6 +282,7 @@ def train_reinforce(envs, policy: GatePolicy, iterations: int, lr: float, ent_co
         logps, ents, rewards = [], [], []
         for _t in range(T):  # every episode has exactly T decisions: one batch = n whole episodes
             logits, h = policy.step(torch.as_tensor(obs), h)
+            logits = sharpness * logits
             if "action_mask" in info:
                 logits = logits.masked_fill(~torch.as_tensor(info["action_mask"]), -1e9)
             dist = torch.distributions.Categorical(logits=logits)
@@ -295,7 +303,8 @@ def train_reinforce(envs, policy: GatePolicy, iterations: int, lr: float, ent_co
         row = {"iteration": it, "return": float(returns[0].mean()), "train_accuracy": float(np.mean(final["correct"])),
                "flops_ratio": float(np.mean(final["flops_ratio"]))}
         if backbone_opt is not None:
-            row["backbone_ce"] = routed_step(core, policy, backbone_opt, min(128, n), rng or np.random.default_rng(seed))
+            row["backbone_ce"] = routed_step(core, policy, backbone_opt, min(128, n), rng or np.random.default_rng(seed),
+                                            sharpness)
         history.append(row)
         if it % max(1, iterations // 10) == 0 or it == iterations - 1:
             log(f"[rl]  iter {it:4d}  return {row['return']:+.3f}  train acc {row['train_accuracy']:.3f}  "
@@ -333,7 +342,8 @@ def train(args: Args, env_kwargs: dict[str, Any], log=print, after_stage1=None) 
                 after_stage1(policy.eval(), core.net)
                 policy.train()
         if args.rl_iterations:
-            logs["stage2"] = train_reinforce(envs, policy, args.rl_iterations, args.lr, args.ent_coef, args.seed, bb_opt, rng, log)
+            logs["stage2"] = train_reinforce(envs, policy, args.rl_iterations, args.lr, args.ent_coef, args.seed, bb_opt, rng, log,
+                                             args.rl_sharpness)
     finally:
         for prm in core.net.parameters():
             prm.requires_grad_(True)
