@@ -52,6 +52,7 @@ def test_sweep_with_several_seeds_reports_each_and_their_mean(tmp_path):
     text = format_summary(res)
     mean_acc = 100 * np.mean([p["accuracy"] for p in pts])
     assert "Mean ± std over seeds [0, 1]" in text and f"{mean_acc:.2f} ± " in text
+    assert (tmp_path / "DynChannel_sweep.png").stat().st_size > 1000  # mean line and single-seed markers
 
 
 def test_sweep_rejects_an_unknown_loss_term(tmp_path):

@@ -24,7 +24,11 @@ def plot_fronts(
     learned: list[dict[str, Any]],
     extra: dict[str, dict[str, float]] | None = None,
 ) -> Path:
-    """Accuracy vs FLOPs ratio: static routes and their front against learned policies' points."""
+    """Accuracy vs FLOPs ratio: static routes and their front against learned policies' points.
+
+    ``learned`` points are grouped by ``"algorithm"``; a group is joined by a line, or drawn as
+    faint markers when its points carry ``"scatter": True`` (e.g. single seeds around their mean).
+    """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.2, 4.4))
     for key, style in (("exhaustive", "."), ("greedy", "x"), ("uniform", "s")):
@@ -38,7 +42,11 @@ def plot_fronts(
         groups.setdefault(p.get("algorithm", "policy"), []).append(p)
     for name, pts in groups.items():
         pts = sorted(pts, key=lambda p: p["flops_ratio"])
-        ax.plot([p["flops_ratio"] for p in pts], [100 * p["accuracy"] for p in pts], "o-", ms=6, label=name)
+        x, y = [p["flops_ratio"] for p in pts], [100 * p["accuracy"] for p in pts]
+        if any(p.get("scatter") for p in pts):  # single runs around a mean line: markers only
+            ax.scatter(x, y, s=14, alpha=0.45, label=name)
+        else:
+            ax.plot(x, y, "o-", ms=6, label=name)
     for name, p in (extra or {}).items():
         ax.scatter([p["flops_ratio"]], [100 * p["accuracy"]], marker="*", s=80, label=name)
     ax.set_xlabel("FLOPs ratio (used / full network)")

@@ -98,7 +98,6 @@ def run_sweep(
     from ..pretraining import DEFAULT_ARCH
     from ..recipes import env_kwargs as recipe_env_kwargs
     from ..recipes import recipe, train_ppo
-    from . import plots
     from .baselines import random_policy_eval, route_outcomes, static_baselines, uniform_routes
     from .demo import _jsonable
     from .protocol import evaluate
@@ -170,15 +169,41 @@ def run_sweep(
             log(f"[sweep]   accuracy {acc:.4f} at FLOPs {x:.3f}: vs uniform static {point['vs_uniform_static_points']:+.2f},"
                 f" vs greedy static {point['vs_greedy_static_points']:+.2f} points ({secs:.0f} s)")
         results["envs"][env_id] = entry
-        learned = [{**p, "algorithm": f"PPO {p['variant']}"} for p in entry["points"]]
-        plots.plot_fronts(out / f"{env_id.replace('-v0', '')}_sweep.png", f"{env_id} on {dataset}: PPO sweep vs static",
-                          static, learned, {})
+        plot_sweep(out, results, env_id)
     results["seconds"] = round(time.perf_counter() - start, 1)
     (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
     text = format_summary(results)
     (out / "summary.md").write_text(text)
     log(text)
     return results
+
+
+def plot_sweep(out: str | Path, results: dict[str, Any], env_id: str) -> Path:
+    """``out/<env>_sweep.png``: each variant's points against the static fronts; with several seeds,
+    the mean per compute weight as a line and every seed's point as a faint marker."""
+    from . import plots
+
+    e = results["envs"][env_id]
+    static = {"uniform": e["uniform"], "greedy": e["greedy_front"], "front": e["greedy_front"]}
+    seeds = results.get("seeds", [0])
+    learned: list[dict[str, Any]] = []
+    for (variant, w), ps in _by_variant_and_weight(e["points"]).items():
+        if len(seeds) > 1:
+            learned.append({"algorithm": f"PPO {variant} (mean of {len(ps)} seeds)", "compute_weight": w,
+                            "accuracy": float(np.mean([p["accuracy"] for p in ps])),
+                            "flops_ratio": float(np.mean([p["flops_ratio"] for p in ps]))})
+            learned += [{**p, "algorithm": f"PPO {variant} (single seeds)", "scatter": True} for p in ps]
+        else:
+            learned += [{**p, "algorithm": f"PPO {variant}"} for p in ps]
+    title = f"{env_id} on {results['dataset']}: PPO sweep vs static"
+    return plots.plot_fronts(Path(out) / f"{env_id.replace('-v0', '')}_sweep.png", title, static, learned, {})
+
+
+def _by_variant_and_weight(points: list[dict[str, Any]]) -> dict[tuple[str, float], list[dict[str, Any]]]:
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for p in points:
+        groups.setdefault((p["variant"], p["compute_weight"]), []).append(p)
+    return groups
 
 
 def format_summary(results: dict[str, Any]) -> str:
@@ -211,10 +236,7 @@ def format_summary(results: dict[str, Any]) -> str:
                 "| variant | weight | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |",
                 "|---|---:|---:|---:|---:|---:|---:|",
             ]
-            groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
-            for p in e["points"]:
-                groups.setdefault((p["variant"], p["compute_weight"]), []).append(p)
-            for (variant, w), ps in groups.items():
+            for (variant, w), ps in _by_variant_and_weight(e["points"]).items():
                 def ms(key: str, scale: float = 1.0, sign: str = "") -> str:
                     v = scale * np.array([q[key] for q in ps], dtype=np.float64)
                     return f"{v.mean():{sign}.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
