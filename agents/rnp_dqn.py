@@ -368,14 +368,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.time()
     qnet, net, history = train(args, env_kwargs)
     train_s = time.time() - t0
-    eval_kwargs = {**env_kwargs, "backbone": net}
-    res = evaluate(qnet, args.env, **eval_kwargs)
-    print(f"test: accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} ({train_s:.0f}s training)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_policy(qnet, out / "policy.pt")
+    eval_kwargs = {**env_kwargs, "backbone": net}
     if args.finetune:
+        from dyncnn_gym.pretraining import load_checkpoint
+
         torch.save({"state_dict": net.state_dict(), "meta": getattr(net, "meta", None)}, out / "backbone.pt")
+        eval_kwargs["backbone"] = load_checkpoint(out / "backbone.pt")  # evaluated as reloaded from the file
+    res = evaluate(qnet, args.env, **eval_kwargs)
+    print(f"test: accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} ({train_s:.0f}s training)")
     entry = {"env_id": args.env, "env_kwargs": env_kwargs, "algorithm": "RNP-DQN", "args": asdict(args),
              "train_seconds": round(train_s, 1), "finetuned_backbone": args.finetune, **res, "history": history}
     if args.compare_static:

@@ -380,14 +380,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.time()
     policy, net, logs = train(args, env_kwargs, after_stage1=after_stage1)
     train_s = time.time() - t0
-    eval_kwargs = {**env_kwargs, "backbone": net}
-    res = evaluate(policy, args.env, **eval_kwargs)
-    print(f"test: accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} ({train_s:.0f}s training)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_policy(policy, out / "policy.pt")
+    eval_kwargs = {**env_kwargs, "backbone": net}
     if args.joint_backbone:
+        from dyncnn_gym.pretraining import load_checkpoint
+
         torch.save({"state_dict": net.state_dict(), "meta": getattr(net, "meta", None)}, out / "backbone.pt")
+        eval_kwargs["backbone"] = load_checkpoint(out / "backbone.pt")  # evaluated as reloaded from the file
+    res = evaluate(policy, args.env, **eval_kwargs)
+    print(f"test: accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} ({train_s:.0f}s training)")
     entry = {"env_id": args.env, "env_kwargs": env_kwargs, "algorithm": "SkipNet-HRL", "args": asdict(args),
              "train_seconds": round(train_s, 1), "joint_backbone": args.joint_backbone, **res,
              "after_stage1": stage1 or None, "history": logs}

@@ -149,6 +149,24 @@ def test_rnp_dqn_trains_saves_and_reloads(tmp_path):
     _check_saved(out, rnp_dqn.load_policy, "DynChannel-v0", dataset="digits", obs="features")
 
 
+@pytest.mark.parametrize("agent", ["rnp", "skipnet"])
+def test_fine_tuned_backbone_and_policy_files_reproduce_result_json(agent, tmp_path):
+    out = tmp_path / agent
+    if agent == "rnp":
+        saved = rnp_dqn.main(["--dataset", "digits", "--obs", "features", "--iterations", "6", "--num-envs", "16",
+                              "--learning-starts", "16", "--batch-episodes", "16", "--finetune-every", "2",
+                              "--finetune-steps", "2", "--finetune-lr", "1e-3", "--no-compare-static", "--out", str(out)])
+        module, env_id = rnp_dqn, "DynChannel-v0"
+    else:
+        saved = skipnet_hrl.main(["--dataset", "digits", "--obs", "features", "--ste-iterations", "3", "--ste-batch", "32",
+                                  "--rl-iterations", "3", "--num-envs", "16", "--joint-backbone", "--backbone-lr", "1e-3",
+                                  "--no-compare-static", "--out", str(out)])
+        module, env_id = skipnet_hrl, "DynSkip-v0"
+    assert (out / "backbone.pt").exists()
+    _check_saved(out, module.load_policy, env_id, dataset="digits", obs="features", backbone=str(out / "backbone.pt"))
+    assert saved["n_images"] > 0
+
+
 def test_rnp_dqn_finetunes_a_private_copy_of_the_backbone():
     net = make_net("vgg", "digits")
     before = {k: v.clone() for k, v in net.state_dict().items()}
