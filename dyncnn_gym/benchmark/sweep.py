@@ -104,11 +104,10 @@ def run_sweep(
 
     if not (cotrain or frozen):
         raise ValueError("cotrain=False and frozen=False leave nothing to run; enable at least one")
-    from ..envs.rewards import LOSS_KINDS
+    from ..envs.rewards import Reward
 
     loss = loss or recipe(envs[0])["env"]["loss"]
-    if loss not in LOSS_KINDS:
-        raise ValueError(f"loss={loss!r} is not a classification term; choose one of {list(LOSS_KINDS)}")
+    Reward.make(loss=loss)  # a bad loss term raises here, naming the choices, before DEFAULT_WEIGHTS[loss]
     weights = {**DEFAULT_WEIGHTS[loss], **(weights or {})}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,8 @@ from gymnasium.vector.utils import batch_space
 
 from .core import RoutingCore
 from .rewards import REWARD_KINDS
-from .routing import BackboneAccess, check_render_mode
-from .vector import slot_seeds, vector_autoreset_mode
+from .routing import BackboneAccess, check_render_mode, reset_single
+from .vector import check_max_episode_steps, slot_seeds, vector_autoreset_mode
 
 #: ``reward=`` forms of DynBlockDrop-v0: BlockDrop's own, or a DynSkip-v0 episode return
 BLOCKDROP_REWARDS = ("blockdrop", *REWARD_KINDS)
@@ -198,16 +198,10 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        if options:
-            raise ValueError(f"options={options!r}: this env takes no reset options")
-        if seed is not None:
-            self.core.cursor = 0
-        self.core.rngs[0] = self.np_random
-        obs, infos = self.core.reset_slots(np.array([0]))
-        info = infos[0]
+        obs, info = reset_single(self.core, self.np_random, seed, options)
         info.pop("action_mask", None)
         self._needs_reset, self._last_info = False, info
-        return obs[0], info
+        return obs, info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self._needs_reset:
@@ -251,8 +245,7 @@ class DynBlockDropVectorEnv(VectorEnv):
         **kwargs: Any,
     ) -> None:
         mode = vector_autoreset_mode(autoreset_mode, render_mode)
-        if max_episode_steps is not None and (not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1):
-            raise ValueError(f"max_episode_steps={max_episode_steps!r}: every episode has one step; pass None or a value >= 1")
+        check_max_episode_steps(max_episode_steps, 1)
         self._shot = _OneShot(num_envs, **kwargs)
         self.core = self._shot.core
         self.core.info_format = "arrays"

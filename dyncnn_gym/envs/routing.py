@@ -91,6 +91,20 @@ def check_render_mode(render_mode: str | None, modes: list[str]) -> None:
         raise ValueError(f"render_mode={render_mode!r} is not supported; choose one of {modes} or None")
 
 
+def reset_single(core: RoutingCore, np_random: np.random.Generator, seed: int | None,
+                 options: dict | None) -> tuple[np.ndarray, dict]:
+    """Start a single env's next episode in slot 0 of its ``core``: the image is drawn with the env's
+    ``np_random`` (train / val splits); a seeded reset restarts the test split at image 0.
+    Returns the observation ``[D]`` and the reset info."""
+    if options:
+        raise ValueError(f"options={options!r}: this env takes no reset options")
+    if seed is not None:
+        core.cursor = 0
+    core.rngs[0] = np_random
+    obs, infos = core.reset_slots(np.array([0]))
+    return obs[0], infos[0]
+
+
 class BackboneAccess:
     """The backbone of a single env's ``self.core`` (:class:`RoutingCore`), shared by every env face."""
 
@@ -133,15 +147,10 @@ class RoutingEnv(BackboneAccess, gym.Env, EzPickle):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        if options:
-            raise ValueError(f"options={options!r}: this env takes no reset options")
-        if seed is not None:
-            self.core.cursor = 0
-        self.core.rngs[0] = self.np_random
-        obs, infos = self.core.reset_slots(np.array([0]))
-        self._last_info = infos[0]
+        obs, info = reset_single(self.core, self.np_random, seed, options)
+        self._last_info = info
         self._needs_reset = False
-        return obs[0], infos[0]
+        return obs, info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self._needs_reset:

@@ -30,6 +30,16 @@ def vector_autoreset_mode(autoreset_mode: AutoresetMode | str, render_mode: str 
     return modes[key]
 
 
+def check_max_episode_steps(max_episode_steps: Any, T: int) -> None:
+    """``make_vec`` passes ``max_episode_steps``; every episode has exactly ``T`` steps, so only
+    ``None`` or an int ``>= T`` (which changes nothing) is accepted."""
+    if max_episode_steps is not None and (not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < T):
+        raise ValueError(
+            f"max_episode_steps={max_episode_steps!r}: every episode has exactly {T} step{'s' if T > 1 else ''}"
+            f" and never truncates; pass None or a value >= {T}"
+        )
+
+
 def slot_seeds(seed: int | list | tuple | None, n: int) -> list[int | None] | None:
     """Per-slot seeds from a vector ``reset(seed=...)``: an int gives ``seed + i``; a list is taken as is."""
     if seed is None:
@@ -131,12 +141,7 @@ class RoutingVectorEnv(VectorEnv):
         self.core = RoutingCore(self.mode, num_envs, **kwargs)
         if hasattr(self.core, "info_format"):  # the core can build the dict-of-arrays infos itself
             self.core.info_format = "arrays"
-        T = self.core.T
-        if max_episode_steps is not None and (not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < T):
-            raise ValueError(
-                f"max_episode_steps={max_episode_steps!r}: every episode has exactly {T} steps and never"
-                f" truncates; pass None or a value >= {T}"
-            )
+        check_max_episode_steps(max_episode_steps, self.core.T)
         self.num_envs = int(num_envs)
         self.metadata = {**self.metadata, "autoreset_mode": mode}
         self.render_mode = None
