@@ -73,7 +73,7 @@ REWARDS = ("blockdrop", "flops")
 @dataclass
 class Args:
     dataset: str = "shapes"
-    backbone: str = ""  # "" = the default ResNet (resnet20-lite)
+    backbone: str = ""  # "" = the default ResNet (resnet32-lite@skip)
     obs: str = "probe"
     reward: str = "blockdrop"
     penalty: float = 1.0

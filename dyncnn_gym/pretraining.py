@@ -8,7 +8,10 @@ computes the cross-entropy of two routes through the same batch:
 * a random route, drawn as in slimmable networks (channel mode: one random width per decision
   point for the whole batch) or stochastic depth (skip mode: every sample skips every skippable
   block independently with a rate drawn uniformly from ``[0, max_skip]`` per batch). ResNets,
-  which serve both envs, alternate the two kinds step by step.
+  which serve both envs, alternate the two kinds step by step, unless the backbone is named
+  ``"arch@mode"`` (e.g. ``"resnet32-lite@skip"``): then every step trains that kind of decision
+  only, and the backbone serves only that env. The default DynSkip backbone is trained so: the
+  capacity it does not spend on width-switching goes into robustness to skipped blocks.
 
 Images are drawn with a curriculum when the data rate each image's difficulty (the embedded
 ``"shapes"``): the first batches come from the easiest quarter of the train split, and the pool
@@ -48,8 +51,26 @@ from .walk import run_routes
 CHECKPOINT_VERSION = 1
 SHIPPED_DIR = Path(__file__).parent / "checkpoints"
 
-#: default backbone arch of each mode
-DEFAULT_ARCH = {"channel": "vgg", "skip": "resnet20-lite"}
+#: default backbone of each mode: an arch name, or ``"arch@mode"`` for the arch trained for that mode only
+DEFAULT_ARCH = {"channel": "vgg", "skip": "resnet32-lite@skip"}
+
+
+def parse_backbone(spec: str) -> tuple[str, tuple[str, ...] | None]:
+    """Split a backbone name into ``(arch, modes)``: ``"resnet20-lite"`` -> ``("resnet20-lite", None)``
+    (trained for every mode the arch supports), ``"resnet32-lite@skip"`` -> ``("resnet32-lite", ("skip",))``.
+
+    Raises:
+        ValueError: an unknown arch, or a mode the arch does not support (the choices are named).
+    """
+    arch, at, mode = str(spec).partition("@")
+    if arch not in ARCHS:
+        raise ValueError(f"backbone {spec!r}: {arch!r} is not a known arch; choose one of {sorted(ARCHS)}"
+                         " (optionally as 'arch@mode', e.g. 'resnet32-lite@skip')")
+    if not at:
+        return arch, None
+    if mode not in ARCHS[arch]:
+        raise ValueError(f"backbone {spec!r}: {mode!r} is not a mode of {arch!r}; choose one of {list(ARCHS[arch])}")
+    return arch, (mode,)
 
 
 @dataclass(frozen=True)
@@ -66,9 +87,14 @@ class TrainConfig:
     curriculum_end: float = 0.4
     full_only: float = 0.3
     seed: int = 0
+    #: the decision kinds the random routes train (``None``: every mode of the arch)
+    modes: tuple[str, ...] | None = None
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        d = asdict(self)
+        if d["modes"] is None:
+            del d["modes"]  # configs without it keep the names their checkpoints were saved under
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def default_epochs(data: DataSplits) -> int:
@@ -79,6 +105,12 @@ def default_epochs(data: DataSplits) -> int:
 # -- checkpoints --------------------------------------------------------------------------------
 def checkpoint_name(arch: str, groups: int, data: DataSplits, cfg: TrainConfig) -> str:
     return f"{arch}-g{groups}-{data.name}-{data.fingerprint}-{cfg.key()}.pt"
+
+
+def default_checkpoint_name(spec: str, groups: int, data: DataSplits) -> str:
+    """The file name :func:`pretrain` gives backbone ``spec`` (``"arch"`` or ``"arch@mode"``) by default."""
+    arch, modes = parse_backbone(spec)
+    return checkpoint_name(arch, groups, data, TrainConfig(epochs=default_epochs(data), modes=modes))
 
 
 def save_checkpoint(net: DynamicNet, path: str | Path) -> Path:
@@ -120,6 +152,8 @@ def load_checkpoint(
     net = build(meta["arch"], tuple(meta["in_shape"]), meta["num_classes"], meta["groups"], **meta["config"])
     net.load_state_dict(blob["state_dict"])
     net.meta = meta
+    if meta.get("train_config", {}).get("modes"):
+        net.modes = tuple(meta["train_config"]["modes"])  # trained for these decisions only
     return net.to(device).eval()
 
 
@@ -199,7 +233,9 @@ def pretrain(
     """Train a backbone that stays accurate when pruned or skipped, and cache it.
 
     Args:
-        arch: a name in :data:`dyncnn_gym.models.ARCHS` (``"vgg"``, ``"resnet20"``, ...).
+        arch: a name in :data:`dyncnn_gym.models.ARCHS` (``"vgg"``, ``"resnet20"``, ...), or
+            ``"arch@mode"`` to train that kind of decision only (``"resnet32-lite@skip"``; the
+            backbone then serves only that env).
         dataset: anything :func:`dyncnn_gym.data.load_dataset` takes (a name, arrays, a dict, a
             torch ``Dataset``) or a loaded :class:`~dyncnn_gym.data.DataSplits`.
         groups: channel groups per layer (channel mode actions).
@@ -218,8 +254,7 @@ def pretrain(
         ``arch``, ``data``, ``data_fingerprint``, ``groups``, ``train_config``, ``train_seconds``
         and ``static`` (see :func:`evaluate_static`, on the test split).
     """
-    if arch not in ARCHS:
-        raise ValueError(f"arch={arch!r} is not a known backbone; choose one of {sorted(ARCHS)}")
+    arch, modes = parse_backbone(arch)
     if isinstance(dataset, DataSplits):
         data = dataset
     else:
@@ -232,6 +267,7 @@ def pretrain(
         lr=lr,
         seed=seed,
         augment=augment and min(data.image_shape[1:]) >= 16,
+        modes=modes,
     )
     if cfg.epochs < 1:
         raise ValueError(f"epochs={epochs!r} must be at least 1")
@@ -255,7 +291,7 @@ def pretrain(
     easy_first = (
         torch.as_tensor(np.argsort(difficulty, kind="stable")) if np.isfinite(difficulty).all() else None
     )
-    modes = net.modes
+    modes = cfg.modes or net.modes
     bar = _progress(total, f"pretrain {arch} on {data.name}", progress)
     start = time.perf_counter()
     net.train()
@@ -296,6 +332,8 @@ def pretrain(
         bar.close()
     seconds = time.perf_counter() - start
     net.eval()
+    if cfg.modes:
+        net.modes = cfg.modes  # the other decisions were never trained: refuse them
     static = evaluate_static(net, data)
     net.meta = {
         "arch": arch,
@@ -363,14 +401,16 @@ def resolve_backbone(
             _RESOLVED[key] = net
         return _RESOLVED[key]
     if isinstance(backbone, str):
-        if backbone not in ARCHS:
+        if backbone.partition("@")[0] not in ARCHS:
             raise ValueError(
                 f"backbone={backbone!r} is not a known arch or a checkpoint path; choose an arch from"
-                f" {sorted(ARCHS)}, a path to a .pt checkpoint, or a DynamicNet"
+                f" {sorted(ARCHS)} (optionally as 'arch@mode'), a path to a .pt checkpoint, or a DynamicNet"
             )
-        if mode not in ARCHS[backbone]:
+        arch, modes = parse_backbone(backbone)
+        if mode not in (modes or ARCHS[arch]):
             valid = sorted(a for a, m in ARCHS.items() if mode in m)
-            raise ValueError(f"backbone={backbone!r} has no {mode!r} decisions; for this env choose one of {valid}")
+            raise ValueError(f"backbone={backbone!r} has no {mode!r} decisions; for this env choose one of {valid}"
+                             f" (or 'arch@{mode}')")
         key = ("arch", backbone, data.fingerprint, groups, str(device))
         if key not in _RESOLVED:
             _RESOLVED[key] = pretrain(backbone, data, groups=groups, device=device, progress=progress)

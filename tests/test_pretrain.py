@@ -211,6 +211,42 @@ def test_env_pretrains_an_arch_on_first_use_and_caches_it(cache_root):
     from dyncnn_gym.models import ARCHS
 
     assert pretrain_mod.DEFAULT_ARCH["channel"] == "vgg"
-    assert all(mode in ARCHS[arch] for mode, arch in pretrain_mod.DEFAULT_ARCH.items())
+    for mode, spec in pretrain_mod.DEFAULT_ARCH.items():
+        arch, modes = pretrain_mod.parse_backbone(spec)
+        assert mode in (modes or ARCHS[arch])
     obs, info = env.reset(seed=0)
     assert np.isfinite(obs).all()
+
+
+def test_parse_backbone_names_arch_and_trained_modes():
+    assert pretrain_mod.parse_backbone("resnet20-lite") == ("resnet20-lite", None)
+    assert pretrain_mod.parse_backbone("resnet32-lite@skip") == ("resnet32-lite", ("skip",))
+    with pytest.raises(ValueError, match=r"'jump' is not a mode of 'resnet32-lite'.*\['skip', 'channel'\]"):
+        pretrain_mod.parse_backbone("resnet32-lite@jump")
+    with pytest.raises(ValueError, match=r"'skip' is not a mode of 'vgg'; choose one of \['channel'\]"):
+        pretrain_mod.parse_backbone("vgg@skip")
+    with pytest.raises(ValueError, match="'resnet7' is not a known arch"):
+        pretrain_mod.parse_backbone("resnet7@skip")
+
+
+def test_one_mode_backbone_trains_only_that_mode_and_refuses_the_other(tmp_path):
+    """``"arch@skip"`` trains skip decisions only: its checkpoint has its own name (the names of
+    backbones trained for every mode are unchanged), records the mode, reloads restricted to it,
+    and an env of the other mode refuses it, naming the choices."""
+    from dyncnn_gym.data import load_dataset
+
+    data = load_dataset(user12_arrays(seed=2))
+    plain = pretrain_mod.TrainConfig(epochs=1)
+    assert plain.key() == pretrain_mod.TrainConfig(epochs=1, modes=None).key()
+    assert plain.key() != pretrain_mod.TrainConfig(epochs=1, modes=("skip",)).key()
+    assert pretrain_mod.default_checkpoint_name("resnet8@skip", 4, data) != pretrain_mod.default_checkpoint_name("resnet8", 4, data)
+    net = pretrain_mod.pretrain("resnet8@skip", data, epochs=1, cache=False, progress=False, out=tmp_path / "r.pt")
+    assert net.modes == ("skip",) and tuple(net.meta["train_config"]["modes"]) == ("skip",)
+    assert set(net.meta["static"]) == {"skip"}
+    loaded = pretrain_mod.load_checkpoint(tmp_path / "r.pt", data)
+    assert loaded.modes == ("skip",)
+    gymnasium.make("DynSkip-v0", dataset=data, backbone=loaded).reset(seed=0)
+    with pytest.raises(ValueError, match=r"'channel' is not supported .*\['skip'\]"):
+        gymnasium.make("DynChannel-v0", dataset=data, backbone=loaded)
+    with pytest.raises(ValueError, match=r"has no 'channel' decisions"):
+        resolve_backbone("resnet8@skip", data, "channel")

@@ -121,7 +121,7 @@ def backbone_path(task: Task, pretrain_missing: bool = True) -> Path:
     """
     from ..cache import cache_dir
     from ..envs.core import _shared_data
-    from ..pretraining import SHIPPED_DIR, TrainConfig, checkpoint_name, default_epochs, resolve_backbone
+    from ..pretraining import SHIPPED_DIR, default_checkpoint_name, resolve_backbone
 
     backbone = task.env_kwargs.get("backbone")
     if backbone is not None and (isinstance(backbone, Path) or "/" in str(backbone) or str(backbone).endswith(".pt")):
@@ -136,7 +136,7 @@ def backbone_path(task: Task, pretrain_missing: bool = True) -> Path:
 
         backbone = DEFAULT_ARCH[mode]
     groups = int(task.env_kwargs.get("groups", 4))
-    name = checkpoint_name(str(backbone), groups, data, TrainConfig(epochs=default_epochs(data)))
+    name = default_checkpoint_name(str(backbone), groups, data)
     for _ in range(2):
         for folder in (cache_dir("checkpoints"), SHIPPED_DIR):
             if (folder / name).is_file():

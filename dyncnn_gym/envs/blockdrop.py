@@ -121,7 +121,7 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
 
     ## Action Space
 
-    `MultiBinary(T)`, `T` = residual blocks after the first (8 for `resnet20-lite`): entry `t` is
+    `MultiBinary(T)`, `T` = residual blocks after the first (14 for the default `resnet32-lite@skip`, 8 for `resnet20-lite`): entry `t` is
     1 to execute block `t + 1`, 0 to drop it.
 
     ## Observation Space
@@ -163,7 +163,7 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
                    loss_weight=1.0, ce_clip=5.0, loss="ce", device="cpu", obs="features", render_mode=None)
     ```
 
-    * `dataset`, `backbone` (default `'resnet20-lite'`; any ResNet arch), `groups`, `split`,
+    * `dataset`, `backbone` (default `'resnet32-lite@skip'`; any ResNet arch), `groups`, `split`,
       `device`, `obs`: as for `DynSkip-v0`.
     * `reward`: `"blockdrop"` or a `DynSkip-v0` reward form (`"flops"`, `"rnp"`, `"skipnet"`).
     * `penalty`: reward of a wrong image under `reward="blockdrop"` is `-penalty` (>= 0).

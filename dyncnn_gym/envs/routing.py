@@ -229,7 +229,7 @@ class DynSkipEnv(RoutingEnv):
     ## Action Space
 
     `Discrete(2)`: 0 skips the block, 1 executes it.
-    """ + _COMMON_DOC + _ARGS_DOC.format(id="DynSkip-v0", default="'resnet20-lite', ResNet-20 with a stride-2 stem") + """
+    """ + _COMMON_DOC + _ARGS_DOC.format(id="DynSkip-v0", default="'resnet32-lite@skip', ResNet-32 with a stride-2 stem trained for skip decisions only") + """
     ## Version History
 
     * v0: initial version.
