@@ -34,7 +34,7 @@ import numpy as np
 #: default compute weights per reward loss term and env: they span the FLOPs where each backbone
 #: starts to lose accuracy (``"error"`` weights are in accuracy, ``"ce"`` ones in nats, per FLOPs ratio)
 DEFAULT_WEIGHTS: dict[str, dict[str, tuple[float, ...]]] = {
-    "error": {"DynChannel-v0": (0.02, 0.05, 0.1, 0.2), "DynSkip-v0": (0.1, 0.2, 0.5, 1.0)},
+    "error": {"DynChannel-v0": (0.02, 0.05, 0.1, 0.2), "DynSkip-v0": (0.1, 0.2, 0.25, 0.3, 0.5)},
     "ce": {"DynChannel-v0": (0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0), "DynSkip-v0": (0.5, 1.0, 2.0, 4.0)},
 }
 
