@@ -457,3 +457,14 @@ def test_research_probe_examples_have_help_and_reject_bad_arguments(name, word):
     assert out.returncode == 0 and word in out.stdout
     bad = subprocess.run([sys.executable, str(script), "--n-val", "5"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--n-val 5" in bad.stderr
+
+
+def test_flops_target_example_has_help_and_rejects_a_target_outside_0_1():
+    import subprocess
+    import sys
+
+    script = REPO_ROOT / "examples" / "flops_target.py"
+    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "dual ascent" in out.stdout
+    bad = subprocess.run([sys.executable, str(script), "--target", "1.5"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--target 1.5 is not a FLOPs ratio" in bad.stderr
