@@ -70,8 +70,8 @@ class FlopsTarget(BaseCallback):
 
 
 kwargs = env_kwargs(args.env)
-w0 = args.start_weight or kwargs.pop("compute_weight")
-kwargs.pop("compute_weight", None)
+recipe_weight = kwargs.pop("compute_weight")  # the controller's starting point, passed per run below
+w0 = args.start_weight or recipe_weight
 mode = mode_of(args.env)
 core = RoutingCore(mode, 1, split="test", **kwargs)
 static = static_baselines(core)
