@@ -172,3 +172,122 @@ class BackboneFinetuneCallback(BaseCallback):
             return  # the native VecEnv shares this backbone object: it already sees the new weights
         state = self.core.backbone_state()
         env.env_method("set_backbone_state", state)
+
+
+#: how :class:`FlopsTargetCallback` measures the policy's FLOPs ratio
+MEASURES = ("eval", "train")
+
+
+class FlopsTargetCallback(BaseCallback):
+    """Steer the reward's compute weight so that the policy's mean FLOPs ratio tracks ``target``.
+
+    At one fixed compute weight, seeds of the same agent land at scattered FLOPs (on frozen DynSkip
+    at weight 0.2, from 24 % to 41 % saved), so single operating points are hard to compare and a
+    wanted cost is hard to hit. This callback treats the cost as a constraint and the weight as its
+    multiplier (dual ascent): after every rollout it measures the policy's mean FLOPs ratio ``f``
+    and sets ``w <- w * exp(gain * (f - target))`` on every env (the native VecEnv's core, or
+    ``env_method("set_compute_weight", w)`` for single envs in this or other processes).
+
+    Args:
+        target: the FLOPs ratio (of the full network's) to steer to, in ``(min, 1]`` where ``min``
+            is the cheapest route of the backbone (checked at training start).
+        measure: ``"train"`` (default): ``f`` is the mean FLOPs ratio of the training episodes that
+            ended in the rollout (sampled actions; free, and smooth). Sampled routes usually cost a
+            few points of FLOPs ratio less than the deterministic routing of evaluation, so aim the
+            target that much lower. ``"eval"``: ``f`` is the FLOPs ratio of the *deterministic*
+            policy, as :func:`~dyncnn_gym.benchmark.protocol.evaluate` routes, on a fixed set of
+            ``eval_images`` held-out images (the ``"val"`` split where the data has one, else
+            ``"train"``). It measures what test-time routing spends, but it jumps as argmax
+            decisions flip; on frozen DynChannel the weight then oscillated over two orders of
+            magnitude (README, "Learning the routing").
+        gain: change of ``log w`` per unit of FLOPs-ratio error, per rollout (> 0).
+        weight: the starting weight; default: the env's current one.
+        eval_images: images per ``"eval"`` measurement.
+        seed: picks the ``"eval"`` images.
+
+    ``history`` holds one ``{"timesteps", "flops_ratio", "compute_weight"}`` per rollout (the
+    weight set after that measurement); the same go to SB3's logger as ``flops_target/*``.
+    """
+
+    def __init__(
+        self,
+        target: float,
+        measure: str = "train",
+        gain: float = 3.0,
+        weight: float | None = None,
+        eval_images: int = 512,
+        seed: int = 0,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(verbose)
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+            raise ValueError(f"target={target!r} is not a FLOPs ratio; use a value in (0, 1]")
+        if measure not in MEASURES:
+            raise ValueError(f"measure={measure!r} is not a measurement; choose one of {list(MEASURES)}")
+        for name, v in (("gain", gain), ("weight", weight)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not (np.isfinite(v) and v > 0)):
+                raise ValueError(f"{name}={v!r} must be a positive finite number")
+        if isinstance(eval_images, bool) or not isinstance(eval_images, int) or eval_images < 1:
+            raise ValueError(f"eval_images={eval_images!r} must be a positive integer")
+        self.target, self.measure, self.gain = float(target), measure, float(gain)
+        self.weight = None if weight is None else float(weight)
+        self.eval_images, self.seed = eval_images, seed
+        self.history: list[dict[str, float]] = []
+        self._flops: list[float] = []
+        self._core: RoutingCore | None = None
+        self._local = False
+        self._images: torch.Tensor | None = None
+
+    def _on_training_start(self) -> None:
+        env = self.training_env
+        while hasattr(env, "venv"):
+            env = env.venv
+        core = getattr(env, "core", None)
+        self._local = not isinstance(core, RoutingCore)
+        self._core = local_core(env) if self._local else core
+        lo = self._core.min_flops_ratio
+        if self.target < lo:
+            raise ValueError(f"target={self.target!r} is below the cheapest route of this backbone ({lo:.4f} of"
+                             f" the full FLOPs); use a target in [{lo:.4f}, 1]")
+        if self.weight is None:
+            self.weight = float(self.training_env.get_attr("compute_weight", indices=[0])[0])
+            if not self.weight > 0:
+                raise ValueError("the env's compute weight is 0, which dual ascent cannot scale; pass weight=")
+        self._set(self.weight)
+        if self.measure == "eval":
+            data = self._core.data
+            split = data.split("val" if data.has_val else "train")
+            idx = np.random.default_rng(self.seed).permutation(len(split))[: self.eval_images]
+            self._images = torch.as_tensor(split.images[idx]).to(self._core.device, self._core.images.dtype)
+
+    def _on_step(self) -> bool:
+        if self.measure == "train":
+            self._flops += [info["flops_ratio"] for info in self.locals["infos"] if "flops_ratio" in info]
+        return True
+
+    def _on_rollout_end(self) -> None:
+        f = self.measured_flops_ratio()
+        if f is None:
+            return
+        self.weight *= float(np.exp(self.gain * (f - self.target)))
+        self._set(self.weight)
+        self.history.append({"timesteps": float(self.num_timesteps), "flops_ratio": f, "compute_weight": self.weight})
+        self.logger.record("flops_target/flops_ratio", f)
+        self.logger.record("flops_target/compute_weight", self.weight)
+
+    def measured_flops_ratio(self) -> float | None:
+        """The policy's mean FLOPs ratio now, as ``measure`` defines it (``None``: no episode ended)."""
+        if self.measure == "train":
+            f = float(np.mean(self._flops)) if self._flops else None
+            self._flops = []
+            return f
+        core = self._core
+        assert core is not None and self._images is not None
+        if self._local:  # follow a backbone fine-tuned in other processes
+            core.load_backbone_state(self.training_env.env_method("get_backbone_state", indices=[0])[0])
+        with torch.no_grad():
+            _, walk = routed_logits(core, self.model, self._images, deterministic=True)
+        return float(walk.flops.double().mean() / core.full)
+
+    def _set(self, w: float) -> None:
+        self.training_env.env_method("set_compute_weight", w)

@@ -5,6 +5,10 @@ batch per step (no ``DummyVecEnv`` of single envs). It follows SB3's conventions
 autoreset with ``infos[i]["terminal_observation"]``, ``infos[i]["episode"]`` statistics (``r``,
 ``l``, ``t``) as ``Monitor`` writes them, ``env_method("action_masks")`` for MaskablePPO, and
 ``get_attr`` / ``set_attr`` / ``env_is_wrapped`` / ``seed``.
+
+The SB3 callbacks of the package are importable from here too: :class:`BackboneFinetuneCallback`
+(fine-tunes the backbone under the policy's routes) and :class:`FlopsTargetCallback` (steers the
+compute weight to a target FLOPs ratio).
 """
 
 from __future__ import annotations
@@ -18,8 +22,12 @@ import numpy as np
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
+from .callbacks import BackboneFinetuneCallback, FlopsTargetCallback
 from .envs.core import RoutingCore
 from .envs.routing import mode_of
+
+__all__ = ["BackboneFinetuneCallback", "FlopsTargetCallback", "RoutingVecEnv", "make_vec_env"]
+
 
 class RoutingVecEnv(VecEnv):
     """Native SB3 ``VecEnv`` over a :class:`~dyncnn_gym.envs.core.RoutingCore` with ``n_envs`` slots.
@@ -106,9 +114,13 @@ class RoutingVecEnv(VecEnv):
         if method_name == "get_backbone_state":
             state = self.core.backbone_state()
             return [state for _ in idx]
+        if method_name == "set_compute_weight":  # one reward for every slot
+            self._check_all(idx, "env_method('set_compute_weight')")
+            self.core.set_compute_weight(*method_args, **method_kwargs)
+            return [None for _ in idx]
         raise AttributeError(
-            f"env_method({method_name!r}) is not available on the native routing VecEnv; "
-            "available: ['action_masks', 'get_backbone_state', 'render', 'set_backbone_state']"
+            f"env_method({method_name!r}) is not available on the native routing VecEnv; available:"
+            " ['action_masks', 'get_backbone_state', 'render', 'set_backbone_state', 'set_compute_weight']"
         )
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
@@ -120,14 +132,17 @@ class RoutingVecEnv(VecEnv):
         raise AttributeError(f"the routing VecEnv has no attribute {attr_name!r}")
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
-        idx = list(self._get_indices(indices))
-        if idx != list(range(self.num_envs)):
-            raise ValueError(
-                f"set_attr({attr_name!r}) on indices {idx}: the native VecEnv shares one backbone and"
-                " configuration across all envs, so attributes can only be set for all of them"
-            )
+        self._check_all(self._get_indices(indices), f"set_attr({attr_name!r})")
         target = self.core if hasattr(self.core, attr_name) else self
         setattr(target, attr_name, value)
+
+    def _check_all(self, indices: Any, what: str) -> None:
+        idx = list(indices)
+        if idx != list(range(self.num_envs)):
+            raise ValueError(
+                f"{what} on indices {idx}: the native VecEnv shares one backbone and"
+                " configuration across all envs, so it can only be set for all of them"
+            )
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
         """True only for SB3's ``Monitor``, whose episode statistics this VecEnv writes itself."""

@@ -2,11 +2,12 @@
 
 At one compute weight, PPO seeds land at scattered FLOPs (on frozen DynSkip at weight 0.2, from 24 %
 to 41 % saved), which makes single operating points hard to compare. This example adapts the
-weight by dual ascent instead: after every rollout, ``w <- w * exp(gain * (f - target))``, with ``f``
-the mean FLOPs ratio of the training episodes that ended in that rollout. The envs see the new
-weight at once (``RoutingCore.reward``, same process). Training episodes sample actions; the test
-split is routed deterministically, which usually costs somewhat more (``target`` is a training-time
-FLOPs ratio). Each seed's result is compared with the full network and with the greedy static front
+weight by dual ascent instead (:class:`dyncnn_gym.sb3.FlopsTargetCallback`): after every rollout,
+``w <- w * exp(gain * (f - target))``, with ``f`` the mean FLOPs ratio of the training episodes that
+ended in that rollout (``--measure train``, default), or of the deterministic policy on held-out
+images (``--measure eval``). Training episodes sample actions; the test split is routed
+deterministically, which usually costs somewhat more, so with ``--measure train`` the ``target`` is a
+training-time FLOPs ratio. Each seed's result is compared with the full network and with the greedy static front
 at its own FLOPs, on the whole test split.
 
     python examples/flops_target.py --env DynSkip-v0 --target 0.65 --seed 0 1 2 3 4
@@ -15,18 +16,15 @@ at its own FLOPs, on the whole test split.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
 
-import numpy as np
 import torch
-from stable_baselines3.common.callbacks import BaseCallback
 
 from dyncnn_gym.benchmark.baselines import interpolate, static_baselines
 from dyncnn_gym.benchmark.protocol import evaluate
 from dyncnn_gym.envs.core import RoutingCore
 from dyncnn_gym.envs.routing import mode_of
 from dyncnn_gym.recipes import env_kwargs, train_ppo
+from dyncnn_gym.sb3 import FlopsTargetCallback
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--env", default="DynSkip-v0", choices=["DynChannel-v0", "DynSkip-v0"])
@@ -34,39 +32,19 @@ p.add_argument("--target", type=float, default=0.65, help="training-time mean FL
 p.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds")
 p.add_argument("--start-weight", type=float, default=None, help="initial compute weight (default: the recipe's)")
 p.add_argument("--gain", type=float, default=3.0, help="dual-ascent step: log-weight change per unit FLOPs-ratio error")
+p.add_argument("--measure", default="train", choices=["train", "eval"],
+               help="FLOPs of the training episodes (default) or of deterministic routing of held-out images")
 p.add_argument("--timesteps", type=int, default=None, help="PPO steps per seed (default: the recipe's)")
 args = p.parse_args()
 if not 0 < args.target <= 1:
     p.error(f"--target {args.target} is not a FLOPs ratio; use a value in (0, 1]")
-if args.gain <= 0 or (args.start_weight is not None and args.start_weight <= 0):
-    p.error(f"--gain {args.gain} and --start-weight {args.start_weight} must be positive")
+try:  # the callback's own checks (gain, start weight), before any work
+    FlopsTargetCallback(args.target, measure=args.measure, gain=args.gain, weight=args.start_weight)
+except ValueError as e:
+    p.error(str(e))
 if args.timesteps is not None and args.timesteps < 1:
     p.error(f"--timesteps {args.timesteps} must be a positive number of steps")
 torch.set_num_threads(1)
-
-
-class FlopsTarget(BaseCallback):
-    """Dual ascent on the compute weight of a native ``RoutingVecEnv`` (see the module docstring)."""
-
-    def __init__(self, weight: float, target: float, gain: float) -> None:
-        super().__init__()
-        self.weight, self.target, self.gain = weight, target, gain
-        self._flops: list[float] = []
-
-    def _on_step(self) -> bool:
-        self._flops += [info["flops_ratio"] for info in self.locals["infos"] if "flops_ratio" in info]
-        return True
-
-    def _on_rollout_end(self) -> None:
-        if not self._flops:
-            return
-        f = float(np.mean(self._flops))
-        self._flops = []
-        self.weight *= math.exp(self.gain * (f - self.target))
-        core = self.training_env.core
-        core.reward = dataclasses.replace(core.reward, compute_weight=self.weight)
-        self.logger.record("dyncnn/compute_weight", self.weight)
-        self.logger.record("dyncnn/train_flops_ratio", f)
 
 
 kwargs = env_kwargs(args.env)
@@ -78,7 +56,7 @@ static = static_baselines(core)
 full = static["full"]["accuracy"]
 print(f"{args.env}: full network {100 * full:.2f} %; target training FLOPs ratio {args.target}, start weight {w0}")
 for seed in args.seed:
-    cb = FlopsTarget(w0, args.target, args.gain)
+    cb = FlopsTargetCallback(args.target, measure=args.measure, gain=args.gain, weight=w0, seed=seed)
     test_core = RoutingCore(mode, 500, split="test", compute_weight=w0, **kwargs)
     model = train_ppo(args.env, total_timesteps=args.timesteps, seed=seed, progress=False, callback=cb,
                       compute_weight=w0, **kwargs)

@@ -58,3 +58,42 @@ def test_sweep_with_several_seeds_reports_each_and_their_mean(tmp_path):
 def test_sweep_rejects_an_unknown_loss_term(tmp_path):
     with pytest.raises(ValueError, match="'hinge'.*'error'"):
         run_sweep(tmp_path, loss="hinge", progress=False)
+
+
+def test_sweep_points_can_steer_to_a_flops_target_instead_of_a_fixed_weight(tmp_path):
+    res = run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", targets={"DynChannel-v0": (0.6,)},
+                    timesteps=1280, cotrain=False, seed=(0, 1), progress=False)
+    pts = res["envs"]["DynChannel-v0"]["points"]
+    assert [(p["flops_target"], p["seed"]) for p in pts] == [(0.6, 0), (0.6, 1)]  # no default weights run
+    from dyncnn_gym.recipes import env_kwargs
+
+    for p in pts:
+        assert p["start_weight"] == env_kwargs("DynChannel-v0")["compute_weight"] and p["flops_target_measure"] == "train"
+        assert p["compute_weight"] != p["start_weight"]  # the weight the controller ended at
+    text = format_summary(res)
+    assert "| frozen | target 0.6 (w " in text and "| frozen | target 0.6 | " in text  # per point and mean rows
+
+
+def test_sweep_rejects_a_bad_flops_target_before_training(tmp_path):
+    with pytest.raises(ValueError, match="target=1.5 is not a FLOPs ratio"):
+        run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", targets={"DynChannel-v0": (1.5,)}, progress=False)
+    with pytest.raises(ValueError, match="measure='test'"):
+        run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", targets={"DynChannel-v0": (0.5,)},
+                  target_measure="test", progress=False)
+
+
+def test_sweep_can_dial_every_trained_policy_to_flops_targets_after_training(tmp_path):
+    res = run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", weights={"DynChannel-v0": (0.05,)}, timesteps=640,
+                    cotrain=False, calibrate=(0.5, 0.8), progress=False)
+    e = res["envs"]["DynChannel-v0"]
+    (p,) = e["points"]
+    assert [c["target"] for c in p["calibrated"]] == [0.5, 0.8]
+    from dyncnn_gym.benchmark.baselines import interpolate, pareto
+
+    for c in p["calibrated"]:
+        assert c["val_flops_ratio"] <= c["target"] and abs(c["flops_ratio"] - c["target"]) < 0.1  # held out, then test
+        static_acc = interpolate(pareto(e["uniform"]), c["flops_ratio"])
+        assert c["vs_uniform_static_points"] == pytest.approx(100 * (c["accuracy"] - static_acc))
+    assert "Dialed to a FLOPs target after training" in format_summary(res)
+    with pytest.raises(ValueError, match="calibrate target 1.2 is not a FLOPs ratio"):
+        run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", calibrate=(1.2,), progress=False)

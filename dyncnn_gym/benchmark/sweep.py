@@ -74,6 +74,9 @@ def run_sweep(
     seed: int | tuple[int, ...] = 0,
     finetune_kwargs: dict[str, Any] | None = None,
     loss: str | None = None,
+    targets: dict[str, tuple[float, ...]] | None = None,
+    target_measure: str = "train",
+    calibrate: tuple[float, ...] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the sweep and write ``out/results.json``, ``out/summary.md`` and a fronts plot per env.
@@ -89,10 +92,19 @@ def run_sweep(
         finetune_kwargs: arguments of :class:`~dyncnn_gym.callbacks.BackboneFinetuneCallback`.
         loss: the reward's classification term, ``"error"`` or ``"ce"`` (see :mod:`dyncnn_gym.envs.rewards`;
             default: the recipe's, ``"error"``).
+        targets: per env id, FLOPs ratios to steer to instead of fixed weights: each such point
+            starts at the recipe's weight and adapts it with
+            :class:`~dyncnn_gym.callbacks.FlopsTargetCallback` (``measure=target_measure``). An env
+            with targets runs only the weights given for it in ``weights`` (none by default).
+        target_measure: ``"train"`` (the training episodes) or ``"eval"`` (deterministic routing of
+            held-out images); see :class:`~dyncnn_gym.callbacks.FlopsTargetCallback`.
+        calibrate: FLOPs ratios to dial every trained policy to after training, with a cost bias
+            chosen on held-out images (:func:`~dyncnn_gym.benchmark.calibrate.calibrate`); each is
+            evaluated on the test split like the point itself, under ``point["calibrated"]``.
     """
     import torch
 
-    from ..callbacks import BackboneFinetuneCallback
+    from ..callbacks import BackboneFinetuneCallback, FlopsTargetCallback
     from ..envs.core import RoutingCore
     from ..envs.routing import mode_of
     from ..pretraining import DEFAULT_ARCH
@@ -108,7 +120,16 @@ def run_sweep(
 
     loss = loss or recipe(envs[0])["env"]["loss"]
     Reward.make(loss=loss)  # a bad loss term raises here, naming the choices, before DEFAULT_WEIGHTS[loss]
-    weights = {**DEFAULT_WEIGHTS[loss], **(weights or {})}
+    targets = {e: tuple(ts) for e, ts in (targets or {}).items() if ts}
+    for t in (t for ts in targets.values() for t in ts):
+        FlopsTargetCallback(t, measure=target_measure)  # bad values raise here, before any training
+    calibrate = tuple(calibrate)
+    for t in calibrate:
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
+            raise ValueError(f"calibrate target {t!r} is not a FLOPs ratio; use values in (0, 1]")
+    settings = {e: [("weight", w) for w in (weights or {}).get(e, ())] + [("target", t) for t in targets[e]]
+                if e in targets else [("weight", w) for w in {**DEFAULT_WEIGHTS[loss], **(weights or {})}[e]]
+                for e in envs}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = print if progress else (lambda *a, **k: None)
@@ -120,7 +141,7 @@ def run_sweep(
     for env_id in envs:
         mode = mode_of(env_id)
         kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=DEFAULT_ARCH[mode], groups=4, loss=loss)
-        kwargs.pop("compute_weight")  # set per point
+        start_weight = kwargs.pop("compute_weight")  # set per point; where a FLOPs target steers it, its start
         core = RoutingCore(mode, 1, split="test", **kwargs)
         static = static_baselines(core)
         full_correct = route_outcomes(core, uniform_routes(core)[-1:])[0][0]
@@ -129,12 +150,19 @@ def run_sweep(
         entry: dict[str, Any] = {"env_kwargs": kwargs, "full": static["full"], "uniform": static["uniform"],
                                  "greedy_front": static["front"], "points": []}
         variants = (["frozen"] if frozen else []) + (["cotrained"] if cotrain else [])
-        for seed, w, variant in ((sd, w, v) for sd in seeds for w in weights[env_id] for v in variants):
-            log(f"[sweep] {env_id} compute_weight={w} {variant} seed {seed}: PPO {steps} steps")
+        for seed, (how, value), variant in ((sd, s, v) for sd in seeds for s in settings[env_id] for v in variants):
+            log(f"[sweep] {env_id} {'compute_weight' if how == 'weight' else 'flops_target'}={value} {variant} seed {seed}:"
+                f" PPO {steps} steps")
             torch.manual_seed(seed)
             backbone = core.net if variant == "frozen" else copy.deepcopy(core.net)
+            w = value if how == "weight" else start_weight
             env_kwargs = {**kwargs, "backbone": backbone, "compute_weight": w}
-            callback = BackboneFinetuneCallback(seed=seed, **(finetune_kwargs or {})) if variant == "cotrained" else None
+            callbacks: list[Any] = []
+            if variant == "cotrained":
+                callbacks.append(BackboneFinetuneCallback(seed=seed, **(finetune_kwargs or {})))
+            if how == "target":
+                callbacks.append(FlopsTargetCallback(value, measure=target_measure, seed=seed))
+            callback = callbacks or None
             t0 = time.perf_counter()
             # the test core is built before training so that it shares the observation scales
             # and probes the policy was trained with (memoised per backbone object)
@@ -145,7 +173,8 @@ def run_sweep(
             x, acc = res["flops_ratio"], res["accuracy"]
             point: dict[str, Any] = {
                 "variant": variant,
-                "compute_weight": w,
+                "compute_weight": w if how == "weight" else callbacks[-1].weight,
+                **({"flops_target": value, "flops_target_measure": target_measure, "start_weight": w} if how == "target" else {}),
                 "seed": seed,
                 "accuracy": acc,
                 "flops_ratio": x,
@@ -158,15 +187,20 @@ def run_sweep(
                 **{k: res[k] for k in ("action_rates", "by_difficulty", "difficulty_flops_spearman") if k in res},
                 **_adaptivity(core, res, full_correct),
             }
+            if calibrate:
+                point["calibrated"] = [_calibrated(model, env_id, test_core, t, seed, static) for t in calibrate]
             if variant == "cotrained":
                 tuned = RoutingCore(mode, 1, split="test", **{**kwargs, "backbone": backbone})
                 own = static_baselines(tuned, greedy=False)["uniform"]
                 point["own_uniform"] = own
                 point["vs_own_uniform_static_points"] = 100 * (acc - _interp(own, x))
-                point["finetune"] = callback.history[-1] if callback.history else {}
+                point["finetune"] = callbacks[0].history[-1] if callbacks[0].history else {}
             entry["points"].append(point)
             log(f"[sweep]   accuracy {acc:.4f} at FLOPs {x:.3f}: vs uniform static {point['vs_uniform_static_points']:+.2f},"
                 f" vs greedy static {point['vs_greedy_static_points']:+.2f} points ({secs:.0f} s)")
+            for c in point.get("calibrated", []):
+                log(f"[sweep]   calibrated to {c['target']} (bias {c['bias']:+.3f}): accuracy {c['accuracy']:.4f} at FLOPs"
+                    f" {c['flops_ratio']:.3f}, vs greedy static {c['vs_greedy_static_points']:+.2f}")
         results["envs"][env_id] = entry
         plot_sweep(out, results, env_id)
     results["seconds"] = round(time.perf_counter() - start, 1)
@@ -175,6 +209,20 @@ def run_sweep(
     (out / "summary.md").write_text(text)
     log(text)
     return results
+
+
+def _calibrated(model: Any, env_id: str, test_core: Any, target: float, seed: int, static: dict[str, Any]) -> dict[str, Any]:
+    """``model`` dialed to ``target`` on held-out images, then evaluated on the test split."""
+    from .calibrate import calibrate
+    from .protocol import evaluate
+
+    biased = calibrate(model, test_core, target, seed=seed)
+    res = evaluate(biased, env_id, core=test_core)
+    acc, x = res["accuracy"], res["flops_ratio"]
+    return {"target": target, "bias": biased.bias, "val_flops_ratio": biased.val_flops_ratio, "accuracy": acc,
+            "flops_ratio": x, "flops_saved": 1.0 - x, "gap_to_full_points": 100 * (static["full"]["accuracy"] - acc),
+            "vs_uniform_static_points": 100 * (acc - _interp(static["uniform"], x)),
+            "vs_greedy_static_points": 100 * (acc - _interp(static["front"], x))}
 
 
 def plot_sweep(out: str | Path, results: dict[str, Any], env_id: str) -> Path:
@@ -198,10 +246,15 @@ def plot_sweep(out: str | Path, results: dict[str, Any], env_id: str) -> Path:
     return plots.plot_fronts(Path(out) / f"{env_id.replace('-v0', '')}_sweep.png", title, static, learned, {})
 
 
-def _by_variant_and_weight(points: list[dict[str, Any]]) -> dict[tuple[str, float], list[dict[str, Any]]]:
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+def _setting(p: dict[str, Any]) -> float | str:
+    """What a point fixed: its compute weight, or ``"target <f>"`` where a FLOPs target steered it."""
+    return f"target {p['flops_target']}" if "flops_target" in p else p["compute_weight"]
+
+
+def _by_variant_and_weight(points: list[dict[str, Any]]) -> dict[tuple[str, float | str], list[dict[str, Any]]]:
+    groups: dict[tuple[str, float | str], list[dict[str, Any]]] = {}
     for p in points:
-        groups.setdefault((p["variant"], p["compute_weight"]), []).append(p)
+        groups.setdefault((p["variant"], _setting(p)), []).append(p)
     return groups
 
 
@@ -222,12 +275,14 @@ def format_summary(results: dict[str, Any]) -> str:
         for p in e["points"]:
             own = f" ({p['vs_own_uniform_static_points']:+.2f} own)" if "vs_own_uniform_static_points" in p else ""
             sp = " / ".join(_fmt(p.get(k)) for k in ("spearman_all", "spearman_full_correct"))
+            setting = f"{_setting(p)} (w {p['compute_weight']:.3g})" if "flops_target" in p else p["compute_weight"]
             lines.append(
-                f"| {p['variant']} | {p['compute_weight']} | {p.get('seed', seeds[0])} | {100 * p['flops_saved']:.1f} % | {100 * p['accuracy']:.2f} |"
+                f"| {p['variant']} | {setting} | {p.get('seed', seeds[0])} | {100 * p['flops_saved']:.1f} % | {100 * p['accuracy']:.2f} |"
                 f" {-p['gap_to_full_points']:+.2f} | {p['vs_uniform_static_points']:+.2f}{own} | {p['vs_greedy_static_points']:+.2f} |"
                 f" {100 * (p['accuracy'] - p['random_matched']['accuracy']):+.2f} | {sp} |"
             )
         lines.append("")
+        lines += _calibrated_table(e["points"], seeds)
         if len(seeds) > 1:
             lines += [
                 f"Mean ± std over seeds {seeds}:",
@@ -247,6 +302,36 @@ def format_summary(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _calibrated_table(points: list[dict[str, Any]], seeds: list[int]) -> list[str]:
+    rows = [(p, c) for p in points for c in p.get("calibrated", [])]
+    if not rows:
+        return []
+    lines = ["Dialed to a FLOPs target after training (cost bias chosen on held-out images, evaluated on the test split):", "",
+             "| variant | trained at | seed | target | bias | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for p, c in rows:
+        lines.append(f"| {p['variant']} | {_setting(p)} | {p.get('seed', seeds[0])} | {c['target']} | {c['bias']:+.3f} |"
+                     f" {100 * c['flops_saved']:.1f} % | {100 * c['accuracy']:.2f} | {-c['gap_to_full_points']:+.2f} |"
+                     f" {c['vs_uniform_static_points']:+.2f} | {c['vs_greedy_static_points']:+.2f} |")
+    lines.append("")
+    if len(seeds) > 1:
+        groups: dict[tuple[str, Any, float], list[dict[str, Any]]] = {}
+        for p, c in rows:
+            groups.setdefault((p["variant"], _setting(p), c["target"]), []).append(c)
+        lines += [f"Dialed, mean ± std over seeds {seeds}:", "",
+                  "| variant | trained at | target | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for (variant, setting, t), cs in groups.items():
+            def ms(key: str, scale: float = 1.0, sign: str = "") -> str:
+                v = scale * np.array([c[key] for c in cs], dtype=np.float64)
+                return f"{v.mean():{sign}.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+            lines.append(f"| {variant} | {setting} | {t} | {ms('flops_saved', 100)} % | {ms('accuracy', 100)} |"
+                         f" {ms('gap_to_full_points', -1, '+')} | {ms('vs_uniform_static_points', 1, '+')} |"
+                         f" {ms('vs_greedy_static_points', 1, '+')} |")
+        lines.append("")
+    return lines
+
+
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None or not np.isfinite(v) else f"{v:+.2f}"
 
@@ -257,6 +342,15 @@ def add_arguments(p) -> None:
     p.add_argument("--data", default="shapes", help="data set name (default: shapes)")
     p.add_argument("--weight", type=float, action="append", default=None,
                    help="compute weight (repeatable; default: per env, see dyncnn_gym.benchmark.sweep.DEFAULT_WEIGHTS)")
+    p.add_argument("--flops-target", type=float, action="append", default=None, metavar="RATIO",
+                   help="steer the compute weight to this FLOPs ratio (repeatable; replaces the default weights,"
+                        " see dyncnn_gym.callbacks.FlopsTargetCallback)")
+    p.add_argument("--target-measure", default="train", choices=["train", "eval"],
+                   help="how --flops-target measures FLOPs: the training episodes (default) or deterministic"
+                        " routing of held-out images")
+    p.add_argument("--calibrate", type=float, action="append", default=None, metavar="RATIO",
+                   help="also dial every trained policy to this FLOPs ratio with a cost bias chosen on held-out"
+                        " images, and evaluate that (repeatable; see dyncnn_gym.benchmark.calibrate)")
     p.add_argument("--timesteps", type=int, default=None, help="PPO steps per point (default: the recipe's)")
     p.add_argument("--no-cotrain", action="store_true", help="frozen backbones only")
     p.add_argument("--no-frozen", action="store_true", help="co-trained backbones only")
@@ -274,7 +368,9 @@ def run_from_args(args) -> int:
     for w in args.weight or []:
         if not w > 0:
             raise ValueError(f"--weight {w!r} must be a positive compute weight")
+    targets = {e: tuple(args.flops_target) for e in envs} if args.flops_target else None
     run_sweep(args.out, envs=envs, dataset=args.data, weights=weights, timesteps=args.timesteps,
               cotrain=not args.no_cotrain, frozen=not args.no_frozen, seed=tuple(args.seed), loss=args.loss,
+              targets=targets, target_measure=args.target_measure, calibrate=tuple(args.calibrate or ()),
               progress=not args.quiet)
     return 0

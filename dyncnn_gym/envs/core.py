@@ -180,10 +180,26 @@ class RoutingCore:
         self.net.eval()
 
     # -- configuration ---------------------------------------------------------------------------
+    @property
+    def min_flops_ratio(self) -> float:
+        """FLOPs of the cheapest route of this backbone, as a ratio of the full network's."""
+        return float(self._min_to_go[0, self.A - 1] + self.table.stem) / self.full
+
+    @property
+    def compute_weight(self) -> float:
+        """The reward's compute weight (units of the reward form; see :mod:`dyncnn_gym.envs.rewards`)."""
+        return self.reward.compute_weight
+
+    def set_compute_weight(self, weight: float) -> None:
+        """Change the reward's compute weight for every slot from the next step on (e.g. a controller
+        steering the policy's FLOPs while it trains); ``ValueError`` unless a finite number >= 0."""
+        r = self.reward
+        self.reward = Reward.make(r.kind, weight, r.loss_weight, r.ce_clip, r.loss)
+
     def _check_budget(self, budget: float | None) -> float | None:
         if budget is None:
             return None
-        lo = float(self._min_to_go[0, self.A - 1] + self.table.stem) / self.full
+        lo = self.min_flops_ratio
         if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not (lo <= budget <= 1.0):
             raise ValueError(
                 f"budget={budget!r} must be a FLOPs ratio in [{lo:.4f}, 1.0] (the cheapest route of this"

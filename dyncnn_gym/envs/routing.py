@@ -125,7 +125,24 @@ class BackboneAccess:
         return self.core.backbone_state()
 
 
-class RoutingEnv(BackboneAccess, gym.Env, EzPickle):
+class RewardAccess:
+    """The reward weight of a routing env's ``self.core``, readable and settable from any process."""
+
+    core: RoutingCore
+
+    @property
+    def compute_weight(self) -> float:
+        """The reward's current compute weight (``compute_weight=`` of the constructor, or as last set)."""
+        return self.core.compute_weight
+
+    def set_compute_weight(self, weight: float) -> None:
+        """Change the reward's compute weight from the next step on; reachable in subprocesses with
+        ``SubprocVecEnv.env_method("set_compute_weight", w)`` (how
+        :class:`~dyncnn_gym.callbacks.FlopsTargetCallback` steers every env)."""
+        self.core.set_compute_weight(weight)
+
+
+class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
     """Base of the single-image routing envs (one image per episode, one step per decision point)."""
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}

@@ -1,0 +1,134 @@
+"""Dial a trained routing policy to a FLOPs budget after training: a cost bias calibrated on held-out images.
+
+A policy trained at one compute weight spends whatever mean FLOPs that weight led it to (PPO seeds
+at the same weight land up to ±12 points of FLOPs ratio apart). :class:`CostBiasedPolicy` shifts the
+policy's action scores by ``-bias * a / (A - 1)`` (``a`` the action index: more channel groups, or
+executing a block, costs more), and :func:`calibrate` finds by bisection the smallest ``bias`` whose
+deterministic routing of held-out images (the ``"val"`` split where the data has one, else
+``"train"``) costs at most ``target`` of the full network's FLOPs. The test split plays no part in
+the choice, so the calibrated policy is evaluated on it like any other. A negative bias spends more.
+
+    from dyncnn_gym.benchmark.calibrate import calibrate
+    biased = calibrate(model, core, target=0.6)       # core: the RoutingCore the model trained on
+    evaluate(biased, "DynChannel-v0", core=test_core)  # about 0.6 of the full FLOPs on the test split
+
+Biases far from 0 move the policy away from what it learned: on frozen shapes DynChannel, a PPO
+policy trained at weight 0.05 and dialed to its neighbourhood kept its margin over static networks,
+while one trained at 0.1 and dialed up to 0.6 lost it (README, "Learning the routing").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..envs.core import RoutingCore
+
+
+class CostBiasedPolicy:
+    """An SB3 model whose deterministic action is ``argmax(score - bias * a / (A - 1))``.
+
+    ``score`` is the log-probability of an actor-critic policy (PPO, A2C, MaskablePPO) or the
+    Q-value of a DQN / QR-DQN. It exposes ``predict`` and ``policy`` as SB3 models do, so
+    :func:`~dyncnn_gym.benchmark.protocol.evaluate` and :func:`~dyncnn_gym.callbacks.routed_logits`
+    route with it unchanged. Recurrent policies are refused (their scores need the LSTM state).
+
+    Args:
+        model: a trained SB3 / sb3-contrib model on a routing env (``Discrete(A)`` actions).
+        bias: score units per unit of normalised action cost (``a / (A - 1)``).
+    """
+
+    def __init__(self, model: Any, bias: float = 0.0) -> None:
+        policy = getattr(model, "policy", None)
+        if policy is None or getattr(policy, "lstm_actor", None) is not None or not (
+            hasattr(policy, "get_distribution") or hasattr(policy, "q_net") or hasattr(policy, "quantile_net")
+        ):
+            raise TypeError(
+                f"{type(model).__name__} is not supported; CostBiasedPolicy takes a non-recurrent SB3 actor-critic"
+                " (PPO, A2C, MaskablePPO) or a DQN / QR-DQN model"
+            )
+        n = getattr(model.action_space, "n", None)
+        if n is None or int(n) < 2:
+            raise TypeError(f"the model's action space {model.action_space} is not Discrete(A >= 2)")
+        self.model, self.policy = model, policy
+        self.bias = float(bias)
+        self.cost = torch.arange(int(n), dtype=torch.float32) / (int(n) - 1)
+
+    @torch.no_grad()
+    def scores(self, obs: np.ndarray) -> torch.Tensor:
+        """Unbiased action scores ``[B, A]`` for observations ``[B, D]``."""
+        x, _ = self.policy.obs_to_tensor(np.asarray(obs, dtype=np.float32))
+        if hasattr(self.policy, "get_distribution"):
+            return self.policy.get_distribution(x).distribution.logits.float().cpu()
+        if hasattr(self.policy, "quantile_net"):
+            return self.policy.quantile_net(x).mean(dim=1).float().cpu()
+        return self.policy.q_net(x).float().cpu()
+
+    def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
+                deterministic: bool = True, action_masks: np.ndarray | None = None) -> tuple[np.ndarray, None]:
+        """Actions ``[B]`` (always the biased argmax; ``deterministic`` is accepted for SB3's signature)."""
+        s = self.scores(observation) - self.bias * self.cost
+        if action_masks is not None:
+            s = s.masked_fill(~torch.as_tensor(np.asarray(action_masks, dtype=bool)).reshape(s.shape), float("-inf"))
+        return s.argmax(dim=1).numpy(), None
+
+
+def held_out_images(core: RoutingCore, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` images (fewer if the split is smaller) of ``core``'s data that the test split does not hold:
+    the ``"val"`` split where there is one, else ``"train"``; drawn once with ``seed``, on ``core``'s device."""
+    data = core.data
+    split = data.split("val" if data.has_val else "train")
+    idx = np.random.default_rng(seed).permutation(len(split))[:n]
+    return torch.as_tensor(split.images[idx]).to(core.device, core.images.dtype)
+
+
+def flops_ratio(core: RoutingCore, policy: Any, images: torch.Tensor) -> float:
+    """Mean FLOPs ratio of ``policy`` routing ``images`` deterministically through ``core``'s backbone."""
+    from ..callbacks import routed_logits
+
+    with torch.no_grad():
+        _, walk = routed_logits(core, policy, images, deterministic=True)
+    return float(walk.flops.double().mean() / core.full)
+
+
+def calibrate(model: Any, core: RoutingCore, target: float, *, n_images: int = 2000, iterations: int = 20,
+              max_bias: float = 50.0, seed: int = 0) -> CostBiasedPolicy:
+    """The :class:`CostBiasedPolicy` of ``model`` whose held-out FLOPs ratio is at most ``target``.
+
+    Args:
+        core: a core with the env arguments the model was trained with (observations must match).
+        target: FLOPs ratio in ``[core.min_flops_ratio, 1]``.
+        n_images: held-out images routed per bisection step (see :func:`held_out_images`).
+        iterations: bisection steps on ``bias`` in ``[-max_bias, max_bias]``.
+
+    The returned policy carries ``val_flops_ratio``, its measured ratio on those images. Raises
+    ``ValueError`` for a target outside the backbone's range or one no bias in range reaches.
+    """
+    lo_ratio = core.min_flops_ratio
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not lo_ratio <= target <= 1:
+        raise ValueError(f"target={target!r} is not a reachable FLOPs ratio; use a value in [{lo_ratio:.4f}, 1]")
+    for name, v in (("n_images", n_images), ("iterations", iterations)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}={v!r} must be a positive integer")
+    images = held_out_images(core, n_images, seed)
+    biased = CostBiasedPolicy(model)
+
+    def cost(b: float) -> float:
+        biased.bias = b
+        return flops_ratio(core, biased, images)
+
+    lo, hi = -float(max_bias), float(max_bias)
+    if cost(hi) > target:
+        raise ValueError(f"even bias={hi} leaves the policy above target={target} on held-out images; raise max_bias")
+    if cost(lo) <= target:
+        hi = lo  # the most expensive routing the bias can reach already fits
+    for _ in range(iterations if hi > lo else 0):
+        mid = (lo + hi) / 2
+        if cost(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    biased.val_flops_ratio = cost(hi)
+    return biased

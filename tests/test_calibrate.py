@@ -1,0 +1,59 @@
+"""Dialing a trained policy to a FLOPs budget after training: a cost bias chosen on held-out images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from stable_baselines3 import DQN, PPO
+
+from dyncnn_gym.benchmark.calibrate import CostBiasedPolicy, calibrate, flops_ratio, held_out_images
+from dyncnn_gym.benchmark.protocol import evaluate
+from dyncnn_gym.envs.core import RoutingCore
+from dyncnn_gym.sb3 import make_vec_env
+
+
+@pytest.fixture(scope="module")
+def trained():
+    vec = make_vec_env("DynChannel-v0", n_envs=16, seed=0, dataset="digits", compute_weight=0.05, obs="probe")
+    model = PPO("MlpPolicy", vec, n_steps=8, batch_size=128, n_epochs=2, seed=0).learn(2048)
+    test = RoutingCore("channel", 200, split="test", dataset="digits", obs="probe")
+    return model, vec.core, test
+
+
+def test_a_zero_bias_routes_exactly_as_the_model_and_a_larger_bias_never_costs_more(trained):
+    model, core, test = trained
+    plain = evaluate(model, "DynChannel-v0", core=test, per_image=True)
+    same = evaluate(CostBiasedPolicy(model, 0.0), "DynChannel-v0", core=test, per_image=True)
+    assert np.array_equal(plain["images"]["actions"], same["images"]["actions"])
+    images = held_out_images(core, 300)
+    costs = [flops_ratio(core, CostBiasedPolicy(model, b), images) for b in (-50, -2, 0, 2, 50)]
+    assert costs[0] == pytest.approx(1.0) and costs[-1] == pytest.approx(core.min_flops_ratio)  # all / fewest groups
+    assert costs[0] >= costs[2] >= costs[-1] and costs[1] >= costs[3]
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.8])
+def test_calibration_meets_the_target_on_held_out_images_and_lands_near_it_on_test(trained, target):
+    model, core, test = trained
+    biased = calibrate(model, core, target, n_images=400)
+    assert biased.val_flops_ratio <= target
+    assert biased.val_flops_ratio > target - 0.05  # the smallest bias that fits, not any bias that fits
+    assert abs(evaluate(biased, "DynChannel-v0", core=test)["flops_ratio"] - target) < 0.08  # an unseen split
+
+
+def test_dqn_q_values_can_be_biased_too():
+    vec = make_vec_env("DynSkip-v0", n_envs=8, seed=0, dataset="digits")
+    model = DQN("MlpPolicy", vec, learning_starts=0, buffer_size=1000, seed=0).learn(200)
+    core = vec.core
+    images = held_out_images(core, 100)
+    assert flops_ratio(core, CostBiasedPolicy(model, 1e6), images) == pytest.approx(core.min_flops_ratio)
+    assert flops_ratio(core, CostBiasedPolicy(model, -1e6), images) == pytest.approx(1.0)
+
+
+def test_bad_input_names_the_value(trained):
+    model, core, _ = trained
+    with pytest.raises(ValueError, match=r"target=0.01 is not a reachable FLOPs ratio; use a value in \[0\.\d+, 1\]"):
+        calibrate(model, core, 0.01)
+    with pytest.raises(ValueError, match="n_images=0"):
+        calibrate(model, core, 0.5, n_images=0)
+    with pytest.raises(TypeError, match="str is not supported"):
+        CostBiasedPolicy("ppo")
