@@ -34,7 +34,7 @@ def test_a_zero_bias_routes_exactly_as_the_model_and_a_larger_bias_never_costs_m
 @pytest.mark.parametrize("target", [0.3, 0.5, 0.8])
 def test_calibration_meets_the_target_on_held_out_images_and_lands_near_it_on_test(trained, target):
     model, core, test = trained
-    biased = calibrate(model, core, target, n_images=400)
+    biased = calibrate(model, target, n_images=400)  # the model's own training env
     assert biased.val_flops_ratio <= target
     assert biased.val_flops_ratio > target - 0.05  # the smallest bias that fits, not any bias that fits
     assert abs(evaluate(biased, "DynChannel-v0", core=test)["flops_ratio"] - target) < 0.08  # an unseen split
@@ -49,11 +49,14 @@ def test_dqn_q_values_can_be_biased_too():
     assert flops_ratio(core, CostBiasedPolicy(model, -1e6), images) == pytest.approx(1.0)
 
 
-def test_bad_input_names_the_value(trained):
+def test_bad_input_names_the_value(trained, tmp_path):
     model, core, _ = trained
     with pytest.raises(ValueError, match=r"target=0.01 is not a reachable FLOPs ratio; use a value in \[0\.\d+, 1\]"):
-        calibrate(model, core, 0.01)
+        calibrate(model, 0.01, core)
     with pytest.raises(ValueError, match="n_images=0"):
-        calibrate(model, core, 0.5, n_images=0)
+        calibrate(model, 0.5, core, n_images=0)
     with pytest.raises(TypeError, match="str is not supported"):
         CostBiasedPolicy("ppo")
+    model.save(tmp_path / "m")
+    with pytest.raises(ValueError, match="no training env .*pass core="):
+        calibrate(PPO.load(tmp_path / "m"), 0.5)

@@ -9,8 +9,8 @@ deterministic routing of held-out images (the ``"val"`` split where the data has
 the choice, so the calibrated policy is evaluated on it like any other. A negative bias spends more.
 
     from dyncnn_gym.benchmark.calibrate import calibrate
-    biased = calibrate(model, core, target=0.6)       # core: the RoutingCore the model trained on
-    evaluate(biased, "DynChannel-v0", core=test_core)  # about 0.6 of the full FLOPs on the test split
+    dialed = calibrate(model, 0.6)                     # held-out images of the model's training env
+    evaluate(dialed, "DynChannel-v0", core=test_core)  # about 0.6 of the full FLOPs on the test split
 
 Biases far from 0 move the policy away from what it learned: on frozen shapes DynChannel, a PPO
 policy trained at weight 0.05 and dialed to its neighbourhood kept its margin over static networks,
@@ -93,19 +93,24 @@ def flops_ratio(core: RoutingCore, policy: Any, images: torch.Tensor) -> float:
     return float(walk.flops.double().mean() / core.full)
 
 
-def calibrate(model: Any, core: RoutingCore, target: float, *, n_images: int = 2000, iterations: int = 20,
-              max_bias: float = 50.0, seed: int = 0) -> CostBiasedPolicy:
+def calibrate(model: Any, target: float, core: RoutingCore | None = None, *, n_images: int = 2000,
+              iterations: int = 20, max_bias: float = 50.0, seed: int = 0) -> CostBiasedPolicy:
     """The :class:`CostBiasedPolicy` of ``model`` whose held-out FLOPs ratio is at most ``target``.
 
     Args:
-        core: a core with the env arguments the model was trained with (observations must match).
         target: FLOPs ratio in ``[core.min_flops_ratio, 1]``.
+        core: a :class:`RoutingCore` with the env arguments the model was trained with (the
+            observations must match), e.g. the test core it will be evaluated on. Default: the
+            model's own training env (the native VecEnv's core, or a local mirror of env 0 of
+            another VecEnv).
         n_images: held-out images routed per bisection step (see :func:`held_out_images`).
         iterations: bisection steps on ``bias`` in ``[-max_bias, max_bias]``.
 
     The returned policy carries ``val_flops_ratio``, its measured ratio on those images. Raises
     ``ValueError`` for a target outside the backbone's range or one no bias in range reaches.
     """
+    if core is None:
+        core = _training_core(model)
     lo_ratio = core.min_flops_ratio
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not lo_ratio <= target <= 1:
         raise ValueError(f"target={target!r} is not a reachable FLOPs ratio; use a value in [{lo_ratio:.4f}, 1]")
@@ -132,3 +137,16 @@ def calibrate(model: Any, core: RoutingCore, target: float, *, n_images: int = 2
             hi = mid
     biased.val_flops_ratio = cost(hi)
     return biased
+
+
+def _training_core(model: Any) -> RoutingCore:
+    from ..callbacks import local_core
+
+    env = model.get_env() if hasattr(model, "get_env") else None
+    if env is None:
+        raise ValueError(f"{type(model).__name__} has no training env (a loaded model?); pass core=RoutingCore(...)"
+                         " built with the env arguments it was trained with")
+    while hasattr(env, "venv"):
+        env = env.venv
+    core = getattr(env, "core", None)
+    return core if isinstance(core, RoutingCore) else local_core(env)

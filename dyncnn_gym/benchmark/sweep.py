@@ -216,7 +216,7 @@ def _calibrated(model: Any, env_id: str, test_core: Any, target: float, seed: in
     from .calibrate import calibrate
     from .protocol import evaluate
 
-    biased = calibrate(model, test_core, target, seed=seed)
+    biased = calibrate(model, target, test_core, seed=seed)
     res = evaluate(biased, env_id, core=test_core)
     acc, x = res["accuracy"], res["flops_ratio"]
     return {"target": target, "bias": biased.bias, "val_flops_ratio": biased.val_flops_ratio, "accuracy": acc,
