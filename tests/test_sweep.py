@@ -70,6 +70,7 @@ def test_sweep_points_can_steer_to_a_flops_target_instead_of_a_fixed_weight(tmp_
     for p in pts:
         assert p["start_weight"] == env_kwargs("DynChannel-v0")["compute_weight"] and p["flops_target_measure"] == "train"
         assert p["compute_weight"] != p["start_weight"]  # the weight the controller ended at
+        assert p["flops_target_history"][-1]["compute_weight"] == p["compute_weight"]
     text = format_summary(res)
     assert "| frozen | target 0.6 (w " in text and "| frozen | target 0.6 | " in text  # per point and mean rows
 

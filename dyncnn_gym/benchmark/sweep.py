@@ -174,7 +174,8 @@ def run_sweep(
             point: dict[str, Any] = {
                 "variant": variant,
                 "compute_weight": w if how == "weight" else callbacks[-1].weight,
-                **({"flops_target": value, "flops_target_measure": target_measure, "start_weight": w} if how == "target" else {}),
+                **({"flops_target": value, "flops_target_measure": target_measure, "start_weight": w,
+                    "flops_target_history": callbacks[-1].history} if how == "target" else {}),
                 "seed": seed,
                 "accuracy": acc,
                 "flops_ratio": x,
