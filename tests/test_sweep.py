@@ -98,3 +98,12 @@ def test_sweep_can_dial_every_trained_policy_to_flops_targets_after_training(tmp
     assert "Dialed to a FLOPs target after training" in format_summary(res)
     with pytest.raises(ValueError, match="calibrate target 1.2 is not a FLOPs ratio"):
         run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", calibrate=(1.2,), progress=False)
+
+
+def test_sweep_can_train_with_reward_shaping(tmp_path):
+    res = run_sweep(tmp_path, envs=("DynSkip-v0",), dataset="digits", weights={"DynSkip-v0": (0.1,)}, timesteps=640,
+                    cotrain=False, shaping="continuation", progress=False)
+    assert res["envs"]["DynSkip-v0"]["env_kwargs"]["shaping"] == "continuation"
+    assert "reward shaping `continuation`" in format_summary(res)
+    with pytest.raises(ValueError, match="shaping='dense'"):
+        run_sweep(tmp_path, envs=("DynSkip-v0",), dataset="digits", shaping="dense", progress=False)

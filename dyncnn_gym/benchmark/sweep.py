@@ -77,6 +77,7 @@ def run_sweep(
     targets: dict[str, tuple[float, ...]] | None = None,
     target_measure: str = "train",
     calibrate: tuple[float, ...] = (),
+    shaping: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the sweep and write ``out/results.json``, ``out/summary.md`` and a fronts plot per env.
@@ -101,6 +102,7 @@ def run_sweep(
         calibrate: FLOPs ratios to dial every trained policy to after training, with a cost bias
             chosen on held-out images (:func:`~dyncnn_gym.benchmark.calibrate.calibrate`); each is
             evaluated on the test split like the point itself, under ``point["calibrated"]``.
+        shaping: the envs' reward shaping (``"none"`` or ``"continuation"``; default: the recipe's).
     """
     import torch
 
@@ -140,7 +142,8 @@ def run_sweep(
     results: dict[str, Any] = {"dataset": dataset, "seeds": list(seeds), "loss": loss, "timesteps": {}, "envs": {}}
     for env_id in envs:
         mode = mode_of(env_id)
-        kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=DEFAULT_ARCH[mode], groups=4, loss=loss)
+        kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=DEFAULT_ARCH[mode], groups=4, loss=loss,
+                                   **({"shaping": shaping} if shaping else {}))
         start_weight = kwargs.pop("compute_weight")  # set per point; where a FLOPs target steers it, its start
         core = RoutingCore(mode, 1, split="test", **kwargs)
         static = static_baselines(core)
@@ -263,8 +266,10 @@ def format_summary(results: dict[str, Any]) -> str:
     """A Markdown table per env: every point against full, uniform static and greedy static, and,
     with several seeds, the mean ± std over seeds per variant and weight."""
     seeds = results.get("seeds", [results.get("seed", 0)])
+    shaping = {e["env_kwargs"].get("shaping", "none") for e in results["envs"].values()} - {"none"}
     lines = [f"Data `{results['dataset']}`, seeds {seeds}; PPO recipe, steps {results['timesteps']};"
-             f" reward loss term `{results.get('loss', 'ce')}`.", ""]
+             f" reward loss term `{results.get('loss', 'ce')}`" + (f"; reward shaping `{', '.join(sorted(shaping))}`" if shaping else "")
+             + ".", ""]
     for env_id, e in results["envs"].items():
         full = e["full"]["accuracy"]
         lines += [
@@ -360,6 +365,10 @@ def add_arguments(p) -> None:
 
     p.add_argument("--loss", default=None, choices=list(LOSS_KINDS),
                    help="the reward's classification term: 0/1 error or clipped cross-entropy (default: the recipe's, error)")
+    from ..envs.core import SHAPINGS
+
+    p.add_argument("--shaping", default=None, choices=list(SHAPINGS),
+                   help="reward shaping of the envs (default: the recipe's, none; see the env docstrings)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -373,5 +382,5 @@ def run_from_args(args) -> int:
     run_sweep(args.out, envs=envs, dataset=args.data, weights=weights, timesteps=args.timesteps,
               cotrain=not args.no_cotrain, frozen=not args.no_frozen, seed=tuple(args.seed), loss=args.loss,
               targets=targets, target_measure=args.target_measure, calibrate=tuple(args.calibrate or ()),
-              progress=not args.quiet)
+              shaping=args.shaping, progress=not args.quiet)
     return 0

@@ -24,6 +24,8 @@ from ..walk import Walk, cost_tensors
 from .rewards import Reward
 
 OBS_MODES = ("features", "probe")
+#: ``shaping=`` choices: none, or potential-based shaping with the full-width continuation (see ``RoutingCore.potential``)
+SHAPINGS = ("none", "continuation")
 #: backbone precisions (``dtype=``): FLOPs are counted per operation, so the accounting is the same in each
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _LOW_PRECISION: "weakref.WeakKeyDictionary[DynamicNet, dict[torch.dtype, DynamicNet]]" = weakref.WeakKeyDictionary()
@@ -110,6 +112,7 @@ class RoutingCore:
         device: str | torch.device = "cpu",
         obs: str = "features",
         dtype: str = "float32",
+        shaping: str = "none",
     ) -> None:
         if not isinstance(num_slots, (int, np.integer)) or num_slots < 1:
             raise ValueError(f"num_envs={num_slots!r} must be a positive integer")
@@ -117,6 +120,8 @@ class RoutingCore:
             raise ValueError(f"split={split!r} is not a valid split; choose one of ['train', 'val', 'test']")
         if obs not in OBS_MODES:
             raise ValueError(f"obs={obs!r} is not an observation mode; choose one of {list(OBS_MODES)}")
+        if shaping not in SHAPINGS:
+            raise ValueError(f"shaping={shaping!r} is not a reward shaping; choose one of {list(SHAPINGS)}")
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r} is not a backbone precision; choose one of {list(DTYPES)}")
         if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 2:
@@ -129,6 +134,7 @@ class RoutingCore:
         self.data = _shared_data(dataset)
         self.net = at_precision(resolve_backbone(backbone, self.data, mode, int(groups), self.device), DTYPES[dtype])
         self.dtype = dtype
+        self.shaping = shaping
         self.net.eval()
         self.table, self._steps, self._head = cost_tensors(self.net, mode)
         self.T, self.A = self.table.num_decisions, self.table.num_actions
@@ -168,6 +174,8 @@ class RoutingCore:
         self.cohorts: list[_Cohort] = []
         self.index = np.zeros(self.n, dtype=np.int64)
         self.active = np.zeros(self.n, dtype=bool)
+        #: potential of each slot's current state (``shaping="continuation"``)
+        self.phi = np.zeros(self.n, dtype=np.float64)
 
     # -- backbone weights (how fine-tuning reaches envs in other processes) ----------------------
     def backbone_state(self) -> dict:
@@ -229,6 +237,8 @@ class RoutingCore:
         walk = Walk(self.net, self.mode, self.images[torch.as_tensor(self.index[slots], device=self.device)])
         self.cohorts.append(_Cohort(walk, slots.copy()))
         self.active[slots] = True
+        if self.shaping != "none":
+            self.phi[slots] = self.potential(walk, slots)
         self._merge()
         obs = self._observe(walk)
         masks = self._masks(walk)
@@ -297,6 +307,9 @@ class RoutingCore:
                 pred = logits.argmax(1).cpu().numpy()
                 rew[slots] = self.reward.step(t, a, cost, int(self._full_step[t]), self.full, self.A, self.T)
                 rew[slots] += self.reward.final(ce, pred == labels.cpu().numpy())
+                if self.shaping != "none":  # the terminal state's potential is 0
+                    rew[slots] -= self.phi[slots]
+                    self.phi[slots] = 0.0
                 term[slots] = True
                 obs[slots] = self._observe(walk)
                 if arrays:
@@ -307,6 +320,10 @@ class RoutingCore:
                 self.active[slots] = False
             else:
                 rew[slots] = self.reward.step(t, a, cost, int(self._full_step[t]), self.full, self.A, self.T)
+                if self.shaping != "none":
+                    phi = self.potential(walk, slots)
+                    rew[slots] += phi - self.phi[slots]
+                    self.phi[slots] = phi
                 obs[slots] = self._observe(walk)
                 masks = self._masks(walk)
                 if arrays:
@@ -316,6 +333,32 @@ class RoutingCore:
                         infos[s] = self._info(int(s), walk, r, masks[r])
         self.cohorts = [c for c in self.cohorts if not c.walk.done]
         return obs, rew, term, infos
+
+    @torch.no_grad()
+    def potential(self, walk: Walk, slots: np.ndarray) -> np.ndarray:
+        """Shaping potential (float64 ``[len(slots)]``) of the images of ``walk`` (in ``slots``) where they stand.
+
+        ``shaping="continuation"``: the classification term the image would get if every remaining
+        decision took the full width (or executed every block), from the backbone itself: with
+        ``loss="error"``, ``-loss_weight * (1 - p)`` with ``p`` that continuation's probability of
+        the true label (a smooth stand-in for its 0/1 error); with ``loss="ce"``, ``-loss_weight *
+        min(CE, ce_clip)``. Each step pays ``potential(after) - potential(before)`` on top of its
+        reward, and the terminal state's potential is 0, so an episode's return changes only by
+        ``-potential(first state)``, which no action can change: the optimal policy is the same
+        (Ng et al., 1999), but a decision that harms the image is charged at once rather than at
+        the end. It costs one full-width pass over the remaining layers per step.
+        """
+        rest = walk.select(np.arange(len(walk)))  # shares feature maps, never overwrites them
+        while not rest.done:
+            rest.step(np.full(len(rest), self.A - 1, dtype=np.int64))
+        logits = rest.logits().float()
+        labels = torch.as_tensor(self.labels[self.index[slots]], device=logits.device)
+        r = self.reward
+        if r.loss == "error":
+            p = F.softmax(logits, 1).gather(1, labels[:, None])[:, 0].double().cpu().numpy()
+            return -r.loss_weight * (1.0 - p)
+        ce = F.cross_entropy(logits, labels, reduction="none").double().cpu().numpy()
+        return -r.loss_weight * np.minimum(ce, r.ce_clip)
 
     def _check_actions(self, actions: Any) -> np.ndarray:
         a = np.asarray(actions)

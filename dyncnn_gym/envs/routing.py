@@ -16,7 +16,8 @@ _ARGS_DOC = """
     ```python
     gymnasium.make("{id}", dataset="shapes", backbone=None, groups=4, split="train",
                    reward="flops", compute_weight=None, loss_weight=1.0, ce_clip=5.0, loss="ce",
-                   budget=None, device="cpu", obs="features", dtype="float32", render_mode=None)
+                   budget=None, device="cpu", obs="features", dtype="float32", shaping="none",
+                   render_mode=None)
     ```
 
     * `dataset`: a name (`"shapes"` — the embedded default, `"digits"`, `"cifar10"`, `"cifar100"`,
@@ -42,6 +43,9 @@ _ARGS_DOC = """
     * `obs`: observation mode: `"features"` (default) or `"probe"`, which adds the confidence of a
       linear probe (an early classifier fitted on the pooled features of each decision point):
       top probability, margin between the two best classes, normalised entropy.
+    * `shaping`: `"none"` (default) or `"continuation"`: potential-based reward shaping whose
+      potential is the classification term the image would get if the rest of the network ran at
+      full width (see Rewards).
 """
 
 _COMMON_DOC = """
@@ -69,6 +73,11 @@ _COMMON_DOC = """
     `reward="skipnet"`: `compute_weight * saved / ((A - 1) * T)` (default 0.1).
     FLOPs are those counted by `torch.utils.flop_counter` (2 per multiply-accumulate of every
     convolution and linear layer run; agent and observation not included).
+    With `shaping="continuation"` every step also pays `phi(next) - phi(now)`, where `phi` is the
+    classification term of the full-width continuation from that state (`-loss_weight * (1 - p)`
+    with `p` its probability of the true label for `loss="error"`, the clipped CE for `"ce"`) and
+    0 after the last decision: the return changes by `-phi(first state)` only, which no action
+    affects, while a decision that hurts the image is charged when it is taken.
 
     ## Starting State
 
