@@ -60,3 +60,17 @@ def test_bad_input_names_the_value(trained, tmp_path):
     model.save(tmp_path / "m")
     with pytest.raises(ValueError, match="no training env .*pass core="):
         calibrate(PPO.load(tmp_path / "m"), 0.5)
+
+
+def test_held_out_accuracy_is_what_evaluate_measures_on_those_images(trained):
+    import torch
+
+    from dyncnn_gym.benchmark.calibrate import held_out_accuracy
+
+    model, core, _ = trained
+    acc, flops = held_out_accuracy(core, model, batch_size=300)  # digits has no "val" split: all train images
+    train = core.data.split("train")
+    same = RoutingCore("channel", 200, split="test", dataset=core.data, backbone=core.net, obs="probe")
+    same.images, same.labels, same.difficulty = torch.as_tensor(train.images), train.labels, train.difficulty
+    res = evaluate(model, "DynChannel-v0", core=same)
+    assert acc == pytest.approx(res["accuracy"]) and flops == pytest.approx(res["flops_ratio"])

@@ -85,17 +85,24 @@ def test_sweep_rejects_a_bad_flops_target_before_training(tmp_path):
 
 def test_sweep_can_dial_every_trained_policy_to_flops_targets_after_training(tmp_path):
     res = run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", weights={"DynChannel-v0": (0.05,)}, timesteps=640,
-                    cotrain=False, calibrate=(0.5, 0.8), progress=False)
+                    cotrain=False, calibrate=(0.5, 0.8), seed=(0, 1), progress=False)
     e = res["envs"]["DynChannel-v0"]
-    (p,) = e["points"]
-    assert [c["target"] for c in p["calibrated"]] == [0.5, 0.8]
     from dyncnn_gym.benchmark.baselines import interpolate, pareto
 
-    for c in p["calibrated"]:
-        assert c["val_flops_ratio"] <= c["target"] and abs(c["flops_ratio"] - c["target"]) < 0.1  # held out, then test
-        static_acc = interpolate(pareto(e["uniform"]), c["flops_ratio"])
-        assert c["vs_uniform_static_points"] == pytest.approx(100 * (c["accuracy"] - static_acc))
-    assert "Dialed to a FLOPs target after training" in format_summary(res)
+    for p in e["points"]:
+        assert [c["target"] for c in p["calibrated"]] == [0.5, 0.8]
+        for c in p["calibrated"]:
+            assert c["val_flops_ratio"] <= c["target"] and abs(c["flops_ratio"] - c["target"]) < 0.1  # held out, then test
+            static_acc = interpolate(pareto(e["uniform"]), c["flops_ratio"])
+            assert c["vs_uniform_static_points"] == pytest.approx(100 * (c["accuracy"] - static_acc))
+            assert 0 < c["held_out_accuracy"] <= 1 and abs(c["held_out_flops_ratio"] - c["target"]) < 0.05
+    text = format_summary(res)
+    assert "Dialed to a FLOPs target after training" in text
+    # one policy per target, chosen on held-out images: the seed with the higher held-out accuracy
+    for t in (0.5, 0.8):
+        cs = [(p["seed"], next(c for c in p["calibrated"] if c["target"] == t)) for p in e["points"]]
+        seed, c = max(cs, key=lambda sc: sc[1]["held_out_accuracy"])
+        assert f"| frozen | 0.05 | {t} | {seed} | {100 * c['held_out_accuracy']:.2f} |" in text
     with pytest.raises(ValueError, match="calibrate target 1.2 is not a FLOPs ratio"):
         run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", calibrate=(1.2,), progress=False)
 

@@ -84,6 +84,27 @@ def held_out_images(core: RoutingCore, n: int, seed: int = 0) -> torch.Tensor:
     return torch.as_tensor(split.images[idx]).to(core.device, core.images.dtype)
 
 
+def held_out_accuracy(core: RoutingCore, policy: Any, n_images: int | None = None, seed: int = 0,
+                      batch_size: int = 1000) -> tuple[float, float]:
+    """Accuracy and mean FLOPs ratio of ``policy`` routing held-out images deterministically (the
+    ``"val"`` split where the data has one, else ``"train"``; all of them, or ``n_images`` drawn
+    with ``seed``): a score to choose between trained policies without looking at the test split."""
+    from ..callbacks import routed_logits
+
+    data = core.data
+    split = data.split("val" if data.has_val else "train")
+    idx = np.random.default_rng(seed).permutation(len(split))[:n_images] if n_images else np.arange(len(split))
+    correct = flops = 0.0
+    with torch.no_grad():
+        for start in range(0, len(idx), batch_size):
+            rows = idx[start : start + batch_size]
+            x = torch.as_tensor(split.images[rows]).to(core.device, core.images.dtype)
+            logits, walk = routed_logits(core, policy, x, deterministic=True)
+            correct += float((logits.argmax(1).cpu().numpy() == np.asarray(split.labels)[rows]).sum())
+            flops += float(walk.flops.double().sum())
+    return correct / len(idx), flops / len(idx) / core.full
+
+
 def flops_ratio(core: RoutingCore, policy: Any, images: torch.Tensor) -> float:
     """Mean FLOPs ratio of ``policy`` routing ``images`` deterministically through ``core``'s backbone."""
     from ..callbacks import routed_logits
