@@ -19,6 +19,12 @@ on an env built with the same ``env_kwargs(env_id)``. The recipe's reasoning:
 * one rollout holds ``n_steps * n_envs`` decisions (many whole episodes), minibatches are large,
   few epochs per rollout: the reward is noisy per image, so big batches beat many epochs;
 * a small entropy bonus keeps the cheap actions explored while the value of escalating is learned.
+
+Two additions improve on the recipe without being part of it (its figures stay reproducible):
+``shaping="continuation"`` (an env argument, e.g. ``train_ppo(env_id, shaping="continuation")``)
+charges each decision at once for what it costs the image, at about twice the env's compute; and
+:func:`dyncnn_gym.benchmark.calibrate.calibrate` dials a trained policy to a FLOPs budget on
+held-out images. README, "Learning the routing", has the figures.
 """
 
 from __future__ import annotations
