@@ -60,6 +60,15 @@ def local_core(venv: Any) -> RoutingCore:
     return core
 
 
+def training_core(venv: Any) -> tuple[RoutingCore, bool]:
+    """The :class:`RoutingCore` behind an SB3 VecEnv (wrappers removed) and whether it is a *local*
+    mirror: the native VecEnv's own core (``False``), else :func:`local_core` of env 0 (``True``)."""
+    while hasattr(venv, "venv"):
+        venv = venv.venv
+    core = getattr(venv, "core", None)
+    return (core, False) if isinstance(core, RoutingCore) else (local_core(venv), True)
+
+
 class BackboneFinetuneCallback(BaseCallback):
     """Supervised fine-tuning of the routed backbone inside ``model.learn``.
 
@@ -118,11 +127,7 @@ class BackboneFinetuneCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         if self.core is None:
-            env = self.training_env
-            while hasattr(env, "venv"):
-                env = env.venv
-            core = getattr(env, "core", None)
-            self.core = core if isinstance(core, RoutingCore) else local_core(env)
+            self.core, _ = training_core(self.training_env)
         self.opt = torch.optim.Adam(self.core.net.parameters(), lr=self.lr)
 
     def _on_step(self) -> bool:
@@ -239,12 +244,7 @@ class FlopsTargetCallback(BaseCallback):
         self._images: torch.Tensor | None = None
 
     def _on_training_start(self) -> None:
-        env = self.training_env
-        while hasattr(env, "venv"):
-            env = env.venv
-        core = getattr(env, "core", None)
-        self._local = not isinstance(core, RoutingCore)
-        self._core = local_core(env) if self._local else core
+        self._core, self._local = training_core(self.training_env)
         lo = self._core.min_flops_ratio
         if self.target < lo:
             raise ValueError(f"target={self.target!r} is below the cheapest route of this backbone ({lo:.4f} of"
@@ -255,10 +255,9 @@ class FlopsTargetCallback(BaseCallback):
                 raise ValueError("the env's compute weight is 0, which dual ascent cannot scale; pass weight=")
         self._set(self.weight)
         if self.measure == "eval":
-            data = self._core.data
-            split = data.split("val" if data.has_val else "train")
-            idx = np.random.default_rng(self.seed).permutation(len(split))[: self.eval_images]
-            self._images = torch.as_tensor(split.images[idx]).to(self._core.device, self._core.images.dtype)
+            from .benchmark.calibrate import held_out_images
+
+            self._images = held_out_images(self._core, self.eval_images, self.seed)
 
     def _on_step(self) -> bool:
         if self.measure == "train":
@@ -285,9 +284,9 @@ class FlopsTargetCallback(BaseCallback):
         assert core is not None and self._images is not None
         if self._local:  # follow a backbone fine-tuned in other processes
             core.load_backbone_state(self.training_env.env_method("get_backbone_state", indices=[0])[0])
-        with torch.no_grad():
-            _, walk = routed_logits(core, self.model, self._images, deterministic=True)
-        return float(walk.flops.double().mean() / core.full)
+        from .benchmark.calibrate import flops_ratio
+
+        return flops_ratio(core, self.model, self._images)
 
     def _set(self, w: float) -> None:
         self.training_env.env_method("set_compute_weight", w)

@@ -78,10 +78,14 @@ class CostBiasedPolicy:
 def held_out_images(core: RoutingCore, n: int, seed: int = 0) -> torch.Tensor:
     """``n`` images (fewer if the split is smaller) of ``core``'s data that the test split does not hold:
     the ``"val"`` split where there is one, else ``"train"``; drawn once with ``seed``, on ``core``'s device."""
-    data = core.data
-    split = data.split("val" if data.has_val else "train")
+    split = _held_out_split(core)
     idx = np.random.default_rng(seed).permutation(len(split))[:n]
     return torch.as_tensor(split.images[idx]).to(core.device, core.images.dtype)
+
+
+def _held_out_split(core: RoutingCore) -> Any:
+    data = core.data
+    return data.split("val" if data.has_val else "train")
 
 
 def held_out_accuracy(core: RoutingCore, policy: Any, n_images: int | None = None, seed: int = 0,
@@ -91,8 +95,7 @@ def held_out_accuracy(core: RoutingCore, policy: Any, n_images: int | None = Non
     with ``seed``): a score to choose between trained policies without looking at the test split."""
     from ..callbacks import routed_logits
 
-    data = core.data
-    split = data.split("val" if data.has_val else "train")
+    split = _held_out_split(core)
     idx = np.random.default_rng(seed).permutation(len(split))[:n_images] if n_images else np.arange(len(split))
     correct = flops = 0.0
     with torch.no_grad():
@@ -161,13 +164,10 @@ def calibrate(model: Any, target: float, core: RoutingCore | None = None, *, n_i
 
 
 def _training_core(model: Any) -> RoutingCore:
-    from ..callbacks import local_core
+    from ..callbacks import training_core
 
     env = model.get_env() if hasattr(model, "get_env") else None
     if env is None:
         raise ValueError(f"{type(model).__name__} has no training env (a loaded model?); pass core=RoutingCore(...)"
                          " built with the env arguments it was trained with")
-    while hasattr(env, "venv"):
-        env = env.venv
-    core = getattr(env, "core", None)
-    return core if isinstance(core, RoutingCore) else local_core(env)
+    return training_core(env)[0]
