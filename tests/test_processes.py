@@ -220,3 +220,21 @@ def test_local_core_names_a_non_routing_env():
     venv = DummyVecEnv([lambda: gymnasium.make("CartPole-v1")])
     with pytest.raises(ValueError, match="cannot find the routing env in the training env DummyVecEnv"):
         local_core(venv)
+
+
+@pytest.mark.parametrize("start_method", START_METHODS[-1:])
+def test_flops_target_callback_steers_subprocess_envs(start_method):
+    """The steered weight reaches every worker (``env_method("set_compute_weight")``), and the
+    ``"eval"`` measurement routes with a local mirror of env 0."""
+    from dyncnn_gym.sb3 import FlopsTargetCallback
+
+    venv = SubprocVecEnv([env_fn("DynSkip-v0")] * N_WORKERS, start_method=start_method)
+    try:
+        T = venv.get_attr("num_decisions", indices=[0])[0]
+        model = PPO("MlpPolicy", venv, n_steps=2 * T, batch_size=2 * T * N_WORKERS, n_epochs=1, seed=0)
+        cb = FlopsTargetCallback(1.0, measure="eval", weight=0.5, eval_images=16)
+        model.learn(2 * T * N_WORKERS * 2, callback=cb)
+        assert len(cb.history) == 2 and cb.weight <= 0.5
+        assert venv.get_attr("compute_weight") == [cb.weight] * N_WORKERS
+    finally:
+        venv.close()
