@@ -194,7 +194,7 @@ class FlopsTargetCallback(BaseCallback):
     ``env_method("set_compute_weight", w)`` for single envs in this or other processes).
 
     Args:
-        target: the FLOPs ratio (of the full network's) to steer to, in ``(min, 1]`` where ``min``
+        target: the FLOPs ratio (of the full network's) to steer to, in ``[min, 1]`` where ``min``
             is the cheapest route of the backbone (checked at training start).
         measure: ``"train"`` (default): ``f`` is the mean FLOPs ratio of the training episodes that
             ended in the rollout (sampled actions; free, and smooth). Sampled routes usually cost a
