@@ -105,6 +105,8 @@ def test_sweep_can_dial_every_trained_policy_to_flops_targets_after_training(tmp
         assert f"| frozen | 0.05 | {t} | {seed} | {100 * c['held_out_accuracy']:.2f} |" in text
     with pytest.raises(ValueError, match="calibrate target 1.2 is not a FLOPs ratio"):
         run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", calibrate=(1.2,), progress=False)
+    with pytest.raises(ValueError, match=r"calibrate target 0.001 is below the cheapest route .*\[0\.\d+, 1\]"):
+        run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", calibrate=(0.001,), progress=False)
 
 
 def test_sweep_can_train_with_reward_shaping(tmp_path):

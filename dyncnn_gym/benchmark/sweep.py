@@ -146,6 +146,10 @@ def run_sweep(
                                    **({"shaping": shaping} if shaping else {}))
         start_weight = kwargs.pop("compute_weight")  # set per point; where a FLOPs target steers it, its start
         core = RoutingCore(mode, 1, split="test", **kwargs)
+        for t in calibrate:  # before any training: a target no route reaches would fail after it
+            if t < core.min_flops_ratio:
+                raise ValueError(f"calibrate target {t!r} is below the cheapest route of {env_id}'s backbone;"
+                                 f" use values in [{core.min_flops_ratio:.4f}, 1]")
         static = static_baselines(core)
         full_correct = route_outcomes(core, uniform_routes(core)[-1:])[0][0]
         steps = timesteps or recipe(env_id)["total_timesteps"]
