@@ -304,14 +304,25 @@ def format_summary(results: dict[str, Any]) -> str:
             ]
             for (variant, w), ps in _by_variant_and_weight(e["points"]).items():
                 def ms(key: str, scale: float = 1.0, sign: str = "") -> str:
-                    v = scale * np.array([q[key] for q in ps], dtype=np.float64)
-                    return f"{v.mean():{sign}.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+                    return _mean_std(ps, key, scale, sign)
                 lines.append(
                     f"| {variant} | {w} | {ms('flops_saved', 100)} % | {ms('accuracy', 100)} | {ms('gap_to_full_points', -1, '+')} |"
                     f" {ms('vs_uniform_static_points', 1, '+')} | {ms('vs_greedy_static_points', 1, '+')} |"
                 )
             lines.append("")
     return "\n".join(lines)
+
+
+def _mean_std(rows: list[dict[str, Any]], key: str, scale: float = 1.0, sign: str = "") -> str:
+    """``"mean ± std"`` (sample std; 0 for one row) of ``scale * row[key]`` over ``rows``."""
+    v = scale * np.array([r[key] for r in rows], dtype=np.float64)
+    return f"{v.mean():{sign}.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+
+
+def _dialed_cells(c: dict[str, Any]) -> str:
+    """FLOPs saved, accuracy and the comparisons of one dialed point, as Markdown cells."""
+    return (f" {100 * c['flops_saved']:.1f} % | {100 * c['accuracy']:.2f} | {-c['gap_to_full_points']:+.2f} |"
+            f" {c['vs_uniform_static_points']:+.2f} | {c['vs_greedy_static_points']:+.2f} |")
 
 
 def _calibrated_table(points: list[dict[str, Any]], seeds: list[int]) -> list[str]:
@@ -323,36 +334,30 @@ def _calibrated_table(points: list[dict[str, Any]], seeds: list[int]) -> list[st
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p, c in rows:
         lines.append(f"| {p['variant']} | {_setting(p)} | {p.get('seed', seeds[0])} | {c['target']} | {c['bias']:+.3f} |"
-                     f" {100 * c['flops_saved']:.1f} % | {100 * c['accuracy']:.2f} | {-c['gap_to_full_points']:+.2f} |"
-                     f" {c['vs_uniform_static_points']:+.2f} | {c['vs_greedy_static_points']:+.2f} |")
+                     + _dialed_cells(c))
     lines.append("")
     if len(seeds) > 1:
-        groups: dict[tuple[str, Any, float], list[dict[str, Any]]] = {}
+        groups: dict[tuple[str, Any, float], list[tuple[Any, dict[str, Any]]]] = {}
         for p, c in rows:
-            groups.setdefault((p["variant"], _setting(p), c["target"]), []).append(c)
+            groups.setdefault((p["variant"], _setting(p), c["target"]), []).append((p.get("seed"), c))
         lines += [f"Dialed, mean ± std over seeds {seeds}:", "",
                   "| variant | trained at | target | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |",
                   "|---|---|---:|---:|---:|---:|---:|---:|"]
-        for (variant, setting, t), cs in groups.items():
-            def ms(key: str, scale: float = 1.0, sign: str = "") -> str:
-                v = scale * np.array([c[key] for c in cs], dtype=np.float64)
-                return f"{v.mean():{sign}.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
-            lines.append(f"| {variant} | {setting} | {t} | {ms('flops_saved', 100)} % | {ms('accuracy', 100)} |"
-                         f" {ms('gap_to_full_points', -1, '+')} | {ms('vs_uniform_static_points', 1, '+')} |"
-                         f" {ms('vs_greedy_static_points', 1, '+')} |")
+        for (variant, setting, t), sc in groups.items():
+            cs = [c for _, c in sc]
+            lines.append(f"| {variant} | {setting} | {t} | {_mean_std(cs, 'flops_saved', 100)} % | {_mean_std(cs, 'accuracy', 100)} |"
+                         f" {_mean_std(cs, 'gap_to_full_points', -1, '+')} | {_mean_std(cs, 'vs_uniform_static_points', 1, '+')} |"
+                         f" {_mean_std(cs, 'vs_greedy_static_points', 1, '+')} |")
         lines.append("")
         lines += ["One policy per setting, the seed chosen by its accuracy on all held-out images (test split unseen):", "",
                   "| variant | trained at | target | chosen seed | held-out accuracy | FLOPs saved | accuracy | vs full |"
                   " vs uniform static | vs greedy static |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for (variant, setting, t), cs in groups.items():
-            best = max(range(len(cs)), key=lambda i: cs[i].get("held_out_accuracy", float("-inf")))
-            c, seed = cs[best], [p.get("seed") for p, q in rows if q is cs[best]][0]
-            if "held_out_accuracy" not in c:
-                continue
-            lines.append(f"| {variant} | {setting} | {t} | {seed} | {100 * c['held_out_accuracy']:.2f} |"
-                         f" {100 * c['flops_saved']:.1f} % | {100 * c['accuracy']:.2f} | {-c['gap_to_full_points']:+.2f} |"
-                         f" {c['vs_uniform_static_points']:+.2f} | {c['vs_greedy_static_points']:+.2f} |")
+        for (variant, setting, t), sc in groups.items():
+            scored = [(seed, c) for seed, c in sc if "held_out_accuracy" in c]  # results.json written before it existed lack it
+            if scored:
+                seed, c = max(scored, key=lambda x: x[1]["held_out_accuracy"])  # the first seed on a tie
+                lines.append(f"| {variant} | {setting} | {t} | {seed} | {100 * c['held_out_accuracy']:.2f} |" + _dialed_cells(c))
         lines.append("")
     return lines
 
