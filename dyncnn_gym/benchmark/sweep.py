@@ -172,8 +172,9 @@ def run_sweep(
             callback = callbacks or None
             t0 = time.perf_counter()
             # the test core is built before training so that it shares the observation scales
-            # and probes the policy was trained with (memoised per backbone object)
-            test_core = RoutingCore(mode, 500, split="test", **env_kwargs)
+            # and probes the policy was trained with (memoised per backbone object); evaluation
+            # reads no rewards, so it skips the shaping's full-width passes
+            test_core = RoutingCore(mode, 500, split="test", **{**env_kwargs, "shaping": "none"})
             model = train_ppo(env_id, total_timesteps=steps, seed=seed, progress=False, callback=callback, **env_kwargs)
             secs = time.perf_counter() - t0
             res = evaluate(model, env_id, per_image=True, core=test_core)
