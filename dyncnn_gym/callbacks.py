@@ -245,10 +245,7 @@ class FlopsTargetCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         self._core, self._local = training_core(self.training_env)
-        lo = self._core.min_flops_ratio
-        if self.target < lo:
-            raise ValueError(f"target={self.target!r} is below the cheapest route of this backbone ({lo:.4f} of"
-                             f" the full FLOPs); use a target in [{lo:.4f}, 1]")
+        self._core.check_flops_ratio(self.target, "target")
         if self.weight is None:
             self.weight = float(self.training_env.get_attr("compute_weight", indices=[0])[0])
             if not self.weight > 0:

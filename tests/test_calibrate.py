@@ -51,7 +51,7 @@ def test_dqn_q_values_can_be_biased_too():
 
 def test_bad_input_names_the_value(trained, tmp_path):
     model, core, _ = trained
-    with pytest.raises(ValueError, match=r"target=0.01 is not a reachable FLOPs ratio; use a value in \[0\.\d+, 1\]"):
+    with pytest.raises(ValueError, match=r"target=0.01 must be a FLOPs ratio in \[0\.\d+, 1\] \(the cheapest route"):
         calibrate(model, 0.01, core)
     with pytest.raises(ValueError, match="n_images=0"):
         calibrate(model, 0.5, core, n_images=0)

@@ -105,7 +105,7 @@ def test_sweep_can_dial_every_trained_policy_to_flops_targets_after_training(tmp
         assert f"| frozen | 0.05 | {t} | {seed} | {100 * c['held_out_accuracy']:.2f} |" in text
     with pytest.raises(ValueError, match="calibrate target 1.2 is not a FLOPs ratio"):
         run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", calibrate=(1.2,), progress=False)
-    with pytest.raises(ValueError, match=r"calibrate target 0.001 is below the cheapest route .*\[0\.\d+, 1\]"):
+    with pytest.raises(ValueError, match=r"DynChannel-v0: calibrate=0.001 must be a FLOPs ratio in \[0\.\d+, 1\] \(the cheapest route"):
         run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", calibrate=(0.001,), progress=False)
 
 
@@ -116,3 +116,51 @@ def test_sweep_can_train_with_reward_shaping(tmp_path):
     assert "reward shaping `continuation`" in format_summary(res)
     with pytest.raises(ValueError, match="shaping='dense'"):
         run_sweep(tmp_path, envs=("DynSkip-v0",), dataset="digits", shaping="dense", progress=False)
+
+
+def test_static_networks_can_be_measured_on_the_held_out_split_too():
+    from conftest import make_net, user12_arrays
+
+    from dyncnn_gym.benchmark.baselines import route_outcomes, static_baselines, uniform_routes
+    from dyncnn_gym.data import load_dataset
+    from dyncnn_gym.envs.core import RoutingCore
+
+    arrays = user12_arrays()
+    data = load_dataset({**arrays, "val": user12_arrays(n_train=2, n_test=30, seed=1)["test"]})
+    core = RoutingCore("channel", 1, split="test", dataset=data, backbone=make_net("vgg", "user12"))
+    held = static_baselines(core, split="val")
+    test = static_baselines(core)
+    correct, _ = route_outcomes(core, uniform_routes(core), split="val")
+    assert [r["accuracy"] for r in held["uniform"]] == pytest.approx(list(correct.mean(1)))
+    assert held["full"]["n_images"] == 30 and test["full"]["n_images"] == 24
+    assert [r["flops_ratio"] for r in held["uniform"]] == [r["flops_ratio"] for r in test["uniform"]]  # static: same cost
+
+
+def test_the_summary_gives_a_second_opinion_on_the_held_out_images(tmp_path):
+    """Where the data has a "val" split, every point is also compared with the full network and the
+    static fronts on those images; here the test split stands in for them, so the held-out
+    comparisons must equal the test-split ones exactly."""
+    from dyncnn_gym.benchmark.sweep import _held_out_comparison
+
+    res = run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", weights={"DynChannel-v0": (0.05,)}, timesteps=640,
+                    cotrain=False, calibrate=(0.6,), seed=(0, 1), progress=False)
+    e = res["envs"]["DynChannel-v0"]
+    assert "held_out" not in e and "Second opinion" not in format_summary(res)  # digits has no "val" split
+    static = {"full": e["full"], "uniform": e["uniform"], "front": e["greedy_front"]}
+    e["held_out"] = {"split": "val", "n_images": 359, "full": e["full"], "uniform": e["uniform"], "greedy_front": e["greedy_front"]}
+    for p in e["points"]:
+        p["held_out"] = _held_out_comparison(p["accuracy"], p["flops_ratio"], static)
+        for k in ("gap_to_full_points", "vs_uniform_static_points", "vs_greedy_static_points"):
+            assert p["held_out"][k] == pytest.approx(p[k])
+        c = p["calibrated"][0]
+        c["held_out"] = _held_out_comparison(c["accuracy"], c["flops_ratio"], static)
+    text = format_summary(res)
+    assert "Second opinion on all 359 held-out `val` images" in text
+    gaps = [-p["gap_to_full_points"] for p in e["points"]]
+    greedy = [p["vs_greedy_static_points"] for p in e["points"]]
+    assert (f"| frozen | 0.05 | trained | {100 * np.mean([p['flops_saved'] for p in e['points']]):.2f} ± "
+            f"{100 * np.std([p['flops_saved'] for p in e['points']], ddof=1):.2f} % |") in text
+    row = next(line for line in text.splitlines() if line.startswith("| frozen | 0.05 | trained |"))
+    assert f"| {np.mean(gaps):+.2f} ± {np.std(gaps, ddof=1):.2f} |" in row
+    assert row.endswith(f"| {np.mean(greedy):+.2f} ± {np.std(greedy, ddof=1):.2f} |")
+    assert "| frozen | 0.05 | dialed to 0.6 |" in text

@@ -131,15 +131,15 @@ def interpolate(front: list[dict[str, Any]], flops_ratio: float) -> float:
     return float(np.interp(flops_ratio, xs, ys))
 
 
-def static_baselines(core: RoutingCore, greedy: bool = True, select_on: int = 1000) -> dict[str, Any]:
+def static_baselines(core: RoutingCore, greedy: bool = True, select_on: int = 1000, split: str = "test") -> dict[str, Any]:
     """``full``, ``uniform`` (same action everywhere), ``greedy`` (per-decision static routes chosen
     on train images) or, when there are few, ``exhaustive`` routes, and their Pareto ``front`` — all
-    on the whole test split."""
-    n = len(core.labels)
+    on the whole ``split`` (the test split, or e.g. the held-out ``"val"`` images for a second opinion)."""
+    n = len(core.labels) if split == "test" else len(core.data.split(split))
     out: dict[str, Any] = {}
 
     def rows(routes: np.ndarray) -> list[dict[str, Any]]:
-        correct, flops = route_outcomes(core, routes)
+        correct, flops = route_outcomes(core, routes, split=split)
         return [
             {"actions": r.tolist(), "accuracy": float(c.mean()), "flops_ratio": float(f / core.full), "n_images": n}
             for r, c, f in zip(routes, correct, flops)

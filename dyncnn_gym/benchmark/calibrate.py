@@ -78,14 +78,16 @@ class CostBiasedPolicy:
 def held_out_images(core: RoutingCore, n: int, seed: int = 0) -> torch.Tensor:
     """``n`` images (fewer if the split is smaller) of ``core``'s data that the test split does not hold:
     the ``"val"`` split where there is one, else ``"train"``; drawn once with ``seed``, on ``core``'s device."""
-    split = _held_out_split(core)
-    idx = np.random.default_rng(seed).permutation(len(split))[:n]
+    split, idx = _held_out_rows(core, n, seed)
     return torch.as_tensor(split.images[idx]).to(core.device, core.images.dtype)
 
 
-def _held_out_split(core: RoutingCore) -> Any:
+def _held_out_rows(core: RoutingCore, n: int | None, seed: int) -> tuple[Any, np.ndarray]:
+    """The held-out split of ``core``'s data and ``n`` of its row indices drawn with ``seed`` (all rows, in order, if ``n`` is None)."""
     data = core.data
-    return data.split("val" if data.has_val else "train")
+    split = data.split("val" if data.has_val else "train")
+    idx = np.random.default_rng(seed).permutation(len(split))[:n] if n is not None else np.arange(len(split))
+    return split, idx
 
 
 def held_out_accuracy(core: RoutingCore, policy: Any, n_images: int | None = None, seed: int = 0,
@@ -95,8 +97,7 @@ def held_out_accuracy(core: RoutingCore, policy: Any, n_images: int | None = Non
     with ``seed``): a score to choose between trained policies without looking at the test split."""
     from ..callbacks import routed_logits
 
-    split = _held_out_split(core)
-    idx = np.random.default_rng(seed).permutation(len(split))[:n_images] if n_images else np.arange(len(split))
+    split, idx = _held_out_rows(core, n_images or None, seed)
     correct = flops = 0.0
     with torch.no_grad():
         for start in range(0, len(idx), batch_size):
@@ -135,9 +136,7 @@ def calibrate(model: Any, target: float, core: RoutingCore | None = None, *, n_i
     """
     if core is None:
         core = _training_core(model)
-    lo_ratio = core.min_flops_ratio
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not lo_ratio <= target <= 1:
-        raise ValueError(f"target={target!r} is not a reachable FLOPs ratio; use a value in [{lo_ratio:.4f}, 1]")
+    core.check_flops_ratio(target, "target")
     for name, v in (("n_images", n_images), ("iterations", iterations)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}={v!r} must be a positive integer")

@@ -113,6 +113,7 @@ def run_sweep(
     from ..recipes import env_kwargs as recipe_env_kwargs
     from ..recipes import recipe, train_ppo
     from .baselines import random_policy_eval, route_outcomes, static_baselines, uniform_routes
+    from .calibrate import held_out_accuracy
     from .demo import _jsonable
     from .protocol import evaluate
 
@@ -147,15 +148,21 @@ def run_sweep(
         start_weight = kwargs.pop("compute_weight")  # set per point; where a FLOPs target steers it, its start
         core = RoutingCore(mode, 1, split="test", **kwargs)
         for t in calibrate:  # before any training: a target no route reaches would fail after it
-            if t < core.min_flops_ratio:
-                raise ValueError(f"calibrate target {t!r} is below the cheapest route of {env_id}'s backbone;"
-                                 f" use values in [{core.min_flops_ratio:.4f}, 1]")
+            try:
+                core.check_flops_ratio(t, "calibrate")
+            except ValueError as e:
+                raise ValueError(f"{env_id}: {e}") from None
         static = static_baselines(core)
+        # a second opinion on more images than the test split holds: the held-out "val" split
+        held_static = static_baselines(core, split="val") if core.data.has_val else None
         full_correct = route_outcomes(core, uniform_routes(core)[-1:])[0][0]
         steps = timesteps or recipe(env_id)["total_timesteps"]
         results["timesteps"][env_id] = steps
         entry: dict[str, Any] = {"env_kwargs": kwargs, "full": static["full"], "uniform": static["uniform"],
                                  "greedy_front": static["front"], "points": []}
+        if held_static is not None:
+            entry["held_out"] = {"split": "val", "n_images": held_static["full"]["n_images"], "full": held_static["full"],
+                                 "uniform": held_static["uniform"], "greedy_front": held_static["front"]}
         variants = (["frozen"] if frozen else []) + (["cotrained"] if cotrain else [])
         for seed, (how, value), variant in ((sd, s, v) for sd in seeds for s in settings[env_id] for v in variants):
             log(f"[sweep] {env_id} {'compute_weight' if how == 'weight' else 'flops_target'}={value} {variant} seed {seed}:"
@@ -196,8 +203,10 @@ def run_sweep(
                 **{k: res[k] for k in ("action_rates", "by_difficulty", "difficulty_flops_spearman") if k in res},
                 **_adaptivity(core, res, full_correct),
             }
+            if held_static is not None:
+                point["held_out"] = _held_out_comparison(*held_out_accuracy(test_core, model), held_static)
             if calibrate:
-                point["calibrated"] = [_calibrated(model, env_id, test_core, t, seed, static) for t in calibrate]
+                point["calibrated"] = [_calibrated(model, env_id, test_core, t, seed, static, held_static) for t in calibrate]
             if variant == "cotrained":
                 tuned = RoutingCore(mode, 1, split="test", **{**kwargs, "backbone": backbone})
                 own = static_baselines(tuned, greedy=False)["uniform"]
@@ -220,8 +229,19 @@ def run_sweep(
     return results
 
 
-def _calibrated(model: Any, env_id: str, test_core: Any, target: float, seed: int, static: dict[str, Any]) -> dict[str, Any]:
-    """``model`` dialed to ``target`` on held-out images, then evaluated on the test split."""
+def _held_out_comparison(acc: float, x: float, held_static: dict[str, Any]) -> dict[str, float]:
+    """A policy's accuracy and FLOPs ratio on the held-out images against the full network and the
+    static fronts measured on the same images (accuracy points)."""
+    return {"accuracy": acc, "flops_ratio": x, "flops_saved": 1.0 - x,
+            "gap_to_full_points": 100 * (held_static["full"]["accuracy"] - acc),
+            "vs_uniform_static_points": 100 * (acc - _interp(held_static["uniform"], x)),
+            "vs_greedy_static_points": 100 * (acc - _interp(held_static["front"], x))}
+
+
+def _calibrated(model: Any, env_id: str, test_core: Any, target: float, seed: int, static: dict[str, Any],
+                held_static: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``model`` dialed to ``target`` on held-out images, then evaluated on the test split (and,
+    with ``held_static``, compared with the static networks on all held-out images too)."""
     from .calibrate import calibrate, held_out_accuracy
     from .protocol import evaluate
 
@@ -230,7 +250,9 @@ def _calibrated(model: Any, env_id: str, test_core: Any, target: float, seed: in
     acc, x = res["accuracy"], res["flops_ratio"]
     held_acc, held_flops = held_out_accuracy(test_core, biased)
     return {"target": target, "bias": biased.bias, "val_flops_ratio": biased.val_flops_ratio,
-            "held_out_accuracy": held_acc, "held_out_flops_ratio": held_flops, "accuracy": acc,
+            "held_out_accuracy": held_acc, "held_out_flops_ratio": held_flops,
+            **({"held_out": _held_out_comparison(held_acc, held_flops, held_static)} if held_static else {}),
+            "accuracy": acc,
             "flops_ratio": x, "flops_saved": 1.0 - x, "gap_to_full_points": 100 * (static["full"]["accuracy"] - acc),
             "vs_uniform_static_points": 100 * (acc - _interp(static["uniform"], x)),
             "vs_greedy_static_points": 100 * (acc - _interp(static["front"], x))}
@@ -311,7 +333,36 @@ def format_summary(results: dict[str, Any]) -> str:
                     f" {ms('vs_uniform_static_points', 1, '+')} | {ms('vs_greedy_static_points', 1, '+')} |"
                 )
             lines.append("")
+        lines += _held_out_table(e, seeds)
     return "\n".join(lines)
+
+
+def _held_out_table(e: dict[str, Any], seeds: list[int]) -> list[str]:
+    """Mean ± std over seeds of every trained and dialed point on all held-out images, against the
+    full network and the static fronts measured on those images."""
+    held = e.get("held_out")
+    if not held:
+        return []
+    groups: dict[tuple[str, Any, str], list[dict[str, Any]]] = {}
+    for p in e["points"]:
+        if "held_out" in p:
+            groups.setdefault((p["variant"], _setting(p), "trained"), []).append(p["held_out"])
+        for c in p.get("calibrated", []):
+            if "held_out" in c:
+                groups.setdefault((p["variant"], _setting(p), f"dialed to {c['target']}"), []).append(c["held_out"])
+    if not groups:
+        return []
+    lines = [f"Second opinion on all {held['n_images']} held-out `{held['split']}` images (full network"
+             f" {100 * held['full']['accuracy']:.2f} % there; static fronts measured on the same images), mean ± std over"
+             f" seeds {seeds}. A dialed bias was chosen on 2 000 of these images, by FLOPs only:", "",
+             "| variant | trained at | point | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for (variant, setting, point), hs in groups.items():
+        lines.append(f"| {variant} | {setting} | {point} | {_mean_std(hs, 'flops_saved', 100)} % | {_mean_std(hs, 'accuracy', 100)} |"
+                     f" {_mean_std(hs, 'gap_to_full_points', -1, '+')} | {_mean_std(hs, 'vs_uniform_static_points', 1, '+')} |"
+                     f" {_mean_std(hs, 'vs_greedy_static_points', 1, '+')} |")
+    lines.append("")
+    return lines
 
 
 def _mean_std(rows: list[dict[str, Any]], key: str, scale: float = 1.0, sign: str = "") -> str:

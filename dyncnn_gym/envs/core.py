@@ -204,16 +204,19 @@ class RoutingCore:
         r = self.reward
         self.reward = Reward.make(r.kind, weight, r.loss_weight, r.ce_clip, r.loss)
 
-    def _check_budget(self, budget: float | None) -> float | None:
-        if budget is None:
-            return None
+    def check_flops_ratio(self, value: Any, name: str = "target", none_hint: str = "") -> float:
+        """``value`` as a float if it is a FLOPs ratio some route of this backbone reaches, i.e. in
+        ``[min_flops_ratio, 1]``; else a ``ValueError`` naming ``name``, the value and that range."""
         lo = self.min_flops_ratio
-        if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not (lo <= budget <= 1.0):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not lo <= value <= 1.0:
             raise ValueError(
-                f"budget={budget!r} must be a FLOPs ratio in [{lo:.4f}, 1.0] (the cheapest route of this"
-                " backbone up to the full network), or None for no budget"
+                f"{name}={value!r} must be a FLOPs ratio in [{lo:.4f}, 1] (the cheapest route of this"
+                f" backbone up to the full network){none_hint}"
             )
-        return float(budget)
+        return float(value)
+
+    def _check_budget(self, budget: float | None) -> float | None:
+        return None if budget is None else self.check_flops_ratio(budget, "budget", ", or None for no budget")
 
     def seed_slots(self, seeds: list[int | None]) -> None:
         for i, s in enumerate(seeds):
