@@ -7,6 +7,10 @@
   per-decision static routes found greedily on train images (all routes when there are <= 64);
 * ``random``: each decision draws its action at random; ``--rate`` sets the probability of the
   cheap choice (skip / narrowest width), the rest spread over the other actions;
+* ``cascade``: a confidence cascade — at every decision, the rich action (widest / execute) where the
+  probe's top probability is below a threshold, else the cheap one; action pairs and thresholds
+  chosen on held-out images, its front measured on the test split (the hand-made adaptive router a
+  learned policy should beat);
 * ``oracle``: knows the label — each image takes the cheapest static route that classifies it
   correctly (an upper bound for analysis, not a policy).
 
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dyncnn_gym.benchmark.baselines import oracle, random_policy_eval, static_baselines
+from dyncnn_gym.benchmark.baselines import cascade_front, oracle, random_policy_eval, static_baselines
 from dyncnn_gym.envs.core import RoutingCore
 
 
@@ -59,18 +63,23 @@ def main() -> None:
     rnd = random_policy_eval(core, [others] * core.T, seed=args.seed)
     pool = static.get("exhaustive") or (static["uniform"] + static.get("greedy", []))
     orc = oracle(core, np.array([r["actions"] for r in pool], dtype=np.int64))
+    cascade = cascade_front(core)
     result = {
         "env_id": args.env,
         "env_kwargs": {"dataset": args.dataset, "backbone": args.backbone, "groups": args.groups},
         "full": static["full"],
         "static": static,
         "random": {"rate_cheapest": args.rate, **rnd},
+        "cascade": cascade,
         "oracle": orc,
     }
     print(f"{args.env} on {args.dataset}: full {static['full']['accuracy']:.4f}")
     for row in static["front"]:
         print(f"  static {row['actions']}: accuracy {row['accuracy']:.4f} at FLOPs ratio {row['flops_ratio']:.3f}")
     print(f"  random (cheapest with p={args.rate}): {rnd['accuracy']:.4f} at {rnd['flops_ratio']:.3f}")
+    for c in cascade["front"]:
+        print(f"  cascade {c['cheap']}->{c['rich']} below top probability {c['threshold']}: accuracy {c['accuracy']:.4f}"
+              f" at FLOPs ratio {c['flops_ratio']:.3f}")
     print(f"  oracle (knows the label): {orc['accuracy']:.4f} at {orc['flops_ratio']:.3f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -468,3 +468,18 @@ def test_flops_target_example_has_help_and_rejects_a_target_outside_0_1():
     assert out.returncode == 0 and "dual ascent" in out.stdout
     bad = subprocess.run([sys.executable, str(script), "--target", "1.5"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--target 1.5 is not a FLOPs ratio" in bad.stderr
+
+
+def test_baselines_script_writes_static_random_cascade_and_oracle(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "baselines.json"
+    script = REPO_ROOT / "agents" / "baselines.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--env", "DynChannel-v0", "--dataset", "digits", "--out", str(out)])
+    runpy.run_path(str(script), run_name="__main__")
+    res = json.loads(out.read_text())
+    assert set(res) >= {"full", "static", "random", "cascade", "oracle"}
+    front = res["cascade"]["front"]
+    assert front and all(c["cheap"] < c["rich"] and 0 < c["flops_ratio"] <= 1 for c in front)
+    assert res["cascade"]["selected_on"] == "train"  # digits has no "val" split
+    assert res["oracle"]["accuracy"] >= max(c["accuracy"] for c in front)  # the label-aware bound stays above
+    printed = capsys.readouterr().out
+    assert all(f"cascade {c['cheap']}->{c['rich']} below top probability {c['threshold']}" in printed for c in front)

@@ -86,3 +86,40 @@ def test_demo_writes_results_that_a_third_party_can_reproduce(digit_backbones, t
         assert correct / n == pytest.approx(entry["accuracy"])
         assert ratio / n == pytest.approx(entry["flops_ratio"])
     assert res["learned"][0]["env_kwargs"] == saved["learned"][0]["env_kwargs"]
+
+
+@pytest.mark.parametrize("env_id, mode", [("DynChannel-v0", "channel"), ("DynSkip-v0", "skip")])
+def test_a_confidence_cascade_is_the_threshold_policy_on_the_probe_observation(digit_backbones, env_id, mode):
+    from dyncnn_gym.benchmark.baselines import cascade_outcomes
+
+    kw = {"dataset": "digits", "backbone": digit_backbones[mode], "obs": "probe"}
+    core = RoutingCore(mode, 1, split="test", **kw)
+    top = core.feat_dim + core.T  # the probe's top probability in the observation
+    cheap, rich = 0, core.A - 1
+    for threshold in (0.5, 0.9):
+        correct, flops = cascade_outcomes(core, cheap, rich, threshold)
+        res = evaluate(lambda obs: np.where(obs[:, top] < threshold, rich, cheap), env_id, core=core)
+        assert res["accuracy"] == pytest.approx(correct.mean())
+        assert res["flops_ratio"] == pytest.approx(flops.mean() / core.full)
+    # a threshold no probe stays below routes every image the cheap way: the static cheap route
+    static = static_baselines(core)
+    correct, flops = cascade_outcomes(core, cheap, rich, 0.0)
+    assert correct.mean() == pytest.approx(static["uniform"][cheap]["accuracy"])
+    assert (flops == flops[0]).all() and flops[0] / core.full == pytest.approx(static["uniform"][cheap]["flops_ratio"])
+
+
+def test_the_cascade_front_is_selected_off_the_test_split_and_measured_on_it(digit_backbones):
+    from dyncnn_gym.benchmark.baselines import cascade_front, cascade_outcomes
+
+    core = RoutingCore("channel", 1, split="test", dataset="digits", backbone=digit_backbones["channel"])
+    res = cascade_front(core, thresholds=(0.5, 0.9), select_on=100)
+    assert res["selected_on"] == "train"  # digits has no "val" split
+    assert res["front"] == pareto(res["points"]) and len(res["points"]) >= 1
+    p = res["points"][0]
+    assert p["cheap"] < p["rich"] and p["n_images"] == len(core.labels)
+    correct, flops = cascade_outcomes(core, p["cheap"], p["rich"], p["threshold"])
+    assert p["accuracy"] == pytest.approx(correct.mean()) and p["flops_ratio"] == pytest.approx(flops.mean() / core.full)
+    with pytest.raises(ValueError, match=r"cheap=0 and rich=9 must be actions in \[0, 3\]"):
+        cascade_outcomes(core, 0, 9, 0.5)
+    with pytest.raises(ValueError, match="threshold=1.5 must be a probability"):
+        cascade_outcomes(core, 0, 3, 1.5)

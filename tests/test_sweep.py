@@ -23,6 +23,13 @@ def test_sweep_compares_each_point_with_static_networks_of_the_same_cost(tmp_pat
         assert p["gap_to_full_points"] == pytest.approx(100 * (e["full"]["accuracy"] - p["accuracy"]))
         assert p["vs_uniform_static_points"] == pytest.approx(100 * (p["accuracy"] - np.interp(p["flops_ratio"], ux, uy)))
         assert 0.0 <= p["random_matched"]["accuracy"] <= 1.0
+        # the hand-made adaptive yardstick: a confidence cascade of the same FLOPs (None below its cheapest point)
+        cx = [c["flops_ratio"] for c in e["cascade_front"]]
+        if p["flops_ratio"] >= cx[0]:
+            cy = [c["accuracy"] for c in e["cascade_front"]]
+            assert p["vs_cascade_points"] == pytest.approx(100 * (p["accuracy"] - np.interp(p["flops_ratio"], cx, cy)))
+        else:
+            assert p["vs_cascade_points"] is None
     co = e["points"][1]
     assert co["finetune"]["loss"] > 0 and len(co["own_uniform"]) == len(e["uniform"])
     # co-training fine-tuned a private copy: the shared default backbone still gives the full accuracy
@@ -34,6 +41,7 @@ def test_sweep_compares_each_point_with_static_networks_of_the_same_cost(tmp_pat
     assert res["envs"]["DynChannel-v0"]["uniform"] == e["uniform"]
     text = (tmp_path / "summary.md").read_text()
     assert text == format_summary(saved) and "vs uniform static" in text and "n/a" in text  # digits: no difficulty
+    assert "| vs cascade |" in text and "Confidence cascade front" in text
     assert (tmp_path / "DynChannel_sweep.png").stat().st_size > 1000
 
 

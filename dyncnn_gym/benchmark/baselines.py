@@ -1,4 +1,5 @@
-"""Baselines on the test split: the full network, static routes, random routes, and a label-aware oracle.
+"""Baselines on the test split: the full network, static routes, random routes, a confidence
+cascade, and a label-aware oracle.
 
 All of them route images through the same :class:`~dyncnn_gym.walk.Walk` the envs use, so their
 accuracy and FLOPs are measured exactly like a learned policy's.
@@ -43,13 +44,7 @@ def route_outcomes(core: RoutingCore, routes: np.ndarray, split: str = "test", l
     Per-route outcomes are memoised per backbone and weights version, so the static baselines,
     the oracle and the per-difficulty tables that share routes evaluate each route once.
     """
-    if split == "test":
-        X, y = core.images, core.labels
-    else:
-        s = core.data.split(split)
-        X, y = torch.as_tensor(s.images).to(core.device), s.labels
-    if limit is not None:
-        X, y = X[:limit], y[:limit]
+    X, y = _split_arrays(core, split, limit)
     correct = np.zeros((len(routes), len(y)), dtype=bool)
     flops = np.array([core.table.path_flops(r) for r in routes], dtype=np.int64)
     memo = _OUTCOMES.setdefault(core.net, {})
@@ -66,6 +61,18 @@ def route_outcomes(core: RoutingCore, routes: np.ndarray, split: str = "test", l
             correct[r, i : i + batch] = logits.argmax(1).cpu().numpy() == y[i : i + batch]
         memo[key] = correct[r].copy()
     return correct, flops
+
+
+def _split_arrays(core: RoutingCore, split: str, limit: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Images ``[N, C, H, W]`` (on the core's device) and labels ``[N]`` of ``split``, the first ``limit`` of them."""
+    if split == "test":
+        X, y = core.images, core.labels
+    else:
+        s = core.data.split(split)
+        X, y = torch.as_tensor(s.images).to(core.device), np.asarray(s.labels)
+    if limit is not None:
+        X, y = X[:limit], y[:limit]
+    return X, y
 
 
 def uniform_routes(core: RoutingCore) -> np.ndarray:
@@ -197,3 +204,65 @@ def oracle(core: RoutingCore, routes: np.ndarray | None = None) -> dict[str, Any
         "upper_bound": True,
         "note": "knows the label: an upper bound for analysis, not a policy",
     }
+
+
+#: probe top-probability thresholds :func:`cascade_front` searches
+CASCADE_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.995)
+
+
+@torch.no_grad()
+def cascade_outcomes(core: RoutingCore, cheap: int, rich: int, threshold: float, split: str = "test",
+                     limit: int | None = None, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Correctness (bool ``[N]``) and FLOPs (int64 ``[N]``) of a confidence cascade on ``split``.
+
+    At every decision the cascade reads the probe (the linear early classifier of the ``"probe"``
+    observation, :mod:`dyncnn_gym.envs.probes`) on the features entering it and takes action
+    ``rich`` where the probe's top probability is below ``threshold``, else ``cheap``: a hand-made
+    input-adaptive router with no learning beyond the probes, the yardstick a learned policy should
+    beat. Action indices as in the envs (channel groups - 1; skip 0 / execute 1).
+    """
+    from ..envs.probes import confidence, fit_probes
+    from ..walk import Walk
+
+    if not (0 <= cheap < core.A and 0 <= rich < core.A):
+        raise ValueError(f"cheap={cheap!r} and rich={rich!r} must be actions in [0, {core.A - 1}]")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold={threshold!r} must be a probability in [0, 1]")
+    probes = core.probes or fit_probes(core)
+    X, y = _split_arrays(core, split, limit)
+    correct = np.zeros(len(y), dtype=bool)
+    flops = np.zeros(len(y), dtype=np.int64)
+    for i in range(0, len(y), batch):
+        walk = Walk(core.net, core.mode, X[i : i + batch])
+        while not walk.done:
+            w, b = probes[walk.t]
+            top = confidence(core.scaled_features(walk) @ w + b)[:, 0].cpu().numpy()
+            walk.step(np.where(top < threshold, rich, cheap))
+        correct[i : i + batch] = walk.logits().argmax(1).cpu().numpy() == y[i : i + batch]
+        flops[i : i + batch] = walk.flops.numpy()
+    return correct, flops
+
+
+def cascade_front(core: RoutingCore, thresholds: tuple[float, ...] = CASCADE_THRESHOLDS, select_on: int = 2000,
+                  split: str = "test") -> dict[str, Any]:
+    """The accuracy-FLOPs front of confidence cascades (:func:`cascade_outcomes`) on ``split``.
+
+    Every ``cheap < rich`` action pair and every threshold is tried on the first ``select_on``
+    held-out images (the ``"val"`` split where the data has one, else ``"train"``); the cascades on
+    that selection's Pareto front are then measured on ``split`` (the test split by default), like
+    the greedy static routes. Returns ``selected_on``, ``points`` (``cheap``, ``rich``,
+    ``threshold``, ``accuracy``, ``flops_ratio``, ``n_images``) and their Pareto ``front``.
+    """
+    select = "val" if core.data.has_val else "train"
+    tried = []
+    for cheap, rich in itertools.combinations(range(core.A), 2):
+        for th in thresholds:
+            c, f = cascade_outcomes(core, cheap, rich, th, split=select, limit=select_on)
+            tried.append({"cheap": cheap, "rich": rich, "threshold": th, "accuracy": float(c.mean()),
+                          "flops_ratio": float(f.mean() / core.full)})
+    points = []
+    for p in pareto(tried):
+        c, f = cascade_outcomes(core, p["cheap"], p["rich"], p["threshold"], split=split)
+        points.append({**{k: p[k] for k in ("cheap", "rich", "threshold")}, "accuracy": float(c.mean()),
+                       "flops_ratio": float(f.mean() / core.full), "n_images": len(c)})
+    return {"selected_on": select, "points": points, "front": pareto(points)}

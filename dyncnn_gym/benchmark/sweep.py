@@ -112,7 +112,7 @@ def run_sweep(
     from ..pretraining import DEFAULT_ARCH
     from ..recipes import env_kwargs as recipe_env_kwargs
     from ..recipes import recipe, train_ppo
-    from .baselines import random_policy_eval, route_outcomes, static_baselines, uniform_routes
+    from .baselines import cascade_front, random_policy_eval, route_outcomes, static_baselines, uniform_routes
     from .calibrate import held_out_accuracy
     from .demo import _jsonable
     from .protocol import evaluate
@@ -153,13 +153,14 @@ def run_sweep(
             except ValueError as e:
                 raise ValueError(f"{env_id}: {e}") from None
         static = static_baselines(core)
+        cascade = cascade_front(core)["front"]
         # a second opinion on more images than the test split holds: the held-out "val" split
         held_static = static_baselines(core, split="val") if core.data.has_val else None
         full_correct = route_outcomes(core, uniform_routes(core)[-1:])[0][0]
         steps = timesteps or recipe(env_id)["total_timesteps"]
         results["timesteps"][env_id] = steps
         entry: dict[str, Any] = {"env_kwargs": kwargs, "full": static["full"], "uniform": static["uniform"],
-                                 "greedy_front": static["front"], "points": []}
+                                 "greedy_front": static["front"], "cascade_front": cascade, "points": []}
         if held_static is not None:
             entry["held_out"] = {"split": "val", "n_images": held_static["full"]["n_images"], "full": held_static["full"],
                                  "uniform": held_static["uniform"], "greedy_front": held_static["front"]}
@@ -198,6 +199,7 @@ def run_sweep(
                 "gap_to_full_points": 100 * (static["full"]["accuracy"] - acc),
                 "vs_uniform_static_points": 100 * (acc - _interp(static["uniform"], x)),
                 "vs_greedy_static_points": 100 * (acc - _interp(static["front"], x)),
+                "vs_cascade_points": 100 * (acc - _interp(cascade, x)),
                 "random_matched": random_policy_eval(core, res["action_rates"], seed=seed),
                 "train_seconds": round(secs, 1),
                 **{k: res[k] for k in ("action_rates", "by_difficulty", "difficulty_flops_spearman") if k in res},
@@ -206,7 +208,8 @@ def run_sweep(
             if held_static is not None:
                 point["held_out"] = _held_out_comparison(*held_out_accuracy(test_core, model), held_static)
             if calibrate:
-                point["calibrated"] = [_calibrated(model, env_id, test_core, t, seed, static, held_static) for t in calibrate]
+                point["calibrated"] = [_calibrated(model, env_id, test_core, t, seed, {**static, "cascade": cascade},
+                                                   held_static) for t in calibrate]
             if variant == "cotrained":
                 tuned = RoutingCore(mode, 1, split="test", **{**kwargs, "backbone": backbone})
                 own = static_baselines(tuned, greedy=False)["uniform"]
@@ -255,7 +258,8 @@ def _calibrated(model: Any, env_id: str, test_core: Any, target: float, seed: in
             "accuracy": acc,
             "flops_ratio": x, "flops_saved": 1.0 - x, "gap_to_full_points": 100 * (static["full"]["accuracy"] - acc),
             "vs_uniform_static_points": 100 * (acc - _interp(static["uniform"], x)),
-            "vs_greedy_static_points": 100 * (acc - _interp(static["front"], x))}
+            "vs_greedy_static_points": 100 * (acc - _interp(static["front"], x)),
+            **({"vs_cascade_points": 100 * (acc - _interp(static["cascade"], x))} if "cascade" in static else {})}
 
 
 def plot_sweep(out: str | Path, results: dict[str, Any], env_id: str) -> Path:
@@ -301,11 +305,13 @@ def format_summary(results: dict[str, Any]) -> str:
              + ".", ""]
     for env_id, e in results["envs"].items():
         full = e["full"]["accuracy"]
+        casc = "cascade_front" in e  # results.json written before the cascade baseline existed lack it
         lines += [
             f"**{env_id}** (full network {100 * full:.2f} %)",
             "",
-            "| variant | weight | seed | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static | vs matched random | Spearman diff./FLOPs (all / full-correct) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| variant | weight | seed | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |"
+            + (" vs cascade |" if casc else "") + " vs matched random | Spearman diff./FLOPs (all / full-correct) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if casc else ""),
         ]
         for p in e["points"]:
             own = f" ({p['vs_own_uniform_static_points']:+.2f} own)" if "vs_own_uniform_static_points" in p else ""
@@ -314,16 +320,20 @@ def format_summary(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {p['variant']} | {setting} | {p.get('seed', seeds[0])} | {100 * p['flops_saved']:.1f} % | {100 * p['accuracy']:.2f} |"
                 f" {-p['gap_to_full_points']:+.2f} | {p['vs_uniform_static_points']:+.2f}{own} | {p['vs_greedy_static_points']:+.2f} |"
-                f" {100 * (p['accuracy'] - p['random_matched']['accuracy']):+.2f} | {sp} |"
+                + (f" {_fmt(p.get('vs_cascade_points'))} |" if casc else "")
+                + f" {100 * (p['accuracy'] - p['random_matched']['accuracy']):+.2f} | {sp} |"
             )
         lines.append("")
-        lines += _calibrated_table(e["points"], seeds)
+        if casc:
+            cf = ", ".join(f"{100 * c['accuracy']:.2f} % at {c['flops_ratio']:.3f}" for c in e["cascade_front"])
+            lines += [f"Confidence cascade front (probe thresholds chosen on held-out images, measured on the test split): {cf}.", ""]
+        lines += _calibrated_table(e["points"], seeds, casc)
         if len(seeds) > 1:
             lines += [
                 f"Mean ± std over seeds {seeds}:",
                 "",
-                "| variant | weight | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |",
-                "|---|---:|---:|---:|---:|---:|---:|",
+                "| variant | weight | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |" + (" vs cascade |" if casc else ""),
+                "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if casc else ""),
             ]
             for (variant, w), ps in _by_variant_and_weight(e["points"]).items():
                 def ms(key: str, scale: float = 1.0, sign: str = "") -> str:
@@ -331,6 +341,7 @@ def format_summary(results: dict[str, Any]) -> str:
                 lines.append(
                     f"| {variant} | {w} | {ms('flops_saved', 100)} % | {ms('accuracy', 100)} | {ms('gap_to_full_points', -1, '+')} |"
                     f" {ms('vs_uniform_static_points', 1, '+')} | {ms('vs_greedy_static_points', 1, '+')} |"
+                    + (f" {ms('vs_cascade_points', 1, '+')} |" if casc else "")
                 )
             lines.append("")
         lines += _held_out_table(e, seeds)
@@ -366,50 +377,57 @@ def _held_out_table(e: dict[str, Any], seeds: list[int]) -> list[str]:
 
 
 def _mean_std(rows: list[dict[str, Any]], key: str, scale: float = 1.0, sign: str = "") -> str:
-    """``"mean ± std"`` (sample std; 0 for one row) of ``scale * row[key]`` over ``rows``."""
-    v = scale * np.array([r[key] for r in rows], dtype=np.float64)
+    """``"mean ± std"`` (sample std; 0 for one value) of ``scale * row[key]`` over the rows where it
+    is a finite number (a point below a front's cheapest end has none); ``"n/a"`` if there are none."""
+    v = scale * np.array([r[key] for r in rows if r.get(key) is not None], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return "n/a"
     return f"{v.mean():{sign}.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
 
 
-def _dialed_cells(c: dict[str, Any]) -> str:
+def _dialed_cells(c: dict[str, Any], casc: bool = False) -> str:
     """FLOPs saved, accuracy and the comparisons of one dialed point, as Markdown cells."""
     return (f" {100 * c['flops_saved']:.1f} % | {100 * c['accuracy']:.2f} | {-c['gap_to_full_points']:+.2f} |"
-            f" {c['vs_uniform_static_points']:+.2f} | {c['vs_greedy_static_points']:+.2f} |")
+            f" {c['vs_uniform_static_points']:+.2f} | {c['vs_greedy_static_points']:+.2f} |"
+            + (f" {_fmt(c.get('vs_cascade_points'))} |" if casc else ""))
 
 
-def _calibrated_table(points: list[dict[str, Any]], seeds: list[int]) -> list[str]:
+def _calibrated_table(points: list[dict[str, Any]], seeds: list[int], casc: bool = False) -> list[str]:
     rows = [(p, c) for p in points for c in p.get("calibrated", [])]
     if not rows:
         return []
+    ch, cr = (" vs cascade |", "---:|") if casc else ("", "")
     lines = ["Dialed to a FLOPs target after training (cost bias chosen on held-out images, evaluated on the test split):", "",
-             "| variant | trained at | seed | target | bias | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| variant | trained at | seed | target | bias | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |" + ch,
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + cr]
     for p, c in rows:
         lines.append(f"| {p['variant']} | {_setting(p)} | {p.get('seed', seeds[0])} | {c['target']} | {c['bias']:+.3f} |"
-                     + _dialed_cells(c))
+                     + _dialed_cells(c, casc))
     lines.append("")
     if len(seeds) > 1:
         groups: dict[tuple[str, Any, float], list[tuple[Any, dict[str, Any]]]] = {}
         for p, c in rows:
             groups.setdefault((p["variant"], _setting(p), c["target"]), []).append((p.get("seed"), c))
         lines += [f"Dialed, mean ± std over seeds {seeds}:", "",
-                  "| variant | trained at | target | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "| variant | trained at | target | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |" + ch,
+                  "|---|---|---:|---:|---:|---:|---:|---:|" + cr]
         for (variant, setting, t), sc in groups.items():
             cs = [c for _, c in sc]
             lines.append(f"| {variant} | {setting} | {t} | {_mean_std(cs, 'flops_saved', 100)} % | {_mean_std(cs, 'accuracy', 100)} |"
                          f" {_mean_std(cs, 'gap_to_full_points', -1, '+')} | {_mean_std(cs, 'vs_uniform_static_points', 1, '+')} |"
-                         f" {_mean_std(cs, 'vs_greedy_static_points', 1, '+')} |")
+                         f" {_mean_std(cs, 'vs_greedy_static_points', 1, '+')} |"
+                         + (f" {_mean_std(cs, 'vs_cascade_points', 1, '+')} |" if casc else ""))
         lines.append("")
         lines += ["One policy per setting, the seed chosen by its accuracy on all held-out images (test split unseen):", "",
                   "| variant | trained at | target | chosen seed | held-out accuracy | FLOPs saved | accuracy | vs full |"
-                  " vs uniform static | vs greedy static |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  " vs uniform static | vs greedy static |" + ch,
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + cr]
         for (variant, setting, t), sc in groups.items():
             scored = [(seed, c) for seed, c in sc if "held_out_accuracy" in c]  # results.json written before it existed lack it
             if scored:
                 seed, c = max(scored, key=lambda x: x[1]["held_out_accuracy"])  # the first seed on a tie
-                lines.append(f"| {variant} | {setting} | {t} | {seed} | {100 * c['held_out_accuracy']:.2f} |" + _dialed_cells(c))
+                lines.append(f"| {variant} | {setting} | {t} | {seed} | {100 * c['held_out_accuracy']:.2f} |" + _dialed_cells(c, casc))
         lines.append("")
     return lines
 

@@ -51,11 +51,12 @@ def fit_probes(core, n: int = 3000, steps: int = 300, seed: int = 0) -> list[tup
     for f in feats:
         lin = torch.nn.Linear(f.shape[1], K).to(f.device)
         opt = torch.optim.Adam(lin.parameters(), lr=0.05)
-        for _ in range(steps):
-            loss = F.cross_entropy(lin(f), y) + 1e-4 * lin.weight.square().sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        with torch.enable_grad():  # also when called under torch.no_grad(), e.g. from a baseline's evaluation
+            for _ in range(steps):
+                loss = F.cross_entropy(lin(f), y) + 1e-4 * lin.weight.square().sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
         probes.append((lin.weight.detach().t().contiguous(), lin.bias.detach().clone()))
     per_net[key] = probes
     return probes
