@@ -91,7 +91,7 @@ def test_route_mutual_information_on_hand_made_routes():
 
 
 def test_run_bench_end_to_end_on_tiny(tmp_path):
-    agents = ["static", "random", "oracle", f"{__name__}:constant_agent", "ppo"]
+    agents = ["static", "random", "cascade", "oracle", f"{__name__}:constant_agent", "ppo"]
     suite = get_suite("tiny-v0")
     res = run_bench("tiny-v0", agents, tmp_path, progress=False, timesteps=512)
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -111,7 +111,9 @@ def test_run_bench_end_to_end_on_tiny(tmp_path):
     assert "vs random" in board
     for a in agents:
         assert a in board
-    assert "static (baseline)" in board and "oracle (upper bound" in board
+    assert "static (baseline)" in board and "cascade (baseline)" in board and "oracle (upper bound" in board
+    cascade = saved["tasks"][task]["agents"]["cascade"]
+    assert cascade["kind"] == "baseline" and all(p["cheap"] < p["rich"] for p in cascade["points"])
     assert saved["tasks"][task]["agents"]["oracle"]["upper_bound"] is True
     assert set(saved["tasks"]) == {t.name for t in suite.tasks}
     assert (tmp_path / f"{task}_fronts.png").stat().st_size > 1000

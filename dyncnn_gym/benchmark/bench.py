@@ -21,8 +21,10 @@ The bench then evaluates the policy deterministically on the **whole test split*
 ``gamma=1``), and so do the reference agents ``rnp``, ``skipnet`` and ``blockdrop`` (``bench_agent``
 of the files in the repository's ``agents/``; backbone frozen, as suites pin it). An agent that
 raises ``NotImplementedError`` for a task is listed as not supporting it. ``static`` (every uniform and greedy / exhaustive static route), ``random`` (random
-routes at one action distribution per sweep point) and ``oracle`` (label-aware; an **upper bound**,
-not a policy) are computed directly from the baselines.
+routes at one action distribution per sweep point), ``cascade`` (the confidence cascades of
+:func:`~dyncnn_gym.benchmark.baselines.cascade_front`: escalate where the probe is unsure, a
+hand-made adaptive router) and ``oracle`` (label-aware; an **upper bound**, not a policy) are
+computed directly from the baselines.
 
 The scalar summary
 ------------------
@@ -88,7 +90,7 @@ AGENTS: dict[str, str] = {
     "blockdrop": "agents/blockdrop_pg.py:bench_agent",
 }
 #: baselines computed by the bench itself
-BASELINES = ("static", "random", "oracle")
+BASELINES = ("static", "random", "cascade", "oracle")
 #: the repository root (where ``agents/`` lies in a source checkout / editable install)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -375,7 +377,7 @@ def run_bench(
     """
     from ..envs.core import RoutingCore, _shared_data
     from . import plots
-    from .baselines import oracle, random_policy_eval, static_baselines
+    from .baselines import cascade_front, oracle, random_policy_eval, static_baselines
     from .demo import _jsonable
     from .protocol import evaluate, mode_of
 
@@ -431,6 +433,9 @@ def run_bench(
                 orc = oracle(core, np.array([r["actions"] for r in pool], dtype=np.int64))
                 a.update(kind="upper_bound", upper_bound=True, note=orc["note"],
                          points=[{"accuracy": orc["accuracy"], "flops_ratio": orc["flops_ratio"]}])
+            elif fn == "cascade":
+                a.update(kind="baseline", points=[{k: c[k] for k in ("accuracy", "flops_ratio", "cheap", "rich", "threshold")}
+                                                  for c in cascade_front(core)["points"]])
             elif fn == "random":
                 levels = np.linspace(0.25, 0.75, len(task.compute_weights))
                 a.update(kind="baseline", points=[
