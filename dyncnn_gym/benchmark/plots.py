@@ -27,7 +27,8 @@ def plot_fronts(
     """Accuracy vs FLOPs ratio: static routes and their front against learned policies' points.
 
     ``learned`` points are grouped by ``"algorithm"``; a group is joined by a line, or drawn as
-    faint markers when its points carry ``"scatter": True`` (e.g. single seeds around their mean).
+    faint markers when its points carry ``"scatter": True`` (e.g. single seeds around their mean),
+    or as a dashed line when they carry ``"baseline": True``; a ``"color"`` key fixes the group's colour.
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.2, 4.4))
@@ -43,10 +44,13 @@ def plot_fronts(
     for name, pts in groups.items():
         pts = sorted(pts, key=lambda p: p["flops_ratio"])
         x, y = [p["flops_ratio"] for p in pts], [100 * p["accuracy"] for p in pts]
+        style = {k: pts[0][k] for k in ("color",) if k in pts[0]}
         if any(p.get("scatter") for p in pts):  # single runs around a mean line: markers only
-            ax.scatter(x, y, s=14, alpha=0.45, label=name)
+            ax.scatter(x, y, s=14, alpha=0.45, label=name, **style)
+        elif pts[0].get("baseline"):  # a baseline's front (e.g. the confidence cascade): dashed, small markers
+            ax.plot(x, y, "^--", ms=4, lw=1.0, label=name, **style)
         else:
-            ax.plot(x, y, "o-", ms=6, label=name)
+            ax.plot(x, y, "o-", ms=6, label=name, **style)
     for name, p in (extra or {}).items():
         ax.scatter([p["flops_ratio"]], [100 * p["accuracy"]], marker="*", s=80, label=name)
     ax.set_xlabel("FLOPs ratio (used / full network)")

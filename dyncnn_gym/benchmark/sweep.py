@@ -263,8 +263,9 @@ def _calibrated(model: Any, env_id: str, test_core: Any, target: float, seed: in
 
 
 def plot_sweep(out: str | Path, results: dict[str, Any], env_id: str) -> Path:
-    """``out/<env>_sweep.png``: each variant's points against the static fronts; with several seeds,
-    the mean per compute weight as a line and every seed's point as a faint marker."""
+    """``out/<env>_sweep.png``: each variant's points against the static fronts and the confidence
+    cascade's; with several seeds, the mean per compute weight as a line and every seed's point
+    (and dialed point) as a faint marker."""
     from . import plots
 
     e = results["envs"][env_id]
@@ -279,6 +280,10 @@ def plot_sweep(out: str | Path, results: dict[str, Any], env_id: str) -> Path:
             learned += [{**p, "algorithm": f"PPO {variant} (single seeds)", "scatter": True} for p in ps]
         else:
             learned += [{**p, "algorithm": f"PPO {variant}"} for p in ps]
+    for p in e["points"]:
+        learned += [{**c, "algorithm": f"PPO {p['variant']}, dialed to {c['target']}", "scatter": True} for c in p.get("calibrated", [])]
+    learned += [{**c, "algorithm": "confidence cascade (front)", "baseline": True, "color": "black"}
+                for c in e.get("cascade_front", [])]
     title = f"{env_id} on {results['dataset']}: PPO sweep vs static"
     return plots.plot_fronts(Path(out) / f"{env_id.replace('-v0', '')}_sweep.png", title, static, learned, {})
 
