@@ -154,6 +154,7 @@ def run_sweep(
                 raise ValueError(f"{env_id}: {e}") from None
         static = static_baselines(core)
         cascade = cascade_front(core)["front"]
+        fronts = {**static, "cascade": cascade}  # what every point is compared with on the test split
         # a second opinion on more images than the test split holds: the held-out "val" split
         held_static = static_baselines(core, split="val") if core.data.has_val else None
         full_correct = route_outcomes(core, uniform_routes(core)[-1:])[0][0]
@@ -196,10 +197,7 @@ def run_sweep(
                 "accuracy": acc,
                 "flops_ratio": x,
                 "flops_saved": 1.0 - x,
-                "gap_to_full_points": 100 * (static["full"]["accuracy"] - acc),
-                "vs_uniform_static_points": 100 * (acc - _interp(static["uniform"], x)),
-                "vs_greedy_static_points": 100 * (acc - _interp(static["front"], x)),
-                "vs_cascade_points": 100 * (acc - _interp(cascade, x)),
+                **_comparisons(acc, x, fronts),
                 "random_matched": random_policy_eval(core, res["action_rates"], seed=seed),
                 "train_seconds": round(secs, 1),
                 **{k: res[k] for k in ("action_rates", "by_difficulty", "difficulty_flops_spearman") if k in res},
@@ -208,8 +206,7 @@ def run_sweep(
             if held_static is not None:
                 point["held_out"] = _held_out_comparison(*held_out_accuracy(test_core, model), held_static)
             if calibrate:
-                point["calibrated"] = [_calibrated(model, env_id, test_core, t, seed, {**static, "cascade": cascade},
-                                                   held_static) for t in calibrate]
+                point["calibrated"] = [_calibrated(model, env_id, test_core, t, seed, fronts, held_static) for t in calibrate]
             if variant == "cotrained":
                 tuned = RoutingCore(mode, 1, split="test", **{**kwargs, "backbone": backbone})
                 own = static_baselines(tuned, greedy=False)["uniform"]
@@ -232,19 +229,25 @@ def run_sweep(
     return results
 
 
+def _comparisons(acc: float, x: float, fronts: dict[str, Any]) -> dict[str, float]:
+    """Accuracy points of a policy at FLOPs ratio ``x`` against the ``full`` network and the
+    ``uniform``, greedy static (``front``) and, where given, ``cascade`` fronts of the same images."""
+    return {"gap_to_full_points": 100 * (fronts["full"]["accuracy"] - acc),
+            "vs_uniform_static_points": 100 * (acc - _interp(fronts["uniform"], x)),
+            "vs_greedy_static_points": 100 * (acc - _interp(fronts["front"], x)),
+            **({"vs_cascade_points": 100 * (acc - _interp(fronts["cascade"], x))} if "cascade" in fronts else {})}
+
+
 def _held_out_comparison(acc: float, x: float, held_static: dict[str, Any]) -> dict[str, float]:
     """A policy's accuracy and FLOPs ratio on the held-out images against the full network and the
     static fronts measured on the same images (accuracy points)."""
-    return {"accuracy": acc, "flops_ratio": x, "flops_saved": 1.0 - x,
-            "gap_to_full_points": 100 * (held_static["full"]["accuracy"] - acc),
-            "vs_uniform_static_points": 100 * (acc - _interp(held_static["uniform"], x)),
-            "vs_greedy_static_points": 100 * (acc - _interp(held_static["front"], x))}
+    return {"accuracy": acc, "flops_ratio": x, "flops_saved": 1.0 - x, **_comparisons(acc, x, held_static)}
 
 
-def _calibrated(model: Any, env_id: str, test_core: Any, target: float, seed: int, static: dict[str, Any],
+def _calibrated(model: Any, env_id: str, test_core: Any, target: float, seed: int, fronts: dict[str, Any],
                 held_static: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``model`` dialed to ``target`` on held-out images, then evaluated on the test split (and,
-    with ``held_static``, compared with the static networks on all held-out images too)."""
+    """``model`` dialed to ``target`` on held-out images, then evaluated on the test split against
+    ``fronts`` (see :func:`_comparisons`) and, with ``held_static``, on all held-out images too."""
     from .calibrate import calibrate, held_out_accuracy
     from .protocol import evaluate
 
@@ -255,11 +258,7 @@ def _calibrated(model: Any, env_id: str, test_core: Any, target: float, seed: in
     return {"target": target, "bias": biased.bias, "val_flops_ratio": biased.val_flops_ratio,
             "held_out_accuracy": held_acc, "held_out_flops_ratio": held_flops,
             **({"held_out": _held_out_comparison(held_acc, held_flops, held_static)} if held_static else {}),
-            "accuracy": acc,
-            "flops_ratio": x, "flops_saved": 1.0 - x, "gap_to_full_points": 100 * (static["full"]["accuracy"] - acc),
-            "vs_uniform_static_points": 100 * (acc - _interp(static["uniform"], x)),
-            "vs_greedy_static_points": 100 * (acc - _interp(static["front"], x)),
-            **({"vs_cascade_points": 100 * (acc - _interp(static["cascade"], x))} if "cascade" in static else {})}
+            "accuracy": acc, "flops_ratio": x, "flops_saved": 1.0 - x, **_comparisons(acc, x, fronts)}
 
 
 def plot_sweep(out: str | Path, results: dict[str, Any], env_id: str) -> Path:
