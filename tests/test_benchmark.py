@@ -121,5 +121,8 @@ def test_the_cascade_front_is_selected_off_the_test_split_and_measured_on_it(dig
     assert p["accuracy"] == pytest.approx(correct.mean()) and p["flops_ratio"] == pytest.approx(flops.mean() / core.full)
     with pytest.raises(ValueError, match=r"cheap=0 and rich=9 must be actions in \[0, 3\]"):
         cascade_outcomes(core, 0, 9, 0.5)
-    with pytest.raises(ValueError, match="threshold=1.5 must be a probability"):
-        cascade_outcomes(core, 0, 3, 1.5)
+    with pytest.raises(ValueError, match=r"cheap=1.5 and rich=3 must be actions in \[0, 3\]"):
+        cascade_outcomes(core, 1.5, 3, 0.5)
+    for bad in (1.5, float("nan"), "high", True):
+        with pytest.raises(ValueError, match=f"threshold={bad!r} must be a probability"):
+            cascade_outcomes(core, 0, 3, bad)

@@ -224,9 +224,9 @@ def cascade_outcomes(core: RoutingCore, cheap: int, rich: int, threshold: float,
     from ..envs.probes import confidence, fit_probes
     from ..walk import Walk
 
-    if not (0 <= cheap < core.A and 0 <= rich < core.A):
+    if not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) and 0 <= a < core.A for a in (cheap, rich)):
         raise ValueError(f"cheap={cheap!r} and rich={rich!r} must be actions in [0, {core.A - 1}]")
-    if not 0.0 <= threshold <= 1.0:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold={threshold!r} must be a probability in [0, 1]")
     probes = core.probes or fit_probes(core)
     X, y = _split_arrays(core, split, limit)
