@@ -22,9 +22,10 @@ on an env built with the same ``env_kwargs(env_id)``. The recipe's reasoning:
 
 Two additions improve on the recipe without being part of it (its figures stay reproducible):
 ``shaping="continuation"`` (an env argument, e.g. ``train_ppo(env_id, shaping="continuation")``)
-charges each decision at once for what it costs the image, at about twice the env's compute; and
+charges each decision at once for what it costs the image, at about twice the env's compute;
 :func:`dyncnn_gym.benchmark.calibrate.calibrate` dials a trained policy to a FLOPs budget on
-held-out images. README, "Learning the routing", has the figures.
+held-out images; and :class:`~dyncnn_gym.benchmark.calibrate.CostBiasedPolicy` routes several
+seeds as one ensemble. README, "Learning the routing", has the figures.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from dyncnn_gym.benchmark.calibrate import CostBiasedPolicy, calibrate, flops_ra
 from dyncnn_gym.benchmark.protocol import evaluate
 from dyncnn_gym.envs.core import RoutingCore
 from dyncnn_gym.sb3 import make_vec_env
+from dyncnn_gym.walk import Walk
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +75,31 @@ def test_held_out_accuracy_is_what_evaluate_measures_on_those_images(trained):
     same.images, same.labels, same.difficulty = torch.as_tensor(train.images), train.labels, train.difficulty
     res = evaluate(model, "DynChannel-v0", core=same)
     assert acc == pytest.approx(res["accuracy"]) and flops == pytest.approx(res["flops_ratio"])
+
+
+def test_several_seeds_route_as_one_ensemble_of_their_mean_log_probabilities(trained):
+    import torch
+
+    model, core, test = trained
+    other = PPO("MlpPolicy", model.get_env(), n_steps=8, batch_size=128, n_epochs=2, seed=1).learn(1024)
+    obs = core.observe(Walk(core.net, core.mode, held_out_images(core, 64)))
+    pair = CostBiasedPolicy([model, other], 0.3)
+    expected = (CostBiasedPolicy(model).scores(obs) + CostBiasedPolicy(other).scores(obs)) / 2
+    assert torch.allclose(pair.scores(obs), expected)
+    assert np.array_equal(pair.predict(obs)[0], (expected - 0.3 * pair.cost).argmax(1).numpy())
+    # one member is the model itself; two copies of it route exactly as it does
+    solo = evaluate(model, "DynChannel-v0", core=test, per_image=True)["images"]["actions"]
+    twice = evaluate(CostBiasedPolicy([model, model]), "DynChannel-v0", core=test, per_image=True)["images"]["actions"]
+    assert np.array_equal(solo, twice)
+    # an ensemble is dialed like one model, on its first member's training env
+    dialed = calibrate([model, other], 0.5, n_images=300)
+    assert dialed.models == [model, other] and 0.45 < dialed.val_flops_ratio <= 0.5
+
+
+def test_an_ensemble_refuses_members_that_score_differently():
+    ppo = PPO("MlpPolicy", make_vec_env("DynSkip-v0", n_envs=2, seed=0, dataset="digits"), n_steps=8, batch_size=16)
+    dqn = DQN("MlpPolicy", make_vec_env("DynSkip-v0", n_envs=2, seed=0, dataset="digits"), learning_starts=0, buffer_size=100)
+    with pytest.raises(ValueError, match=r"must score alike; got \['Q-values', 'log-probabilities'\]"):
+        CostBiasedPolicy([ppo, dqn])
+    with pytest.raises(ValueError, match=r"model=\[\] holds no model"):
+        CostBiasedPolicy([])

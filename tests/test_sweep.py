@@ -93,9 +93,25 @@ def test_sweep_rejects_a_bad_flops_target_before_training(tmp_path):
 
 def test_sweep_can_dial_every_trained_policy_to_flops_targets_after_training(tmp_path):
     res = run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", weights={"DynChannel-v0": (0.05,)}, timesteps=640,
-                    cotrain=False, calibrate=(0.5, 0.8), seed=(0, 1), progress=False)
+                    cotrain=False, calibrate=(0.5, 0.8), seed=(0, 1), ensemble=2, progress=False)
     e = res["envs"]["DynChannel-v0"]
     from dyncnn_gym.benchmark.baselines import interpolate, pareto
+
+    # the two seeds routed as one policy: a point of its own, dialed like the others
+    [ens] = e["ensembles"]
+    assert ens["seeds"] == [0, 1] and ens["compute_weight"] == 0.05 and "held_out" not in ens  # digits: no "val"
+    assert ens["gap_to_full_points"] == pytest.approx(100 * (e["full"]["accuracy"] - ens["accuracy"]))
+    assert [c["target"] for c in ens["calibrated"]] == [0.5, 0.8]
+    assert all(c["val_flops_ratio"] <= c["target"] for c in ens["calibrated"])
+    table = format_summary(res)
+    assert "Ensembles of 2 frozen seeds" in table
+    within = int(ens["gap_to_full_points"] <= 1.0 + 1e-9)
+    assert f"| 0.05 | trained | 1 | {100 * ens['flops_saved']:.2f} ± 0.00 % |" in table
+    assert f"| {-ens['gap_to_full_points']:+.2f} ± 0.00 | {within} |" in table
+    for kw, match in (({"ensemble": 3}, r"ensemble=3 must be 0 \(off\) or a number of seeds in \[2, 2\]"),
+                      ({"ensemble": 2, "frozen": False}, "ensemble needs the frozen variant")):
+        with pytest.raises(ValueError, match=match):
+            run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", seed=(0, 1), progress=False, **kw)
 
     for p in e["points"]:
         assert [c["target"] for c in p["calibrated"]] == [0.5, 0.8]

@@ -8,9 +8,10 @@ deterministic routing of held-out images (the ``"val"`` split where the data has
 ``"train"``) costs at most ``target`` of the full network's FLOPs. The test split plays no part in
 the choice, so the calibrated policy is evaluated on it like any other. A negative bias spends more.
 
-    from dyncnn_gym.benchmark.calibrate import calibrate
+    from dyncnn_gym.benchmark.calibrate import CostBiasedPolicy, calibrate
     dialed = calibrate(model, 0.6)                     # held-out images of the model's training env
     evaluate(dialed, "DynChannel-v0", core=test_core)  # about 0.6 of the full FLOPs on the test split
+    evaluate(CostBiasedPolicy([m0, m1, m2]), ...)      # three seeds routed as one (mean log-probabilities)
 
 Biases far from 0 move the policy away from what it learned: on frozen shapes DynChannel, a PPO
 policy trained at weight 0.05 and dialed to its neighbourhood kept its margin over static networks,
@@ -28,43 +29,52 @@ from ..envs.core import RoutingCore
 
 
 class CostBiasedPolicy:
-    """An SB3 model whose deterministic action is ``argmax(score - bias * a / (A - 1))``.
+    """An SB3 model (or an ensemble of them) whose deterministic action is ``argmax(score - bias * a / (A - 1))``.
 
     ``score`` is the log-probability of an actor-critic policy (PPO, A2C, MaskablePPO) or the
-    Q-value of a DQN / QR-DQN. It exposes ``predict`` and ``policy`` as SB3 models do, so
-    :func:`~dyncnn_gym.benchmark.protocol.evaluate` and :func:`~dyncnn_gym.callbacks.routed_logits`
-    route with it unchanged. Recurrent policies are refused (their scores need the LSTM state).
+    Q-value of a DQN / QR-DQN; for an ensemble, the mean of its members' scores (a product of the
+    members' action distributions, or their mean Q-values). It exposes ``predict`` and ``policy`` as
+    SB3 models do, so :func:`~dyncnn_gym.benchmark.protocol.evaluate` and
+    :func:`~dyncnn_gym.callbacks.routed_logits` route with it unchanged. Recurrent policies are
+    refused (their scores need the LSTM state).
 
     Args:
-        model: a trained SB3 / sb3-contrib model on a routing env (``Discrete(A)`` actions).
+        model: a trained SB3 / sb3-contrib model on a routing env (``Discrete(A)`` actions), or a
+            list of them trained on the same env arguments (e.g. several seeds) to route as one.
         bias: score units per unit of normalised action cost (``a / (A - 1)``).
     """
 
     def __init__(self, model: Any, bias: float = 0.0) -> None:
-        policy = getattr(model, "policy", None)
-        if policy is None or getattr(policy, "lstm_actor", None) is not None or not (
-            hasattr(policy, "get_distribution") or hasattr(policy, "q_net") or hasattr(policy, "quantile_net")
-        ):
-            raise TypeError(
-                f"{type(model).__name__} is not supported; CostBiasedPolicy takes a non-recurrent SB3 actor-critic"
-                " (PPO, A2C, MaskablePPO) or a DQN / QR-DQN model"
-            )
-        n = getattr(model.action_space, "n", None)
-        if n is None or int(n) < 2:
-            raise TypeError(f"the model's action space {model.action_space} is not Discrete(A >= 2)")
-        self.model, self.policy = model, policy
+        models = list(model) if isinstance(model, (list, tuple)) else [model]
+        if not models:
+            raise ValueError("model=[] holds no model; pass a trained SB3 model or a list of them")
+        kinds, sizes = set(), set()
+        for m in models:
+            policy = getattr(m, "policy", None)
+            if policy is None or getattr(policy, "lstm_actor", None) is not None or not (
+                hasattr(policy, "get_distribution") or hasattr(policy, "q_net") or hasattr(policy, "quantile_net")
+            ):
+                raise TypeError(
+                    f"{type(m).__name__} is not supported; CostBiasedPolicy takes a non-recurrent SB3 actor-critic"
+                    " (PPO, A2C, MaskablePPO) or a DQN / QR-DQN model"
+                )
+            n = getattr(m.action_space, "n", None)
+            if n is None or int(n) < 2:
+                raise TypeError(f"the model's action space {m.action_space} is not Discrete(A >= 2)")
+            kinds.add("log-probabilities" if hasattr(policy, "get_distribution") else "Q-values")
+            sizes.add(int(n))
+        if len(kinds) > 1 or len(sizes) > 1:
+            raise ValueError(f"an ensemble's members must score alike; got {sorted(kinds)} over action counts {sorted(sizes)}")
+        self.models = models
+        self.model, self.policy = models[0], models[0].policy
         self.bias = float(bias)
-        self.cost = torch.arange(int(n), dtype=torch.float32) / (int(n) - 1)
+        n = sizes.pop()
+        self.cost = torch.arange(n, dtype=torch.float32) / (n - 1)
 
     @torch.no_grad()
     def scores(self, obs: np.ndarray) -> torch.Tensor:
-        """Unbiased action scores ``[B, A]`` for observations ``[B, D]``."""
-        x, _ = self.policy.obs_to_tensor(np.asarray(obs, dtype=np.float32))
-        if hasattr(self.policy, "get_distribution"):
-            return self.policy.get_distribution(x).distribution.logits.float().cpu()
-        if hasattr(self.policy, "quantile_net"):
-            return self.policy.quantile_net(x).mean(dim=1).float().cpu()
-        return self.policy.q_net(x).float().cpu()
+        """Unbiased action scores ``[B, A]`` for observations ``[B, D]`` (the members' mean)."""
+        return torch.stack([_scores(m.policy, obs) for m in self.models]).mean(0)
 
     def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
                 deterministic: bool = True, action_masks: np.ndarray | None = None) -> tuple[np.ndarray, None]:
@@ -73,6 +83,16 @@ class CostBiasedPolicy:
         if action_masks is not None:
             s = s.masked_fill(~torch.as_tensor(np.asarray(action_masks, dtype=bool)).reshape(s.shape), float("-inf"))
         return s.argmax(dim=1).numpy(), None
+
+
+def _scores(policy: Any, obs: np.ndarray) -> torch.Tensor:
+    """One SB3 policy's action scores ``[B, A]``: log-probabilities, or (QR-)DQN Q-values."""
+    x, _ = policy.obs_to_tensor(np.asarray(obs, dtype=np.float32))
+    if hasattr(policy, "get_distribution"):
+        return policy.get_distribution(x).distribution.logits.float().cpu()  # normalised: log-probabilities
+    if hasattr(policy, "quantile_net"):
+        return policy.quantile_net(x).mean(dim=1).float().cpu()
+    return policy.q_net(x).float().cpu()
 
 
 def held_out_images(core: RoutingCore, n: int, seed: int = 0) -> torch.Tensor:
@@ -123,6 +143,7 @@ def calibrate(model: Any, target: float, core: RoutingCore | None = None, *, n_i
     """The :class:`CostBiasedPolicy` of ``model`` whose held-out FLOPs ratio is at most ``target``.
 
     Args:
+        model: a trained SB3 model, or a list of them routed as one ensemble (:class:`CostBiasedPolicy`).
         target: FLOPs ratio in ``[core.min_flops_ratio, 1]``.
         core: a :class:`RoutingCore` with the env arguments the model was trained with (the
             observations must match), e.g. the test core it will be evaluated on. Default: the
@@ -165,6 +186,8 @@ def calibrate(model: Any, target: float, core: RoutingCore | None = None, *, n_i
 def _training_core(model: Any) -> RoutingCore:
     from ..callbacks import training_core
 
+    if isinstance(model, (list, tuple)) and model:
+        model = model[0]  # an ensemble: its members share the env arguments
     env = model.get_env() if hasattr(model, "get_env") else None
     if env is None:
         raise ValueError(f"{type(model).__name__} has no training env (a loaded model?); pass core=RoutingCore(...)"

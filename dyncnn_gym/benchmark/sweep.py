@@ -11,7 +11,14 @@ policy's routes (RNP's alternating schedule). Every policy is evaluated on the w
   routes (the same width / skip decision everywhere) — the comparison the issue defines;
 * ``greedy``: the front of per-decision static routes (a different static width per layer, chosen
   on train images) — a stricter static baseline, since it already beats uniform widths;
-* ``random_matched``: random routes with the point's own per-decision action rates.
+* ``random_matched``: random routes with the point's own per-decision action rates;
+* ``cascade``: the confidence cascade's front (:func:`~dyncnn_gym.benchmark.baselines.cascade_front`),
+  a hand-made adaptive router.
+
+Where the data has a ``"val"`` split, every point is also measured on those held-out images
+(five times the shapes test split) against the full network and static fronts measured there. With
+``ensemble=K``, every K of a frozen setting's seeds are also routed as one policy (the mean of their
+action log-probabilities, :class:`~dyncnn_gym.benchmark.calibrate.CostBiasedPolicy`).
 
 Co-trained points are also compared with the uniform static routes of *their own* fine-tuned
 backbone (does routing still beat static after fine-tuning, or did fine-tuning only improve the
@@ -24,6 +31,7 @@ and over the images the full network classifies correctly, and FLOPs / accuracy 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import time
 from pathlib import Path
@@ -78,6 +86,7 @@ def run_sweep(
     target_measure: str = "train",
     calibrate: tuple[float, ...] = (),
     shaping: str | None = None,
+    ensemble: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the sweep and write ``out/results.json``, ``out/summary.md`` and a fronts plot per env.
@@ -103,6 +112,9 @@ def run_sweep(
             chosen on held-out images (:func:`~dyncnn_gym.benchmark.calibrate.calibrate`); each is
             evaluated on the test split like the point itself, under ``point["calibrated"]``.
         shaping: the envs' reward shaping (``"none"`` or ``"continuation"``; default: the recipe's).
+        ensemble: 0 (off) or ``K`` in ``[2, len(seed)]``: after training, every combination of K
+            seeds of each frozen setting is routed as one ensemble policy and evaluated (and dialed to
+            every ``calibrate`` target) like a point, under ``entry["ensembles"]``.
     """
     import torch
 
@@ -140,6 +152,11 @@ def run_sweep(
     seeds = (seed,) if isinstance(seed, (int, np.integer)) else tuple(seed)
     if not seeds:
         raise ValueError("seed=() gives nothing to run; pass at least one seed")
+    if ensemble:
+        if isinstance(ensemble, bool) or not isinstance(ensemble, (int, np.integer)) or not 2 <= ensemble <= len(seeds):
+            raise ValueError(f"ensemble={ensemble!r} must be 0 (off) or a number of seeds in [2, {len(seeds)}] (the seeds given)")
+        if not frozen:
+            raise ValueError("ensemble needs the frozen variant: co-trained seeds fine-tune different backbones")
     results: dict[str, Any] = {"dataset": dataset, "seeds": list(seeds), "loss": loss, "timesteps": {}, "envs": {}}
     for env_id in envs:
         mode = mode_of(env_id)
@@ -166,6 +183,7 @@ def run_sweep(
             entry["held_out"] = {"split": "val", "n_images": held_static["full"]["n_images"], "full": held_static["full"],
                                  "uniform": held_static["uniform"], "greedy_front": held_static["front"]}
         variants = (["frozen"] if frozen else []) + (["cotrained"] if cotrain else [])
+        members: dict[tuple[str, float], list[tuple[int, Any, Any]]] = {}  # frozen (how, value) -> (seed, model, test core)
         for seed, (how, value), variant in ((sd, s, v) for sd in seeds for s in settings[env_id] for v in variants):
             log(f"[sweep] {env_id} {'compute_weight' if how == 'weight' else 'flops_target'}={value} {variant} seed {seed}:"
                 f" PPO {steps} steps")
@@ -207,6 +225,8 @@ def run_sweep(
                 point["held_out"] = _held_out_comparison(*held_out_accuracy(test_core, model), held_static)
             if calibrate:
                 point["calibrated"] = [_calibrated(model, env_id, test_core, t, seed, fronts, held_static) for t in calibrate]
+            if ensemble and variant == "frozen":
+                members.setdefault((how, value), []).append((seed, model, test_core))
             if variant == "cotrained":
                 tuned = RoutingCore(mode, 1, split="test", **{**kwargs, "backbone": backbone})
                 own = static_baselines(tuned, greedy=False)["uniform"]
@@ -219,6 +239,10 @@ def run_sweep(
             for c in point.get("calibrated", []):
                 log(f"[sweep]   calibrated to {c['target']} (bias {c['bias']:+.3f}): accuracy {c['accuracy']:.4f} at FLOPs"
                     f" {c['flops_ratio']:.3f}, vs greedy static {c['vs_greedy_static_points']:+.2f}")
+        if ensemble:
+            entry["ensembles"] = [_ensemble_point(env_id, how, value, group, fronts, held_static, calibrate, log)
+                                  for (how, value), ms in members.items()
+                                  for group in itertools.combinations(ms, int(ensemble))]
         results["envs"][env_id] = entry
         plot_sweep(out, results, env_id)
     results["seconds"] = round(time.perf_counter() - start, 1)
@@ -242,6 +266,32 @@ def _held_out_comparison(acc: float, x: float, held_static: dict[str, Any]) -> d
     """A policy's accuracy and FLOPs ratio on the held-out images against the full network and the
     static fronts measured on the same images (accuracy points)."""
     return {"accuracy": acc, "flops_ratio": x, "flops_saved": 1.0 - x, **_comparisons(acc, x, held_static)}
+
+
+def _ensemble_point(env_id: str, how: str, value: float, group: tuple, fronts: dict[str, Any],
+                    held_static: dict[str, Any] | None, calibrate: tuple[float, ...], log: Any) -> dict[str, Any]:
+    """One ensemble of frozen seeds (``group``: ``(seed, model, test core)`` triples of one setting)
+    evaluated on the test split like a point, on the held-out images, and dialed to each target."""
+    from .calibrate import CostBiasedPolicy, held_out_accuracy
+    from .protocol import evaluate
+
+    seeds = [sd for sd, _, _ in group]
+    models = [m for _, m, _ in group]
+    test_core = group[0][2]  # the seeds share the frozen backbone, so their test cores are alike
+    policy = CostBiasedPolicy(models)
+    res = evaluate(policy, env_id, core=test_core)
+    acc, x = res["accuracy"], res["flops_ratio"]
+    e: dict[str, Any] = {"variant": "frozen", "seeds": seeds, **({"compute_weight": value} if how == "weight" else
+                         {"flops_target": value}), "accuracy": acc, "flops_ratio": x, "flops_saved": 1.0 - x,
+                         **_comparisons(acc, x, fronts)}
+    if held_static is not None:
+        e["held_out"] = _held_out_comparison(*held_out_accuracy(test_core, policy), held_static)
+    if calibrate:
+        e["calibrated"] = [_calibrated(models, env_id, test_core, t, seeds[0], fronts, held_static) for t in calibrate]
+    log(f"[sweep] ensemble of seeds {seeds} ({how} {value}): accuracy {acc:.4f} at FLOPs {x:.3f},"
+        f" vs greedy static {e['vs_greedy_static_points']:+.2f}"
+        + "".join(f"; dialed to {c['target']}: {c['accuracy']:.4f} at {c['flops_ratio']:.3f}" for c in e.get("calibrated", [])))
+    return e
 
 
 def _calibrated(model: Any, env_id: str, test_core: Any, target: float, seed: int, fronts: dict[str, Any],
@@ -349,7 +399,39 @@ def format_summary(results: dict[str, Any]) -> str:
                 )
             lines.append("")
         lines += _held_out_table(e, seeds)
+        lines += _ensemble_table(e)
     return "\n".join(lines)
+
+
+def _ensemble_table(e: dict[str, Any]) -> list[str]:
+    """Mean ± std over the seed ensembles of each setting, trained and dialed, on the test split and
+    (where measured) the held-out images, with how many are within 1 point of the full network."""
+    ens = e.get("ensembles")
+    if not ens:
+        return []
+    held = "held_out" in ens[0]
+    groups: dict[tuple[Any, str], list[dict[str, Any]]] = {}
+    for g in ens:
+        groups.setdefault((_setting(g), "trained"), []).append(g)
+        for c in g.get("calibrated", []):
+            groups.setdefault((_setting(g), f"dialed to {c['target']}"), []).append(c)
+    k = len(ens[0]["seeds"])
+    lines = [f"Ensembles of {k} frozen seeds (mean action log-probabilities), every combination of the seeds,"
+             " mean ± std over the combinations; `within 1` counts those within 1 point of the full network:", "",
+             "| trained at | point | ensembles | FLOPs saved | accuracy | vs full | within 1 | vs greedy static | vs cascade |"
+             + (" held-out vs full | held-out within 1 | held-out vs greedy static |" if held else ""),
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if held else "")]
+    for (setting, point), rows in groups.items():
+        hs = [r["held_out"] for r in rows if "held_out" in r]
+        line = (f"| {setting} | {point} | {len(rows)} | {_mean_std(rows, 'flops_saved', 100)} % | {_mean_std(rows, 'accuracy', 100)} |"
+                f" {_mean_std(rows, 'gap_to_full_points', -1, '+')} | {sum(r['gap_to_full_points'] <= 1.0 + 1e-9 for r in rows)} |"
+                f" {_mean_std(rows, 'vs_greedy_static_points', 1, '+')} | {_mean_std(rows, 'vs_cascade_points', 1, '+')} |")
+        if held:
+            line += (f" {_mean_std(hs, 'gap_to_full_points', -1, '+')} | {sum(h['gap_to_full_points'] <= 1.0 + 1e-9 for h in hs)} |"
+                     f" {_mean_std(hs, 'vs_greedy_static_points', 1, '+')} |")
+        lines.append(line)
+    lines.append("")
+    return lines
 
 
 def _held_out_table(e: dict[str, Any], seeds: list[int]) -> list[str]:
@@ -467,6 +549,9 @@ def add_arguments(p) -> None:
 
     p.add_argument("--shaping", default=None, choices=list(SHAPINGS),
                    help="reward shaping of the envs (default: the recipe's, none; see the env docstrings)")
+    p.add_argument("--ensemble", type=int, default=0, metavar="K",
+                   help="also route every K of each frozen setting's seeds as one policy (mean action"
+                        " log-probabilities) and evaluate it like a point (default 0: off)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -480,5 +565,5 @@ def run_from_args(args) -> int:
     run_sweep(args.out, envs=envs, dataset=args.data, weights=weights, timesteps=args.timesteps,
               cotrain=not args.no_cotrain, frozen=not args.no_frozen, seed=tuple(args.seed), loss=args.loss,
               targets=targets, target_measure=args.target_measure, calibrate=tuple(args.calibrate or ()),
-              shaping=args.shaping, progress=not args.quiet)
+              shaping=args.shaping, ensemble=args.ensemble, progress=not args.quiet)
     return 0
