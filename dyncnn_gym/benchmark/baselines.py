@@ -142,13 +142,12 @@ def static_baselines(core: RoutingCore, greedy: bool = True, select_on: int = 10
     """``full``, ``uniform`` (same action everywhere), ``greedy`` (per-decision static routes chosen
     on train images) or, when there are few, ``exhaustive`` routes, and their Pareto ``front`` — all
     on the whole ``split`` (the test split, or e.g. the held-out ``"val"`` images for a second opinion)."""
-    n = len(core.labels) if split == "test" else len(core.data.split(split))
     out: dict[str, Any] = {}
 
     def rows(routes: np.ndarray) -> list[dict[str, Any]]:
         correct, flops = route_outcomes(core, routes, split=split)
         return [
-            {"actions": r.tolist(), "accuracy": float(c.mean()), "flops_ratio": float(f / core.full), "n_images": n}
+            {"actions": r.tolist(), "accuracy": float(c.mean()), "flops_ratio": float(f / core.full), "n_images": len(c)}
             for r, c, f in zip(routes, correct, flops)
         ]
 
