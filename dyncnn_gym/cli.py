@@ -24,6 +24,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         out=args.out,
         augment=args.augment,
+        distill=args.distill,
+        sandwich=args.sandwich,
     )
     meta = net.meta
     print(f"{meta['arch']} on {meta['data']} (groups={meta['groups']}): trained in {meta['train_seconds']} s")
@@ -92,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="also write the checkpoint here")
     p.add_argument("--augment", action="store_true", help="random 2-pixel translations (images >= 16x16)")
+    p.add_argument("--distill", action="store_true",
+                   help="in-place distillation: random routes learn the full network's probabilities, not the labels")
+    p.add_argument("--sandwich", action="store_true",
+                   help="sandwich rule: every step also trains the cheapest route (narrowest widths / all blocks skipped)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the checkpoint cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the checkpoint metadata as JSON")

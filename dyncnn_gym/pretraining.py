@@ -13,6 +13,15 @@ computes the cross-entropy of two routes through the same batch:
   only, and the backbone serves only that env. The default DynSkip backbone is trained so: the
   capacity it does not spend on width-switching goes into robustness to skipped blocks.
 
+Two options of universally slimmable networks (Yu & Huang, 2019), named by ``+option`` after the
+arch or by the arguments of :func:`pretrain`:
+
+* ``+sandwich``: every step also trains the cheapest route (every decision at action 0: the
+  narrowest widths, or every skippable block skipped), so the bottom of the accuracy-FLOPs range
+  is trained every step rather than one step in ``k``;
+* ``+distill`` (in-place distillation): the random and cheapest routes learn the full network's
+  predicted probabilities (detached) instead of the labels.
+
 Images are drawn with a curriculum when the data rate each image's difficulty (the embedded
 ``"shapes"``): the first batches come from the easiest quarter of the train split, and the pool
 grows linearly to the whole split by 40 % of training (Bengio et al., 2009). On ``"shapes"`` a CNN
@@ -36,7 +45,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -51,26 +60,50 @@ from .walk import run_routes
 CHECKPOINT_VERSION = 1
 SHIPPED_DIR = Path(__file__).parent / "checkpoints"
 
-#: default backbone of each mode: an arch name, or ``"arch@mode"`` for the arch trained for that mode only
+#: default backbone of each mode, a backbone name (see :func:`parse_backbone`)
 DEFAULT_ARCH = {"channel": "vgg", "skip": "resnet32-lite@skip"}
 
 
-def parse_backbone(spec: str) -> tuple[str, tuple[str, ...] | None]:
-    """Split a backbone name into ``(arch, modes)``: ``"resnet20-lite"`` -> ``("resnet20-lite", None)``
-    (trained for every mode the arch supports), ``"resnet32-lite@skip"`` -> ``("resnet32-lite", ("skip",))``.
+#: training options a backbone name may add after ``+`` (see :func:`pretrain`)
+TRAINING_OPTIONS = ("distill", "sandwich")
+
+
+class BackboneSpec(NamedTuple):
+    """A parsed backbone name ``arch[@mode][+option...]``."""
+
+    arch: str
+    #: the decision kinds it is trained for (``None``: every mode of the arch)
+    modes: tuple[str, ...] | None = None
+    #: in-place distillation (``+distill``)
+    distill: bool = False
+    #: the sandwich rule (``+sandwich``)
+    sandwich: bool = False
+
+
+def parse_backbone(spec: str) -> BackboneSpec:
+    """Parse a backbone name ``arch[@mode][+option...]``: ``"resnet20-lite"`` (trained for every
+    mode the arch supports), ``"resnet32-lite@skip"`` (skip decisions only),
+    ``"vgg+sandwich+distill"`` (trained with the sandwich rule and in-place distillation; options
+    in any order, from :data:`TRAINING_OPTIONS`).
 
     Raises:
-        ValueError: an unknown arch, or a mode the arch does not support (the choices are named).
+        ValueError: an unknown arch, a mode the arch does not support, or an unknown or repeated
+            option (the choices are named).
     """
-    arch, at, mode = str(spec).partition("@")
+    head, *options = str(spec).split("+")
+    arch, at, mode = head.partition("@")
     if arch not in ARCHS:
         raise ValueError(f"backbone {spec!r}: {arch!r} is not a known arch; choose one of {sorted(ARCHS)}"
-                         " (optionally as 'arch@mode', e.g. 'resnet32-lite@skip')")
-    if not at:
-        return arch, None
-    if mode not in ARCHS[arch]:
+                         " (optionally as 'arch@mode', e.g. 'resnet32-lite@skip', and with '+option's from"
+                         f" {list(TRAINING_OPTIONS)})")
+    if at and mode not in ARCHS[arch]:
         raise ValueError(f"backbone {spec!r}: {mode!r} is not a mode of {arch!r}; choose one of {list(ARCHS[arch])}")
-    return arch, (mode,)
+    for option in options:
+        if option not in TRAINING_OPTIONS:
+            raise ValueError(f"backbone {spec!r}: {option!r} is not a training option; choose from {list(TRAINING_OPTIONS)}")
+    if len(set(options)) != len(options):
+        raise ValueError(f"backbone {spec!r} repeats an option; give each of {list(TRAINING_OPTIONS)} at most once")
+    return BackboneSpec(arch, (mode,) if at else None, "distill" in options, "sandwich" in options)
 
 
 @dataclass(frozen=True)
@@ -89,11 +122,16 @@ class TrainConfig:
     seed: int = 0
     #: the decision kinds the random routes train (``None``: every mode of the arch)
     modes: tuple[str, ...] | None = None
+    #: in-place distillation: routes learn the full network's soft predictions instead of the labels
+    distill: bool = False
+    #: sandwich rule: every step also trains the cheapest route (narrowest widths / every block skipped)
+    sandwich: bool = False
 
     def key(self) -> str:
         d = asdict(self)
-        if d["modes"] is None:
-            del d["modes"]  # configs without it keep the names their checkpoints were saved under
+        for name, off in (("modes", None), ("distill", False), ("sandwich", False)):
+            if d[name] == off:
+                del d[name]  # configs without it keep the names their checkpoints were saved under
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -109,8 +147,9 @@ def checkpoint_name(arch: str, groups: int, data: DataSplits, cfg: TrainConfig) 
 
 def default_checkpoint_name(spec: str, groups: int, data: DataSplits) -> str:
     """The file name :func:`pretrain` gives backbone ``spec`` (``"arch"`` or ``"arch@mode"``) by default."""
-    arch, modes = parse_backbone(spec)
-    return checkpoint_name(arch, groups, data, TrainConfig(epochs=default_epochs(data), modes=modes))
+    b = parse_backbone(spec)
+    return checkpoint_name(b.arch, groups, data, TrainConfig(epochs=default_epochs(data), modes=b.modes,
+                                                             distill=b.distill, sandwich=b.sandwich))
 
 
 def save_checkpoint(net: DynamicNet, path: str | Path) -> Path:
@@ -178,6 +217,14 @@ def _random_route(net: DynamicNet, mode: str, B: int, gen: torch.Generator, max_
     return (torch.rand((B, T), generator=gen) >= rate).long()
 
 
+def _route_loss(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy of a route's logits against the labels, or against ``target`` probabilities
+    (the full network's, for in-place distillation)."""
+    if target is None:
+        return F.cross_entropy(logits, labels)
+    return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
 @torch.no_grad()
 def evaluate_static(
     net: DynamicNet, data: DataSplits, split: str = "test", batch_size: int = 500, seed: int = 0
@@ -228,6 +275,8 @@ def pretrain(
     progress: bool = True,
     out: str | Path | None = None,
     augment: bool = False,
+    distill: bool = False,
+    sandwich: bool = False,
     **arch_kwargs: Any,
 ) -> DynamicNet:
     """Train a backbone that stays accurate when pruned or skipped, and cache it.
@@ -235,7 +284,8 @@ def pretrain(
     Args:
         arch: a name in :data:`dyncnn_gym.models.ARCHS` (``"vgg"``, ``"resnet20"``, ...), or
             ``"arch@mode"`` to train that kind of decision only (``"resnet32-lite@skip"``; the
-            backbone then serves only that env).
+            backbone then serves only that env), optionally followed by ``+distill`` and/or
+            ``+sandwich`` (the same as the arguments of those names).
         dataset: anything :func:`dyncnn_gym.data.load_dataset` takes (a name, arrays, a dict, a
             torch ``Dataset``) or a loaded :class:`~dyncnn_gym.data.DataSplits`.
         groups: channel groups per layer (channel mode actions).
@@ -247,6 +297,10 @@ def pretrain(
         progress: show a tqdm progress bar.
         out: also save the checkpoint to this path.
         augment: random translations by up to 2 pixels (images of at least 16x16 only).
+        distill: in-place distillation (Yu & Huang, 2019): the random routes learn the full
+            network's predicted probabilities (detached) instead of the labels.
+        sandwich: the sandwich rule: every step also trains the cheapest route (every decision at
+            action 0: narrowest widths, or every skippable block skipped).
         arch_kwargs: override the arch's configuration (e.g. ``widths=``).
 
     Returns:
@@ -254,7 +308,8 @@ def pretrain(
         ``arch``, ``data``, ``data_fingerprint``, ``groups``, ``train_config``, ``train_seconds``
         and ``static`` (see :func:`evaluate_static`, on the test split).
     """
-    arch, modes = parse_backbone(arch)
+    spec = parse_backbone(arch)
+    arch, modes = spec.arch, spec.modes
     if isinstance(dataset, DataSplits):
         data = dataset
     else:
@@ -268,6 +323,8 @@ def pretrain(
         seed=seed,
         augment=augment and min(data.image_shape[1:]) >= 16,
         modes=modes,
+        distill=bool(distill) or spec.distill,
+        sandwich=bool(sandwich) or spec.sandwich,
     )
     if cfg.epochs < 1:
         raise ValueError(f"epochs={epochs!r} must be at least 1")
@@ -311,11 +368,15 @@ def pretrain(
                 xb = _augment(xb, gen)
             xb, yb = xb.to(device), yb.to(device)
             mode = modes[step % len(modes)]
-            loss_full = F.cross_entropy(net.full_forward(xb, mode), yb)
+            logits_full = net.full_forward(xb, mode)
+            loss_full = F.cross_entropy(logits_full, yb)
             loss = loss_full
             if step >= cfg.full_only * total:
-                acts = _random_route(net, mode, xb.shape[0], gen, cfg.max_skip)
-                loss_route = F.cross_entropy(run_routes(net, mode, xb, acts)[0], yb)
+                routes = [_random_route(net, mode, xb.shape[0], gen, cfg.max_skip)]
+                if cfg.sandwich:
+                    routes.append(torch.zeros_like(routes[0]))
+                target = F.softmax(logits_full.detach(), dim=1) if cfg.distill else None
+                loss_route = sum(_route_loss(run_routes(net, mode, xb, acts)[0], yb, target) for acts in routes)
                 loss = loss_full + loss_route
             else:
                 loss_route = torch.zeros(())
@@ -401,12 +462,12 @@ def resolve_backbone(
             _RESOLVED[key] = net
         return _RESOLVED[key]
     if isinstance(backbone, str):
-        if backbone.partition("@")[0] not in ARCHS:
+        if backbone.partition("@")[0].partition("+")[0] not in ARCHS:
             raise ValueError(
                 f"backbone={backbone!r} is not a known arch or a checkpoint path; choose an arch from"
                 f" {sorted(ARCHS)} (optionally as 'arch@mode'), a path to a .pt checkpoint, or a DynamicNet"
             )
-        arch, modes = parse_backbone(backbone)
+        arch, modes = parse_backbone(backbone)[:2]
         if mode not in (modes or ARCHS[arch]):
             valid = sorted(a for a, m in ARCHS.items() if mode in m)
             raise ValueError(f"backbone={backbone!r} has no {mode!r} decisions; for this env choose one of {valid}"

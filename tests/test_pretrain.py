@@ -212,15 +212,21 @@ def test_env_pretrains_an_arch_on_first_use_and_caches_it(cache_root):
 
     assert pretrain_mod.DEFAULT_ARCH["channel"] == "vgg"
     for mode, spec in pretrain_mod.DEFAULT_ARCH.items():
-        arch, modes = pretrain_mod.parse_backbone(spec)
+        arch, modes = pretrain_mod.parse_backbone(spec)[:2]
         assert mode in (modes or ARCHS[arch])
     obs, info = env.reset(seed=0)
     assert np.isfinite(obs).all()
 
 
 def test_parse_backbone_names_arch_and_trained_modes():
-    assert pretrain_mod.parse_backbone("resnet20-lite") == ("resnet20-lite", None)
-    assert pretrain_mod.parse_backbone("resnet32-lite@skip") == ("resnet32-lite", ("skip",))
+    assert pretrain_mod.parse_backbone("resnet20-lite") == ("resnet20-lite", None, False, False)
+    assert pretrain_mod.parse_backbone("resnet32-lite@skip") == ("resnet32-lite", ("skip",), False, False)
+    assert pretrain_mod.parse_backbone("vgg+sandwich+distill") == ("vgg", None, True, True)
+    assert pretrain_mod.parse_backbone("resnet8@skip+distill") == ("resnet8", ("skip",), True, False)
+    with pytest.raises(ValueError, match=r"'sandwhich' is not a training option; choose from \['distill', 'sandwich'\]"):
+        pretrain_mod.parse_backbone("vgg+sandwhich")
+    with pytest.raises(ValueError, match="repeats an option"):
+        pretrain_mod.parse_backbone("vgg+distill+distill")
     with pytest.raises(ValueError, match=r"'jump' is not a mode of 'resnet32-lite'.*\['skip', 'channel'\]"):
         pretrain_mod.parse_backbone("resnet32-lite@jump")
     with pytest.raises(ValueError, match=r"'skip' is not a mode of 'vgg'; choose one of \['channel'\]"):
@@ -250,3 +256,40 @@ def test_one_mode_backbone_trains_only_that_mode_and_refuses_the_other(tmp_path)
         gymnasium.make("DynChannel-v0", dataset=data, backbone=loaded)
     with pytest.raises(ValueError, match=r"has no 'channel' decisions"):
         resolve_backbone("resnet8@skip", data, "channel")
+
+
+def test_distillation_and_sandwich_are_recorded_and_name_their_own_checkpoints(monkeypatch):
+    """``distill=True`` (``"arch+distill"``) trains the random routes on the full network's detached
+    probabilities and ``sandwich=True`` (``"arch+sandwich"``) adds the cheapest route to every step:
+    both are recorded in the checkpoint's
+    train config and give it its own name, while checkpoints trained without them keep theirs."""
+    plain = TrainConfig(epochs=1)
+    assert plain.key() == TrainConfig(epochs=1, distill=False, sandwich=False).key()
+    keys = {plain.key(), TrainConfig(epochs=1, distill=True).key(), TrainConfig(epochs=1, sandwich=True).key(),
+            TrainConfig(epochs=1, distill=True, sandwich=True).key()}
+    assert len(keys) == 4
+    data = load_test_data("user12")
+    both = TrainConfig(epochs=pretrain_mod.default_epochs(data), distill=True, sandwich=True)
+    assert pretrain_mod.default_checkpoint_name("vgg+sandwich+distill", 4, data) == checkpoint_name("vgg", 4, data, both)
+
+    seen: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    real = pretrain_mod._route_loss
+
+    def spy(logits, labels, target):
+        seen.append((logits.detach(), None if target is None else target.clone()))
+        return real(logits, labels, target)
+
+    monkeypatch.setattr(pretrain_mod, "_route_loss", spy)
+    net = pretrain("vgg+distill+sandwich", data, epochs=4, batch_size=12, progress=False, cache=False)
+    cfg = net.meta["train_config"]
+    assert cfg["distill"] is True and cfg["sandwich"] is True
+    # after the full-only phase every step scores two routes, each against probabilities that sum to 1
+    assert seen and len(seen) % 2 == 0
+    assert all(t is not None and torch.allclose(t.sum(1), torch.ones(len(t))) and not t.requires_grad for _, t in seen)
+
+
+def test_route_loss_against_one_hot_probabilities_is_the_cross_entropy():
+    logits = torch.randn(5, 3)
+    labels = torch.tensor([0, 2, 1, 1, 0])
+    one_hot = torch.nn.functional.one_hot(labels, 3).float()
+    assert torch.allclose(pretrain_mod._route_loss(logits, labels, one_hot), pretrain_mod._route_loss(logits, labels, None))

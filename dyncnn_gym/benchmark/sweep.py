@@ -75,6 +75,7 @@ def run_sweep(
     *,
     envs: tuple[str, ...] = ("DynChannel-v0", "DynSkip-v0"),
     dataset: str = "shapes",
+    backbone: str | None = None,
     weights: dict[str, tuple[float, ...]] | None = None,
     timesteps: int | None = None,
     cotrain: bool = True,
@@ -94,6 +95,8 @@ def run_sweep(
     Args:
         envs: env ids.
         dataset: data name (the default backbones of that data are used, frozen unless co-trained).
+        backbone: instead of each env's default backbone, this one (an arch name, ``"arch@mode"`` or
+            a checkpoint path; see the envs' ``backbone=``) for every env.
         weights: per env id, the compute weights (default :data:`DEFAULT_WEIGHTS`).
         timesteps: PPO steps per point (default: the recipe's).
         cotrain / frozen: which variants to run.
@@ -160,7 +163,7 @@ def run_sweep(
     results: dict[str, Any] = {"dataset": dataset, "seeds": list(seeds), "loss": loss, "timesteps": {}, "envs": {}}
     for env_id in envs:
         mode = mode_of(env_id)
-        kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=DEFAULT_ARCH[mode], groups=4, loss=loss,
+        kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=backbone or DEFAULT_ARCH[mode], groups=4, loss=loss,
                                    **({"shaping": shaping} if shaping else {}))
         start_weight = kwargs.pop("compute_weight")  # set per point; where a FLOPs target steers it, its start
         core = RoutingCore(mode, 1, split="test", **kwargs)
@@ -526,6 +529,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default="sweep_out", help="output directory (default: sweep_out)")
     p.add_argument("--env", action="append", choices=list(DEFAULT_WEIGHTS["error"]), help="only this env (repeatable)")
     p.add_argument("--data", default="shapes", help="data set name (default: shapes)")
+    p.add_argument("--backbone", default=None,
+                   help="backbone of every env: an arch name, 'arch@mode' or a checkpoint path (default: each env's own)")
     p.add_argument("--weight", type=float, action="append", default=None,
                    help="compute weight (repeatable; default: per env, see dyncnn_gym.benchmark.sweep.DEFAULT_WEIGHTS)")
     p.add_argument("--flops-target", type=float, action="append", default=None, metavar="RATIO",
@@ -562,7 +567,7 @@ def run_from_args(args) -> int:
         if not w > 0:
             raise ValueError(f"--weight {w!r} must be a positive compute weight")
     targets = {e: tuple(args.flops_target) for e in envs} if args.flops_target else None
-    run_sweep(args.out, envs=envs, dataset=args.data, weights=weights, timesteps=args.timesteps,
+    run_sweep(args.out, envs=envs, dataset=args.data, backbone=args.backbone, weights=weights, timesteps=args.timesteps,
               cotrain=not args.no_cotrain, frozen=not args.no_frozen, seed=tuple(args.seed), loss=args.loss,
               targets=targets, target_measure=args.target_measure, calibrate=tuple(args.calibrate or ()),
               shaping=args.shaping, ensemble=args.ensemble, progress=not args.quiet)
