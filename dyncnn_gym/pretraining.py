@@ -22,6 +22,9 @@ arch or by the arguments of :func:`pretrain`:
 * ``+distill`` (in-place distillation): the random and cheapest routes learn the full network's
   predicted probabilities (detached) instead of the labels.
 
+The default DynChannel backbone, ``"vgg+sandwich+distill"``, is trained with both: on the embedded
+data every static width is more accurate than the plain ``"vgg"``'s (by 7.85 points at width 1/4).
+
 Images are drawn with a curriculum when the data rate each image's difficulty (the embedded
 ``"shapes"``): the first batches come from the easiest quarter of the train split, and the pool
 grows linearly to the whole split by 40 % of training (Bengio et al., 2009). On ``"shapes"`` a CNN
@@ -60,8 +63,10 @@ from .walk import run_routes
 CHECKPOINT_VERSION = 1
 SHIPPED_DIR = Path(__file__).parent / "checkpoints"
 
-#: default backbone of each mode, a backbone name (see :func:`parse_backbone`)
-DEFAULT_ARCH = {"channel": "vgg", "skip": "resnet32-lite@skip"}
+#: default backbone of each mode, a backbone name (see :func:`parse_backbone`): the VGG trained with
+#: the sandwich rule and in-place distillation for DynChannel, the ResNet trained for skipping only
+#: for DynSkip
+DEFAULT_ARCH = {"channel": "vgg+sandwich+distill", "skip": "resnet32-lite@skip"}
 
 
 #: training options a backbone name may add after ``+`` (see :func:`pretrain`)

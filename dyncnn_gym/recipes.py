@@ -52,7 +52,9 @@ _PPO_RECIPE: dict[str, Any] = {
 
 #: one recipe per env id (the same PPO settings; the envs differ in their compute weight)
 PPO_RECIPES: dict[str, dict[str, Any]] = {
-    "DynChannel-v0": {**_PPO_RECIPE, "env": {**_ENV, "compute_weight": 0.05}},
+    # 0.05 until session 7 (on the plain "vgg", where it was the best weight); on the default
+    # "vgg+sandwich+distill" 0.1 puts every seed at 52-55 % saved within 0.65 points of the full network
+    "DynChannel-v0": {**_PPO_RECIPE, "env": {**_ENV, "compute_weight": 0.1}},
     "DynSkip-v0": {**_PPO_RECIPE, "env": {**_ENV, "compute_weight": 0.2}},
 }
 

@@ -210,7 +210,7 @@ def test_env_pretrains_an_arch_on_first_use_and_caches_it(cache_root):
     # a default arch for each mode, one that has that mode's decisions
     from dyncnn_gym.models import ARCHS
 
-    assert pretrain_mod.DEFAULT_ARCH["channel"] == "vgg"
+    assert pretrain_mod.DEFAULT_ARCH["channel"] == "vgg+sandwich+distill"
     for mode, spec in pretrain_mod.DEFAULT_ARCH.items():
         arch, modes = pretrain_mod.parse_backbone(spec)[:2]
         assert mode in (modes or ARCHS[arch])
@@ -293,3 +293,19 @@ def test_route_loss_against_one_hot_probabilities_is_the_cross_entropy():
     labels = torch.tensor([0, 2, 1, 1, 0])
     one_hot = torch.nn.functional.one_hot(labels, 3).float()
     assert torch.allclose(pretrain_mod._route_loss(logits, labels, one_hot), pretrain_mod._route_loss(logits, labels, None))
+
+
+@pytest.mark.parametrize("dataset", ["shapes", "digits"])
+@pytest.mark.parametrize("mode", ["channel", "skip"])
+def test_every_default_backbone_ships_trained_as_its_name_says(dataset, mode):
+    """The default backbones of the embedded data and of digits load offline from the package, and
+    each checkpoint's training config is the one its name spells (``vgg+sandwich+distill``: both on)."""
+    from dyncnn_gym.envs.core import _shared_data
+
+    data = _shared_data(dataset)
+    spec = pretrain_mod.parse_backbone(pretrain_mod.DEFAULT_ARCH[mode])
+    path = pretrain_mod.SHIPPED_DIR / pretrain_mod.default_checkpoint_name(pretrain_mod.DEFAULT_ARCH[mode], 4, data)
+    assert path.is_file(), f"{path.name} is not shipped"
+    cfg = load_checkpoint(path, data, 4).meta["train_config"]
+    assert (cfg.get("distill", False), cfg.get("sandwich", False)) == (spec.distill, spec.sandwich)
+    assert (tuple(cfg["modes"]) if cfg["modes"] else None) == spec.modes

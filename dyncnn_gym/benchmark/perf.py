@@ -37,7 +37,7 @@ Measured (see :func:`run_perf` for the JSON layout):
 
 Speed does not depend on trained weights, so the backbones of the other sections are freshly built (untrained, eval mode)
 networks of :data:`PERF_ARCH` (``vgg`` and ``resnet20-lite``, the package's default archs when these benchmarks
-were written; the DynSkip default is now ``resnet32-lite@skip``) on data of the default shape; the output says so.
+were written; the defaults are now ``vgg+sandwich+distill``, the same network, and ``resnet32-lite@skip``) on data of the default shape; the output says so.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ the backbone checkpoint file the results were produced with (``None`` = not pinn
 
 Suites:
 
-* ``"cpu-v0"``: the embedded ``shapes`` data with the default backbones (``vgg`` for DynChannel,
-  ``resnet20-lite`` for DynSkip), 4 groups, ``reward="flops"``, ``obs="probe"``, 150k steps,
+* ``"cpu-v0"``: the embedded ``shapes`` data with the backbones that were the defaults when it was
+  fixed (``vgg`` for DynChannel, ``resnet20-lite`` for DynSkip), 4 groups, ``reward="flops"``, ``obs="probe"``, 150k steps,
   compute weights (0.25, 0.5, 1.0). Pinned to the two shapes checkpoints shipped in
   ``dyncnn_gym/checkpoints/``.
 * ``"paper-v0"``: GPU-sized, as in the papers: CIFAR-10 ResNet-110 DynSkip (SkipNet) and CIFAR-10

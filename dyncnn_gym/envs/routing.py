@@ -234,7 +234,7 @@ class DynChannelEnv(RoutingEnv):
     ## Action Space
 
     `Discrete(groups)`: action `a` computes channel groups `0..a` (`a + 1` of `groups`).
-    """ + _COMMON_DOC + _ARGS_DOC.format(id="DynChannel-v0", default="'vgg', a 6-layer VGG-style CNN; any ResNet arch works too (groups inside its blocks)") + """
+    """ + _COMMON_DOC + _ARGS_DOC.format(id="DynChannel-v0", default="'vgg+sandwich+distill', a 6-layer VGG-style CNN trained with the sandwich rule and in-place distillation; plain 'vgg' and any ResNet arch work too (groups inside its blocks)") + """
     ## Version History
 
     * v0: initial version.
