@@ -1,6 +1,6 @@
 """Train SB3 PPO to prune channel groups per image (DynChannel-v0) with the package's recipe.
 
-    python examples/ppo_dynchannel.py --timesteps 150000 --compute-weight 0.05
+    python examples/ppo_dynchannel.py --timesteps 150000 --compute-weight 0.1
 
 The recipe (``dyncnn_gym/recipes.py``) also fixes the env's reward terms and observations
 (``recipes.env_kwargs``); the model is evaluated on an env built with the same arguments.
