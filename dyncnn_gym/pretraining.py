@@ -2,7 +2,7 @@
 
 A backbone that a routing agent will later prune or skip must stay accurate under any route.
 After a first phase (30 % of the steps) that trains the full network alone, each training step
-computes the cross-entropy of two routes through the same batch:
+computes the cross-entropy of two routes through the same batch (three with ``+sandwich``, below):
 
 * the full network (every decision at its largest action), and
 * a random route, drawn as in slimmable networks (channel mode: one random width per decision
@@ -151,7 +151,7 @@ def checkpoint_name(arch: str, groups: int, data: DataSplits, cfg: TrainConfig) 
 
 
 def default_checkpoint_name(spec: str, groups: int, data: DataSplits) -> str:
-    """The file name :func:`pretrain` gives backbone ``spec`` (``"arch"`` or ``"arch@mode"``) by default."""
+    """The file name :func:`pretrain` gives backbone ``spec`` (any name :func:`parse_backbone` takes) by default."""
     b = parse_backbone(spec)
     return checkpoint_name(b.arch, groups, data, TrainConfig(epochs=default_epochs(data), modes=b.modes,
                                                              distill=b.distill, sandwich=b.sandwich))
