@@ -197,3 +197,19 @@ def test_the_summary_gives_a_second_opinion_on_the_held_out_images(tmp_path):
     assert f"| {np.mean(gaps):+.2f} ± {np.std(gaps, ddof=1):.2f} |" in row
     assert row.endswith(f"| {np.mean(greedy):+.2f} ± {np.std(greedy, ddof=1):.2f} |")
     assert "| frozen | 0.05 | dialed to 0.6 |" in text
+
+
+def test_a_sweep_over_both_envs_gives_each_env_its_own_default_backbone(tmp_path):
+    """Each env of one sweep runs on its own default backbone, not on the network the previous
+    env's points were trained with."""
+    from dyncnn_gym.benchmark.baselines import route_outcomes, uniform_routes
+    from dyncnn_gym.envs.core import RoutingCore
+    from dyncnn_gym.pretraining import DEFAULT_ARCH
+
+    res = run_sweep(tmp_path, envs=("DynChannel-v0", "DynSkip-v0"), dataset="digits",
+                    weights={"DynChannel-v0": (0.05,), "DynSkip-v0": (0.1,)}, timesteps=640, cotrain=False, progress=False)
+    for env_id, mode in (("DynChannel-v0", "channel"), ("DynSkip-v0", "skip")):
+        e = res["envs"][env_id]
+        assert e["env_kwargs"]["backbone"] == DEFAULT_ARCH[mode]
+        core = RoutingCore(mode, 1, split="test", dataset="digits", backbone=DEFAULT_ARCH[mode])
+        assert route_outcomes(core, uniform_routes(core)[-1:])[0].mean() == pytest.approx(e["full"]["accuracy"])

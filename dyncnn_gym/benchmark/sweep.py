@@ -191,9 +191,9 @@ def run_sweep(
             log(f"[sweep] {env_id} {'compute_weight' if how == 'weight' else 'flops_target'}={value} {variant} seed {seed}:"
                 f" PPO {steps} steps")
             torch.manual_seed(seed)
-            backbone = core.net if variant == "frozen" else copy.deepcopy(core.net)
+            net = core.net if variant == "frozen" else copy.deepcopy(core.net)
             w = value if how == "weight" else start_weight
-            env_kwargs = {**kwargs, "backbone": backbone, "compute_weight": w}
+            env_kwargs = {**kwargs, "backbone": net, "compute_weight": w}
             callbacks: list[Any] = []
             if variant == "cotrained":
                 callbacks.append(BackboneFinetuneCallback(seed=seed, **(finetune_kwargs or {})))
@@ -231,7 +231,7 @@ def run_sweep(
             if ensemble and variant == "frozen":
                 members.setdefault((how, value), []).append((seed, model, test_core))
             if variant == "cotrained":
-                tuned = RoutingCore(mode, 1, split="test", **{**kwargs, "backbone": backbone})
+                tuned = RoutingCore(mode, 1, split="test", **{**kwargs, "backbone": net})
                 own = static_baselines(tuned, greedy=False)["uniform"]
                 point["own_uniform"] = own
                 point["vs_own_uniform_static_points"] = 100 * (acc - _interp(own, x))
