@@ -470,7 +470,8 @@ def resolve_backbone(
         if backbone.partition("@")[0].partition("+")[0] not in ARCHS:
             raise ValueError(
                 f"backbone={backbone!r} is not a known arch or a checkpoint path; choose an arch from"
-                f" {sorted(ARCHS)} (optionally as 'arch@mode'), a path to a .pt checkpoint, or a DynamicNet"
+                f" {sorted(ARCHS)} (optionally as 'arch@mode', with '+option's from {list(TRAINING_OPTIONS)}),"
+                f" a path to a .pt checkpoint, or a DynamicNet"
             )
         arch, modes = parse_backbone(backbone)[:2]
         if mode not in (modes or ARCHS[arch]):

@@ -95,8 +95,8 @@ def run_sweep(
     Args:
         envs: env ids.
         dataset: data name (the default backbones of that data are used, frozen unless co-trained).
-        backbone: instead of each env's default backbone, this one (an arch name, ``"arch@mode"`` or
-            a checkpoint path; see the envs' ``backbone=``) for every env.
+        backbone: instead of each env's default backbone, this one (a backbone name, see
+            :func:`~dyncnn_gym.pretraining.parse_backbone`, or a checkpoint path) for every env.
         weights: per env id, the compute weights (default :data:`DEFAULT_WEIGHTS`).
         timesteps: PPO steps per point (default: the recipe's).
         cotrain / frozen: which variants to run.
@@ -530,7 +530,8 @@ def add_arguments(p) -> None:
     p.add_argument("--env", action="append", choices=list(DEFAULT_WEIGHTS["error"]), help="only this env (repeatable)")
     p.add_argument("--data", default="shapes", help="data set name (default: shapes)")
     p.add_argument("--backbone", default=None,
-                   help="backbone of every env: an arch name, 'arch@mode' or a checkpoint path (default: each env's own)")
+                   help="backbone of every env: a backbone name ('arch[@mode][+sandwich][+distill]', e.g. vgg) or a"
+                        " checkpoint path (default: each env's own)")
     p.add_argument("--weight", type=float, action="append", default=None,
                    help="compute weight (repeatable; default: per env, see dyncnn_gym.benchmark.sweep.DEFAULT_WEIGHTS)")
     p.add_argument("--flops-target", type=float, action="append", default=None, metavar="RATIO",
