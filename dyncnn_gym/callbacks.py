@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from stable_baselines3.common.callbacks import BaseCallback
 
 from .envs.core import RoutingCore
+from .pretraining import _augment, _route_loss
 from .walk import Walk
 
 
@@ -80,6 +81,13 @@ class BackboneFinetuneCallback(BaseCallback):
         batch_size: train images per backbone step.
         deterministic: route with the policy's deterministic actions (as evaluated) or sampled ones.
         bn: ``"frozen"`` (running statistics kept, default) or ``"train"`` (updated by the routed batches).
+        distill: in-place distillation, as ``+distill`` backbones were pretrained: the routed logits
+            are scored against the full network's (detached) probabilities on the same images
+            instead of the labels, and the full network is trained on the labels in the same step
+            (without that anchor the teacher drifts with its students and the network collapses).
+        augment: shift every image by up to 2 pixels (as pretraining's ``augment``), so that
+            fine-tuning does not memorise a small train split. Needs images of at least 16x16
+            (checked at training start).
         core: the :class:`RoutingCore` whose backbone to train. Default: the training VecEnv's own
             core for the native VecEnv (``dyncnn_gym.sb3.make_vec_env``), which shares the backbone
             with every env slot. For single envs behind ``DummyVecEnv`` or in other processes
@@ -93,7 +101,8 @@ class BackboneFinetuneCallback(BaseCallback):
             subprocess).
         seed: seeds the batch sampling.
 
-    Logs ``finetune/loss``, ``finetune/routed_accuracy`` and ``finetune/flops_ratio``.
+    Logs ``finetune/loss`` (the step's loss: the routed one, plus the full network's with
+    ``distill``), ``finetune/routed_accuracy`` and ``finetune/flops_ratio``.
     """
 
     def __init__(
@@ -105,6 +114,8 @@ class BackboneFinetuneCallback(BaseCallback):
         batch_size: int = 128,
         deterministic: bool = True,
         bn: str = "frozen",
+        distill: bool = False,
+        augment: bool = False,
         core: RoutingCore | None = None,
         seed: int = 0,
         verbose: int = 0,
@@ -119,6 +130,10 @@ class BackboneFinetuneCallback(BaseCallback):
                 raise ValueError(f"{name}={v!r} must be a positive integer")
         self.schedule, self.agent_rollouts, self.backbone_steps = schedule, agent_rollouts, backbone_steps
         self.lr, self.batch_size, self.deterministic, self.bn = lr, batch_size, deterministic, bn
+        for name, v in (("distill", distill), ("augment", augment), ("deterministic", deterministic)):
+            if not isinstance(v, bool):
+                raise ValueError(f"{name}={v!r} must be True or False")
+        self.distill, self.augment = distill, augment
         self.core = core
         self.rng = np.random.default_rng(seed)
         self.rollouts = 0
@@ -128,6 +143,10 @@ class BackboneFinetuneCallback(BaseCallback):
     def _on_training_start(self) -> None:
         if self.core is None:
             self.core, _ = training_core(self.training_env)
+        shape = tuple(self.core.data.image_shape)
+        if self.augment and min(shape[1:]) < 16:
+            raise ValueError(f"augment=True shifts images by up to 2 pixels, which needs images of at least 16x16;"
+                             f" this data set's are {shape[1]}x{shape[2]}: pass augment=False")
         self.opt = torch.optim.Adam(self.core.net.parameters(), lr=self.lr)
 
     def _on_step(self) -> bool:
@@ -151,13 +170,23 @@ class BackboneFinetuneCallback(BaseCallback):
         X = torch.as_tensor(train.images)
         y = torch.as_tensor(train.labels)
         losses, accs, flops = [], [], []
+        gen = torch.Generator().manual_seed(int(self.rng.integers(2**62))) if self.augment else None
         net.train(self.bn == "train")
         try:
             for _ in range(steps):
                 idx = torch.as_tensor(self.rng.integers(0, len(y), self.batch_size))
-                xb, yb = X[idx].to(core.device), y[idx].to(core.device)
+                xb, yb = X[idx], y[idx]
+                if self.augment:
+                    xb = _augment(xb, gen)
+                xb, yb = xb.to(core.device), yb.to(core.device)
                 logits, walk = routed_logits(core, self.model, xb, self.deterministic)
-                loss = F.cross_entropy(logits, yb)
+                loss = torch.zeros((), device=logits.device)
+                target = None
+                if self.distill:
+                    logits_full = net.full_forward(xb, core.mode)
+                    loss = F.cross_entropy(logits_full, yb)
+                    target = F.softmax(logits_full.detach(), dim=1)
+                loss = loss + _route_loss(logits, yb, target)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()

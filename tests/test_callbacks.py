@@ -10,7 +10,11 @@ import torch
 import torch.nn.functional as F
 from stable_baselines3 import PPO
 
+from conftest import make_net
+
+from dyncnn_gym import callbacks
 from dyncnn_gym.callbacks import BackboneFinetuneCallback, routed_logits
+from dyncnn_gym.envs.core import RoutingCore
 from dyncnn_gym.pretraining import pretrain
 from dyncnn_gym.sb3 import make_vec_env
 
@@ -58,3 +62,68 @@ def test_bad_arguments_name_the_value():
         BackboneFinetuneCallback(bn="magic")
     with pytest.raises(ValueError, match="backbone_steps=0"):
         BackboneFinetuneCallback(backbone_steps=0)
+    with pytest.raises(ValueError, match="distill='yes'"):
+        BackboneFinetuneCallback(distill="yes")
+
+
+class _Narrowest:
+    """A stand-in policy: always the narrowest width (action 0), so the widest channel group is
+    used only by the full network."""
+
+    def predict(self, obs, state=None, episode_start=None, deterministic=True):
+        return np.zeros(len(obs), dtype=np.int64), None
+
+
+def _callback_on(data, data_name: str, **kwargs) -> BackboneFinetuneCallback:
+    core = RoutingCore("channel", 1, dataset=data, backbone=make_net("vgg", data_name, cached=False))
+    cb = BackboneFinetuneCallback(core=core, batch_size=8, lr=1e-2, **kwargs)
+    cb.model = _Narrowest()
+    cb._on_training_start()
+    return cb
+
+
+@pytest.mark.parametrize("distill", [False, True])
+def test_distillation_trains_the_full_network_on_labels_and_routes_on_its_probabilities(shapes_tiny, monkeypatch, distill):
+    targets = []
+    real = callbacks._route_loss
+    monkeypatch.setattr(callbacks, "_route_loss", lambda logits, y, t: targets.append(t) or real(logits, y, t))
+    cb = _callback_on(shapes_tiny, "shapes", distill=distill)
+    fc = cb.core.net.fc.weight
+    widest = fc[:, -fc.shape[1] // 4 :].detach().clone()  # the head's weights on the widest group's channels
+    cb.finetune(3)
+    assert len(targets) == 3
+    # the narrowest route never reads the widest group: only the full network's own loss moves it
+    assert (not torch.equal(fc[:, -fc.shape[1] // 4 :], widest)) == distill
+    for t in targets:
+        if distill:
+            assert t is not None and not t.requires_grad
+            assert torch.allclose(t.sum(1), torch.ones(len(t)))
+        else:
+            assert t is None
+
+
+def test_augmentation_shifts_every_batch_and_needs_images_of_at_least_16x16(shapes_tiny, digits_small, monkeypatch):
+    shifted = []
+    real = callbacks._augment
+    monkeypatch.setattr(callbacks, "_augment", lambda x, gen: shifted.append(x.shape) or real(x, gen))
+    _callback_on(shapes_tiny, "shapes").finetune(2)
+    assert shifted == []
+    _callback_on(shapes_tiny, "shapes", augment=True).finetune(2)
+    assert shifted == [(8, 3, 32, 32)] * 2
+    with pytest.raises(ValueError, match="augment=True .* 8x8"):
+        _callback_on(digits_small, "digits", augment=True)
+
+
+def test_the_co_training_example_runs_and_refuses_to_shift_8x8_images():
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    script = REPO_ROOT / "examples" / "finetune_backbone.py"
+    common = [sys.executable, str(script), "--dataset", "digits", "--timesteps", "640", "--compute-weight", "0.002"]
+    out = subprocess.run(common + ["--no-augment"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "co-trained: accuracy" in out.stdout and "uniform static widths at the same FLOPs" in out.stdout
+    bad = subprocess.run(common, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "augment=True" in bad.stderr and "8x8" in bad.stderr

@@ -44,12 +44,28 @@ def test_sweep_compares_each_point_with_static_networks_of_the_same_cost(tmp_pat
     text = (tmp_path / "summary.md").read_text()
     assert text == format_summary(saved) and "vs uniform static" in text and "n/a" in text  # digits: no difficulty
     assert "| vs cascade |" in text and "Confidence cascade front" in text
+    assert saved["finetune"] == {"agent_rollouts": 1, "backbone_steps": 2, "batch_size": 32}
+    assert "co-trained with `BackboneFinetuneCallback(agent_rollouts=1, backbone_steps=2, batch_size=32)`" in text
     assert (tmp_path / "DynChannel_sweep.png").stat().st_size > 1000
 
 
 def test_sweep_rejects_an_empty_run(tmp_path):
     with pytest.raises(ValueError, match="nothing to run"):
         run_sweep(tmp_path, cotrain=False, frozen=False, progress=False)
+
+
+def test_sweep_rejects_fine_tuning_arguments_it_would_not_use_or_could_not_take(tmp_path):
+    import argparse
+
+    from dyncnn_gym.benchmark.sweep import add_arguments, run_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    with pytest.raises(ValueError, match="finetune_kwargs=.'augment': True.*cotrain=False"):
+        run_from_args(p.parse_args(["--out", str(tmp_path), "--no-cotrain", "--finetune-augment"]))
+    with pytest.raises(ValueError, match="distill='yes'"):
+        run_sweep(tmp_path, finetune_kwargs={"distill": "yes"}, progress=False)
+    assert not (tmp_path / "results.json").exists()
 
 
 def test_sweep_with_several_seeds_reports_each_and_their_mean(tmp_path):

@@ -102,7 +102,8 @@ def run_sweep(
         cotrain / frozen: which variants to run.
         seed: seeds PPO, the envs and the fine-tuning batches; several seeds train every point once
             per seed and the summary adds mean ± std over seeds.
-        finetune_kwargs: arguments of :class:`~dyncnn_gym.callbacks.BackboneFinetuneCallback`.
+        finetune_kwargs: arguments of :class:`~dyncnn_gym.callbacks.BackboneFinetuneCallback`
+            (with ``cotrain`` only); kept in the results under ``"finetune"``.
         loss: the reward's classification term, ``"error"`` or ``"ce"`` (see :mod:`dyncnn_gym.envs.rewards`;
             default: the recipe's, ``"error"``).
         targets: per env id, FLOPs ratios to steer to instead of fixed weights: each such point
@@ -141,6 +142,10 @@ def run_sweep(
     targets = {e: tuple(ts) for e, ts in (targets or {}).items() if ts}
     for t in (t for ts in targets.values() for t in ts):
         FlopsTargetCallback(t, measure=target_measure)  # bad values raise here, before any training
+    if cotrain:
+        BackboneFinetuneCallback(**(finetune_kwargs or {}))  # bad arguments raise here, before any training
+    elif finetune_kwargs:
+        raise ValueError(f"finetune_kwargs={finetune_kwargs!r} configure co-training, but cotrain=False runs none")
     calibrate = tuple(calibrate)
     for t in calibrate:
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
@@ -160,7 +165,8 @@ def run_sweep(
             raise ValueError(f"ensemble={ensemble!r} must be 0 (off) or a number of seeds in [2, {len(seeds)}] (the seeds given)")
         if not frozen:
             raise ValueError("ensemble needs the frozen variant: co-trained seeds fine-tune different backbones")
-    results: dict[str, Any] = {"dataset": dataset, "seeds": list(seeds), "loss": loss, "timesteps": {}, "envs": {}}
+    results: dict[str, Any] = {"dataset": dataset, "seeds": list(seeds), "loss": loss, "timesteps": {}, "envs": {},
+                               **({"finetune": dict(finetune_kwargs or {})} if cotrain else {})}
     for env_id in envs:
         mode = mode_of(env_id)
         kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=backbone or DEFAULT_ARCH[mode], groups=4, loss=loss,
@@ -359,7 +365,8 @@ def format_summary(results: dict[str, Any]) -> str:
     shaping = {e["env_kwargs"].get("shaping", "none") for e in results["envs"].values()} - {"none"}
     lines = [f"Data `{results['dataset']}`, seeds {seeds}; PPO recipe, steps {results['timesteps']};"
              f" reward loss term `{results.get('loss', 'ce')}`" + (f"; reward shaping `{', '.join(sorted(shaping))}`" if shaping else "")
-             + ".", ""]
+             + (f"; co-trained with `BackboneFinetuneCallback({_kwargs_repr(results['finetune'])})`" if results.get("finetune") else "")
+            + ".", ""]
     for env_id, e in results["envs"].items():
         full = e["full"]["accuracy"]
         casc = "cascade_front" in e  # results.json written before the cascade baseline existed lack it
@@ -521,6 +528,10 @@ def _calibrated_table(points: list[dict[str, Any]], seeds: list[int], casc: bool
     return lines
 
 
+def _kwargs_repr(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items()))
+
+
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None or not np.isfinite(v) else f"{v:+.2f}"
 
@@ -546,6 +557,11 @@ def add_arguments(p) -> None:
     p.add_argument("--timesteps", type=int, default=None, help="PPO steps per point (default: the recipe's)")
     p.add_argument("--no-cotrain", action="store_true", help="frozen backbones only")
     p.add_argument("--no-frozen", action="store_true", help="co-trained backbones only")
+    p.add_argument("--finetune-augment", action="store_true",
+                   help="co-training shifts the fine-tuning images by up to 2 pixels (BackboneFinetuneCallback(augment=True))")
+    p.add_argument("--finetune-distill", action="store_true",
+                   help="co-training distils routes from the full network, which it trains on the labels"
+                        " (BackboneFinetuneCallback(distill=True))")
     p.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds (several: mean ± std in the summary)")
     from ..envs.rewards import LOSS_KINDS
 
@@ -571,5 +587,6 @@ def run_from_args(args) -> int:
     run_sweep(args.out, envs=envs, dataset=args.data, backbone=args.backbone, weights=weights, timesteps=args.timesteps,
               cotrain=not args.no_cotrain, frozen=not args.no_frozen, seed=tuple(args.seed), loss=args.loss,
               targets=targets, target_measure=args.target_measure, calibrate=tuple(args.calibrate or ()),
-              shaping=args.shaping, ensemble=args.ensemble, progress=not args.quiet)
+              shaping=args.shaping, ensemble=args.ensemble, progress=not args.quiet,
+              finetune_kwargs={k: True for k, on in (("augment", args.finetune_augment), ("distill", args.finetune_distill)) if on})
     return 0
