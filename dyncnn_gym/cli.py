@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="train a pruning/skipping-robust backbone and cache it")
     p.add_argument("arch", help="backbone arch, e.g. vgg, resnet8, resnet20 (see `dyncnn-gym info`), or 'arch@mode' to"
                    " train one kind of decision only (e.g. resnet32-lite@skip, the default DynSkip backbone), optionally"
-                   " with '+sandwich' and/or '+distill' (e.g. vgg+sandwich+distill, the default DynChannel backbone)")
+                   " with '+sandwich', '+distill' and/or '+augment' (e.g. vgg+sandwich+distill, the default DynChannel backbone)")
     p.add_argument("--data", default="shapes", help="data set name (default: shapes, the embedded data)")
     p.add_argument("--groups", type=int, default=4, help="channel groups per layer (default: 4)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: chosen from the data size)")

@@ -219,11 +219,12 @@ def test_env_pretrains_an_arch_on_first_use_and_caches_it(cache_root):
 
 
 def test_parse_backbone_names_arch_and_trained_modes():
-    assert pretrain_mod.parse_backbone("resnet20-lite") == ("resnet20-lite", None, False, False)
-    assert pretrain_mod.parse_backbone("resnet32-lite@skip") == ("resnet32-lite", ("skip",), False, False)
-    assert pretrain_mod.parse_backbone("vgg+sandwich+distill") == ("vgg", None, True, True)
-    assert pretrain_mod.parse_backbone("resnet8@skip+distill") == ("resnet8", ("skip",), True, False)
-    with pytest.raises(ValueError, match=r"'sandwhich' is not a training option; choose from \['distill', 'sandwich'\]"):
+    assert pretrain_mod.parse_backbone("resnet20-lite") == ("resnet20-lite", None, False, False, False)
+    assert pretrain_mod.parse_backbone("resnet32-lite@skip") == ("resnet32-lite", ("skip",), False, False, False)
+    assert pretrain_mod.parse_backbone("vgg+sandwich+distill") == ("vgg", None, True, True, False)
+    assert pretrain_mod.parse_backbone("resnet8@skip+distill") == ("resnet8", ("skip",), True, False, False)
+    assert pretrain_mod.parse_backbone("vgg+augment+sandwich+distill") == ("vgg", None, True, True, True)
+    with pytest.raises(ValueError, match=r"'sandwhich' is not a training option; choose from \['augment', 'distill', 'sandwich'\]"):
         pretrain_mod.parse_backbone("vgg+sandwhich")
     with pytest.raises(ValueError, match="repeats an option"):
         pretrain_mod.parse_backbone("vgg+distill+distill")
@@ -308,4 +309,23 @@ def test_every_default_backbone_ships_trained_as_its_name_says(dataset, mode):
     assert path.is_file(), f"{path.name} is not shipped"
     cfg = load_checkpoint(path, data, 4).meta["train_config"]
     assert (cfg.get("distill", False), cfg.get("sandwich", False)) == (spec.distill, spec.sandwich)
+    assert cfg["augment"] == (spec.augment and pretrain_mod.can_augment(data))
     assert (tuple(cfg["modes"]) if cfg["modes"] else None) == spec.modes
+
+
+def test_the_shifted_shapes_vgg_ships_and_augment_names_its_own_checkpoint_only_where_it_shifts():
+    """``+augment`` (random 2-pixel shifts) is recorded and named on 32x32 shapes; digits' 8x8
+    images are not shifted, so there the name is the unshifted backbone's."""
+    from dyncnn_gym.envs.core import _shared_data
+
+    name = "vgg+sandwich+distill+augment"
+    shapes, digits = _shared_data("shapes"), _shared_data("digits")
+    assert pretrain_mod.can_augment(shapes) and not pretrain_mod.can_augment(digits)
+    assert pretrain_mod.default_checkpoint_name(name, 4, shapes) != pretrain_mod.default_checkpoint_name("vgg+sandwich+distill", 4, shapes)
+    assert pretrain_mod.default_checkpoint_name(name, 4, digits) == pretrain_mod.default_checkpoint_name("vgg+sandwich+distill", 4, digits)
+    path = pretrain_mod.SHIPPED_DIR / pretrain_mod.default_checkpoint_name(name, 4, shapes)
+    meta = load_checkpoint(path, shapes, 4).meta
+    assert meta["train_config"]["augment"] is True and meta["train_config"]["distill"] and meta["train_config"]["sandwich"]
+    # better at every static width than the same VGG trained on unshifted images
+    plain = load_checkpoint(pretrain_mod.SHIPPED_DIR / pretrain_mod.default_checkpoint_name("vgg+sandwich+distill", 4, shapes), shapes, 4)
+    assert all(a["accuracy"] > b["accuracy"] for a, b in zip(meta["static"]["channel"], plain.meta["static"]["channel"]))

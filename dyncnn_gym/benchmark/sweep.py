@@ -541,7 +541,7 @@ def add_arguments(p) -> None:
     p.add_argument("--env", action="append", choices=list(DEFAULT_WEIGHTS["error"]), help="only this env (repeatable)")
     p.add_argument("--data", default="shapes", help="data set name (default: shapes)")
     p.add_argument("--backbone", default=None,
-                   help="backbone of every env: a backbone name ('arch[@mode][+sandwich][+distill]', e.g. vgg) or a"
+                   help="backbone of every env: a backbone name ('arch[@mode][+sandwich][+distill][+augment]', e.g. vgg) or a"
                         " checkpoint path (default: each env's own)")
     p.add_argument("--weight", type=float, action="append", default=None,
                    help="compute weight (repeatable; default: per env, see dyncnn_gym.benchmark.sweep.DEFAULT_WEIGHTS)")
