@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from stable_baselines3.common.callbacks import BaseCallback
 
 from .envs.core import RoutingCore
-from .pretraining import _augment, _route_loss
+from .pretraining import _augment, _route_loss, can_augment
 from .walk import Walk
 
 
@@ -144,7 +144,7 @@ class BackboneFinetuneCallback(BaseCallback):
         if self.core is None:
             self.core, _ = training_core(self.training_env)
         shape = tuple(self.core.data.image_shape)
-        if self.augment and min(shape[1:]) < 16:
+        if self.augment and not can_augment(self.core.data):
             raise ValueError(f"augment=True shifts images by up to 2 pixels, which needs images of at least 16x16;"
                              f" this data set's are {shape[1]}x{shape[2]}: pass augment=False")
         self.opt = torch.optim.Adam(self.core.net.parameters(), lr=self.lr)

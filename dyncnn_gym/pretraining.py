@@ -22,12 +22,12 @@ arch or by the arguments of :func:`pretrain`:
 * ``+distill`` (in-place distillation): the random and cheapest routes learn the full network's
   predicted probabilities (detached) instead of the labels.
 
+The default DynChannel backbone, ``"vgg+sandwich+distill"``, is trained with both: on the embedded
+data every static width is more accurate than the plain ``"vgg"``'s (by 7.85 points at width 1/4).
+
 A third option, ``+augment``, shifts the training images by up to 2 pixels (images of at least
 16x16; smaller ones are not shifted). On the embedded data it makes ``"vgg+sandwich+distill"``
 3.5 points more accurate at full width; it is not the default (README, "Learning the routing").
-
-The default DynChannel backbone, ``"vgg+sandwich+distill"``, is trained with both: on the embedded
-data every static width is more accurate than the plain ``"vgg"``'s (by 7.85 points at width 1/4).
 
 Images are drawn with a curriculum when the data rate each image's difficulty (the embedded
 ``"shapes"``): the first batches come from the easiest quarter of the train split, and the pool
@@ -101,20 +101,27 @@ def parse_backbone(spec: str) -> BackboneSpec:
         ValueError: an unknown arch, a mode the arch does not support, or an unknown or repeated
             option (the choices are named).
     """
-    head, *options = str(spec).split("+")
-    arch, at, mode = head.partition("@")
+    arch, mode, options = _name_parts(spec)
     if arch not in ARCHS:
         raise ValueError(f"backbone {spec!r}: {arch!r} is not a known arch; choose one of {sorted(ARCHS)}"
                          " (optionally as 'arch@mode', e.g. 'resnet32-lite@skip', and with '+option's from"
                          f" {list(TRAINING_OPTIONS)})")
-    if at and mode not in ARCHS[arch]:
+    if mode is not None and mode not in ARCHS[arch]:
         raise ValueError(f"backbone {spec!r}: {mode!r} is not a mode of {arch!r}; choose one of {list(ARCHS[arch])}")
     for option in options:
         if option not in TRAINING_OPTIONS:
             raise ValueError(f"backbone {spec!r}: {option!r} is not a training option; choose from {list(TRAINING_OPTIONS)}")
     if len(set(options)) != len(options):
         raise ValueError(f"backbone {spec!r} repeats an option; give each of {list(TRAINING_OPTIONS)} at most once")
-    return BackboneSpec(arch, (mode,) if at else None, "distill" in options, "sandwich" in options, "augment" in options)
+    return BackboneSpec(arch, None if mode is None else (mode,), "distill" in options, "sandwich" in options, "augment" in options)
+
+
+def _name_parts(spec: str) -> tuple[str, str | None, list[str]]:
+    """The unchecked parts of a backbone name ``arch[@mode][+option...]``: arch, mode (``None``
+    without ``@``) and options."""
+    head, *options = str(spec).split("+")
+    arch, at, mode = head.partition("@")
+    return arch, mode if at else None, options
 
 
 @dataclass(frozen=True)
@@ -480,7 +487,7 @@ def resolve_backbone(
             _RESOLVED[key] = net
         return _RESOLVED[key]
     if isinstance(backbone, str):
-        if backbone.partition("@")[0].partition("+")[0] not in ARCHS:
+        if _name_parts(backbone)[0] not in ARCHS:
             raise ValueError(
                 f"backbone={backbone!r} is not a known arch or a checkpoint path; choose an arch from"
                 f" {sorted(ARCHS)} (optionally as 'arch@mode', with '+option's from {list(TRAINING_OPTIONS)}),"
