@@ -21,6 +21,15 @@ from .pretraining import _augment, _route_loss, can_augment
 from .walk import Walk
 
 
+def check_augment(data: Any) -> None:
+    """Raise ``ValueError`` unless ``augment=True`` can shift the images of ``data`` (a
+    :class:`~dyncnn_gym.data.DataSplits`) by up to 2 pixels: they must be at least 16x16."""
+    if not can_augment(data):
+        shape = tuple(data.image_shape)
+        raise ValueError(f"augment=True shifts images by up to 2 pixels, which needs images of at least 16x16;"
+                         f" this data set's are {shape[1]}x{shape[2]}: pass augment=False")
+
+
 def routed_logits(core: RoutingCore, policy: Any, images: torch.Tensor, deterministic: bool = True) -> tuple[torch.Tensor, Walk]:
     """Route ``images`` through ``core.net`` with ``policy`` (an SB3 model) choosing every action.
 
@@ -128,6 +137,8 @@ class BackboneFinetuneCallback(BaseCallback):
         for name, v in (("agent_rollouts", agent_rollouts), ("backbone_steps", backbone_steps), ("batch_size", batch_size)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r} must be a positive integer")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise ValueError(f"lr={lr!r} must be a positive number (Adam's learning rate)")
         self.schedule, self.agent_rollouts, self.backbone_steps = schedule, agent_rollouts, backbone_steps
         self.lr, self.batch_size, self.deterministic, self.bn = lr, batch_size, deterministic, bn
         for name, v in (("distill", distill), ("augment", augment), ("deterministic", deterministic)):
@@ -143,10 +154,8 @@ class BackboneFinetuneCallback(BaseCallback):
     def _on_training_start(self) -> None:
         if self.core is None:
             self.core, _ = training_core(self.training_env)
-        shape = tuple(self.core.data.image_shape)
-        if self.augment and not can_augment(self.core.data):
-            raise ValueError(f"augment=True shifts images by up to 2 pixels, which needs images of at least 16x16;"
-                             f" this data set's are {shape[1]}x{shape[2]}: pass augment=False")
+        if self.augment:
+            check_augment(self.core.data)
         self.opt = torch.optim.Adam(self.core.net.parameters(), lr=self.lr)
 
     def _on_step(self) -> bool:

@@ -26,6 +26,14 @@ charges each decision at once for what it costs the image, at about twice the en
 :func:`dyncnn_gym.benchmark.calibrate.calibrate` dials a trained policy to a FLOPs budget on
 held-out images; and :class:`~dyncnn_gym.benchmark.calibrate.CostBiasedPolicy` routes several
 seeds as one ensemble. README, "Learning the routing", has the figures.
+
+Co-training has a recipe of its own for DynChannel (:data:`COTRAIN_RECIPES`,
+:func:`train_cotrained`): PPO's recipe at compute weight 0.07 while
+:class:`~dyncnn_gym.callbacks.BackboneFinetuneCallback` fine-tunes a private copy of the backbone
+on train images shifted by up to 2 pixels (``augment=True``), RNP's alternating schedule of 10
+backbone steps every 2 rollouts. Without the shifts the fine-tuning memorises the train split and
+stops paying; DynSkip has no co-training recipe because co-training did not beat its frozen
+backbone (README, "Learning the routing").
 """
 
 from __future__ import annotations
@@ -56,6 +64,20 @@ PPO_RECIPES: dict[str, dict[str, Any]] = {
     # "vgg+sandwich+distill" 0.1 puts every seed at 52-55 % saved within 0.65 points of the full network
     "DynChannel-v0": {**_PPO_RECIPE, "env": {**_ENV, "compute_weight": 0.1}},
     "DynSkip-v0": {**_PPO_RECIPE, "env": {**_ENV, "compute_weight": 0.2}},
+}
+
+
+#: co-training, per env id: PPO's recipe (:data:`PPO_RECIPES`) at ``compute_weight`` while
+#: ``BackboneFinetuneCallback(**finetune)`` fine-tunes a private copy of the backbone. The weight is
+#: for the shapes data (on digits, weights near 0.002 give the same savings; README, "On digits").
+COTRAIN_RECIPES: dict[str, dict[str, Any]] = {
+    # session 8, five seeds (docs/sweep_shapes/sandwich/channel_cotrained_augment_w0.07/): goals A and B
+    # at once in 4 of 5 seeds; 0.05 saves less but holds goal A on held-out images in 4 of 5
+    "DynChannel-v0": {
+        "compute_weight": 0.07,
+        "finetune": {"schedule": "alternate", "agent_rollouts": 2, "backbone_steps": 10, "lr": 1e-4,
+                     "batch_size": 128, "bn": "frozen", "augment": True, "distill": False},
+    },
 }
 
 
@@ -104,6 +126,71 @@ def train_ppo(
     model = PPO("MlpPolicy", vec, seed=seed, verbose=0, tensorboard_log=tensorboard_log, device="cpu", **kw)
     model.learn(total_timesteps or r["total_timesteps"], callback=callback, progress_bar=progress and _has_rich())
     return model
+
+
+def cotrain_recipe(env_id: str) -> dict[str, Any]:
+    """A copy of the co-training recipe of ``env_id`` (``compute_weight`` and ``finetune``, the
+    arguments of :class:`~dyncnn_gym.callbacks.BackboneFinetuneCallback`)."""
+    import copy
+
+    name = env_id.split(":", 1)[-1]
+    recipe(name)  # an unknown env raises here, naming the envs
+    if name not in COTRAIN_RECIPES:
+        raise ValueError(
+            f"env_id={env_id!r} has no co-training recipe: on it co-training did not beat the frozen backbone"
+            f" (README, 'Learning the routing'); choose one of {sorted(COTRAIN_RECIPES)}, or pass"
+            " callback=BackboneFinetuneCallback(...) to train_ppo with a private copy of the backbone"
+        )
+    return copy.deepcopy(COTRAIN_RECIPES[name])
+
+
+def train_cotrained(
+    env_id: str,
+    *,
+    dataset: Any = "shapes",
+    backbone: Any = None,
+    finetune_kwargs: dict[str, Any] | None = None,
+    total_timesteps: int | None = None,
+    n_envs: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    tensorboard_log: str | None = None,
+    callback: Any = None,
+    ppo_kwargs: dict[str, Any] | None = None,
+    **env_overrides: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """Co-train with the recipe: PPO learns the routing of ``env_id`` while the backbone is fine-tuned.
+
+    The backbone (a name, a checkpoint path or a network; default: the env's default for
+    ``dataset``) is copied first, so neither the caller's network nor the process-wide shared
+    default changes. ``finetune_kwargs`` update the recipe's callback arguments (e.g.
+    ``{"augment": False}`` for images under 16x16, such as digits' 8x8, which cannot be shifted;
+    that is checked before training), ``env_overrides`` its env arguments (e.g. ``compute_weight``).
+
+    Returns ``(model, eval_kwargs)``: the trained ``stable_baselines3.PPO`` and the env arguments
+    to evaluate it with, whose ``backbone`` is the fine-tuned copy
+    (``evaluate(model, env_id, **eval_kwargs)``).
+    """
+    import copy
+
+    from .callbacks import BackboneFinetuneCallback, check_augment
+    from .envs.core import RoutingCore
+    from .envs.routing import mode_of
+    from .pretraining import DEFAULT_ARCH
+
+    r = cotrain_recipe(env_id)
+    finetune = BackboneFinetuneCallback(seed=seed, **{**r["finetune"], **(finetune_kwargs or {})})  # bad arguments raise here
+    mode = mode_of(env_id)
+    kwargs = env_kwargs(env_id, dataset=dataset, **{"compute_weight": r["compute_weight"], **env_overrides})
+    source = RoutingCore(mode, 1, dataset=dataset, backbone=DEFAULT_ARCH[mode] if backbone is None else backbone,
+                         groups=kwargs.get("groups", 4))
+    if finetune.augment:
+        check_augment(source.data)
+    kwargs["backbone"] = copy.deepcopy(source.net)
+    callbacks = [finetune] + (list(callback) if isinstance(callback, (list, tuple)) else [callback] if callback else [])
+    model = train_ppo(env_id, total_timesteps=total_timesteps, n_envs=n_envs, seed=seed, progress=progress,
+                      tensorboard_log=tensorboard_log, callback=callbacks, ppo_kwargs=ppo_kwargs, **kwargs)
+    return model, kwargs
 
 
 def _has_rich() -> bool:

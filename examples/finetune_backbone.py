@@ -1,6 +1,7 @@
-"""Co-training: PPO (the package recipe) learns the routing while BackboneFinetuneCallback fine-tunes
-a private copy of the backbone under the routes the policy takes (RNP's alternating schedule:
-10 backbone steps every 2 rollouts), on train images shifted by up to 2 pixels.
+"""Co-training with the package's recipe (``dyncnn_gym.recipes.train_cotrained``): PPO learns the
+routing while BackboneFinetuneCallback fine-tunes a private copy of the backbone under the routes
+the policy takes (RNP's alternating schedule: 10 backbone steps every 2 rollouts), on train images
+shifted by up to 2 pixels, at compute weight 0.07.
 
     python examples/finetune_backbone.py                      # shapes, 150k steps: about 100 s
     python examples/finetune_backbone.py --compute-weight 0.05       # the README's best held-out points
@@ -12,14 +13,12 @@ Digits' 8x8 images are too small to shift.
 """
 
 import argparse
-import copy
 
 from dyncnn_gym import evaluate
 from dyncnn_gym.benchmark.baselines import interpolate, pareto, static_baselines
-from dyncnn_gym.callbacks import BackboneFinetuneCallback
 from dyncnn_gym.envs.core import RoutingCore
 from dyncnn_gym.pretraining import DEFAULT_ARCH
-from dyncnn_gym.recipes import env_kwargs, train_ppo
+from dyncnn_gym.recipes import cotrain_recipe, train_cotrained
 
 ENV = "DynChannel-v0"
 
@@ -27,21 +26,19 @@ p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDes
 p.add_argument("--dataset", default="shapes")
 p.add_argument("--timesteps", type=int, default=None, help="PPO steps (default: the recipe's, 150 000)")
 p.add_argument("--compute-weight", type=float, default=None,
-               help="default: the recipe's (0.1); co-trained, 0.05 and 0.07 gave the README's best points")
+               help=f"default: the co-training recipe's ({cotrain_recipe(ENV)['compute_weight']}); 0.05 gave the README's best held-out points")
 p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                help="shift the fine-tuning images by up to 2 pixels (default: on; images of at least 16x16)")
 p.add_argument("--seed", type=int, default=0)
 args = p.parse_args()
 
-kwargs = env_kwargs(ENV, dataset=args.dataset, **({"compute_weight": args.compute_weight} if args.compute_weight is not None else {}))
-# fine-tuning changes the backbone in place: give this run its own copy of the shared default
-frozen = RoutingCore("channel", 1, split="test", dataset=args.dataset, backbone=DEFAULT_ARCH["channel"])
-kwargs["backbone"] = copy.deepcopy(frozen.net)
-callback = BackboneFinetuneCallback(augment=args.augment, seed=args.seed)
-model = train_ppo(ENV, total_timesteps=args.timesteps, seed=args.seed, callback=callback, **kwargs)
-res = evaluate(model, ENV, **kwargs)
+overrides = {"compute_weight": args.compute_weight} if args.compute_weight is not None else {}
+model, kwargs = train_cotrained(ENV, dataset=args.dataset, finetune_kwargs={"augment": args.augment},
+                                total_timesteps=args.timesteps, seed=args.seed, **overrides)
+res = evaluate(model, ENV, **kwargs)  # kwargs["backbone"] is the fine-tuned copy
 
-# the frozen backbone's uniform static widths, interpolated at the co-trained point's FLOPs
+# the frozen default backbone's uniform static widths, interpolated at the co-trained point's FLOPs
+frozen = RoutingCore("channel", 1, split="test", dataset=args.dataset, backbone=DEFAULT_ARCH["channel"])
 uniform = static_baselines(frozen, greedy=False)["uniform"]
 static = interpolate(pareto(uniform), res["flops_ratio"])
 print(f"co-trained: accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f};"

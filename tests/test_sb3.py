@@ -247,6 +247,38 @@ def test_recipe_env_arguments_are_the_recipe_updated_by_overrides():
     assert env_kwargs("DynChannel-v0")["loss"] == "error"
 
 
+def test_the_co_training_recipe_fine_tunes_a_private_copy_of_the_backbone():
+    from dyncnn_gym.callbacks import BackboneFinetuneCallback
+    from dyncnn_gym.envs.core import RoutingCore
+    from dyncnn_gym.pretraining import DEFAULT_ARCH
+    from dyncnn_gym.recipes import cotrain_recipe, train_cotrained
+
+    r = cotrain_recipe("DynChannel-v0")
+    assert BackboneFinetuneCallback(**r["finetune"]).augment  # the recipe's arguments are the callback's
+    shared = RoutingCore("channel", 1, dataset="digits", backbone=DEFAULT_ARCH["channel"]).net
+    before = {k: v.clone() for k, v in shared.state_dict().items()}
+    model, kwargs = train_cotrained("DynChannel-v0", dataset="digits", finetune_kwargs={"augment": False, "lr": 1e-2},
+                                    total_timesteps=640, n_envs=8, progress=False, compute_weight=0.002)
+    tuned = kwargs["backbone"]
+    assert model.get_env().core.net is tuned and tuned is not shared
+    assert model.get_env().core.reward.compute_weight == 0.002 and kwargs["obs"] == "probe"
+    assert any(not torch.equal(v, before[k]) for k, v in tuned.state_dict().items())  # fine-tuned ...
+    assert all(torch.equal(v, before[k]) for k, v in shared.state_dict().items())  # ... and the shared default is not
+
+
+def test_the_co_training_recipe_refuses_what_it_cannot_do_before_training():
+    from dyncnn_gym.recipes import cotrain_recipe, train_cotrained
+
+    with pytest.raises(ValueError, match="'DynSkip-v0' has no co-training recipe.*'DynChannel-v0'"):
+        cotrain_recipe("DynSkip-v0")
+    with pytest.raises(ValueError, match="'DynBlockDrop-v0' has no recipe"):
+        cotrain_recipe("DynBlockDrop-v0")
+    with pytest.raises(ValueError, match="augment=True .* 8x8"):  # the recipe shifts images; digits' cannot be
+        train_cotrained("DynChannel-v0", dataset="digits")
+    with pytest.raises(ValueError, match="lr='fast'"):
+        train_cotrained("DynChannel-v0", dataset="digits", finetune_kwargs={"lr": "fast"})
+
+
 def test_train_ppo_builds_the_recipe_env_and_the_example_evaluates_it(tmp_path):
     import subprocess
     import sys

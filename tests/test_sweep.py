@@ -65,6 +65,8 @@ def test_sweep_rejects_fine_tuning_arguments_it_would_not_use_or_could_not_take(
         run_from_args(p.parse_args(["--out", str(tmp_path), "--no-cotrain", "--finetune-augment"]))
     with pytest.raises(ValueError, match="distill='yes'"):
         run_sweep(tmp_path, finetune_kwargs={"distill": "yes"}, progress=False)
+    with pytest.raises(ValueError, match="augment=True .* 8x8"):  # before the static baselines, not after
+        run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", finetune_kwargs={"augment": True}, progress=False)
     assert not (tmp_path / "results.json").exists()
 
 

@@ -122,7 +122,7 @@ def run_sweep(
     """
     import torch
 
-    from ..callbacks import BackboneFinetuneCallback, FlopsTargetCallback
+    from ..callbacks import BackboneFinetuneCallback, FlopsTargetCallback, check_augment
     from ..envs.core import RoutingCore
     from ..envs.routing import mode_of
     from ..pretraining import DEFAULT_ARCH
@@ -173,6 +173,8 @@ def run_sweep(
                                    **({"shaping": shaping} if shaping else {}))
         start_weight = kwargs.pop("compute_weight")  # set per point; where a FLOPs target steers it, its start
         core = RoutingCore(mode, 1, split="test", **kwargs)
+        if cotrain and (finetune_kwargs or {}).get("augment"):
+            check_augment(core.data)  # before the static baselines, which take minutes
         for t in calibrate:  # before any training: a target no route reaches would fail after it
             try:
                 core.check_flops_ratio(t, "calibrate")
