@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from stable_baselines3.common.callbacks import BaseCallback
 
 from .envs.core import RoutingCore
-from .pretraining import _augment, _route_loss, can_augment
+from .pretraining import can_augment, route_loss, shift_images
 from .walk import Walk
 
 
@@ -186,7 +186,7 @@ class BackboneFinetuneCallback(BaseCallback):
                 idx = torch.as_tensor(self.rng.integers(0, len(y), self.batch_size))
                 xb, yb = X[idx], y[idx]
                 if self.augment:
-                    xb = _augment(xb, gen)
+                    xb = shift_images(xb, gen)
                 xb, yb = xb.to(core.device), yb.to(core.device)
                 logits, walk = routed_logits(core, self.model, xb, self.deterministic)
                 loss = torch.zeros((), device=logits.device)
@@ -195,7 +195,7 @@ class BackboneFinetuneCallback(BaseCallback):
                     logits_full = net.full_forward(xb, core.mode)
                     loss = F.cross_entropy(logits_full, yb)
                     target = F.softmax(logits_full.detach(), dim=1)
-                loss = loss + _route_loss(logits, yb, target)
+                loss = loss + route_loss(logits, yb, target)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()

@@ -221,8 +221,10 @@ def load_checkpoint(
 
 
 # -- training -----------------------------------------------------------------------------------
-def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
-    """Random translation by up to ``pad`` pixels (zero padding), one shift per batch row block."""
+def shift_images(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Shift every image of ``x`` ``[B, C, H, W]`` by its own random offset of up to ``pad`` pixels in
+    each direction (zero padding); returns a new tensor of the same shape. Pretraining's and
+    :class:`~dyncnn_gym.callbacks.BackboneFinetuneCallback`'s ``augment``."""
     B, _, H, W = x.shape
     xp = F.pad(x, (pad, pad, pad, pad))
     dx = torch.randint(0, 2 * pad + 1, (B,), generator=gen)
@@ -241,9 +243,9 @@ def _random_route(net: DynamicNet, mode: str, B: int, gen: torch.Generator, max_
     return (torch.rand((B, T), generator=gen) >= rate).long()
 
 
-def _route_loss(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy of a route's logits against the labels, or against ``target`` probabilities
-    (the full network's, for in-place distillation)."""
+def route_loss(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """Mean cross-entropy of a route's logits ``[B, classes]`` against the labels ``[B]``, or against
+    ``target`` probabilities ``[B, classes]`` (the full network's, for in-place distillation)."""
     if target is None:
         return F.cross_entropy(logits, labels)
     return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
@@ -390,7 +392,7 @@ def pretrain(
                 idx = perm[i * batch_size : (i + 1) * batch_size]
             xb, yb = X[idx], y[idx]
             if cfg.augment:
-                xb = _augment(xb, gen)
+                xb = shift_images(xb, gen)
             xb, yb = xb.to(device), yb.to(device)
             mode = modes[step % len(modes)]
             logits_full = net.full_forward(xb, mode)
@@ -401,7 +403,7 @@ def pretrain(
                 if cfg.sandwich:
                     routes.append(torch.zeros_like(routes[0]))
                 target = F.softmax(logits_full.detach(), dim=1) if cfg.distill else None
-                loss_route = sum(_route_loss(run_routes(net, mode, xb, acts)[0], yb, target) for acts in routes)
+                loss_route = sum(route_loss(run_routes(net, mode, xb, acts)[0], yb, target) for acts in routes)
                 loss = loss_full + loss_route
             else:
                 loss_route = torch.zeros(())

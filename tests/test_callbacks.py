@@ -85,8 +85,8 @@ def _callback_on(data, data_name: str, **kwargs) -> BackboneFinetuneCallback:
 @pytest.mark.parametrize("distill", [False, True])
 def test_distillation_trains_the_full_network_on_labels_and_routes_on_its_probabilities(shapes_tiny, monkeypatch, distill):
     targets = []
-    real = callbacks._route_loss
-    monkeypatch.setattr(callbacks, "_route_loss", lambda logits, y, t: targets.append(t) or real(logits, y, t))
+    real = callbacks.route_loss
+    monkeypatch.setattr(callbacks, "route_loss", lambda logits, y, t: targets.append(t) or real(logits, y, t))
     cb = _callback_on(shapes_tiny, "shapes", distill=distill)
     fc = cb.core.net.fc.weight
     widest = fc[:, -fc.shape[1] // 4 :].detach().clone()  # the head's weights on the widest group's channels
@@ -104,8 +104,8 @@ def test_distillation_trains_the_full_network_on_labels_and_routes_on_its_probab
 
 def test_augmentation_shifts_every_batch_and_needs_images_of_at_least_16x16(shapes_tiny, digits_small, monkeypatch):
     shifted = []
-    real = callbacks._augment
-    monkeypatch.setattr(callbacks, "_augment", lambda x, gen: shifted.append(x.shape) or real(x, gen))
+    real = callbacks.shift_images
+    monkeypatch.setattr(callbacks, "shift_images", lambda x, gen: shifted.append(x.shape) or real(x, gen))
     _callback_on(shapes_tiny, "shapes").finetune(2)
     assert shifted == []
     _callback_on(shapes_tiny, "shapes", augment=True).finetune(2)

@@ -274,13 +274,13 @@ def test_distillation_and_sandwich_are_recorded_and_name_their_own_checkpoints(m
     assert pretrain_mod.default_checkpoint_name("vgg+sandwich+distill", 4, data) == checkpoint_name("vgg", 4, data, both)
 
     seen: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-    real = pretrain_mod._route_loss
+    real = pretrain_mod.route_loss
 
     def spy(logits, labels, target):
         seen.append((logits.detach(), None if target is None else target.clone()))
         return real(logits, labels, target)
 
-    monkeypatch.setattr(pretrain_mod, "_route_loss", spy)
+    monkeypatch.setattr(pretrain_mod, "route_loss", spy)
     net = pretrain("vgg+distill+sandwich", data, epochs=4, batch_size=12, progress=False, cache=False)
     cfg = net.meta["train_config"]
     assert cfg["distill"] is True and cfg["sandwich"] is True
@@ -293,7 +293,7 @@ def test_route_loss_against_one_hot_probabilities_is_the_cross_entropy():
     logits = torch.randn(5, 3)
     labels = torch.tensor([0, 2, 1, 1, 0])
     one_hot = torch.nn.functional.one_hot(labels, 3).float()
-    assert torch.allclose(pretrain_mod._route_loss(logits, labels, one_hot), pretrain_mod._route_loss(logits, labels, None))
+    assert torch.allclose(pretrain_mod.route_loss(logits, labels, one_hot), pretrain_mod.route_loss(logits, labels, None))
 
 
 @pytest.mark.parametrize("dataset", ["shapes", "digits"])
