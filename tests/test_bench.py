@@ -30,6 +30,14 @@ def test_suites_resolve_and_unknown_names_are_named():
         assert t.env_kwargs["dataset"] == "shapes" and t.env_kwargs["obs"] == "probe"
         assert len(cpu.backbone_sha256[t.name]) == 64
     assert {t.env_kwargs["backbone"] for t in get_suite("paper-v0").tasks} == {"vgg16", "resnet110"}
+    from dyncnn_gym.benchmark.protocol import mode_of
+    from dyncnn_gym.pretraining import DEFAULT_ARCH
+    from dyncnn_gym.recipes import env_kwargs
+
+    for t in get_suite("cpu-v1").tasks:  # the protocol of the README's learning figures: the recipe's env settings
+        recipe_env = env_kwargs(t.env_id)
+        assert all(t.env_kwargs[k] == recipe_env[k] for k in ("reward", "loss", "obs"))
+        assert t.env_kwargs["backbone"] == DEFAULT_ARCH[mode_of(t.env_id)] and t.step_budget == 150_000
     with pytest.raises(ValueError, match=r"nope.*cpu-v0.*tiny-v0"):
         get_suite("nope")
     with pytest.raises(ValueError, match=r"sac.*ppo"):
@@ -40,8 +48,9 @@ def test_suites_resolve_and_unknown_names_are_named():
 
 
 def test_pins_match_the_shipped_checkpoints_and_a_mismatch_raises():
-    found = check_pins("cpu-v0")
-    assert found == get_suite("cpu-v0").backbone_sha256
+    for name in ("cpu-v0", "cpu-v1"):
+        found = check_pins(name)
+        assert found == get_suite(name).backbone_sha256 and all(found.values())
     cpu = get_suite("cpu-v0")
     name = cpu.tasks[0].name
     bad = dataclasses.replace(cpu, backbone_sha256={**cpu.backbone_sha256, name: "0" * 64})
