@@ -32,8 +32,8 @@ Co-training has a recipe of its own for DynChannel (:data:`COTRAIN_RECIPES`,
 :class:`~dyncnn_gym.callbacks.BackboneFinetuneCallback` fine-tunes a private copy of the backbone
 on train images shifted by up to 2 pixels (``augment=True``), RNP's alternating schedule of 10
 backbone steps every 2 rollouts. Without the shifts the fine-tuning memorises the train split and
-stops paying; DynSkip has no co-training recipe because co-training did not beat its frozen
-backbone (README, "Learning the routing").
+stops paying; DynSkip has no co-training recipe because on shapes co-training did not beat its
+frozen backbone (on digits it does; README, "Learning the routing").
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ PPO_RECIPES: dict[str, dict[str, Any]] = {
 
 #: co-training, per env id: PPO's recipe (:data:`PPO_RECIPES`) at ``compute_weight`` while
 #: ``BackboneFinetuneCallback(**finetune)`` fine-tunes a private copy of the backbone. The weight is
-#: for the shapes data (on digits, weights near 0.002 give the same savings; README, "On digits").
+#: for the shapes data; on digits the best co-trained DynChannel weight was 0.002, with
+#: ``augment=False`` (README, "Learning the routing").
 COTRAIN_RECIPES: dict[str, dict[str, Any]] = {
     # session 8, five seeds (docs/sweep_shapes/sandwich/channel_cotrained_augment_w0.07/): goals A and B
     # at once in 4 of 5 seeds; 0.05 saves less but holds goal A on held-out images in 4 of 5
@@ -137,7 +138,7 @@ def cotrain_recipe(env_id: str) -> dict[str, Any]:
     recipe(name)  # an unknown env raises here, naming the envs
     if name not in COTRAIN_RECIPES:
         raise ValueError(
-            f"env_id={env_id!r} has no co-training recipe: on it co-training did not beat the frozen backbone"
+            f"env_id={env_id!r} has no co-training recipe: on the shapes data co-training did not beat its frozen backbone"
             f" (README, 'Learning the routing'); choose one of {sorted(COTRAIN_RECIPES)}, or pass"
             " callback=BackboneFinetuneCallback(...) to train_ppo with a private copy of the backbone"
         )
