@@ -17,8 +17,9 @@ Suites:
   DynChannel, ``resnet32-lite@skip`` for DynSkip), the recipe's env settings of
   :mod:`dyncnn_gym.recipes` (``loss="error"``, ``obs="probe"``), 150k steps; compute weights
   (0.005, 0.02, 0.05, 0.1, 0.2) for DynChannel and (0.05, 0.2, 0.3, 0.5, 1.0) for DynSkip, which
-  put PPO's seed-0 points at FLOPs ratios 0.14-0.81 and 0.42-0.81 (weights in between collapse
-  to the narrowest DynChannel route). Pinned to the shipped checkpoints. The stronger
+  put PPO's seed-0 points at FLOPs ratios 0.14-0.81 and 0.42-0.81 (on DynChannel there is a gap
+  from 0.47 at weight 0.1 to 0.14 at 0.2; at 0.15 it fell to 0.17). Pinned to the shipped
+  checkpoints. The stronger
   ``+augment`` backbones are not in it: on the VGG one PPO does not beat the greedy static front
   at 40 % saved or more and scores what random routes at its own action rates score, so whether
   per-image routing pays there at all is still open.
