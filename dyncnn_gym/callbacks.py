@@ -9,6 +9,7 @@ sampled routes rewrite them is what made SkipNet's accuracy collapse when its RL
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -137,7 +138,7 @@ class BackboneFinetuneCallback(BaseCallback):
         for name, v in (("agent_rollouts", agent_rollouts), ("backbone_steps", backbone_steps), ("batch_size", batch_size)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r} must be a positive integer")
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < float("inf"):
             raise ValueError(f"lr={lr!r} must be a positive number (Adam's learning rate)")
         self.schedule, self.agent_rollouts, self.backbone_steps = schedule, agent_rollouts, backbone_steps
         self.lr, self.batch_size, self.deterministic, self.bn = lr, batch_size, deterministic, bn

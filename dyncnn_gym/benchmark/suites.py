@@ -19,10 +19,9 @@ Suites:
   (0.005, 0.02, 0.05, 0.1, 0.2) for DynChannel and (0.05, 0.2, 0.3, 0.5, 1.0) for DynSkip, which
   put PPO's seed-0 points at FLOPs ratios 0.14-0.81 and 0.42-0.81 (on DynChannel there is a gap
   from 0.47 at weight 0.1 to 0.14 at 0.2; at 0.15 it fell to 0.17). Pinned to the shipped
-  checkpoints. The stronger
-  ``+augment`` backbones are not in it: on the VGG one PPO does not beat the greedy static front
-  at 40 % saved or more and scores what random routes at its own action rates score, so whether
-  per-image routing pays there at all is still open.
+  checkpoints. The stronger ``+augment`` backbones are not in it: on the VGG one PPO does not
+  beat the greedy static front at 40 % saved or more and scores what random routes at its own
+  action rates score, so whether per-image routing pays there at all is still open.
 * ``"paper-v0"``: GPU-sized, as in the papers: CIFAR-10 ResNet-110 DynSkip (SkipNet) and CIFAR-10
   VGG-16 DynChannel (RNP), ``device="cuda"``. Needs the user's CIFAR-10 files (see
   :mod:`dyncnn_gym.data`); the backbones are pretrained on first use, so they are **not pinned**
