@@ -177,14 +177,12 @@ def train_cotrained(
     from .callbacks import BackboneFinetuneCallback, check_augment
     from .envs.core import RoutingCore
     from .envs.routing import mode_of
-    from .pretraining import DEFAULT_ARCH
 
     r = cotrain_recipe(env_id)
     finetune = BackboneFinetuneCallback(seed=seed, **{**r["finetune"], **(finetune_kwargs or {})})  # bad arguments raise here
     mode = mode_of(env_id)
     kwargs = env_kwargs(env_id, dataset=dataset, **{"compute_weight": r["compute_weight"], **env_overrides})
-    source = RoutingCore(mode, 1, dataset=dataset, backbone=DEFAULT_ARCH[mode] if backbone is None else backbone,
-                         groups=kwargs.get("groups", 4))
+    source = RoutingCore(mode, 1, dataset=dataset, backbone=backbone, groups=kwargs.get("groups", 4))  # None: the default
     if finetune.augment:
         check_augment(source.data)
     kwargs["backbone"] = copy.deepcopy(source.net)
