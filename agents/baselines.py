@@ -78,8 +78,10 @@ def main() -> None:
         print(f"  static {row['actions']}: accuracy {row['accuracy']:.4f} at FLOPs ratio {row['flops_ratio']:.3f}")
     print(f"  random (cheapest with p={args.rate}): {rnd['accuracy']:.4f} at {rnd['flops_ratio']:.3f}")
     for c in cascade["front"]:
-        print(f"  cascade {c['cheap']}->{c['rich']} below top probability {c['threshold']}: accuracy {c['accuracy']:.4f}"
-              f" at FLOPs ratio {c['flops_ratio']:.3f}")
+        print(
+            f"  cascade {c['cheap']}->{c['rich']} below top probability {c['threshold']}: accuracy {c['accuracy']:.4f}"
+            f" at FLOPs ratio {c['flops_ratio']:.3f}"
+        )
     print(f"  oracle (knows the label): {orc['accuracy']:.4f} at {orc['flops_ratio']:.3f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -127,8 +127,9 @@ class OneShotPolicy(nn.Module):
         super().__init__()
         self.config = {"obs_dim": int(obs_dim), "n_blocks": int(n_blocks), "hidden": int(hidden), "feat_dim": int(feat_dim)}
         self.T, self.F = n_blocks, feat_dim
-        self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, n_blocks))
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_blocks)
+        )
         with torch.no_grad():  # start by keeping every block
             self.net[-1].bias.fill_(1.0)
 
@@ -190,8 +191,9 @@ def explore_probs(p: torch.Tensor, explore: float) -> torch.Tensor:
     return explore * p + (1 - explore) * (1 - p)
 
 
-def finetune_step(core, policy: OneShotPolicy, opt: torch.optim.Optimizer, batch: int, explore: float,
-                  rng: np.random.Generator) -> dict[str, float]:
+def finetune_step(
+    core, policy: OneShotPolicy, opt: torch.optim.Optimizer, batch: int, explore: float, rng: np.random.Generator
+) -> dict[str, float]:
     """One supervised step of ``core.net``: cross-entropy on ``batch`` train images run with the blocks
     ``policy`` samples for them (dropped blocks are not computed; gradients into the backbone only,
     batch-norm statistics frozen)."""
@@ -210,8 +212,11 @@ def finetune_step(core, policy: OneShotPolicy, opt: torch.optim.Optimizer, batch
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return {"loss": loss.item(), "routed_accuracy": float((logits.argmax(1) == yb).float().mean()),
-            "flops_ratio": float(walk.flops.float().mean() / core.full)}
+    return {
+        "loss": loss.item(),
+        "routed_accuracy": float((logits.argmax(1) == yb).float().mean()),
+        "flops_ratio": float(walk.flops.float().mean() / core.full),
+    }
 
 
 def train(args: Args, env_kwargs: dict[str, Any], log=print) -> tuple[OneShotPolicy, Any, list[dict]]:
@@ -223,8 +228,15 @@ def train(args: Args, env_kwargs: dict[str, Any], log=print) -> tuple[OneShotPol
     """
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    make = lambda **kw: gym.make_vec("DynBlockDrop-v0", num_envs=args.num_envs, autoreset_mode="SameStep",  # noqa: E731
-                                     **{**env_kwargs, **kw})
+
+    def make(**kw):
+        return gym.make_vec(
+            "DynBlockDrop-v0",
+            num_envs=args.num_envs,
+            autoreset_mode="SameStep",
+            **{**env_kwargs, **kw},
+        )
+
     envs = make()
     if args.finetune_iterations:  # train a private copy: the process-wide cached backbone stays untouched
         net = copy.deepcopy(envs.unwrapped.core.net)
@@ -262,16 +274,25 @@ def train(args: Args, env_kwargs: dict[str, Any], log=print) -> tuple[OneShotPol
         loss.backward()
         opt.step()
         fin = info["final_info"]
-        row = {"iteration": it, "stage": "joint" if joint else "rl", "blocks_decided": j, "reward": float(r_s.mean()),
-               "greedy_reward": float(r_g.mean()), "train_accuracy": float(np.mean(fin["correct"])),
-               "flops_ratio": float(np.mean(fin["flops_ratio"])), "blocks_used": float(np.mean(fin["blocks_used"]))}
+        row = {
+            "iteration": it,
+            "stage": "joint" if joint else "rl",
+            "blocks_decided": j,
+            "reward": float(r_s.mean()),
+            "greedy_reward": float(r_g.mean()),
+            "train_accuracy": float(np.mean(fin["correct"])),
+            "flops_ratio": float(np.mean(fin["flops_ratio"])),
+            "blocks_used": float(np.mean(fin["blocks_used"])),
+        }
         if joint:
             row["finetune"] = finetune_step(core, policy, bb_opt, args.finetune_batch, args.explore, rng)
         history.append(row)
         if it % max(1, total // 10) == 0 or it == total - 1:
             ft = f"  ce {row['finetune']['loss']:.4f}" if joint else ""
-            log(f"iter {it:4d}  decide {j}/{T}  reward {row['reward']:+.3f} (greedy {row['greedy_reward']:+.3f})  "
-                f"train acc {row['train_accuracy']:.3f}  flops {row['flops_ratio']:.3f}{ft}  {time.time() - start:.0f}s")
+            log(
+                f"iter {it:4d}  decide {j}/{T}  reward {row['reward']:+.3f} (greedy {row['greedy_reward']:+.3f})  "
+                f"train acc {row['train_accuracy']:.3f}  flops {row['flops_ratio']:.3f}{ft}  {time.time() - start:.0f}s"
+            )
     core.net.eval()
     return policy.eval(), core.net, history
 
@@ -310,25 +331,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.save({"state_dict": net.state_dict(), "meta": getattr(net, "meta", None)}, out / "backbone.pt")
         test_kwargs["backbone"] = load_checkpoint(out / "backbone.pt")  # evaluated as reloaded from the file
     res = evaluate(PerDecision(policy), "DynSkip-v0", **test_kwargs)
-    print(f"test (DynSkip-v0 protocol): accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} "
-          f"({train_s:.0f}s training)")
-    entry = {"env_id": "DynSkip-v0", "train_env_id": "DynBlockDrop-v0", "env_kwargs": eval_kwargs,
-             "train_env_kwargs": env_kwargs, "algorithm": "BlockDrop-PG", "args": asdict(args),
-             "train_seconds": round(train_s, 1), "finetuned_backbone": bool(args.finetune_iterations), **res,
-             "history": history}
+    print(
+        f"test (DynSkip-v0 protocol): accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} "
+        f"({train_s:.0f}s training)"
+    )
+    entry = {
+        "env_id": "DynSkip-v0",
+        "train_env_id": "DynBlockDrop-v0",
+        "env_kwargs": eval_kwargs,
+        "train_env_kwargs": env_kwargs,
+        "algorithm": "BlockDrop-PG",
+        "args": asdict(args),
+        "train_seconds": round(train_s, 1),
+        "finetuned_backbone": bool(args.finetune_iterations),
+        **res,
+        "history": history,
+    }
     if args.finetune_iterations:
         last = history[-1]["finetune"]
-        entry["finetune"] = {"iterations": args.finetune_iterations, "lr": args.finetune_lr,
-                             "batch": args.finetune_batch, "final_loss": last["loss"],
-                             "final_routed_accuracy": last["routed_accuracy"], "backbone": "backbone.pt"}
+        entry["finetune"] = {
+            "iterations": args.finetune_iterations,
+            "lr": args.finetune_lr,
+            "batch": args.finetune_batch,
+            "final_loss": last["loss"],
+            "final_routed_accuracy": last["routed_accuracy"],
+            "backbone": "backbone.pt",
+        }
     if args.compare_static:
         from dyncnn_gym.benchmark.baselines import interpolate, static_baselines
         from dyncnn_gym.envs.core import RoutingCore
 
         static = static_baselines(RoutingCore("skip", 1, split="test", **test_kwargs))
         at = interpolate(static["front"], res["flops_ratio"])
-        entry["static"] = {"full": static["full"], "front": static["front"], "static_front_accuracy_at_same_flops": at,
-                           "gain_points": 100.0 * (res["accuracy"] - at) if np.isfinite(at) else float("nan")}
+        entry["static"] = {
+            "full": static["full"],
+            "front": static["front"],
+            "static_front_accuracy_at_same_flops": at,
+            "gain_points": 100.0 * (res["accuracy"] - at) if np.isfinite(at) else float("nan"),
+        }
         print(f"static front at the same FLOPs: {at:.4f} (gain {entry['static']['gain_points']:+.2f} points)")
     (out / "result.json").write_text(json.dumps(entry, indent=2, default=float))
     print(f"wrote {out}/result.json, policy.pt" + (" and backbone.pt" if args.finetune_iterations else ""))
@@ -347,12 +387,20 @@ def bench_agent(env_fn, task, seed: int, step_budget: int) -> PerDecision:
     if not task.env_id.endswith("DynSkip-v0"):
         raise NotImplementedError(f"blockdrop_pg decides residual blocks: it runs on DynSkip-v0 tasks, not {task.env_id!r}")
     torch.set_num_threads(1)
-    kw = {**skip_kwargs(task.env_kwargs), "reward": task.env_kwargs.get("reward", "flops"),
-          "compute_weight": env_fn.compute_weight}
+    kw = {
+        **skip_kwargs(task.env_kwargs),
+        "reward": task.env_kwargs.get("reward", "flops"),
+        "compute_weight": env_fn.compute_weight,
+    }
     T = gym.make("DynBlockDrop-v0", **kw).unwrapped.core.T
     num_envs = int(np.clip(step_budget // (2 * T * 20), 8, 256))
-    args = Args(num_envs=num_envs, iterations=max(1, step_budget // (2 * T * num_envs)), reward=kw["reward"],
-                compute_weight=env_fn.compute_weight, seed=seed)
+    args = Args(
+        num_envs=num_envs,
+        iterations=max(1, step_budget // (2 * T * num_envs)),
+        reward=kw["reward"],
+        compute_weight=env_fn.compute_weight,
+        seed=seed,
+    )
     policy, _, _ = train(args, kw, log=lambda *a, **k: None)
     return PerDecision(policy).eval()
 

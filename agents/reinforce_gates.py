@@ -121,15 +121,25 @@ def main() -> None:
         opt.step()
         if it % max(1, args.iterations // 10) == 0 or it == args.iterations - 1:
             acc = float(np.mean(info["correct"])) if "correct" in info else float("nan")
-            print(f"iter {it:4d}  return {returns[0].mean():+.3f}  train acc {acc:.3f}  "
-                  f"flops {np.mean(info['flops_ratio']):.3f}  {time.time() - start:.0f}s", flush=True)
+            print(
+                f"iter {it:4d}  return {returns[0].mean():+.3f}  train acc {acc:.3f}  "
+                f"flops {np.mean(info['flops_ratio']):.3f}  {time.time() - start:.0f}s",
+                flush=True,
+            )
     res = evaluate(Deterministic(policy, args.hidden, T), args.env, **env_kwargs)
     print(f"test: accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(policy.state_dict(), out / "policy.pt")
-    entry = {"env_id": args.env, "env_kwargs": env_kwargs, "algorithm": "REINFORCE-gates", "args": asdict(args),
-             "accuracy": res["accuracy"], "flops_ratio": res["flops_ratio"], "mean_action": res["mean_action"]}
+    entry = {
+        "env_id": args.env,
+        "env_kwargs": env_kwargs,
+        "algorithm": "REINFORCE-gates",
+        "args": asdict(args),
+        "accuracy": res["accuracy"],
+        "flops_ratio": res["flops_ratio"],
+        "mean_action": res["mean_action"],
+    }
     (out / "result.json").write_text(json.dumps(entry, indent=2))
     print(f"wrote {out}/result.json and policy.pt")
 

@@ -104,8 +104,17 @@ def parse_args(argv: list[str] | None = None) -> Args:
         p.error(f"--split {ns.split!r} is not a training split; choose one of ['train', 'val']")
     if ns.env not in ENVS:
         p.error(f"--env {ns.env!r} is not a routing env; choose one of {list(ENVS)}")
-    for name in ("num_envs", "iterations", "hidden", "batch_episodes", "buffer_episodes", "updates_per_iter",
-                 "target_every", "finetune_steps", "finetune_batch"):
+    for name in (
+        "num_envs",
+        "iterations",
+        "hidden",
+        "batch_episodes",
+        "buffer_episodes",
+        "updates_per_iter",
+        "target_every",
+        "finetune_steps",
+        "finetune_batch",
+    ):
         if getattr(ns, name) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(ns, name)} must be a positive integer")
     if ns.finetune_every < 0:
@@ -139,8 +148,14 @@ class RNPQNet(nn.Module):
 
     def __init__(self, widths: list[int], feat_dim: int, n_decisions: int, tail: int, n_actions: int, hidden: int) -> None:
         super().__init__()
-        self.config = {"widths": [int(w) for w in widths], "feat_dim": int(feat_dim), "n_decisions": int(n_decisions),
-                       "tail": int(tail), "n_actions": int(n_actions), "hidden": int(hidden)}
+        self.config = {
+            "widths": [int(w) for w in widths],
+            "feat_dim": int(feat_dim),
+            "n_decisions": int(n_decisions),
+            "tail": int(tail),
+            "n_actions": int(n_actions),
+            "hidden": int(hidden),
+        }
         self.widths, self.F, self.T, self.tail, self.hidden = list(widths), feat_dim, n_decisions, tail, hidden
         self.encoders = nn.ModuleList(nn.Sequential(nn.Linear(w + tail, hidden), nn.Tanh()) for w in widths)
         self.core = nn.GRUCell(hidden, hidden)
@@ -215,8 +230,12 @@ class EpisodeReplay:
 
     def sample(self, n: int) -> tuple[torch.Tensor, ...]:
         idx = self.rng.integers(0, self.size, n)
-        return (torch.as_tensor(self.obs[idx]), torch.as_tensor(self.act[idx]), torch.as_tensor(self.rew[idx]),
-                torch.as_tensor(self.mask[idx]))
+        return (
+            torch.as_tensor(self.obs[idx]),
+            torch.as_tensor(self.act[idx]),
+            torch.as_tensor(self.rew[idx]),
+            torch.as_tensor(self.mask[idx]),
+        )
 
 
 def td_loss(qnet: RNPQNet, target: RNPQNet, obs, act, rew, mask, gamma: float) -> torch.Tensor:
@@ -250,8 +269,9 @@ def act_eps_greedy(q: torch.Tensor, mask: np.ndarray, eps: float, rng: np.random
     return greedy
 
 
-def finetune_backbone(core, qnet: RNPQNet, opt: torch.optim.Optimizer, steps: int, batch: int,
-                      rng: np.random.Generator) -> dict[str, float]:
+def finetune_backbone(
+    core, qnet: RNPQNet, opt: torch.optim.Optimizer, steps: int, batch: int, rng: np.random.Generator
+) -> dict[str, float]:
     """``steps`` supervised steps on train images routed greedily by ``qnet`` (batch-norm frozen)."""
     net, train = core.net, core.data.train
     X, y = torch.as_tensor(train.images), torch.as_tensor(train.labels)
@@ -329,14 +349,22 @@ def train(args: Args, env_kwargs: dict[str, Any], log=print) -> tuple[RNPQNet, A
                 updates += 1
                 if updates % args.target_every == 0:
                     target.load_state_dict(qnet.state_dict())
-        row = {"iteration": it, "eps": eps, "return": float(ep_rew.sum(1).mean()), "train_accuracy": float(np.mean(final["correct"])),
-               "flops_ratio": float(np.mean(final["flops_ratio"])), "loss": float(np.mean(losses)) if losses else float("nan")}
+        row = {
+            "iteration": it,
+            "eps": eps,
+            "return": float(ep_rew.sum(1).mean()),
+            "train_accuracy": float(np.mean(final["correct"])),
+            "flops_ratio": float(np.mean(final["flops_ratio"])),
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+        }
         if args.finetune and (it + 1) % args.finetune_every == 0:
             row["finetune"] = finetune_backbone(core, qnet, bb_opt, args.finetune_steps, args.finetune_batch, rng)
         history.append(row)
         if it % max(1, args.iterations // 10) == 0 or it == args.iterations - 1:
-            log(f"iter {it:4d}  eps {eps:.2f}  return {row['return']:+.3f}  train acc {row['train_accuracy']:.3f}  "
-                f"flops {row['flops_ratio']:.3f}  td {row['loss']:.4f}  {time.time() - start:.0f}s")
+            log(
+                f"iter {it:4d}  eps {eps:.2f}  return {row['return']:+.3f}  train acc {row['train_accuracy']:.3f}  "
+                f"flops {row['flops_ratio']:.3f}  td {row['loss']:.4f}  {time.time() - start:.0f}s"
+            )
     core.net.eval()
     return qnet.eval(), core.net, history
 
@@ -350,8 +378,12 @@ def static_comparison(env_id: str, res: dict[str, Any], **env_kwargs: Any) -> di
     kw = {k: v for k, v in env_kwargs.items() if k not in ("compute_weight", "reward", "loss_weight", "ce_clip", "loss")}
     static = static_baselines(RoutingCore(mode_of(env_id), 1, split="test", **kw))
     at = interpolate(static["front"], res["flops_ratio"])
-    return {"full": static["full"], "front": static["front"], "static_front_accuracy_at_same_flops": at,
-            "gain_points": 100.0 * (res["accuracy"] - at) if np.isfinite(at) else float("nan")}
+    return {
+        "full": static["full"],
+        "front": static["front"],
+        "static_front_accuracy_at_same_flops": at,
+        "gain_points": 100.0 * (res["accuracy"] - at) if np.isfinite(at) else float("nan"),
+    }
 
 
 def env_kwargs_of(args: Args) -> dict[str, Any]:
@@ -379,13 +411,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         eval_kwargs["backbone"] = load_checkpoint(out / "backbone.pt")  # evaluated as reloaded from the file
     res = evaluate(qnet, args.env, **eval_kwargs)
     print(f"test: accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} ({train_s:.0f}s training)")
-    entry = {"env_id": args.env, "env_kwargs": env_kwargs, "algorithm": "RNP-DQN", "args": asdict(args),
-             "train_seconds": round(train_s, 1), "finetuned_backbone": args.finetune, **res, "history": history}
+    entry = {
+        "env_id": args.env,
+        "env_kwargs": env_kwargs,
+        "algorithm": "RNP-DQN",
+        "args": asdict(args),
+        "train_seconds": round(train_s, 1),
+        "finetuned_backbone": args.finetune,
+        **res,
+        "history": history,
+    }
     if args.compare_static:
         cmp = static_comparison(args.env, res, **eval_kwargs)
         entry["static"] = cmp
-        print(f"static front at the same FLOPs: {cmp['static_front_accuracy_at_same_flops']:.4f} "
-              f"(gain {cmp['gain_points']:+.2f} points)")
+        print(
+            f"static front at the same FLOPs: {cmp['static_front_accuracy_at_same_flops']:.4f} "
+            f"(gain {cmp['gain_points']:+.2f} points)"
+        )
     (out / "result.json").write_text(json.dumps(entry, indent=2, default=float))
     print(f"wrote {out}/result.json and policy.pt")
     return entry
@@ -402,8 +444,16 @@ def bench_agent(env_fn, task, seed: int, step_budget: int) -> RNPQNet:
     T = probe.unwrapped.core.T
     num_envs = int(np.clip(step_budget // (T * 20), 8, 128))
     iterations = max(1, step_budget // (num_envs * T))
-    args = Args(env=task.env_id, compute_weight=env_fn.compute_weight, num_envs=num_envs, iterations=iterations,
-                learning_starts=min(256, num_envs * 4), seed=seed, finetune=False, finetune_every=0)
+    args = Args(
+        env=task.env_id,
+        compute_weight=env_fn.compute_weight,
+        num_envs=num_envs,
+        iterations=iterations,
+        learning_starts=min(256, num_envs * 4),
+        seed=seed,
+        finetune=False,
+        finetune_every=0,
+    )
     qnet, _, _ = train(args, {**task.env_kwargs, "compute_weight": env_fn.compute_weight}, log=lambda *a, **k: None)
     return qnet
 

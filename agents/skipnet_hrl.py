@@ -130,8 +130,13 @@ class GatePolicy(nn.Module):
 
     def __init__(self, obs_dim: int, n_actions: int, hidden: int, feat_dim: int, n_decisions: int) -> None:
         super().__init__()
-        self.config = {"obs_dim": int(obs_dim), "n_actions": int(n_actions), "hidden": int(hidden),
-                       "feat_dim": int(feat_dim), "n_decisions": int(n_decisions)}
+        self.config = {
+            "obs_dim": int(obs_dim),
+            "n_actions": int(n_actions),
+            "hidden": int(hidden),
+            "feat_dim": int(feat_dim),
+            "n_decisions": int(n_decisions),
+        }
         self.hidden, self.F, self.T = hidden, feat_dim, n_decisions
         self.encode = nn.Sequential(nn.Linear(obs_dim, hidden), nn.Tanh())
         self.core = nn.GRUCell(hidden, hidden)
@@ -217,12 +222,27 @@ def ste_objective(core, policy: GatePolicy, x: torch.Tensor, y: torch.Tensor, al
     logits, ratio, gates = ste_forward(core, policy, x)
     ce = F.cross_entropy(logits, y)
     loss = ce + alpha * ratio.mean()
-    return loss, {"loss": loss.item(), "ce": ce.item(), "flops_ratio": ratio.mean().item(),
-                  "accuracy": float((logits.argmax(1) == y).float().mean()), "execute_rate": gates.mean().item()}
+    return loss, {
+        "loss": loss.item(),
+        "ce": ce.item(),
+        "flops_ratio": ratio.mean().item(),
+        "accuracy": float((logits.argmax(1) == y).float().mean()),
+        "execute_rate": gates.mean().item(),
+    }
 
 
-def train_ste(core, policy: GatePolicy, iterations: int, batch: int, lr: float, alpha: float, rng: np.random.Generator,
-              backbone_opt: torch.optim.Optimizer | None = None, log=print, split: str = "train") -> list[dict]:
+def train_ste(
+    core,
+    policy: GatePolicy,
+    iterations: int,
+    batch: int,
+    lr: float,
+    alpha: float,
+    rng: np.random.Generator,
+    backbone_opt: torch.optim.Optimizer | None = None,
+    log=print,
+    split: str = "train",
+) -> list[dict]:
     """Stage 1: ``iterations`` Adam steps of :func:`ste_objective` on batches of ``split`` (BN frozen)."""
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     net, train = core.net, core.data.split(split)
@@ -241,14 +261,17 @@ def train_ste(core, policy: GatePolicy, iterations: int, batch: int, lr: float, 
             backbone_opt.step()
         history.append({"iteration": it, **stats})
         if it % max(1, iterations // 10) == 0 or it == iterations - 1:
-            log(f"[ste] iter {it:4d}  loss {stats['loss']:.3f}  ce {stats['ce']:.3f}  acc {stats['accuracy']:.3f}  "
-                f"flops {stats['flops_ratio']:.3f}")
+            log(
+                f"[ste] iter {it:4d}  loss {stats['loss']:.3f}  ce {stats['ce']:.3f}  acc {stats['accuracy']:.3f}  "
+                f"flops {stats['flops_ratio']:.3f}"
+            )
     return history
 
 
 # -- stage 2: REINFORCE on the env ---------------------------------------------------------------
-def routed_step(core, policy: GatePolicy, opt: torch.optim.Optimizer, batch: int, rng: np.random.Generator,
-                sharpness: float = 1.0) -> float:
+def routed_step(
+    core, policy: GatePolicy, opt: torch.optim.Optimizer, batch: int, rng: np.random.Generator, sharpness: float = 1.0
+) -> float:
     """One supervised backbone step on train images routed by sampled gates (only executed blocks run)."""
     train = core.data.train
     idx = rng.integers(0, len(train.labels), batch)
@@ -267,9 +290,18 @@ def routed_step(core, policy: GatePolicy, opt: torch.optim.Optimizer, batch: int
     return loss.item()
 
 
-def train_reinforce(envs, policy: GatePolicy, iterations: int, lr: float, ent_coef: float, seed: int,
-                    backbone_opt: torch.optim.Optimizer | None = None, rng: np.random.Generator | None = None,
-                    log=print, sharpness: float = 1.0) -> list[dict]:
+def train_reinforce(
+    envs,
+    policy: GatePolicy,
+    iterations: int,
+    lr: float,
+    ent_coef: float,
+    seed: int,
+    backbone_opt: torch.optim.Optimizer | None = None,
+    rng: np.random.Generator | None = None,
+    log=print,
+    sharpness: float = 1.0,
+) -> list[dict]:
     """Stage 2: REINFORCE with a per-decision batch-mean baseline (undiscounted returns); actions are
     sampled from ``softmax(sharpness * logits)`` (the greedy gates, and so evaluation, do not depend on it)."""
     core = envs.unwrapped.core
@@ -300,15 +332,22 @@ def train_reinforce(envs, policy: GatePolicy, iterations: int, lr: float, ent_co
         opt.zero_grad()
         loss.backward()
         opt.step()
-        row = {"iteration": it, "return": float(returns[0].mean()), "train_accuracy": float(np.mean(final["correct"])),
-               "flops_ratio": float(np.mean(final["flops_ratio"]))}
+        row = {
+            "iteration": it,
+            "return": float(returns[0].mean()),
+            "train_accuracy": float(np.mean(final["correct"])),
+            "flops_ratio": float(np.mean(final["flops_ratio"])),
+        }
         if backbone_opt is not None:
-            row["backbone_ce"] = routed_step(core, policy, backbone_opt, min(128, n), rng or np.random.default_rng(seed),
-                                            sharpness)
+            row["backbone_ce"] = routed_step(
+                core, policy, backbone_opt, min(128, n), rng or np.random.default_rng(seed), sharpness
+            )
         history.append(row)
         if it % max(1, iterations // 10) == 0 or it == iterations - 1:
-            log(f"[rl]  iter {it:4d}  return {row['return']:+.3f}  train acc {row['train_accuracy']:.3f}  "
-                f"flops {row['flops_ratio']:.3f}  {time.time() - start:.0f}s")
+            log(
+                f"[rl]  iter {it:4d}  return {row['return']:+.3f}  train acc {row['train_accuracy']:.3f}  "
+                f"flops {row['flops_ratio']:.3f}  {time.time() - start:.0f}s"
+            )
     return history
 
 
@@ -336,14 +375,25 @@ def train(args: Args, env_kwargs: dict[str, Any], log=print, after_stage1=None) 
         if args.ste_iterations:
             # gates learn on the agent's split; a jointly trained backbone would see those images, so
             # with --joint-backbone they stay on train
-            logs["stage1"] = train_ste(core, policy, args.ste_iterations, args.ste_batch, args.ste_lr, alpha, rng, bb_opt, log,
-                                       split="train" if args.joint_backbone else args.split)
+            logs["stage1"] = train_ste(
+                core,
+                policy,
+                args.ste_iterations,
+                args.ste_batch,
+                args.ste_lr,
+                alpha,
+                rng,
+                bb_opt,
+                log,
+                split="train" if args.joint_backbone else args.split,
+            )
             if after_stage1 is not None:
                 after_stage1(policy.eval(), core.net)
                 policy.train()
         if args.rl_iterations:
-            logs["stage2"] = train_reinforce(envs, policy, args.rl_iterations, args.lr, args.ent_coef, args.seed, bb_opt, rng, log,
-                                             args.rl_sharpness)
+            logs["stage2"] = train_reinforce(
+                envs, policy, args.rl_iterations, args.lr, args.ent_coef, args.seed, bb_opt, rng, log, args.rl_sharpness
+            )
     finally:
         for prm in core.net.parameters():
             prm.requires_grad_(True)
@@ -360,14 +410,23 @@ def static_comparison(env_id: str, res: dict[str, Any], **env_kwargs: Any) -> di
     kw = {k: v for k, v in env_kwargs.items() if k not in ("compute_weight", "reward", "loss_weight", "ce_clip", "loss")}
     static = static_baselines(RoutingCore(mode_of(env_id), 1, split="test", **kw))
     at = interpolate(static["front"], res["flops_ratio"])
-    return {"full": static["full"], "front": static["front"], "static_front_accuracy_at_same_flops": at,
-            "gain_points": 100.0 * (res["accuracy"] - at) if np.isfinite(at) else float("nan")}
+    return {
+        "full": static["full"],
+        "front": static["front"],
+        "static_front_accuracy_at_same_flops": at,
+        "gain_points": 100.0 * (res["accuracy"] - at) if np.isfinite(at) else float("nan"),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    env_kwargs: dict[str, Any] = {"dataset": args.dataset, "compute_weight": args.compute_weight, "loss": args.loss, "obs": args.obs}
+    env_kwargs: dict[str, Any] = {
+        "dataset": args.dataset,
+        "compute_weight": args.compute_weight,
+        "loss": args.loss,
+        "obs": args.obs,
+    }
     if args.backbone:
         env_kwargs["backbone"] = args.backbone
     stage1: dict[str, Any] = {}
@@ -391,14 +450,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         eval_kwargs["backbone"] = load_checkpoint(out / "backbone.pt")  # evaluated as reloaded from the file
     res = evaluate(policy, args.env, **eval_kwargs)
     print(f"test: accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} ({train_s:.0f}s training)")
-    entry = {"env_id": args.env, "env_kwargs": env_kwargs, "algorithm": "SkipNet-HRL", "args": asdict(args),
-             "train_seconds": round(train_s, 1), "joint_backbone": args.joint_backbone, **res,
-             "after_stage1": stage1 or None, "history": logs}
+    entry = {
+        "env_id": args.env,
+        "env_kwargs": env_kwargs,
+        "algorithm": "SkipNet-HRL",
+        "args": asdict(args),
+        "train_seconds": round(train_s, 1),
+        "joint_backbone": args.joint_backbone,
+        **res,
+        "after_stage1": stage1 or None,
+        "history": logs,
+    }
     if args.compare_static:
         cmp = static_comparison(args.env, res, **eval_kwargs)
         entry["static"] = cmp
-        print(f"static front at the same FLOPs: {cmp['static_front_accuracy_at_same_flops']:.4f} "
-              f"(gain {cmp['gain_points']:+.2f} points)")
+        print(
+            f"static front at the same FLOPs: {cmp['static_front_accuracy_at_same_flops']:.4f} "
+            f"(gain {cmp['gain_points']:+.2f} points)"
+        )
     (out / "result.json").write_text(json.dumps(entry, indent=2, default=float))
     print(f"wrote {out}/result.json and policy.pt")
     return entry
@@ -417,8 +486,15 @@ def bench_agent(env_fn, task, seed: int, step_budget: int) -> GatePolicy:
     T = probe.unwrapped.core.T
     num_envs = int(np.clip(step_budget // (T * 20), 8, 256))
     ste = min(100, step_budget // 1000) if task.env_id.endswith("DynSkip-v0") else 0
-    args = Args(env=task.env_id, compute_weight=env_fn.compute_weight, num_envs=num_envs, ste_iterations=ste,
-                rl_iterations=max(1, step_budget // (num_envs * T)), seed=seed, joint_backbone=False)
+    args = Args(
+        env=task.env_id,
+        compute_weight=env_fn.compute_weight,
+        num_envs=num_envs,
+        ste_iterations=ste,
+        rl_iterations=max(1, step_budget // (num_envs * T)),
+        seed=seed,
+        joint_backbone=False,
+    )
     policy, _, _ = train(args, {**task.env_kwargs, "compute_weight": env_fn.compute_weight}, log=lambda *a, **k: None)
     return policy
 

@@ -27,11 +27,15 @@ def check_augment(data: Any) -> None:
     :class:`~dyncnn_gym.data.DataSplits`) by up to 2 pixels: they must be at least 16x16."""
     if not can_augment(data):
         shape = tuple(data.image_shape)
-        raise ValueError(f"augment=True shifts images by up to 2 pixels, which needs images of at least 16x16;"
-                         f" this data set's are {shape[1]}x{shape[2]}: pass augment=False")
+        raise ValueError(
+            f"augment=True shifts images by up to 2 pixels, which needs images of at least 16x16;"
+            f" this data set's are {shape[1]}x{shape[2]}: pass augment=False"
+        )
 
 
-def routed_logits(core: RoutingCore, policy: Any, images: torch.Tensor, deterministic: bool = True) -> tuple[torch.Tensor, Walk]:
+def routed_logits(
+    core: RoutingCore, policy: Any, images: torch.Tensor, deterministic: bool = True
+) -> tuple[torch.Tensor, Walk]:
     """Route ``images`` through ``core.net`` with ``policy`` (an SB3 model) choosing every action.
 
     Runs with autograd enabled (gradients reach the backbone only; the policy sees detached
@@ -64,7 +68,9 @@ def local_core(venv: Any) -> RoutingCore:
             " 'DynSkip-v0', ...) envs, or pass core=RoutingCore(...)"
         ) from e
     if mode not in ("channel", "skip"):
-        raise ValueError(f"env 0 of the training env has mode={mode!r}; BackboneFinetuneCallback routes 'channel' or 'skip' envs")
+        raise ValueError(
+            f"env 0 of the training env has mode={mode!r}; BackboneFinetuneCallback routes 'channel' or 'skip' envs"
+        )
     kwargs.pop("render_mode", None)
     core = RoutingCore(mode, 1, **kwargs)
     core.load_backbone_state(venv.env_method("get_backbone_state", indices=[0])[0])

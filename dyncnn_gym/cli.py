@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -83,9 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("pretrain", help="train a pruning/skipping-robust backbone and cache it")
-    p.add_argument("arch", help="backbone arch, e.g. vgg, resnet8, resnet20 (see `dyncnn-gym info`), or 'arch@mode' to"
-                   " train one kind of decision only (e.g. resnet32-lite@skip, the default DynSkip backbone), optionally"
-                   " with '+sandwich', '+distill' and/or '+augment' (e.g. vgg+sandwich+distill, the default DynChannel backbone)")
+    p.add_argument(
+        "arch",
+        help="backbone arch, e.g. vgg, resnet8, resnet20 (see `dyncnn-gym info`), or 'arch@mode' to"
+        " train one kind of decision only (e.g. resnet32-lite@skip, the default DynSkip backbone), optionally"
+        " with '+sandwich', '+distill' and/or '+augment' (e.g. vgg+sandwich+distill, the default DynChannel backbone)",
+    )
     p.add_argument("--data", default="shapes", help="data set name (default: shapes, the embedded data)")
     p.add_argument("--groups", type=int, default=4, help="channel groups per layer (default: 4)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: chosen from the data size)")
@@ -95,10 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="also write the checkpoint here")
     p.add_argument("--augment", action="store_true", help="random 2-pixel translations (images >= 16x16)")
-    p.add_argument("--distill", action="store_true",
-                   help="in-place distillation: random routes learn the full network's probabilities, not the labels")
-    p.add_argument("--sandwich", action="store_true",
-                   help="sandwich rule: every step also trains the cheapest route (narrowest widths / all blocks skipped)")
+    p.add_argument(
+        "--distill",
+        action="store_true",
+        help="in-place distillation: random routes learn the full network's probabilities, not the labels",
+    )
+    p.add_argument(
+        "--sandwich",
+        action="store_true",
+        help="sandwich rule: every step also trains the cheapest route (narrowest widths / all blocks skipped)",
+    )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the checkpoint cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the checkpoint metadata as JSON")
@@ -123,20 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .benchmark import bench
 
-    p = sub.add_parser("bench", help="rank routing algorithms on a benchmark suite (leaderboard, fronts, plots)",
-                       description="Train and evaluate agents on every task and compute weight of a suite; write"
-                       " results.json, leaderboard.md and plots. Agents: ppo, a2c, dqn, static, random, oracle,"
-                       " or module:function (function(env_fn, task, seed, step_budget) -> policy).")
+    p = sub.add_parser(
+        "bench",
+        help="rank routing algorithms on a benchmark suite (leaderboard, fronts, plots)",
+        description="Train and evaluate agents on every task and compute weight of a suite; write"
+        " results.json, leaderboard.md and plots. Agents: ppo, a2c, dqn, static, random, oracle,"
+        " or module:function (function(env_fn, task, seed, step_budget) -> policy).",
+    )
     bench.add_arguments(p)
     p.set_defaults(func=bench.run_from_args)
 
     from .benchmark import sweep
 
-    p = sub.add_parser("sweep", help="PPO over compute weights, frozen and co-trained, against static networks of the same cost",
-                       description="Train PPO (the recipe) per env and compute weight on frozen and on co-trained"
-                       " (BackboneFinetuneCallback) backbones; evaluate on the whole test split against the full"
-                       " network, uniform and per-layer static routes and matched random routes; write results.json,"
-                       " summary.md and plots.")
+    p = sub.add_parser(
+        "sweep",
+        help="PPO over compute weights, frozen and co-trained, against static networks of the same cost",
+        description="Train PPO (the recipe) per env and compute weight on frozen and on co-trained"
+        " (BackboneFinetuneCallback) backbones; evaluate on the whole test split against the full"
+        " network, uniform and per-layer static routes and matched random routes; write results.json,"
+        " summary.md and plots.",
+    )
     sweep.add_arguments(p)
     p.set_defaults(func=sweep.run_from_args)
 

@@ -103,9 +103,11 @@ def parse_backbone(spec: str) -> BackboneSpec:
     """
     arch, mode, options = _name_parts(spec)
     if arch not in ARCHS:
-        raise ValueError(f"backbone {spec!r}: {arch!r} is not a known arch; choose one of {sorted(ARCHS)}"
-                         " (optionally as 'arch@mode', e.g. 'resnet32-lite@skip', and with '+option's from"
-                         f" {list(TRAINING_OPTIONS)})")
+        raise ValueError(
+            f"backbone {spec!r}: {arch!r} is not a known arch; choose one of {sorted(ARCHS)}"
+            " (optionally as 'arch@mode', e.g. 'resnet32-lite@skip', and with '+option's from"
+            f" {list(TRAINING_OPTIONS)})"
+        )
     if mode is not None and mode not in ARCHS[arch]:
         raise ValueError(f"backbone {spec!r}: {mode!r} is not a mode of {arch!r}; choose one of {list(ARCHS[arch])}")
     for option in options:
@@ -113,7 +115,9 @@ def parse_backbone(spec: str) -> BackboneSpec:
             raise ValueError(f"backbone {spec!r}: {option!r} is not a training option; choose from {list(TRAINING_OPTIONS)}")
     if len(set(options)) != len(options):
         raise ValueError(f"backbone {spec!r} repeats an option; give each of {list(TRAINING_OPTIONS)} at most once")
-    return BackboneSpec(arch, None if mode is None else (mode,), "distill" in options, "sandwich" in options, "augment" in options)
+    return BackboneSpec(
+        arch, None if mode is None else (mode,), "distill" in options, "sandwich" in options, "augment" in options
+    )
 
 
 def _name_parts(spec: str) -> tuple[str, str | None, list[str]]:
@@ -166,8 +170,13 @@ def checkpoint_name(arch: str, groups: int, data: DataSplits, cfg: TrainConfig) 
 def default_checkpoint_name(spec: str, groups: int, data: DataSplits) -> str:
     """The file name :func:`pretrain` gives backbone ``spec`` (any name :func:`parse_backbone` takes) by default."""
     b = parse_backbone(spec)
-    cfg = TrainConfig(epochs=default_epochs(data), modes=b.modes, distill=b.distill, sandwich=b.sandwich,
-                      augment=b.augment and can_augment(data))
+    cfg = TrainConfig(
+        epochs=default_epochs(data),
+        modes=b.modes,
+        distill=b.distill,
+        sandwich=b.sandwich,
+        augment=b.augment and can_augment(data),
+    )
     return checkpoint_name(b.arch, groups, data, cfg)
 
 
@@ -229,8 +238,8 @@ def shift_images(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.T
     xp = F.pad(x, (pad, pad, pad, pad))
     dx = torch.randint(0, 2 * pad + 1, (B,), generator=gen)
     dy = torch.randint(0, 2 * pad + 1, (B,), generator=gen)
-    rows = (dy[:, None] + torch.arange(H)[None, :])  # [B, H]
-    cols = (dx[:, None] + torch.arange(W)[None, :])  # [B, W]
+    rows = dy[:, None] + torch.arange(H)[None, :]  # [B, H]
+    cols = dx[:, None] + torch.arange(W)[None, :]  # [B, W]
     b = torch.arange(B)[:, None, None]
     return xp.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
@@ -271,7 +280,9 @@ def evaluate_static(
         T, A = net.num_decisions(mode), net.num_actions(mode)
         full = net.cost_table(mode).full
         gen = torch.Generator().manual_seed(seed)
-        settings = [("action", a) for a in range(A)] if mode == "channel" else [("rate", r) for r in (0.0, 0.25, 0.5, 0.75, 1.0)]
+        settings = (
+            [("action", a) for a in range(A)] if mode == "channel" else [("rate", r) for r in (0.0, 0.25, 0.5, 0.75, 1.0)]
+        )
         rows = []
         for name, v in settings:
             correct, flops = 0, 0
@@ -372,9 +383,7 @@ def pretrain(
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     difficulty = np.asarray(data.train.difficulty, dtype=np.float64)
-    easy_first = (
-        torch.as_tensor(np.argsort(difficulty, kind="stable")) if np.isfinite(difficulty).all() else None
-    )
+    easy_first = torch.as_tensor(np.argsort(difficulty, kind="stable")) if np.isfinite(difficulty).all() else None
     modes = cfg.modes or net.modes
     bar = _progress(total, f"pretrain {arch} on {data.name}", progress)
     start = time.perf_counter()
@@ -498,15 +507,14 @@ def resolve_backbone(
         arch, modes = parse_backbone(backbone)[:2]
         if mode not in (modes or ARCHS[arch]):
             valid = sorted(a for a, m in ARCHS.items() if mode in m)
-            raise ValueError(f"backbone={backbone!r} has no {mode!r} decisions; for this env choose one of {valid}"
-                             f" (or 'arch@{mode}')")
+            raise ValueError(
+                f"backbone={backbone!r} has no {mode!r} decisions; for this env choose one of {valid} (or 'arch@{mode}')"
+            )
         key = ("arch", backbone, data.fingerprint, groups, str(device))
         if key not in _RESOLVED:
             _RESOLVED[key] = pretrain(backbone, data, groups=groups, device=device, progress=progress)
         return _RESOLVED[key]
-    raise TypeError(
-        f"backbone={backbone!r} must be None, an arch name {sorted(ARCHS)}, a checkpoint path, or a DynamicNet"
-    )
+    raise TypeError(f"backbone={backbone!r} must be None, an arch name {sorted(ARCHS)}, a checkpoint path, or a DynamicNet")
 
 
 def _check_compatible(net: DynamicNet, data: DataSplits, mode: str, groups: int) -> None:

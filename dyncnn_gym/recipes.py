@@ -76,8 +76,16 @@ COTRAIN_RECIPES: dict[str, dict[str, Any]] = {
     # at once in 4 of 5 seeds; 0.05 saves less but holds goal A on held-out images in 4 of 5
     "DynChannel-v0": {
         "compute_weight": 0.07,
-        "finetune": {"schedule": "alternate", "agent_rollouts": 2, "backbone_steps": 10, "lr": 1e-4,
-                     "batch_size": 128, "bn": "frozen", "augment": True, "distill": False},
+        "finetune": {
+            "schedule": "alternate",
+            "agent_rollouts": 2,
+            "backbone_steps": 10,
+            "lr": 1e-4,
+            "batch_size": 128,
+            "bn": "frozen",
+            "augment": True,
+            "distill": False,
+        },
     },
 }
 
@@ -187,8 +195,17 @@ def train_cotrained(
         check_augment(source.data)
     kwargs["backbone"] = copy.deepcopy(source.net)
     callbacks = [finetune] + (list(callback) if isinstance(callback, (list, tuple)) else [callback] if callback else [])
-    model = train_ppo(env_id, total_timesteps=total_timesteps, n_envs=n_envs, seed=seed, progress=progress,
-                      tensorboard_log=tensorboard_log, callback=callbacks, ppo_kwargs=ppo_kwargs, **kwargs)
+    model = train_ppo(
+        env_id,
+        total_timesteps=total_timesteps,
+        n_envs=n_envs,
+        seed=seed,
+        progress=progress,
+        tensorboard_log=tensorboard_log,
+        callback=callbacks,
+        ppo_kwargs=ppo_kwargs,
+        **kwargs,
+    )
     return model, kwargs
 
 

@@ -89,5 +89,7 @@ def rlmodule_policy(module: Any):
             return out[Columns.ACTION_DIST_INPUTS]
 
     if not hasattr(module, "forward_inference"):
-        raise TypeError(f"module={type(module).__name__} is not an RLlib RLModule (no forward_inference); pass algo.get_module()")
+        raise TypeError(
+            f"module={type(module).__name__} is not an RLlib RLModule (no forward_inference); pass algo.get_module()"
+        )
     return _Scores(module).eval()

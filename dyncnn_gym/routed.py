@@ -157,7 +157,9 @@ class ModuleHead(nn.Module):
     def forward(self, obs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = self.module(obs)
         if not isinstance(out, torch.Tensor):
-            raise TypeError(f"the policy module returned {type(out).__name__}; expected a tensor of scores [B, A] or actions [B]")
+            raise TypeError(
+                f"the policy module returned {type(out).__name__}; expected a tensor of scores [B, A] or actions [B]"
+            )
         if out.dtype.is_floating_point:
             if out.dim() != 2 or out.shape[1] != mask.shape[1]:
                 raise ValueError(
@@ -188,7 +190,9 @@ def policy_head(policy: Any) -> tuple[nn.Module, str]:
     if isinstance(sb3, nn.Module) and hasattr(sb3, "action_net") and hasattr(sb3, "mlp_extractor"):
         dist = type(getattr(sb3, "action_dist", None)).__name__
         if "Categorical" not in dist or "Multi" in dist:
-            raise TypeError(f"{name} has a {dist} action distribution; only Discrete action spaces (Categorical) can be exported")
+            raise TypeError(
+                f"{name} has a {dist} action distribution; only Discrete action spaces (Categorical) can be exported"
+            )
         feats = _features_module(getattr(sb3, "pi_features_extractor", sb3.features_extractor))
         policy_net = copy.deepcopy(sb3.mlp_extractor.policy_net)
         action_net = copy.deepcopy(sb3.action_net)
@@ -282,7 +286,7 @@ class RoutedNet(nn.Module):
         super().train(False)
 
     # -- nn.Module ------------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "RoutedNet":
+    def train(self, mode: bool = True) -> RoutedNet:
         """Inference only: ``train(True)`` raises (fine-tune the backbone in the env instead)."""
         if mode:
             raise RuntimeError(
@@ -298,7 +302,7 @@ class RoutedNet(nn.Module):
             self._device = next(self.backbone.parameters()).device
         return self._device
 
-    def _apply(self, fn, *args: Any, **kwargs: Any) -> "RoutedNet":
+    def _apply(self, fn, *args: Any, **kwargs: Any) -> RoutedNet:
         self._device = None  # .to() / .cuda() / .cpu() may move everything
         return super()._apply(fn, *args, **kwargs)
 
@@ -388,7 +392,9 @@ class RoutedNet(nn.Module):
     def _check_actions(self, a: torch.Tensor, allowed: np.ndarray, t: int) -> np.ndarray:
         acts = a.detach().cpu().numpy().astype(np.int64).reshape(-1)
         if acts.shape[0] != allowed.shape[0]:
-            raise ValueError(f"the policy gave {acts.shape[0]} actions at decision {t}; expected {allowed.shape[0]} (one per image)")
+            raise ValueError(
+                f"the policy gave {acts.shape[0]} actions at decision {t}; expected {allowed.shape[0]} (one per image)"
+            )
         if acts.shape[0] and (acts.min() < 0 or acts.max() >= self.A):
             bad = acts[(acts < 0) | (acts >= self.A)]
             raise ValueError(f"the policy gave action {int(bad[0])} at decision {t}; valid: 0..{self.A - 1}")
@@ -440,7 +446,7 @@ class RoutedNet(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "RoutedNet":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> RoutedNet:
         """Read a model written by :meth:`save` (see :func:`load`)."""
         return load(path, device)
 
@@ -587,7 +593,9 @@ def _dry_run(routed: RoutedNet) -> None:
             f"the policy does not run on this env's observations [B, {routed.obs_dim}] with Discrete({routed.A}) actions: {e}"
         ) from e
     if a.numel() != 1:
-        raise ValueError(f"the policy gave {a.numel()} actions for one observation; expected scores [B, {routed.A}] or actions [B]")
+        raise ValueError(
+            f"the policy gave {a.numel()} actions for one observation; expected scores [B, {routed.A}] or actions [B]"
+        )
 
 
 __all__ = ["ModuleHead", "QuantileMean", "RecurrentHead", "Routed", "RoutedNet", "ScoreHead", "export", "load", "policy_head"]

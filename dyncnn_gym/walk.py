@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .models.base import CostTable, DynamicNet
 
-_COST_CACHE: "weakref.WeakKeyDictionary[DynamicNet, dict]" = weakref.WeakKeyDictionary()
+_COST_CACHE: weakref.WeakKeyDictionary[DynamicNet, dict] = weakref.WeakKeyDictionary()
 
 
 def cost_tensors(net: DynamicNet, mode: str) -> tuple[CostTable, torch.Tensor, torch.Tensor]:
@@ -208,9 +208,7 @@ class Walk:
                 sa = ac[order]
                 cuts = [0, *(np.flatnonzero(sa[1:] != sa[:-1]) + 1).tolist(), sa.shape[0]]
                 order_dev = torch.from_numpy(order).to(c.x.device)
-                groups = [
-                    (int(sa[s]), c.rows[order[s:e]], _gather(c.x, order_dev[s:e])) for s, e in zip(cuts[:-1], cuts[1:])
-                ]
+                groups = [(int(sa[s]), c.rows[order[s:e]], _gather(c.x, order_dev[s:e])) for s, e in zip(cuts[:-1], cuts[1:])]
             for act, rows, x in groups:
                 y = x if (skip_identity and act == 0) else net.decision(mode, t, x, c.p, act)
                 pieces.setdefault(act, []).append((rows, y))
@@ -277,7 +275,7 @@ class Walk:
         return self._logits
 
     # -- regrouping (vector envs with partial resets) ----------------------------------------
-    def select(self, rows: torch.Tensor | np.ndarray | Sequence[int]) -> "Walk":
+    def select(self, rows: torch.Tensor | np.ndarray | Sequence[int]) -> Walk:
         """A walk of the samples ``rows`` (int64 indices), at the same decision point."""
         rows_np = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
         rows_np = rows_np.astype(np.int64, copy=False).reshape(-1)
@@ -300,7 +298,7 @@ class Walk:
         return w
 
     @staticmethod
-    def cat(walks: Sequence["Walk"]) -> "Walk":
+    def cat(walks: Sequence[Walk]) -> Walk:
         """Concatenate walks that stand at the same decision point (no feature map is copied)."""
         if len({w.t for w in walks}) != 1:
             raise ValueError(f"walks at different decision points {[w.t for w in walks]} cannot be merged")

@@ -1,6 +1,6 @@
 """Train SB3 DQN to skip residual blocks per image (DynSkip-v0) on the native VecEnv.
 
-    python examples/dqn_dynskip.py --timesteps 60000
+python examples/dqn_dynskip.py --timesteps 60000
 """
 
 import argparse
@@ -19,8 +19,18 @@ args = p.parse_args()
 
 env_kwargs = {"dataset": args.dataset, "compute_weight": args.compute_weight}
 vec = make_vec_env("DynSkip-v0", n_envs=32, seed=args.seed, **env_kwargs)
-model = DQN("MlpPolicy", vec, gamma=1.0, learning_starts=2000, exploration_fraction=0.3, train_freq=1,
-            gradient_steps=4, target_update_interval=500, seed=args.seed, verbose=0)
+model = DQN(
+    "MlpPolicy",
+    vec,
+    gamma=1.0,
+    learning_starts=2000,
+    exploration_fraction=0.3,
+    train_freq=1,
+    gradient_steps=4,
+    target_update_interval=500,
+    seed=args.seed,
+    verbose=0,
+)
 model.learn(args.timesteps)
 res = evaluate(model, "DynSkip-v0", **env_kwargs)
 print(f"DQN: test accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f}")

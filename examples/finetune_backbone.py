@@ -25,21 +25,37 @@ ENV = "DynChannel-v0"
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--dataset", default="shapes")
 p.add_argument("--timesteps", type=int, default=None, help="PPO steps (default: the recipe's, 150 000)")
-p.add_argument("--compute-weight", type=float, default=None,
-               help=f"default: the co-training recipe's ({cotrain_recipe(ENV)['compute_weight']}); 0.05 gave the README's best held-out points")
-p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-               help="shift the fine-tuning images by up to 2 pixels (default: on; images of at least 16x16)")
+p.add_argument(
+    "--compute-weight",
+    type=float,
+    default=None,
+    help=f"default: the co-training recipe's ({cotrain_recipe(ENV)['compute_weight']}); 0.05 gave the README's best held-out points",
+)
+p.add_argument(
+    "--augment",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="shift the fine-tuning images by up to 2 pixels (default: on; images of at least 16x16)",
+)
 p.add_argument("--seed", type=int, default=0)
 args = p.parse_args()
 
 overrides = {"compute_weight": args.compute_weight} if args.compute_weight is not None else {}
-model, kwargs = train_cotrained(ENV, dataset=args.dataset, finetune_kwargs={"augment": args.augment},
-                                total_timesteps=args.timesteps, seed=args.seed, **overrides)
+model, kwargs = train_cotrained(
+    ENV,
+    dataset=args.dataset,
+    finetune_kwargs={"augment": args.augment},
+    total_timesteps=args.timesteps,
+    seed=args.seed,
+    **overrides,
+)
 res = evaluate(model, ENV, **kwargs)  # kwargs["backbone"] is the fine-tuned copy
 
 # the frozen default backbone's uniform static widths, interpolated at the co-trained point's FLOPs
 frozen = RoutingCore("channel", 1, split="test", dataset=args.dataset, backbone=DEFAULT_ARCH["channel"])
 uniform = static_baselines(frozen, greedy=False)["uniform"]
 static = interpolate(pareto(uniform), res["flops_ratio"])
-print(f"co-trained: accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f};"
-      f" full network {uniform[-1]['accuracy']:.4f}; uniform static widths at the same FLOPs {static:.4f}")
+print(
+    f"co-trained: accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f};"
+    f" full network {uniform[-1]['accuracy']:.4f}; uniform static widths at the same FLOPs {static:.4f}"
+)

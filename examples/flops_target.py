@@ -32,8 +32,12 @@ p.add_argument("--target", type=float, default=0.65, help="training-time mean FL
 p.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds")
 p.add_argument("--start-weight", type=float, default=None, help="initial compute weight (default: the recipe's)")
 p.add_argument("--gain", type=float, default=3.0, help="dual-ascent step: log-weight change per unit FLOPs-ratio error")
-p.add_argument("--measure", default="train", choices=["train", "eval"],
-               help="FLOPs of the training episodes (default) or of deterministic routing of held-out images")
+p.add_argument(
+    "--measure",
+    default="train",
+    choices=["train", "eval"],
+    help="FLOPs of the training episodes (default) or of deterministic routing of held-out images",
+)
 p.add_argument("--timesteps", type=int, default=None, help="PPO steps per seed (default: the recipe's)")
 args = p.parse_args()
 if not 0 < args.target <= 1:
@@ -58,10 +62,13 @@ print(f"{args.env}: full network {100 * full:.2f} %; target training FLOPs ratio
 for seed in args.seed:
     cb = FlopsTargetCallback(args.target, measure=args.measure, gain=args.gain, weight=w0, seed=seed)
     test_core = RoutingCore(mode, 500, split="test", compute_weight=w0, **kwargs)
-    model = train_ppo(args.env, total_timesteps=args.timesteps, seed=seed, progress=False, callback=cb,
-                      compute_weight=w0, **kwargs)
+    model = train_ppo(
+        args.env, total_timesteps=args.timesteps, seed=seed, progress=False, callback=cb, compute_weight=w0, **kwargs
+    )
     res = evaluate(model, args.env, core=test_core)
     x, acc = res["flops_ratio"], res["accuracy"]
-    print(f"seed {seed}: final weight {cb.weight:.3f}; accuracy {100 * acc:.2f} % at FLOPs {x:.3f} ({100 * (1 - x):.1f} %"
-          f" saved), vs full {100 * (acc - full):+.2f}, vs greedy static {100 * (acc - interpolate(static['front'], x)):+.2f}",
-          flush=True)
+    print(
+        f"seed {seed}: final weight {cb.weight:.3f}; accuracy {100 * acc:.2f} % at FLOPs {x:.3f} ({100 * (1 - x):.1f} %"
+        f" saved), vs full {100 * (acc - full):+.2f}, vs greedy static {100 * (acc - interpolate(static['front'], x)):+.2f}",
+        flush=True,
+    )

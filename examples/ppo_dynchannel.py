@@ -14,8 +14,12 @@ from dyncnn_gym.recipes import env_kwargs, recipe, train_ppo
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--dataset", default="shapes")
 p.add_argument("--timesteps", type=int, default=recipe("DynChannel-v0")["total_timesteps"])
-p.add_argument("--compute-weight", type=float, default=None,
-               help="reward per unit of FLOPs ratio saved, in accuracy (default: the recipe's)")
+p.add_argument(
+    "--compute-weight",
+    type=float,
+    default=None,
+    help="reward per unit of FLOPs ratio saved, in accuracy (default: the recipe's)",
+)
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--out", default="ppo_dynchannel.zip")
 args = p.parse_args()

@@ -20,8 +20,19 @@ args = p.parse_args()
 
 env_kwargs = {"dataset": args.dataset, "compute_weight": args.compute_weight}
 vec = make_vec_env("DynSkip-v0", n_envs=32, seed=args.seed, **env_kwargs)
-model = QRDQN("MlpPolicy", vec, gamma=1.0, learning_starts=2000, exploration_fraction=0.3, train_freq=1,
-              gradient_steps=4, target_update_interval=500, policy_kwargs={"n_quantiles": 25}, seed=args.seed, verbose=0)
+model = QRDQN(
+    "MlpPolicy",
+    vec,
+    gamma=1.0,
+    learning_starts=2000,
+    exploration_fraction=0.3,
+    train_freq=1,
+    gradient_steps=4,
+    target_update_interval=500,
+    policy_kwargs={"n_quantiles": 25},
+    seed=args.seed,
+    verbose=0,
+)
 model.learn(args.timesteps)
 res = evaluate(model, "DynSkip-v0", **env_kwargs)
 print(f"QR-DQN: test accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f}")

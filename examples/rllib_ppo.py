@@ -30,19 +30,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="DynChannel-v0", choices=ENV_IDS, help="env id (default: %(default)s)")
     p.add_argument("--dataset", default="digits", help="data set name, e.g. digits or shapes (default: %(default)s)")
-    p.add_argument("--compute-weight", type=float, default=0.5, help="reward per unit of FLOPs ratio saved (default: %(default)s)")
+    p.add_argument(
+        "--compute-weight", type=float, default=0.5, help="reward per unit of FLOPs ratio saved (default: %(default)s)"
+    )
     p.add_argument("--obs", default="features", choices=("features", "probe"), help="observation mode (default: %(default)s)")
     p.add_argument("--iterations", type=int, default=20, help="PPO training iterations (default: %(default)s)")
     p.add_argument("--env-runners", type=int, default=1, help="remote env-runner processes, >= 1 (default: %(default)s)")
-    p.add_argument("--envs-per-runner", type=int, default=32, help="images per env runner, stepped as one batch (default: %(default)s)")
-    p.add_argument("--train-batch", type=int, default=2048, help="env steps (decisions) per training iteration (default: %(default)s)")
+    p.add_argument(
+        "--envs-per-runner", type=int, default=32, help="images per env runner, stepped as one batch (default: %(default)s)"
+    )
+    p.add_argument(
+        "--train-batch", type=int, default=2048, help="env steps (decisions) per training iteration (default: %(default)s)"
+    )
     p.add_argument("--minibatch", type=int, default=512, help="SGD minibatch size in env steps (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=4, help="SGD passes over each train batch (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--vectorize", default="vector_entry_point", choices=("vector_entry_point", "sync"),
-                   help="gym_env_vectorize_mode: the native vector env, or a SyncVectorEnv of single envs (default: %(default)s)")
-    p.add_argument("--via", default="id", choices=("id", "register_env"),
-                   help='env given as the id string "dyncnn_gym:ENV" or through ray.tune.registry.register_env (default: %(default)s)')
+    p.add_argument(
+        "--vectorize",
+        default="vector_entry_point",
+        choices=("vector_entry_point", "sync"),
+        help="gym_env_vectorize_mode: the native vector env, or a SyncVectorEnv of single envs (default: %(default)s)",
+    )
+    p.add_argument(
+        "--via",
+        default="id",
+        choices=("id", "register_env"),
+        help='env given as the id string "dyncnn_gym:ENV" or through ray.tune.registry.register_env (default: %(default)s)',
+    )
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs Ray may use (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the evaluation results to this JSON file")
@@ -118,8 +132,12 @@ def main(argv: list[str] | None = None, inspect: Callable[[Any], Any] | None = N
         for i in range(args.iterations):
             r = algo.train()
             runners = r.get("env_runners", {})
-            row = {"iteration": i + 1, "episode_return_mean": runners.get("episode_return_mean"),
-                   "episodes": runners.get("num_episodes_lifetime"), "seconds": round(time.perf_counter() - t0, 1)}
+            row = {
+                "iteration": i + 1,
+                "episode_return_mean": runners.get("episode_return_mean"),
+                "episodes": runners.get("num_episodes_lifetime"),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
             history.append(row)
             print(json.dumps(row))
         train_s = time.perf_counter() - t0
@@ -133,14 +151,24 @@ def main(argv: list[str] | None = None, inspect: Callable[[Any], Any] | None = N
         algo.stop()
         if started_ray:
             ray.shutdown()
-    result = {"env": args.env, "dataset": args.dataset, "train_seconds": round(train_s, 1), "history": history,
-              "accuracy": learned["accuracy"], "flops_ratio": learned["flops_ratio"], "n_images": learned["n_images"],
-              "mean_action": learned["mean_action"], "full_network_accuracy": full["accuracy"]}
+    result = {
+        "env": args.env,
+        "dataset": args.dataset,
+        "train_seconds": round(train_s, 1),
+        "history": history,
+        "accuracy": learned["accuracy"],
+        "flops_ratio": learned["flops_ratio"],
+        "n_images": learned["n_images"],
+        "mean_action": learned["mean_action"],
+        "full_network_accuracy": full["accuracy"],
+    }
     if inspect is not None:
         result["inspect"] = inspected
-    print(f"{args.env} on {args.dataset}: test accuracy {learned['accuracy']:.4f} at FLOPs ratio "
-          f"{learned['flops_ratio']:.3f} over {learned['n_images']} images (full network {full['accuracy']:.4f};"
-          f" {train_s:.0f} s of RLlib PPO)")
+    print(
+        f"{args.env} on {args.dataset}: test accuracy {learned['accuracy']:.4f} at FLOPs ratio "
+        f"{learned['flops_ratio']:.3f} over {learned['n_images']} images (full network {full['accuracy']:.4f};"
+        f" {train_s:.0f} s of RLlib PPO)"
+    )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

@@ -59,7 +59,7 @@ cost = np.array([core.table.path_flops(r) for r in routes]) / core.full
 
 @torch.no_grad()
 def first_obs(images: torch.Tensor) -> np.ndarray:
-    return np.concatenate([core.observe(Walk(core.net, mode, images[i:i + 1000])) for i in range(0, len(images), 1000)])
+    return np.concatenate([core.observe(Walk(core.net, mode, images[i : i + 1000])) for i in range(0, len(images), 1000)])
 
 
 @torch.no_grad()
@@ -68,9 +68,9 @@ def route_ce(images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     out = np.zeros((len(routes), len(labels)))
     for r, route in enumerate(routes):
         for i in range(0, len(labels), 1000):
-            xb = images[i:i + 1000]
+            xb = images[i : i + 1000]
             logits, _ = run_routes(core.net, mode, xb, torch.as_tensor(np.broadcast_to(route, (len(xb), len(route))).copy()))
-            out[r, i:i + 1000] = np.minimum(F.cross_entropy(logits, labels[i:i + 1000], reduction="none").numpy(), 5.0)
+            out[r, i : i + 1000] = np.minimum(F.cross_entropy(logits, labels[i : i + 1000], reduction="none").numpy(), 5.0)
     return out
 
 
@@ -109,15 +109,44 @@ for w in args.weight or [0.5, 1.0]:
     venv = make_vec_env(lambda w=w: RouteBandit(w), n_envs=64, seed=args.seed)
     torch.manual_seed(args.seed)
     if args.algo == "ppo":
-        model = PPO("MlpPolicy", venv, n_steps=16, batch_size=512, n_epochs=args.n_epochs, gamma=1.0, learning_rate=args.lr,
-                    ent_coef=args.ent_coef, policy_kwargs={"net_arch": [64, 64]}, seed=args.seed, verbose=0, device="cpu")
+        model = PPO(
+            "MlpPolicy",
+            venv,
+            n_steps=16,
+            batch_size=512,
+            n_epochs=args.n_epochs,
+            gamma=1.0,
+            learning_rate=args.lr,
+            ent_coef=args.ent_coef,
+            policy_kwargs={"net_arch": [64, 64]},
+            seed=args.seed,
+            verbose=0,
+            device="cpu",
+        )
     else:  # one-step episodes: Q(x, a) regresses each route's expected reward on the image
-        model = DQN("MlpPolicy", venv, gamma=1.0, learning_rate=5e-4, buffer_size=args.timesteps, learning_starts=5000,
-                    batch_size=256, train_freq=1, gradient_steps=4, target_update_interval=500, exploration_fraction=0.3,
-                    exploration_final_eps=0.05, policy_kwargs={"net_arch": [64, 64]}, seed=args.seed, verbose=0, device="cpu")
+        model = DQN(
+            "MlpPolicy",
+            venv,
+            gamma=1.0,
+            learning_rate=5e-4,
+            buffer_size=args.timesteps,
+            learning_starts=5000,
+            batch_size=256,
+            train_freq=1,
+            gradient_steps=4,
+            target_update_interval=500,
+            exploration_fraction=0.3,
+            exploration_final_eps=0.05,
+            policy_kwargs={"net_arch": [64, 64]},
+            seed=args.seed,
+            verbose=0,
+            device="cpu",
+        )
     model.learn(args.timesteps)
     choice, _ = model.predict(obs_test, deterministic=True)
     acc = ok_test[choice, np.arange(len(choice))].mean()
     flops = cost[choice].mean()
     ref = interpolate(static["front"], flops)
-    print(f"{w:6.2f} {flops:6.3f} {100 * acc:6.2f} {100 * ref:15.2f} {100 * (acc - ref):+6.2f}  ({len(np.unique(choice))} routes used)")
+    print(
+        f"{w:6.2f} {flops:6.3f} {100 * acc:6.2f} {100 * ref:15.2f} {100 * (acc - ref):+6.2f}  ({len(np.unique(choice))} routes used)"
+    )

@@ -134,7 +134,9 @@ def registered_ids() -> list[str]:
     return sorted(
         env_id
         for env_id, spec in gymnasium.registry.items()
-        if isinstance(spec.entry_point, str) and spec.entry_point.startswith("dyncnn_gym") and env_id not in dyncnn_gym.ONE_SHOT_IDS
+        if isinstance(spec.entry_point, str)
+        and spec.entry_point.startswith("dyncnn_gym")
+        and env_id not in dyncnn_gym.ONE_SHOT_IDS
     )
 
 

@@ -111,9 +111,13 @@ def test_blockdrop_vector_env_equals_single_envs(mode):
 
 def test_blockdrop_env_errors():
     kw = _skip_kwargs()
-    for bad, match in [({"reward": "bonus"}, "not a DynBlockDrop-v0 reward"), ({"usage": "time"}, "usage measure"),
-                       ({"penalty": -1.0}, "penalty=-1.0"), ({"compute_weight": 0.5}, "reward='blockdrop'"),
-                       ({"render_mode": "human"}, "render_mode")]:
+    for bad, match in [
+        ({"reward": "bonus"}, "not a DynBlockDrop-v0 reward"),
+        ({"usage": "time"}, "usage measure"),
+        ({"penalty": -1.0}, "penalty=-1.0"),
+        ({"compute_weight": 0.5}, "reward='blockdrop'"),
+        ({"render_mode": "human"}, "render_mode"),
+    ]:
         with pytest.raises(ValueError, match=match):
             gymnasium.make("DynBlockDrop-v0", **kw, **bad)
     env = gymnasium.make("DynBlockDrop-v0", **kw).unwrapped
@@ -141,8 +145,26 @@ def _check_saved(out, load, env_id, **env_kwargs):
 
 def test_rnp_dqn_trains_saves_and_reloads(tmp_path):
     out = tmp_path / "rnp"
-    saved = rnp_dqn.main(["--dataset", "digits", "--obs", "features", "--iterations", "12", "--num-envs", "16",
-                          "--learning-starts", "16", "--batch-episodes", "16", "--target-every", "5", "--out", str(out)])
+    saved = rnp_dqn.main(
+        [
+            "--dataset",
+            "digits",
+            "--obs",
+            "features",
+            "--iterations",
+            "12",
+            "--num-envs",
+            "16",
+            "--learning-starts",
+            "16",
+            "--batch-episodes",
+            "16",
+            "--target-every",
+            "5",
+            "--out",
+            str(out),
+        ]
+    )
     assert saved["algorithm"] == "RNP-DQN" and 0 < saved["flops_ratio"] <= 1
     assert "static_front_accuracy_at_same_flops" in saved["static"]
     assert np.isfinite(saved["history"][-1]["loss"])  # Q-learning updates ran
@@ -153,14 +175,55 @@ def test_rnp_dqn_trains_saves_and_reloads(tmp_path):
 def test_fine_tuned_backbone_and_policy_files_reproduce_result_json(agent, tmp_path):
     out = tmp_path / agent
     if agent == "rnp":
-        saved = rnp_dqn.main(["--dataset", "digits", "--obs", "features", "--iterations", "6", "--num-envs", "16",
-                              "--learning-starts", "16", "--batch-episodes", "16", "--finetune-every", "2",
-                              "--finetune-steps", "2", "--finetune-lr", "1e-3", "--no-compare-static", "--out", str(out)])
+        saved = rnp_dqn.main(
+            [
+                "--dataset",
+                "digits",
+                "--obs",
+                "features",
+                "--iterations",
+                "6",
+                "--num-envs",
+                "16",
+                "--learning-starts",
+                "16",
+                "--batch-episodes",
+                "16",
+                "--finetune-every",
+                "2",
+                "--finetune-steps",
+                "2",
+                "--finetune-lr",
+                "1e-3",
+                "--no-compare-static",
+                "--out",
+                str(out),
+            ]
+        )
         module, env_id = rnp_dqn, "DynChannel-v0"
     else:
-        saved = skipnet_hrl.main(["--dataset", "digits", "--obs", "features", "--ste-iterations", "3", "--ste-batch", "32",
-                                  "--rl-iterations", "3", "--num-envs", "16", "--joint-backbone", "--backbone-lr", "1e-3",
-                                  "--no-compare-static", "--out", str(out)])
+        saved = skipnet_hrl.main(
+            [
+                "--dataset",
+                "digits",
+                "--obs",
+                "features",
+                "--ste-iterations",
+                "3",
+                "--ste-batch",
+                "32",
+                "--rl-iterations",
+                "3",
+                "--num-envs",
+                "16",
+                "--joint-backbone",
+                "--backbone-lr",
+                "1e-3",
+                "--no-compare-static",
+                "--out",
+                str(out),
+            ]
+        )
         module, env_id = skipnet_hrl, "DynSkip-v0"
     assert (out / "backbone.pt").exists()
     _check_saved(out, module.load_policy, env_id, dataset="digits", obs="features", backbone=str(out / "backbone.pt"))
@@ -170,10 +233,20 @@ def test_fine_tuned_backbone_and_policy_files_reproduce_result_json(agent, tmp_p
 def test_rnp_dqn_finetunes_a_private_copy_of_the_backbone():
     net = make_net("vgg", "digits")
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    args = rnp_dqn.Args(env="DynChannel-v0", num_envs=8, iterations=4, learning_starts=8, batch_episodes=8,
-                        finetune=True, finetune_every=2, finetune_steps=2, finetune_batch=16)
-    qnet, tuned, hist = rnp_dqn.train(args, {"dataset": load_test_data("digits"), "backbone": net, "obs": "features"},
-                                      log=lambda *a: None)
+    args = rnp_dqn.Args(
+        env="DynChannel-v0",
+        num_envs=8,
+        iterations=4,
+        learning_starts=8,
+        batch_episodes=8,
+        finetune=True,
+        finetune_every=2,
+        finetune_steps=2,
+        finetune_batch=16,
+    )
+    qnet, tuned, hist = rnp_dqn.train(
+        args, {"dataset": load_test_data("digits"), "backbone": net, "obs": "features"}, log=lambda *a: None
+    )
     assert tuned is not net and "finetune" in hist[1] and np.isfinite(hist[1]["finetune"]["loss"])
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the shared net is untouched
     assert any(not torch.equal(before[k], v) for k, v in tuned.state_dict().items())
@@ -190,9 +263,27 @@ def test_rnp_dqn_finetunes_a_private_copy_of_the_backbone():
 
 def test_skipnet_hrl_trains_saves_and_reloads(tmp_path):
     out = tmp_path / "skip"
-    saved = skipnet_hrl.main(["--dataset", "digits", "--obs", "features", "--ste-iterations", "6", "--ste-batch", "32",
-                              "--rl-iterations", "4", "--num-envs", "16", "--no-compare-static", "--loss", "error",
-                              "--out", str(out)])
+    saved = skipnet_hrl.main(
+        [
+            "--dataset",
+            "digits",
+            "--obs",
+            "features",
+            "--ste-iterations",
+            "6",
+            "--ste-batch",
+            "32",
+            "--rl-iterations",
+            "4",
+            "--num-envs",
+            "16",
+            "--no-compare-static",
+            "--loss",
+            "error",
+            "--out",
+            str(out),
+        ]
+    )
     assert saved["algorithm"] == "SkipNet-HRL" and saved["after_stage1"]["flops_ratio"] > 0
     assert saved["env_kwargs"]["loss"] == "error" and saved["args"]["loss"] == "error"
     assert len(saved["history"]["stage1"]) == 6 and len(saved["history"]["stage2"]) == 4
@@ -253,8 +344,23 @@ def test_skipnet_ste_stage_lowers_the_routed_loss():
 
 def test_blockdrop_pg_trains_saves_and_reloads(tmp_path):
     out = tmp_path / "bd"
-    saved = blockdrop_pg.main(["--dataset", "digits", "--obs", "features", "--iterations", "8", "--num-envs", "16",
-                               "--lr", "0.05", "--no-compare-static", "--out", str(out)])
+    saved = blockdrop_pg.main(
+        [
+            "--dataset",
+            "digits",
+            "--obs",
+            "features",
+            "--iterations",
+            "8",
+            "--num-envs",
+            "16",
+            "--lr",
+            "0.05",
+            "--no-compare-static",
+            "--out",
+            str(out),
+        ]
+    )
     assert saved["algorithm"] == "BlockDrop-PG" and saved["history"][0]["blocks_decided"] == 1
     T = gymnasium.make("DynSkip-v0", dataset="digits", obs="features").unwrapped.core.T
     assert saved["history"][-1]["blocks_decided"] == T  # the curriculum reached every block
@@ -286,9 +392,29 @@ def test_blockdrop_pg_joint_finetuning_lowers_the_routed_loss(tmp_path):
     default = core.net  # the process-wide backbone the run starts from
     before = {k: v.clone() for k, v in default.state_dict().items()}
     out = tmp_path / "bdft"
-    saved = blockdrop_pg.main(["--dataset", "digits", "--obs", "features", "--iterations", "4", "--num-envs", "16",
-                               "--lr", "0.05", "--finetune-iterations", "3", "--finetune-lr", "1e-3",
-                               "--finetune-batch", "64", "--no-compare-static", "--out", str(out)])
+    saved = blockdrop_pg.main(
+        [
+            "--dataset",
+            "digits",
+            "--obs",
+            "features",
+            "--iterations",
+            "4",
+            "--num-envs",
+            "16",
+            "--lr",
+            "0.05",
+            "--finetune-iterations",
+            "3",
+            "--finetune-lr",
+            "1e-3",
+            "--finetune-batch",
+            "64",
+            "--no-compare-static",
+            "--out",
+            str(out),
+        ]
+    )
     assert [r["stage"] for r in saved["history"]] == ["rl"] * 4 + ["joint"] * 3
     assert all(r["blocks_decided"] == core.T for r in saved["history"][4:])  # no curriculum: the policy decides all
     ft = saved["finetune"]
@@ -308,8 +434,13 @@ def test_blockdrop_pg_joint_finetuning_lowers_the_routed_loss(tmp_path):
         loss_after = F.cross_entropy(run_routes(tuned, "skip", x, keep)[0], y).item()
     assert loss_after < loss_before - 0.03, (loss_before, loss_after)
     # the test evaluation used the fine-tuned backbone: reloading both files reproduces it exactly
-    res = evaluate(blockdrop_pg.load_policy(out / "policy.pt"), "DynSkip-v0", dataset="digits", obs="features",
-                   backbone=str(out / "backbone.pt"))
+    res = evaluate(
+        blockdrop_pg.load_policy(out / "policy.pt"),
+        "DynSkip-v0",
+        dataset="digits",
+        obs="features",
+        backbone=str(out / "backbone.pt"),
+    )
     assert res["n_images"] == saved["n_images"] > 0
     assert res["accuracy"] == saved["accuracy"] and res["flops_ratio"] == saved["flops_ratio"]
 
@@ -332,24 +463,27 @@ def test_agent_help_runs_as_a_script(module, capsys, monkeypatch):
     assert "usage:" in text and "--out" in text and "--seed" in text
 
 
-@pytest.mark.parametrize("module,argv,match", [
-    (rnp_dqn, ["--env", "CartPole-v1"], "not a routing env"),
-    (rnp_dqn, ["--gamma", "1.5"], "--gamma 1.5 must be in"),
-    (rnp_dqn, ["--num-envs", "0"], "--num-envs 0 must be a positive integer"),
-    (rnp_dqn, ["--eps-end", "2"], "--eps-end 2.0 must be in"),
-    (rnp_dqn, ["--split", "test"], "--split 'test' is not a training split"),
-    (rnp_dqn, ["--loss", "hinge"], "--loss 'hinge' is not a classification term; choose one of ['ce', 'error']"),
-    (skipnet_hrl, ["--loss", "hinge"], "--loss 'hinge' is not a classification term; choose one of ['ce', 'error']"),
-    (skipnet_hrl, ["--rl-sharpness", "0"], "--rl-sharpness 0.0 must be > 0"),
-    (skipnet_hrl, ["--env", "DynChannel-v0"], "supports DynSkip-v0 only"),
-    (skipnet_hrl, ["--split", "test"], "--split 'test' is not a training split"),
-    (skipnet_hrl, ["--ste-iterations", "0", "--rl-iterations", "0"], "nothing to train"),
-    (blockdrop_pg, ["--reward", "accuracy"], "not supported; choose one of"),
-    (blockdrop_pg, ["--explore", "0.2"], "--explore 0.2 must be in"),
-    (blockdrop_pg, ["--finetune-iterations", "-1"], "--finetune-iterations -1 must be >= 0"),
-    (blockdrop_pg, ["--finetune-lr", "0"], "--finetune-lr 0.0 must be > 0"),
-    (blockdrop_pg, ["--finetune-batch", "0"], "--finetune-batch 0 must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "module,argv,match",
+    [
+        (rnp_dqn, ["--env", "CartPole-v1"], "not a routing env"),
+        (rnp_dqn, ["--gamma", "1.5"], "--gamma 1.5 must be in"),
+        (rnp_dqn, ["--num-envs", "0"], "--num-envs 0 must be a positive integer"),
+        (rnp_dqn, ["--eps-end", "2"], "--eps-end 2.0 must be in"),
+        (rnp_dqn, ["--split", "test"], "--split 'test' is not a training split"),
+        (rnp_dqn, ["--loss", "hinge"], "--loss 'hinge' is not a classification term; choose one of ['ce', 'error']"),
+        (skipnet_hrl, ["--loss", "hinge"], "--loss 'hinge' is not a classification term; choose one of ['ce', 'error']"),
+        (skipnet_hrl, ["--rl-sharpness", "0"], "--rl-sharpness 0.0 must be > 0"),
+        (skipnet_hrl, ["--env", "DynChannel-v0"], "supports DynSkip-v0 only"),
+        (skipnet_hrl, ["--split", "test"], "--split 'test' is not a training split"),
+        (skipnet_hrl, ["--ste-iterations", "0", "--rl-iterations", "0"], "nothing to train"),
+        (blockdrop_pg, ["--reward", "accuracy"], "not supported; choose one of"),
+        (blockdrop_pg, ["--explore", "0.2"], "--explore 0.2 must be in"),
+        (blockdrop_pg, ["--finetune-iterations", "-1"], "--finetune-iterations -1 must be >= 0"),
+        (blockdrop_pg, ["--finetune-lr", "0"], "--finetune-lr 0.0 must be > 0"),
+        (blockdrop_pg, ["--finetune-batch", "0"], "--finetune-batch 0 must be a positive integer"),
+    ],
+)
 def test_agent_cli_errors(module, argv, match, capsys):
     with pytest.raises(SystemExit) as exc:
         module.parse_args(argv)
@@ -365,16 +499,27 @@ def test_rnp_finetune_flags():
     assert not rnp_dqn.parse_args(["--no-finetune"]).finetune
 
 
-@pytest.mark.parametrize("spec,env_id", [("agents.rnp_dqn:bench_agent", "DynChannel-v0"),
-                                         ("agents.skipnet_hrl:bench_agent", "DynSkip-v0"),
-                                         ("agents.blockdrop_pg:bench_agent", "DynSkip-v0")])
+@pytest.mark.parametrize(
+    "spec,env_id",
+    [
+        ("agents.rnp_dqn:bench_agent", "DynChannel-v0"),
+        ("agents.skipnet_hrl:bench_agent", "DynSkip-v0"),
+        ("agents.blockdrop_pg:bench_agent", "DynSkip-v0"),
+    ],
+)
 def test_bench_plugins_resolve_and_return_evaluable_policies(spec, env_id):
     from dyncnn_gym.benchmark.bench import resolve_agent
     from dyncnn_gym.benchmark.suites import Task
 
     fn = resolve_agent(spec)
     arch = "vgg" if env_id == "DynChannel-v0" else SKIP_NET[0]
-    kw = {"dataset": load_test_data("digits"), "backbone": make_net(arch, "digits"), "groups": 4, "reward": "flops", "obs": "features"}
+    kw = {
+        "dataset": load_test_data("digits"),
+        "backbone": make_net(arch, "digits"),
+        "groups": 4,
+        "reward": "flops",
+        "obs": "features",
+    }
     before = {k: v.clone() for k, v in kw["backbone"].state_dict().items()}
 
     def env_fn(n_envs: int = 16):  # the agents build their own envs; only compute_weight is read
@@ -404,9 +549,17 @@ def test_sb3_contrib_algorithms_train_save_and_reload(env_id, algo, tmp_path):
     kw = {"dataset": load_test_data("digits"), "backbone": make_net(arch, "digits")}
     vec = make_vec_env(env_id, n_envs=8, seed=0, **kw)
     cls = getattr(sb3_contrib, algo)
-    extra = ({"n_steps": 16, "batch_size": 64, "n_epochs": 1, "policy_kwargs": {"lstm_hidden_size": 16}}
-             if algo == "RecurrentPPO" else
-             {"learning_starts": 32, "buffer_size": 1000, "train_freq": 4, "batch_size": 32, "policy_kwargs": {"n_quantiles": 8}})
+    extra = (
+        {"n_steps": 16, "batch_size": 64, "n_epochs": 1, "policy_kwargs": {"lstm_hidden_size": 16}}
+        if algo == "RecurrentPPO"
+        else {
+            "learning_starts": 32,
+            "buffer_size": 1000,
+            "train_freq": 4,
+            "batch_size": 32,
+            "policy_kwargs": {"n_quantiles": 8},
+        }
+    )
     model = cls("MlpLstmPolicy" if algo == "RecurrentPPO" else "MlpPolicy", vec, gamma=1.0, seed=0, device="cpu", **extra)
     model.learn(256)
     assert model.num_timesteps >= 256 and len(model.ep_info_buffer) > 0
@@ -444,7 +597,6 @@ def test_qrdqn_example_help():
     finally:
         sys.argv = old
     assert exc.value.code == 0
-
 
 
 @pytest.mark.parametrize("name,word", [("supervised_router.py", "supervised"), ("route_bandit.py", "bandit")])

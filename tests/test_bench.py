@@ -59,7 +59,11 @@ def test_pins_match_the_shipped_checkpoints_and_a_mismatch_raises():
 
 
 def test_scalar_summary_on_hand_made_fronts():
-    static = [{"flops_ratio": 0.1, "accuracy": 0.3}, {"flops_ratio": 0.5, "accuracy": 0.7}, {"flops_ratio": 1.0, "accuracy": 0.9}]
+    static = [
+        {"flops_ratio": 0.1, "accuracy": 0.3},
+        {"flops_ratio": 0.5, "accuracy": 0.7},
+        {"flops_ratio": 1.0, "accuracy": 0.9},
+    ]
     same = front_area(static, static)
     assert same["score"] == pytest.approx(0.0)
     assert same["mixed"] == {"below": False, "above": False}
@@ -75,7 +79,11 @@ def test_scalar_summary_on_hand_made_fronts():
 
 
 def test_partial_coverage_is_extended_by_mixing_with_static_routes():
-    static = [{"flops_ratio": 0.1, "accuracy": 0.3}, {"flops_ratio": 0.5, "accuracy": 0.7}, {"flops_ratio": 1.0, "accuracy": 0.9}]
+    static = [
+        {"flops_ratio": 0.1, "accuracy": 0.3},
+        {"flops_ratio": 0.5, "accuracy": 0.7},
+        {"flops_ratio": 1.0, "accuracy": 0.9},
+    ]
     # an oracle-like single cheap point (0.2, 0.95): beyond it, the best chord goes to the full network
     x = np.linspace(0.2, 0.8, 60001)
     chord = 0.95 + (0.9 - 0.95) * (x - 0.2) / (1.0 - 0.2)
@@ -140,7 +148,9 @@ def test_cli_bench_list_and_errors(capsys):
 
 def test_bench_merges_agents_and_reports_seeds(tmp_path):
     run_bench("tiny-v0", ["static", f"{__name__}:constant_agent"], tmp_path, progress=False, timesteps=64)
-    res = run_bench("tiny-v0", ["random", f"{__name__}:other_agent"], tmp_path, progress=False, timesteps=64, seed=[0, 1], merge=True)
+    res = run_bench(
+        "tiny-v0", ["random", f"{__name__}:other_agent"], tmp_path, progress=False, timesteps=64, seed=[0, 1], merge=True
+    )
     task = get_suite("tiny-v0").tasks[0].name
     agents = res["tasks"][task]["agents"]
     assert {f"{__name__}:constant_agent", f"{__name__}:other_agent", "random", "static"} <= set(agents)

@@ -72,7 +72,9 @@ def test_demo_writes_results_that_a_third_party_can_reproduce(digit_backbones, t
         assert type(model).__name__ == entry["algorithm"]
         # the third party's own loop: single env, test split, deterministic actions
         env = gym.make(entry["env_id"], split="test", **entry["env_kwargs"])
-        n = len(RoutingCore("channel" if "Channel" in entry["env_id"] else "skip", 1, split="test", **entry["env_kwargs"]).labels)
+        n = len(
+            RoutingCore("channel" if "Channel" in entry["env_id"] else "skip", 1, split="test", **entry["env_kwargs"]).labels
+        )
         correct, ratio = 0, 0.0
         obs, _ = env.reset(seed=0)
         for _ in range(n):
@@ -98,7 +100,7 @@ def test_a_confidence_cascade_is_the_threshold_policy_on_the_probe_observation(d
     cheap, rich = 0, core.A - 1
     for threshold in (0.5, 0.9):
         correct, flops = cascade_outcomes(core, cheap, rich, threshold)
-        res = evaluate(lambda obs: np.where(obs[:, top] < threshold, rich, cheap), env_id, core=core)
+        res = evaluate(lambda obs, threshold=threshold: np.where(obs[:, top] < threshold, rich, cheap), env_id, core=core)
         assert res["accuracy"] == pytest.approx(correct.mean())
         assert res["flops_ratio"] == pytest.approx(flops.mean() / core.full)
     # a threshold no probe stays below routes every image the cheap way: the static cheap route

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from stable_baselines3 import PPO
-
 from conftest import make_net
+from stable_baselines3 import PPO
 
 from dyncnn_gym import callbacks
 from dyncnn_gym.callbacks import BackboneFinetuneCallback, routed_logits

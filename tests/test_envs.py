@@ -183,8 +183,19 @@ def test_final_info_is_complete_and_consistent(env_id):
     for episode in range(4):
         *_, infos = rollout(env, seed=0 if episode == 0 else None, rng=rng)
         info = infos[-1]
-        for key in ("prediction", "label", "correct", "flops", "flops_ratio", "actions", "cross_entropy", "index",
-                    "difficulty", "difficulty_params", "action_mask"):
+        for key in (
+            "prediction",
+            "label",
+            "correct",
+            "flops",
+            "flops_ratio",
+            "actions",
+            "cross_entropy",
+            "index",
+            "difficulty",
+            "difficulty_params",
+            "action_mask",
+        ):
             assert key in info, f"final info lacks {key!r}"
         i = info["index"]
         acts = np.asarray(info["actions"])
@@ -503,8 +514,16 @@ def _trace(env, seed=3, episodes=2):
     rng = np.random.default_rng(seed)
     for k in range(episodes):
         obs, rew, _, _, infos = rollout(env, seed=seed if k == 0 else None, rng=rng)
-        out.append({"obs": [o.tolist() for o in obs], "rew": rew, "actions": infos[-1]["actions"].tolist(),
-                    "index": infos[-1]["index"], "flops": infos[-1]["flops"], "ce": infos[-1]["cross_entropy"]})
+        out.append(
+            {
+                "obs": [o.tolist() for o in obs],
+                "rew": rew,
+                "actions": infos[-1]["actions"].tolist(),
+                "index": infos[-1]["index"],
+                "flops": infos[-1]["flops"],
+                "ce": infos[-1]["cross_entropy"],
+            }
+        )
     return out
 
 
@@ -524,14 +543,16 @@ def test_pickle_roundtrip_spawn_style(tmp_path):
     env = gymnasium.make(CHANNEL_ID, dataset=user12_arrays(), backbone=make_net("resnet8", "user12", 2), groups=2)
     path = tmp_path / "env.pkl"
     path.write_bytes(pickle.dumps(env.unwrapped))
-    code = "\n".join([
-        "import json, pickle",
-        "import numpy as np",
-        inspect.getsource(rollout),
-        inspect.getsource(_trace),
-        f"env = pickle.loads(open({str(path)!r}, 'rb').read())",
-        "print(json.dumps(_trace(env)))",
-    ])
+    code = "\n".join(
+        [
+            "import json, pickle",
+            "import numpy as np",
+            inspect.getsource(rollout),
+            inspect.getsource(_trace),
+            f"env = pickle.loads(open({str(path)!r}, 'rb').read())",
+            "print(json.dumps(_trace(env)))",
+        ]
+    )
     child = json.loads(run_subprocess(code).strip().splitlines()[-1])
     assert child == json.loads(json.dumps(_trace(env.unwrapped)))
 
@@ -579,7 +600,18 @@ print(json.dumps({"mods": sorted(sys.modules), "ids": sorted(k for k in gymnasiu
 """
     out = json.loads(run_subprocess(code).strip().splitlines()[-1])
     mods = set(out["mods"])
-    heavy = {"torch", "dyncnn_gym.pretraining", "dyncnn_gym.walk", "dyncnn_gym.models", "dyncnn_gym.envs",
-             "dyncnn_gym.data.shapes", "dyncnn_gym.data.arrays", "sklearn", "scipy", "stable_baselines3", "matplotlib"}
+    heavy = {
+        "torch",
+        "dyncnn_gym.pretraining",
+        "dyncnn_gym.walk",
+        "dyncnn_gym.models",
+        "dyncnn_gym.envs",
+        "dyncnn_gym.data.shapes",
+        "dyncnn_gym.data.arrays",
+        "sklearn",
+        "scipy",
+        "stable_baselines3",
+        "matplotlib",
+    }
     assert not (heavy & mods), f"import dyncnn_gym pulled in {sorted(heavy & mods)}"
     assert {"DynChannel-v0", "DynSkip-v0"} <= set(out["ids"])

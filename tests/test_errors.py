@@ -56,8 +56,10 @@ def test_backbone_of_a_wrong_type(backbone, error):
 
 
 def test_unknown_arch():
-    for call in (lambda: pretrain("alexnet", load_test_data("user12"), epochs=1, progress=False),
-                 lambda: build("alexnet", (3, 32, 32), 10)):
+    for call in (
+        lambda: pretrain("alexnet", load_test_data("user12"), epochs=1, progress=False),
+        lambda: build("alexnet", (3, 32, 32), 10),
+    ):
         with pytest.raises(ValueError) as exc:
             call()
         assert "'alexnet'" in message(exc) and "'vgg'" in message(exc) and "'resnet8'" in message(exc)

@@ -8,9 +8,8 @@ torch module, ``obs="probe"`` and a compute budget; and the same again after sav
 
 from __future__ import annotations
 
-import importlib
-
 import copy
+import importlib
 import json
 import warnings
 
@@ -381,7 +380,14 @@ def test_perf_router_exports_like_any_module():
     with pytest.raises(ValueError, match=r"thresholds=\[0.5\] must hold num_actions - 1 = 3 values"):
         ConfidenceThresholds(8, 2, 4, (0.5,))
     assert add_arguments(argparse.ArgumentParser()).parse_args(["--export-only"]).export_only
-    row = {"env_id": "DynSkip-v0", "batch": 1, "flops_ratio": 0.5, "wall_speedup": 1.5, "raw_speedup": 1.6,
-           "policy_overhead": 0.1, "ms_per_image": {"routed": 1.0, "full": 1.5, "raw": 0.9}}
+    row = {
+        "env_id": "DynSkip-v0",
+        "batch": 1,
+        "flops_ratio": 0.5,
+        "wall_speedup": 1.5,
+        "raw_speedup": 1.6,
+        "policy_overhead": 0.1,
+        "ms_per_image": {"routed": 1.0, "full": 1.5, "raw": 0.9},
+    }
     lines = format_export({"setup": {"router": "r"}, "rows": [row]})
     assert "DynSkip-v0" in lines[-1] and "10.0%" in lines[-1]

@@ -168,9 +168,7 @@ def test_full_network_flops_equal_flop_counter(arch, mode, groups):
     assert total == 3 * net.cost_table(mode).full
 
 
-@pytest.mark.parametrize(
-    "arch,mode", [(a, m) for a in ("vgg", "resnet8", "resnet14", "resnet8-lite") for m in ARCHS[a]]
-)
+@pytest.mark.parametrize("arch,mode", [(a, m) for a in ("vgg", "resnet8", "resnet14", "resnet8-lite") for m in ARCHS[a]])
 def test_less_computation_is_strictly_cheaper_when_counted(arch, mode):
     """Lowering any single decision (fewer groups, or a skip) strictly lowers the counted FLOPs,
     and so do uniformly narrower routes: dropped work is really not run."""

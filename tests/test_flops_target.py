@@ -28,9 +28,19 @@ def test_the_core_and_every_env_face_change_the_compute_weight_from_the_next_ste
     env.unwrapped.set_compute_weight(2.0)
     env.reset(seed=0)
     _, r, *_ = env.step(0)  # skipping the first block pays its FLOPs share at the new weight
-    assert r > 0 and np.isclose(r / 2.0, env.unwrapped.core.reward.step(
-        0, np.array([0]), np.array([0]), int(env.unwrapped.core._full_step[0]), env.unwrapped.core.full,
-        env.unwrapped.core.A, env.unwrapped.core.T)[0] / 2.0)
+    assert r > 0 and np.isclose(
+        r / 2.0,
+        env.unwrapped.core.reward.step(
+            0,
+            np.array([0]),
+            np.array([0]),
+            int(env.unwrapped.core._full_step[0]),
+            env.unwrapped.core.full,
+            env.unwrapped.core.A,
+            env.unwrapped.core.T,
+        )[0]
+        / 2.0,
+    )
 
 
 @pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
@@ -43,9 +53,14 @@ def test_a_bad_compute_weight_is_refused_and_names_the_value(bad):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"target": 0.0}, "target=0.0"), ({"target": 1.5}, "target=1.5"), ({"target": 0.5, "measure": "test"}, "measure='test'"),
-     ({"target": 0.5, "gain": 0}, "gain=0"), ({"target": 0.5, "weight": -1.0}, "weight=-1.0"),
-     ({"target": 0.5, "eval_images": 0}, "eval_images=0")],
+    [
+        ({"target": 0.0}, "target=0.0"),
+        ({"target": 1.5}, "target=1.5"),
+        ({"target": 0.5, "measure": "test"}, "measure='test'"),
+        ({"target": 0.5, "gain": 0}, "gain=0"),
+        ({"target": 0.5, "weight": -1.0}, "weight=-1.0"),
+        ({"target": 0.5, "eval_images": 0}, "eval_images=0"),
+    ],
 )
 def test_bad_arguments_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -191,8 +191,9 @@ def test_arch_table_lists_the_modes():
 # ------------------------------------------------------------------------------ cost tables
 
 
-@pytest.mark.parametrize("arch,mode,groups", [("vgg", "channel", 2), ("resnet8", "channel", 2), ("resnet14", "skip", 4),
-                                              ("vgg", "channel", 4)])
+@pytest.mark.parametrize(
+    "arch,mode,groups", [("vgg", "channel", 2), ("resnet8", "channel", 2), ("resnet14", "skip", 4), ("vgg", "channel", 4)]
+)
 def test_cost_table_paths_and_min_to_go_by_brute_force(arch, mode, groups):
     net = build(arch, (1, 12, 12), 3, groups=groups)
     table = net.cost_table(mode)

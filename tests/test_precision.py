@@ -12,15 +12,21 @@ from dyncnn_gym.envs.core import RoutingCore
 
 ARCH = {"channel": "vgg", "skip": "resnet14"}
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-CASES = [("cpu", "bfloat16"), ("cpu", "float16"), pytest.param("cuda", "float16", marks=CUDA),
-         pytest.param("cuda", "bfloat16", marks=CUDA)]
+CASES = [
+    ("cpu", "bfloat16"),
+    ("cpu", "float16"),
+    pytest.param("cuda", "float16", marks=CUDA),
+    pytest.param("cuda", "bfloat16", marks=CUDA),
+]
 
 
 def _route_by_decision(T: int, A: int, F: int):
     """A deterministic policy that reads only the decision index: action (t + 1) % A."""
+
     def policy(obs: np.ndarray) -> np.ndarray:
         t = obs[:, F : F + T].argmax(1)
         return (t + 1) % A
+
     return policy
 
 

@@ -224,7 +224,9 @@ def test_parse_backbone_names_arch_and_trained_modes():
     assert pretrain_mod.parse_backbone("vgg+sandwich+distill") == ("vgg", None, True, True, False)
     assert pretrain_mod.parse_backbone("resnet8@skip+distill") == ("resnet8", ("skip",), True, False, False)
     assert pretrain_mod.parse_backbone("vgg+augment+sandwich+distill") == ("vgg", None, True, True, True)
-    with pytest.raises(ValueError, match=r"'sandwhich' is not a training option; choose from \['augment', 'distill', 'sandwich'\]"):
+    with pytest.raises(
+        ValueError, match=r"'sandwhich' is not a training option; choose from \['augment', 'distill', 'sandwich'\]"
+    ):
         pretrain_mod.parse_backbone("vgg+sandwhich")
     with pytest.raises(ValueError, match="repeats an option"):
         pretrain_mod.parse_backbone("vgg+distill+distill")
@@ -246,7 +248,9 @@ def test_one_mode_backbone_trains_only_that_mode_and_refuses_the_other(tmp_path)
     plain = pretrain_mod.TrainConfig(epochs=1)
     assert plain.key() == pretrain_mod.TrainConfig(epochs=1, modes=None).key()
     assert plain.key() != pretrain_mod.TrainConfig(epochs=1, modes=("skip",)).key()
-    assert pretrain_mod.default_checkpoint_name("resnet8@skip", 4, data) != pretrain_mod.default_checkpoint_name("resnet8", 4, data)
+    assert pretrain_mod.default_checkpoint_name("resnet8@skip", 4, data) != pretrain_mod.default_checkpoint_name(
+        "resnet8", 4, data
+    )
     net = pretrain_mod.pretrain("resnet8@skip", data, epochs=1, cache=False, progress=False, out=tmp_path / "r.pt")
     assert net.modes == ("skip",) and tuple(net.meta["train_config"]["modes"]) == ("skip",)
     assert set(net.meta["static"]) == {"skip"}
@@ -266,8 +270,12 @@ def test_distillation_and_sandwich_are_recorded_and_name_their_own_checkpoints(m
     train config and give it its own name, while checkpoints trained without them keep theirs."""
     plain = TrainConfig(epochs=1)
     assert plain.key() == TrainConfig(epochs=1, distill=False, sandwich=False).key()
-    keys = {plain.key(), TrainConfig(epochs=1, distill=True).key(), TrainConfig(epochs=1, sandwich=True).key(),
-            TrainConfig(epochs=1, distill=True, sandwich=True).key()}
+    keys = {
+        plain.key(),
+        TrainConfig(epochs=1, distill=True).key(),
+        TrainConfig(epochs=1, sandwich=True).key(),
+        TrainConfig(epochs=1, distill=True, sandwich=True).key(),
+    }
     assert len(keys) == 4
     data = load_test_data("user12")
     both = TrainConfig(epochs=pretrain_mod.default_epochs(data), distill=True, sandwich=True)
@@ -313,8 +321,10 @@ def test_every_default_backbone_ships_trained_as_its_name_says(dataset, mode):
     assert (tuple(cfg["modes"]) if cfg["modes"] else None) == spec.modes
 
 
-@pytest.mark.parametrize("name,plain", [("vgg+sandwich+distill+augment", "vgg+sandwich+distill"),
-                                        ("resnet32-lite@skip+augment", "resnet32-lite@skip")])
+@pytest.mark.parametrize(
+    "name,plain",
+    [("vgg+sandwich+distill+augment", "vgg+sandwich+distill"), ("resnet32-lite@skip+augment", "resnet32-lite@skip")],
+)
 def test_the_shifted_shapes_backbones_ship_and_augment_names_its_own_checkpoint_only_where_it_shifts(name, plain):
     """``+augment`` (random 2-pixel shifts) is recorded and named on 32x32 shapes; digits' 8x8
     images are not shifted, so there the name is the unshifted backbone's."""
@@ -327,8 +337,12 @@ def test_the_shifted_shapes_backbones_ship_and_augment_names_its_own_checkpoint_
     meta = load_checkpoint(pretrain_mod.SHIPPED_DIR / pretrain_mod.default_checkpoint_name(name, 4, shapes), shapes, 4).meta
     base = load_checkpoint(pretrain_mod.SHIPPED_DIR / pretrain_mod.default_checkpoint_name(plain, 4, shapes), shapes, 4).meta
     assert meta["train_config"]["augment"] is True and base["train_config"]["augment"] is False
-    for k in (set(meta["train_config"]) | set(base["train_config"])) - {"augment"}:  # older checkpoints lack options that are off
+    for k in (set(meta["train_config"]) | set(base["train_config"])) - {
+        "augment"
+    }:  # older checkpoints lack options that are off
         assert meta["train_config"].get(k, False) == base["train_config"].get(k, False), k
     # better than the same backbone trained on unshifted images at every static route but the cheapest
     (mode,) = set(meta["static"])
-    assert all(a["accuracy"] > b["accuracy"] for a, b in zip(meta["static"][mode], base["static"][mode]) if a["flops_ratio"] > 0.1)
+    assert all(
+        a["accuracy"] > b["accuracy"] for a, b in zip(meta["static"][mode], base["static"][mode]) if a["flops_ratio"] > 0.1
+    )

@@ -89,7 +89,9 @@ def gym_trace(venv, actions: np.ndarray) -> dict:
             assert info["_correct"][i]
             finals.append((int(i), {k: np.asarray(info[k][i]).tolist() for k in FINAL_KEYS}))
         if "difficulty_params" in info:  # nested dicts survive the pipe too
-            assert set(info["difficulty_params"]) and all(isinstance(v, np.ndarray) for v in info["difficulty_params"].values())
+            assert set(info["difficulty_params"]) and all(
+                isinstance(v, np.ndarray) for v in info["difficulty_params"].values()
+            )
     venv.close()
     return {"obs": np.stack(obs), "rew": np.stack(rews), "done": np.stack(dones), "finals": finals}
 
@@ -126,8 +128,10 @@ def test_subprocess_workers_match_in_process(library, start_method, env_id, sour
     workers given names load the shipped backbone offline (no checkpoint lands in the cache)."""
     ckpts = cache_root / "checkpoints"
     before = set(ckpts.glob("*.pt")) if ckpts.exists() else set()
-    fn = env_fn(env_id) if source == "objects" else functools.partial(
-        gymnasium.make, f"dyncnn_gym:{env_id}", dataset="digits", compute_weight=0.25
+    fn = (
+        env_fn(env_id)
+        if source == "objects"
+        else functools.partial(gymnasium.make, f"dyncnn_gym:{env_id}", dataset="digits", compute_weight=0.25)
     )
     T = fn().unwrapped.num_decisions
     if library == "sb3":

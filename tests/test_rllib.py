@@ -32,7 +32,20 @@ from dyncnn_gym.envs.vector import DynChannelVectorEnv, DynSkipVectorEnv  # noqa
 from dyncnn_gym.rllib import EnvCreator, rlmodule_policy  # noqa: E402
 
 #: tiny PPO settings: 2 iterations of 128 decisions, one env runner with 8 images
-TINY = ["--iterations", "2", "--envs-per-runner", "8", "--train-batch", "128", "--minibatch", "64", "--epochs", "1", "--num-cpus", "2"]
+TINY = [
+    "--iterations",
+    "2",
+    "--envs-per-runner",
+    "8",
+    "--train-batch",
+    "128",
+    "--minibatch",
+    "64",
+    "--epochs",
+    "1",
+    "--num-cpus",
+    "2",
+]
 
 
 def _load_example():
@@ -50,8 +63,13 @@ def ray_session(cache_root):
     """One local Ray instance for the module: 2 CPUs, the test cache and one torch thread in workers."""
     torch.set_num_threads(1)
     env_vars = {"DYNCNN_GYM_CACHE": str(cache_root), "OMP_NUM_THREADS": "1"}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env_vars},
-             object_store_memory=100 * 1024**2)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": env_vars},
+        object_store_memory=100 * 1024**2,
+    )
     yield
     ray.shutdown()
 
@@ -107,8 +125,19 @@ def test_ppo_through_register_env_with_native_vector_env(ray_session, cache_root
     """``register_env(name, EnvCreator("DynChannel-v0"))`` with ``gym_env_vectorize_mode=
     "vector_entry_point"``: RLlib passes ``env_config | {"num_envs": n}`` to the creator, which builds
     the native vector env in the runner; env_config kwargs (obs="probe", compute_weight=0.25) reach it."""
-    argv = ["--env", "DynChannel-v0", "--via", "register_env", "--vectorize", "vector_entry_point",
-            "--obs", "probe", "--compute-weight", "0.25", *TINY]
+    argv = [
+        "--env",
+        "DynChannel-v0",
+        "--via",
+        "register_env",
+        "--vectorize",
+        "vector_entry_point",
+        "--obs",
+        "probe",
+        "--compute-weight",
+        "0.25",
+        *TINY,
+    ]
     result = example.main(argv, inspect=probe_runners)
     check_run(result, "DynChannel-v0", DynChannelVectorEnv.__name__, str(cache_root), obs_extra=3, compute_weight=0.25)
 

@@ -71,9 +71,9 @@ def test_same_step_autoreset_terminal_observation_and_episode_stats(env_id, devi
         assert np.allclose(obs[i], o, atol=1e-5)
     T = vec.core.T
     rng = np.random.default_rng(0)
-    for episode in range(2):
+    for _episode in range(2):
         returns = np.zeros(n)
-        for t in range(T):
+        for _t in range(T):
             actions = rng.integers(0, vec.action_space.n, n)
             obs, rew, dones, infos = vec.step(actions)
             assert rew.dtype == np.float32 and dones.dtype == bool and len(infos) == n
@@ -257,8 +257,15 @@ def test_the_co_training_recipe_fine_tunes_a_private_copy_of_the_backbone():
     assert BackboneFinetuneCallback(**r["finetune"]).augment  # the recipe's arguments are the callback's
     shared = RoutingCore("channel", 1, dataset="digits", backbone=DEFAULT_ARCH["channel"]).net
     before = {k: v.clone() for k, v in shared.state_dict().items()}
-    model, kwargs = train_cotrained("DynChannel-v0", dataset="digits", finetune_kwargs={"augment": False, "lr": 1e-2},
-                                    total_timesteps=640, n_envs=8, progress=False, compute_weight=0.002)
+    model, kwargs = train_cotrained(
+        "DynChannel-v0",
+        dataset="digits",
+        finetune_kwargs={"augment": False, "lr": 1e-2},
+        total_timesteps=640,
+        n_envs=8,
+        progress=False,
+        compute_weight=0.002,
+    )
     tuned = kwargs["backbone"]
     assert model.get_env().core.net is tuned and tuned is not shared
     assert model.get_env().core.reward.compute_weight == 0.002 and kwargs["obs"] == "probe"
@@ -290,7 +297,11 @@ def test_train_ppo_builds_the_recipe_env_and_the_example_evaluates_it(tmp_path):
     core = model.get_env().core
     assert core.reward.loss == "error" and core.reward.compute_weight == 0.1 and core.obs_mode == "probe"
     script = Path(__file__).resolve().parents[1] / "examples" / "ppo_dynchannel.py"
-    out = subprocess.run([sys.executable, str(script), "--dataset", "digits", "--timesteps", "640", "--out", str(tmp_path / "m.zip")],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(script), "--dataset", "digits", "--timesteps", "640", "--out", str(tmp_path / "m.zip")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "test accuracy" in out.stdout and (tmp_path / "m.zip").exists()

@@ -11,8 +11,15 @@ from dyncnn_gym.benchmark.sweep import format_summary, run_sweep
 
 
 def test_sweep_compares_each_point_with_static_networks_of_the_same_cost(tmp_path):
-    res = run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", weights={"DynChannel-v0": (0.5,)}, timesteps=640,
-                    finetune_kwargs={"agent_rollouts": 1, "backbone_steps": 2, "batch_size": 32}, progress=False)
+    res = run_sweep(
+        tmp_path,
+        envs=("DynChannel-v0",),
+        dataset="digits",
+        weights={"DynChannel-v0": (0.5,)},
+        timesteps=640,
+        finetune_kwargs={"agent_rollouts": 1, "backbone_steps": 2, "batch_size": 32},
+        progress=False,
+    )
     saved = json.loads((tmp_path / "results.json").read_text())
     e = saved["envs"]["DynChannel-v0"]
     assert [p["variant"] for p in e["points"]] == ["frozen", "cotrained"]
@@ -35,7 +42,6 @@ def test_sweep_compares_each_point_with_static_networks_of_the_same_cost(tmp_pat
     # co-training fine-tuned a private copy: the shared default backbone still gives the full accuracy
     from dyncnn_gym.benchmark.baselines import route_outcomes, uniform_routes
     from dyncnn_gym.envs.core import RoutingCore
-
     from dyncnn_gym.pretraining import DEFAULT_ARCH
 
     core = RoutingCore("channel", 1, split="test", dataset="digits", backbone=DEFAULT_ARCH["channel"])
@@ -72,8 +78,17 @@ def test_sweep_rejects_fine_tuning_arguments_it_would_not_use_or_could_not_take(
 
 def test_sweep_with_several_seeds_reports_each_and_their_mean(tmp_path):
     """... here on a backbone other than the default (``backbone="vgg"``, the plain one)."""
-    res = run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", backbone="vgg", weights={"DynChannel-v0": (0.05,)},
-                    timesteps=640, cotrain=False, seed=(0, 1), progress=False)
+    res = run_sweep(
+        tmp_path,
+        envs=("DynChannel-v0",),
+        dataset="digits",
+        backbone="vgg",
+        weights={"DynChannel-v0": (0.05,)},
+        timesteps=640,
+        cotrain=False,
+        seed=(0, 1),
+        progress=False,
+    )
     assert res["seeds"] == [0, 1] and res["loss"] == "error"  # the recipe's classification term
     assert res["envs"]["DynChannel-v0"]["env_kwargs"]["loss"] == "error"
     assert res["envs"]["DynChannel-v0"]["env_kwargs"]["backbone"] == "vgg"
@@ -81,7 +96,9 @@ def test_sweep_with_several_seeds_reports_each_and_their_mean(tmp_path):
     from dyncnn_gym.envs.core import RoutingCore
 
     plain = RoutingCore("channel", 1, split="test", dataset="digits", backbone="vgg")
-    assert route_outcomes(plain, uniform_routes(plain)[-1:])[0].mean() == pytest.approx(res["envs"]["DynChannel-v0"]["full"]["accuracy"])
+    assert route_outcomes(plain, uniform_routes(plain)[-1:])[0].mean() == pytest.approx(
+        res["envs"]["DynChannel-v0"]["full"]["accuracy"]
+    )
     pts = res["envs"]["DynChannel-v0"]["points"]
     assert [p["seed"] for p in pts] == [0, 1]
     text = format_summary(res)
@@ -96,8 +113,16 @@ def test_sweep_rejects_an_unknown_loss_term(tmp_path):
 
 
 def test_sweep_points_can_steer_to_a_flops_target_instead_of_a_fixed_weight(tmp_path):
-    res = run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", targets={"DynChannel-v0": (0.6,)},
-                    timesteps=1280, cotrain=False, seed=(0, 1), progress=False)
+    res = run_sweep(
+        tmp_path,
+        envs=("DynChannel-v0",),
+        dataset="digits",
+        targets={"DynChannel-v0": (0.6,)},
+        timesteps=1280,
+        cotrain=False,
+        seed=(0, 1),
+        progress=False,
+    )
     pts = res["envs"]["DynChannel-v0"]["points"]
     assert [(p["flops_target"], p["seed"]) for p in pts] == [(0.6, 0), (0.6, 1)]  # no default weights run
     from dyncnn_gym.recipes import env_kwargs
@@ -114,13 +139,29 @@ def test_sweep_rejects_a_bad_flops_target_before_training(tmp_path):
     with pytest.raises(ValueError, match="target=1.5 is not a FLOPs ratio"):
         run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", targets={"DynChannel-v0": (1.5,)}, progress=False)
     with pytest.raises(ValueError, match="measure='test'"):
-        run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", targets={"DynChannel-v0": (0.5,)},
-                  target_measure="test", progress=False)
+        run_sweep(
+            tmp_path,
+            envs=("DynChannel-v0",),
+            dataset="digits",
+            targets={"DynChannel-v0": (0.5,)},
+            target_measure="test",
+            progress=False,
+        )
 
 
 def test_sweep_can_dial_every_trained_policy_to_flops_targets_after_training(tmp_path):
-    res = run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", weights={"DynChannel-v0": (0.05,)}, timesteps=640,
-                    cotrain=False, calibrate=(0.5, 0.8), seed=(0, 1), ensemble=2, progress=False)
+    res = run_sweep(
+        tmp_path,
+        envs=("DynChannel-v0",),
+        dataset="digits",
+        weights={"DynChannel-v0": (0.05,)},
+        timesteps=640,
+        cotrain=False,
+        calibrate=(0.5, 0.8),
+        seed=(0, 1),
+        ensemble=2,
+        progress=False,
+    )
     e = res["envs"]["DynChannel-v0"]
     from dyncnn_gym.benchmark.baselines import interpolate, pareto
 
@@ -135,8 +176,10 @@ def test_sweep_can_dial_every_trained_policy_to_flops_targets_after_training(tmp
     within = int(ens["gap_to_full_points"] <= 1.0 + 1e-9)
     assert f"| 0.05 | trained | 1 | {100 * ens['flops_saved']:.2f} ± 0.00 % |" in table
     assert f"| {0.0 - ens['gap_to_full_points']:+.2f} ± 0.00 | {within} |" in table
-    for kw, match in (({"ensemble": 3}, r"ensemble=3 must be 0 \(off\) or a number of seeds in \[2, 2\]"),
-                      ({"ensemble": 2, "frozen": False}, "ensemble needs the frozen variant")):
+    for kw, match in (
+        ({"ensemble": 3}, r"ensemble=3 must be 0 \(off\) or a number of seeds in \[2, 2\]"),
+        ({"ensemble": 2, "frozen": False}, "ensemble needs the frozen variant"),
+    ):
         with pytest.raises(ValueError, match=match):
             run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", seed=(0, 1), progress=False, **kw)
 
@@ -156,13 +199,23 @@ def test_sweep_can_dial_every_trained_policy_to_flops_targets_after_training(tmp
         assert f"| frozen | 0.05 | {t} | {seed} | {100 * c['held_out_accuracy']:.2f} |" in text
     with pytest.raises(ValueError, match="calibrate target 1.2 is not a FLOPs ratio"):
         run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", calibrate=(1.2,), progress=False)
-    with pytest.raises(ValueError, match=r"DynChannel-v0: calibrate=0.001 must be a FLOPs ratio in \[0\.\d+, 1\] \(the cheapest route"):
+    with pytest.raises(
+        ValueError, match=r"DynChannel-v0: calibrate=0.001 must be a FLOPs ratio in \[0\.\d+, 1\] \(the cheapest route"
+    ):
         run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", calibrate=(0.001,), progress=False)
 
 
 def test_sweep_can_train_with_reward_shaping(tmp_path):
-    res = run_sweep(tmp_path, envs=("DynSkip-v0",), dataset="digits", weights={"DynSkip-v0": (0.1,)}, timesteps=640,
-                    cotrain=False, shaping="continuation", progress=False)
+    res = run_sweep(
+        tmp_path,
+        envs=("DynSkip-v0",),
+        dataset="digits",
+        weights={"DynSkip-v0": (0.1,)},
+        timesteps=640,
+        cotrain=False,
+        shaping="continuation",
+        progress=False,
+    )
     assert res["envs"]["DynSkip-v0"]["env_kwargs"]["shaping"] == "continuation"
     assert "reward shaping `continuation`" in format_summary(res)
     with pytest.raises(ValueError, match="shaping='dense'"):
@@ -193,12 +246,27 @@ def test_the_summary_gives_a_second_opinion_on_the_held_out_images(tmp_path):
     comparisons must equal the test-split ones exactly."""
     from dyncnn_gym.benchmark.sweep import _held_out_comparison
 
-    res = run_sweep(tmp_path, envs=("DynChannel-v0",), dataset="digits", weights={"DynChannel-v0": (0.05,)}, timesteps=640,
-                    cotrain=False, calibrate=(0.6,), seed=(0, 1), progress=False)
+    res = run_sweep(
+        tmp_path,
+        envs=("DynChannel-v0",),
+        dataset="digits",
+        weights={"DynChannel-v0": (0.05,)},
+        timesteps=640,
+        cotrain=False,
+        calibrate=(0.6,),
+        seed=(0, 1),
+        progress=False,
+    )
     e = res["envs"]["DynChannel-v0"]
     assert "held_out" not in e and "Second opinion" not in format_summary(res)  # digits has no "val" split
     static = {"full": e["full"], "uniform": e["uniform"], "front": e["greedy_front"]}
-    e["held_out"] = {"split": "val", "n_images": 359, "full": e["full"], "uniform": e["uniform"], "greedy_front": e["greedy_front"]}
+    e["held_out"] = {
+        "split": "val",
+        "n_images": 359,
+        "full": e["full"],
+        "uniform": e["uniform"],
+        "greedy_front": e["greedy_front"],
+    }
     for p in e["points"]:
         p["held_out"] = _held_out_comparison(p["accuracy"], p["flops_ratio"], static)
         for k in ("gap_to_full_points", "vs_uniform_static_points", "vs_greedy_static_points"):
@@ -209,8 +277,10 @@ def test_the_summary_gives_a_second_opinion_on_the_held_out_images(tmp_path):
     assert "Second opinion on all 359 held-out `val` images" in text
     gaps = [-p["gap_to_full_points"] for p in e["points"]]
     greedy = [p["vs_greedy_static_points"] for p in e["points"]]
-    assert (f"| frozen | 0.05 | trained | {100 * np.mean([p['flops_saved'] for p in e['points']]):.2f} ± "
-            f"{100 * np.std([p['flops_saved'] for p in e['points']], ddof=1):.2f} % |") in text
+    assert (
+        f"| frozen | 0.05 | trained | {100 * np.mean([p['flops_saved'] for p in e['points']]):.2f} ± "
+        f"{100 * np.std([p['flops_saved'] for p in e['points']], ddof=1):.2f} % |"
+    ) in text
     row = next(line for line in text.splitlines() if line.startswith("| frozen | 0.05 | trained |"))
     assert f"| {np.mean(gaps):+.2f} ± {np.std(gaps, ddof=1):.2f} |" in row
     assert row.endswith(f"| {np.mean(greedy):+.2f} ± {np.std(greedy, ddof=1):.2f} |")
@@ -224,8 +294,15 @@ def test_a_sweep_over_both_envs_gives_each_env_its_own_default_backbone(tmp_path
     from dyncnn_gym.envs.core import RoutingCore
     from dyncnn_gym.pretraining import DEFAULT_ARCH
 
-    res = run_sweep(tmp_path, envs=("DynChannel-v0", "DynSkip-v0"), dataset="digits",
-                    weights={"DynChannel-v0": (0.05,), "DynSkip-v0": (0.1,)}, timesteps=640, cotrain=False, progress=False)
+    res = run_sweep(
+        tmp_path,
+        envs=("DynChannel-v0", "DynSkip-v0"),
+        dataset="digits",
+        weights={"DynChannel-v0": (0.05,), "DynSkip-v0": (0.1,)},
+        timesteps=640,
+        cotrain=False,
+        progress=False,
+    )
     for env_id, mode in (("DynChannel-v0", "channel"), ("DynSkip-v0", "skip")):
         e = res["envs"][env_id]
         assert e["env_kwargs"]["backbone"] == DEFAULT_ARCH[mode]

@@ -337,9 +337,7 @@ def test_batch_infos_equals_gymnasiums_add_info():
             if isinstance(a[k], dict):
                 same(a[k], b[k])
             elif a[k].dtype == object:
-                assert all(
-                    (x is None and y is None) or np.array_equal(x, y) for x, y in zip(a[k], b[k])
-                ), k
+                assert all((x is None and y is None) or np.array_equal(x, y) for x, y in zip(a[k], b[k])), k
             else:
                 assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
 
@@ -453,7 +451,7 @@ def test_perf_routes_hit_their_flops_targets(mode, arch):
         ratios = np.array([table.path_flops(r) for r in routes]) / table.full
         assert abs(ratios.mean() - target) < 0.03
         assert len({tuple(r) for r in routes.tolist()}) > 10  # per-sample routes, not one static route
-        (ratio, route), = static_routes_for(table, [target])
+        ((ratio, route),) = static_routes_for(table, [target])
         assert np.isclose(table.path_flops(route) / table.full, ratio) and abs(ratio - target) < 0.15
     assert paired_ratio({"a": [2.0, 4.0, 9.0], "b": [1.0, 1.0, 1.0]}, "a", "b") == 4.0
     import argparse

@@ -17,9 +17,8 @@ import torch
 from ..envs.core import RoutingCore
 from ..walk import run_routes
 
-
 #: per backbone: (data fingerprint, split, limit, weights version, route) -> correct bool [N]
-_OUTCOMES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_OUTCOMES: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def _weights_version(net: torch.nn.Module) -> tuple[int, ...]:
@@ -29,7 +28,9 @@ def _weights_version(net: torch.nn.Module) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def route_outcomes(core: RoutingCore, routes: np.ndarray, split: str = "test", limit: int | None = None, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
+def route_outcomes(
+    core: RoutingCore, routes: np.ndarray, split: str = "test", limit: int | None = None, batch: int = 500
+) -> tuple[np.ndarray, np.ndarray]:
     """Correctness and FLOPs of every image under every static route.
 
     Args:
@@ -210,8 +211,9 @@ CASCADE_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.9
 
 
 @torch.no_grad()
-def cascade_outcomes(core: RoutingCore, cheap: int, rich: int, threshold: float, split: str = "test",
-                     limit: int | None = None, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
+def cascade_outcomes(
+    core: RoutingCore, cheap: int, rich: int, threshold: float, split: str = "test", limit: int | None = None, batch: int = 500
+) -> tuple[np.ndarray, np.ndarray]:
     """Correctness (bool ``[N]``) and FLOPs (int64 ``[N]``) of a confidence cascade on ``split``.
 
     At every decision the cascade reads the probe (the linear early classifier of the ``"probe"``
@@ -242,8 +244,9 @@ def cascade_outcomes(core: RoutingCore, cheap: int, rich: int, threshold: float,
     return correct, flops
 
 
-def cascade_front(core: RoutingCore, thresholds: tuple[float, ...] = CASCADE_THRESHOLDS, select_on: int = 2000,
-                  split: str = "test") -> dict[str, Any]:
+def cascade_front(
+    core: RoutingCore, thresholds: tuple[float, ...] = CASCADE_THRESHOLDS, select_on: int = 2000, split: str = "test"
+) -> dict[str, Any]:
     """The accuracy-FLOPs front of confidence cascades (:func:`cascade_outcomes`) on ``split``.
 
     Every ``cheap < rich`` action pair and every threshold is tried on the first ``select_on``
@@ -257,11 +260,24 @@ def cascade_front(core: RoutingCore, thresholds: tuple[float, ...] = CASCADE_THR
     for cheap, rich in itertools.combinations(range(core.A), 2):
         for th in thresholds:
             c, f = cascade_outcomes(core, cheap, rich, th, split=select, limit=select_on)
-            tried.append({"cheap": cheap, "rich": rich, "threshold": th, "accuracy": float(c.mean()),
-                          "flops_ratio": float(f.mean() / core.full)})
+            tried.append(
+                {
+                    "cheap": cheap,
+                    "rich": rich,
+                    "threshold": th,
+                    "accuracy": float(c.mean()),
+                    "flops_ratio": float(f.mean() / core.full),
+                }
+            )
     points = []
     for p in pareto(tried):
         c, f = cascade_outcomes(core, p["cheap"], p["rich"], p["threshold"], split=split)
-        points.append({**{k: p[k] for k in ("cheap", "rich", "threshold")}, "accuracy": float(c.mean()),
-                       "flops_ratio": float(f.mean() / core.full), "n_images": len(c)})
+        points.append(
+            {
+                **{k: p[k] for k in ("cheap", "rich", "threshold")},
+                "accuracy": float(c.mean()),
+                "flops_ratio": float(f.mean() / core.full),
+                "n_images": len(c),
+            }
+        )
     return {"selected_on": select, "points": points, "front": pareto(points)}

@@ -177,8 +177,19 @@ def a2c_agent(env_fn, task: Task, seed: int, step_budget: int):
     from stable_baselines3 import A2C
 
     torch.manual_seed(seed)
-    model = A2C("MlpPolicy", env_fn(_sb3_n_envs(step_budget, 8, 16)), n_steps=8, gamma=1.0, gae_lambda=0.95,
-                learning_rate=7e-4, ent_coef=0.01, policy_kwargs={"net_arch": [64, 64]}, seed=seed, verbose=0, device="cpu")
+    model = A2C(
+        "MlpPolicy",
+        env_fn(_sb3_n_envs(step_budget, 8, 16)),
+        n_steps=8,
+        gamma=1.0,
+        gae_lambda=0.95,
+        learning_rate=7e-4,
+        ent_coef=0.01,
+        policy_kwargs={"net_arch": [64, 64]},
+        seed=seed,
+        verbose=0,
+        device="cpu",
+    )
     return model.learn(step_budget)
 
 
@@ -188,10 +199,24 @@ def dqn_agent(env_fn, task: Task, seed: int, step_budget: int):
     from stable_baselines3 import DQN
 
     torch.manual_seed(seed)
-    model = DQN("MlpPolicy", env_fn(16), gamma=1.0, learning_rate=5e-4, buffer_size=max(1000, min(100_000, step_budget)),
-                learning_starts=min(1000, step_budget // 10), batch_size=128, train_freq=1, gradient_steps=2,
-                target_update_interval=max(100, step_budget // 100), exploration_fraction=0.3,
-                exploration_final_eps=0.02, policy_kwargs={"net_arch": [64, 64]}, seed=seed, verbose=0, device="cpu")
+    model = DQN(
+        "MlpPolicy",
+        env_fn(16),
+        gamma=1.0,
+        learning_rate=5e-4,
+        buffer_size=max(1000, min(100_000, step_budget)),
+        learning_starts=min(1000, step_budget // 10),
+        batch_size=128,
+        train_freq=1,
+        gradient_steps=2,
+        target_update_interval=max(100, step_budget // 100),
+        exploration_fraction=0.3,
+        exploration_final_eps=0.02,
+        policy_kwargs={"net_arch": [64, 64]},
+        seed=seed,
+        verbose=0,
+        device="cpu",
+    )
     return model.learn(step_budget)
 
 
@@ -234,7 +259,9 @@ def algorithm_front(points: list[dict[str, Any]], static_front: list[dict[str, A
     return out
 
 
-def front_area(points: list[dict[str, Any]], static_front: list[dict[str, Any]], flops_range: tuple[float, float] = FLOPS_RANGE) -> dict[str, Any]:
+def front_area(
+    points: list[dict[str, Any]], static_front: list[dict[str, Any]], flops_range: tuple[float, float] = FLOPS_RANGE
+) -> dict[str, Any]:
     """The scalar summary (see the module docstring) of ``points`` against ``static_front``.
 
     Both are reduced to their Pareto fronts and joined linearly; beyond the FLOPs an algorithm's
@@ -326,8 +353,13 @@ def _seed_summary(points: list[dict[str, Any]], static_front: list[dict[str, Any
     per = [front_area([p for p in points if p.get("seed", seeds[0]) == sd], static_front) for sd in seeds]
     out = dict(per[0])
     scores = [q["score"] for q in per]
-    out.update(score=float(np.mean(scores)), score_std=float(np.std(scores)), per_seed=scores, seeds=list(seeds),
-               mixed={k: any(q["mixed"][k] for q in per) for k in ("below", "above")})
+    out.update(
+        score=float(np.mean(scores)),
+        score_std=float(np.std(scores)),
+        per_seed=scores,
+        seeds=list(seeds),
+        mixed={k: any(q["mixed"][k] for q in per) for k in ("below", "above")},
+    )
     return out
 
 
@@ -422,7 +454,11 @@ def run_bench(
                 for p in old["points"]:  # results from before matched random existed
                     if "random_matched" not in p and "action_rates" in p:
                         p["random_matched"] = random_policy_eval(core, p["action_rates"], seed=int(p.get("seed", 0)))
-                entry["agents"][name] = {**old, "summary": _seed_summary(old["points"], static["front"], old.get("seeds", [results["seed"]])), "merged": True}
+                entry["agents"][name] = {
+                    **old,
+                    "summary": _seed_summary(old["points"], static["front"], old.get("seeds", [results["seed"]])),
+                    "merged": True,
+                }
         images: dict[str, Any] = {}
         for spec, fn in resolved.items():
             t0 = time.perf_counter()
@@ -431,16 +467,29 @@ def run_bench(
                 a.update(kind="baseline", points=static_points)
             elif fn == "oracle":
                 orc = oracle(core, np.array([r["actions"] for r in pool], dtype=np.int64))
-                a.update(kind="upper_bound", upper_bound=True, note=orc["note"],
-                         points=[{"accuracy": orc["accuracy"], "flops_ratio": orc["flops_ratio"]}])
+                a.update(
+                    kind="upper_bound",
+                    upper_bound=True,
+                    note=orc["note"],
+                    points=[{"accuracy": orc["accuracy"], "flops_ratio": orc["flops_ratio"]}],
+                )
             elif fn == "cascade":
-                a.update(kind="baseline", points=[{k: c[k] for k in ("accuracy", "flops_ratio", "cheap", "rich", "threshold")}
-                                                  for c in cascade_front(core)["points"]])
+                a.update(
+                    kind="baseline",
+                    points=[
+                        {k: c[k] for k in ("accuracy", "flops_ratio", "cheap", "rich", "threshold")}
+                        for c in cascade_front(core)["points"]
+                    ],
+                )
             elif fn == "random":
                 levels = np.linspace(0.25, 0.75, len(task.compute_weights))
-                a.update(kind="baseline", points=[
-                    {**random_policy_eval(core, _random_rates(core.A, core.T, lv), seed=seeds[0]), "level": float(lv)} for lv in levels
-                ])
+                a.update(
+                    kind="baseline",
+                    points=[
+                        {**random_policy_eval(core, _random_rates(core.A, core.T, lv), seed=seeds[0]), "level": float(lv)}
+                        for lv in levels
+                    ],
+                )
             else:
                 pts = []
                 for sd in seeds:
@@ -455,8 +504,15 @@ def run_bench(
                         res = evaluate(policy, task.env_id, per_image=True, **task.env_kwargs)
                         img = res["images"]
                         rnd = random_policy_eval(core, res["action_rates"], seed=sd)
-                        pts.append(_point(res, compute_weight=w, seed=sd, routes=route_analysis(img["actions"], img["label"]),
-                                          random_matched=rnd))
+                        pts.append(
+                            _point(
+                                res,
+                                compute_weight=w,
+                                seed=sd,
+                                routes=route_analysis(img["actions"], img["label"]),
+                                random_matched=rnd,
+                            )
+                        )
                         if sd == seeds[0]:
                             images.setdefault(spec, []).append(img)
                     if pts is None:
@@ -469,7 +525,11 @@ def run_bench(
             a["seconds"] = round(time.perf_counter() - t0, 1)
             entry["agents"][spec] = a
         if "static" not in entry["agents"]:
-            entry["agents"]["static"] = {"kind": "baseline", "points": static_points, "summary": front_area(static_points, static["front"])}
+            entry["agents"]["static"] = {
+                "kind": "baseline",
+                "points": static_points,
+                "summary": front_area(static_points, static["front"]),
+            }
         results["tasks"][task.name] = entry
         _task_plots(out, task, core, entry, images, plots, _shared_data(task.env_kwargs.get("dataset", "shapes")))
     results["leaderboard"] = leaderboard_rows(results)
@@ -500,8 +560,13 @@ def _task_plots(out: Path, task: Task, core, entry: dict[str, Any], images: dict
         if "by_difficulty" in p:
             diff[spec] = p["by_difficulty"]
         raw = data.test.images * data.std[None, :, None, None] + data.mean[None, :, None, None]
-        plots.plot_image_grid(out / f"{name}_images.png", f"{spec}: test images by compute", raw,
-                              imgs[mid]["flops"] / core.full, imgs[mid]["correct"])
+        plots.plot_image_grid(
+            out / f"{name}_images.png",
+            f"{spec}: test images by compute",
+            raw,
+            imgs[mid]["flops"] / core.full,
+            imgs[mid]["correct"],
+        )
     if diff:
         plots.plot_difficulty(out / f"{task.name}_difficulty.png", f"{task.name}: FLOPs vs difficulty", diff)
 
@@ -515,17 +580,19 @@ def leaderboard_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     for n in names:
         per = {t: e["agents"][n]["summary"] for t, e in results["tasks"].items() if n in e["agents"]}
         kind = next(e["agents"][n]["kind"] for e in results["tasks"].values() if n in e["agents"])
-        rows.append({
-            "agent": n,
-            "kind": kind,
-            "score": float(np.mean([s["score"] for s in per.values()])),
-            "tasks_run": len(per),
-            "per_task": {t: s["score"] for t, s in per.items()},
-            "per_task_std": {t: s.get("score_std", 0.0) for t, s in per.items()},
-            "seeds": max(len(s.get("per_seed", [0])) for s in per.values()),
-            "vs_random_matched": _vs_random(results, n),
-            "mixed": {t: s["mixed"] for t, s in per.items()},
-        })
+        rows.append(
+            {
+                "agent": n,
+                "kind": kind,
+                "score": float(np.mean([s["score"] for s in per.values()])),
+                "tasks_run": len(per),
+                "per_task": {t: s["score"] for t, s in per.items()},
+                "per_task_std": {t: s.get("score_std", 0.0) for t, s in per.items()},
+                "seeds": max(len(s.get("per_seed", [0])) for s in per.values()),
+                "vs_random_matched": _vs_random(results, n),
+                "mixed": {t: s["mixed"] for t, s in per.items()},
+            }
+        )
     rows.sort(key=lambda r: -r["score"])
     for i, r in enumerate(rows):
         r["rank"] = i + 1
@@ -534,9 +601,13 @@ def leaderboard_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _vs_random(results: dict[str, Any], name: str) -> float | None:
     """Mean accuracy gain (points) of an agent's points over their matched random routes."""
-    gaps = [100 * (p["accuracy"] - p["random_matched"]["accuracy"])
-            for e in results["tasks"].values() if name in e["agents"]
-            for p in e["agents"][name]["points"] if "random_matched" in p]
+    gaps = [
+        100 * (p["accuracy"] - p["random_matched"]["accuracy"])
+        for e in results["tasks"].values()
+        if name in e["agents"]
+        for p in e["agents"][name]["points"]
+        if "random_matched" in p
+    ]
     return float(np.mean(gaps)) if gaps else None
 
 
@@ -562,7 +633,9 @@ def format_leaderboard(results: dict[str, Any]) -> str:
                 continue
             ext = r["mixed"][t]
             std = r["per_task_std"][t]
-            cells.append(f"{r['per_task'][t]:+.2f}{f' ± {std:.2f}' if r['seeds'] > 1 else ''}{'*' if ext['below'] or ext['above'] else ''}")
+            cells.append(
+                f"{r['per_task'][t]:+.2f}{f' ± {std:.2f}' if r['seeds'] > 1 else ''}{'*' if ext['below'] or ext['above'] else ''}"
+            )
         name = f"**{r['agent']}**" if r["kind"] == "learned" else r["agent"]
         vr = "" if r["vs_random_matched"] is None else f"{r['vs_random_matched']:+.2f}"
         seeds = r["seeds"] if r["kind"] == "learned" else ""
@@ -575,13 +648,27 @@ def add_arguments(p) -> None:
     from .suites import SUITES
 
     p.add_argument("--suite", default=None, help=f"suite name: {', '.join(SUITES)}")
-    p.add_argument("--agent", action="append", default=None, metavar="SPEC",
-                   help=f"agent: {', '.join(list(AGENTS) + list(BASELINES))} or module:function (repeatable)")
+    p.add_argument(
+        "--agent",
+        action="append",
+        default=None,
+        metavar="SPEC",
+        help=f"agent: {', '.join(list(AGENTS) + list(BASELINES))} or module:function (repeatable)",
+    )
     p.add_argument("--out", default="bench_out", help="output directory (default: bench_out)")
-    p.add_argument("--seed", type=int, nargs="+", default=[0], metavar="SEED",
-                   help="one or more seeds; each learned agent runs its sweep once per seed (default: 0)")
-    p.add_argument("--merge", action="store_true",
-                   help="keep the other agents of an earlier results.json in --out (same suite version and pins)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        default=[0],
+        metavar="SEED",
+        help="one or more seeds; each learned agent runs its sweep once per seed (default: 0)",
+    )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other agents of an earlier results.json in --out (same suite version and pins)",
+    )
     p.add_argument("--timesteps", type=int, default=None, help="override every task's step budget")
     p.add_argument("--list", action="store_true", help="list the suites and exit")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -595,5 +682,7 @@ def run_from_args(args) -> int:
         return 0
     if not args.suite or not args.agent:
         raise ValueError("--suite and at least one --agent are required (see --list for the suites)")
-    run_bench(args.suite, args.agent, args.out, seed=args.seed, progress=not args.quiet, timesteps=args.timesteps, merge=args.merge)
+    run_bench(
+        args.suite, args.agent, args.out, seed=args.seed, progress=not args.quiet, timesteps=args.timesteps, merge=args.merge
+    )
     return 0

@@ -51,8 +51,10 @@ class CostBiasedPolicy:
         kinds, sizes = set(), set()
         for m in models:
             policy = getattr(m, "policy", None)
-            if policy is None or getattr(policy, "lstm_actor", None) is not None or not (
-                hasattr(policy, "get_distribution") or hasattr(policy, "q_net") or hasattr(policy, "quantile_net")
+            if (
+                policy is None
+                or getattr(policy, "lstm_actor", None) is not None
+                or not (hasattr(policy, "get_distribution") or hasattr(policy, "q_net") or hasattr(policy, "quantile_net"))
             ):
                 raise TypeError(
                     f"{type(m).__name__} is not supported; CostBiasedPolicy takes a non-recurrent SB3 actor-critic"
@@ -76,8 +78,14 @@ class CostBiasedPolicy:
         """Unbiased action scores ``[B, A]`` for observations ``[B, D]`` (the members' mean)."""
         return torch.stack([_scores(m.policy, obs) for m in self.models]).mean(0)
 
-    def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
-                deterministic: bool = True, action_masks: np.ndarray | None = None) -> tuple[np.ndarray, None]:
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = True,
+        action_masks: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, None]:
         """Actions ``[B]`` (always the biased argmax; ``deterministic`` is accepted for SB3's signature)."""
         s = self.scores(observation) - self.bias * self.cost
         if action_masks is not None:
@@ -110,8 +118,9 @@ def _held_out_rows(core: RoutingCore, n: int | None, seed: int) -> tuple[Any, np
     return split, idx
 
 
-def held_out_accuracy(core: RoutingCore, policy: Any, n_images: int | None = None, seed: int = 0,
-                      batch_size: int = 1000) -> tuple[float, float]:
+def held_out_accuracy(
+    core: RoutingCore, policy: Any, n_images: int | None = None, seed: int = 0, batch_size: int = 1000
+) -> tuple[float, float]:
     """Accuracy and mean FLOPs ratio of ``policy`` routing held-out images deterministically (the
     ``"val"`` split where the data has one, else ``"train"``; all of them, or ``n_images`` drawn
     with ``seed``): a score to choose between trained policies without looking at the test split."""
@@ -138,8 +147,16 @@ def flops_ratio(core: RoutingCore, policy: Any, images: torch.Tensor) -> float:
     return float(walk.flops.double().mean() / core.full)
 
 
-def calibrate(model: Any, target: float, core: RoutingCore | None = None, *, n_images: int = 2000,
-              iterations: int = 20, max_bias: float = 50.0, seed: int = 0) -> CostBiasedPolicy:
+def calibrate(
+    model: Any,
+    target: float,
+    core: RoutingCore | None = None,
+    *,
+    n_images: int = 2000,
+    iterations: int = 20,
+    max_bias: float = 50.0,
+    seed: int = 0,
+) -> CostBiasedPolicy:
     """The :class:`CostBiasedPolicy` of ``model`` whose held-out FLOPs ratio is at most ``target``.
 
     Args:
@@ -190,6 +207,8 @@ def _training_core(model: Any) -> RoutingCore:
         model = model[0]  # an ensemble: its members share the env arguments
     env = model.get_env() if hasattr(model, "get_env") else None
     if env is None:
-        raise ValueError(f"{type(model).__name__} has no training env (a loaded model?); pass core=RoutingCore(...)"
-                         " built with the env arguments it was trained with")
+        raise ValueError(
+            f"{type(model).__name__} has no training env (a loaded model?); pass core=RoutingCore(...)"
+            " built with the env arguments it was trained with"
+        )
     return training_core(env)[0]

@@ -27,7 +27,6 @@ from .baselines import interpolate, oracle, random_policy_eval, static_baselines
 from .protocol import evaluate, mode_of
 
 
-
 def _jsonable(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: _jsonable(v) for k, v in x.items() if k != "images"}
@@ -78,7 +77,9 @@ def run_demo(
     }
     for env_id in envs:
         mode = mode_of(env_id)
-        env_kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=(backbones or {}).get(mode, DEFAULT_ARCH[mode]), groups=4)
+        env_kwargs = recipe_env_kwargs(
+            env_id, dataset=dataset, backbone=(backbones or {}).get(mode, DEFAULT_ARCH[mode]), groups=4
+        )
         t0 = time.perf_counter()
         core = RoutingCore(mode, 1, split="test", **env_kwargs)  # loads or pretrains the backbone
         t_backbone = time.perf_counter() - t0
@@ -109,22 +110,43 @@ def run_demo(
                 "accuracy": res["accuracy"],
                 "flops_ratio": res["flops_ratio"],
                 "static_front_accuracy_at_same_flops": static_at,
-                **{k: res[k] for k in ("action_rates", "mean_action", "routes", "by_difficulty", "difficulty_flops_spearman") if k in res},
+                **{
+                    k: res[k]
+                    for k in ("action_rates", "mean_action", "routes", "by_difficulty", "difficulty_flops_spearman")
+                    if k in res
+                },
             }
         )
         name = env_id.replace("-v0", "")
-        plots.plot_fronts(out / f"{name}_front.png", f"{env_id} on {data.name} ({env_kwargs['backbone']})", static,
-                          [results["learned"][-1]], {"random (matched rates)": rnd, "oracle (knows label)": orc})
-        plots.plot_usage(out / f"{name}_usage.png", f"{env_id}: action frequency per decision", res["action_rates"],
-                         [f"{a + 1} groups" for a in range(core.A)] if mode == "channel" else ["skip", "execute"])
+        plots.plot_fronts(
+            out / f"{name}_front.png",
+            f"{env_id} on {data.name} ({env_kwargs['backbone']})",
+            static,
+            [results["learned"][-1]],
+            {"random (matched rates)": rnd, "oracle (knows label)": orc},
+        )
+        plots.plot_usage(
+            out / f"{name}_usage.png",
+            f"{env_id}: action frequency per decision",
+            res["action_rates"],
+            [f"{a + 1} groups" for a in range(core.A)] if mode == "channel" else ["skip", "execute"],
+        )
         if "by_difficulty" in res:
             full_rows = _full_by_difficulty(core, res)
-            plots.plot_difficulty(out / f"{name}_difficulty.png", f"{env_id}: compute and accuracy by difficulty",
-                                  {"PPO": res["by_difficulty"], "full network": full_rows})
+            plots.plot_difficulty(
+                out / f"{name}_difficulty.png",
+                f"{env_id}: compute and accuracy by difficulty",
+                {"PPO": res["by_difficulty"], "full network": full_rows},
+            )
         raw = data.test.images * data.std[None, :, None, None] + data.mean[None, :, None, None]
         img = res["images"]
-        plots.plot_image_grid(out / f"{name}_images.png", f"{env_id}: test images by compute spent",
-                              raw, img["flops"] / core.full, img["correct"])
+        plots.plot_image_grid(
+            out / f"{name}_images.png",
+            f"{env_id}: test images by compute spent",
+            raw,
+            img["flops"] / core.full,
+            img["correct"],
+        )
     results["seconds"] = round(time.perf_counter() - start, 1)
     (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
     print(format_table(results))
@@ -139,7 +161,9 @@ def _full_by_difficulty(core: RoutingCore, res: dict[str, Any]) -> list[dict[str
     rows = []
     for r in res["by_difficulty"]:
         lo, hi = r["difficulty_lo"], r["difficulty_hi"]
-        sel = (core.difficulty >= lo) & ((core.difficulty < hi) if r is not res["by_difficulty"][-1] else (core.difficulty <= hi))
+        sel = (core.difficulty >= lo) & (
+            (core.difficulty < hi) if r is not res["by_difficulty"][-1] else (core.difficulty <= hi)
+        )
         rows.append({**r, "accuracy": float(correct[0, sel].mean()), "flops_ratio": 1.0})
     return rows
 
@@ -160,7 +184,11 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"| {env_id} | random at PPO's rates | {100 * rnd['accuracy']:.2f} | {rnd['flops_ratio']:.3f} | |")
         st = entry["static_front_accuracy_at_same_flops"]
         st_s = "n/a" if st is None or not np.isfinite(st) else f"{100 * st:.2f}"
-        lines.append(f"| {env_id} | **{entry['algorithm']}** | **{100 * entry['accuracy']:.2f}** | **{entry['flops_ratio']:.3f}** | {st_s} |")
+        lines.append(
+            f"| {env_id} | **{entry['algorithm']}** | **{100 * entry['accuracy']:.2f}** | **{entry['flops_ratio']:.3f}** | {st_s} |"
+        )
         orc = results["baselines"][env_id]["oracle"]
-        lines.append(f"| {env_id} | oracle (knows the label; upper bound) | {100 * orc['accuracy']:.2f} | {orc['flops_ratio']:.3f} | |")
+        lines.append(
+            f"| {env_id} | oracle (knows the label; upper bound) | {100 * orc['accuracy']:.2f} | {orc['flops_ratio']:.3f} | |"
+        )
     return "\n".join(lines)

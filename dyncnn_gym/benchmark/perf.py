@@ -376,7 +376,7 @@ def bench_speedup(
 
             fns["full"] = full_fn
             used = {}
-            for c, (kind, target, acts) in enumerate(configs):
+            for c, (_kind, _target, acts) in enumerate(configs):
                 a = torch.as_tensor(acts)
                 used[c] = a
 
@@ -446,8 +446,8 @@ def export_router(mode: str, device: torch.device, groups: int = 4):
     data (a fresh one on random images if that is unavailable), ``obs="probe"``, and a
     :class:`ConfidenceThresholds` router. Returns ``(routed_net, test_images, test_labels, note)``."""
     from ..envs.core import RoutingCore
-    from ..routed import export
     from ..pretraining import resolve_backbone
+    from ..routed import export
 
     data, note = load_bench_data("shapes", (3, 32, 32))
     arch = PERF_ARCH[mode]
@@ -555,8 +555,15 @@ def format_export(export: dict) -> list[str]:
 
 # -- the whole benchmark -------------------------------------------------------------------------------
 def _run_main_sections(
-    result: dict, dev: torch.device, repeats: int, groups: int, quick: bool, sb3_steps: int, sb3_rollouts: int,
-    singles: int, bar,
+    result: dict,
+    dev: torch.device,
+    repeats: int,
+    groups: int,
+    quick: bool,
+    sb3_steps: int,
+    sb3_rollouts: int,
+    singles: int,
+    bar,
 ) -> None:
     """Sections 1-3 (env vs raw, batching and SB3, speedup) into ``result``."""
     default_data, default_note = load_bench_data("shapes", (3, 32, 32))
@@ -745,13 +752,19 @@ def format_table(result: dict) -> str:
     for g in result["goals"]:
         lines.append(f"{g['metric']:<66} {g['value']:>8.3f} {g['goal']:>8.3f}  {'yes' if g['met'] else 'NO'}")
     lines.append("")
-    lines.append("env episodes/s (N=256) vs raw: " + ", ".join(
-        f"{k}: {v['env_episodes_per_s']:.0f} vs {v['raw_episodes_per_s']:.0f}" for k, v in result["env_vs_raw"].items()
-    ))
+    lines.append(
+        "env episodes/s (N=256) vs raw: "
+        + ", ".join(
+            f"{k}: {v['env_episodes_per_s']:.0f} vs {v['raw_episodes_per_s']:.0f}" for k, v in result["env_vs_raw"].items()
+        )
+    )
     for d, per in result["sb3"].items():
-        lines.append(f"SB3 PPO env-steps/s on {d}: " + ", ".join(
-            f"{k}: native {v['native_steps_per_s']:.0f} vs dummy {v['dummy_steps_per_s']:.0f}" for k, v in per.items()
-        ))
+        lines.append(
+            f"SB3 PPO env-steps/s on {d}: "
+            + ", ".join(
+                f"{k}: native {v['native_steps_per_s']:.0f} vs dummy {v['dummy_steps_per_s']:.0f}" for k, v in per.items()
+            )
+        )
     if "export" in result:
         lines += format_export(result["export"])
     lines.append(f"total {result['seconds']} s")

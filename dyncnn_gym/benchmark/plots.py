@@ -35,7 +35,14 @@ def plot_fronts(
     for key, style in (("exhaustive", "."), ("greedy", "x"), ("uniform", "s")):
         rows = static.get(key)
         if rows:
-            ax.scatter([r["flops_ratio"] for r in rows], [100 * r["accuracy"] for r in rows], marker=style, s=18, color="0.55", label=f"static ({key})")
+            ax.scatter(
+                [r["flops_ratio"] for r in rows],
+                [100 * r["accuracy"] for r in rows],
+                marker=style,
+                s=18,
+                color="0.55",
+                label=f"static ({key})",
+            )
     front = static["front"]
     ax.plot([r["flops_ratio"] for r in front], [100 * r["accuracy"] for r in front], color="0.3", lw=1.2, label="static front")
     groups: dict[str, list[dict[str, Any]]] = {}

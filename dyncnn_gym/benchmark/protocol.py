@@ -51,7 +51,9 @@ def as_policy(policy: Any) -> BatchPolicy:
                 out = policy(torch.as_tensor(obs, device=dev))
             if out.dtype.is_floating_point:
                 if out.dim() != 2 or out.shape[1] != masks.shape[1]:
-                    raise ValueError(f"the policy module returned scores of shape {tuple(out.shape)}; expected [B, {masks.shape[1]}]")
+                    raise ValueError(
+                        f"the policy module returned scores of shape {tuple(out.shape)}; expected [B, {masks.shape[1]}]"
+                    )
                 out = out.masked_fill(~torch.as_tensor(masks, device=out.device), float("-inf")).argmax(1)
             return out.cpu().numpy().reshape(-1)
 

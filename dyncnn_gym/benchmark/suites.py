@@ -63,12 +63,14 @@ class Suite:
     tasks: tuple[Task, ...]
     backbone_sha256: dict[str, str | None] = field(hash=False, default_factory=dict)
 
-    def with_budget(self, step_budget: int) -> "Suite":
+    def with_budget(self, step_budget: int) -> Suite:
         """The same suite with every task's step budget replaced (e.g. ``--timesteps``)."""
         return replace(self, tasks=tuple(replace(t, step_budget=int(step_budget)) for t in self.tasks))
 
 
-def _tasks(dataset: str, channel_arch: str, skip_arch: str, budget: int, weights: tuple[float, ...], **extra: Any) -> tuple[Task, ...]:
+def _tasks(
+    dataset: str, channel_arch: str, skip_arch: str, budget: int, weights: tuple[float, ...], **extra: Any
+) -> tuple[Task, ...]:
     common = {"dataset": dataset, "groups": 4, "reward": "flops", "obs": "probe", **extra}
     return (
         Task(f"channel-{channel_arch}-{dataset}", "DynChannel-v0", {**common, "backbone": channel_arch}, budget, weights),
@@ -79,10 +81,20 @@ def _tasks(dataset: str, channel_arch: str, skip_arch: str, budget: int, weights
 _CPU = _tasks("shapes", "vgg", "resnet20-lite", 150_000, (0.25, 0.5, 1.0))
 _CPU1_ENV = {"dataset": "shapes", "groups": 4, "reward": "flops", "loss": "error", "obs": "probe"}
 _CPU1 = (
-    Task("channel-vgg+sandwich+distill-shapes", "DynChannel-v0", {**_CPU1_ENV, "backbone": "vgg+sandwich+distill"},
-         150_000, (0.005, 0.02, 0.05, 0.1, 0.2)),
-    Task("skip-resnet32-lite@skip-shapes", "DynSkip-v0", {**_CPU1_ENV, "backbone": "resnet32-lite@skip"},
-         150_000, (0.05, 0.2, 0.3, 0.5, 1.0)),
+    Task(
+        "channel-vgg+sandwich+distill-shapes",
+        "DynChannel-v0",
+        {**_CPU1_ENV, "backbone": "vgg+sandwich+distill"},
+        150_000,
+        (0.005, 0.02, 0.05, 0.1, 0.2),
+    ),
+    Task(
+        "skip-resnet32-lite@skip-shapes",
+        "DynSkip-v0",
+        {**_CPU1_ENV, "backbone": "resnet32-lite@skip"},
+        150_000,
+        (0.05, 0.2, 0.3, 0.5, 1.0),
+    ),
 )
 _PAPER = _tasks("cifar10", "vgg16", "resnet110", 2_000_000, (0.1, 0.25, 0.5, 1.0), device="cuda")
 _TINY = _tasks("digits", "vgg", "resnet20-lite", 512, (0.5, 1.0))

@@ -64,7 +64,9 @@ def _adaptivity(core, res: dict[str, Any], full_correct: np.ndarray) -> dict[str
         ratio = img["flops"] / core.full
         out["spearman_all"] = spearman(d, ratio)
         out["spearman_full_correct"] = spearman(d[full_correct], ratio[full_correct])
-        out["spearman_full_wrong"] = spearman(d[~full_correct], ratio[~full_correct]) if (~full_correct).sum() > 2 else float("nan")
+        out["spearman_full_wrong"] = (
+            spearman(d[~full_correct], ratio[~full_correct]) if (~full_correct).sum() > 2 else float("nan")
+        )
         out["flops_full_correct"] = float(ratio[full_correct].mean())
         out["flops_full_wrong"] = float(ratio[~full_correct].mean()) if (~full_correct).any() else float("nan")
     return out
@@ -150,9 +152,12 @@ def run_sweep(
     for t in calibrate:
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
             raise ValueError(f"calibrate target {t!r} is not a FLOPs ratio; use values in (0, 1]")
-    settings = {e: [("weight", w) for w in (weights or {}).get(e, ())] + [("target", t) for t in targets[e]]
-                if e in targets else [("weight", w) for w in {**DEFAULT_WEIGHTS[loss], **(weights or {})}[e]]
-                for e in envs}
+    settings = {
+        e: [("weight", w) for w in (weights or {}).get(e, ())] + [("target", t) for t in targets[e]]
+        if e in targets
+        else [("weight", w) for w in {**DEFAULT_WEIGHTS[loss], **(weights or {})}[e]]
+        for e in envs
+    }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = print if progress else (lambda *a, **k: None)
@@ -162,15 +167,29 @@ def run_sweep(
         raise ValueError("seed=() gives nothing to run; pass at least one seed")
     if ensemble:
         if isinstance(ensemble, bool) or not isinstance(ensemble, (int, np.integer)) or not 2 <= ensemble <= len(seeds):
-            raise ValueError(f"ensemble={ensemble!r} must be 0 (off) or a number of seeds in [2, {len(seeds)}] (the seeds given)")
+            raise ValueError(
+                f"ensemble={ensemble!r} must be 0 (off) or a number of seeds in [2, {len(seeds)}] (the seeds given)"
+            )
         if not frozen:
             raise ValueError("ensemble needs the frozen variant: co-trained seeds fine-tune different backbones")
-    results: dict[str, Any] = {"dataset": dataset, "seeds": list(seeds), "loss": loss, "timesteps": {}, "envs": {},
-                               **({"finetune": dict(finetune_kwargs or {})} if cotrain else {})}
+    results: dict[str, Any] = {
+        "dataset": dataset,
+        "seeds": list(seeds),
+        "loss": loss,
+        "timesteps": {},
+        "envs": {},
+        **({"finetune": dict(finetune_kwargs or {})} if cotrain else {}),
+    }
     for env_id in envs:
         mode = mode_of(env_id)
-        kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=backbone or DEFAULT_ARCH[mode], groups=4, loss=loss,
-                                   **({"shaping": shaping} if shaping else {}))
+        kwargs = recipe_env_kwargs(
+            env_id,
+            dataset=dataset,
+            backbone=backbone or DEFAULT_ARCH[mode],
+            groups=4,
+            loss=loss,
+            **({"shaping": shaping} if shaping else {}),
+        )
         start_weight = kwargs.pop("compute_weight")  # set per point; where a FLOPs target steers it, its start
         core = RoutingCore(mode, 1, split="test", **kwargs)
         if cotrain and (finetune_kwargs or {}).get("augment"):
@@ -188,16 +207,29 @@ def run_sweep(
         full_correct = route_outcomes(core, uniform_routes(core)[-1:])[0][0]
         steps = timesteps or recipe(env_id)["total_timesteps"]
         results["timesteps"][env_id] = steps
-        entry: dict[str, Any] = {"env_kwargs": kwargs, "full": static["full"], "uniform": static["uniform"],
-                                 "greedy_front": static["front"], "cascade_front": cascade, "points": []}
+        entry: dict[str, Any] = {
+            "env_kwargs": kwargs,
+            "full": static["full"],
+            "uniform": static["uniform"],
+            "greedy_front": static["front"],
+            "cascade_front": cascade,
+            "points": [],
+        }
         if held_static is not None:
-            entry["held_out"] = {"split": "val", "n_images": held_static["full"]["n_images"], "full": held_static["full"],
-                                 "uniform": held_static["uniform"], "greedy_front": held_static["front"]}
+            entry["held_out"] = {
+                "split": "val",
+                "n_images": held_static["full"]["n_images"],
+                "full": held_static["full"],
+                "uniform": held_static["uniform"],
+                "greedy_front": held_static["front"],
+            }
         variants = (["frozen"] if frozen else []) + (["cotrained"] if cotrain else [])
         members: dict[tuple[str, float], list[tuple[int, Any, Any]]] = {}  # frozen (how, value) -> (seed, model, test core)
         for seed, (how, value), variant in ((sd, s, v) for sd in seeds for s in settings[env_id] for v in variants):
-            log(f"[sweep] {env_id} {'compute_weight' if how == 'weight' else 'flops_target'}={value} {variant} seed {seed}:"
-                f" PPO {steps} steps")
+            log(
+                f"[sweep] {env_id} {'compute_weight' if how == 'weight' else 'flops_target'}={value} {variant} seed {seed}:"
+                f" PPO {steps} steps"
+            )
             torch.manual_seed(seed)
             net = core.net if variant == "frozen" else copy.deepcopy(core.net)
             w = value if how == "weight" else start_weight
@@ -220,8 +252,16 @@ def run_sweep(
             point: dict[str, Any] = {
                 "variant": variant,
                 "compute_weight": w if how == "weight" else callbacks[-1].weight,
-                **({"flops_target": value, "flops_target_measure": target_measure, "start_weight": w,
-                    "flops_target_history": callbacks[-1].history} if how == "target" else {}),
+                **(
+                    {
+                        "flops_target": value,
+                        "flops_target_measure": target_measure,
+                        "start_weight": w,
+                        "flops_target_history": callbacks[-1].history,
+                    }
+                    if how == "target"
+                    else {}
+                ),
                 "seed": seed,
                 "accuracy": acc,
                 "flops_ratio": x,
@@ -245,15 +285,21 @@ def run_sweep(
                 point["vs_own_uniform_static_points"] = 100 * (acc - _interp(own, x))
                 point["finetune"] = callbacks[0].history[-1] if callbacks[0].history else {}
             entry["points"].append(point)
-            log(f"[sweep]   accuracy {acc:.4f} at FLOPs {x:.3f}: vs uniform static {point['vs_uniform_static_points']:+.2f},"
-                f" vs greedy static {point['vs_greedy_static_points']:+.2f} points ({secs:.0f} s)")
+            log(
+                f"[sweep]   accuracy {acc:.4f} at FLOPs {x:.3f}: vs uniform static {point['vs_uniform_static_points']:+.2f},"
+                f" vs greedy static {point['vs_greedy_static_points']:+.2f} points ({secs:.0f} s)"
+            )
             for c in point.get("calibrated", []):
-                log(f"[sweep]   calibrated to {c['target']} (bias {c['bias']:+.3f}): accuracy {c['accuracy']:.4f} at FLOPs"
-                    f" {c['flops_ratio']:.3f}, vs greedy static {c['vs_greedy_static_points']:+.2f}")
+                log(
+                    f"[sweep]   calibrated to {c['target']} (bias {c['bias']:+.3f}): accuracy {c['accuracy']:.4f} at FLOPs"
+                    f" {c['flops_ratio']:.3f}, vs greedy static {c['vs_greedy_static_points']:+.2f}"
+                )
         if ensemble:
-            entry["ensembles"] = [_ensemble_point(env_id, how, value, group, fronts, held_static, calibrate, log)
-                                  for (how, value), ms in members.items()
-                                  for group in itertools.combinations(ms, int(ensemble))]
+            entry["ensembles"] = [
+                _ensemble_point(env_id, how, value, group, fronts, held_static, calibrate, log)
+                for (how, value), ms in members.items()
+                for group in itertools.combinations(ms, int(ensemble))
+            ]
         results["envs"][env_id] = entry
         plot_sweep(out, results, env_id)
     results["seconds"] = round(time.perf_counter() - start, 1)
@@ -267,10 +313,12 @@ def run_sweep(
 def _comparisons(acc: float, x: float, fronts: dict[str, Any]) -> dict[str, float]:
     """Accuracy points of a policy at FLOPs ratio ``x`` against the ``full`` network and the
     ``uniform``, greedy static (``front``) and, where given, ``cascade`` fronts of the same images."""
-    return {"gap_to_full_points": 100 * (fronts["full"]["accuracy"] - acc),
-            "vs_uniform_static_points": 100 * (acc - _interp(fronts["uniform"], x)),
-            "vs_greedy_static_points": 100 * (acc - _interp(fronts["front"], x)),
-            **({"vs_cascade_points": 100 * (acc - _interp(fronts["cascade"], x))} if "cascade" in fronts else {})}
+    return {
+        "gap_to_full_points": 100 * (fronts["full"]["accuracy"] - acc),
+        "vs_uniform_static_points": 100 * (acc - _interp(fronts["uniform"], x)),
+        "vs_greedy_static_points": 100 * (acc - _interp(fronts["front"], x)),
+        **({"vs_cascade_points": 100 * (acc - _interp(fronts["cascade"], x))} if "cascade" in fronts else {}),
+    }
 
 
 def _held_out_comparison(acc: float, x: float, held_static: dict[str, Any]) -> dict[str, float]:
@@ -279,8 +327,16 @@ def _held_out_comparison(acc: float, x: float, held_static: dict[str, Any]) -> d
     return {"accuracy": acc, "flops_ratio": x, "flops_saved": 1.0 - x, **_comparisons(acc, x, held_static)}
 
 
-def _ensemble_point(env_id: str, how: str, value: float, group: tuple, fronts: dict[str, Any],
-                    held_static: dict[str, Any] | None, calibrate: tuple[float, ...], log: Any) -> dict[str, Any]:
+def _ensemble_point(
+    env_id: str,
+    how: str,
+    value: float,
+    group: tuple,
+    fronts: dict[str, Any],
+    held_static: dict[str, Any] | None,
+    calibrate: tuple[float, ...],
+    log: Any,
+) -> dict[str, Any]:
     """One ensemble of frozen seeds (``group``: ``(seed, model, test core)`` triples of one setting)
     evaluated on the test split like a point, on the held-out images, and dialed to each target."""
     from .calibrate import CostBiasedPolicy, held_out_accuracy
@@ -292,21 +348,36 @@ def _ensemble_point(env_id: str, how: str, value: float, group: tuple, fronts: d
     policy = CostBiasedPolicy(models)
     res = evaluate(policy, env_id, core=test_core)
     acc, x = res["accuracy"], res["flops_ratio"]
-    e: dict[str, Any] = {"variant": "frozen", "seeds": seeds, **({"compute_weight": value} if how == "weight" else
-                         {"flops_target": value}), "accuracy": acc, "flops_ratio": x, "flops_saved": 1.0 - x,
-                         **_comparisons(acc, x, fronts)}
+    e: dict[str, Any] = {
+        "variant": "frozen",
+        "seeds": seeds,
+        **({"compute_weight": value} if how == "weight" else {"flops_target": value}),
+        "accuracy": acc,
+        "flops_ratio": x,
+        "flops_saved": 1.0 - x,
+        **_comparisons(acc, x, fronts),
+    }
     if held_static is not None:
         e["held_out"] = _held_out_comparison(*held_out_accuracy(test_core, policy), held_static)
     if calibrate:
         e["calibrated"] = [_calibrated(models, env_id, test_core, t, seeds[0], fronts, held_static) for t in calibrate]
-    log(f"[sweep] ensemble of seeds {seeds} ({how} {value}): accuracy {acc:.4f} at FLOPs {x:.3f},"
+    log(
+        f"[sweep] ensemble of seeds {seeds} ({how} {value}): accuracy {acc:.4f} at FLOPs {x:.3f},"
         f" vs greedy static {e['vs_greedy_static_points']:+.2f}"
-        + "".join(f"; dialed to {c['target']}: {c['accuracy']:.4f} at {c['flops_ratio']:.3f}" for c in e.get("calibrated", [])))
+        + "".join(f"; dialed to {c['target']}: {c['accuracy']:.4f} at {c['flops_ratio']:.3f}" for c in e.get("calibrated", []))
+    )
     return e
 
 
-def _calibrated(model: Any, env_id: str, test_core: Any, target: float, seed: int, fronts: dict[str, Any],
-                held_static: dict[str, Any] | None = None) -> dict[str, Any]:
+def _calibrated(
+    model: Any,
+    env_id: str,
+    test_core: Any,
+    target: float,
+    seed: int,
+    fronts: dict[str, Any],
+    held_static: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """``model`` dialed to ``target`` on held-out images, then evaluated on the test split against
     ``fronts`` (see :func:`_comparisons`) and, with ``held_static``, on all held-out images too."""
     from .calibrate import calibrate, held_out_accuracy
@@ -316,10 +387,18 @@ def _calibrated(model: Any, env_id: str, test_core: Any, target: float, seed: in
     res = evaluate(biased, env_id, core=test_core)
     acc, x = res["accuracy"], res["flops_ratio"]
     held_acc, held_flops = held_out_accuracy(test_core, biased)
-    return {"target": target, "bias": biased.bias, "val_flops_ratio": biased.val_flops_ratio,
-            "held_out_accuracy": held_acc, "held_out_flops_ratio": held_flops,
-            **({"held_out": _held_out_comparison(held_acc, held_flops, held_static)} if held_static else {}),
-            "accuracy": acc, "flops_ratio": x, "flops_saved": 1.0 - x, **_comparisons(acc, x, fronts)}
+    return {
+        "target": target,
+        "bias": biased.bias,
+        "val_flops_ratio": biased.val_flops_ratio,
+        "held_out_accuracy": held_acc,
+        "held_out_flops_ratio": held_flops,
+        **({"held_out": _held_out_comparison(held_acc, held_flops, held_static)} if held_static else {}),
+        "accuracy": acc,
+        "flops_ratio": x,
+        "flops_saved": 1.0 - x,
+        **_comparisons(acc, x, fronts),
+    }
 
 
 def plot_sweep(out: str | Path, results: dict[str, Any], env_id: str) -> Path:
@@ -334,16 +413,26 @@ def plot_sweep(out: str | Path, results: dict[str, Any], env_id: str) -> Path:
     learned: list[dict[str, Any]] = []
     for (variant, w), ps in _by_variant_and_weight(e["points"]).items():
         if len(seeds) > 1:
-            learned.append({"algorithm": f"PPO {variant} (mean of {len(ps)} seeds)", "compute_weight": w,
-                            "accuracy": float(np.mean([p["accuracy"] for p in ps])),
-                            "flops_ratio": float(np.mean([p["flops_ratio"] for p in ps]))})
+            learned.append(
+                {
+                    "algorithm": f"PPO {variant} (mean of {len(ps)} seeds)",
+                    "compute_weight": w,
+                    "accuracy": float(np.mean([p["accuracy"] for p in ps])),
+                    "flops_ratio": float(np.mean([p["flops_ratio"] for p in ps])),
+                }
+            )
             learned += [{**p, "algorithm": f"PPO {variant} (single seeds)", "scatter": True} for p in ps]
         else:
             learned += [{**p, "algorithm": f"PPO {variant}"} for p in ps]
     for p in e["points"]:
-        learned += [{**c, "algorithm": f"PPO {p['variant']}, dialed to {c['target']}", "scatter": True} for c in p.get("calibrated", [])]
-    learned += [{**c, "algorithm": "confidence cascade (front)", "baseline": True, "color": "black"}
-                for c in e.get("cascade_front", [])]
+        learned += [
+            {**c, "algorithm": f"PPO {p['variant']}, dialed to {c['target']}", "scatter": True}
+            for c in p.get("calibrated", [])
+        ]
+    learned += [
+        {**c, "algorithm": "confidence cascade (front)", "baseline": True, "color": "black"}
+        for c in e.get("cascade_front", [])
+    ]
     title = f"{env_id} on {results['dataset']}: PPO sweep vs static"
     return plots.plot_fronts(Path(out) / f"{env_id.replace('-v0', '')}_sweep.png", title, static, learned, {})
 
@@ -365,10 +454,18 @@ def format_summary(results: dict[str, Any]) -> str:
     with several seeds, the mean ± std over seeds per variant and weight."""
     seeds = results.get("seeds", [results.get("seed", 0)])
     shaping = {e["env_kwargs"].get("shaping", "none") for e in results["envs"].values()} - {"none"}
-    lines = [f"Data `{results['dataset']}`, seeds {seeds}; PPO recipe, steps {results['timesteps']};"
-             f" reward loss term `{results.get('loss', 'ce')}`" + (f"; reward shaping `{', '.join(sorted(shaping))}`" if shaping else "")
-             + (f"; co-trained with `BackboneFinetuneCallback({_kwargs_repr(results['finetune'])})`" if results.get("finetune") else "")
-            + ".", ""]
+    lines = [
+        f"Data `{results['dataset']}`, seeds {seeds}; PPO recipe, steps {results['timesteps']};"
+        f" reward loss term `{results.get('loss', 'ce')}`"
+        + (f"; reward shaping `{', '.join(sorted(shaping))}`" if shaping else "")
+        + (
+            f"; co-trained with `BackboneFinetuneCallback({_kwargs_repr(results['finetune'])})`"
+            if results.get("finetune")
+            else ""
+        )
+        + ".",
+        "",
+    ]
     for env_id, e in results["envs"].items():
         full = e["full"]["accuracy"]
         casc = "cascade_front" in e  # results.json written before the cascade baseline existed lack it
@@ -376,7 +473,8 @@ def format_summary(results: dict[str, Any]) -> str:
             f"**{env_id}** (full network {100 * full:.2f} %)",
             "",
             "| variant | weight | seed | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |"
-            + (" vs cascade |" if casc else "") + " vs matched random | Spearman diff./FLOPs (all / full-correct) |",
+            + (" vs cascade |" if casc else "")
+            + " vs matched random | Spearman diff./FLOPs (all / full-correct) |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if casc else ""),
         ]
         for p in e["points"]:
@@ -392,18 +490,24 @@ def format_summary(results: dict[str, Any]) -> str:
         lines.append("")
         if casc:
             cf = ", ".join(f"{100 * c['accuracy']:.2f} % at {c['flops_ratio']:.3f}" for c in e["cascade_front"])
-            lines += [f"Confidence cascade front (probe thresholds chosen on held-out images, measured on the test split): {cf}.", ""]
+            lines += [
+                f"Confidence cascade front (probe thresholds chosen on held-out images, measured on the test split): {cf}.",
+                "",
+            ]
         lines += _calibrated_table(e["points"], seeds, casc)
         if len(seeds) > 1:
             lines += [
                 f"Mean ± std over seeds {seeds}:",
                 "",
-                "| variant | weight | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |" + (" vs cascade |" if casc else ""),
+                "| variant | weight | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |"
+                + (" vs cascade |" if casc else ""),
                 "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if casc else ""),
             ]
             for (variant, w), ps in _by_variant_and_weight(e["points"]).items():
-                def ms(key: str, scale: float = 1.0, sign: str = "") -> str:
+
+                def ms(key: str, scale: float = 1.0, sign: str = "", ps=ps) -> str:
                     return _mean_std(ps, key, scale, sign)
+
                 lines.append(
                     f"| {variant} | {w} | {ms('flops_saved', 100)} % | {ms('accuracy', 100)} | {ms('gap_to_full_points', -1, '+')} |"
                     f" {ms('vs_uniform_static_points', 1, '+')} | {ms('vs_greedy_static_points', 1, '+')} |"
@@ -428,19 +532,26 @@ def _ensemble_table(e: dict[str, Any]) -> list[str]:
         for c in g.get("calibrated", []):
             groups.setdefault((_setting(g), f"dialed to {c['target']}"), []).append(c)
     k = len(ens[0]["seeds"])
-    lines = [f"Ensembles of {k} frozen seeds (mean action log-probabilities), every combination of the seeds,"
-             " mean ± std over the combinations; `within 1` counts those within 1 point of the full network:", "",
-             "| trained at | point | ensembles | FLOPs saved | accuracy | vs full | within 1 | vs greedy static | vs cascade |"
-             + (" held-out vs full | held-out within 1 | held-out vs greedy static |" if held else ""),
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if held else "")]
+    lines = [
+        f"Ensembles of {k} frozen seeds (mean action log-probabilities), every combination of the seeds,"
+        " mean ± std over the combinations; `within 1` counts those within 1 point of the full network:",
+        "",
+        "| trained at | point | ensembles | FLOPs saved | accuracy | vs full | within 1 | vs greedy static | vs cascade |"
+        + (" held-out vs full | held-out within 1 | held-out vs greedy static |" if held else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if held else ""),
+    ]
     for (setting, point), rows in groups.items():
         hs = [r["held_out"] for r in rows if "held_out" in r]
-        line = (f"| {setting} | {point} | {len(rows)} | {_mean_std(rows, 'flops_saved', 100)} % | {_mean_std(rows, 'accuracy', 100)} |"
-                f" {_mean_std(rows, 'gap_to_full_points', -1, '+')} | {sum(r['gap_to_full_points'] <= 1.0 + 1e-9 for r in rows)} |"
-                f" {_mean_std(rows, 'vs_greedy_static_points', 1, '+')} | {_mean_std(rows, 'vs_cascade_points', 1, '+')} |")
+        line = (
+            f"| {setting} | {point} | {len(rows)} | {_mean_std(rows, 'flops_saved', 100)} % | {_mean_std(rows, 'accuracy', 100)} |"
+            f" {_mean_std(rows, 'gap_to_full_points', -1, '+')} | {sum(r['gap_to_full_points'] <= 1.0 + 1e-9 for r in rows)} |"
+            f" {_mean_std(rows, 'vs_greedy_static_points', 1, '+')} | {_mean_std(rows, 'vs_cascade_points', 1, '+')} |"
+        )
         if held:
-            line += (f" {_mean_std(hs, 'gap_to_full_points', -1, '+')} | {sum(h['gap_to_full_points'] <= 1.0 + 1e-9 for h in hs)} |"
-                     f" {_mean_std(hs, 'vs_greedy_static_points', 1, '+')} |")
+            line += (
+                f" {_mean_std(hs, 'gap_to_full_points', -1, '+')} | {sum(h['gap_to_full_points'] <= 1.0 + 1e-9 for h in hs)} |"
+                f" {_mean_std(hs, 'vs_greedy_static_points', 1, '+')} |"
+            )
         lines.append(line)
     lines.append("")
     return lines
@@ -461,15 +572,20 @@ def _held_out_table(e: dict[str, Any], seeds: list[int]) -> list[str]:
                 groups.setdefault((p["variant"], _setting(p), f"dialed to {c['target']}"), []).append(c["held_out"])
     if not groups:
         return []
-    lines = [f"Second opinion on all {held['n_images']} held-out `{held['split']}` images (full network"
-             f" {100 * held['full']['accuracy']:.2f} % there; static fronts measured on the same images), mean ± std over"
-             f" seeds {seeds}. A dialed bias was chosen on 2 000 of these images, by FLOPs only:", "",
-             "| variant | trained at | point | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Second opinion on all {held['n_images']} held-out `{held['split']}` images (full network"
+        f" {100 * held['full']['accuracy']:.2f} % there; static fronts measured on the same images), mean ± std over"
+        f" seeds {seeds}. A dialed bias was chosen on 2 000 of these images, by FLOPs only:",
+        "",
+        "| variant | trained at | point | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for (variant, setting, point), hs in groups.items():
-        lines.append(f"| {variant} | {setting} | {point} | {_mean_std(hs, 'flops_saved', 100)} % | {_mean_std(hs, 'accuracy', 100)} |"
-                     f" {_mean_std(hs, 'gap_to_full_points', -1, '+')} | {_mean_std(hs, 'vs_uniform_static_points', 1, '+')} |"
-                     f" {_mean_std(hs, 'vs_greedy_static_points', 1, '+')} |")
+        lines.append(
+            f"| {variant} | {setting} | {point} | {_mean_std(hs, 'flops_saved', 100)} % | {_mean_std(hs, 'accuracy', 100)} |"
+            f" {_mean_std(hs, 'gap_to_full_points', -1, '+')} | {_mean_std(hs, 'vs_uniform_static_points', 1, '+')} |"
+            f" {_mean_std(hs, 'vs_greedy_static_points', 1, '+')} |"
+        )
     lines.append("")
     return lines
 
@@ -486,9 +602,11 @@ def _mean_std(rows: list[dict[str, Any]], key: str, scale: float = 1.0, sign: st
 
 def _dialed_cells(c: dict[str, Any], casc: bool = False) -> str:
     """FLOPs saved, accuracy and the comparisons of one dialed point, as Markdown cells."""
-    return (f" {100 * c['flops_saved']:.1f} % | {100 * c['accuracy']:.2f} | {-c['gap_to_full_points']:+.2f} |"
-            f" {c['vs_uniform_static_points']:+.2f} | {c['vs_greedy_static_points']:+.2f} |"
-            + (f" {_fmt(c.get('vs_cascade_points'))} |" if casc else ""))
+    return (
+        f" {100 * c['flops_saved']:.1f} % | {100 * c['accuracy']:.2f} | {-c['gap_to_full_points']:+.2f} |"
+        f" {c['vs_uniform_static_points']:+.2f} | {c['vs_greedy_static_points']:+.2f} |"
+        + (f" {_fmt(c.get('vs_cascade_points'))} |" if casc else "")
+    )
 
 
 def _calibrated_table(points: list[dict[str, Any]], seeds: list[int], casc: bool = False) -> list[str]:
@@ -496,36 +614,54 @@ def _calibrated_table(points: list[dict[str, Any]], seeds: list[int], casc: bool
     if not rows:
         return []
     ch, cr = (" vs cascade |", "---:|") if casc else ("", "")
-    lines = ["Dialed to a FLOPs target after training (cost bias chosen on held-out images, evaluated on the test split):", "",
-             "| variant | trained at | seed | target | bias | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |" + ch,
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + cr]
+    lines = [
+        "Dialed to a FLOPs target after training (cost bias chosen on held-out images, evaluated on the test split):",
+        "",
+        "| variant | trained at | seed | target | bias | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |"
+        + ch,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + cr,
+    ]
     for p, c in rows:
-        lines.append(f"| {p['variant']} | {_setting(p)} | {p.get('seed', seeds[0])} | {c['target']} | {c['bias']:+.3f} |"
-                     + _dialed_cells(c, casc))
+        lines.append(
+            f"| {p['variant']} | {_setting(p)} | {p.get('seed', seeds[0])} | {c['target']} | {c['bias']:+.3f} |"
+            + _dialed_cells(c, casc)
+        )
     lines.append("")
     if len(seeds) > 1:
         groups: dict[tuple[str, Any, float], list[tuple[Any, dict[str, Any]]]] = {}
         for p, c in rows:
             groups.setdefault((p["variant"], _setting(p), c["target"]), []).append((p.get("seed"), c))
-        lines += [f"Dialed, mean ± std over seeds {seeds}:", "",
-                  "| variant | trained at | target | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |" + ch,
-                  "|---|---|---:|---:|---:|---:|---:|---:|" + cr]
+        lines += [
+            f"Dialed, mean ± std over seeds {seeds}:",
+            "",
+            "| variant | trained at | target | FLOPs saved | accuracy | vs full | vs uniform static | vs greedy static |" + ch,
+            "|---|---|---:|---:|---:|---:|---:|---:|" + cr,
+        ]
         for (variant, setting, t), sc in groups.items():
             cs = [c for _, c in sc]
-            lines.append(f"| {variant} | {setting} | {t} | {_mean_std(cs, 'flops_saved', 100)} % | {_mean_std(cs, 'accuracy', 100)} |"
-                         f" {_mean_std(cs, 'gap_to_full_points', -1, '+')} | {_mean_std(cs, 'vs_uniform_static_points', 1, '+')} |"
-                         f" {_mean_std(cs, 'vs_greedy_static_points', 1, '+')} |"
-                         + (f" {_mean_std(cs, 'vs_cascade_points', 1, '+')} |" if casc else ""))
+            lines.append(
+                f"| {variant} | {setting} | {t} | {_mean_std(cs, 'flops_saved', 100)} % | {_mean_std(cs, 'accuracy', 100)} |"
+                f" {_mean_std(cs, 'gap_to_full_points', -1, '+')} | {_mean_std(cs, 'vs_uniform_static_points', 1, '+')} |"
+                f" {_mean_std(cs, 'vs_greedy_static_points', 1, '+')} |"
+                + (f" {_mean_std(cs, 'vs_cascade_points', 1, '+')} |" if casc else "")
+            )
         lines.append("")
-        lines += ["One policy per setting, the seed chosen by its accuracy on all held-out images (test split unseen):", "",
-                  "| variant | trained at | target | chosen seed | held-out accuracy | FLOPs saved | accuracy | vs full |"
-                  " vs uniform static | vs greedy static |" + ch,
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + cr]
+        lines += [
+            "One policy per setting, the seed chosen by its accuracy on all held-out images (test split unseen):",
+            "",
+            "| variant | trained at | target | chosen seed | held-out accuracy | FLOPs saved | accuracy | vs full |"
+            " vs uniform static | vs greedy static |" + ch,
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + cr,
+        ]
         for (variant, setting, t), sc in groups.items():
-            scored = [(seed, c) for seed, c in sc if "held_out_accuracy" in c]  # results.json written before it existed lack it
+            scored = [
+                (seed, c) for seed, c in sc if "held_out_accuracy" in c
+            ]  # results.json written before it existed lack it
             if scored:
                 seed, c = max(scored, key=lambda x: x[1]["held_out_accuracy"])  # the first seed on a tie
-                lines.append(f"| {variant} | {setting} | {t} | {seed} | {100 * c['held_out_accuracy']:.2f} |" + _dialed_cells(c, casc))
+                lines.append(
+                    f"| {variant} | {setting} | {t} | {seed} | {100 * c['held_out_accuracy']:.2f} |" + _dialed_cells(c, casc)
+                )
         lines.append("")
     return lines
 
@@ -542,40 +678,82 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default="sweep_out", help="output directory (default: sweep_out)")
     p.add_argument("--env", action="append", choices=list(DEFAULT_WEIGHTS["error"]), help="only this env (repeatable)")
     p.add_argument("--data", default="shapes", help="data set name (default: shapes)")
-    p.add_argument("--backbone", default=None,
-                   help="backbone of every env: a backbone name ('arch[@mode][+sandwich][+distill][+augment]', e.g. vgg) or a"
-                        " checkpoint path (default: each env's own)")
-    p.add_argument("--weight", type=float, action="append", default=None,
-                   help="compute weight (repeatable; default: per env, see dyncnn_gym.benchmark.sweep.DEFAULT_WEIGHTS)")
-    p.add_argument("--flops-target", type=float, action="append", default=None, metavar="RATIO",
-                   help="steer the compute weight to this FLOPs ratio (repeatable; replaces the default weights,"
-                        " see dyncnn_gym.callbacks.FlopsTargetCallback)")
-    p.add_argument("--target-measure", default="train", choices=["train", "eval"],
-                   help="how --flops-target measures FLOPs: the training episodes (default) or deterministic"
-                        " routing of held-out images")
-    p.add_argument("--calibrate", type=float, action="append", default=None, metavar="RATIO",
-                   help="also dial every trained policy to this FLOPs ratio with a cost bias chosen on held-out"
-                        " images, and evaluate that (repeatable; see dyncnn_gym.benchmark.calibrate)")
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="backbone of every env: a backbone name ('arch[@mode][+sandwich][+distill][+augment]', e.g. vgg) or a"
+        " checkpoint path (default: each env's own)",
+    )
+    p.add_argument(
+        "--weight",
+        type=float,
+        action="append",
+        default=None,
+        help="compute weight (repeatable; default: per env, see dyncnn_gym.benchmark.sweep.DEFAULT_WEIGHTS)",
+    )
+    p.add_argument(
+        "--flops-target",
+        type=float,
+        action="append",
+        default=None,
+        metavar="RATIO",
+        help="steer the compute weight to this FLOPs ratio (repeatable; replaces the default weights,"
+        " see dyncnn_gym.callbacks.FlopsTargetCallback)",
+    )
+    p.add_argument(
+        "--target-measure",
+        default="train",
+        choices=["train", "eval"],
+        help="how --flops-target measures FLOPs: the training episodes (default) or deterministic routing of held-out images",
+    )
+    p.add_argument(
+        "--calibrate",
+        type=float,
+        action="append",
+        default=None,
+        metavar="RATIO",
+        help="also dial every trained policy to this FLOPs ratio with a cost bias chosen on held-out"
+        " images, and evaluate that (repeatable; see dyncnn_gym.benchmark.calibrate)",
+    )
     p.add_argument("--timesteps", type=int, default=None, help="PPO steps per point (default: the recipe's)")
     p.add_argument("--no-cotrain", action="store_true", help="frozen backbones only")
     p.add_argument("--no-frozen", action="store_true", help="co-trained backbones only")
-    p.add_argument("--finetune-augment", action="store_true",
-                   help="co-training shifts the fine-tuning images by up to 2 pixels (BackboneFinetuneCallback(augment=True))")
-    p.add_argument("--finetune-distill", action="store_true",
-                   help="co-training distils routes from the full network, which it trains on the labels"
-                        " (BackboneFinetuneCallback(distill=True))")
+    p.add_argument(
+        "--finetune-augment",
+        action="store_true",
+        help="co-training shifts the fine-tuning images by up to 2 pixels (BackboneFinetuneCallback(augment=True))",
+    )
+    p.add_argument(
+        "--finetune-distill",
+        action="store_true",
+        help="co-training distils routes from the full network, which it trains on the labels"
+        " (BackboneFinetuneCallback(distill=True))",
+    )
     p.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds (several: mean ± std in the summary)")
     from ..envs.rewards import LOSS_KINDS
 
-    p.add_argument("--loss", default=None, choices=list(LOSS_KINDS),
-                   help="the reward's classification term: 0/1 error or clipped cross-entropy (default: the recipe's, error)")
+    p.add_argument(
+        "--loss",
+        default=None,
+        choices=list(LOSS_KINDS),
+        help="the reward's classification term: 0/1 error or clipped cross-entropy (default: the recipe's, error)",
+    )
     from ..envs.core import SHAPINGS
 
-    p.add_argument("--shaping", default=None, choices=list(SHAPINGS),
-                   help="reward shaping of the envs (default: the recipe's, none; see the env docstrings)")
-    p.add_argument("--ensemble", type=int, default=0, metavar="K",
-                   help="also route every K of each frozen setting's seeds as one policy (mean action"
-                        " log-probabilities) and evaluate it like a point (default 0: off)")
+    p.add_argument(
+        "--shaping",
+        default=None,
+        choices=list(SHAPINGS),
+        help="reward shaping of the envs (default: the recipe's, none; see the env docstrings)",
+    )
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also route every K of each frozen setting's seeds as one policy (mean action"
+        " log-probabilities) and evaluate it like a point (default 0: off)",
+    )
     p.add_argument("--quiet", action="store_true")
 
 
@@ -586,9 +764,23 @@ def run_from_args(args) -> int:
         if not w > 0:
             raise ValueError(f"--weight {w!r} must be a positive compute weight")
     targets = {e: tuple(args.flops_target) for e in envs} if args.flops_target else None
-    run_sweep(args.out, envs=envs, dataset=args.data, backbone=args.backbone, weights=weights, timesteps=args.timesteps,
-              cotrain=not args.no_cotrain, frozen=not args.no_frozen, seed=tuple(args.seed), loss=args.loss,
-              targets=targets, target_measure=args.target_measure, calibrate=tuple(args.calibrate or ()),
-              shaping=args.shaping, ensemble=args.ensemble, progress=not args.quiet,
-              finetune_kwargs={k: True for k, on in (("augment", args.finetune_augment), ("distill", args.finetune_distill)) if on})
+    run_sweep(
+        args.out,
+        envs=envs,
+        dataset=args.data,
+        backbone=args.backbone,
+        weights=weights,
+        timesteps=args.timesteps,
+        cotrain=not args.no_cotrain,
+        frozen=not args.no_frozen,
+        seed=tuple(args.seed),
+        loss=args.loss,
+        targets=targets,
+        target_measure=args.target_measure,
+        calibrate=tuple(args.calibrate or ()),
+        shaping=args.shaping,
+        ensemble=args.ensemble,
+        progress=not args.quiet,
+        finetune_kwargs={k: True for k, on in (("augment", args.finetune_augment), ("distill", args.finetune_distill)) if on},
+    )
     return 0

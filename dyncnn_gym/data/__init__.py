@@ -7,7 +7,6 @@ until :func:`load_dataset` (or :func:`make_shapes`) is called.
 from __future__ import annotations
 
 import functools
-
 import sys
 from pathlib import Path
 from typing import Any
@@ -137,17 +136,16 @@ def load_dataset(
         key = spec.strip().lower().replace("-", "").replace("_", "")
         if key not in DATASET_NAMES:
             raise ValueError(f"unknown data set name {spec!r}; valid names: {list(DATASET_NAMES)}")
-        return _load_named(key, root=root, download=download, test_fraction=test_fraction, seed=seed,
-                           n_train=n_train, n_test=n_test)
+        return _load_named(
+            key, root=root, download=download, test_fraction=test_fraction, seed=seed, n_train=n_train, n_test=n_test
+        )
 
     val = None
     if isinstance(spec, dict):
         train, test, k, val = arrays.from_dict(spec)
     elif isinstance(spec, (tuple, list)):
         if len(spec) != 2:
-            raise TypeError(
-                f"spec is a {type(spec).__name__} of length {len(spec)}; an (images, labels) pair has length 2"
-            )
+            raise TypeError(f"spec is a {type(spec).__name__} of length {len(spec)}; an (images, labels) pair has length 2")
         train, test, k = arrays.from_pair(spec[0], spec[1], test_fraction=test_fraction, seed=seed)
     elif _is_torch_dataset(spec):
         train, test, k = arrays.from_torch_dataset(spec, test_fraction=test_fraction, seed=seed)

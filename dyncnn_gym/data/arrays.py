@@ -39,14 +39,14 @@ class RawSplit:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def with_difficulty(self) -> "RawSplit":
+    def with_difficulty(self) -> RawSplit:
         """Return self with ``difficulty`` filled with NaN when it is missing."""
         if self.difficulty is not None:
             return self
         nan = np.full(len(self), np.nan, dtype=np.float32)
         return RawSplit(self.images, self.labels, nan, dict(self.difficulty_params))
 
-    def head(self, n: int | None) -> "RawSplit":
+    def head(self, n: int | None) -> RawSplit:
         """The first ``n`` examples (all when ``n`` is None)."""
         if n is None or n >= len(self):
             return self
@@ -133,9 +133,7 @@ def as_labels(y: Any, what: str = "labels") -> np.ndarray:
         bad = ~np.isfinite(arr) | (arr != np.round(arr))
         if bad.any():
             i = int(np.argmax(bad))
-            raise ValueError(
-                f"{what} must be integer class indices; got non-integer value {arr[i].item()!r} at index {i}"
-            )
+            raise ValueError(f"{what} must be integer class indices; got non-integer value {arr[i].item()!r} at index {i}")
         out = arr.astype(np.int64)
     else:
         raise TypeError(f"{what} has dtype={arr.dtype}; expected integer class indices")
@@ -150,18 +148,14 @@ def check_labels_in_range(labels: np.ndarray, num_classes: int, what: str = "lab
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(
-            f"{what} must be in [0, {num_classes}); got label {int(labels[i])} at index {i}"
-        )
+        raise ValueError(f"{what} must be in [0, {num_classes}); got label {int(labels[i])} at index {i}")
 
 
 def infer_num_classes(*label_arrays: np.ndarray) -> int:
     """``max label + 1`` over all arrays; raises ValueError when that is below 2."""
     k = int(max(int(a.max()) for a in label_arrays)) + 1
     if k < 2:
-        raise ValueError(
-            f"labels describe num_classes={k} (max label + 1); a classification data set needs >= 2 classes"
-        )
+        raise ValueError(f"labels describe num_classes={k} (max label + 1); a classification data set needs >= 2 classes")
     return k
 
 
@@ -170,9 +164,7 @@ def make_raw(images: Any, labels: Any, what: str) -> RawSplit:
     x = as_images(images, f"{what} images")
     y = as_labels(labels, f"{what} labels")
     if x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"{what} images and labels have mismatched lengths: {x.shape[0]} images vs {y.shape[0]} labels"
-        )
+        raise ValueError(f"{what} images and labels have mismatched lengths: {x.shape[0]} images vs {y.shape[0]} labels")
     return RawSplit(x, y)
 
 
@@ -341,9 +333,7 @@ def from_dict(spec: dict) -> tuple[RawSplit, RawSplit, int, RawSplit | None]:
     for key in keys:
         pair = spec[key]
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise TypeError(
-                f"spec[{key!r}] is a {type(pair).__name__}; expected an (images, labels) pair"
-            )
+            raise TypeError(f"spec[{key!r}] is a {type(pair).__name__}; expected an (images, labels) pair")
         out.append(make_raw(pair[0], pair[1], key))
     k = infer_num_classes(*(r.labels for r in out))
     return out[0], out[1], k, (out[2] if len(out) == 3 else None)
@@ -368,9 +358,7 @@ def from_torch_dataset(ds: Any, *, test_fraction: float, seed: int) -> tuple[Raw
     for i in range(n):
         item = ds[i]
         if not isinstance(item, (tuple, list)) or len(item) < 2:
-            raise TypeError(
-                f"torch Dataset item {i} is a {type(item).__name__}; expected an (image, label) pair"
-            )
+            raise TypeError(f"torch Dataset item {i} is a {type(item).__name__}; expected an (image, label) pair")
         img = _to_numpy(item[0], f"dataset item {i} image")
         if first_shape is None:
             first_shape = img.shape
@@ -382,9 +370,7 @@ def from_torch_dataset(ds: Any, *, test_fraction: float, seed: int) -> tuple[Raw
         images.append(img)
         lab = _to_numpy(item[1], f"dataset item {i} label")
         if lab.size != 1:
-            raise TypeError(
-                f"dataset item {i} label has shape {tuple(lab.shape)}; expected a scalar class index"
-            )
+            raise TypeError(f"dataset item {i} label has shape {tuple(lab.shape)}; expected a scalar class index")
         labels.append(lab.reshape(()))
     x = np.stack(images)
     y = np.stack(labels)

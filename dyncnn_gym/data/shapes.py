@@ -346,7 +346,7 @@ def make_shapes(n: int, seed: int = 0, *, stream: int = 0) -> ShapesArrays:
     # ---- render
     images = np.empty((n, 3, size, size), dtype=np.uint8)
     occlusion = np.zeros(n, dtype=np.float64)
-    coords = (np.arange(size, dtype=np.float64) + 0.5)
+    coords = np.arange(size, dtype=np.float64) + 0.5
     py, px = np.meshgrid(coords, coords, indexing="ij")
     px = px.reshape(1, -1)
     py = py.reshape(1, -1)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import gzip
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -102,9 +102,7 @@ def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     data = np.asarray(d["data"], dtype=np.uint8)
     labels = np.asarray(d[label_key], dtype=np.int64).reshape(-1)
     if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"{path}: 'data' has shape {data.shape} and {label_key!r} {labels.shape}; expected [N, 3072] and [N]"
-        )
+        raise ValueError(f"{path}: 'data' has shape {data.shape} and {label_key!r} {labels.shape}; expected [N, 3072] and [N]")
     return data.reshape(-1, 3, 32, 32), labels
 
 

@@ -59,9 +59,21 @@ class _OneShot:
             )
         self.kind, self.penalty, self.usage = reward, float(penalty), usage
         core_reward = "flops" if reward == "blockdrop" else reward
-        self.core = RoutingCore("skip", n, dataset=dataset, backbone=backbone, groups=groups, split=split,
-                                reward=core_reward, compute_weight=compute_weight, loss_weight=loss_weight,
-                                ce_clip=ce_clip, loss=loss, device=device, obs=obs)
+        self.core = RoutingCore(
+            "skip",
+            n,
+            dataset=dataset,
+            backbone=backbone,
+            groups=groups,
+            split=split,
+            reward=core_reward,
+            compute_weight=compute_weight,
+            loss_weight=loss_weight,
+            ce_clip=ce_clip,
+            loss=loss,
+            device=device,
+            obs=obs,
+        )
         self.T = self.core.T
         self.observation_space = self.core.observation_space
         self.action_space = spaces.MultiBinary(self.T)
@@ -275,7 +287,9 @@ class DynBlockDropVectorEnv(VectorEnv):
             seed = int(seed)
         super().reset(seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
         if options:
-            raise ValueError(f"options={options!r}: DynBlockDrop-v0's vector env takes no reset options (episodes last one step)")
+            raise ValueError(
+                f"options={options!r}: DynBlockDrop-v0's vector env takes no reset options (episodes last one step)"
+            )
         seeds = slot_seeds(seed, self.num_envs)
         if seeds is not None:
             self.core.seed_slots(seeds)

@@ -28,7 +28,7 @@ OBS_MODES = ("features", "probe")
 SHAPINGS = ("none", "continuation")
 #: backbone precisions (``dtype=``): FLOPs are counted per operation, so the accounting is the same in each
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_LOW_PRECISION: "weakref.WeakKeyDictionary[DynamicNet, dict[torch.dtype, DynamicNet]]" = weakref.WeakKeyDictionary()
+_LOW_PRECISION: weakref.WeakKeyDictionary[DynamicNet, dict[torch.dtype, DynamicNet]] = weakref.WeakKeyDictionary()
 
 
 def at_precision(net: DynamicNet, dtype: torch.dtype) -> DynamicNet:
@@ -67,7 +67,7 @@ def _shared_data(dataset: Any) -> DataSplits:
 
 
 _DATA: dict[str, DataSplits] = {}
-_OBS_SCALE: "weakref.WeakKeyDictionary[DynamicNet, dict[tuple, list[torch.Tensor]]]" = weakref.WeakKeyDictionary()
+_OBS_SCALE: weakref.WeakKeyDictionary[DynamicNet, dict[tuple, list[torch.Tensor]]] = weakref.WeakKeyDictionary()
 
 
 @torch.no_grad()
@@ -375,7 +375,9 @@ class RoutingCore:
             raise ValueError(f"expected {self.n} actions (one per env), got {a.shape[0]}: {actions!r}")
         bad = (a < 0) | (a >= self.A)
         if bad.any():
-            raise ValueError(f"action {int(a[bad][0])} is outside the action space {self.action_space} (valid: 0..{self.A - 1})")
+            raise ValueError(
+                f"action {int(a[bad][0])} is outside the action space {self.action_space} (valid: 0..{self.A - 1})"
+            )
         return a
 
     # -- observations and infos ------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..walk import Walk
 
-_PROBES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_PROBES: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 @torch.no_grad()

@@ -45,9 +45,13 @@ class Reward:
 
     @classmethod
     def make(
-        cls, kind: str = "flops", compute_weight: float | None = None, loss_weight: float = 1.0, ce_clip: float = 5.0,
+        cls,
+        kind: str = "flops",
+        compute_weight: float | None = None,
+        loss_weight: float = 1.0,
+        ce_clip: float = 5.0,
         loss: str = "ce",
-    ) -> "Reward":
+    ) -> Reward:
         if kind not in REWARD_KINDS:
             raise ValueError(f"reward={kind!r} is not a reward form; choose one of {list(REWARD_KINDS)}")
         if loss not in LOSS_KINDS:
@@ -60,7 +64,9 @@ class Reward:
             raise ValueError("ce_clip=0 would erase the classification term; use a positive value")
         return cls(kind, float(cw), float(loss_weight), float(ce_clip), loss)
 
-    def step(self, t: int, actions: np.ndarray, cost: np.ndarray, full_cost: int, full_flops: int, A: int, T: int) -> np.ndarray:
+    def step(
+        self, t: int, actions: np.ndarray, cost: np.ndarray, full_cost: int, full_flops: int, A: int, T: int
+    ) -> np.ndarray:
         """Compute term of decision ``t`` for each sample (float64 ``[B]``).
 
         ``cost``/``full_cost`` are FLOPs of this decision (plus the head on the last one) as taken

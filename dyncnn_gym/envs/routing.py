@@ -100,8 +100,9 @@ def check_render_mode(render_mode: str | None, modes: list[str]) -> None:
         raise ValueError(f"render_mode={render_mode!r} is not supported; choose one of {modes} or None")
 
 
-def reset_single(core: RoutingCore, np_random: np.random.Generator, seed: int | None,
-                 options: dict | None) -> tuple[np.ndarray, dict]:
+def reset_single(
+    core: RoutingCore, np_random: np.random.Generator, seed: int | None, options: dict | None
+) -> tuple[np.ndarray, dict]:
     """Start a single env's next episode in slot 0 of its ``core``: the image is drawn with the env's
     ``np_random`` (train / val splits); a seeded reset restarts the test split at image 0.
     Returns the observation ``[D]`` and the reset info."""
@@ -222,7 +223,8 @@ class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
 
 
 class DynChannelEnv(RoutingEnv):
-    __doc__ = """
+    __doc__ = (
+        """
     ## Description
 
     Runtime Neural Pruning (Lin et al., NIPS 2017) as a Gymnasium env. One image walks through a
@@ -234,16 +236,24 @@ class DynChannelEnv(RoutingEnv):
     ## Action Space
 
     `Discrete(groups)`: action `a` computes channel groups `0..a` (`a + 1` of `groups`).
-    """ + _COMMON_DOC + _ARGS_DOC.format(id="DynChannel-v0", default="'vgg+sandwich+distill', a 6-layer VGG-style CNN trained with the sandwich rule and in-place distillation; plain 'vgg' and any ResNet arch work too (groups inside its blocks)") + """
+    """
+        + _COMMON_DOC
+        + _ARGS_DOC.format(
+            id="DynChannel-v0",
+            default="'vgg+sandwich+distill', a 6-layer VGG-style CNN trained with the sandwich rule and in-place distillation; plain 'vgg' and any ResNet arch work too (groups inside its blocks)",
+        )
+        + """
     ## Version History
 
     * v0: initial version.
     """
+    )
     mode = "channel"
 
 
 class DynSkipEnv(RoutingEnv):
-    __doc__ = """
+    __doc__ = (
+        """
     ## Description
 
     SkipNet (Wang et al., ECCV 2018) as a Gymnasium env. One image walks through a CIFAR-style
@@ -255,11 +265,17 @@ class DynSkipEnv(RoutingEnv):
     ## Action Space
 
     `Discrete(2)`: 0 skips the block, 1 executes it.
-    """ + _COMMON_DOC + _ARGS_DOC.format(id="DynSkip-v0", default="'resnet32-lite@skip', ResNet-32 with a stride-2 stem trained for skip decisions only") + """
+    """
+        + _COMMON_DOC
+        + _ARGS_DOC.format(
+            id="DynSkip-v0", default="'resnet32-lite@skip', ResNet-32 with a stride-2 stem trained for skip decisions only"
+        )
+        + """
     ## Version History
 
     * v0: initial version.
     """
+    )
     mode = "skip"
 
 

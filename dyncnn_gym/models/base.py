@@ -117,9 +117,7 @@ class DynamicNet(nn.Module):
     # -- description -------------------------------------------------------------------------
     def check_mode(self, mode: str) -> None:
         if mode not in self.modes:
-            raise ValueError(
-                f"mode={mode!r} is not supported by backbone {self.arch!r}; it supports {list(self.modes)}"
-            )
+            raise ValueError(f"mode={mode!r} is not supported by backbone {self.arch!r}; it supports {list(self.modes)}")
 
     def num_actions(self, mode: str) -> int:
         self.check_mode(mode)

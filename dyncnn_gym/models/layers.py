@@ -41,9 +41,7 @@ def sliced_bn(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     )
 
 
-def fold_conv_bn(
-    conv: nn.Conv2d, bn: nn.BatchNorm2d, c_in: int, c_out: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, c_in: int, c_out: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Contiguous weight ``[c_out, c_in, k, k]`` and bias ``[c_out]`` of ``bn(conv(x))`` in eval mode,
     for the leading ``c_in`` input and ``c_out`` output channels."""
     w = conv.weight[:c_out, :c_in]

@@ -217,4 +217,3 @@ class ResNet(DynamicNet):
 
     def head(self, h: torch.Tensor, mode: str, last_action: int) -> torch.Tensor:
         return self.fc(h.mean(dim=(2, 3)))
-

@@ -109,9 +109,7 @@ class ChannelVGG(DynamicNet):
                     steps[t, p, a] = conv_flops(
                         self.channels(self.widths[layer - 1], p), self.channels(self.widths[layer], a), 3, ho, wo
                     )
-        head = np.array(
-            [linear_flops(self.channels(self.widths[-1], a), self.num_classes) for a in range(A)], dtype=np.int64
-        )
+        head = np.array([linear_flops(self.channels(self.widths[-1], a), self.num_classes) for a in range(A)], dtype=np.int64)
         return CostTable(stem=stem, steps=steps, head=head)
 
     def _conv_out_size(self, layer: int) -> tuple[int, int]:
@@ -176,7 +174,9 @@ class ChannelVGG(DynamicNet):
         if self._fast():
             fc = self.fc
             w, b = self._kernels.get(
-                ("fc", c), lambda: (fc.weight[:, :c].contiguous(), fc.bias), lambda: [(fc._parameters, "weight"), (fc._parameters, "bias")]
+                ("fc", c),
+                lambda: (fc.weight[:, :c].contiguous(), fc.bias),
+                lambda: [(fc._parameters, "weight"), (fc._parameters, "bias")],
             )
             return F.linear(feats, w, b)
         return F.linear(feats, self.fc.weight[:, :c], self.fc.bias)
