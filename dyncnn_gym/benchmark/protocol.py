@@ -143,7 +143,14 @@ def evaluate(
         while True:
             masks = core.action_masks()
             a = np.zeros(core.n, dtype=np.int64)
-            a[:b] = choose(full_obs[:b], masks[:b], first)
+            chosen = np.asarray(choose(full_obs[:b], masks[:b], first)).reshape(-1)
+            if chosen.shape[0] != b:
+                raise ValueError(
+                    f"the policy gave {chosen.shape[0]} actions for {b} observations; expected one per observation"
+                )
+            if chosen.dtype.kind not in "iub" and not (chosen.dtype.kind == "f" and np.all(chosen == np.round(chosen))):
+                raise TypeError(f"the policy gave actions {chosen[:5]!r} of dtype {chosen.dtype}; expected integer actions")
+            a[:b] = chosen
             first = False
             full_obs, _, term, infos = core.step(a)
             if term[:b].all():
