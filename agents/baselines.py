@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from dyncnn_gym.benchmark.baselines import cascade_front, oracle, random_policy_eval, static_baselines
 from dyncnn_gym.envs.core import RoutingCore
+from dyncnn_gym.fileio import write_text
 
 
 @dataclass
@@ -84,8 +84,7 @@ def main() -> None:
         )
     print(f"  oracle (knows the label): {orc['accuracy']:.4f} at {orc['flops_ratio']:.3f}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_text(args.out, json.dumps(result, indent=2))
         print(f"wrote {args.out}")
 
 

@@ -66,6 +66,8 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import Walk, evaluate
+from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
+from dyncnn_gym.pretraining import save_checkpoint
 
 REWARDS = ("blockdrop", "flops")
 
@@ -165,7 +167,7 @@ class PerDecision(nn.Module):
 
 
 def save_policy(policy: OneShotPolicy, path: str | Path) -> None:
-    torch.save({"config": policy.config, "state_dict": policy.state_dict()}, path)
+    save_torch({"config": policy.config, "state_dict": policy.state_dict()}, path)
 
 
 def load_policy(path: str | Path, per_decision: bool = True) -> nn.Module:
@@ -317,18 +319,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(1)
     env_kwargs = env_kwargs_of(args)
+    out = check_writable_dir(args.out, "--out")  # before training, so no run is lost to a bad path
     t0 = time.time()
     policy, net, history = train(args, env_kwargs)
     train_s = time.time() - t0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     save_policy(policy, out / "policy.pt")
     eval_kwargs = skip_kwargs(env_kwargs)
     test_kwargs = dict(eval_kwargs)
     if args.finetune_iterations:
         from dyncnn_gym.pretraining import load_checkpoint
 
-        torch.save({"state_dict": net.state_dict(), "meta": getattr(net, "meta", None)}, out / "backbone.pt")
+        save_checkpoint(net, out / "backbone.pt")
         test_kwargs["backbone"] = load_checkpoint(out / "backbone.pt")  # evaluated as reloaded from the file
     res = evaluate(PerDecision(policy), "DynSkip-v0", **test_kwargs)
     print(
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "gain_points": 100.0 * (res["accuracy"] - at) if np.isfinite(at) else float("nan"),
         }
         print(f"static front at the same FLOPs: {at:.4f} (gain {entry['static']['gain_points']:+.2f} points)")
-    (out / "result.json").write_text(json.dumps(entry, indent=2, default=float))
+    write_text(out / "result.json", json.dumps(entry, indent=2, default=float))
     print(f"wrote {out}/result.json, policy.pt" + (" and backbone.pt" if args.finetune_iterations else ""))
     return entry
 

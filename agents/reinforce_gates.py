@@ -23,7 +23,6 @@ import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -32,6 +31,7 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import evaluate
+from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
 
 
 @dataclass
@@ -98,6 +98,7 @@ def main() -> None:
     policy = GatePolicy(envs.single_observation_space.shape[0], n_actions, args.hidden)
     opt = torch.optim.Adam(policy.parameters(), lr=args.lr)
     obs, _ = envs.reset(seed=args.seed)
+    out = check_writable_dir(args.out, "--out")  # before training, so no run is lost to a bad path
     start = time.time()
     for it in range(args.iterations):
         h = torch.zeros(args.num_envs, args.hidden)
@@ -128,9 +129,7 @@ def main() -> None:
             )
     res = evaluate(Deterministic(policy, args.hidden, T), args.env, **env_kwargs)
     print(f"test: accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(policy.state_dict(), out / "policy.pt")
+    save_torch(policy.state_dict(), out / "policy.pt")
     entry = {
         "env_id": args.env,
         "env_kwargs": env_kwargs,
@@ -140,7 +139,7 @@ def main() -> None:
         "flops_ratio": res["flops_ratio"],
         "mean_action": res["mean_action"],
     }
-    (out / "result.json").write_text(json.dumps(entry, indent=2))
+    write_text(out / "result.json", json.dumps(entry, indent=2))
     print(f"wrote {out}/result.json and policy.pt")
 
 

@@ -53,6 +53,8 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import Walk, evaluate
+from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
+from dyncnn_gym.pretraining import save_checkpoint
 
 ENVS = ("DynChannel-v0", "DynSkip-v0")
 
@@ -201,7 +203,7 @@ def build_qnet(env, hidden: int) -> RNPQNet:
 
 
 def save_policy(qnet: RNPQNet, path: str | Path) -> None:
-    torch.save({"config": qnet.config, "state_dict": qnet.state_dict()}, path)
+    save_torch({"config": qnet.config, "state_dict": qnet.state_dict()}, path)
 
 
 def load_policy(path: str | Path) -> RNPQNet:
@@ -397,17 +399,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(1)
     env_kwargs = env_kwargs_of(args)
+    out = check_writable_dir(args.out, "--out")  # before training, so no run is lost to a bad path
     t0 = time.time()
     qnet, net, history = train(args, env_kwargs)
     train_s = time.time() - t0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     save_policy(qnet, out / "policy.pt")
     eval_kwargs = {**env_kwargs, "backbone": net}
     if args.finetune:
         from dyncnn_gym.pretraining import load_checkpoint
 
-        torch.save({"state_dict": net.state_dict(), "meta": getattr(net, "meta", None)}, out / "backbone.pt")
+        save_checkpoint(net, out / "backbone.pt")
         eval_kwargs["backbone"] = load_checkpoint(out / "backbone.pt")  # evaluated as reloaded from the file
     res = evaluate(qnet, args.env, **eval_kwargs)
     print(f"test: accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} ({train_s:.0f}s training)")
@@ -428,7 +429,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"static front at the same FLOPs: {cmp['static_front_accuracy_at_same_flops']:.4f} "
             f"(gain {cmp['gain_points']:+.2f} points)"
         )
-    (out / "result.json").write_text(json.dumps(entry, indent=2, default=float))
+    write_text(out / "result.json", json.dumps(entry, indent=2, default=float))
     print(f"wrote {out}/result.json and policy.pt")
     return entry
 

@@ -59,6 +59,8 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import Walk, evaluate
+from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
+from dyncnn_gym.pretraining import save_checkpoint
 
 ENVS = ("DynSkip-v0", "DynChannel-v0")
 
@@ -161,7 +163,7 @@ class GatePolicy(nn.Module):
 
 
 def save_policy(policy: GatePolicy, path: str | Path) -> None:
-    torch.save({"config": policy.config, "state_dict": policy.state_dict()}, path)
+    save_torch({"config": policy.config, "state_dict": policy.state_dict()}, path)
 
 
 def load_policy(path: str | Path) -> GatePolicy:
@@ -436,17 +438,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stage1.update(accuracy=r["accuracy"], flops_ratio=r["flops_ratio"])
         print(f"test after stage 1 (STE): accuracy {r['accuracy']:.4f} at FLOPs ratio {r['flops_ratio']:.3f}")
 
+    out = check_writable_dir(args.out, "--out")  # before training, so no run is lost to a bad path
     t0 = time.time()
     policy, net, logs = train(args, env_kwargs, after_stage1=after_stage1)
     train_s = time.time() - t0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     save_policy(policy, out / "policy.pt")
     eval_kwargs = {**env_kwargs, "backbone": net}
     if args.joint_backbone:
         from dyncnn_gym.pretraining import load_checkpoint
 
-        torch.save({"state_dict": net.state_dict(), "meta": getattr(net, "meta", None)}, out / "backbone.pt")
+        save_checkpoint(net, out / "backbone.pt")
         eval_kwargs["backbone"] = load_checkpoint(out / "backbone.pt")  # evaluated as reloaded from the file
     res = evaluate(policy, args.env, **eval_kwargs)
     print(f"test: accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} ({train_s:.0f}s training)")
@@ -468,7 +469,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"static front at the same FLOPs: {cmp['static_front_accuracy_at_same_flops']:.4f} "
             f"(gain {cmp['gain_points']:+.2f} points)"
         )
-    (out / "result.json").write_text(json.dumps(entry, indent=2, default=float))
+    write_text(out / "result.json", json.dumps(entry, indent=2, default=float))
     print(f"wrote {out}/result.json and policy.pt")
     return entry
 

@@ -270,14 +270,14 @@ class FlopsTargetCallback(BaseCallback):
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        if isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0 < target <= 1:
             raise ValueError(f"target={target!r} is not a FLOPs ratio; use a value in (0, 1]")
         if measure not in MEASURES:
             raise ValueError(f"measure={measure!r} is not a measurement; choose one of {list(MEASURES)}")
         for name, v in (("gain", gain), ("weight", weight)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not (np.isfinite(v) and v > 0)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not (np.isfinite(v) and v > 0)):
                 raise ValueError(f"{name}={v!r} must be a positive finite number")
-        if isinstance(eval_images, bool) or not isinstance(eval_images, int) or eval_images < 1:
+        if isinstance(eval_images, bool) or not isinstance(eval_images, (int, np.integer)) or eval_images < 1:
             raise ValueError(f"eval_images={eval_images!r} must be a positive integer")
         self.target, self.measure, self.gain = float(target), measure, float(gain)
         self.weight = None if weight is None else float(weight)

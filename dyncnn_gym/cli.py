@@ -1,11 +1,22 @@
-"""The ``dyncnn-gym`` command."""
+"""The ``dyncnn-gym`` command.
+
+A user error (a bad argument, a missing, unreadable or unsafe file, an unwritable output path) is
+printed as one line, ``dyncnn-gym COMMAND: error: ...``, and the command exits with code 2 and no
+traceback. ``--debug`` (or the environment variable ``DYNCNN_GYM_DEBUG=1``) shows the full
+traceback instead; any other exception (a bug) always does.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+
+#: exceptions the commands raise for a user's input or files: one line and exit code 2
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError)
+DEBUG_VAR = "DYNCNN_GYM_DEBUG"
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -26,6 +37,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         augment=args.augment,
         distill=args.distill,
         sandwich=args.sandwich,
+        allow_chance=args.allow_chance,
     )
     meta = net.meta
     print(f"{meta['arch']} on {meta['data']} (groups={meta['groups']}): trained in {meta['train_seconds']} s")
@@ -66,7 +78,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .benchmark.protocol import evaluate, load_model
 
-    env_kwargs = json.loads(args.env_kwargs) if args.env_kwargs else {}
+    try:
+        env_kwargs = json.loads(args.env_kwargs) if args.env_kwargs else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f'--env-kwargs {args.env_kwargs!r} is not JSON ({e}); give an object such as \'{{"dataset": "digits"}}\''
+        ) from None
     if not isinstance(env_kwargs, dict):
         raise ValueError(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}")
     res = evaluate(load_model(args.model), args.env, **env_kwargs)
@@ -78,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dyncnn-gym",
         description="Input-adaptive CNNs as Gymnasium environments (DynChannel-v0, DynSkip-v0).",
+        epilog=f"Errors in the arguments or files print one line and exit with code 2; --debug (or {DEBUG_VAR}=1)"
+        " shows the traceback.",
     )
+    parser.add_argument("--debug", action="store_true", help=f"show the full traceback of an error (also {DEBUG_VAR}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -107,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--sandwich",
         action="store_true",
         help="sandwich rule: every step also trains the cheapest route (narrowest widths / all blocks skipped)",
+    )
+    p.add_argument(
+        "--allow-chance",
+        action="store_true",
+        help="keep a backbone whose test accuracy is at chance level (refused by default; never cached)",
     )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the checkpoint cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -170,11 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_VAR, "").strip() not in ("", "0")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"dyncnn-gym {args.command}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"dyncnn-gym {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (an OSError without a message is named by its errno text)."""
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

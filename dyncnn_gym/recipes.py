@@ -40,6 +40,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 _ENV: dict[str, Any] = {"reward": "flops", "loss": "error", "obs": "probe"}
 
 _PPO_RECIPE: dict[str, Any] = {
@@ -105,6 +107,16 @@ def env_kwargs(env_id: str, **overrides: Any) -> dict[str, Any]:
     return {**recipe(env_id)["env"], **overrides}
 
 
+def check_timesteps(value: Any, name: str = "timesteps") -> int | None:
+    """``value`` as an int step count (``None`` stays ``None``: the recipe's); ``ValueError`` unless a
+    positive integer, so 0 never silently means "the default"."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive number of steps (or None for the recipe's)")
+    return int(value)
+
+
 def train_ppo(
     env_id: str,
     *,
@@ -129,6 +141,7 @@ def train_ppo(
     from .sb3 import make_vec_env
 
     r = recipe(env_id)
+    check_timesteps(total_timesteps, "total_timesteps")
     kw = {**r["ppo"], **(ppo_kwargs or {})}
     vec = make_vec_env(env_id, n_envs=n_envs or r["n_envs"], seed=seed, **env_kwargs(env_id, **env_overrides))
     torch.manual_seed(seed)

@@ -29,7 +29,9 @@ without a budget every action is allowed and nothing changes.
 
 ``RoutedNet.save(path)`` / :func:`load` store and rebuild it without SB3 and without the data set:
 the backbone (arch, config, weights: the layout of :func:`dyncnn_gym.pretraining.save_checkpoint`),
-the observation scales, the probes, the policy modules and what the env was.
+the observation scales, the probes, the policy modules and what the env was. Files are written
+atomically and read with ``weights_only=True`` (only :func:`head_classes` and the classes a caller
+passes are rebuilt), so loading a file cannot run code.
 
 TorchScript / ``torch.export``: a :class:`RoutedNet` cannot be scripted or traced as one graph.
 Which layers and channel slices run depends on the actions, i.e. on the data, and the walk keeps its
@@ -411,11 +413,13 @@ class RoutedNet(nn.Module):
 
     # -- saving ---------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the model to ``path`` (a ``torch.save`` file :func:`load` reads without SB3 or data)."""
-        from .pretraining import CHECKPOINT_VERSION
+        """Write the model to ``path`` (a ``torch.save`` file :func:`load` reads without SB3 or data),
+        atomically (see :mod:`dyncnn_gym.fileio`): readers see the old file or the complete new one."""
+        from .fileio import save_torch
+        from .pretraining import CHECKPOINT_VERSION, plain_meta
 
         net = self.backbone
-        meta = dict(getattr(net, "meta", None) or {})
+        meta = plain_meta(dict(getattr(net, "meta", None) or {}))
         meta.update(
             arch=net.arch, config=net.config(), in_shape=list(net.in_shape), num_classes=net.num_classes, groups=net.groups
         )
@@ -436,49 +440,78 @@ class RoutedNet(nn.Module):
             else [(getattr(self, f"probe_w_{t}").cpu(), getattr(self, f"probe_b_{t}").cpu()) for t in range(self.T)],
             "head": copy.deepcopy(self.head).cpu(),
             "info": self.info,
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
-        return path
+        return save_torch(blob, path)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> RoutedNet:
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", *, safe_globals: Any = ()) -> RoutedNet:
         """Read a model written by :meth:`save` (see :func:`load`)."""
-        return load(path, device)
+        return load(path, device, safe_globals=safe_globals)
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> RoutedNet:
+def head_classes() -> tuple[type, ...]:
+    """The classes a saved policy head may be rebuilt from: the heads of this module and every layer
+    class of ``torch.nn`` (SB3's networks are built from them)."""
+    heads = [
+        v
+        for v in globals().values()
+        if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == __name__ and v is not RoutedNet
+    ]
+    layers = [v for v in vars(nn).values() if isinstance(v, type) and issubclass(v, nn.Module)]
+    return (*heads, *layers)
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", *, safe_globals: Any = ()) -> RoutedNet:
     """Rebuild a :class:`RoutedNet` saved with :meth:`RoutedNet.save` on ``device``.
 
-    Needs neither SB3 nor the data set (a custom policy module's class must be importable). The file
-    is unpickled (``weights_only=False``): load only files you trust.
+    Needs neither SB3 nor the data set. The file is read with ``weights_only=True``: besides tensors
+    and plain containers only the classes of :func:`head_classes` (this module's policy heads and
+    ``torch.nn``'s layers) can be rebuilt, so a file cannot run code when loaded. A model whose
+    policy is a custom torch module needs that module's class: pass it in ``safe_globals`` (a
+    sequence of classes) if you trust the file; otherwise the file is refused, naming the class.
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a saved routed model, or ``device`` is CUDA without a CUDA device.
+        UnsafeFileError: (a ValueError) the file needs a class neither allow-listed nor in ``safe_globals``.
+        CorruptFileError: (a ValueError) the file is empty, truncated or no torch file.
+        ValueError: the file is not a saved routed model, or ``device`` is not available here.
     """
+    from .device import check_device
+    from .fileio import CorruptFileError, load_torch
+    from .pretraining import CHECKPOINT_GLOBALS, plain_meta
+
     path = Path(path)
-    if not path.is_file():
+    dev = check_device(device)
+    if not path.exists():
         raise FileNotFoundError(f"no saved routed model at {str(path)!r}")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} was asked for, but torch sees no CUDA device; use device='cpu'")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    extra = tuple(safe_globals)
+    if not all(isinstance(c, type) for c in extra):
+        raise TypeError(f"safe_globals={safe_globals!r} must be a sequence of classes")
+    blob = load_torch(path, (*CHECKPOINT_GLOBALS, *head_classes(), *extra), "routed model")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not a routed model saved by RoutedNet.save (no format {FORMAT!r})")
     if blob.get("version") != FORMAT_VERSION:
         raise ValueError(f"{str(path)!r} has format version {blob.get('version')!r}; this dyncnn_gym reads {FORMAT_VERSION}")
-    meta = blob["backbone"]["meta"]
-    net = build(meta["arch"], tuple(meta["in_shape"]), meta["num_classes"], meta["groups"], **meta["config"])
-    net.load_state_dict(blob["backbone"]["state_dict"])
-    net.meta = meta
-    out = RoutedNet(
-        net.eval(), blob["mode"], blob["head"], blob["scales"], blob["probes"], blob["budget"], blob["env_id"], blob["info"]
-    )
+    try:
+        meta = plain_meta(blob["backbone"]["meta"])
+        net = build(meta["arch"], tuple(meta["in_shape"]), meta["num_classes"], meta["groups"], **meta["config"])
+        net.load_state_dict(blob["backbone"]["state_dict"])
+        net.meta = meta
+        if not isinstance(blob["head"], nn.Module):
+            raise TypeError(f"its policy head is a {type(blob['head']).__name__}, not a torch module")
+        out = RoutedNet(
+            net.eval(),
+            blob["mode"],
+            blob["head"],
+            blob["scales"],
+            blob["probes"],
+            blob["budget"],
+            blob["env_id"],
+            blob["info"],
+        )
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CorruptFileError(f"{str(path)!r} is a damaged routed model ({str(e).splitlines()[0][:200]})") from None
     return out.to(dev)
 
 
@@ -598,4 +631,15 @@ def _dry_run(routed: RoutedNet) -> None:
         )
 
 
-__all__ = ["ModuleHead", "QuantileMean", "RecurrentHead", "Routed", "RoutedNet", "ScoreHead", "export", "load", "policy_head"]
+__all__ = [
+    "ModuleHead",
+    "QuantileMean",
+    "RecurrentHead",
+    "Routed",
+    "RoutedNet",
+    "ScoreHead",
+    "export",
+    "head_classes",
+    "load",
+    "policy_head",
+]

@@ -205,9 +205,10 @@ def test_shapes_cache_hit(monkeypatch, tmp_path):
     assert np.array_equal(d1.train.images, d2.train.images)
     for k in shapes_mod.PARAM_NAMES:
         assert np.array_equal(d1.train.difficulty_params[k], d2.train.difficulty_params[k])
-    # a corrupt cache file is regenerated
+    # a corrupt cache file is moved aside (with a warning) and regenerated
     path.write_bytes(b"not an npz")
-    d3 = load_dataset("shapes", n_train=40, n_test=20)
+    with pytest.warns(UserWarning, match="moved it to"):
+        d3 = load_dataset("shapes", n_train=40, n_test=20)
     assert len(calls) == 3 and d3.fingerprint == d1.fingerprint
 
 

@@ -399,7 +399,7 @@ def run_bench(
         seed: a seed or a list of seeds; every learned agent runs its whole sweep once per seed
             (scores: mean and standard deviation over seeds).
         progress: print a line per step of the bench.
-        timesteps: override every task's step budget.
+        timesteps: override every task's step budget (a positive integer).
         merge: keep the other agents of an earlier ``results.json`` in ``out_dir`` (same suite
             version, pins and FLOPs range, checked) and add or replace only ``agents``; the
             baselines are recomputed.
@@ -408,20 +408,21 @@ def run_bench(
         The results written to ``results.json``.
     """
     from ..envs.core import RoutingCore, _shared_data
+    from ..fileio import check_writable_dir, write_json, write_text
+    from ..recipes import check_timesteps
     from . import plots
     from .baselines import cascade_front, oracle, random_policy_eval, static_baselines
     from .demo import _jsonable
     from .protocol import evaluate, mode_of
 
     seeds = [int(x) for x in (seed if isinstance(seed, (list, tuple)) else [seed])]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seed={seed!r}: give one seed or a list of distinct seeds")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"seed={seed!r}: give one seed or a list of distinct seeds, integers >= 0")
     suite = get_suite(suite)
     if timesteps is not None:
-        suite = suite.with_budget(timesteps)
+        suite = suite.with_budget(check_timesteps(timesteps))
     resolved = {spec: resolve_agent(spec) for spec in agents}  # fail fast on unknown agents
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_dir(out_dir, "out")  # before any training: a run is not lost to an unwritable --out
     log = print if progress else (lambda *a, **k: None)
     start = time.perf_counter()
     pins = check_pins(suite)
@@ -534,8 +535,8 @@ def run_bench(
         _task_plots(out, task, core, entry, images, plots, _shared_data(task.env_kwargs.get("dataset", "shapes")))
     results["leaderboard"] = leaderboard_rows(results)
     results["seconds"] = round(time.perf_counter() - start, 1)
-    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
-    (out / "leaderboard.md").write_text(format_leaderboard(results))
+    write_json(out / "results.json", _jsonable(results), indent=2)
+    write_text(out / "leaderboard.md", format_leaderboard(results))
     log(format_leaderboard(results))
     log(f"[bench] wrote {out / 'results.json'}, {out / 'leaderboard.md'} and plots ({results['seconds']} s)")
     return results

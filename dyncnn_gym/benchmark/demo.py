@@ -8,7 +8,6 @@ oracle, prints a table, and writes ``results.json``, PNG plots and the trained S
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -19,9 +18,10 @@ import torch
 
 from .. import ENV_IDS
 from ..envs.core import RoutingCore, _shared_data
+from ..fileio import check_writable_dir, save_sb3, write_json
 from ..pretraining import DEFAULT_ARCH
+from ..recipes import check_timesteps, recipe, train_ppo
 from ..recipes import env_kwargs as recipe_env_kwargs
-from ..recipes import recipe, train_ppo
 from . import plots
 from .baselines import interpolate, oracle, random_policy_eval, static_baselines
 from .protocol import evaluate, mode_of
@@ -52,9 +52,9 @@ def run_demo(
     """Run the demo and write its outputs into ``out`` (see the module docstring). Returns the results.
 
     Args:
-        out: output directory.
+        out: output directory (checked to be writable before anything is trained).
         envs: env ids to train routers for.
-        timesteps: PPO steps per env (default: the recipe's).
+        timesteps: PPO steps per env, a positive integer (default ``None``: the recipe's).
         dataset: data set name (default: the embedded ``"shapes"``).
         backbones: per mode (``"channel"``, ``"skip"``), an arch name or checkpoint path to use instead
             of the default arch.
@@ -62,8 +62,10 @@ def run_demo(
         progress: show progress bars.
     """
     start = time.perf_counter()
-    out = Path(out)
-    (out / "models").mkdir(parents=True, exist_ok=True)
+    timesteps = check_timesteps(timesteps)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be an integer >= 0")
+    out = check_writable_dir(out, "out")  # before any training: a run is not lost to an unwritable --out
     torch.manual_seed(seed)
     data = _shared_data(dataset)
     results: dict[str, Any] = {
@@ -88,7 +90,7 @@ def run_demo(
         model = train_ppo(env_id, total_timesteps=steps, seed=seed, progress=progress, **env_kwargs)
         t_train = time.perf_counter() - t0
         rel = f"models/{env_id}-PPO.zip"
-        model.save(out / rel)
+        save_sb3(model, out / rel)
         res = evaluate(model, env_id, per_image=True, **env_kwargs)
         static = static_baselines(core)
         rnd = random_policy_eval(core, res["action_rates"], seed=seed)
@@ -148,7 +150,7 @@ def run_demo(
             img["correct"],
         )
     results["seconds"] = round(time.perf_counter() - start, 1)
-    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
+    write_json(out / "results.json", _jsonable(results), indent=2)
     print(format_table(results))
     print(f"\nwrote {out / 'results.json'}, plots and models in {out}/ ({results['seconds']} s)")
     return results

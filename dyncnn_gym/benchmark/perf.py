@@ -59,6 +59,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..device import check_device
+from ..fileio import check_writable_file, write_text
+
 #: env id of each mode
 ENV_OF_MODE = {"channel": "DynChannel-v0", "skip": "DynSkip-v0"}
 #: FLOPs fractions the speedup table aims at
@@ -642,9 +645,8 @@ def run_perf(
         ``machine``, ``setup``, ``export``, ``goals`` (empty) and ``seconds``.
     """
     start = time.perf_counter()
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} was asked for, but torch sees no CUDA device; use device='cpu'")
+    dev = check_device(device)
+    out_path = None if out is None else check_writable_file(out, "out")  # before the measurements
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats={repeats!r} must be a positive integer")
     old_threads = torch.get_num_threads()
@@ -682,12 +684,10 @@ def run_perf(
         torch.set_num_threads(old_threads)
     if verbose:
         print(format_table(result))
-    if out is not None:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    if out_path is not None:
+        write_text(out_path, json.dumps(result, indent=2, default=_json_default) + "\n")
         if verbose:
-            print(f"wrote {path}")
+            print(f"wrote {out_path}")
     return result
 
 

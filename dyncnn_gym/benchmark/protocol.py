@@ -63,43 +63,20 @@ def as_policy(policy: Any) -> BatchPolicy:
     raise TypeError(f"policy={policy!r} is neither an SB3 model, a torch module nor a callable")
 
 
-def load_model(path: str, algorithm: str | None = None):
-    """Load an SB3 / sb3-contrib model saved with ``model.save(path)``.
+def load_model(path: str, algorithm: str | None = None, **kwargs: Any):
+    """Load an SB3 / sb3-contrib model saved with ``model.save(path)``, without unpickling anything
+    the file holds (:func:`dyncnn_gym.sb3_files.load_sb3_model`, which takes the same ``kwargs``).
 
     The algorithm is read from the saved policy class (Maskable / Recurrent / QR-DQN / DQN /
     actor-critic with PPO's or A2C's hyper-parameters) unless ``algorithm`` names it.
+
+    Raises:
+        FileNotFoundError / IsADirectoryError: nothing, or a directory, at ``path``.
+        ValueError: not an SB3 model zip, a damaged one, or one holding pickled objects (named).
     """
-    import json
-    import zipfile
+    from ..sb3_files import load_sb3_model
 
-    from stable_baselines3 import A2C, DQN, PPO
-
-    algos: dict[str, Any] = {"PPO": PPO, "A2C": A2C, "DQN": DQN}
-    try:
-        from sb3_contrib import QRDQN, MaskablePPO, RecurrentPPO
-
-        algos.update({"MaskablePPO": MaskablePPO, "RecurrentPPO": RecurrentPPO, "QRDQN": QRDQN})
-    except ImportError:  # pragma: no cover
-        pass
-    if algorithm is None:
-        with zipfile.ZipFile(path) as z:
-            blob = json.loads(z.read("data").decode())
-        pc = blob.get("policy_class", {})
-        # ":type:" is the metaclass (abc.ABCMeta) for every policy; the class shows in its module and methods
-        kind = " ".join(str(pc.get(k, "")) for k in ("__module__", "__init__", "__doc__")).lower()
-        if "maskable" in kind:
-            algorithm = "MaskablePPO"
-        elif "recurrent" in kind:
-            algorithm = "RecurrentPPO"
-        elif "qrdqn" in kind:
-            algorithm = "QRDQN"
-        elif "dqn" in kind:
-            algorithm = "DQN"
-        else:
-            algorithm = "PPO" if "clip_range" in blob else "A2C"
-    if algorithm not in algos:
-        raise ValueError(f"algorithm={algorithm!r} is not supported; choose one of {sorted(algos)}")
-    return algos[algorithm].load(path, device="cpu")
+    return load_sb3_model(path, algorithm, **kwargs)
 
 
 def evaluate(
@@ -122,7 +99,10 @@ def evaluate(
         per_image: also return per-image arrays under ``"images"``.
         core: an existing test-split core to reuse (its env arguments win).
         env_kwargs: the env's arguments (``dataset``, ``backbone``, ``groups``, ``budget``, ...);
-            ``split`` is always ``"test"``.
+            ``split`` is always ``"test"``. Under a ``budget`` a policy must respect the action masks
+            (a maskable policy, or :func:`dyncnn_gym.export`, which masks): a forbidden action raises
+            (``budget_strict=True`` by default here; pass ``budget_strict=False`` to score the env's
+            replacement by the nearest allowed action instead).
 
     Returns:
         ``accuracy``, ``flops_ratio`` (mean FLOPs used / full network), ``n_images``,
@@ -132,6 +112,9 @@ def evaluate(
         FLOPs ratio per bin) and ``difficulty_flops_spearman`` (rank correlation of difficulty and
         FLOPs over all test images).
     """
+    for name, value in (("batch_size", batch_size), ("bins", bins)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
     if env_kwargs.get("split", "test") != "test":
         raise ValueError(f"split={env_kwargs['split']!r}: evaluation always uses the test split")
     env_kwargs.pop("split", None)
@@ -141,6 +124,7 @@ def evaluate(
 
         data = _shared_data(env_kwargs.pop("dataset", "shapes"))
         n_test = len(data.test)
+        env_kwargs.setdefault("budget_strict", True)  # evaluation holds a policy to the budget
         core = RoutingCore(mode_of(env_id), min(batch_size, n_test), dataset=data, split="test", **env_kwargs)
     n = len(core.labels)
     core.cursor = 0
@@ -159,7 +143,14 @@ def evaluate(
         while True:
             masks = core.action_masks()
             a = np.zeros(core.n, dtype=np.int64)
-            a[:b] = choose(full_obs[:b], masks[:b], first)
+            chosen = np.asarray(choose(full_obs[:b], masks[:b], first)).reshape(-1)
+            if chosen.shape[0] != b:
+                raise ValueError(
+                    f"the policy gave {chosen.shape[0]} actions for {b} observations; expected one per observation"
+                )
+            if chosen.dtype.kind not in "iub" and not (chosen.dtype.kind == "f" and np.all(chosen == np.round(chosen))):
+                raise TypeError(f"the policy gave actions {chosen[:5]!r} of dtype {chosen.dtype}; expected integer actions")
+            a[:b] = chosen
             first = False
             full_obs, _, term, infos = core.step(a)
             if term[:b].all():

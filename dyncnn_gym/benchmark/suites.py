@@ -177,7 +177,7 @@ def backbone_path(task: Task, pretrain_missing: bool = True) -> Path:
     groups = int(task.env_kwargs.get("groups", 4))
     name = default_checkpoint_name(str(backbone), groups, data)
     for _ in range(2):
-        for folder in (cache_dir("checkpoints"), SHIPPED_DIR):
+        for folder in (cache_dir("checkpoints", create=False), SHIPPED_DIR):
             if (folder / name).is_file():
                 return folder / name
         if not pretrain_missing:

@@ -7,6 +7,7 @@ counts for the same actions.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import gymnasium as gym
@@ -50,7 +51,12 @@ class _OneShot:
             raise ValueError(f"reward={reward!r} is not a DynBlockDrop-v0 reward; choose one of {list(BLOCKDROP_REWARDS)}")
         if usage not in USAGE_KINDS:
             raise ValueError(f"usage={usage!r} is not a usage measure; choose one of {list(USAGE_KINDS)}")
-        if not isinstance(penalty, (int, float)) or isinstance(penalty, bool) or not np.isfinite(penalty) or penalty < 0:
+        if (
+            not isinstance(penalty, numbers.Real)
+            or isinstance(penalty, (bool, np.bool_))
+            or not np.isfinite(penalty)
+            or penalty < 0
+        ):
             raise ValueError(f"penalty={penalty!r} must be a finite number >= 0 (a wrong image pays -penalty)")
         if reward == "blockdrop" and (compute_weight is not None or loss_weight != 1.0 or ce_clip != 5.0 or loss != "ce"):
             raise ValueError(

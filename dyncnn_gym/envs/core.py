@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 
 from ..data.base import DataSplits
+from ..device import check_device
 from ..models import DynamicNet
 from ..pretraining import resolve_backbone
 from ..walk import Walk, cost_tensors
@@ -113,6 +114,7 @@ class RoutingCore:
         obs: str = "features",
         dtype: str = "float32",
         shaping: str = "none",
+        budget_strict: bool = False,
     ) -> None:
         if not isinstance(num_slots, (int, np.integer)) or num_slots < 1:
             raise ValueError(f"num_envs={num_slots!r} must be a positive integer")
@@ -126,10 +128,10 @@ class RoutingCore:
             raise ValueError(f"dtype={dtype!r} is not a backbone precision; choose one of {list(DTYPES)}")
         if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 2:
             raise ValueError(f"groups={groups!r} must be an integer >= 2 (e.g. 2, 4 or 8)")
+        if not isinstance(budget_strict, (bool, np.bool_)):
+            raise ValueError(f"budget_strict={budget_strict!r} must be True or False")
         self.mode, self.n, self.split_name, self.obs_mode = mode, int(num_slots), split, obs
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} was asked for, but torch sees no CUDA device; use device='cpu'")
+        self.device = check_device(device)
         self.reward = Reward.make(reward, compute_weight, loss_weight, ce_clip, loss)
         self.data = _shared_data(dataset)
         self.net = at_precision(resolve_backbone(backbone, self.data, mode, int(groups), self.device), DTYPES[dtype])
@@ -144,6 +146,8 @@ class RoutingCore:
         self._full_step[-1] += int(self.table.head[a_max])
         self._min_to_go = self.table.min_to_go()
         self.budget = self._check_budget(budget)
+        #: with a budget: ``True`` raises on a forbidden action, ``False`` takes the nearest allowed one
+        self.budget_strict = bool(budget_strict)
 
         split_data = self.data.split(split)
         if len(split_data) == 0:
@@ -279,19 +283,29 @@ class RoutingCore:
         one info dict per slot; slots not in an episode get zeros and ``{}`` (their actions are
         ignored, but must still be valid). A terminated slot's observation is the last one of its
         episode (zero features, the FLOPs used); the slot must be reset before it can step again.
+
+        With a ``budget``, an action the budget forbids raises ``ValueError`` before any episode
+        advances if ``budget_strict``; otherwise the slot takes the nearest allowed action
+        (:func:`nearest_allowed`), and every stepped slot's info holds ``action_taken`` and
+        ``action_forbidden`` (whether it differs from the action given).
         """
         actions = self._check_actions(actions)
+        chosen = actions
         if self.budget is not None:  # check every cohort before any episode advances
+            stepped = np.concatenate([c.slots for c in self.cohorts]) if self.cohorts else np.zeros(0, dtype=np.int64)
+            actions = actions.copy()
             for c in self.cohorts:
                 masks = self._masks(c.walk)
                 a = actions[c.slots]
                 bad = ~masks[np.arange(len(c.slots)), a]
                 if bad.any():
-                    r = int(np.nonzero(bad)[0][0])
-                    raise ValueError(
-                        f"action {int(a[r])} in slot {int(c.slots[r])} breaks the compute budget {self.budget}; "
-                        f"valid actions there: {np.nonzero(masks[r])[0].tolist()} (see action_masks())"
-                    )
+                    if self.budget_strict:
+                        r = int(np.nonzero(bad)[0][0])
+                        raise ValueError(
+                            f"action {int(a[r])} in slot {int(c.slots[r])} breaks the compute budget {self.budget}; "
+                            f"valid actions there: {np.nonzero(masks[r])[0].tolist()} (see action_masks())"
+                        )
+                    actions[c.slots] = nearest_allowed(masks, a)
         obs = np.zeros((self.n, self.observation_space.shape[0]), dtype=np.float32)
         rew = np.zeros(self.n, dtype=np.float64)
         term = np.zeros(self.n, dtype=bool)
@@ -334,6 +348,14 @@ class RoutingCore:
                 else:
                     for r, s in enumerate(slots):
                         infos[s] = self._info(int(s), walk, r, masks[r])
+        if self.budget is not None:  # what the budget did to each slot's action
+            taken = {"action_taken": actions[stepped], "action_forbidden": actions[stepped] != chosen[stepped]}
+            if arrays:
+                _put(infos, taken, stepped, self.n)
+            else:
+                for r, s in enumerate(stepped):
+                    infos[s]["action_taken"] = int(taken["action_taken"][r])
+                    infos[s]["action_forbidden"] = bool(taken["action_forbidden"][r])
         self.cohorts = [c for c in self.cohorts if not c.walk.done]
         return obs, rew, term, infos
 
@@ -487,6 +509,17 @@ class RoutingCore:
             info["difficulty"] = float(self.difficulty[i])
             info["difficulty_params"] = {k: float(v[i]) for k, v in self.difficulty_params.items()}
         return info
+
+
+def nearest_allowed(masks: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """The allowed action nearest to each of ``actions`` (int ``[b]``) under bool ``masks [b, A]``:
+    the action itself if allowed, else the largest allowed action below it (fewer channel groups;
+    skipping instead of executing), else the smallest allowed one. Every row allows some action."""
+    A = masks.shape[1]
+    idx = np.arange(A)[None, :]
+    below = masks & (idx <= actions[:, None])
+    largest_below = A - 1 - np.argmax(below[:, ::-1], axis=1)
+    return np.where(below.any(1), largest_below, np.argmax(masks, axis=1)).astype(np.int64)
 
 
 def _put(out: dict, arrays: dict, slots: np.ndarray, n: int) -> dict:

@@ -24,6 +24,7 @@ Final term of every form, chosen by ``loss``:
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,7 @@ class Reward:
             raise ValueError(f"loss={loss!r} is not a classification term; choose one of {list(LOSS_KINDS)}")
         cw = DEFAULT_COMPUTE_WEIGHT[kind] if compute_weight is None else compute_weight
         for name, v in (("compute_weight", cw), ("loss_weight", loss_weight), ("ce_clip", ce_clip)):
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
+            if not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_)) or not np.isfinite(v) or v < 0:
                 raise ValueError(f"{name}={v!r} must be a finite number >= 0")
         if ce_clip == 0:
             raise ValueError("ce_clip=0 would erase the classification term; use a positive value")

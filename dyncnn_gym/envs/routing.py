@@ -16,8 +16,8 @@ _ARGS_DOC = """
     ```python
     gymnasium.make("{id}", dataset="shapes", backbone=None, groups=4, split="train",
                    reward="flops", compute_weight=None, loss_weight=1.0, ce_clip=5.0, loss="ce",
-                   budget=None, device="cpu", obs="features", dtype="float32", shaping="none",
-                   render_mode=None)
+                   budget=None, budget_strict=False, device="cpu", obs="features", dtype="float32",
+                   shaping="none", render_mode=None)
     ```
 
     * `dataset`: a name (`"shapes"` — the embedded default, `"digits"`, `"cifar10"`, `"cifar100"`,
@@ -34,7 +34,13 @@ _ARGS_DOC = """
       that evaluation covers it exactly.
     * `reward`, `compute_weight`, `loss_weight`, `ce_clip`, `loss`: see Rewards.
     * `budget`: optional FLOPs-ratio budget per image; actions that could not finish within it are
-      masked (`info["action_mask"]`, `action_masks()`), and taking one raises `ValueError`.
+      masked (`info["action_mask"]`, `action_masks()`). A masked action is replaced by the nearest
+      allowed one: the largest allowed action below it (fewer channel groups; skip instead of
+      execute), else the smallest allowed one; every step's `info` then holds `action_taken` and
+      `action_forbidden` (whether the given action was replaced), and the final `actions` are those
+      taken. So any agent, and Gymnasium's and SB3's env checkers, can step a budget env.
+    * `budget_strict`: with a budget, `True` makes a masked action raise `ValueError` instead (and
+      no episode advances); default `False`.
     * `device`: torch device of the backbone and the walk (`"cpu"`, `"cuda"`, ...).
     * `dtype`: precision of the backbone and the walk: `"float32"` (default), `"bfloat16"` or
       `"float16"` (a shared cast copy of the backbone; the original is untouched). FLOPs are
@@ -46,6 +52,14 @@ _ARGS_DOC = """
     * `shaping`: `"none"` (default) or `"continuation"`: potential-based reward shaping whose
       potential is the classification term the image would get if the rest of the network ran at
       full width (see Rewards).
+    * `render_mode`: `None`, `"ansi"` (`render()` returns a text line: image, decision, FLOPs so far,
+      and at the end the actions, prediction and label), `"rgb_array"` (the image with a bar of the
+      FLOPs spent) or `"human"` (the `"ansi"` line printed at every reset and step).
+    * `max_episode_steps` (of `gymnasium.make`): leave it `None`. Every episode has exactly `T`
+      steps; Gymnasium applies this argument as a `TimeLimit` wrapper outside the env, which the
+      env cannot see, so a value below `T` truncates every episode before the classification
+      (`truncated=True`, no classification term, no final `info`). `gymnasium.make_vec` refuses
+      such a value.
 """
 
 _COMMON_DOC = """
@@ -86,11 +100,13 @@ _COMMON_DOC = """
 
     ## Episode End
 
-    Terminates after the last decision (every episode has exactly `T` steps); never truncates.
+    Terminates after the last decision (every episode has exactly `T` steps); never truncates by
+    itself (see `max_episode_steps` below).
     The final `info` holds `prediction`, `label`, `correct`, `flops`, `flops_ratio`,
     `cross_entropy`, `actions` (int64 `[T]`), `index` (image index in the split), and, for data
     with per-image difficulty (the embedded `"shapes"`), `difficulty` and `difficulty_params`.
-    Every `info` holds `decision`, `flops` (so far), `action_mask`, `index` (and `difficulty`).
+    Every `info` holds `decision`, `flops` (so far), `action_mask`, `index` (and `difficulty`), and
+    with a `budget` every step's `info` holds `action_taken` and `action_forbidden`.
 """
 
 
@@ -155,7 +171,7 @@ class RewardAccess:
 class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
     """Base of the single-image routing envs (one image per episode, one step per decision point)."""
 
-    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi", "rgb_array", "human"], "render_fps": 4}
     mode: str = ""
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
@@ -177,6 +193,8 @@ class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
         obs, info = reset_single(self.core, self.np_random, seed, options)
         self._last_info = info
         self._needs_reset = False
+        if self.render_mode == "human":
+            print(self._text())
         return obs, info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -188,6 +206,8 @@ class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
         obs, rew, term, infos = self.core.step(a.reshape(1))
         self._last_info = infos[0]
         self._needs_reset = bool(term[0])
+        if self.render_mode == "human":
+            print(self._text())
         return obs[0], float(rew[0]), bool(term[0]), False, infos[0]
 
     def action_masks(self) -> np.ndarray:
@@ -196,16 +216,22 @@ class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
 
     def render(self):
         if self.render_mode is None:
-            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'rgb_array'")
+            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi', 'rgb_array' or 'human'")
             return None
-        info = self._last_info
         if self.render_mode == "ansi":
-            acts = info.get("actions")
-            line = f"image {info.get('index')} decision {info.get('decision')}/{self.core.T} flops {info.get('flops', 0) / self.core.full:.3f} of full"
-            if acts is not None:
-                line += f" actions {acts.tolist()} pred {info['prediction']} label {info['label']}"
-            return line
-        return self._image_rgb(int(info.get("index", 0)))
+            return self._text()
+        if self.render_mode == "human":
+            print(self._text())
+            return None
+        return self._image_rgb(int(self._last_info.get("index", 0)))
+
+    def _text(self) -> str:
+        info = self._last_info
+        acts = info.get("actions")
+        line = f"image {info.get('index')} decision {info.get('decision')}/{self.core.T} flops {info.get('flops', 0) / self.core.full:.3f} of full"
+        if acts is not None:
+            line += f" actions {acts.tolist()} pred {info['prediction']} label {info['label']}"
+        return line
 
     def _image_rgb(self, i: int) -> np.ndarray:
         d = self.core.data
@@ -245,7 +271,11 @@ class DynChannelEnv(RoutingEnv):
         + """
     ## Version History
 
-    * v0: initial version.
+    * v0: initial version. Later changes, each only where v0 raised an error or rendered through a
+      wrapper: with a `budget`, a masked action is replaced by the nearest allowed one (reported in
+      `info`) instead of raising (`budget_strict=True` keeps the error); `render_mode="human"` prints
+      the `"ansi"` line (Gymnasium's pygame wrapper is no longer applied). Observations, rewards
+      and episodes are unchanged.
     """
     )
     mode = "channel"
@@ -273,7 +303,11 @@ class DynSkipEnv(RoutingEnv):
         + """
     ## Version History
 
-    * v0: initial version.
+    * v0: initial version. Later changes, each only where v0 raised an error or rendered through a
+      wrapper: with a `budget`, a masked action is replaced by the nearest allowed one (reported in
+      `info`) instead of raising (`budget_strict=True` keeps the error); `render_mode="human"` prints
+      the `"ansi"` line (Gymnasium's pygame wrapper is no longer applied). Observations, rewards
+      and episodes are unchanged.
     """
     )
     mode = "skip"
