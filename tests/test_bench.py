@@ -176,14 +176,25 @@ def skip_only_agent(env_fn, task, seed, step_budget):
     return lambda obs: np.ones(len(obs), dtype=np.int64)
 
 
-def test_reference_agents_are_registered_by_file_and_unsupported_tasks_are_marked(tmp_path):
-    for name in ("rnp", "skipnet", "blockdrop"):
-        assert callable(resolve_agent(name))
-    with pytest.raises(ValueError, match="not found"):
-        resolve_agent("no/such/file.py:f")
+def test_reference_agents_are_the_installed_dyncnn_gym_agents_and_unsupported_tasks_are_marked(tmp_path):
+    from dyncnn_gym.agents import blockdrop_pg, rnp_dqn, skipnet_hrl
+
+    for name, module in (("rnp", rnp_dqn), ("skipnet", skipnet_hrl), ("blockdrop", blockdrop_pg)):
+        assert resolve_agent(name) is module.bench_agent
     res = run_bench("tiny-v0", ["static", f"{__name__}:skip_only_agent"], tmp_path, progress=False, timesteps=64)
     channel, skip = (t.name for t in get_suite("tiny-v0").tasks)
     assert f"{__name__}:skip_only_agent" in res["tasks"][channel]["unsupported"]
     assert f"{__name__}:skip_only_agent" in res["tasks"][skip]["agents"]
     board = (tmp_path / "leaderboard.md").read_text()
     assert "(1 of 2 tasks)" in board and "n/a" in board
+
+
+def test_an_agent_in_a_file_resolves_from_the_current_directory(tmp_path, monkeypatch):
+    (tmp_path / "my_agent.py").write_text("def train(env_fn, task, seed, step_budget):\n    return 'trained'\n")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_agent("my_agent.py:train")(None, None, 0, 0) == "trained"
+    assert resolve_agent(f"{tmp_path / 'my_agent.py'}:train") is not None
+    with pytest.raises(ValueError, match=r"no file '.*no/such/file\.py'.*registered agent: \['a2c'"):
+        resolve_agent("no/such/file.py:f")
+    with pytest.raises(ValueError, match="cannot import 'nope'"):
+        resolve_agent("my_agent.py:nope")
