@@ -1,4 +1,5 @@
-"""The benchmark bench: suites, pins, the scalar summary, route analysis, and a tiny end-to-end run."""
+"""The benchmark leaderboard: suites and their pins, the scalar score, route analysis, plug-in agents
+(registered names, module:function, path.py:function), and tiny end-to-end runs."""
 
 from __future__ import annotations
 
