@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, mode_of
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
@@ -67,3 +67,25 @@ def test_agent_scripts_run_from_a_checkout(tmp_path):
         out = subprocess.run([sys.executable, script, "--help"], cwd=cwd, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert "--iterations" in out.stdout
+
+
+def test_the_shipped_checkpoints_are_exactly_what_the_defaults_and_the_suites_load():
+    """A checkpoint ships when a registered default (on the embedded shapes or on digits) or a
+    benchmark suite's task loads it; the GPU suite's CIFAR-10 backbones are trained on first use."""
+    from dyncnn_gym.benchmark.suites import SUITES
+    from dyncnn_gym.envs.core import _shared_data
+    from dyncnn_gym.pretraining import DEFAULT_ARCH, SHIPPED_DIR, default_checkpoint_name
+
+    needed = {
+        default_checkpoint_name(arch, 4, _shared_data(dataset))
+        for dataset in ("shapes", "digits")
+        for arch in DEFAULT_ARCH.values()
+    }
+    for suite in SUITES.values():
+        for task in suite.tasks:
+            if task.env_kwargs.get("dataset") in ("shapes", "digits"):
+                arch = task.env_kwargs.get("backbone") or DEFAULT_ARCH[mode_of(task.env_id)]
+                needed.add(
+                    default_checkpoint_name(arch, task.env_kwargs.get("groups", 4), _shared_data(task.env_kwargs["dataset"]))
+                )
+    assert {p.name for p in SHIPPED_DIR.glob("*.pt")} == needed
