@@ -4,11 +4,11 @@ the policy takes (RNP's alternating schedule: 10 backbone steps every 2 rollouts
 shifted by up to 2 pixels, at compute weight 0.07.
 
     python examples/finetune_backbone.py                      # shapes, 150k steps: about 100 s
-    python examples/finetune_backbone.py --compute-weight 0.05       # the README's best held-out points
+    python examples/finetune_backbone.py --compute-weight 0.05       # the best co-trained points on held-out images (docs/results.md)
     python examples/finetune_backbone.py --dataset digits --no-augment --compute-weight 0.002
 
 The shift (``--augment``, the default) is what makes co-training pay on the default shapes backbone:
-without it the fine-tuning memorises the 10 000 train images (README, "Learning the routing").
+without it the fine-tuning memorises the 10 000 train images (docs/results.md).
 Digits' 8x8 images are too small to shift.
 """
 
