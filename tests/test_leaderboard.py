@@ -35,7 +35,7 @@ def test_suites_resolve_and_unknown_names_are_named():
     from dyncnn_gym.pretraining import DEFAULT_ARCH
     from dyncnn_gym.recipes import env_kwargs
 
-    for t in get_suite("cpu-v1").tasks:  # the protocol of the README's learning figures: the recipe's env settings
+    for t in get_suite("cpu-v1").tasks:  # the protocol of the learning figures (docs/results.md): the recipe's env settings
         recipe_env = env_kwargs(t.env_id)
         assert all(t.env_kwargs[k] == recipe_env[k] for k in ("reward", "loss", "obs"))
         assert t.env_kwargs["backbone"] == DEFAULT_ARCH[mode_of(t.env_id)] and t.step_budget == 150_000
