@@ -22,7 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -31,28 +32,34 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import evaluate
+from dyncnn_gym.cli import HelpFormatter
 from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
+
+
+def arg(default: Any, help: str) -> Any:
+    """A field of :class:`Args` with its ``--help`` text."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class Args:
-    env: str = "DynSkip-v0"
-    dataset: str = "shapes"
-    compute_weight: float = 0.5
-    num_envs: int = 256
-    iterations: int = 300
-    lr: float = 3e-3
-    ent_coef: float = 0.01
-    hidden: int = 32
-    seed: int = 0
-    obs: str = "probe"
-    out: str = "runs/reinforce_gates"
+    env: str = arg("DynSkip-v0", "routing env id: DynSkip-v0 or DynChannel-v0")
+    dataset: str = arg("shapes", "data set name (shapes, digits, ...)")
+    compute_weight: float = arg(0.5, "reward per unit of FLOPs ratio saved")
+    num_envs: int = arg(256, "episodes per rollout, stepped as one batch")
+    iterations: int = arg(300, "REINFORCE iterations")
+    lr: float = arg(3e-3, "Adam learning rate")
+    ent_coef: float = arg(0.01, "entropy bonus")
+    hidden: int = arg(32, "width of the gate code and of the GRU state")
+    seed: int = arg(0, "seeds the env, the gates and the sampling")
+    obs: str = arg("probe", "observation mode of the env: features or probe")
+    out: str = arg("runs/reinforce_gates", "output folder (policy.pt, result.json)")
 
 
 def parse_args() -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field, default in asdict(Args()).items():
-        p.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    for f in fields(Args):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f.metadata["help"])
     ns = p.parse_args()
     if ns.env not in ("DynChannel-v0", "DynSkip-v0"):
         p.error(f"--env {ns.env!r} is not a routing env; choose DynChannel-v0 or DynSkip-v0")

@@ -47,7 +47,7 @@ import argparse
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,46 +59,52 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import Walk, evaluate
+from dyncnn_gym.cli import HelpFormatter
 from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
 from dyncnn_gym.pretraining import save_checkpoint
 
 ENVS = ("DynSkip-v0", "DynChannel-v0")
 
 
+def arg(default: Any, help: str) -> Any:
+    """A field of :class:`Args` with its ``--help`` text."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Args:
-    env: str = "DynSkip-v0"
-    dataset: str = "shapes"
-    backbone: str = ""  # "" = the env's default backbone
-    compute_weight: float = 0.5
-    loss: str = "ce"  # the reward's classification term: "ce" (the paper's) or "error" (0/1)
-    obs: str = "probe"
-    split: str = "train"  # images the gates learn on: "train", or "val" (held out from the backbone)
-    hidden: int = 32
-    alpha: float = -1.0  # compute penalty of stage 1; < 0 = compute_weight
-    ste_iterations: int = 100
-    ste_batch: int = 128
-    ste_lr: float = 3e-3
-    rl_iterations: int = 100
-    num_envs: int = 256
-    lr: float = 3e-3
-    ent_coef: float = 0.01
-    rl_sharpness: float = 1.0  # stage 2 samples from softmax(rl_sharpness * logits); > 1 starts it near stage 1's hard gates
-    joint_backbone: bool = False
-    backbone_lr: float = 1e-4
-    compare_static: bool = True
-    seed: int = 0
-    out: str = "runs/skipnet_hrl"
+    env: str = arg("DynSkip-v0", "routing env id: DynSkip-v0 or DynChannel-v0 (stage 2 only)")
+    dataset: str = arg("shapes", "data set name (shapes, digits, ...)")
+    backbone: str = arg("", "backbone name or checkpoint path (default: empty, the env's default backbone)")
+    compute_weight: float = arg(0.5, "reward per unit of FLOPs ratio saved")
+    loss: str = arg("ce", "the reward's classification term: ce (clipped cross-entropy, the paper's) or error (0/1)")
+    obs: str = arg("probe", "observation mode of the env: features or probe")
+    split: str = arg("train", "images the gates learn on: train, or val (held out from the backbone)")
+    hidden: int = arg(32, "width of the gate code and of the GRU state")
+    alpha: float = arg(-1.0, "compute penalty of stage 1 (negative: --compute-weight)")
+    ste_iterations: int = arg(100, "stage 1 (straight-through gates) steps; 0 skips stage 1")
+    ste_batch: int = arg(128, "train images per stage 1 step")
+    ste_lr: float = arg(3e-3, "Adam learning rate of stage 1")
+    rl_iterations: int = arg(100, "stage 2 (REINFORCE) iterations; 0 skips stage 2")
+    num_envs: int = arg(256, "episodes per stage 2 rollout, stepped as one batch")
+    lr: float = arg(3e-3, "Adam learning rate of stage 2")
+    ent_coef: float = arg(0.01, "entropy bonus of stage 2")
+    rl_sharpness: float = arg(1.0, "stage 2 samples from softmax(sharpness * logits); > 1 starts it near stage 1's gates")
+    joint_backbone: bool = arg(False, "also train a private copy of the backbone under the gates")
+    backbone_lr: float = arg(1e-4, "Adam learning rate of the backbone (--joint-backbone)")
+    compare_static: bool = arg(True, "also measure the static-route front at the policy's FLOPs")
+    seed: int = arg(0, "seeds the env, the gates and the sampling")
+    out: str = arg("runs/skipnet_hrl", "output folder (policy.pt, result.json, backbone.pt)")
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field, default in asdict(Args()).items():
-        flag = f"--{field.replace('_', '-')}"
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    for f in fields(Args):
+        flag, text = f"--{f.name.replace('_', '-')}", f.metadata["help"]
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
-            p.add_argument(flag, type=type(default), default=default)
+            p.add_argument(flag, type=type(f.default), default=f.default, help=text)
     ns = p.parse_args(argv)
     if ns.loss not in ("ce", "error"):
         p.error(f"--loss {ns.loss!r} is not a classification term; choose one of ['ce', 'error']")

@@ -249,7 +249,7 @@ class FlopsTargetCallback(BaseCallback):
             ``eval_images`` held-out images (the ``"val"`` split where the data has one, else
             ``"train"``). It measures what test-time routing spends, but it jumps as argmax
             decisions flip; on frozen DynChannel the weight then oscillated over two orders of
-            magnitude (README, "Learning the routing").
+            magnitude (docs/results.md).
         gain: change of ``log w`` per unit of FLOPs-ratio error, per rollout (> 0).
         weight: the starting weight; default: the env's current one.
         eval_images: images per ``"eval"`` measurement.

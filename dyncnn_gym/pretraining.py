@@ -27,7 +27,7 @@ data every static width is more accurate than the plain ``"vgg"``'s (by 7.85 poi
 
 A third option, ``+augment``, shifts the training images by up to 2 pixels (images of at least
 16x16; smaller ones are not shifted). On the embedded data it makes ``"vgg+sandwich+distill"``
-3.5 points more accurate at full width; it is not the default (README, "Learning the routing").
+3.5 points more accurate at full width; it is not the default (docs/results.md).
 
 Images are drawn with a curriculum when the data rate each image's difficulty (the embedded
 ``"shapes"``): the first batches come from the easiest quarter of the train split, and the pool

@@ -8,7 +8,7 @@ on an env built with the same ``env_kwargs(env_id)``. The recipe's reasoning:
   with the cross-entropy an image the network gets wrong at every width still pays for more
   computation (it becomes less wrong), which spends FLOPs on hopeless images and adds reward noise
   that carries no accuracy. On the frozen shapes VGG this moved PPO from just below the greedy
-  static front to above it (``dyncnn-gym sweep``; README, "Learning the routing");
+  static front to above it (``dyncnn-gym sweep``; docs/results.md);
 * observations include the confidence of the early classifiers (``obs="probe"``), the most
   informative cheap signal of how hard an image is;
 * ``compute_weight`` is in accuracy per unit of FLOPs ratio (escalating is worth it when it raises
@@ -25,7 +25,7 @@ Two additions improve on the recipe without being part of it (its figures stay r
 charges each decision at once for what it costs the image, at about twice the env's compute;
 :func:`dyncnn_gym.benchmark.calibrate.calibrate` dials a trained policy to a FLOPs budget on
 held-out images; and :class:`~dyncnn_gym.benchmark.calibrate.CostBiasedPolicy` routes several
-seeds as one ensemble. README, "Learning the routing", has the figures.
+seeds as one ensemble. docs/results.md has the figures.
 
 Co-training has a recipe of its own for DynChannel (:data:`COTRAIN_RECIPES`,
 :func:`train_cotrained`): PPO's recipe at compute weight 0.07 while
@@ -33,7 +33,7 @@ Co-training has a recipe of its own for DynChannel (:data:`COTRAIN_RECIPES`,
 on train images shifted by up to 2 pixels (``augment=True``), RNP's alternating schedule of 10
 backbone steps every 2 rollouts. Without the shifts the fine-tuning memorises the train split and
 stops paying; DynSkip has no co-training recipe because on shapes co-training did not beat its
-frozen backbone (on digits it does; README, "Learning the routing").
+frozen backbone (on digits it does; docs/results.md).
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ _PPO_RECIPE: dict[str, Any] = {
 
 #: one recipe per env id (the same PPO settings; the envs differ in their compute weight)
 PPO_RECIPES: dict[str, dict[str, Any]] = {
-    # 0.05 until session 7 (on the plain "vgg", where it was the best weight); on the default
-    # "vgg+sandwich+distill" 0.1 puts every seed at 52-55 % saved within 0.65 points of the full network
+    # on the default "vgg+sandwich+distill" 0.1 puts five of five seeds at 52-55 % saved within 0.65
+    # points of the full network (docs/results.md); 0.05 was the best weight on the plain "vgg"
     "DynChannel-v0": {**_PPO_RECIPE, "env": {**_ENV, "compute_weight": 0.1}},
     "DynSkip-v0": {**_PPO_RECIPE, "env": {**_ENV, "compute_weight": 0.2}},
 }
@@ -72,10 +72,11 @@ PPO_RECIPES: dict[str, dict[str, Any]] = {
 #: co-training, per env id: PPO's recipe (:data:`PPO_RECIPES`) at ``compute_weight`` while
 #: ``BackboneFinetuneCallback(**finetune)`` fine-tunes a private copy of the backbone. The weight is
 #: for the shapes data; on digits the best co-trained DynChannel weight was 0.002, with
-#: ``augment=False`` (README, "Learning the routing").
+#: ``augment=False`` (docs/results.md).
 COTRAIN_RECIPES: dict[str, dict[str, Any]] = {
-    # session 8, five seeds (docs/sweep_shapes/sandwich/channel_cotrained_augment_w0.07/): goals A and B
-    # at once in 4 of 5 seeds; 0.05 saves less but holds goal A on held-out images in 4 of 5
+    # `dyncnn-gym sweep --env DynChannel-v0 --no-frozen --weight 0.07 --seed 0 1 2 3 4 --finetune-augment`:
+    # 4 of 5 seeds save >= 40 % within 1 point of the full network and >= 1.5 points above uniform static
+    # widths; 0.05 saves less but stays within 1 point on the held-out images in 4 of 5 (docs/results.md)
     "DynChannel-v0": {
         "compute_weight": 0.07,
         "finetune": {
@@ -160,7 +161,7 @@ def cotrain_recipe(env_id: str) -> dict[str, Any]:
     if name not in COTRAIN_RECIPES:
         raise ValueError(
             f"env_id={env_id!r} has no co-training recipe: on the shapes data co-training did not beat its frozen backbone"
-            f" (README, 'Learning the routing'); choose one of {sorted(COTRAIN_RECIPES)}, or pass"
+            f" (docs/results.md); choose one of {sorted(COTRAIN_RECIPES)}, or pass"
             " callback=BackboneFinetuneCallback(...) to train_ppo with a private copy of the backbone"
         )
     return copy.deepcopy(COTRAIN_RECIPES[name])

@@ -124,27 +124,38 @@ def make_net(arch: str, data_name: str, groups: int = 4, seed: int = 0, cached: 
     return net
 
 
-def registered_ids() -> list[str]:
-    """Every per-decision routing env id dyncnn_gym registers (found by entry point, as
-    Minigrid/HighwayEnv test theirs); the one-step ``DynBlockDrop-v0`` has its own tests."""
+def every_registered_id() -> list[str]:
+    """Every env id dyncnn_gym registers, the one-step ids (``DynBlockDrop-*``) included, found by
+    entry point as Minigrid/HighwayEnv test theirs."""
     import gymnasium
 
-    import dyncnn_gym
+    import dyncnn_gym  # noqa: F401  (registers the ids)
 
     return sorted(
         env_id
         for env_id, spec in gymnasium.registry.items()
-        if isinstance(spec.entry_point, str)
-        and spec.entry_point.startswith("dyncnn_gym")
-        and env_id not in dyncnn_gym.ONE_SHOT_IDS
+        if isinstance(spec.entry_point, str) and spec.entry_point.startswith("dyncnn_gym")
     )
 
 
+def registered_ids() -> list[str]:
+    """Every per-decision routing env id (one step per decision point): :func:`every_registered_id`
+    without the one-step ids, which the tests of episode semantics do not fit."""
+    import dyncnn_gym
+
+    return [env_id for env_id in every_registered_id() if env_id not in dyncnn_gym.ONE_SHOT_IDS]
+
+
 def mode_of(env_id: str) -> str:
-    """The routing mode (``"channel"``/``"skip"``) of a registered id, read from its env class."""
+    """The routing mode (``"channel"``/``"skip"``) of a registered id, read from its env class (the
+    one-step BlockDrop ids decide residual blocks: ``"skip"``)."""
     import gymnasium
     from gymnasium.envs.registration import load_env_creator
 
+    import dyncnn_gym
+
+    if env_id in dyncnn_gym.ONE_SHOT_IDS:
+        return "skip"
     return load_env_creator(gymnasium.registry[env_id].entry_point).mode
 
 
@@ -204,3 +215,17 @@ def shapes_tiny():
 @pytest.fixture(scope="session")
 def digits_small():
     return load_test_data("digits")
+
+
+@pytest.fixture(scope="session")
+def digit_backbones(tmp_path_factory) -> dict[str, str]:
+    """Checkpoint paths of two tiny backbones trained for 2 epochs on digits: ``vgg`` (channel) and
+    ``resnet8`` (skip)."""
+    from dyncnn_gym.pretraining import pretrain
+
+    d = tmp_path_factory.mktemp("bb")
+    paths = {}
+    for mode, arch in (("channel", "vgg"), ("skip", "resnet8")):
+        paths[mode] = str(d / f"{arch}.pt")
+        pretrain(arch, "digits", epochs=2, progress=False, allow_chance=True, cache=False, out=paths[mode])
+    return paths

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from conftest import (
     env_matrix,
+    every_registered_id,
     load_test_data,
     make_env,
     make_net,
@@ -31,9 +32,11 @@ import dyncnn_gym
 from dyncnn_gym.walk import run_routes
 
 IDS = registered_ids()
+#: the registration and conformance checks also cover the one-step ids
+ALL_IDS = every_registered_id()
 CHANNEL_ID, SKIP_ID = "DynChannel-v0", "DynSkip-v0"
 #: one cheap configuration per registered id, for the semantic tests
-CHEAP = {env_id: ("vgg" if mode_of(env_id) == "channel" else "resnet8") for env_id in IDS}
+CHEAP = {env_id: ("vgg" if mode_of(env_id) == "channel" else "resnet8") for env_id in ALL_IDS}
 
 
 def rollout(env, seed=None, rng=None, actions=None, first_reset=True):
@@ -82,9 +85,10 @@ def assert_same(a, b, path="info"):
 # --------------------------------------------------------------------------------- registration
 
 
-def test_both_ids_registered_with_vector_entry_points():
+def test_every_id_registered_with_vector_entry_points():
     assert {CHANNEL_ID, SKIP_ID} <= set(IDS)
-    for env_id in IDS:
+    assert set(ALL_IDS) == set(IDS) | set(dyncnn_gym.ONE_SHOT_IDS) and "DynBlockDrop-v0" in ALL_IDS
+    for env_id in ALL_IDS:
         spec = gymnasium.registry[env_id]
         assert spec.entry_point.startswith("dyncnn_gym.envs")
         assert isinstance(spec.vector_entry_point, str) and spec.vector_entry_point.startswith("dyncnn_gym")
@@ -95,15 +99,15 @@ def test_both_ids_registered_with_vector_entry_points():
 def test_registering_twice_is_harmless():
     import importlib
 
-    before = {k: gymnasium.registry[k] for k in IDS}
+    before = {k: gymnasium.registry[k] for k in ALL_IDS}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dyncnn_gym._register()
         importlib.reload(dyncnn_gym)
-    assert {k: gymnasium.registry[k].entry_point for k in IDS} == {k: v.entry_point for k, v in before.items()}
+    assert {k: gymnasium.registry[k].entry_point for k in ALL_IDS} == {k: v.entry_point for k, v in before.items()}
 
 
-@pytest.mark.parametrize("env_id", IDS)
+@pytest.mark.parametrize("env_id", ALL_IDS)
 def test_env_docstring_has_gymnasium_sections(env_id):
     from gymnasium.envs.registration import load_env_creator
 
@@ -158,15 +162,18 @@ def test_check_env_and_spaces(env_id, arch, data_name, groups):
     assert infos[-1]["flops"] == net.cost_table(mode).path_flops(infos[-1]["actions"])
 
 
-@pytest.mark.parametrize("env_id", IDS)
+@pytest.mark.parametrize("env_id", ALL_IDS)
 def test_check_env_with_render_modes(env_id):
-    """Gymnasium's checker, render checks included (it rebuilds the env once per render mode)."""
+    """Gymnasium's checker, render checks included (it rebuilds the env once per render mode), and
+    SB3's checker, on every registered id."""
     from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
     env = make_env(env_id, CHEAP[env_id], "user12")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_env(env.unwrapped)
+        sb3_check_env(env.unwrapped, warn=True)
 
 
 # --------------------------------------------------------------------------------- episodes
@@ -538,6 +545,27 @@ def test_pickle_roundtrip_in_process(env_id):
     assert _trace(clone) == _trace(env)
 
 
+@pytest.mark.parametrize("env_id", ALL_IDS)
+def test_every_id_pickles_to_an_env_that_steps_alike(env_id):
+    env = make_env(env_id, CHEAP[env_id], "user12").unwrapped
+    clone = pickle.loads(pickle.dumps(env))
+    assert type(clone) is type(env) and clone.action_space == env.action_space
+    env.action_space.seed(5)
+    actions = [env.action_space.sample() for _ in range(6)]
+    traces = []
+    for e in (env, clone):
+        obs, _ = e.reset(seed=3)
+        trace = [obs]
+        for a in actions:
+            obs, r, term, trunc, info = e.step(a)
+            trace += [obs, r, info["flops"], info.get("prediction")]
+            if term or trunc:
+                obs, _ = e.reset()
+                trace.append(obs)
+        traces.append(trace)
+    assert_same(traces[0], traces[1], env_id)
+
+
 def test_pickle_roundtrip_spawn_style(tmp_path):
     """A pickled env is rebuilt and stepped in a fresh interpreter (as SubprocVecEnv(spawn) does)."""
     env = gymnasium.make(CHANNEL_ID, dataset=user12_arrays(), backbone=make_net("resnet8", "user12", 2), groups=2)
@@ -614,4 +642,4 @@ print(json.dumps({"mods": sorted(sys.modules), "ids": sorted(k for k in gymnasiu
         "matplotlib",
     }
     assert not (heavy & mods), f"import dyncnn_gym pulled in {sorted(heavy & mods)}"
-    assert {"DynChannel-v0", "DynSkip-v0"} <= set(out["ids"])
+    assert set(dyncnn_gym.ENV_IDS) | set(dyncnn_gym.ONE_SHOT_IDS) <= set(out["ids"])

@@ -327,8 +327,8 @@ def test_every_default_backbone_ships_trained_as_its_name_says(dataset, mode):
     "name,plain",
     [("vgg+sandwich+distill+augment", "vgg+sandwich+distill"), ("resnet32-lite@skip+augment", "resnet32-lite@skip")],
 )
-def test_the_shifted_shapes_backbones_ship_and_augment_names_its_own_checkpoint_only_where_it_shifts(name, plain):
-    """``+augment`` (random 2-pixel shifts) is recorded and named on 32x32 shapes; digits' 8x8
+def test_augment_names_its_own_checkpoint_only_where_it_shifts(name, plain):
+    """``+augment`` (random 2-pixel shifts) gets its own checkpoint name on 32x32 shapes; digits' 8x8
     images are not shifted, so there the name is the unshifted backbone's."""
     from dyncnn_gym.envs.core import _shared_data
 
@@ -336,15 +336,3 @@ def test_the_shifted_shapes_backbones_ship_and_augment_names_its_own_checkpoint_
     assert pretrain_mod.can_augment(shapes) and not pretrain_mod.can_augment(digits)
     assert pretrain_mod.default_checkpoint_name(name, 4, shapes) != pretrain_mod.default_checkpoint_name(plain, 4, shapes)
     assert pretrain_mod.default_checkpoint_name(name, 4, digits) == pretrain_mod.default_checkpoint_name(plain, 4, digits)
-    meta = load_checkpoint(pretrain_mod.SHIPPED_DIR / pretrain_mod.default_checkpoint_name(name, 4, shapes), shapes, 4).meta
-    base = load_checkpoint(pretrain_mod.SHIPPED_DIR / pretrain_mod.default_checkpoint_name(plain, 4, shapes), shapes, 4).meta
-    assert meta["train_config"]["augment"] is True and base["train_config"]["augment"] is False
-    for k in (set(meta["train_config"]) | set(base["train_config"])) - {
-        "augment"
-    }:  # older checkpoints lack options that are off
-        assert meta["train_config"].get(k, False) == base["train_config"].get(k, False), k
-    # better than the same backbone trained on unshifted images at every static route but the cheapest
-    (mode,) = set(meta["static"])
-    assert all(
-        a["accuracy"] > b["accuracy"] for a, b in zip(meta["static"][mode], base["static"][mode]) if a["flops_ratio"] > 0.1
-    )

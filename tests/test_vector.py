@@ -16,7 +16,7 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
-from conftest import load_test_data, make_net, mode_of, registered_ids
+from conftest import every_registered_id, load_test_data, make_net, mode_of, registered_ids
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from dyncnn_gym.envs.vector import RoutingVectorEnv, batch_infos
@@ -114,6 +114,25 @@ def test_make_vec_returns_the_native_vector_env(env_id):
     assert rew.shape == (n,) and rew.dtype == np.float64
     assert term.shape == trunc.shape == (n,) and term.dtype == trunc.dtype == bool
     assert venv.observation_space.contains(obs)
+    venv.close()
+
+
+@pytest.mark.parametrize("env_id", every_registered_id())
+def test_every_id_vectorises_natively(env_id):
+    """``make_vec`` builds the id's own vector env (its ``vector_entry_point``), one-step ids included:
+    never a Sync/Async wrapper of single envs; its spaces batch the single env's."""
+    n = 3
+    venv = gymnasium.make_vec(env_id, num_envs=n, **_kwargs(env_id))
+    module, _, name = gymnasium.registry[env_id].vector_entry_point.partition(":")
+    assert type(venv.unwrapped).__module__ == module and type(venv.unwrapped).__name__ == name
+    assert not isinstance(venv, (gymnasium.vector.SyncVectorEnv, gymnasium.vector.AsyncVectorEnv))
+    single = gymnasium.make(env_id, **_kwargs(env_id))
+    assert venv.single_observation_space == single.observation_space
+    assert venv.single_action_space == single.action_space
+    obs, _ = venv.reset(seed=0)
+    assert obs.shape == (n, *single.observation_space.shape) and venv.observation_space.contains(obs)
+    obs, rew, term, trunc, _ = venv.step(venv.action_space.sample())
+    assert venv.observation_space.contains(obs) and rew.shape == term.shape == trunc.shape == (n,)
     venv.close()
 
 

@@ -19,7 +19,9 @@ An agent is ``"module:function"`` (imported) or a registered short name (see :da
 The bench then evaluates the policy deterministically on the **whole test split**. The registered
 ``ppo``, ``a2c`` and ``dqn`` agents follow the same contract (SB3 on the native VecEnv,
 ``gamma=1``), and so do the reference agents ``rnp``, ``skipnet`` and ``blockdrop`` (``bench_agent``
-of the files in the repository's ``agents/``; backbone frozen, as suites pin it). An agent that
+of :mod:`dyncnn_gym.agents`, installed with the package from the repository's ``agents/`` folder;
+backbone frozen, as suites pin it). A user's own agent in a file is ``"path/to/file.py:function"``
+(a relative path is taken from the current directory). An agent that
 raises ``NotImplementedError`` for a task is listed as not supporting it. ``static`` (every uniform and greedy / exhaustive static route), ``random`` (random
 routes at one action distribution per sweep point), ``cascade`` (the confidence cascades of
 :func:`~dyncnn_gym.benchmark.baselines.cascade_front`: escalate where the probe is unsure, a
@@ -79,30 +81,29 @@ import numpy as np
 from .suites import Suite, Task, check_pins, get_suite
 
 FLOPS_RANGE = (0.2, 0.8)
-#: registered trainable agents (name -> "module:function" or "path/to/file.py:function"; relative
-#: paths are the reference agents in the repository's ``agents/`` directory)
+#: registered trainable agents (name -> "module:function"); the reference agents are the installed
+#: :mod:`dyncnn_gym.agents` (the repository's ``agents/`` folder)
 AGENTS: dict[str, str] = {
     "ppo": "dyncnn_gym.benchmark.bench:ppo_agent",
     "a2c": "dyncnn_gym.benchmark.bench:a2c_agent",
     "dqn": "dyncnn_gym.benchmark.bench:dqn_agent",
-    "rnp": "agents/rnp_dqn.py:bench_agent",
-    "skipnet": "agents/skipnet_hrl.py:bench_agent",
-    "blockdrop": "agents/blockdrop_pg.py:bench_agent",
+    "rnp": "dyncnn_gym.agents.rnp_dqn:bench_agent",
+    "skipnet": "dyncnn_gym.agents.skipnet_hrl:bench_agent",
+    "blockdrop": "dyncnn_gym.agents.blockdrop_pg:bench_agent",
 }
 #: baselines computed by the bench itself
 BASELINES = ("static", "random", "cascade", "oracle")
-#: the repository root (where ``agents/`` lies in a source checkout / editable install)
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 AgentFn = Callable[..., Any]
 
 
 # -- agents -------------------------------------------------------------------------------------
 def _import_file(path: Path, spec: str):
+    import hashlib
     import importlib.util
     import sys
 
-    name = f"dyncnn_gym_agent_{path.stem}"
+    name = f"dyncnn_gym_agent_{path.stem}_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
     if name in sys.modules:
         return sys.modules[name]
     loader = importlib.util.spec_from_file_location(name, path)
@@ -120,8 +121,8 @@ def _import_file(path: Path, spec: str):
 
 def resolve_agent(spec: str) -> AgentFn | str:
     """A registered name, a baseline name (returned as is), ``"module:function"`` (imported) or
-    ``"path/to/file.py:function"`` (loaded from the file; a relative path is tried from the current
-    directory, then from the repository root)."""
+    ``"path/to/file.py:function"`` (loaded from the file; a relative path is taken from the current
+    directory)."""
     if spec in BASELINES:
         return spec
     target = AGENTS.get(spec, spec)
@@ -134,12 +135,10 @@ def resolve_agent(spec: str) -> AgentFn | str:
     try:
         if module.endswith(".py"):
             path = Path(module)
-            if not path.is_absolute() and not path.exists():
-                path = REPO_ROOT / module
-            if not path.exists():
+            if not path.is_file():
                 raise ValueError(
-                    f"agent={spec!r}: {module} not found (the reference agents live in the agents/ directory of a"
-                    " source checkout of dyncnn_gym; run from there or give the file's path)"
+                    f"agent={spec!r}: no file {str(path.resolve())!r}; give the path of a Python file, absolute or"
+                    f" relative to the current directory, or a registered agent: {sorted(AGENTS)}"
                 )
             fn = getattr(_import_file(path, spec), attr)
         else:
@@ -648,13 +647,14 @@ def format_leaderboard(results: dict[str, Any]) -> str:
 def add_arguments(p) -> None:
     from .suites import SUITES
 
-    p.add_argument("--suite", default=None, help=f"suite name: {', '.join(SUITES)}")
+    p.add_argument("--suite", default=None, help=f"suite name (required unless --list): {', '.join(SUITES)}")
     p.add_argument(
         "--agent",
         action="append",
         default=None,
         metavar="SPEC",
-        help=f"agent: {', '.join(list(AGENTS) + list(BASELINES))} or module:function (repeatable)",
+        help=f"agent (repeatable): {', '.join(list(AGENTS) + list(BASELINES))}, module:function or"
+        " path/to/file.py:function (a function(env_fn, task, seed, step_budget) -> policy)",
     )
     p.add_argument("--out", default="bench_out", help="output directory (default: bench_out)")
     p.add_argument(
@@ -670,7 +670,7 @@ def add_arguments(p) -> None:
         action="store_true",
         help="keep the other agents of an earlier results.json in --out (same suite version and pins)",
     )
-    p.add_argument("--timesteps", type=int, default=None, help="override every task's step budget")
+    p.add_argument("--timesteps", type=int, default=None, help="override every task's step budget (default: the suite's)")
     p.add_argument("--list", action="store_true", help="list the suites and exit")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 

@@ -15,7 +15,7 @@ the choice, so the calibrated policy is evaluated on it like any other. A negati
 
 Biases far from 0 move the policy away from what it learned: on frozen shapes DynChannel, a PPO
 policy trained at weight 0.05 and dialed to its neighbourhood kept its margin over static networks,
-while one trained at 0.1 and dialed up to 0.6 lost it (README, "Learning the routing").
+while one trained at 0.1 and dialed up to 0.6 lost it (docs/results.md).
 """
 
 from __future__ import annotations

@@ -757,7 +757,7 @@ def add_arguments(p) -> None:
         help="also route every K of each frozen setting's seeds as one policy (mean action"
         " log-probabilities) and evaluate it like a point (default 0: off)",
     )
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def run_from_args(args) -> int:
