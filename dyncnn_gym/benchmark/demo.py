@@ -19,6 +19,7 @@ import torch
 
 from .. import ENV_IDS
 from ..envs.core import RoutingCore, _shared_data
+from ..envs.routing import make_core
 from ..pretraining import DEFAULT_ARCH
 from ..recipes import env_kwargs as recipe_env_kwargs
 from ..recipes import recipe, train_ppo
@@ -81,7 +82,7 @@ def run_demo(
             env_id, dataset=dataset, backbone=(backbones or {}).get(mode, DEFAULT_ARCH[mode]), groups=4
         )
         t0 = time.perf_counter()
-        core = RoutingCore(mode, 1, split="test", **env_kwargs)  # loads or pretrains the backbone
+        core = make_core(env_id, 1, split="test", **env_kwargs)  # loads or pretrains the backbone
         t_backbone = time.perf_counter() - t0
         t0 = time.perf_counter()
         steps = timesteps or recipe(env_id)["total_timesteps"]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..envs.core import RoutingCore
-from ..envs.routing import mode_of
+from ..envs.routing import make_core
 
 #: ``policy(obs [B, D] float32, masks [B, A] bool, first: bool) -> actions [B] int``
 BatchPolicy = Callable[[np.ndarray, np.ndarray, bool], np.ndarray]
@@ -141,7 +141,7 @@ def evaluate(
 
         data = _shared_data(env_kwargs.pop("dataset", "shapes"))
         n_test = len(data.test)
-        core = RoutingCore(mode_of(env_id), min(batch_size, n_test), dataset=data, split="test", **env_kwargs)
+        core = make_core(env_id, min(batch_size, n_test), dataset=data, split="test", **env_kwargs)
     n = len(core.labels)
     core.cursor = 0
     T = core.T

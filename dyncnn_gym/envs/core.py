@@ -21,7 +21,7 @@ from ..data.base import DataSplits
 from ..models import DynamicNet
 from ..pretraining import resolve_backbone
 from ..walk import Walk, cost_tensors
-from .rewards import Reward
+from .rewards import DEFAULT_TARGET_RATE, FlopsTarget, Reward
 
 OBS_MODES = ("features", "probe")
 #: ``shaping=`` choices: none, or potential-based shaping with the full-width continuation (see ``RoutingCore.potential``)
@@ -113,6 +113,8 @@ class RoutingCore:
         obs: str = "features",
         dtype: str = "float32",
         shaping: str = "none",
+        flops_target: float | None = None,
+        target_rate: float = DEFAULT_TARGET_RATE,
     ) -> None:
         if not isinstance(num_slots, (int, np.integer)) or num_slots < 1:
             raise ValueError(f"num_envs={num_slots!r} must be a positive integer")
@@ -144,6 +146,12 @@ class RoutingCore:
         self._full_step[-1] += int(self.table.head[a_max])
         self._min_to_go = self.table.min_to_go()
         self.budget = self._check_budget(budget)
+        #: holds the mean FLOPs ratio of finished episodes at ``flops_target`` (``None``: a fixed weight)
+        self.target: FlopsTarget | None = None
+        if flops_target is not None:
+            self.check_flops_ratio(flops_target, "flops_target", ", or None for a fixed compute_weight")
+            self.target = FlopsTarget(flops_target, self.reward.compute_weight or 1.0, target_rate)
+            self.reward = self.reward.with_weight(self.target.weight)
 
         split_data = self.data.split(split)
         if len(split_data) == 0:
@@ -200,8 +208,11 @@ class RoutingCore:
 
     def set_compute_weight(self, weight: float) -> None:
         """Change the reward's compute weight for every slot from the next step on (e.g. a controller
-        steering the policy's FLOPs while it trains); ``ValueError`` unless a finite number >= 0."""
+        steering the policy's FLOPs while it trains); ``ValueError`` unless a finite number >= 0
+        (> 0 while a ``flops_target`` is held: the adaptation restarts from ``weight``)."""
         r = self.reward
+        if self.target is not None:
+            self.target.set_weight(weight)
         self.reward = Reward.make(r.kind, weight, r.loss_weight, r.ce_clip, r.loss)
 
     def check_flops_ratio(self, value: Any, name: str = "target", none_hint: str = "") -> float:
@@ -301,6 +312,7 @@ class RoutingCore:
             walk, slots = c.walk, c.slots
             a = actions[slots]
             t = walk.t
+            spent = walk.flops.numpy().copy() if t else np.zeros(len(slots), dtype=np.int64)
             cost = walk.step(torch.as_tensor(a)).numpy().copy()
             if walk.done:
                 logits = walk.logits()
@@ -315,12 +327,16 @@ class RoutingCore:
                     self.phi[slots] = 0.0
                 term[slots] = True
                 obs[slots] = self._observe(walk)
+                step_cost = (walk.flops.numpy() - spent) / self.full
                 if arrays:
-                    _put(infos, self._final_info_arrays(slots, walk, pred, ce), slots, self.n)
+                    _put(infos, {**self._final_info_arrays(slots, walk, pred, ce), "cost": step_cost}, slots, self.n)
                 else:
                     for r, s in enumerate(slots):
                         infos[s] = self._final_info(int(s), walk, r, int(pred[r]), float(ce[r]))
+                        infos[s]["cost"] = float(step_cost[r])
                 self.active[slots] = False
+                if self.target is not None:
+                    self.reward = self.reward.with_weight(self.target.update(walk.flops.numpy() / self.full))
             else:
                 rew[slots] = self.reward.step(t, a, cost, int(self._full_step[t]), self.full, self.A, self.T)
                 if self.shaping != "none":
@@ -329,11 +345,13 @@ class RoutingCore:
                     self.phi[slots] = phi
                 obs[slots] = self._observe(walk)
                 masks = self._masks(walk)
+                step_cost = (walk.flops.numpy() - spent) / self.full
                 if arrays:
-                    _put(infos, self._info_arrays(slots, walk, masks), slots, self.n)
+                    _put(infos, {**self._info_arrays(slots, walk, masks), "cost": step_cost}, slots, self.n)
                 else:
                     for r, s in enumerate(slots):
                         infos[s] = self._info(int(s), walk, r, masks[r])
+                        infos[s]["cost"] = float(step_cost[r])
         self.cohorts = [c for c in self.cohorts if not c.walk.done]
         return obs, rew, term, infos
 
