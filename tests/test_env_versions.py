@@ -134,3 +134,24 @@ def test_numpy_scalars_are_valid_weights_and_targets():
     env = gymnasium.make("DynChannel-v1", **_kw("DynChannel-v1", compute_weight=np.float32(0.5), flops_target=np.float64(0.6)))
     env.unwrapped.set_compute_weight(np.int64(1))
     assert env.unwrapped.compute_weight == 1.0
+
+
+def test_evaluate_dials_a_policy_to_the_flops_target_of_an_env_that_holds_one():
+    from stable_baselines3 import PPO
+
+    from dyncnn_gym.benchmark.calibrate import calibrate
+    from dyncnn_gym.benchmark.protocol import evaluate
+
+    kw = _kw("DynChannel-v1", flops_target=0.6)
+    model = PPO("MlpPolicy", make_vec_env("DynChannel-v1", n_envs=4, seed=0, **kw), n_steps=16, batch_size=32, seed=0)
+    model.learn(64)
+    res = evaluate(model, "DynChannel-v1", **kw)
+    assert res["dialed"]["target"] == 0.6 and res["dialed"]["val_flops_ratio"] <= 0.6
+    core = make_core("DynChannel-v1", 8, split="test", **kw)
+    by_hand = evaluate(calibrate(model, 0.6, core=core), "DynChannel-v1", core=core, dial=False)
+    assert (res["accuracy"], res["flops_ratio"]) == (by_hand["accuracy"], by_hand["flops_ratio"])
+    assert evaluate(model, "DynChannel-v1", dial=False, **kw)["dialed"] is None
+    v0_kw = {k: v for k, v in kw.items() if k != "flops_target"}
+    assert evaluate(model, "DynChannel-v0", obs="probe", **v0_kw)["dialed"] is None  # no target: nothing to dial
+    with pytest.raises(ValueError, match="dial=True needs an env with a flops_target"):
+        evaluate(model, "DynChannel-v1", dial=True, **{**kw, "flops_target": None})
