@@ -85,7 +85,7 @@ def test_a_target_below_the_cheapest_route_is_refused_with_the_valid_range():
 
 def test_the_env_holds_its_target_by_raising_the_weight_while_episodes_cost_more():
     """Every episode at full width costs more than the target: the weight rises after each one,
-    by exactly the rate times the error, and the next episode is paid at the new weight."""
+    by exactly the rate times the decisions times the error, and the next episode is paid at the new weight."""
     env = gymnasium.make("DynChannel-v1", **_kw("DynChannel-v1", flops_target=0.5, target_rate=0.1, compute_weight=0.2))
     core = env.unwrapped.core
     A, T = env.action_space.n, core.T
@@ -95,7 +95,7 @@ def test_the_env_holds_its_target_by_raising_the_weight_while_episodes_cost_more
         for _ in range(T):
             _, _, term, _, info = env.step(A - 1)
         assert term and info["flops_ratio"] == 1.0
-        w *= np.exp(0.1 * (1.0 - 0.5))
+        w *= np.exp(0.1 * T * (1.0 - 0.5))  # the rate is per decision
         assert env.unwrapped.compute_weight == pytest.approx(w)
     env.unwrapped.set_compute_weight(0.3)  # a controller outside may still set it: the adaptation restarts there
     assert env.unwrapped.compute_weight == pytest.approx(0.3)
@@ -112,7 +112,7 @@ def test_a_vector_env_holds_one_target_over_all_its_episodes():
         if term.any():
             ratios += list(np.asarray(info["flops_ratio"])[term])
     expected = FlopsTarget(0.5, 0.2, 0.05)
-    expected.update(np.array(ratios))
+    expected.update(np.array(ratios), core.T)
     assert len(ratios) == 6 and core.compute_weight == pytest.approx(expected.weight)
 
 

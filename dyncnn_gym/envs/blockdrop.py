@@ -181,7 +181,7 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
     gymnasium.make("DynBlockDrop-v1", dataset="shapes", backbone=None, groups=4, split="train",
                    reward="flops", penalty=1.0, usage="blocks", compute_weight=None,
                    loss_weight=1.0, ce_clip=5.0, loss="error", device="cpu", obs="probe",
-                   flops_target=0.65, target_rate=0.01, render_mode=None)
+                   flops_target=0.65, target_rate=2e-4, render_mode=None)
     ```
 
     `DynBlockDrop-v0` has the same arguments with `reward="blockdrop"`, `loss="ce"`,

@@ -21,7 +21,7 @@ from ..data.base import DataSplits
 from ..models import DynamicNet
 from ..pretraining import resolve_backbone
 from ..walk import Walk, cost_tensors
-from .rewards import DEFAULT_TARGET_RATE, FlopsTarget, Reward
+from .rewards import DEFAULT_TARGET_RATE, DEFAULT_TARGET_START, FlopsTarget, Reward
 
 OBS_MODES = ("features", "probe")
 #: ``shaping=`` choices: none, or potential-based shaping with the full-width continuation (see ``RoutingCore.potential``)
@@ -150,7 +150,9 @@ class RoutingCore:
         self.target: FlopsTarget | None = None
         if flops_target is not None:
             self.check_flops_ratio(flops_target, "flops_target", ", or None for a fixed compute_weight")
-            self.target = FlopsTarget(flops_target, self.reward.compute_weight or 1.0, target_rate)
+            self.target = FlopsTarget(
+                flops_target, DEFAULT_TARGET_START if compute_weight is None else compute_weight, target_rate
+            )
             self.reward = self.reward.with_weight(self.target.weight)
 
         split_data = self.data.split(split)
@@ -336,7 +338,7 @@ class RoutingCore:
                         infos[s]["cost"] = float(step_cost[r])
                 self.active[slots] = False
                 if self.target is not None:
-                    self.reward = self.reward.with_weight(self.target.update(walk.flops.numpy() / self.full))
+                    self.reward = self.reward.with_weight(self.target.update(walk.flops.numpy() / self.full, self.T))
             else:
                 rew[slots] = self.reward.step(t, a, cost, int(self._full_step[t]), self.full, self.A, self.T)
                 if self.shaping != "none":

@@ -17,7 +17,7 @@ _ARGS_DOC = """
     gymnasium.make("{id}-v1", dataset="shapes", backbone=None, groups=4, split="train",
                    reward="flops", compute_weight=None, loss_weight=1.0, ce_clip=5.0, loss="error",
                    budget=None, device="cpu", obs="probe", dtype="float32", shaping="none",
-                   flops_target={target}, target_rate=0.01, render_mode=None)
+                   flops_target={target}, target_rate=2e-4, render_mode=None)
     ```
 
     `{id}-v0` has the same arguments with `loss="ce"`, `obs="features"` and `flops_target=None`
@@ -37,12 +37,14 @@ _ARGS_DOC = """
       that evaluation covers it exactly.
     * `reward`, `compute_weight`, `loss_weight`, `ce_clip`, `loss`: see Rewards.
     * `flops_target`: the operating point, a FLOPs ratio (of the full network's) that the mean of
-      finished episodes is held at: after each episode with FLOPs ratio `f` the env sets
-      `log(compute_weight) += target_rate * (f - flops_target)` (dual ascent on the constraint's
-      Lagrange multiplier; `compute_weight` is then the starting value, default 0.5). The price of
-      FLOPs that holds a given ratio differs by orders of magnitude between data sets; the ratio
-      does not. `None`: a fixed `compute_weight`. The current weight is `env.unwrapped.compute_weight`.
-    * `target_rate`: change of `log(compute_weight)` per episode per unit of FLOPs-ratio error.
+      finished episodes is held at: after each episode of `T` decisions with FLOPs ratio `f` the env
+      sets `log(compute_weight) += target_rate * T * (f - flops_target)` (dual ascent on the
+      constraint's Lagrange multiplier; `compute_weight` is then the starting value, default 0.01,
+      below the right weight on every data set the package was tried on: a policy pushed too cheap
+      early collapses onto the cheapest route). The weight that holds a FLOPs ratio differs by
+      orders of magnitude between data sets; the ratio does not. `None`: a fixed `compute_weight`.
+      The current weight is `env.unwrapped.compute_weight`.
+    * `target_rate`: change of `log(compute_weight)` per decision per unit of FLOPs-ratio error.
     * `budget`: optional FLOPs-ratio budget per image; actions that could not finish within it are
       masked (`info["action_mask"]`, `action_masks()`), and taking one raises `ValueError`.
     * `device`: torch device of the backbone and the walk (`"cpu"`, `"cuda"`, ...).
