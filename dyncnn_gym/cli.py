@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dyncnn-gym",
         formatter_class=HelpFormatter,
-        description="Input-adaptive CNNs as Gymnasium environments (DynChannel-v0, DynSkip-v0).",
+        description="Input-adaptive CNNs as Gymnasium environments (DynChannel, DynSkip, DynBlockDrop).",
         epilog=f"Errors in the arguments or files print one line and exit with code 2; --debug (or {DEBUG_VAR}=1)"
         " shows the traceback.",
     )
@@ -162,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--env",
         action="append",
-        choices=["DynChannel-v0", "DynSkip-v0"],
-        help="only this env (repeatable; default: both)",
+        choices=["DynChannel-v1", "DynSkip-v1", "DynChannel-v0", "DynSkip-v0"],
+        help="only this env (repeatable; default: DynChannel-v1 and DynSkip-v1)",
     )
     p.add_argument("--timesteps", type=int, default=None, help="PPO steps per env (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="seeds PPO and the evaluation's random baselines")
@@ -173,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", formatter_class=HelpFormatter, help="evaluate a saved SB3 model on the whole test split")
     p.add_argument("model", help="path to an SB3 .zip (PPO, A2C, DQN, MaskablePPO, RecurrentPPO, QR-DQN)")
     p.add_argument(
-        "--env", default="DynChannel-v0", choices=["DynChannel-v0", "DynSkip-v0"], help="env id the model was trained on"
+        "--env",
+        default="DynChannel-v1",
+        choices=["DynChannel-v1", "DynSkip-v1", "DynChannel-v0", "DynSkip-v0"],
+        help="env id the model was trained on",
     )
     p.add_argument(
         "--env-kwargs",

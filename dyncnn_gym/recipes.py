@@ -66,6 +66,9 @@ PPO_RECIPES: dict[str, dict[str, Any]] = {
     # points of the full network (docs/results.md); 0.05 was the best weight on the plain "vgg"
     "DynChannel-v0": {**_PPO_RECIPE, "env": {**_ENV, "compute_weight": 0.1}},
     "DynSkip-v0": {**_PPO_RECIPE, "env": {**_ENV, "compute_weight": 0.2}},
+    # the -v1 ids are registered with the settings that work: the recipe adds nothing to them
+    "DynChannel-v1": {**_PPO_RECIPE, "env": {}},
+    "DynSkip-v1": {**_PPO_RECIPE, "env": {}},
 }
 
 

@@ -562,12 +562,11 @@ def export(policy: Any, env_id: str | None = None, *, core: Any = None, **env_kw
         if env_id is not None and mode_of(env_id) != core.mode:
             raise ValueError(f"env_id={env_id!r} has {mode_of(env_id)!r} decisions, but core= routes in {core.mode!r} mode")
     else:
-        from .envs.core import RoutingCore
+        from .envs.routing import make_core
 
         env_id = env_id or "DynChannel-v0"
-        mode = mode_of(env_id)
         env_kwargs.pop("render_mode", None)
-        core = RoutingCore(mode, 1, **env_kwargs)
+        core = make_core(env_id, 1, **env_kwargs)
     if env_id is None:
         env_id = {"channel": "DynChannel-v0", "skip": "DynSkip-v0"}[core.mode]
     head, description = policy_head(policy)

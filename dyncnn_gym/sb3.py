@@ -23,8 +23,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
 from .callbacks import BackboneFinetuneCallback, FlopsTargetCallback
-from .envs.core import RoutingCore
-from .envs.routing import mode_of
+from .envs.routing import make_core, mode_of
 
 __all__ = ["BackboneFinetuneCallback", "FlopsTargetCallback", "RoutingVecEnv", "make_vec_env"]
 
@@ -42,7 +41,8 @@ class RoutingVecEnv(VecEnv):
     def __init__(self, env_id: str, n_envs: int = 8, seed: int | None = None, **env_kwargs: Any) -> None:
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs)
-        self.core = RoutingCore(mode_of(env_id, "has no native SB3 VecEnv"), n_envs, **env_kwargs)
+        mode_of(env_id, "has no native SB3 VecEnv")
+        self.core = make_core(env_id, n_envs, **env_kwargs)
         self.render_mode = None
         super().__init__(n_envs, self.core.observation_space, self.core.action_space)
         self._actions: np.ndarray | None = None

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from dyncnn_gym.benchmark.calibrate import CostBiasedPolicy
 from dyncnn_gym.benchmark.protocol import load_model
 from dyncnn_gym.envs.core import RoutingCore
 
@@ -17,13 +18,16 @@ def test_demo_writes_results_that_a_third_party_can_reproduce(digit_backbones, t
 
     res = run_demo(tmp_path, dataset="digits", timesteps=512, backbones=digit_backbones, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved["full"]) == {"DynChannel-v0", "DynSkip-v0"}
+    assert set(saved["full"]) == {"DynChannel-v1", "DynSkip-v1"}
     assert len(saved["learned"]) == 2
     for png in ("DynChannel_front.png", "DynSkip_front.png", "DynChannel_usage.png", "DynSkip_images.png"):
         assert (tmp_path / png).stat().st_size > 1000
     for entry in saved["learned"]:
         model = load_model(str(tmp_path / entry["model_path"]))
         assert type(model).__name__ == entry["algorithm"]
+        # the -v1 envs hold a FLOPs target: evaluation dialed the policy to it with a recorded cost bias
+        assert entry["dialed"]["target"] == gym.spec(entry["env_id"]).kwargs["flops_target"]
+        policy = CostBiasedPolicy(model, entry["dialed"]["bias"])
         # the third party's own loop: single env, test split, deterministic actions
         env = gym.make(entry["env_id"], split="test", **entry["env_kwargs"])
         n = len(
@@ -34,7 +38,8 @@ def test_demo_writes_results_that_a_third_party_can_reproduce(digit_backbones, t
         for _ in range(n):
             done = False
             while not done:
-                action, _ = model.predict(obs, deterministic=True)
+                action, _ = policy.predict(obs[None], deterministic=True)
+                action = int(action[0])
                 obs, _, done, _, info = env.step(action)
             correct += info["correct"]
             ratio += info["flops_ratio"]

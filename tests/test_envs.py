@@ -135,9 +135,13 @@ def test_check_env_and_spaces(env_id, arch, data_name, groups):
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-    env = make_env(env_id, arch, data_name, groups)
-    net = env.unwrapped.backbone
+    net = make_net(arch, data_name, groups)
     mode = mode_of(env_id)
+    table = net.cost_table(mode)
+    cheapest = (table.stem + table.min_to_go()[0, table.num_actions - 1]) / table.full
+    target = gymnasium.spec(env_id).kwargs.get("flops_target")
+    # a FLOPs target below the backbone's cheapest route is refused (its own test); hold none there
+    env = make_env(env_id, arch, data_name, groups, **({"flops_target": None} if target and target < cheapest else {}))
     T = net.num_decisions(mode)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -149,7 +153,8 @@ def test_check_env_and_spaces(env_id, arch, data_name, groups):
     assert env.action_space == gymnasium.spaces.Discrete(A)
     space = env.observation_space
     assert isinstance(space, gymnasium.spaces.Box) and space.dtype == np.float32
-    assert space.shape == (max(net.feature_widths(mode)) + T + 1,)
+    probe = 3 if env.unwrapped.core.obs_mode == "probe" else 0
+    assert space.shape == (max(net.feature_widths(mode)) + T + probe + 1,)
     assert np.isfinite(space.low).all() and np.isfinite(space.high).all()
     assert env.unwrapped.num_decisions == T
 
@@ -384,10 +389,20 @@ def _step_costs(table, actions):
 @pytest.mark.parametrize("env_id", IDS)
 def test_reward_flops_form(env_id):
     # pick ce_clip between the episodes' losses, so the clip is seen both active and inactive
-    probe = make_env(env_id, CHEAP[env_id], "shapes", ce_clip=1e9)
+    probe = make_env(env_id, CHEAP[env_id], "shapes", ce_clip=1e9, loss="ce", flops_target=None)
     ces = [rollout(probe, seed=k, rng=np.random.default_rng(k))[4][-1]["cross_entropy"] for k in range(8)]
     cw, lw, clip = 0.7, 2.0, float(np.median(ces))
-    env = make_env(env_id, CHEAP[env_id], "shapes", reward="flops", compute_weight=cw, loss_weight=lw, ce_clip=clip)
+    env = make_env(
+        env_id,
+        CHEAP[env_id],
+        "shapes",
+        reward="flops",
+        compute_weight=cw,
+        loss_weight=lw,
+        ce_clip=clip,
+        loss="ce",
+        flops_target=None,
+    )
     table = env.unwrapped.backbone.cost_table(mode_of(env_id))
     clipped = unclipped = 0
     for k in range(8):
@@ -410,7 +425,9 @@ def test_reward_flops_form(env_id):
 @pytest.mark.parametrize("env_id", IDS)
 def test_reward_error_loss_pays_accuracy_not_cross_entropy(env_id):
     cw, lw = 0.7, 2.0
-    env = make_env(env_id, CHEAP[env_id], "shapes", reward="flops", compute_weight=cw, loss_weight=lw, loss="error")
+    env = make_env(
+        env_id, CHEAP[env_id], "shapes", reward="flops", compute_weight=cw, loss_weight=lw, loss="error", flops_target=None
+    )
     seen = set()
     for k in range(80):  # the test backbones are untrained: keep going until both outcomes were seen
         if len(seen) == 2 and k >= 8:
@@ -436,7 +453,17 @@ def test_reward_flops_default_weights():
 @pytest.mark.parametrize("env_id", IDS)
 def test_reward_rnp_and_skipnet_forms(env_id, form, default_cw):
     for cw in (None, 0.3):
-        env = make_env(env_id, CHEAP[env_id], "user12", reward=form, compute_weight=cw, loss_weight=1.5, ce_clip=0.5)
+        env = make_env(
+            env_id,
+            CHEAP[env_id],
+            "user12",
+            reward=form,
+            compute_weight=cw,
+            loss_weight=1.5,
+            ce_clip=0.5,
+            loss="ce",
+            flops_target=None,
+        )
         w = default_cw if cw is None else cw
         A, T = env.action_space.n, env.unwrapped.num_decisions
         for k in range(3):

@@ -31,7 +31,7 @@ def test_suites_resolve_and_unknown_names_are_named():
         assert t.env_kwargs["dataset"] == "shapes" and t.env_kwargs["obs"] == "probe"
         assert len(cpu.backbone_sha256[t.name]) == 64
     assert {t.env_kwargs["backbone"] for t in get_suite("paper-v0").tasks} == {"vgg16", "resnet110"}
-    from dyncnn_gym.benchmark.protocol import mode_of
+    from dyncnn_gym.envs.routing import mode_of
     from dyncnn_gym.pretraining import DEFAULT_ARCH
     from dyncnn_gym.recipes import env_kwargs
 

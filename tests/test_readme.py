@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import re
 
-import gymnasium
 import pytest
 from conftest import REPO_ROOT
-
-#: Blocks that use one of these ids are not run while the id is not registered yet (the ``-v1``
-#: ids are being added); the test is then skipped, naming the ids. Empty this once they exist.
-PENDING_IDS = ("DynChannel-v1", "DynSkip-v1", "DynBlockDrop-v1")
 
 _DIRECTIVE = re.compile(r"#.*?\btest:\s*(?P<args>.+)$")
 _FIGURE = re.compile(r"\d+\.\d+|\d+ ?%")
@@ -73,9 +68,6 @@ def test_readme_comments_claim_no_figures(index):
 
 
 def test_every_readme_python_block_runs_in_order(tmp_path, monkeypatch):
-    pending = sorted({i for i in PENDING_IDS if i not in gymnasium.registry and any(i in b for b in BLOCKS)})
-    if pending:
-        pytest.skip(f"the README uses {pending}, which are not registered yet (tests/test_readme.py PENDING_IDS)")
     monkeypatch.chdir(tmp_path)  # anything a block writes lands here
     namespace: dict = {"__name__": "__readme__"}
     for i, block in enumerate(BLOCKS, 1):

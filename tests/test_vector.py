@@ -38,7 +38,16 @@ def _net(env_id: str, data_name: str, device: str = "cpu", arch: str | None = No
 
 
 def _kwargs(env_id: str, data_name: str = "user12", device: str = "cpu", **kw) -> dict:
-    return {"dataset": load_test_data(data_name), "backbone": _net(env_id, data_name, device), "device": device, **kw}
+    """Env arguments on a test backbone. The compute weight is fixed (``flops_target=None``): a vector
+    env holds one FLOPs target over all its episodes, so only then are its rewards those of N single
+    envs (the shared target has its own test)."""
+    return {
+        "dataset": load_test_data(data_name),
+        "backbone": _net(env_id, data_name, device),
+        "device": device,
+        "flops_target": None,
+        **kw,
+    }
 
 
 def _singles(env_id: str, n: int, kwargs: dict) -> list:
@@ -165,7 +174,7 @@ def test_channel_mode_on_a_resnet_matches_too(env_id):
     if mode_of(env_id) != "channel":
         pytest.skip("channel decisions only")
     n, seed = 4, 5
-    kwargs = {"dataset": load_test_data("digits"), "backbone": make_net("resnet8", "digits")}
+    kwargs = {"dataset": load_test_data("digits"), "backbone": make_net("resnet8", "digits"), "flops_target": None}
     venv = gymnasium.make_vec(env_id, num_envs=n, **kwargs)
     singles = _singles(env_id, n, kwargs)
     venv.reset(seed=seed)

@@ -406,13 +406,14 @@ def run_bench(
     Returns:
         The results written to ``results.json``.
     """
-    from ..envs.core import RoutingCore, _shared_data
+    from ..envs.core import _shared_data
+    from ..envs.routing import make_core
     from ..fileio import check_writable_dir, write_json, write_text
     from ..recipes import check_timesteps
     from . import plots
     from .baselines import cascade_front, oracle, random_policy_eval, static_baselines
     from .demo import _jsonable
-    from .protocol import evaluate, mode_of
+    from .protocol import evaluate
 
     seeds = [int(x) for x in (seed if isinstance(seed, (list, tuple)) else [seed])]
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
@@ -435,8 +436,7 @@ def run_bench(
     }
     previous = _load_previous(out, _jsonable(results)) if merge else {}
     for task in suite.tasks:
-        mode = mode_of(task.env_id)
-        core = RoutingCore(mode, 1, split="test", **task.env_kwargs)
+        core = make_core(task.env_id, 1, split="test", **task.env_kwargs)
         log(f"[bench] {suite.name} / {task.name}: static baselines")
         static = static_baselines(core)
         pool = static.get("exhaustive") or (static["uniform"] + static.get("greedy", []))

@@ -1,7 +1,7 @@
 """``dyncnn-gym demo``: the whole idea in one command on the embedded default data.
 
-Loads (or pretrains and caches) the default backbones, trains PPO routers on ``DynChannel-v0`` and
-``DynSkip-v0`` with the recipe of :mod:`dyncnn_gym.recipes`, evaluates them on the whole test split
+Loads (or pretrains and caches) the default backbones, trains PPO routers on ``DynChannel-v1`` and
+``DynSkip-v1`` with the recipe of :mod:`dyncnn_gym.recipes`, evaluates them on the whole test split
 against the full network, static routes, random routes at the learned rates and a label-aware
 oracle, prints a table, and writes ``results.json``, PNG plots and the trained SB3 models.
 """
@@ -16,15 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import ENV_IDS
+from .. import LATEST_IDS
 from ..envs.core import RoutingCore, _shared_data
+from ..envs.routing import ENV_MODES, make_core, mode_of
 from ..fileio import check_writable_dir, save_sb3, write_json
 from ..pretraining import DEFAULT_ARCH
 from ..recipes import check_timesteps, recipe, train_ppo
 from ..recipes import env_kwargs as recipe_env_kwargs
 from . import plots
 from .baselines import interpolate, oracle, random_policy_eval, static_baselines
-from .protocol import evaluate, mode_of
+from .protocol import evaluate
 
 
 def _jsonable(x: Any) -> Any:
@@ -42,7 +43,7 @@ def _jsonable(x: Any) -> Any:
 def run_demo(
     out: str | Path = "demo_out",
     *,
-    envs: tuple[str, ...] = ENV_IDS,
+    envs: tuple[str, ...] = tuple(i for i in LATEST_IDS if i in ENV_MODES),
     timesteps: int | None = None,
     dataset: str = "shapes",
     backbones: dict[str, str] | None = None,
@@ -83,7 +84,7 @@ def run_demo(
             env_id, dataset=dataset, backbone=(backbones or {}).get(mode, DEFAULT_ARCH[mode]), groups=4
         )
         t0 = time.perf_counter()
-        core = RoutingCore(mode, 1, split="test", **env_kwargs)  # loads or pretrains the backbone
+        core = make_core(env_id, 1, split="test", **env_kwargs)  # loads or pretrains the backbone
         t_backbone = time.perf_counter() - t0
         t0 = time.perf_counter()
         steps = timesteps or recipe(env_id)["total_timesteps"]
@@ -112,6 +113,7 @@ def run_demo(
                 "accuracy": res["accuracy"],
                 "flops_ratio": res["flops_ratio"],
                 "static_front_accuracy_at_same_flops": static_at,
+                "dialed": res["dialed"],
                 **{
                     k: res[k]
                     for k in ("action_rates", "mean_action", "routes", "by_difficulty", "difficulty_flops_spearman")
@@ -119,7 +121,7 @@ def run_demo(
                 },
             }
         )
-        name = env_id.replace("-v0", "")
+        name = env_id.split("-v")[0]
         plots.plot_fronts(
             out / f"{name}_front.png",
             f"{env_id} on {data.name} ({env_kwargs['backbone']})",

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..envs.core import RoutingCore
-from ..envs.routing import mode_of
+from ..envs.routing import make_core
 
 #: ``policy(obs [B, D] float32, masks [B, A] bool, first: bool) -> actions [B] int``
 BatchPolicy = Callable[[np.ndarray, np.ndarray, bool], np.ndarray]
@@ -87,6 +87,7 @@ def evaluate(
     bins: int = 5,
     per_image: bool = False,
     core: RoutingCore | None = None,
+    dial: bool | None = None,
     **env_kwargs: Any,
 ) -> dict[str, Any]:
     """Route the **whole test split** with ``policy`` (deterministic, batched) and summarise.
@@ -98,6 +99,15 @@ def evaluate(
         bins: difficulty bins (equal-count) for the per-difficulty breakdown.
         per_image: also return per-image arrays under ``"images"``.
         core: an existing test-split core to reuse (its env arguments win).
+        dial: route with the policy dialed to the env's ``flops_target``: a cost bias on its action
+            scores chosen by bisection so that its deterministic routing of held-out images (the
+            ``"val"`` split, else ``"train"``; never the test split) costs at most the target
+            (:func:`~dyncnn_gym.benchmark.calibrate.calibrate`). A policy trained on an env that holds
+            a FLOPs target spends the target on average with *sampled* actions; its argmax may land
+            well away from it, since at the constrained optimum the best policy mixes routes. ``None``
+            (default): dial when the env has a ``flops_target`` (the ``-v1`` ids) and the policy has
+            action scores (SB3 / sb3-contrib actor-critic and DQN models, not recurrent ones).
+            ``False``: route the plain argmax.
         env_kwargs: the env's arguments (``dataset``, ``backbone``, ``groups``, ``budget``, ...);
             ``split`` is always ``"test"``. Under a ``budget`` a policy must respect the action masks
             (a maskable policy, or :func:`dyncnn_gym.export`, which masks): a forbidden action raises
@@ -110,7 +120,8 @@ def evaluate(
         (``[T]``, in units of ``A - 1``), ``routes`` (distinct action sequences and the most
         frequent ones), and, for data with per-image difficulty, ``by_difficulty`` (accuracy and
         FLOPs ratio per bin) and ``difficulty_flops_spearman`` (rank correlation of difficulty and
-        FLOPs over all test images).
+        FLOPs over all test images); ``dialed``: ``None``, or the ``target``, ``bias`` and held-out
+        ``val_flops_ratio`` of the dial.
     """
     for name, value in (("batch_size", batch_size), ("bins", bins)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -118,14 +129,24 @@ def evaluate(
     if env_kwargs.get("split", "test") != "test":
         raise ValueError(f"split={env_kwargs['split']!r}: evaluation always uses the test split")
     env_kwargs.pop("split", None)
-    choose = as_policy(policy)
     if core is None:
         from ..envs.core import _shared_data
 
         data = _shared_data(env_kwargs.pop("dataset", "shapes"))
         n_test = len(data.test)
         env_kwargs.setdefault("budget_strict", True)  # evaluation holds a policy to the budget
-        core = RoutingCore(mode_of(env_id), min(batch_size, n_test), dataset=data, split="test", **env_kwargs)
+        core = make_core(env_id, min(batch_size, n_test), dataset=data, split="test", **env_kwargs)
+    dialed = None
+    if dial is None:
+        dial = core.target is not None and _has_scores(policy)
+    if dial:
+        from .calibrate import calibrate
+
+        if core.target is None:
+            raise ValueError("dial=True needs an env with a flops_target (e.g. the -v1 ids); this one has none")
+        policy = calibrate(policy, core.target.target, core=core)
+        dialed = {"target": core.target.target, "bias": policy.bias, "val_flops_ratio": policy.val_flops_ratio}
+    choose = as_policy(policy)
     n = len(core.labels)
     core.cursor = 0
     T = core.T
@@ -159,7 +180,20 @@ def evaluate(
             info = infos[s]
             i = info["index"]
             preds[i], flops[i], actions[i], ce[i] = info["prediction"], info["flops"], info["actions"], info["cross_entropy"]
-    return summarize(core, preds, flops, actions, ce, bins=bins, per_image=per_image)
+    return {**summarize(core, preds, flops, actions, ce, bins=bins, per_image=per_image), "dialed": dialed}
+
+
+def _has_scores(policy: Any) -> bool:
+    """Whether ``policy`` is an SB3 model whose action scores a cost bias can shift (and not one already biased)."""
+    from .calibrate import CostBiasedPolicy
+
+    if isinstance(policy, CostBiasedPolicy):
+        return False
+    try:
+        CostBiasedPolicy(policy)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def summarize(

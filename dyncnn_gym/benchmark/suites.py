@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .protocol import mode_of
+from ..envs.routing import mode_of
 
 
 @dataclass(frozen=True)

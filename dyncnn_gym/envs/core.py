@@ -22,7 +22,7 @@ from ..device import check_device
 from ..models import DynamicNet
 from ..pretraining import resolve_backbone
 from ..walk import Walk, cost_tensors
-from .rewards import Reward
+from .rewards import DEFAULT_TARGET_RATE, DEFAULT_TARGET_START, FlopsTarget, Reward
 
 OBS_MODES = ("features", "probe")
 #: ``shaping=`` choices: none, or potential-based shaping with the full-width continuation (see ``RoutingCore.potential``)
@@ -115,6 +115,8 @@ class RoutingCore:
         dtype: str = "float32",
         shaping: str = "none",
         budget_strict: bool = False,
+        flops_target: float | None = None,
+        target_rate: float = DEFAULT_TARGET_RATE,
     ) -> None:
         if not isinstance(num_slots, (int, np.integer)) or num_slots < 1:
             raise ValueError(f"num_envs={num_slots!r} must be a positive integer")
@@ -148,6 +150,14 @@ class RoutingCore:
         self.budget = self._check_budget(budget)
         #: with a budget: ``True`` raises on a forbidden action, ``False`` takes the nearest allowed one
         self.budget_strict = bool(budget_strict)
+        #: holds the mean FLOPs ratio of finished episodes at ``flops_target`` (``None``: a fixed weight)
+        self.target: FlopsTarget | None = None
+        if flops_target is not None:
+            self.check_flops_ratio(flops_target, "flops_target", ", or None for a fixed compute_weight")
+            self.target = FlopsTarget(
+                flops_target, DEFAULT_TARGET_START if compute_weight is None else compute_weight, target_rate
+            )
+            self.reward = self.reward.with_weight(self.target.weight)
 
         split_data = self.data.split(split)
         if len(split_data) == 0:
@@ -204,8 +214,11 @@ class RoutingCore:
 
     def set_compute_weight(self, weight: float) -> None:
         """Change the reward's compute weight for every slot from the next step on (e.g. a controller
-        steering the policy's FLOPs while it trains); ``ValueError`` unless a finite number >= 0."""
+        steering the policy's FLOPs while it trains); ``ValueError`` unless a finite number >= 0
+        (> 0 while a ``flops_target`` is held: the adaptation restarts from ``weight``)."""
         r = self.reward
+        if self.target is not None:
+            self.target.set_weight(weight)
         self.reward = Reward.make(r.kind, weight, r.loss_weight, r.ce_clip, r.loss)
 
     def check_flops_ratio(self, value: Any, name: str = "target", none_hint: str = "") -> float:
@@ -315,6 +328,7 @@ class RoutingCore:
             walk, slots = c.walk, c.slots
             a = actions[slots]
             t = walk.t
+            spent = walk.flops.numpy().copy() if t else np.zeros(len(slots), dtype=np.int64)
             cost = walk.step(torch.as_tensor(a)).numpy().copy()
             if walk.done:
                 logits = walk.logits()
@@ -329,12 +343,16 @@ class RoutingCore:
                     self.phi[slots] = 0.0
                 term[slots] = True
                 obs[slots] = self._observe(walk)
+                step_cost = (walk.flops.numpy() - spent) / self.full
                 if arrays:
-                    _put(infos, self._final_info_arrays(slots, walk, pred, ce), slots, self.n)
+                    _put(infos, {**self._final_info_arrays(slots, walk, pred, ce), "cost": step_cost}, slots, self.n)
                 else:
                     for r, s in enumerate(slots):
                         infos[s] = self._final_info(int(s), walk, r, int(pred[r]), float(ce[r]))
+                        infos[s]["cost"] = float(step_cost[r])
                 self.active[slots] = False
+                if self.target is not None:
+                    self.reward = self.reward.with_weight(self.target.update(walk.flops.numpy() / self.full, self.T))
             else:
                 rew[slots] = self.reward.step(t, a, cost, int(self._full_step[t]), self.full, self.A, self.T)
                 if self.shaping != "none":
@@ -343,11 +361,13 @@ class RoutingCore:
                     self.phi[slots] = phi
                 obs[slots] = self._observe(walk)
                 masks = self._masks(walk)
+                step_cost = (walk.flops.numpy() - spent) / self.full
                 if arrays:
-                    _put(infos, self._info_arrays(slots, walk, masks), slots, self.n)
+                    _put(infos, {**self._info_arrays(slots, walk, masks), "cost": step_cost}, slots, self.n)
                 else:
                     for r, s in enumerate(slots):
                         infos[s] = self._info(int(s), walk, r, masks[r])
+                        infos[s]["cost"] = float(step_cost[r])
         if self.budget is not None:  # what the budget did to each slot's action
             taken = {"action_taken": actions[stepped], "action_forbidden": actions[stepped] != chosen[stepped]}
             if arrays:

@@ -14,11 +14,14 @@ _ARGS_DOC = """
     ## Arguments
 
     ```python
-    gymnasium.make("{id}", dataset="shapes", backbone=None, groups=4, split="train",
-                   reward="flops", compute_weight=None, loss_weight=1.0, ce_clip=5.0, loss="ce",
-                   budget=None, budget_strict=False, device="cpu", obs="features", dtype="float32",
-                   shaping="none", render_mode=None)
+    gymnasium.make("{id}-v1", dataset="shapes", backbone=None, groups=4, split="train",
+                   reward="flops", compute_weight=None, loss_weight=1.0, ce_clip=5.0, loss="error",
+                   budget=None, budget_strict=False, device="cpu", obs="probe", dtype="float32",
+                   shaping="none", flops_target={target}, target_rate=2e-4, render_mode=None)
     ```
+
+    `{id}-v0` has the same arguments with `loss="ce"`, `obs="features"` and `flops_target=None`
+    as defaults.
 
     * `dataset`: a name (`"shapes"` — the embedded default, `"digits"`, `"cifar10"`, `"cifar100"`,
       `"svhn"`, `"mnist"`, `"fashionmnist"`), an `(images, labels)` pair, a
@@ -33,6 +36,15 @@ _ARGS_DOC = """
       `"test"` sweeps the test split in order (restarting at image 0 on every seeded reset) so
       that evaluation covers it exactly.
     * `reward`, `compute_weight`, `loss_weight`, `ce_clip`, `loss`: see Rewards.
+    * `flops_target`: the operating point, a FLOPs ratio (of the full network's) that the mean of
+      finished episodes is held at: after each episode of `T` decisions with FLOPs ratio `f` the env
+      sets `log(compute_weight) += target_rate * T * (f - flops_target)` (dual ascent on the
+      constraint's Lagrange multiplier; `compute_weight` is then the starting value, default 0.01,
+      below the right weight on every data set the package was tried on: a policy pushed too cheap
+      early collapses onto the cheapest route). The weight that holds a FLOPs ratio differs by
+      orders of magnitude between data sets; the ratio does not. `None`: a fixed `compute_weight`.
+      The current weight is `env.unwrapped.compute_weight`.
+    * `target_rate`: change of `log(compute_weight)` per decision per unit of FLOPs-ratio error.
     * `budget`: optional FLOPs-ratio budget per image; actions that could not finish within it are
       masked (`info["action_mask"]`, `action_masks()`). A masked action is replaced by the nearest
       allowed one: the largest allowed action below it (fewer channel groups; skip instead of
@@ -92,6 +104,11 @@ _COMMON_DOC = """
     with `p` its probability of the true label for `loss="error"`, the clipped CE for `"ce"`) and
     0 after the last decision: the return changes by `-phi(first state)` only, which no action
     affects, while a decision that hurts the image is charged when it is taken.
+
+    Every `info` also holds `cost`, the FLOPs of this step (the stem's included in the first, the
+    head's in the last) as a fraction of the full network's: an episode's costs sum to its
+    `flops_ratio`, the per-step cost signal constrained-RL libraries read (with `flops_target` as
+    the cost limit).
 
     ## Starting State
 
@@ -265,17 +282,20 @@ class DynChannelEnv(RoutingEnv):
     """
         + _COMMON_DOC
         + _ARGS_DOC.format(
-            id="DynChannel-v0",
+            id="DynChannel",
+            target=0.5,
             default="'vgg+sandwich+distill', a 6-layer VGG-style CNN trained with the sandwich rule and in-place distillation; plain 'vgg' and any ResNet arch work too (groups inside its blocks)",
         )
         + """
     ## Version History
 
+    * v1: the settings that work are the defaults: `loss="error"`, `obs="probe"`, and the operating
+      point `flops_target=0.5` held by adapting `compute_weight`; every `info` holds `cost`.
     * v0: initial version. Later changes, each only where v0 raised an error or rendered through a
       wrapper: with a `budget`, a masked action is replaced by the nearest allowed one (reported in
       `info`) instead of raising (`budget_strict=True` keeps the error); `render_mode="human"` prints
-      the `"ansi"` line (Gymnasium's pygame wrapper is no longer applied). Observations, rewards
-      and episodes are unchanged.
+      the `"ansi"` line (Gymnasium's pygame wrapper is no longer applied). Every `info` gained
+      `cost`. Observations, rewards and episodes are unchanged. Its default backbone was the plain `vgg` in the first releases (the `cpu-v0` benchmark suite pins it).
     """
     )
     mode = "channel"
@@ -298,28 +318,50 @@ class DynSkipEnv(RoutingEnv):
     """
         + _COMMON_DOC
         + _ARGS_DOC.format(
-            id="DynSkip-v0", default="'resnet32-lite@skip', ResNet-32 with a stride-2 stem trained for skip decisions only"
+            id="DynSkip",
+            target=0.65,
+            default="'resnet32-lite@skip', ResNet-32 with a stride-2 stem trained for skip decisions only",
         )
         + """
     ## Version History
 
+    * v1: the settings that work are the defaults: `loss="error"`, `obs="probe"`, and the operating
+      point `flops_target=0.65` held by adapting `compute_weight`; every `info` holds `cost`.
     * v0: initial version. Later changes, each only where v0 raised an error or rendered through a
       wrapper: with a `budget`, a masked action is replaced by the nearest allowed one (reported in
       `info`) instead of raising (`budget_strict=True` keeps the error); `render_mode="human"` prints
-      the `"ansi"` line (Gymnasium's pygame wrapper is no longer applied). Observations, rewards
-      and episodes are unchanged.
+      the `"ansi"` line (Gymnasium's pygame wrapper is no longer applied). Every `info` gained
+      `cost`. Observations, rewards and episodes are unchanged. Its default backbone was `resnet20-lite` in the first releases (the `cpu-v0` benchmark suite pins it).
     """
     )
     mode = "skip"
 
 
 #: registered env id -> the mode of its decisions
-ENV_MODES: dict[str, str] = {"DynChannel-v0": DynChannelEnv.mode, "DynSkip-v0": DynSkipEnv.mode}
+ENV_MODES: dict[str, str] = {
+    f"{name}-v{v}": env.mode for name, env in (("DynChannel", DynChannelEnv), ("DynSkip", DynSkipEnv)) for v in (0, 1)
+}
 
 
 def mode_of(env_id: str, problem: str = "is not a routing env") -> str:
     """The decision mode (``"channel"`` / ``"skip"``) of ``env_id`` (optionally ``"dyncnn_gym:"``-prefixed)."""
-    name = env_id.split(":", 1)[-1]
+    name = env_id.split(":", 1)[-1] if isinstance(env_id, str) else env_id
     if name not in ENV_MODES:
         raise ValueError(f"env_id={env_id!r} {problem}; choose one of {sorted(ENV_MODES)}")
     return ENV_MODES[name]
+
+
+def registered_kwargs(env_id: str) -> dict[str, Any]:
+    """The default arguments ``env_id`` is registered with (``{}`` for the ``-v0`` ids)."""
+    import gymnasium
+
+    mode_of(env_id)
+    return dict(gymnasium.spec(env_id.split(":", 1)[-1]).kwargs)
+
+
+def make_core(env_id: str, num_slots: int = 1, **overrides: Any) -> RoutingCore:
+    """A :class:`RoutingCore` of ``num_slots`` episodes for ``env_id``: its registered defaults
+    (:func:`registered_kwargs`) updated by ``overrides``. Every face that builds episodes from an env
+    id (the SB3 VecEnv, evaluation, export, the benchmark) builds them here, so ``-v0`` and ``-v1``
+    differ only in these defaults."""
+    return RoutingCore(mode_of(env_id), num_slots, **{**registered_kwargs(env_id), **overrides})
