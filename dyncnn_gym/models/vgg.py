@@ -165,6 +165,9 @@ class ChannelVGG(DynamicNet):
         y = F.conv2d(x, conv.weight[:c_out, :c_in], None, padding=1)
         return self._post(layer, bn(y, prev_action))
 
+    def output_channels(self, mode: str, t: int, action: int) -> int | None:
+        return self.channels(self.widths[t + 1], action)
+
     def input_channels(self, mode: str, t: int, prev_action: int) -> int | None:
         return self.channels(self.widths[t], prev_action)
 
