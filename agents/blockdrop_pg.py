@@ -66,6 +66,7 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import Walk, evaluate
+from dyncnn_gym.walk import run
 
 REWARDS = ("blockdrop", "flops")
 
@@ -205,9 +206,7 @@ def finetune_step(
     walk = Walk(core.net, core.mode, xb)
     with torch.no_grad():
         keep = torch.bernoulli(explore_probs(torch.sigmoid(policy(torch.as_tensor(core.observe(walk)))), explore))
-    while not walk.done:
-        walk.step(keep[:, walk.t].long())
-    logits = walk.logits()
+    logits = run(walk, lambda w: keep[:, w.t].long()).logits()
     loss = F.cross_entropy(logits, yb)
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -59,6 +59,7 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import Walk, evaluate
+from dyncnn_gym.walk import run
 
 ENVS = ("DynSkip-v0", "DynChannel-v0")
 
@@ -277,12 +278,14 @@ def routed_step(
     idx = rng.integers(0, len(train.labels), batch)
     x = torch.as_tensor(train.images[idx]).to(core.device)
     y = torch.as_tensor(train.labels[idx]).to(core.device)
-    walk = Walk(core.net, core.mode, x)
-    h = torch.zeros(batch, policy.hidden)
-    while not walk.done:
+    state = [torch.zeros(batch, policy.hidden)]
+
+    def sampled_gates(walk: Walk) -> np.ndarray:
         with torch.no_grad():
-            logits, h = policy.step(torch.as_tensor(core.observe(walk)), h)
-        walk.step(torch.distributions.Categorical(logits=sharpness * logits).sample().numpy())
+            logits, state[0] = policy.step(torch.as_tensor(core.observe(walk)), state[0])
+        return torch.distributions.Categorical(logits=sharpness * logits).sample().numpy()
+
+    walk = run(Walk(core.net, core.mode, x), sampled_gates)
     loss = F.cross_entropy(walk.logits(), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
