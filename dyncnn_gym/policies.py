@@ -123,6 +123,13 @@ class ScoreHead(_Planned):
         self.register_buffer("cost", torch.zeros(0) if cost is None else torch.as_tensor(cost, dtype=torch.float32))
         self.bias = float(bias)
 
+    def __setstate__(self, state: dict) -> None:  # heads pickled before the cost bias existed
+        super().__setstate__(state)
+        if "biased" not in self.__dict__:
+            self.biased, self.bias = False, 0.0
+        if "cost" not in self._buffers:
+            self.register_buffer("cost", torch.zeros(0))
+
     def forward(self, obs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         scores = self.body(obs)
         if self.biased:

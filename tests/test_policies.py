@@ -185,6 +185,14 @@ def test_the_lean_head_calls_give_the_module_values():
             assert (twin.act(torch.randn(5, 7)) == 2).all()
             assert (pickle.loads(pickle.dumps(twin)).act(torch.randn(5, 7)) == 2).all()
             assert not (head.act(torch.randn(50, 7)) == 2).all()
+    # a head pickled before the cost bias existed (routed models saved by earlier versions) still loads
+    old = ScoreHead(body, "categorical")
+    del old.biased, old.bias
+    del old._buffers["cost"]
+    back = pickle.loads(pickle.dumps(old))
+    obs = torch.randn(9, 7)
+    with torch.no_grad():
+        assert torch.equal(back.act(obs), ScoreHead(body, "categorical").act(obs))
 
 
 def test_one_observation_reads_the_argmax_off_the_scores_only_when_no_rounding_can_flip_it():

@@ -55,8 +55,9 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, c_in: int, c_out: int) -> 
 #: batches at least this large run the folded inference kernels in channels-last (NHWC) layout,
 #: which oneDNN convolves without reordering
 CHANNELS_LAST_MIN_BATCH = 4
-#: single images with at least this many pixels per channel run channels-last too (on 32x32 inputs
-#: oneDNN's NHWC kernels beat the NCHW ones at batch 1; on 8x8 and 12x12 inputs they do not)
+#: single images' feature maps with at least this many pixels per channel run channels-last too (on
+#: 32x32 inputs the NHWC kernels beat the NCHW ones at batch 1 after the stem; on 8x8 and 12x12 inputs
+#: they do not). The stem's input (a few colour channels) stays NCHW at batch 1: :func:`input_layout`
 CHANNELS_LAST_MIN_PIXELS = 256
 
 
@@ -69,6 +70,15 @@ def inference_layout(x: torch.Tensor) -> torch.Tensor:
         and x.dim() == 4
         and (x.shape[0] >= CHANNELS_LAST_MIN_BATCH or x.shape[2] * x.shape[3] >= CHANNELS_LAST_MIN_PIXELS)
     ):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def input_layout(x: torch.Tensor) -> torch.Tensor:
+    """The images entering the stem in the layout its convolution runs fastest on: channels-last for
+    batches of at least :data:`CHANNELS_LAST_MIN_BATCH` on CPU; unchanged otherwise (a 3-channel
+    convolution of one image is twice as fast NCHW)."""
+    if x.device.type == "cpu" and x.dim() == 4 and x.shape[0] >= CHANNELS_LAST_MIN_BATCH:
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
