@@ -33,9 +33,9 @@ _COST_CACHE: weakref.WeakKeyDictionary[DynamicNet, dict] = weakref.WeakKeyDictio
 
 #: executed FLOPs one merge of two groups of a decision may add (a group's rows computed at a
 #: wider action's width): about what a separate small convolution loses at 1 CPU thread (its fixed
-#: cost and its low efficiency on a few narrow images; measured on ``vgg`` at batches of 16-64 with
-#: random per-image widths, where merging ran 5-20 % faster). ``0`` turns merging off (executed FLOPs
-#: then equal the counted ones for any batch).
+#: cost and its low efficiency on a few narrow images; on ``vgg`` at batches of 16-64, merging ran
+#: 5-24 % faster with random per-image widths and 1-6 % with a trained router's routes). ``0`` turns
+#: merging off (executed FLOPs then equal the counted ones for any batch).
 MERGE_FLOPS = 8_000_000
 
 
