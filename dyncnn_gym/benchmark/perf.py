@@ -1117,7 +1117,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``dyncnn-gym perf`` options to ``parser``."""
     parser.add_argument("--out", type=str, default=None, help="write the results as JSON to this file")
     parser.add_argument("--device", type=str, default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
-    parser.add_argument("--quick", action="store_true", help="a fast, noisier smoke run (< 1 min on 2 CPU cores)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a fast, noisier smoke run: 3 repeats, fewer SB3 steps and batch-1 images, routers trained for 20000 steps",
+    )
     parser.add_argument("--repeats", type=int, default=9, help="interleaved repeats per measurement (median reported)")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's setting; 1 on a busy shared machine)"
