@@ -62,6 +62,7 @@ from dyncnn_gym import Walk, evaluate
 from dyncnn_gym.cli import HelpFormatter
 from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
 from dyncnn_gym.pretraining import save_checkpoint
+from dyncnn_gym.walk import run
 
 ENVS = ("DynSkip-v0", "DynChannel-v0")
 
@@ -285,12 +286,14 @@ def routed_step(
     idx = rng.integers(0, len(train.labels), batch)
     x = torch.as_tensor(train.images[idx]).to(core.device)
     y = torch.as_tensor(train.labels[idx]).to(core.device)
-    walk = Walk(core.net, core.mode, x)
-    h = torch.zeros(batch, policy.hidden)
-    while not walk.done:
+    state = [torch.zeros(batch, policy.hidden)]
+
+    def sampled_gates(walk: Walk) -> np.ndarray:
         with torch.no_grad():
-            logits, h = policy.step(torch.as_tensor(core.observe(walk)), h)
-        walk.step(torch.distributions.Categorical(logits=sharpness * logits).sample().numpy())
+            logits, state[0] = policy.step(torch.as_tensor(core.observe(walk)), state[0])
+        return torch.distributions.Categorical(logits=sharpness * logits).sample().numpy()
+
+    walk = run(Walk(core.net, core.mode, x), sampled_gates)
     loss = F.cross_entropy(walk.logits(), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()

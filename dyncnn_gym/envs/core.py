@@ -20,8 +20,9 @@ from gymnasium import spaces
 from ..data.base import DataSplits
 from ..device import check_device
 from ..models import DynamicNet
+from ..policies import as_policy
 from ..pretraining import resolve_backbone
-from ..walk import Walk, cost_tensors
+from ..walk import Walk, cost_tensors, run
 from .rewards import DEFAULT_TARGET_RATE, DEFAULT_TARGET_START, FlopsTarget, Reward
 
 OBS_MODES = ("features", "probe")
@@ -82,12 +83,14 @@ def feature_scale(net: DynamicNet, mode: str, data: DataSplits, n: int = 256) ->
         was_training = net.training
         net.eval()
         x = torch.as_tensor(data.train.images[:n]).to(next(net.parameters()).device)
-        walk = Walk(net, mode, x)
         scales = []
-        while not walk.done:
+
+        def full_width(walk: Walk) -> int:
             m = walk.pooled().abs().mean(0)
             scales.append(torch.clamp(m, min=max(float(m.max()) * 0.01, 1e-6)))
-            walk.step(torch.full((len(walk),), walk.A - 1))
+            return walk.A - 1
+
+        run(Walk(net, mode, x), full_width)
         net.train(was_training)
         per_net[key] = scales
     return per_net[key]
@@ -393,9 +396,7 @@ class RoutingCore:
         (Ng et al., 1999), but a decision that harms the image is charged at once rather than at
         the end. It costs one full-width pass over the remaining layers per step.
         """
-        rest = walk.select(np.arange(len(walk)))  # shares feature maps, never overwrites them
-        while not rest.done:
-            rest.step(np.full(len(rest), self.A - 1, dtype=np.int64))
+        rest = run(walk.select(np.arange(len(walk))), lambda w: self.A - 1)  # shares feature maps, never overwrites them
         logits = rest.logits().float()
         labels = torch.as_tensor(self.labels[self.index[slots]], device=logits.device)
         r = self.reward
@@ -421,6 +422,47 @@ class RoutingCore:
                 f"action {int(a[bad][0])} is outside the action space {self.action_space} (valid: 0..{self.A - 1})"
             )
         return a
+
+    # -- routing images with a policy (outside episodes) ----------------------------------------
+    def route(self, policy: Any, images: torch.Tensor, deterministic: bool = True) -> tuple[torch.Tensor, Walk]:
+        """Route ``images [B, C, H, W]`` through the backbone with ``policy`` choosing every action from
+        this core's observations (any policy :func:`~dyncnn_gym.policies.as_policy` accepts; an SB3
+        model is used live, not copied). ``deterministic=False`` samples an SB3 model's actions as its
+        ``predict`` does. Runs with autograd as the caller has it (gradients reach the backbone only:
+        the policy sees detached observations). Returns the logits ``[B, classes]`` and the finished walk."""
+        adapted = as_policy(policy, copy=False)
+        head = adapted.head
+        dev = next(head.parameters(), torch.empty(0)).device if head is not None else torch.device("cpu")
+        state: list = [adapted.initial_state(images.shape[0], dev)]
+        first = [True]
+        all_allowed = np.ones((images.shape[0], self.A), dtype=bool)
+
+        def choose(walk: Walk) -> np.ndarray:
+            obs = self._observe(walk)
+            masks = self._masks(walk)
+            if deterministic or head is None:
+                with torch.no_grad():
+                    a, state[0] = adapted.act(torch.as_tensor(obs, device=dev), torch.as_tensor(masks, device=dev), state[0])
+                actions = a.cpu().numpy()
+            else:
+                actions, state[0] = adapted.sample(obs, first[0], state[0], masks if self.budget is not None else all_allowed)
+            first[0] = False
+            return np.asarray(actions, dtype=np.int64).reshape(-1)
+
+        walk = run(Walk(self.net, self.mode, images), choose)
+        return walk.logits(), walk
+
+    def held_out(self, n: int | None, seed: int = 0) -> tuple[Any, np.ndarray]:
+        """Images the test split does not hold: the ``"val"`` split where the data has one, else
+        ``"train"``, and ``n`` of its row indices drawn with ``seed`` (all rows, in order, if ``n`` is None)."""
+        split = self.data.split("val" if self.data.has_val else "train")
+        idx = np.random.default_rng(seed).permutation(len(split))[:n] if n is not None else np.arange(len(split))
+        return split, idx
+
+    def held_out_images(self, n: int, seed: int = 0) -> torch.Tensor:
+        """``n`` held-out images (fewer if the split is smaller; see :meth:`held_out`) on this core's device."""
+        split, idx = self.held_out(n, seed)
+        return torch.as_tensor(split.images[idx]).to(self.device, self.images.dtype)
 
     # -- observations and infos ------------------------------------------------------------------
     def observe(self, walk: Walk) -> np.ndarray:
