@@ -402,12 +402,19 @@ class RoutedNet(nn.Module):
 
 
 def head_classes() -> tuple[type, ...]:
-    """The classes a saved policy head may be rebuilt from: the heads of this module and every layer
-    class of ``torch.nn`` (SB3's networks are built from them)."""
+    """The classes a saved policy head may be rebuilt from: the policy heads (defined in
+    :mod:`dyncnn_gym.policies` and this module) and every layer class of ``torch.nn`` (SB3's networks
+    are built from them)."""
+    from . import policies
+
     heads = [
         v
-        for v in globals().values()
-        if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == __name__ and v is not RoutedNet
+        for module in (globals(), vars(policies))
+        for v in module.values()
+        if isinstance(v, type)
+        and issubclass(v, nn.Module)
+        and v.__module__ in (__name__, policies.__name__)
+        and v is not RoutedNet
     ]
     layers = [v for v in vars(nn).values() if isinstance(v, type) and issubclass(v, nn.Module)]
     return (*heads, *layers)
@@ -482,7 +489,9 @@ def _core_of(core: Any):
     )
 
 
-def export(policy: Any, env_id: str | None = None, *, core: Any = None, **env_kwargs: Any) -> RoutedNet:
+def export(
+    policy: Any, env_id: str | None = None, *, core: Any = None, dial: bool | None = None, **env_kwargs: Any
+) -> RoutedNet:
     """One model that routes like ``policy`` does in the env ``env_id(**env_kwargs)``.
 
     Args:
@@ -493,6 +502,10 @@ def export(policy: Any, env_id: str | None = None, *, core: Any = None, **env_kw
         core: instead of ``env_kwargs``, an env (single, vector or SB3 ``VecEnv``) or its
             :class:`~dyncnn_gym.envs.core.RoutingCore`, whose backbone, scales, probes and budget
             are used.
+        dial: dial the policy to the env's ``flops_target`` first, as
+            :func:`~dyncnn_gym.evaluate` does (:func:`~dyncnn_gym.benchmark.calibrate.dial_to_target`;
+            ``None``, the default: when the env holds a target and the policy has action scores), so
+            that the exported model routes as the evaluation measured.
         env_kwargs: the env's arguments (``dataset``, ``backbone``, ``groups``, ``obs``, ``budget``,
             ``device``, ...), as given to ``gymnasium.make``; the data set is only read here (for the
             observation scales and probes).
@@ -520,6 +533,9 @@ def export(policy: Any, env_id: str | None = None, *, core: Any = None, **env_kw
         core = make_core(env_id, 1, **env_kwargs)
     if env_id is None:
         env_id = {"channel": "DynChannel-v0", "skip": "DynSkip-v0"}[core.mode]
+    from .benchmark.calibrate import dial_to_target
+
+    policy, _ = dial_to_target(policy, core, dial)
     head, description = policy_head(policy)
     _check_spaces(policy, core)
     net = core.net

@@ -155,3 +155,21 @@ def test_evaluate_dials_a_policy_to_the_flops_target_of_an_env_that_holds_one():
     assert evaluate(model, "DynChannel-v0", obs="probe", **v0_kw)["dialed"] is None  # no target: nothing to dial
     with pytest.raises(ValueError, match="dial=True needs an env with a flops_target"):
         evaluate(model, "DynChannel-v1", dial=True, **{**kw, "flops_target": None})
+
+
+def test_export_dials_as_evaluate_does_so_the_exported_model_routes_as_measured():
+    import torch
+    from stable_baselines3 import PPO
+
+    from dyncnn_gym.benchmark.protocol import evaluate
+    from dyncnn_gym.routed import export
+
+    kw = _kw("DynChannel-v1", flops_target=0.6)
+    model = PPO("MlpPolicy", make_vec_env("DynChannel-v1", n_envs=4, seed=1, **kw), n_steps=16, batch_size=32, seed=1)
+    model.learn(64)
+    res = evaluate(model, "DynChannel-v1", per_image=True, **kw)
+    routed = export(model, "DynChannel-v1", **kw)
+    images = torch.as_tensor(load_test_data("user12").test.images)
+    out = routed.route(images)
+    assert np.array_equal(out.actions.numpy(), res["images"]["actions"])
+    assert np.array_equal(out.flops.numpy(), res["images"]["flops"])

@@ -125,3 +125,34 @@ def _training_core(model: Any) -> RoutingCore:
             " built with the env arguments it was trained with"
         )
     return training_core(env)[0]
+
+
+def dial_to_target(policy: Any, core: RoutingCore, dial: bool | None = None) -> tuple[Any, dict[str, float] | None]:
+    """``policy`` dialed to ``core``'s ``flops_target`` (:func:`calibrate` on held-out images), and what
+    the dial did (``target``, ``bias``, held-out ``val_flops_ratio``; ``None`` when not dialed).
+
+    ``dial=None``: dial when the env holds a FLOPs target (the ``-v1`` ids) and the policy has action
+    scores a cost bias can shift (SB3 / sb3-contrib actor-critic and DQN models, not recurrent ones,
+    and not a policy already biased). ``True``: dial or raise; ``False``: leave the policy as it is.
+    :func:`~dyncnn_gym.benchmark.protocol.evaluate` and :func:`~dyncnn_gym.routed.export` both
+    dial through here, so an exported model routes as the evaluation measured.
+    """
+    if dial is None:
+        dial = core.target is not None and _has_scores(policy)
+    if not dial:
+        return policy, None
+    if core.target is None:
+        raise ValueError("dial=True needs an env with a flops_target (e.g. the -v1 ids); this one has none")
+    dialed = calibrate(policy, core.target.target, core=core)
+    return dialed, {"target": core.target.target, "bias": dialed.bias, "val_flops_ratio": dialed.val_flops_ratio}
+
+
+def _has_scores(policy: Any) -> bool:
+    """Whether ``policy`` has action scores a cost bias can shift (and is not one already biased)."""
+    if isinstance(policy, CostBiasedPolicy):
+        return False
+    try:
+        CostBiasedPolicy(policy)
+    except (TypeError, ValueError):
+        return False
+    return True

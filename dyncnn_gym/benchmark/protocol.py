@@ -9,7 +9,7 @@ import numpy as np
 
 from ..envs.core import RoutingCore
 from ..envs.routing import make_core
-from ..policies import CostBiasedPolicy, Policy
+from ..policies import Policy
 from ..policies import as_policy as _as_policy
 
 #: ``policy(obs [B, D] float32, masks [B, A] bool, first: bool) -> actions [B] int``
@@ -96,16 +96,9 @@ def evaluate(
         n_test = len(data.test)
         env_kwargs.setdefault("budget_strict", True)  # evaluation holds a policy to the budget
         core = make_core(env_id, min(batch_size, n_test), dataset=data, split="test", **env_kwargs)
-    dialed = None
-    if dial is None:
-        dial = core.target is not None and _has_scores(policy)
-    if dial:
-        from .calibrate import calibrate
+    from .calibrate import dial_to_target
 
-        if core.target is None:
-            raise ValueError("dial=True needs an env with a flops_target (e.g. the -v1 ids); this one has none")
-        policy = calibrate(policy, core.target.target, core=core)
-        dialed = {"target": core.target.target, "bias": policy.bias, "val_flops_ratio": policy.val_flops_ratio}
+    policy, dialed = dial_to_target(policy, core, dial)
     choose = as_policy(policy)
     n = len(core.labels)
     core.cursor = 0
@@ -141,17 +134,6 @@ def evaluate(
             i = info["index"]
             preds[i], flops[i], actions[i], ce[i] = info["prediction"], info["flops"], info["actions"], info["cross_entropy"]
     return {**summarize(core, preds, flops, actions, ce, bins=bins, per_image=per_image), "dialed": dialed}
-
-
-def _has_scores(policy: Any) -> bool:
-    """Whether ``policy`` is an SB3 model whose action scores a cost bias can shift (and not one already biased)."""
-    if isinstance(policy, CostBiasedPolicy):
-        return False
-    try:
-        CostBiasedPolicy(policy)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def summarize(
