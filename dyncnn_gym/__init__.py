@@ -2,7 +2,8 @@
 
 Importing the package registers ``DynChannel-v0`` (Runtime Neural Pruning: how many channel
 groups each layer computes) and ``DynSkip-v0`` (SkipNet: which residual blocks run), the per-decision
-routing envs, and ``DynBlockDrop-v0`` (BlockDrop: all block keep/drop decisions in one step). Nothing heavy
+routing envs, ``DynExit-v0`` (early exit: whether an image stops at a stage's classifier), and
+``DynBlockDrop-v0`` (BlockDrop: all block keep/drop decisions in one step). Nothing heavy
 happens at import: data are generated and backbones trained or loaded when an env is made.
 """
 
@@ -16,12 +17,15 @@ __version__ = "0.1.0"
 
 #: the per-decision routing envs (one step per decision point)
 ENV_IDS = ("DynChannel-v0", "DynSkip-v0")
+#: early-exit envs: one step per exit until the image exits (episodes of 1 to ``T`` steps)
+EXIT_IDS = ("DynExit-v0",)
 #: one-step envs: every decision of an image in one ``MultiBinary`` action
 ONE_SHOT_IDS = ("DynBlockDrop-v0",)
 
 _ENTRY = {
     "DynChannel-v0": ("dyncnn_gym.envs.routing:DynChannelEnv", "dyncnn_gym.envs.vector:DynChannelVectorEnv"),
     "DynSkip-v0": ("dyncnn_gym.envs.routing:DynSkipEnv", "dyncnn_gym.envs.vector:DynSkipVectorEnv"),
+    "DynExit-v0": ("dyncnn_gym.envs.exits:DynExitEnv", "dyncnn_gym.envs.exits:DynExitVectorEnv"),
     "DynBlockDrop-v0": ("dyncnn_gym.envs.blockdrop:DynBlockDropEnv", "dyncnn_gym.envs.blockdrop:DynBlockDropVectorEnv"),
 }
 
@@ -40,7 +44,8 @@ _LAZY = {
     "load_dataset": ("dyncnn_gym.data", "load_dataset"),
     "Walk": ("dyncnn_gym.walk", "Walk"),
     "evaluate": ("dyncnn_gym.benchmark.protocol", "evaluate"),
-    "export": ("dyncnn_gym.routed", "export"),
+    "export": ("dyncnn_gym.deployment", "export"),
+    "load_routed": ("dyncnn_gym.deployment", "load"),
 }
 
 
@@ -53,4 +58,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'dyncnn_gym' has no attribute {name!r}")
 
 
-__all__ = ["ENV_IDS", "ONE_SHOT_IDS", "__version__", *_LAZY]
+__all__ = ["ENV_IDS", "EXIT_IDS", "ONE_SHOT_IDS", "__version__", *_LAZY]

@@ -31,8 +31,12 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     print(f"{meta['arch']} on {meta['data']} (groups={meta['groups']}): trained in {meta['train_seconds']} s")
     for mode, rows in meta["static"].items():
         for row in rows:
-            key = "action" if "action" in row else "rate"
-            label = f"width {row[key] + 1}/{meta['groups']}" if key == "action" else f"skip rate {row[key]:.2f}"
+            key = next(k for k in ("action", "rate", "exit") if k in row)
+            label = {
+                "action": lambda v: f"width {v + 1}/{meta['groups']}",
+                "rate": lambda v: f"skip rate {v:.2f}",
+                "exit": lambda v: f"exit {v}",
+            }[key](row[key])
             print(f"  {mode:8s} {label:16s} accuracy {row['accuracy']:.4f}  flops_ratio {row['flops_ratio']:.3f}")
     if args.json:
         print(json.dumps(meta, indent=2))

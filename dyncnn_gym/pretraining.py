@@ -69,8 +69,9 @@ SHIPPED_DIR = Path(__file__).parent / "checkpoints"
 
 #: default backbone of each mode, a backbone name (see :func:`parse_backbone`): the VGG trained with
 #: the sandwich rule and in-place distillation for DynChannel, the ResNet trained for skipping only
-#: for DynSkip
-DEFAULT_ARCH = {"channel": "vgg+sandwich+distill", "skip": "resnet32-lite@skip"}
+#: for DynSkip, a ResNet-20 with early-exit heads trained with distillation from its last exit for
+#: the depth stages of DynExit (its width stages run on the DynChannel default)
+DEFAULT_ARCH = {"channel": "vgg+sandwich+distill", "skip": "resnet32-lite@skip", "exit": "resnet20-lite-exits+distill"}
 
 
 #: training options a backbone name may add after ``+`` (see :func:`pretrain`)
@@ -277,6 +278,9 @@ def evaluate_static(
     y = torch.as_tensor(s.labels)
     out: dict[str, list[dict[str, float]]] = {}
     for mode in net.modes:
+        if mode == "exit":
+            out[mode] = _evaluate_exits(net, X, y, dev, batch_size)
+            continue
         T, A = net.num_decisions(mode), net.num_actions(mode)
         full = net.cost_table(mode).full
         gen = torch.Generator().manual_seed(seed)
@@ -296,6 +300,22 @@ def evaluate_static(
             rows.append({name: v, "accuracy": correct / len(s), "flops_ratio": flops / (len(s) * full)})
         out[mode] = rows
     return out
+
+
+def _evaluate_exits(net: DynamicNet, X: torch.Tensor, y: torch.Tensor, dev, batch_size: int) -> list[dict[str, float]]:
+    """Accuracy and FLOPs ratio of every static exit of an exit backbone (every image leaves at exit ``k``)."""
+    from .models.exits import DepthStages
+
+    stages = DepthStages(net)  # type: ignore[arg-type]
+    S = stages.num_exits
+    correct = np.zeros(S, dtype=np.int64)
+    for i in range(0, len(y), batch_size):
+        carry = stages.begin(X[i : i + batch_size].to(dev))
+        for k in range(S):
+            carry, logits, _ = stages.advance(k, carry)
+            correct[k] += int((logits.argmax(1).cpu() == y[i : i + batch_size]).sum())
+    ratios = stages.costs.all_exit_flops() / stages.costs.full
+    return [{"exit": k, "accuracy": float(correct[k] / len(y)), "flops_ratio": float(ratios[k])} for k in range(S)]
 
 
 def pretrain(
@@ -366,6 +386,11 @@ def pretrain(
     )
     if cfg.epochs < 1:
         raise ValueError(f"epochs={epochs!r} must be at least 1")
+    if cfg.sandwich and "exit" in ARCHS[arch]:
+        raise ValueError(
+            f"backbone {arch!r} has early exits: every exit is trained on every step, so there is no cheapest"
+            " route for '+sandwich' to add; drop it (use '+distill' to train the exits on the last exit's predictions)"
+        )
     name = checkpoint_name(arch, groups, data, cfg)
     if cache and not arch_kwargs:
         for folder in (cache_dir("checkpoints"), SHIPPED_DIR):
@@ -404,10 +429,15 @@ def pretrain(
                 xb = shift_images(xb, gen)
             xb, yb = xb.to(device), yb.to(device)
             mode = modes[step % len(modes)]
-            logits_full = net.full_forward(xb, mode)
+            exits = net.all_exits(xb) if mode == "exit" else None
+            logits_full = exits[-1] if exits is not None else net.full_forward(xb, mode)
             loss_full = F.cross_entropy(logits_full, yb)
             loss = loss_full
-            if step >= cfg.full_only * total:
+            if exits is not None and step >= cfg.full_only * total:
+                target = F.softmax(logits_full.detach(), dim=1) if cfg.distill else None
+                loss_route = sum(route_loss(logits, yb, target) for logits in exits[:-1])
+                loss = loss_full + loss_route
+            elif exits is None and step >= cfg.full_only * total:
                 routes = [_random_route(net, mode, xb.shape[0], gen, cfg.max_skip)]
                 if cfg.sandwich:
                     routes.append(torch.zeros_like(routes[0]))

@@ -126,7 +126,8 @@ def make_net(arch: str, data_name: str, groups: int = 4, seed: int = 0, cached: 
 
 def registered_ids() -> list[str]:
     """Every per-decision routing env id dyncnn_gym registers (found by entry point, as
-    Minigrid/HighwayEnv test theirs); the one-step ``DynBlockDrop-v0`` has its own tests."""
+    Minigrid/HighwayEnv test theirs); the one-step ``DynBlockDrop-v0`` and the early-exit
+    ``DynExit-v0`` (episodes of variable length) have their own tests."""
     import gymnasium
 
     import dyncnn_gym
@@ -136,7 +137,7 @@ def registered_ids() -> list[str]:
         for env_id, spec in gymnasium.registry.items()
         if isinstance(spec.entry_point, str)
         and spec.entry_point.startswith("dyncnn_gym")
-        and env_id not in dyncnn_gym.ONE_SHOT_IDS
+        and env_id not in dyncnn_gym.ONE_SHOT_IDS + dyncnn_gym.EXIT_IDS
     )
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from gymnasium.utils import EzPickle
 
 from .core import RoutingCore
+from .exit_core import ExitCore
 
 _ARGS_DOC = """
     ## Arguments
@@ -162,11 +163,15 @@ class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
         EzPickle.__init__(self, render_mode=render_mode, **kwargs)
         check_render_mode(render_mode, self.metadata["render_modes"])
         self.render_mode = render_mode
-        self.core = RoutingCore(self.mode, 1, **kwargs)
+        self.core = self.make_core(**kwargs)
         self.observation_space = self.core.observation_space
         self.action_space = self.core.action_space
         self._last_info: dict = {}
         self._needs_reset = True
+
+    def make_core(self, **kwargs: Any) -> RoutingCore:
+        """The one-slot core of this env (a :class:`RoutingCore` in this env's mode)."""
+        return RoutingCore(self.mode, 1, **kwargs)
 
     @property
     def num_decisions(self) -> int:
@@ -193,6 +198,15 @@ class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
     def action_masks(self) -> np.ndarray:
         """bool ``[A]``: actions allowed now (for sb3-contrib's MaskablePPO)."""
         return self.core.action_masks()[0]
+
+    def teacher(self) -> dict[str, Any]:
+        """The outcome of every action at the current decision under the documented continuations
+        (``core.teacher()``: :meth:`RoutingCore.teacher`, or :meth:`ExitCore.teacher` for
+        ``DynExit-v0``), for this env's image: the arrays without the batch dimension. It knows the
+        label: use it to train or analyse agents (imitation, DAgger), never as an observation."""
+        if self._needs_reset:
+            raise RuntimeError("call reset() before teacher(): the episode has ended or not started")
+        return {k: v[0] for k, v in self.core.teacher().items()}
 
     def render(self):
         if self.render_mode is None:
@@ -280,12 +294,21 @@ class DynSkipEnv(RoutingEnv):
 
 
 #: registered env id -> the mode of its decisions
-ENV_MODES: dict[str, str] = {"DynChannel-v0": DynChannelEnv.mode, "DynSkip-v0": DynSkipEnv.mode}
+ENV_MODES: dict[str, str] = {"DynChannel-v0": DynChannelEnv.mode, "DynSkip-v0": DynSkipEnv.mode, "DynExit-v0": "exit"}
 
 
 def mode_of(env_id: str, problem: str = "is not a routing env") -> str:
-    """The decision mode (``"channel"`` / ``"skip"``) of ``env_id`` (optionally ``"dyncnn_gym:"``-prefixed)."""
+    """The decision mode (``"channel"`` / ``"skip"`` / ``"exit"``) of ``env_id`` (optionally ``"dyncnn_gym:"``-prefixed)."""
     name = env_id.split(":", 1)[-1]
     if name not in ENV_MODES:
         raise ValueError(f"env_id={env_id!r} {problem}; choose one of {sorted(ENV_MODES)}")
     return ENV_MODES[name]
+
+
+def make_core(env_id: str, num_slots: int, **kwargs: Any):
+    """The core of ``env_id`` with ``num_slots`` slots: an :class:`~dyncnn_gym.envs.exit_core.ExitCore`
+    for the early-exit env, else a :class:`RoutingCore` in the env's mode."""
+    mode = mode_of(env_id)
+    if mode == "exit":
+        return ExitCore(num_slots, **kwargs)
+    return RoutingCore(mode, num_slots, **kwargs)
