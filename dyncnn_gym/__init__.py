@@ -1,8 +1,8 @@
 """dyncnn_gym: input-adaptive CNNs as Gymnasium environments.
 
 Importing the package registers ``DynChannel-v0`` (Runtime Neural Pruning: how many channel
-groups each layer computes) and ``DynSkip-v0`` (SkipNet: which residual blocks run), the per-decision
-routing envs, ``DynExit-v0`` (early exit: whether an image stops at a stage's classifier), and
+groups each layer computes), ``DynSkip-v0`` (SkipNet: which residual blocks run) and ``DynRoute-v0``
+(both: skip each block or run it at a chosen width), the per-decision routing envs, ``DynExit-v0`` (early exit: whether an image stops at a stage's classifier), and
 ``DynBlockDrop-v0`` (BlockDrop: all block keep/drop decisions in one step). Nothing heavy
 happens at import: data are generated and backbones trained or loaded when an env is made.
 """
@@ -16,7 +16,7 @@ from gymnasium.envs.registration import register, registry
 __version__ = "0.1.0"
 
 #: the per-decision routing envs (one step per decision point)
-ENV_IDS = ("DynChannel-v0", "DynSkip-v0")
+ENV_IDS = ("DynChannel-v0", "DynSkip-v0", "DynRoute-v0")
 #: early-exit envs: one step per exit until the image exits (episodes of 1 to ``T`` steps)
 EXIT_IDS = ("DynExit-v0",)
 #: one-step envs: every decision of an image in one ``MultiBinary`` action
@@ -25,6 +25,7 @@ ONE_SHOT_IDS = ("DynBlockDrop-v0",)
 _ENTRY = {
     "DynChannel-v0": ("dyncnn_gym.envs.routing:DynChannelEnv", "dyncnn_gym.envs.vector:DynChannelVectorEnv"),
     "DynSkip-v0": ("dyncnn_gym.envs.routing:DynSkipEnv", "dyncnn_gym.envs.vector:DynSkipVectorEnv"),
+    "DynRoute-v0": ("dyncnn_gym.envs.routing:DynRouteEnv", "dyncnn_gym.envs.vector:DynRouteVectorEnv"),
     "DynExit-v0": ("dyncnn_gym.envs.exits:DynExitEnv", "dyncnn_gym.envs.exits:DynExitVectorEnv"),
     "DynBlockDrop-v0": ("dyncnn_gym.envs.blockdrop:DynBlockDropEnv", "dyncnn_gym.envs.blockdrop:DynBlockDropVectorEnv"),
 }

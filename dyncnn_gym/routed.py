@@ -536,7 +536,7 @@ def export(policy: Any, env_id: str | None = None, *, core: Any = None, **env_kw
         env_kwargs.pop("render_mode", None)
         core = RoutingCore(mode, 1, **env_kwargs)
     if env_id is None:
-        env_id = {"channel": "DynChannel-v0", "skip": "DynSkip-v0"}[core.mode]
+        env_id = {"channel": "DynChannel-v0", "skip": "DynSkip-v0", "route": "DynRoute-v0"}[core.mode]
     head, description = policy_head(policy)
     _check_spaces(policy, core)
     net = core.net

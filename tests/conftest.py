@@ -30,7 +30,11 @@ torch.set_num_threads(int(os.environ.get("DYNCNN_GYM_TEST_THREADS", "1")))
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: backbones exercised for each mode (the cheap ones; vgg8/11/16 and deep ResNets in test_models)
-BACKBONES = {"channel": ("vgg", "resnet8", "resnet14"), "skip": ("resnet8", "resnet14", "resnet8-lite")}
+BACKBONES = {
+    "channel": ("vgg", "resnet8", "resnet14"),
+    "skip": ("resnet8", "resnet14", "resnet8-lite"),
+    "route": ("resnet8", "resnet14-lite"),
+}
 #: the data sets every env is checked on
 DATASETS = ("shapes", "digits", "user12")
 GROUPS = (2, 4, 8)

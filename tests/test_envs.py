@@ -141,7 +141,7 @@ def test_check_env_and_spaces(env_id, arch, data_name, groups):
         check_env(env.unwrapped, skip_render_check=True)
         sb3_check_env(env.unwrapped, warn=True)
 
-    A = groups if mode == "channel" else 2
+    A = {"channel": groups, "route": groups + 1}.get(mode, 2)
     assert env.action_space == gymnasium.spaces.Discrete(A)
     space = env.observation_space
     assert isinstance(space, gymnasium.spaces.Box) and space.dtype == np.float32

@@ -230,7 +230,7 @@ def test_parse_backbone_names_arch_and_trained_modes():
         pretrain_mod.parse_backbone("vgg+sandwhich")
     with pytest.raises(ValueError, match="repeats an option"):
         pretrain_mod.parse_backbone("vgg+distill+distill")
-    with pytest.raises(ValueError, match=r"'jump' is not a mode of 'resnet32-lite'.*\['skip', 'channel'\]"):
+    with pytest.raises(ValueError, match=r"'jump' is not a mode of 'resnet32-lite'.*\['skip', 'channel', 'route'\]"):
         pretrain_mod.parse_backbone("resnet32-lite@jump")
     with pytest.raises(ValueError, match=r"'skip' is not a mode of 'vgg'; choose one of \['channel'\]"):
         pretrain_mod.parse_backbone("vgg@skip")

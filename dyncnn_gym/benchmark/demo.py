@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import ENV_IDS
 from ..envs.core import RoutingCore, _shared_data
 from ..pretraining import DEFAULT_ARCH
 from ..recipes import env_kwargs as recipe_env_kwargs
@@ -42,7 +41,7 @@ def _jsonable(x: Any) -> Any:
 def run_demo(
     out: str | Path = "demo_out",
     *,
-    envs: tuple[str, ...] = ENV_IDS,
+    envs: tuple[str, ...] = ("DynChannel-v0", "DynSkip-v0", "DynExit-v0"),
     timesteps: int | None = None,
     dataset: str = "shapes",
     backbones: dict[str, str] | None = None,
@@ -77,6 +76,9 @@ def run_demo(
     }
     for env_id in envs:
         mode = mode_of(env_id)
+        if mode == "exit":
+            _demo_exit(out, results, env_id, data, dataset, timesteps, seed, progress)
+            continue
         env_kwargs = recipe_env_kwargs(
             env_id, dataset=dataset, backbone=(backbones or {}).get(mode, DEFAULT_ARCH[mode]), groups=4
         )
@@ -154,6 +156,69 @@ def run_demo(
     return results
 
 
+def _demo_exit(
+    out: Path, results: dict[str, Any], env_id: str, data, dataset: str, timesteps, seed: int, progress: bool
+) -> None:
+    """The demo of ``DynExit-v0`` (width stages on the default VGG): PPO with the recipe against
+    static exits, the confidence-threshold cascade, random exits at PPO's rates and the oracle."""
+    from ..envs.exit_core import ExitCore
+    from ..recipes import train_split
+    from .exit_baselines import exit_oracle, random_exits, static_exits, threshold_cascade
+
+    env_kwargs = recipe_env_kwargs(env_id, dataset=dataset)
+    t0 = time.perf_counter()
+    core = ExitCore(1, split="test", **env_kwargs)
+    t_backbone = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    steps = timesteps or recipe(env_id)["total_timesteps"]
+    model = train_ppo(env_id, total_timesteps=steps, seed=seed, progress=progress, **env_kwargs)
+    t_train = time.perf_counter() - t0
+    rel = f"models/{env_id}-PPO.zip"
+    model.save(out / rel)
+    res = evaluate(model, env_id, per_image=True, **env_kwargs)
+    static = static_exits(core)
+    cascade = threshold_cascade(core)
+    rnd = random_exits(core, res["exit_rates"], seed=seed)
+    orc = exit_oracle(core)
+    results["full"][env_id] = {k: static["full"][k] for k in ("accuracy", "flops_ratio")}
+    results["static"][env_id] = {"exits": static["points"], "front": static["front"], "full": static["full"]}
+    results["baselines"][env_id] = {"random_matched": rnd, "oracle": orc, "cascade": cascade["points"]}
+    results["learned"].append(
+        {
+            "env_id": env_id,
+            "env_kwargs": env_kwargs,
+            "train_split": train_split(env_id, dataset),
+            "algorithm": type(model).__name__,
+            "model_path": rel,
+            "total_timesteps": steps,
+            "train_seconds": round(t_train, 1),
+            "backbone_seconds": round(t_backbone, 1),
+            "accuracy": res["accuracy"],
+            "flops_ratio": res["flops_ratio"],
+            "static_front_accuracy_at_same_flops": interpolate(static["front"], res["flops_ratio"]),
+            "cascade_accuracy_at_same_flops": interpolate(cascade["front"], res["flops_ratio"]),
+            **{k: res[k] for k in ("exit_rates", "by_difficulty", "difficulty_flops_spearman") if k in res},
+        }
+    )
+    name = env_id.replace("-v0", "")
+    plots.plot_fronts(
+        out / f"{name}_front.png",
+        f"{env_id} on {data.name} (width stages, {env_kwargs.get('backbone') or DEFAULT_ARCH['channel']})",
+        results["static"][env_id],
+        [results["learned"][-1], *({**p, "algorithm": "confidence cascade", "baseline": True} for p in cascade["front"])],
+        {"random (matched rates)": rnd, "oracle (knows label)": orc},
+    )
+    if "by_difficulty" in res:
+        plots.plot_difficulty(
+            out / f"{name}_difficulty.png", f"{env_id}: compute and accuracy by difficulty", {"PPO": res["by_difficulty"]}
+        )
+    raw = data.test.images * data.std[None, :, None, None] + data.mean[None, :, None, None]
+    img = res["images"]
+    plots.plot_image_grid(
+        out / f"{name}_images.png", f"{env_id}: test images by compute spent", raw, img["flops"] / core.full, img["correct"]
+    )
+
+
 def _full_by_difficulty(core: RoutingCore, res: dict[str, Any]) -> list[dict[str, Any]]:
     from .baselines import route_outcomes, uniform_routes
 
@@ -177,8 +242,23 @@ def format_table(results: dict[str, Any]) -> str:
     for entry in results["learned"]:
         env_id = entry["env_id"]
         full = results["full"][env_id]
-        lines.append(f"| {env_id} | full network | {100 * full['accuracy']:.2f} | 1.000 | |")
-        for row in results["static"][env_id]["uniform"][:-1]:
+        exits = "exits" in results["static"][env_id]
+        lines.append(
+            f"| {env_id} | full network{' (last exit)' if exits else ''} | {100 * full['accuracy']:.2f} | {full['flops_ratio']:.3f} | |"
+        )
+        if exits:
+            for row in results["static"][env_id]["exits"][:-1]:
+                lines.append(
+                    f"| {env_id} | every image at exit {row['exit']} | {100 * row['accuracy']:.2f} | {row['flops_ratio']:.3f} | |"
+                )
+            front = results["baselines"][env_id]["cascade"]
+            at = entry["cascade_accuracy_at_same_flops"]
+            best = min(front, key=lambda p: abs(p["flops_ratio"] - entry["flops_ratio"]))
+            lines.append(
+                f"| {env_id} | confidence cascade, threshold {best['threshold']} | {100 * best['accuracy']:.2f} | {best['flops_ratio']:.3f} |"
+                f" {100 * at:.2f} (cascade front at PPO's FLOPs) |"
+            )
+        for row in results["static"][env_id].get("uniform", [])[:-1]:
             lines.append(f"| {env_id} | static {row['actions']} | {100 * row['accuracy']:.2f} | {row['flops_ratio']:.3f} | |")
         rnd = results["baselines"][env_id]["random_matched"]
         lines.append(f"| {env_id} | random at PPO's rates | {100 * rnd['accuracy']:.2f} | {rnd['flops_ratio']:.3f} | |")

@@ -27,11 +27,13 @@ class DynExitEnv(RoutingEnv):
       with a full input's statistics in every pass); everything after it depends on the width and
       runs again.
     * `"depth"`: a ResNet with exit heads after chosen blocks (`resnet20-lite-exits+distill`:
-      exits after blocks 1, 2, 4 and 5 of a ResNet-20 with a stride-2 stem, at about 27, 42, 65
-      and 80 % of the plain network's FLOPs including the heads, and its own head after block 8),
-      trained with every exit's loss and distillation from the last exit. Stage `k` runs the
-      blocks up to exit `k` and that exit's head (3x3 conv, stride 2 with twice the channels
-      where the map is at least 8x8, batch-norm, ReLU, average pooling, linear).
+      exits after blocks 1, 2, 4 and 5 of a ResNet-20 with a stride-2 stem, the middle and the
+      last block of its first two stages; leaving there costs 30, 48, 71 and 85 % of the plain
+      network's FLOPs, every head on the way included; its own head after block 8 is the last
+      exit), trained with every exit's loss and distillation from the last exit. Stage `k` runs
+      the blocks up to exit `k` and that exit's head (MSDNet-style: 3x3 convolutions of stride 2
+      that double the channels down to a 4x4 map, at most two, batch-norm and ReLU each, then
+      average pooling and a linear layer).
 
     ## Action Space
 

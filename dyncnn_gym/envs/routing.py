@@ -293,12 +293,48 @@ class DynSkipEnv(RoutingEnv):
     mode = "skip"
 
 
+class DynRouteEnv(RoutingEnv):
+    __doc__ = (
+        """
+    ## Description
+
+    Width and depth at once (as LAUDNet combines layer skipping and channel width) as a Gymnasium
+    env. One image walks through a CIFAR-style ResNet; before every residual block the agent
+    chooses to skip it or to run it at one of `groups` widths. A skipped block is not computed (the
+    image passes through its shortcut, as in `DynSkip-v0`); a block that runs computes only the
+    chosen channel groups of its first convolution (as `DynChannel-v0` on a ResNet). Every route of
+    `DynChannel-v0` and of `DynSkip-v0` on the same ResNet is a route here.
+
+    ## Action Space
+
+    `Discrete(groups + 1)`: 0 skips the block; `a >= 1` runs it with channel groups `0..a-1`
+    (`a` of `groups`; `groups` = full width).
+    """
+        + _COMMON_DOC
+        + _ARGS_DOC.format(
+            id="DynRoute-v0",
+            default="'resnet20-lite@route+sandwich+distill', ResNet-20 with a stride-2 stem trained for route decisions (random skips and random widths at once; the sandwich rule over both: every block but the first skipped, and every block at the narrowest width; in-place distillation); it serves DynChannel-v0 and DynSkip-v0 too. Any ResNet trained for both kinds works",
+        )
+        + """
+    ## Version History
+
+    * v0: initial version.
+    """
+    )
+    mode = "route"
+
+
 #: registered env id -> the mode of its decisions
-ENV_MODES: dict[str, str] = {"DynChannel-v0": DynChannelEnv.mode, "DynSkip-v0": DynSkipEnv.mode, "DynExit-v0": "exit"}
+ENV_MODES: dict[str, str] = {
+    "DynChannel-v0": DynChannelEnv.mode,
+    "DynSkip-v0": DynSkipEnv.mode,
+    "DynRoute-v0": DynRouteEnv.mode,
+    "DynExit-v0": "exit",
+}
 
 
 def mode_of(env_id: str, problem: str = "is not a routing env") -> str:
-    """The decision mode (``"channel"`` / ``"skip"`` / ``"exit"``) of ``env_id`` (optionally ``"dyncnn_gym:"``-prefixed)."""
+    """The decision mode (``"channel"`` / ``"skip"`` / ``"route"`` / ``"exit"``) of ``env_id`` (optionally ``"dyncnn_gym:"``-prefixed)."""
     name = env_id.split(":", 1)[-1]
     if name not in ENV_MODES:
         raise ValueError(f"env_id={env_id!r} {problem}; choose one of {sorted(ENV_MODES)}")

@@ -15,7 +15,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from .core import RoutingCore
-from .routing import DynChannelEnv, DynSkipEnv
+from .routing import DynChannelEnv, DynRouteEnv, DynSkipEnv
 
 
 def vector_autoreset_mode(autoreset_mode: AutoresetMode | str, render_mode: str | None) -> AutoresetMode:
@@ -294,3 +294,8 @@ class DynChannelVectorEnv(RoutingVectorEnv):
 class DynSkipVectorEnv(RoutingVectorEnv):
     __doc__ = "Native vector env of ``DynSkip-v0``.\n\n" + (RoutingVectorEnv.__doc__ or "") + (DynSkipEnv.__doc__ or "")
     mode = "skip"
+
+
+class DynRouteVectorEnv(RoutingVectorEnv):
+    __doc__ = "Native vector env of ``DynRoute-v0``.\n\n" + (RoutingVectorEnv.__doc__ or "") + (DynRouteEnv.__doc__ or "")
+    mode = "route"

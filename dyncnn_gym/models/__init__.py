@@ -21,16 +21,17 @@ def build(arch: str, in_shape: tuple[int, int, int], num_classes: int, groups: i
     """A freshly initialised backbone called ``arch`` (see :data:`ARCHS`).
 
     ``kwargs`` override the arch's configuration (``widths=``, ``pool_after=`` for VGGs,
-    ``widths=``, ``stem_stride=`` for ResNets, ``exits=`` for exit ResNets). ``resnet{d}-lite`` is
+    ``widths=``, ``stem_stride=`` for ResNets, ``exits=``, ``head_convs=`` for exit ResNets). ``resnet{d}-lite`` is
     ``resnet{d}`` with a stride-2 stem; ``resnet{d}[-lite]-exits`` is that ResNet with early-exit
     heads (:class:`~dyncnn_gym.models.exits.ExitResNet`).
     """
     if isinstance(arch, str) and arch.endswith("-exits") and arch in ARCHS:
-        base = build(
-            arch[: -len("-exits")], in_shape, num_classes, groups, **{k: v for k, v in kwargs.items() if k != "exits"}
+        own = ("exits", "head_convs")
+        rest = {k: v for k, v in kwargs.items() if k not in own}
+        base = build(arch[: -len("-exits")], in_shape, num_classes, groups, **rest)
+        return ExitResNet(
+            in_shape, num_classes, groups, arch=arch, **base.config(), **{k: kwargs[k] for k in own if k in kwargs}
         )
-        cfg = base.config()
-        return ExitResNet(in_shape, num_classes, groups, arch=arch, exits=kwargs.get("exits"), **cfg)
     if arch in VGG_CONFIGS:
         widths, pools = VGG_CONFIGS[arch]
         kw = {"widths": widths, "pool_after": pools, **kwargs}

@@ -228,41 +228,57 @@ class WidthStages(Stages):
 
 # -- depth stages: a ResNet with exit heads ------------------------------------------------------------
 class ExitHead(nn.Module):
-    """An intermediate classifier: 3x3 conv (stride 2 with twice the channels where the map is at
-    least 8x8, else stride 1) + batch-norm + ReLU, global average pooling, linear layer."""
+    """An intermediate classifier (MSDNet-style): 3x3 convolutions with batch-norm and ReLU, each of
+    stride 2 with twice the channels while the map is at least 8x8 (at most ``convs`` of them; a
+    single stride-1 convolution on a smaller map), then global average pooling and a linear layer."""
 
-    def __init__(self, c_in: int, hw: tuple[int, int], num_classes: int) -> None:
+    def __init__(self, c_in: int, hw: tuple[int, int], num_classes: int, convs: int = 2) -> None:
         super().__init__()
-        self.stride = 2 if min(hw) >= 8 else 1
-        self.c_in, self.c_out = c_in, c_in * self.stride
-        self.hw_out = ((hw[0] + self.stride - 1) // self.stride, (hw[1] + self.stride - 1) // self.stride)
-        self.conv = nn.Conv2d(c_in, self.c_out, 3, stride=self.stride, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(self.c_out)
+        if not isinstance(convs, int) or isinstance(convs, bool) or convs < 1:
+            raise ValueError(f"head_convs={convs!r} must be a positive integer")
+        self.c_in = c_in
+        self.layers: list[tuple[int, int, int, tuple[int, int]]] = []  # (c_in, c_out, stride, output size)
+        c, h, w = c_in, hw[0], hw[1]
+        for i in range(convs):
+            stride = 2 if min(h, w) >= 8 else 1
+            if stride == 1 and i > 0:
+                break
+            h, w = (h + stride - 1) // stride, (w + stride - 1) // stride
+            self.layers.append((c, c * stride, stride, (h, w)))
+            c = c * stride
+        self.c_out = c
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, stride=s, padding=1, bias=False) for a, b, s, _ in self.layers)
+        self.bns = nn.ModuleList(nn.BatchNorm2d(b) for _, b, _, _ in self.layers)
         self.fc = nn.Linear(self.c_out, num_classes)
         self._kernels = KernelCache()
 
     def flops(self) -> int:
-        return conv_flops(self.c_in, self.c_out, 3, *self.hw_out) + linear_flops(self.c_out, self.fc.out_features)
+        convs = sum(conv_flops(a, b, 3, *hw) for a, b, _, hw in self.layers)
+        return convs + linear_flops(self.c_out, self.fc.out_features)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if not self.training and not torch.is_grad_enabled():
-            conv, bn = self.conv, self.bn
-            kernel = self._kernels.get(
-                "k",
-                lambda: with_channels_last(fold_conv_bn(conv, bn, self.c_in, self.c_out)),
-                lambda: conv_slots(conv) + bn_slots(bn),
-            )
-            y = conv_fast(h, kernel, self.stride).relu_()
-        else:
-            y = F.relu(self.bn(self.conv(h)))
-        return self.fc(y.mean(dim=(2, 3)))
+        fast = not self.training and not torch.is_grad_enabled()
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            a, b, stride, _ = self.layers[i]
+            if fast:
+                kernel = self._kernels.get(
+                    i,
+                    lambda conv=conv, bn=bn, a=a, b=b: with_channels_last(fold_conv_bn(conv, bn, a, b)),
+                    lambda conv=conv, bn=bn: conv_slots(conv) + bn_slots(bn),
+                )
+                h = conv_fast(h, kernel, stride).relu_()
+            else:
+                h = F.relu(bn(conv(h)))
+        return self.fc(h.mean(dim=(2, 3)))
 
 
 def default_exit_blocks(depth: int) -> tuple[int, ...]:
     """Blocks followed by an intermediate exit in an :class:`ExitResNet` of ``depth`` by default:
     the middle and the last block of the first two stages (``n = (depth - 2) / 6`` blocks each),
-    e.g. blocks 1, 2, 4, 5 of a ResNet-20 (at about 24, 36, 56 and 68 % of its FLOPs); the last
-    block of the third stage is followed by the network's own head, the final exit."""
+    e.g. blocks 1, 2, 4, 5 of a ResNet-20 (after 24, 36, 56 and 68 % of its FLOPs; leaving there,
+    exit heads included, costs 30, 48, 71 and 85 %); the last block of the third stage is followed
+    by the network's own head, the final exit. Exits in the third stage would save little, and the
+    first block alone (12 %) reads too little of the image to classify it."""
     n = (depth - 2) // 6
     return tuple(sorted({s * n + (n - 1) // 2 for s in range(2)} | {s * n + n - 1 for s in range(2)}))
 
@@ -275,9 +291,11 @@ class ExitResNet(ResNet):
     Args (beyond :class:`~dyncnn_gym.models.resnet.ResNet`'s):
         exits: indices of the blocks followed by an intermediate exit (strictly increasing, each
             before the last block); ``None`` = :func:`default_exit_blocks`.
+        head_convs: at most this many stride-2 convolutions in each exit head (:class:`ExitHead`).
     """
 
     modes = ("exit",)
+    default_training_modes = ("exit",)
 
     def __init__(
         self,
@@ -288,6 +306,7 @@ class ExitResNet(ResNet):
         widths: tuple[int, int, int] = (16, 32, 64),
         stem_stride: int = 1,
         exits: tuple[int, ...] | None = None,
+        head_convs: int = 2,
         arch: str | None = None,
     ) -> None:
         super().__init__(in_shape, num_classes, groups, depth, widths, stem_stride, arch)
@@ -298,14 +317,16 @@ class ExitResNet(ResNet):
                 f"exits={exits!r} must be strictly increasing block indices in 0..{last - 1} (the last block,"
                 f" {last}, is followed by the final head)"
             )
-        self.exits = exits
-        self.exit_heads = nn.ModuleList(ExitHead(self.blocks[b].c_out, self.block_out_hw[b], num_classes) for b in exits)
+        self.exits, self.head_convs = exits, head_convs
+        self.exit_heads = nn.ModuleList(
+            ExitHead(self.blocks[b].c_out, self.block_out_hw[b], num_classes, head_convs) for b in exits
+        )
         for m in self.exit_heads.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def config(self) -> dict:
-        return {**super().config(), "exits": list(self.exits)}
+        return {**super().config(), "exits": list(self.exits), "head_convs": self.head_convs}
 
     @property
     def num_exits(self) -> int:

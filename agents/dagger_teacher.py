@@ -1,0 +1,233 @@
+"""DAgger with the env's teacher: a per-decision policy regressed on the teacher's action values,
+CleanRL-style, one file.
+
+    python agents/dagger_teacher.py --env DynExit-v0 --compute-weight 0.02
+    python agents/dagger_teacher.py --env DynChannel-v0 --compute-weight 0.1 --obs probe
+    python agents/dagger_teacher.py --env DynExit-v0 --stages depth --dataset digits --steps 20000
+
+Every routing env exposes a **teacher** beside the RL interface (``env.unwrapped.teacher()``,
+``vec_env.teacher()``; never in the observation, since it knows the label): at the current
+decision, the env's own return of every action under documented continuations (the uniform
+continuations for the per-decision envs, every later exit for ``DynExit-v0``). This agent learns
+from it, supervised, in the manner of DAgger / AggreVaTe (Ross et al. 2011, Ross & Bagnell 2014):
+
+* **collect**: run ``--n-envs`` episodes at once in the native SB3 VecEnv; at every decision record
+  the observation and the teacher's value of each action (``--target q``: under the action's best
+  continuation; ``q_full``: under the full continuation), and act with the teacher's best action
+  with probability ``beta`` (1 in the first iteration, halved every iteration after it), else with
+  the current policy's;
+* **fit**: an MLP from observations to one value per action (relative to the state's mean value),
+  mean squared error on every state collected so far (the aggregated data set), Adam, keeping the
+  epoch whose error on the states of held-out images (one image in ten) is lowest;
+* act greedily: the action of highest predicted value (allowed actions only).
+
+The teacher's values are returns, so the policy optimises the same reward as an RL agent (the
+compute weight sets the trade-off), but every decision gets the value of every action, not only of
+the one taken. States are collected on held-out images where the data has them (``"val"``,
+``--split auto``): on its own training images the backbone is almost always right (the default
+VGG at full width: 100 % of shapes' train split), so values measured there say that more
+computation never pays.
+
+Output in ``--out``: ``policy.pt`` (the module; ``torch.load(..., weights_only=False)``) and
+``result.json`` (the test-split evaluation, ``dyncnn_gym.evaluate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import dyncnn_gym  # noqa: F401  (registers the envs)
+from dyncnn_gym import evaluate
+from dyncnn_gym.sb3 import make_vec_env
+
+TARGETS = ("q", "q_full")
+
+
+@dataclass
+class Args:
+    env: str = "DynExit-v0"
+    dataset: str = "shapes"
+    stages: str = "width"  # DynExit-v0 only
+    obs: str = ""  # "" = the env's default; "probe" for the per-decision envs
+    compute_weight: float = 0.02
+    steps: int = 40_000  # decisions collected in all
+    n_envs: int = 64
+    iterations: int = 4
+    target: str = "q"
+    split: str = "auto"  # "auto": "val" where the data has one, else "train"
+    hidden: int = 64
+    epochs: int = 10
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    out: str = "runs/dagger"
+
+
+class ValueNet(nn.Module):
+    """Observation ``[B, D]`` -> one value per action ``[B, A]`` (the policy takes the argmax)."""
+
+    def __init__(self, obs_dim: int, num_actions: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_actions)
+        )
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs)
+
+
+def env_kwargs(args: Args, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The env's arguments (``base``: a bench task's), with this run's compute weight and split."""
+    kw = dict(base) if base is not None else {"dataset": args.dataset, "loss": "error"}
+    if base is None and args.env == "DynExit-v0":
+        kw["stages"] = args.stages
+    if base is None and args.obs:
+        kw["obs"] = args.obs
+    kw["compute_weight"] = args.compute_weight
+    return kw
+
+
+def pick_split(split: str, dataset: Any) -> str:
+    from dyncnn_gym.envs.core import _shared_data
+
+    if split != "auto":
+        return split
+    return "val" if _shared_data(dataset).has_val else "train"
+
+
+@torch.no_grad()
+def collect(vec, policy: ValueNet, steps: int, beta: float, target: str, rng: np.random.Generator):
+    """``steps`` decisions of the mixture policy in ``vec``; returns observations ``[N, D]``, the
+    teacher's values ``[N, A]`` and the image index of every state ``[N]``."""
+    obs = vec.reset()
+    image = np.array([info["index"] for info in vec.reset_infos])
+    xs, ys, ids = [], [], []
+    for _ in range(max(1, steps // vec.num_envs)):
+        tt = vec.teacher()
+        scores = policy(torch.as_tensor(obs)).numpy()
+        masks = vec.action_masks()
+        mine = np.where(masks, scores, -np.inf).argmax(1)
+        act = np.where(rng.random(vec.num_envs) < beta, tt["best_action"], mine)
+        xs.append(obs.copy())
+        ys.append(tt[target].copy())
+        ids.append(image.copy())
+        obs, _, done, infos = vec.step(act)
+        image = np.array([vec.reset_infos[i]["index"] if done[i] else infos[i]["index"] for i in range(vec.num_envs)])
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys), np.concatenate(ids)
+
+
+def _relative(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each state's finite values relative to their mean (the argmax does not depend on a state's
+    own value, which would dominate the error: whether an image is hopeless or easy), and their mask."""
+    ok = torch.isfinite(y)
+    y = torch.where(ok, y, torch.zeros_like(y))
+    return torch.where(ok, y - y.sum(1, keepdim=True) / ok.sum(1, keepdim=True).clamp_min(1), y), ok
+
+
+def fit(policy: ValueNet, X: np.ndarray, Y: np.ndarray, ids: np.ndarray, args: Args, gen: torch.Generator) -> float:
+    """Mean squared error on the teacher's (relative) values, with early stopping: the states of one
+    image in ten (by image index) are held out, and the weights of the epoch with the lowest
+    held-out error are kept (states repeat images, so a network can learn an image's values by
+    heart). Returns that held-out error."""
+    opt = torch.optim.Adam(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    y, ok = _relative(torch.as_tensor(Y, dtype=torch.float32))
+    x = torch.as_tensor(X)
+    held = torch.as_tensor(ids % 10 == 0)
+    xt, yt, okt = x[~held], y[~held], ok[~held]
+    xv, yv, okv = x[held], y[held], ok[held]
+
+    def held_out() -> float:
+        with torch.no_grad():
+            return float((((policy(xv) - yv) ** 2) * okv).sum() / okv.sum().clamp_min(1))
+
+    best, state = held_out(), {k: v.clone() for k, v in policy.state_dict().items()}
+    for _ in range(args.epochs):
+        perm = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(xt), args.batch_size):
+            b = perm[i : i + args.batch_size]
+            loss = (((policy(xt[b]) - yt[b]) ** 2) * okt[b]).sum() / okt[b].sum().clamp_min(1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        err = held_out()
+        if err < best:
+            best, state = err, {k: v.clone() for k, v in policy.state_dict().items()}
+    policy.load_state_dict(state)
+    return best
+
+
+def train(args: Args, kwargs: dict[str, Any], log=print) -> tuple[ValueNet, list[dict[str, float]]]:
+    """Run DAgger on the env ``args.env(**kwargs)``; returns the policy and the per-iteration log."""
+    if args.target not in TARGETS:
+        raise ValueError(f"target={args.target!r} is not a teacher value; choose one of {list(TARGETS)}")
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    split = pick_split(args.split, kwargs.get("dataset", "shapes"))
+    vec = make_vec_env(args.env, n_envs=args.n_envs, seed=args.seed, split=split, **kwargs)
+    policy = ValueNet(vec.observation_space.shape[0], int(vec.action_space.n), args.hidden)
+    X = np.zeros((0, vec.observation_space.shape[0]), dtype=np.float32)
+    Y = np.zeros((0, int(vec.action_space.n)))
+    ids = np.zeros(0, dtype=np.int64)
+    history = []
+    per_iteration = max(vec.num_envs, args.steps // max(args.iterations, 1))
+    for it in range(args.iterations):
+        beta = 1.0 if it == 0 else 0.5**it
+        x, y, i = collect(vec, policy, per_iteration, beta, args.target, rng)
+        X, Y, ids = np.concatenate([X, x]), np.concatenate([Y, y]), np.concatenate([ids, i])
+        loss = fit(policy, X, Y, ids, args, gen)
+        history.append({"iteration": it, "beta": beta, "states": len(X), "held_out_mse": loss})
+        log(f"[dagger] iteration {it}: beta {beta:.3f}, {len(X)} states, held-out value MSE {loss:.5f}")
+    policy.eval()
+    return policy, history
+
+
+def bench_agent(env_fn, task, seed: int, step_budget: int) -> ValueNet:
+    """``dyncnn-gym bench`` plug-in: DAgger on the teacher of ``task`` for ``step_budget`` decisions.
+
+    Collects on the task's env arguments with ``env_fn.compute_weight`` (held-out images where the
+    data has them); returns the value network (an ``nn.Module``, obs -> one value per action).
+    """
+    torch.set_num_threads(1)
+    args = Args(env=task.env_id, compute_weight=env_fn.compute_weight, steps=int(step_budget), seed=seed)
+    policy, _ = train(args, env_kwargs(args, task.env_kwargs), log=lambda *a, **k: None)
+    return policy
+
+
+#: tells the bench that this agent learns from the teacher (shown apart from pure-RL agents)
+bench_agent.uses_teacher = True
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f, v in asdict(Args()).items():
+        p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
+    args = Args(**vars(p.parse_args()))
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    kwargs = env_kwargs(args)
+    policy, history = train(args, kwargs)
+    kwargs.pop("compute_weight")
+    res = evaluate(policy, args.env, compute_weight=args.compute_weight, **kwargs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(policy, out / "policy.pt")
+    keep = ("accuracy", "flops_ratio", "action_rates", "exit_rates")
+    result = {"args": asdict(args), "history": history, **{k: res[k] for k in keep if k in res}}
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    print(f"test accuracy {100 * res['accuracy']:.2f} % at FLOPs ratio {res['flops_ratio']:.4f} ({result['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
