@@ -13,7 +13,9 @@ from it, supervised, in the manner of DAgger / AggreVaTe (Ross et al. 2011, Ross
 
 * **collect**: run ``--n-envs`` episodes at once in the native SB3 VecEnv; at every decision record
   the observation and the teacher's value of each action (``--target q``: under the action's best
-  continuation; ``q_full``: under the full continuation), and act with the teacher's best action
+  continuation; ``q_full``: under the full continuation; ``policy``: when the current policy
+  continues, i.e. approximate policy iteration with exact per-image rollouts, the full
+  continuation in the first iteration), and act with the teacher's best action
   with probability ``beta`` (1 in the first iteration, halved every iteration after it), else with
   the current policy's;
 * **fit**: an MLP from observations to one value per action (relative to the state's mean value),
@@ -49,7 +51,7 @@ import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import evaluate
 from dyncnn_gym.sb3 import make_vec_env
 
-TARGETS = ("q", "q_full")
+TARGETS = ("q", "q_full", "policy")
 
 
 @dataclass
@@ -112,8 +114,13 @@ def collect(vec, policy: ValueNet, steps: int, beta: float, target: str, rng: np
     obs = vec.reset()
     image = np.array([info["index"] for info in vec.reset_infos])
     xs, ys, ids = [], [], []
+
+    def greedy(o: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return policy(torch.as_tensor(o)).argmax(1).numpy()
+
     for _ in range(max(1, steps // vec.num_envs)):
-        tt = vec.teacher()
+        tt = vec.teacher(greedy if target == "q_policy" else None)
         scores = policy(torch.as_tensor(obs)).numpy()
         masks = vec.action_masks()
         mine = np.where(masks, scores, -np.inf).argmax(1)
@@ -183,7 +190,10 @@ def train(args: Args, kwargs: dict[str, Any], log=print) -> tuple[ValueNet, list
     per_iteration = max(vec.num_envs, args.steps // max(args.iterations, 1))
     for it in range(args.iterations):
         beta = 1.0 if it == 0 else 0.5**it
-        x, y, i = collect(vec, policy, per_iteration, beta, args.target, rng)
+        # "policy": each action's value when the current policy continues (policy iteration); the
+        # first iteration, with no policy yet, uses the full continuation
+        target = {"policy": "q_full" if it == 0 else "q_policy"}.get(args.target, args.target)
+        x, y, i = collect(vec, policy, per_iteration, beta, target, rng)
         X, Y, ids = np.concatenate([X, x]), np.concatenate([Y, y]), np.concatenate([ids, i])
         loss = fit(policy, X, Y, ids, args, gen)
         history.append({"iteration": it, "beta": beta, "states": len(X), "held_out_mse": loss})

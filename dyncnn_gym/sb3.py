@@ -104,11 +104,11 @@ class RoutingVecEnv(VecEnv):
         """bool ``[n_envs, A]`` of the actions allowed now."""
         return self.core.action_masks()
 
-    def teacher(self) -> dict[str, np.ndarray]:
-        """The outcome of every action at every env's current decision, batched (``core.teacher()``);
+    def teacher(self, policy: Any = None) -> dict[str, np.ndarray]:
+        """The outcome of every action at every env's current decision, batched (``core.teacher(policy)``);
         ``env_method("teacher")`` gives the same per env. It knows the labels: for training or
         analysing agents, never as an observation."""
-        return self.core.teacher()
+        return self.core.teacher(policy)
 
     def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
         idx = self._get_indices(indices)
@@ -121,7 +121,7 @@ class RoutingVecEnv(VecEnv):
             self.core.load_backbone_state(*method_args, **method_kwargs)
             return [None for _ in idx]
         if method_name == "teacher":
-            out = self.core.teacher()
+            out = self.core.teacher(*method_args, **method_kwargs)
             return [{k: v[i] for k, v in out.items()} for i in idx]
         if method_name == "get_backbone_state":
             state = self.core.backbone_state()

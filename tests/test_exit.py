@@ -474,6 +474,11 @@ def test_teacher_outcomes_are_the_envs_own_returns(config):
         assert ret == pytest.approx(first["returns"][j], abs=1e-9)
     assert first["q"][0] == first["returns"][t] and first["q"][1] == first["returns"][t + 1 :].max()
     assert first["best_action"] == int(first["q"][1] > first["q"][0])
+    # a policy's continuation: one that always exits leaves at the next exit; one that never does, at the last
+    leave = env.unwrapped.teacher(policy=lambda obs: np.zeros(len(obs), dtype=np.int64))
+    stay = env.unwrapped.teacher(policy=lambda obs: np.ones(len(obs), dtype=np.int64))
+    assert leave["q_policy"].tolist() == [first["returns"][t], first["returns"][t + 1]]
+    assert stay["q_policy"][1] == first["returns"][S - 1] and stay["flops_policy"][1] == first["flops"][S - 1]
     # the episode goes on as if the teacher had not been asked
     _, r, *_ = env.step(0)
     assert r == pytest.approx(first["returns"][t], abs=1e-9)
@@ -510,6 +515,10 @@ def test_teacher_of_the_per_decision_envs_replays_exactly():
             assert ret == pytest.approx(tt["returns"][a, c], abs=1e-9)
             assert info["flops"] == tt["flops"][a, c] and info["correct"] == tt["correct"][a, c]
     assert np.array_equal(tt["q"], tt["returns"].max(1)) and tt["best_action"] == int(np.argmax(tt["q"]))
+    for c in range(A):  # a policy that takes action c everywhere continues like the uniform continuation c
+        follow = env.unwrapped.teacher(policy=lambda obs, c=c: np.full(len(obs), c))
+        np.testing.assert_allclose(follow["q_policy"], tt["returns"][:, c], atol=1e-12)
+        np.testing.assert_array_equal(follow["flops_policy"], tt["flops"][:, c])
     vec = make_vec_env("DynChannel-v0", n_envs=2, seed=1, **kw)
     vec.reset()
     per_env = vec.env_method("teacher")

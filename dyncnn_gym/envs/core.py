@@ -9,6 +9,7 @@ cohort, and only partial resets (``reset_mask``) split them for a while.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -364,7 +365,7 @@ class RoutingCore:
         return -r.loss_weight * np.minimum(ce, r.ce_clip)
 
     @torch.no_grad()
-    def teacher(self) -> dict[str, np.ndarray]:
+    def teacher(self, policy: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """The outcome of each action at every slot's current decision (beside the RL interface: it
         knows the label, so it never enters the observation, and computing it changes nothing in
         the episodes).
@@ -372,7 +373,10 @@ class RoutingCore:
         Continuations: after action ``a`` at decision ``t``, the *uniform* continuation ``c`` takes
         action ``c`` at every remaining decision (``c = A - 1``: the full continuation, every later
         layer at full width / every later block run; ``c = 0``: the cheapest). Computing all of
-        them costs ``A`` steps and ``A * A`` passes over the remaining decisions per slot.
+        them costs ``A`` steps and ``A * A`` passes over the remaining decisions per slot. With
+        ``policy`` (observations ``[b, D]`` -> actions ``[b]``, e.g. the agent being trained), the
+        continuation that follows it is computed too (``A`` more passes, the policy choosing at
+        every remaining decision from the observations the env would give).
 
         Returns arrays over the ``N`` slots (rows of slots not in an episode: ``active`` false,
         zeros elsewhere):
@@ -387,7 +391,10 @@ class RoutingCore:
           ``q_full`` under the full continuation;
         * ``best_action`` int64 ``[N]``: the argmax of ``q``, ties going to the cheaper action:
           with ``loss="error"`` and a small compute weight, the cheapest action after which some
-          uniform continuation still classifies the image correctly.
+          uniform continuation still classifies the image correctly;
+        * with ``policy``: ``q_policy`` float64 ``[N, A]``, ``correct_policy`` bool ``[N, A]`` and
+          ``flops_policy`` int64 ``[N, A]``: return, correctness and FLOPs of each action followed by
+          the policy's continuation.
         """
         n, A, T = self.n, self.A, self.T
         out = {
@@ -433,10 +440,44 @@ class RoutingCore:
                     ok_budget = allowed[:, a] & (flops <= (np.inf if self.budget is None else self.budget * self.full + 1e-9))
                     out["correct"][slots, a, cont], out["loss"][slots, a, cont] = ok, ce
                     out["flops"][slots, a, cont], out["returns"][slots, a, cont] = flops, np.where(ok_budget, ret, -np.inf)
+            if policy is not None:
+                for key, value in self._follow(walk, slots, labels, allowed, policy).items():
+                    out.setdefault(key, np.zeros((n, A), dtype=value.dtype))[slots] = value
             out["q"][slots] = out["returns"][slots].max(2)
             out["q_full"][slots] = out["returns"][slots, :, A - 1]
             # ties to the cheaper action: the first maximum, actions being ordered by cost
             out["best_action"][slots] = out["q"][slots].argmax(1)
+        return out
+
+    def _follow(self, walk: Walk, slots: np.ndarray, labels: torch.Tensor, allowed: np.ndarray, policy) -> dict:
+        """Each action of ``walk``'s decision followed by ``policy``'s continuation: ``q_policy``,
+        ``correct_policy``, ``flops_policy`` (``[b, A]`` each)."""
+        b, A, T, t = len(slots), self.A, self.T, walk.t
+        head = self._head.numpy()
+        out = {
+            "q_policy": np.zeros((b, A)),
+            "correct_policy": np.zeros((b, A), dtype=bool),
+            "flops_policy": np.zeros((b, A), dtype=np.int64),
+        }
+        for a in range(A):
+            w = walk.select(np.arange(b))
+            acts = np.full(b, a, dtype=np.int64)
+            comp = np.zeros(b)
+            while True:
+                s = w.t
+                cost = self.table.steps[s][w.prev.numpy(), acts] + (head[acts] if s == T - 1 else 0)
+                comp += self.reward.step(s, acts, cost, int(self._full_step[s]), self.full, A, T)
+                w.step(acts)
+                if w.done:
+                    break
+                acts = np.asarray(policy(self._observe(w)), dtype=np.int64).reshape(-1)
+            logits = w.logits().float()
+            ce = F.cross_entropy(logits, labels, reduction="none").double().cpu().numpy()
+            ok = (logits.argmax(1) == labels).cpu().numpy()
+            flops = w.flops.numpy().copy()
+            fits = allowed[:, a] & (flops <= (np.inf if self.budget is None else self.budget * self.full + 1e-9))
+            out["q_policy"][:, a] = np.where(fits, comp + self.reward.final(ce, ok), -np.inf)
+            out["correct_policy"][:, a], out["flops_policy"][:, a] = ok, flops
         return out
 
     def _check_actions(self, actions: Any) -> np.ndarray:

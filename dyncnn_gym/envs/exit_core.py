@@ -11,6 +11,7 @@ which form a new cohort at exit 0 (merged with any other cohort standing there).
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,7 +326,7 @@ class ExitCore:
 
     # -- the teacher -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def teacher(self) -> dict[str, np.ndarray]:
+    def teacher(self, policy: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """The outcome of each action at every slot's current decision (beside the RL interface: it
         knows the label, so it never enters the observation, and computing it changes nothing in
         the episodes).
@@ -334,7 +335,9 @@ class ExitCore:
         by the continuation "leave at exit ``j``", for every later exit ``j`` (the family is indexed
         by the exit the image would leave at, so both actions' outcomes live in one ``[S]`` axis:
         ``j = t`` is exiting now). The *full* continuation is leaving at the last exit. Computing it
-        costs one pass of the remaining stages per slot.
+        costs one pass of the remaining stages per slot. With ``policy`` (observations ``[b, D]``
+        -> actions ``[b]``, e.g. the agent being trained), the continuation that follows it at every
+        later exit is computed too (no extra pass: it picks among the exits already computed).
 
         Returns arrays over the ``N`` slots (rows of slots not in an episode: ``active`` false,
         zeros elsewhere):
@@ -350,7 +353,10 @@ class ExitCore:
           full continuation (the last exit);
         * ``best_action`` int64 ``[N]``: the argmax of ``q``, ties going to exiting (the cheaper
           action): with ``loss="error"`` and a small compute weight, exit when this prediction is
-          right, continue when a later one is, exit when none is.
+          right, continue when a later one is, exit when none is;
+        * with ``policy``: ``q_policy`` float64 ``[N, 2]``, ``correct_policy`` bool ``[N, 2]`` and
+          ``flops_policy`` int64 ``[N, 2]``: return, correctness and FLOPs of each action followed by
+          the policy's continuation.
         """
         n, S = self.n, self.S
         out = {
@@ -365,12 +371,18 @@ class ExitCore:
             "best_action": np.zeros(n, dtype=np.int64),
         }
         r = self.reward
+        if policy is not None:
+            for key, dtype in (("q_policy", np.float64), ("correct_policy", bool), ("flops_policy", np.int64)):
+                out[key] = np.zeros((n, 2), dtype=dtype)
         for c in self.cohorts:
             walk, slots, t = c.walk, c.slots, c.walk.t
             labels = torch.as_tensor(self.labels[self.index[slots]], device=walk.logits.device)
             rest = walk.select(np.arange(len(walk)))  # the episodes themselves are not touched
             out["decision"][slots] = t
+            chooses = np.ones((len(slots), S), dtype=np.int64)  # the policy's action at every later exit
             for j in range(t, S):
+                if policy is not None and t < j < S - 1:
+                    chooses[:, j] = np.asarray(policy(self._observe(rest)), dtype=np.int64).reshape(-1)
                 ce = F.cross_entropy(rest.logits.float(), labels, reduction="none").double().cpu().numpy()
                 ok = (rest.logits.argmax(1) == labels).cpu().numpy()
                 flops = rest.flops.copy()
@@ -393,6 +405,14 @@ class ExitCore:
             out["q"][slots] = q
             out["q_full"][slots] = np.stack([out["returns"][slots, t], out["returns"][slots, S - 1]], 1)
             out["best_action"][slots] = (q[:, 1] > q[:, 0]).astype(np.int64)
+            if policy is not None:
+                after = np.full(len(slots), S - 1)  # the exit the policy leaves at, having continued at t
+                for j in range(S - 2, t, -1):
+                    after = np.where(chooses[:, j] == 0, j, after)
+                for a, leave in ((0, np.full(len(slots), t)), (1, after)):
+                    out["q_policy"][slots, a] = out["returns"][slots, leave]
+                    out["correct_policy"][slots, a] = out["correct"][slots, leave]
+                    out["flops_policy"][slots, a] = out["flops"][slots, leave]
         return out
 
     # -- observations, masks, infos -------------------------------------------------------------------

@@ -199,14 +199,15 @@ class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
         """bool ``[A]``: actions allowed now (for sb3-contrib's MaskablePPO)."""
         return self.core.action_masks()[0]
 
-    def teacher(self) -> dict[str, Any]:
+    def teacher(self, policy: Any = None) -> dict[str, Any]:
         """The outcome of every action at the current decision under the documented continuations
-        (``core.teacher()``: :meth:`RoutingCore.teacher`, or :meth:`ExitCore.teacher` for
+        (``core.teacher(policy)``: :meth:`RoutingCore.teacher`, or :meth:`ExitCore.teacher` for
         ``DynExit-v0``), for this env's image: the arrays without the batch dimension. It knows the
-        label: use it to train or analyse agents (imitation, DAgger), never as an observation."""
+        label: use it to train or analyse agents (imitation, DAgger), never as an observation.
+        ``policy`` (observations ``[b, D]`` -> actions ``[b]``) adds the continuation that follows it."""
         if self._needs_reset:
             raise RuntimeError("call reset() before teacher(): the episode has ended or not started")
-        return {k: v[0] for k, v in self.core.teacher().items()}
+        return {k: v[0] for k, v in self.core.teacher(policy).items()}
 
     def render(self):
         if self.render_mode is None:

@@ -233,11 +233,11 @@ class RoutingVectorEnv(VectorEnv):
         """bool ``[num_envs, A]`` of the actions allowed now."""
         return self.core.action_masks()
 
-    def teacher(self) -> dict[str, np.ndarray]:
-        """The outcome of every action at every env's current decision, batched (``core.teacher()``;
+    def teacher(self, policy: Any = None) -> dict[str, np.ndarray]:
+        """The outcome of every action at every env's current decision, batched (``core.teacher(policy)``;
         envs waiting for their autoreset have ``active`` false). It knows the labels: for training
         or analysing agents, never as an observation."""
-        return self.core.teacher()
+        return self.core.teacher(policy)
 
     # -- infos from the core: one dict per env, or (when the core builds them) already batched ------
     def _batched(self, infos: list[dict] | dict, slots: np.ndarray) -> dict:
