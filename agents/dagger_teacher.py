@@ -52,6 +52,8 @@ from dyncnn_gym import evaluate
 from dyncnn_gym.sb3 import make_vec_env
 
 TARGETS = ("q", "q_full", "policy")
+#: the bench agent's cap on the decisions it collects
+MAX_BENCH_STEPS = 60_000
 
 
 @dataclass
@@ -64,7 +66,8 @@ class Args:
     steps: int = 40_000  # decisions collected in all
     n_envs: int = 64
     iterations: int = 4
-    target: str = "q"
+    target: str = "policy"
+    soft: bool = True  # the error term's expectation 1 - p(true label) instead of the 0/1 error
     split: str = "auto"  # "auto": "val" where the data has one, else "train"
     hidden: int = 64
     epochs: int = 10
@@ -107,8 +110,37 @@ def pick_split(split: str, dataset: Any) -> str:
     return "val" if _shared_data(dataset).has_val else "train"
 
 
+def soften(tt: dict[str, np.ndarray], target: str, vec) -> np.ndarray:
+    """The teacher's values ``tt[target]`` with the 0/1 error term (``loss="error"``) replaced by its
+    expectation under the backbone, ``1 - p(true label)`` (from the reported loss): the same
+    compute terms, far less noise per image."""
+    lw = vec.core.reward.loss_weight
+    q = tt[target]
+    if target == "q_policy":
+        correct, loss = tt["correct_policy"], tt["loss_policy"]
+    else:  # the continuation each value was taken under
+        if target == "q_full":
+            pick = np.full(q.shape, -1) if tt["returns"].ndim == 3 else None
+        else:
+            pick = tt["returns"].argmax(-1) if tt["returns"].ndim == 3 else None
+        if tt["returns"].ndim == 3:  # [N, A, C]
+            idx = np.broadcast_to(np.arange(q.shape[1])[None, :], q.shape)
+            c = pick % tt["returns"].shape[2]
+            rows = np.arange(q.shape[0])[:, None]
+            correct, loss = tt["correct"][rows, idx, c], tt["loss"][rows, idx, c]
+        else:  # DynExit-v0: [N, S] over the exit left at
+            t = tt["decision"]
+            rows = np.arange(q.shape[0])
+            later = np.where(np.arange(tt["returns"].shape[1])[None, :] > t[:, None], tt["returns"], -np.inf)
+            leave1 = np.full(len(t), tt["returns"].shape[1] - 1) if target == "q_full" else later.argmax(1)
+            correct = np.stack([tt["correct"][rows, t], tt["correct"][rows, leave1]], 1)
+            loss = np.stack([tt["loss"][rows, t], tt["loss"][rows, leave1]], 1)
+    error = (~correct).astype(np.float64)
+    return np.where(np.isfinite(q), q + lw * error - lw * (1.0 - np.exp(-loss)), q)
+
+
 @torch.no_grad()
-def collect(vec, policy: ValueNet, steps: int, beta: float, target: str, rng: np.random.Generator):
+def collect(vec, policy: ValueNet, steps: int, beta: float, target: str, rng: np.random.Generator, soft: bool = True):
     """``steps`` decisions of the mixture policy in ``vec``; returns observations ``[N, D]``, the
     teacher's values ``[N, A]`` and the image index of every state ``[N]``."""
     obs = vec.reset()
@@ -126,7 +158,7 @@ def collect(vec, policy: ValueNet, steps: int, beta: float, target: str, rng: np
         mine = np.where(masks, scores, -np.inf).argmax(1)
         act = np.where(rng.random(vec.num_envs) < beta, tt["best_action"], mine)
         xs.append(obs.copy())
-        ys.append(tt[target].copy())
+        ys.append(soften(tt, target, vec) if soft else tt[target].copy())
         ids.append(image.copy())
         obs, _, done, infos = vec.step(act)
         image = np.array([vec.reset_infos[i]["index"] if done[i] else infos[i]["index"] for i in range(vec.num_envs)])
@@ -193,7 +225,7 @@ def train(args: Args, kwargs: dict[str, Any], log=print) -> tuple[ValueNet, list
         # "policy": each action's value when the current policy continues (policy iteration); the
         # first iteration, with no policy yet, uses the full continuation
         target = {"policy": "q_full" if it == 0 else "q_policy"}.get(args.target, args.target)
-        x, y, i = collect(vec, policy, per_iteration, beta, target, rng)
+        x, y, i = collect(vec, policy, per_iteration, beta, target, rng, soft=args.soft and kwargs.get("loss") == "error")
         X, Y, ids = np.concatenate([X, x]), np.concatenate([Y, y]), np.concatenate([ids, i])
         loss = fit(policy, X, Y, ids, args, gen)
         history.append({"iteration": it, "beta": beta, "states": len(X), "held_out_mse": loss})
@@ -205,11 +237,14 @@ def train(args: Args, kwargs: dict[str, Any], log=print) -> tuple[ValueNet, list
 def bench_agent(env_fn, task, seed: int, step_budget: int) -> ValueNet:
     """``dyncnn-gym bench`` plug-in: DAgger on the teacher of ``task`` for ``step_budget`` decisions.
 
-    Collects on the task's env arguments with ``env_fn.compute_weight`` (held-out images where the
+    Collects at most :data:`MAX_BENCH_STEPS` decisions (each gives the value of every action, not
+    one sampled return, and asking the teacher costs a pass over the rest of the network per
+    action) on the task's env arguments with ``env_fn.compute_weight`` (held-out images where the
     data has them); returns the value network (an ``nn.Module``, obs -> one value per action).
     """
     torch.set_num_threads(1)
-    args = Args(env=task.env_id, compute_weight=env_fn.compute_weight, steps=int(step_budget), seed=seed)
+    steps = min(int(step_budget), MAX_BENCH_STEPS)
+    args = Args(env=task.env_id, compute_weight=env_fn.compute_weight, steps=steps, seed=seed)
     policy, _ = train(args, env_kwargs(args, task.env_kwargs), log=lambda *a, **k: None)
     return policy
 
@@ -221,7 +256,8 @@ bench_agent.uses_teacher = True
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f, v in asdict(Args()).items():
-        p.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
+        kind = (lambda x: str(x).lower() in ("1", "true", "yes")) if isinstance(v, bool) else type(v)
+        p.add_argument(f"--{f.replace('_', '-')}", type=kind, default=v)
     args = Args(**vars(p.parse_args()))
     torch.set_num_threads(1)
     t0 = time.perf_counter()

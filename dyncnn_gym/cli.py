@@ -44,13 +44,13 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from . import ENV_IDS
+    from . import ENV_IDS, EXIT_IDS, ONE_SHOT_IDS
     from .cache import cache_dir
     from .data import DATASET_NAMES
     from .models import ARCHS
     from .pretraining import DEFAULT_ARCH
 
-    print("envs:      ", ", ".join(ENV_IDS))
+    print("envs:      ", ", ".join(ENV_IDS + EXIT_IDS + ONE_SHOT_IDS))
     print("archs:     ", ", ".join(f"{a} ({'/'.join(m)})" for a, m in ARCHS.items()))
     print("defaults:  ", ", ".join(f"{m}: {a}" for m, a in DEFAULT_ARCH.items()))
     print("data sets: ", ", ".join(DATASET_NAMES))
@@ -81,7 +81,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dyncnn-gym",
-        description="Input-adaptive CNNs as Gymnasium environments (DynChannel-v0, DynSkip-v0).",
+        description="Input-adaptive CNNs as Gymnasium environments (DynChannel-v0, DynSkip-v0, DynRoute-v0, DynExit-v0).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -117,9 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the checkpoint metadata as JSON")
     p.set_defaults(func=_cmd_pretrain)
 
-    p = sub.add_parser("demo", help="the main job: pretrain, train PPO routers, evaluate, plot (about 5 min on 2 cores)")
+    p = sub.add_parser("demo", help="the main job: load the backbones, train PPO routers, evaluate, plot (minutes on 2 cores)")
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    p.add_argument("--env", action="append", choices=["DynChannel-v0", "DynSkip-v0"], help="only this env (repeatable)")
+    p.add_argument(
+        "--env", action="append", choices=["DynChannel-v0", "DynSkip-v0", "DynExit-v0"], help="only this env (repeatable)"
+    )
     p.add_argument("--timesteps", type=int, default=None, help="PPO steps per env (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -127,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a saved SB3 model on the whole test split")
     p.add_argument("model", help="path to an SB3 .zip (PPO, A2C, DQN, MaskablePPO, RecurrentPPO, QR-DQN)")
-    p.add_argument("--env", default="DynChannel-v0", choices=["DynChannel-v0", "DynSkip-v0"])
+    p.add_argument("--env", default="DynChannel-v0", choices=["DynChannel-v0", "DynSkip-v0", "DynRoute-v0", "DynExit-v0"])
     p.add_argument("--env-kwargs", default=None, help='JSON object of env arguments, e.g. \'{"dataset": "digits"}\'')
     p.set_defaults(func=_cmd_evaluate)
 

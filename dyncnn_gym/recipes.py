@@ -71,6 +71,7 @@ PPO_RECIPES: dict[str, dict[str, Any]] = {
     # "vgg+sandwich+distill" 0.1 puts every seed at 52-55 % saved within 0.65 points of the full network
     "DynChannel-v0": {**_PPO_RECIPE, "env": {**_ENV, "compute_weight": 0.1}},
     "DynSkip-v0": {**_PPO_RECIPE, "env": {**_ENV, "compute_weight": 0.2}},
+    "DynRoute-v0": {**_PPO_RECIPE, "env": {**_ENV, "compute_weight": 0.1}},
     # the exit's own confidence is always observed (no "probe" mode); trained on held-out images
     "DynExit-v0": {**_PPO_RECIPE, "env": {"reward": "flops", "loss": "error", "compute_weight": 0.02}, "train_split": "val"},
 }

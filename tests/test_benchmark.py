@@ -63,11 +63,20 @@ def test_demo_writes_results_that_a_third_party_can_reproduce(digit_backbones, t
 
     res = run_demo(tmp_path, dataset="digits", timesteps=512, backbones=digit_backbones, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved["full"]) == {"DynChannel-v0", "DynSkip-v0"}
-    assert len(saved["learned"]) == 2
-    for png in ("DynChannel_front.png", "DynSkip_front.png", "DynChannel_usage.png", "DynSkip_images.png"):
+    assert set(saved["full"]) == {"DynChannel-v0", "DynSkip-v0", "DynExit-v0"}
+    assert len(saved["learned"]) == 3
+    for png in (
+        "DynChannel_front.png",
+        "DynSkip_front.png",
+        "DynChannel_usage.png",
+        "DynSkip_images.png",
+        "DynExit_front.png",
+    ):
         assert (tmp_path / png).stat().st_size > 1000
-    for entry in saved["learned"]:
+    exit_entry = saved["learned"][2]
+    assert exit_entry["env_kwargs"]["backbone"] == digit_backbones["channel"] and exit_entry["train_split"] == "train"
+    assert sum(exit_entry["exit_rates"]) == pytest.approx(1.0) and saved["baselines"]["DynExit-v0"]["cascade"]
+    for entry in saved["learned"][:2]:
         model = load_model(str(tmp_path / entry["model_path"]))
         assert type(model).__name__ == entry["algorithm"]
         # the third party's own loop: single env, test split, deterministic actions

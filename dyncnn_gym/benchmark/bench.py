@@ -460,17 +460,26 @@ def _seed_summary(points: list[dict[str, Any]], static_front: list[dict[str, Any
 
 
 def _load_previous(out: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """The task entries of an earlier ``results.json`` in ``out`` for the same suite version, pins
-    and FLOPs range (for ``merge``); raises ``ValueError`` naming what differs."""
+    """The task entries of an earlier ``results.json`` in ``out`` for the same suite version, the
+    same pin of every task it holds, and the same FLOPs range (for ``merge``); raises
+    ``ValueError`` naming what differs. (Pins of tasks the earlier run did not hold may differ:
+    a task pinned since then is merged in by a later run.)"""
     f = out / "results.json"
     if not f.exists():
         return {}
     old = json.loads(f.read_text())
-    for key in ("name", "version", "backbone_sha256"):
+    for key in ("name", "version"):
         if old["suite"].get(key) != results["suite"][key]:
             raise ValueError(
                 f"merge: {f} was written for suite {key}={old['suite'].get(key)!r}, this run has {results['suite'][key]!r};"
                 " use another --out or drop --merge"
+            )
+    old_pins, pins = old["suite"].get("backbone_sha256", {}), results["suite"]["backbone_sha256"]
+    for task in old.get("tasks", {}):
+        if old_pins.get(task) != pins.get(task):
+            raise ValueError(
+                f"merge: {f} was written with task {task!r} pinned to {old_pins.get(task)!r}, this run pins it to"
+                f" {pins.get(task)!r}; use another --out or drop --merge"
             )
     if list(old.get("flops_range", [])) != list(results["flops_range"]):
         raise ValueError(f"merge: {f} used flops_range={old.get('flops_range')}, this run {results['flops_range']}")

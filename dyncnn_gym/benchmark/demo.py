@@ -56,7 +56,7 @@ def run_demo(
         timesteps: PPO steps per env (default: the recipe's).
         dataset: data set name (default: the embedded ``"shapes"``).
         backbones: per mode (``"channel"``, ``"skip"``), an arch name or checkpoint path to use instead
-            of the default arch.
+            of the default arch (``DynExit-v0``'s width stages run on the ``"channel"`` one).
         seed: seeds PPO and the environments.
         progress: show progress bars.
     """
@@ -77,7 +77,7 @@ def run_demo(
     for env_id in envs:
         mode = mode_of(env_id)
         if mode == "exit":
-            _demo_exit(out, results, env_id, data, dataset, timesteps, seed, progress)
+            _demo_exit(out, results, env_id, data, dataset, (backbones or {}).get("channel"), timesteps, seed, progress)
             continue
         env_kwargs = recipe_env_kwargs(
             env_id, dataset=dataset, backbone=(backbones or {}).get(mode, DEFAULT_ARCH[mode]), groups=4
@@ -157,15 +157,16 @@ def run_demo(
 
 
 def _demo_exit(
-    out: Path, results: dict[str, Any], env_id: str, data, dataset: str, timesteps, seed: int, progress: bool
+    out: Path, results: dict[str, Any], env_id: str, data, dataset: str, backbone, timesteps, seed: int, progress: bool
 ) -> None:
-    """The demo of ``DynExit-v0`` (width stages on the default VGG): PPO with the recipe against
-    static exits, the confidence-threshold cascade, random exits at PPO's rates and the oracle."""
+    """The demo of ``DynExit-v0`` (width stages on the channel backbone, by default the DynChannel
+    default): PPO with the recipe against static exits, the confidence-threshold cascade, random
+    exits at PPO's rates and the oracle."""
     from ..envs.exit_core import ExitCore
     from ..recipes import train_split
     from .exit_baselines import exit_oracle, random_exits, static_exits, threshold_cascade
 
-    env_kwargs = recipe_env_kwargs(env_id, dataset=dataset)
+    env_kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=backbone or DEFAULT_ARCH["channel"])
     t0 = time.perf_counter()
     core = ExitCore(1, split="test", **env_kwargs)
     t_backbone = time.perf_counter() - t0
@@ -203,7 +204,7 @@ def _demo_exit(
     name = env_id.replace("-v0", "")
     plots.plot_fronts(
         out / f"{name}_front.png",
-        f"{env_id} on {data.name} (width stages, {env_kwargs.get('backbone') or DEFAULT_ARCH['channel']})",
+        f"{env_id} on {data.name} (width stages, {env_kwargs['backbone']})",
         results["static"][env_id],
         [results["learned"][-1], *({**p, "algorithm": "confidence cascade", "baseline": True} for p in cascade["front"])],
         {"random (matched rates)": rnd, "oracle (knows label)": orc},

@@ -104,7 +104,7 @@ def threshold_cascade(core: ExitCore, thresholds: tuple[float, ...] = EXIT_THRES
         if isinstance(tau, bool) or not isinstance(tau, (int, float, np.floating)) or not 0.0 <= tau <= 1.0:
             raise ValueError(f"threshold={tau!r} must be a probability in [0, 1]")
         k = threshold_exits(o, float(tau))
-        pts.append({"threshold": float(tau), **o.at(k), "exit_rates": np.bincount(k, minlength=core.S) / len(k)})
+        pts.append({"threshold": float(tau), **o.at(k), "exit_rates": (np.bincount(k, minlength=core.S) / len(k)).tolist()})
     return {"points": pts, "front": pareto(pts)}
 
 

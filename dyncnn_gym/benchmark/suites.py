@@ -26,7 +26,8 @@ Suites:
   ``DynExit-v0`` with width stages on ``vgg+sandwich+distill`` (the narrowest network, then the
   full one) and with depth stages on ``resnet20-lite-exits+distill``, both trained on the held-out
   ``"val"`` split (:attr:`Task.train_split`; see :mod:`dyncnn_gym.recipes`), compute weights
-  (0.005, 0.01, 0.02, 0.04, 0.08); and ``DynRoute-v0``, ``DynChannel-v0`` and ``DynSkip-v0`` on one
+  (0.005, 0.01, 0.02, 0.04, 0.08) and (0.005, 0.02, 0.08, 0.16, 0.32) (PPO's seed-0 points at
+  0.35-0.48 and 0.51-0.70 of the FLOPs with the first four of each); and ``DynRoute-v0``, ``DynChannel-v0`` and ``DynSkip-v0`` on one
   ResNet trained for route decisions (``resnet20-lite@route+sandwich+distill``), whose fronts are
   comparable, with the recipe's env settings and weights (0.05, 0.1, 0.2, 0.4). 150k steps each.
   Pinned to the shipped checkpoints.
@@ -124,7 +125,7 @@ _CPU2 = (
         "DynExit-v0",
         {**_EXIT_ENV, "stages": "depth", "backbone": "resnet20-lite-exits+distill"},
         150_000,
-        (0.005, 0.01, 0.02, 0.04, 0.08),
+        (0.005, 0.02, 0.08, 0.16, 0.32),
         train_split="val",
     ),
     Task(f"route-{_ROUTE_ARCH}-shapes", "DynRoute-v0", {**_CPU1_ENV, "backbone": _ROUTE_ARCH}, 150_000, (0.05, 0.1, 0.2, 0.4)),
@@ -167,10 +168,10 @@ SUITES: dict[str, Suite] = {
             _CPU1[0].name: "3ec67dc7fb2250c1156843610a0c2cf9648888f008f3d9981cc5cae8fa7b08c7",
             _CPU1[1].name: "9613094d1e46ffc03ef306306b33337ccda5887a0a8ad25f9477a7dc4d12c8b3",
             _CPU2[2].name: "3ec67dc7fb2250c1156843610a0c2cf9648888f008f3d9981cc5cae8fa7b08c7",
-            _CPU2[3].name: None,
-            _CPU2[4].name: None,
-            _CPU2[5].name: None,
-            _CPU2[6].name: None,
+            _CPU2[3].name: "c5c77f9142956c12545ffc0b3b86ed886203e7cce9f1c0276f90a18264be438e",
+            _CPU2[4].name: "0727581a708075d0a16c9622fda3e3685b624d711a01b6d2901653cd6246ae10",
+            _CPU2[5].name: "0727581a708075d0a16c9622fda3e3685b624d711a01b6d2901653cd6246ae10",
+            _CPU2[6].name: "0727581a708075d0a16c9622fda3e3685b624d711a01b6d2901653cd6246ae10",
         },
     ),
     "paper-v0": Suite("paper-v0", 0, _PAPER, {t.name: None for t in _PAPER}),

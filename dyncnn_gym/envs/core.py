@@ -392,9 +392,9 @@ class RoutingCore:
         * ``best_action`` int64 ``[N]``: the argmax of ``q``, ties going to the cheaper action:
           with ``loss="error"`` and a small compute weight, the cheapest action after which some
           uniform continuation still classifies the image correctly;
-        * with ``policy``: ``q_policy`` float64 ``[N, A]``, ``correct_policy`` bool ``[N, A]`` and
-          ``flops_policy`` int64 ``[N, A]``: return, correctness and FLOPs of each action followed by
-          the policy's continuation.
+        * with ``policy``: ``q_policy`` float64 ``[N, A]``, ``correct_policy`` bool ``[N, A]``,
+          ``loss_policy`` float64 ``[N, A]`` and ``flops_policy`` int64 ``[N, A]``: return,
+          correctness, loss and FLOPs of each action followed by the policy's continuation.
         """
         n, A, T = self.n, self.A, self.T
         out = {
@@ -451,12 +451,13 @@ class RoutingCore:
 
     def _follow(self, walk: Walk, slots: np.ndarray, labels: torch.Tensor, allowed: np.ndarray, policy) -> dict:
         """Each action of ``walk``'s decision followed by ``policy``'s continuation: ``q_policy``,
-        ``correct_policy``, ``flops_policy`` (``[b, A]`` each)."""
-        b, A, T, t = len(slots), self.A, self.T, walk.t
+        ``correct_policy``, ``loss_policy``, ``flops_policy`` (``[b, A]`` each)."""
+        b, A, T = len(slots), self.A, self.T
         head = self._head.numpy()
         out = {
             "q_policy": np.zeros((b, A)),
             "correct_policy": np.zeros((b, A), dtype=bool),
+            "loss_policy": np.zeros((b, A)),
             "flops_policy": np.zeros((b, A), dtype=np.int64),
         }
         for a in range(A):
@@ -477,7 +478,7 @@ class RoutingCore:
             flops = w.flops.numpy().copy()
             fits = allowed[:, a] & (flops <= (np.inf if self.budget is None else self.budget * self.full + 1e-9))
             out["q_policy"][:, a] = np.where(fits, comp + self.reward.final(ce, ok), -np.inf)
-            out["correct_policy"][:, a], out["flops_policy"][:, a] = ok, flops
+            out["correct_policy"][:, a], out["flops_policy"][:, a], out["loss_policy"][:, a] = ok, flops, ce
         return out
 
     def _check_actions(self, actions: Any) -> np.ndarray:

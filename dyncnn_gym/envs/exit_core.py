@@ -354,9 +354,9 @@ class ExitCore:
         * ``best_action`` int64 ``[N]``: the argmax of ``q``, ties going to exiting (the cheaper
           action): with ``loss="error"`` and a small compute weight, exit when this prediction is
           right, continue when a later one is, exit when none is;
-        * with ``policy``: ``q_policy`` float64 ``[N, 2]``, ``correct_policy`` bool ``[N, 2]`` and
-          ``flops_policy`` int64 ``[N, 2]``: return, correctness and FLOPs of each action followed by
-          the policy's continuation.
+        * with ``policy``: ``q_policy`` float64 ``[N, 2]``, ``correct_policy`` bool ``[N, 2]``,
+          ``loss_policy`` float64 ``[N, 2]`` and ``flops_policy`` int64 ``[N, 2]``: return,
+          correctness, loss and FLOPs of each action followed by the policy's continuation.
         """
         n, S = self.n, self.S
         out = {
@@ -372,7 +372,12 @@ class ExitCore:
         }
         r = self.reward
         if policy is not None:
-            for key, dtype in (("q_policy", np.float64), ("correct_policy", bool), ("flops_policy", np.int64)):
+            for key, dtype in (
+                ("q_policy", np.float64),
+                ("correct_policy", bool),
+                ("loss_policy", np.float64),
+                ("flops_policy", np.int64),
+            ):
                 out[key] = np.zeros((n, 2), dtype=dtype)
         for c in self.cohorts:
             walk, slots, t = c.walk, c.slots, c.walk.t
@@ -412,6 +417,7 @@ class ExitCore:
                 for a, leave in ((0, np.full(len(slots), t)), (1, after)):
                     out["q_policy"][slots, a] = out["returns"][slots, leave]
                     out["correct_policy"][slots, a] = out["correct"][slots, leave]
+                    out["loss_policy"][slots, a] = out["loss"][slots, leave]
                     out["flops_policy"][slots, a] = out["flops"][slots, leave]
         return out
 
