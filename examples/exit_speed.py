@@ -5,7 +5,8 @@ exit leave the batch and are not computed any further. This script routes the te
 and with the plain full network (the same backbone at full width, folded inference kernels), in
 interleaved repeats, and prints the median times, the speed-up, the FLOPs ratio and
 ``speed-up * FLOPs ratio`` (1.0 = the speed-up follows the FLOPs exactly; the router's own
-observation and policy are not counted in FLOPs but are in the time).
+observation and policy are not counted in FLOPs but are in the time), and how long the first stage
+alone takes (what every image pays) against its share of the FLOPs.
 
     python examples/exit_speed.py --model demo_out/models/DynExit-v0-PPO.zip
     python examples/exit_speed.py                      # trains PPO with the recipe first (minutes)
@@ -23,6 +24,7 @@ import torch
 
 import dyncnn_gym
 from dyncnn_gym.benchmark.protocol import load_model
+from dyncnn_gym.exit_walk import ExitWalk
 from dyncnn_gym.recipes import env_kwargs, train_ppo
 
 
@@ -51,25 +53,32 @@ def main() -> None:
     def full(batch: torch.Tensor) -> torch.Tensor:
         return net.full_forward(batch, "exit" if args.stages == "depth" else "channel")
 
+    def first(batch: torch.Tensor) -> torch.Tensor:  # what every image costs: the stem, stage 0, exit 0
+        return ExitWalk(routed.stages, batch).logits
+
+    first_ratio = routed.stages.costs.exit_flops(0) / routed.full
+
     for batch in (256, 1):
         n = len(x) if batch > 1 else args.batch1_images
         chunks = [x[i : i + batch] for i in range(0, n, batch)]
-        times: dict[str, list[float]] = {"full": [], "routed": []}
+        times: dict[str, list[float]] = {"full": [], "routed": [], "first": []}
         with torch.no_grad():
-            for fn in (full, routed):  # warm-up (kernel caches, allocator)
+            for fn in (full, routed, first):  # warm-up (kernel caches, allocator)
                 for c in chunks[:2]:
                     fn(c)
             for _ in range(args.repeats):
-                for name, fn in (("full", full), ("routed", routed)):
+                for name, fn in (("full", full), ("routed", routed), ("first", first)):
                     t0 = time.perf_counter()
                     for c in chunks:
                         fn(c)
                     times[name].append(time.perf_counter() - t0)
-        tf, tr = statistics.median(times["full"]), statistics.median(times["routed"])
+        tf, tr, t0 = (statistics.median(times[k]) for k in ("full", "routed", "first"))
         speed = tf / tr
         print(
             f"batch {batch:3d}: full {1e3 * tf / n:.3f} ms/image, routed {1e3 * tr / n:.3f} ms/image, speed-up {speed:.2f}x,"
-            f" speed-up * FLOPs ratio {speed * ratio:.2f} (medians of {args.repeats} interleaved repeats, {args.threads} thread(s))"
+            f" speed-up * FLOPs ratio {speed * ratio:.2f}; the first stage alone (every image at exit 0, FLOPs ratio"
+            f" {first_ratio:.3f}): {t0 / tf:.2f} of the full network's time (medians of {args.repeats} interleaved repeats,"
+            f" {args.threads} thread(s))"
         )
 
 

@@ -546,3 +546,12 @@ def test_exit_resnets_build_train_and_report_every_exit(tmp_path):
     assert isinstance(again, ExitResNet) and again.exits == trained.exits and again.modes == ("exit",)
     with pytest.raises(ValueError, match="sandwich"):
         pretrain("resnet8-exits+sandwich", data, epochs=1, progress=False, cache=False)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_keeps_the_flops(dtype):
+    kw = kwargs("depth", "digits")
+    low = dyncnn_gym.evaluate(lambda obs: np.ones(len(obs), dtype=np.int64), ENV, dtype=dtype, per_image=True, **kw)
+    ref = dyncnn_gym.evaluate(lambda obs: np.ones(len(obs), dtype=np.int64), ENV, per_image=True, **kw)
+    np.testing.assert_array_equal(low["images"]["flops"], ref["images"]["flops"])
+    assert (low["images"]["prediction"] == ref["images"]["prediction"]).mean() > 0.9

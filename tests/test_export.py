@@ -24,8 +24,8 @@ import dyncnn_gym
 from dyncnn_gym.routed import RoutedNet, ScoreHead, export, load
 from dyncnn_gym.sb3 import make_vec_env
 
-IDS = ("DynChannel-v0", "DynSkip-v0")
-ARCH = {"DynChannel-v0": "vgg", "DynSkip-v0": "resnet14"}
+IDS = ("DynChannel-v0", "DynSkip-v0", "DynRoute-v0")
+ARCH = {"DynChannel-v0": "vgg", "DynSkip-v0": "resnet14", "DynRoute-v0": "resnet14"}
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))
 DEVICES = ["cpu", CUDA]
 
