@@ -10,7 +10,7 @@ alone takes (what every image pays) against its share of the FLOPs.
 
     python examples/exit_speed.py --model demo_out/models/DynExit-v0-PPO.zip
     python examples/exit_speed.py                      # trains PPO with the recipe first (minutes)
-    python examples/exit_speed.py --stages depth --threads 1
+    python examples/exit_speed.py --stages depth --compute-weight 0.16
 """
 
 from __future__ import annotations
@@ -33,12 +33,14 @@ def main() -> None:
     p.add_argument("--model", default=None, help="a saved SB3 model of DynExit-v0 (default: train PPO with the recipe)")
     p.add_argument("--stages", default="width", choices=["width", "depth"])
     p.add_argument("--dataset", default="shapes")
+    p.add_argument("--compute-weight", type=float, default=None, help="the env's compute weight (default: the recipe's)")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch1-images", type=int, default=200, help="images timed one by one")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    kw = env_kwargs("DynExit-v0", dataset=args.dataset, stages=args.stages)
+    weight = {} if args.compute_weight is None else {"compute_weight": args.compute_weight}
+    kw = env_kwargs("DynExit-v0", dataset=args.dataset, stages=args.stages, **weight)
     model = load_model(args.model) if args.model else train_ppo("DynExit-v0", progress=False, **kw)
     routed = dyncnn_gym.export(model, "DynExit-v0", **kw)
     net = routed.backbone

@@ -363,13 +363,22 @@ def test_sb3_vecenv_equals_the_gymnasium_vector_env_and_counts_episode_lengths()
 
 
 def test_sb3_algorithms_learn_on_it():
-    from sb3_contrib import MaskablePPO
+    from sb3_contrib import QRDQN, MaskablePPO, RecurrentPPO
     from stable_baselines3 import A2C, DQN, PPO
 
     kw = kwargs("width-vgg", "digits")
-    for algo, extra in ((PPO, {"n_steps": 16, "batch_size": 32}), (A2C, {"n_steps": 4}), (DQN, {"learning_starts": 10})):
-        algo("MlpPolicy", make_vec_env(ENV, n_envs=4, seed=0, **kw), device="cpu", seed=0, **extra).learn(96)
-    MaskablePPO("MlpPolicy", make_vec_env(ENV, n_envs=4, seed=0, **kw), n_steps=16, batch_size=32, device="cpu").learn(64)
+    algos = (
+        (PPO, "MlpPolicy", {"n_steps": 16, "batch_size": 32}),
+        (A2C, "MlpPolicy", {"n_steps": 4}),
+        (DQN, "MlpPolicy", {"learning_starts": 10}),
+        (QRDQN, "MlpPolicy", {"learning_starts": 10}),
+        (MaskablePPO, "MlpPolicy", {"n_steps": 16, "batch_size": 32}),
+        (RecurrentPPO, "MlpLstmPolicy", {"n_steps": 16, "batch_size": 32}),
+    )
+    for algo, policy, extra in algos:
+        model = algo(policy, make_vec_env(ENV, n_envs=4, seed=0, **kw), device="cpu", seed=0, **extra).learn(64)
+        res = dyncnn_gym.evaluate(model, ENV, **kw)
+        assert 0.0 <= res["accuracy"] <= 1.0 and sum(res["exit_rates"]) == pytest.approx(1.0)
 
 
 # -- evaluate, export, baselines ----------------------------------------------------------------------------
