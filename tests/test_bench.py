@@ -48,7 +48,7 @@ def test_suites_resolve_and_unknown_names_are_named():
 
 
 def test_pins_match_the_shipped_checkpoints_and_a_mismatch_raises():
-    for name in ("cpu-v0", "cpu-v1"):
+    for name in ("cpu-v0", "cpu-v1", "cpu-v2"):
         found = check_pins(name)
         assert found == get_suite(name).backbone_sha256 and all(found.values())
     cpu = get_suite("cpu-v0")
