@@ -1,7 +1,7 @@
-"""Single-file reference agents (CleanRL style): run them as scripts (``python agents/rnp_dqn.py --help``).
+"""Single-file reference agents (CleanRL style), one file per algorithm.
 
-This file only makes ``agents`` a regular package, so that from the repository root the bench
-plug-ins import as ``agents.rnp_dqn:bench_agent``, ``agents.skipnet_hrl:bench_agent`` and
-``agents.blockdrop_pg:bench_agent`` (the repository root must be on ``sys.path``: run
-``python -m dyncnn_gym.cli bench ...`` from it, or set ``PYTHONPATH=.``).
+From a checkout, run them as scripts (``python agents/rnp_dqn.py --help``). The package installs
+this folder as :mod:`dyncnn_gym.agents`, so ``dyncnn-gym bench --agent rnp`` (``skipnet``,
+``blockdrop``) imports ``dyncnn_gym.agents.rnp_dqn:bench_agent`` from any install, editable or not.
+Each file imports only :mod:`dyncnn_gym`, never another agent file.
 """

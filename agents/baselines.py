@@ -21,31 +21,38 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
 from dyncnn_gym.benchmark.baselines import cascade_front, oracle, random_policy_eval, static_baselines
+from dyncnn_gym.cli import HelpFormatter
 from dyncnn_gym.envs.core import RoutingCore
+from dyncnn_gym.fileio import write_text
+
+
+def arg(default: Any, help: str) -> Any:
+    """A field of :class:`Args` with its ``--help`` text."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class Args:
-    env: str = "DynChannel-v0"
-    dataset: str = "shapes"
-    backbone: str | None = None
-    groups: int = 4
-    rate: float = 0.5
-    seed: int = 0
-    out: str | None = None
+    env: str = arg("DynChannel-v0", "routing env id: DynChannel-v0 or DynSkip-v0")
+    dataset: str = arg("shapes", "data set name (shapes, digits, ...)")
+    backbone: str | None = arg(None, "backbone name or checkpoint path (default: the env's default backbone)")
+    groups: int = arg(4, "channel groups per layer")
+    rate: float = arg(0.5, "random routes: probability of the cheap action (skip / narrowest width)")
+    seed: int = arg(0, "seeds the random routes")
+    out: str | None = arg(None, "also write the results to this JSON file (default: print only)")
 
 
 def parse_args() -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field, default in asdict(Args()).items():
-        kind = type(default) if default is not None else str
-        p.add_argument(f"--{field}", type=kind, default=default)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    for f in fields(Args):
+        kind = type(f.default) if f.default is not None else str
+        p.add_argument(f"--{f.name}", type=kind, default=f.default, help=f.metadata["help"])
     ns = p.parse_args()
     if ns.env not in ("DynChannel-v0", "DynSkip-v0"):
         p.error(f"--env {ns.env!r} is not a routing env; choose DynChannel-v0 or DynSkip-v0")
@@ -84,8 +91,7 @@ def main() -> None:
         )
     print(f"  oracle (knows the label): {orc['accuracy']:.4f} at {orc['flops_ratio']:.3f}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_text(args.out, json.dumps(result, indent=2))
         print(f"wrote {args.out}")
 
 

@@ -54,7 +54,7 @@ import argparse
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,41 +66,50 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import Walk, evaluate
+from dyncnn_gym.cli import HelpFormatter
+from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
+from dyncnn_gym.pretraining import save_checkpoint
+from dyncnn_gym.walk import run
 
 REWARDS = ("blockdrop", "flops")
 
 
+def arg(default: Any, help: str) -> Any:
+    """A field of :class:`Args` with its ``--help`` text."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Args:
-    dataset: str = "shapes"
-    backbone: str = ""  # "" = the default ResNet (resnet32-lite@skip)
-    obs: str = "probe"
-    reward: str = "blockdrop"
-    penalty: float = 1.0
-    compute_weight: float = 0.5  # only with --reward flops
-    num_envs: int = 256
-    iterations: int = 300
-    hidden: int = 64
-    lr: float = 3e-3
-    ent_coef: float = 0.0
-    explore: float = 0.8
-    curriculum_fraction: float = 0.5
-    finetune_iterations: int = 0  # joint policy + backbone iterations after the RL stage (0 = backbone frozen)
-    finetune_lr: float = 1e-4
-    finetune_batch: int = 128
-    compare_static: bool = True
-    seed: int = 0
-    out: str = "runs/blockdrop_pg"
+    dataset: str = arg("shapes", "data set name (shapes, digits, ...)")
+    backbone: str = arg("", "backbone name or checkpoint path (default: empty, the DynSkip default, resnet32-lite@skip)")
+    obs: str = arg("probe", "observation mode of the env: features or probe")
+    reward: str = arg("blockdrop", "blockdrop (1 - u**2 if correct, else -penalty) or flops (DynSkip-v0's return)")
+    penalty: float = arg(1.0, "reward of a wrong prediction is -penalty (--reward blockdrop)")
+    compute_weight: float = arg(0.5, "reward per unit of FLOPs ratio saved (--reward flops only)")
+    num_envs: int = arg(256, "images per rollout, stepped as one batch")
+    iterations: int = arg(300, "policy-gradient iterations with the backbone frozen")
+    hidden: int = arg(64, "hidden width of the policy MLP")
+    lr: float = arg(3e-3, "Adam learning rate of the policy")
+    ent_coef: float = arg(0.0, "entropy bonus")
+    explore: float = arg(0.8, "keep probabilities are bounded to explore * p + (1 - explore) * (1 - p); in [0.5, 1]")
+    curriculum_fraction: float = arg(0.5, "share of the iterations over which the policy decides the last j blocks, j growing")
+    finetune_iterations: int = arg(0, "joint policy + backbone iterations after the RL stage (0 = backbone frozen)")
+    finetune_lr: float = arg(1e-4, "Adam learning rate of the backbone in the joint stage")
+    finetune_batch: int = arg(128, "train images per backbone step")
+    compare_static: bool = arg(True, "also measure the static-route front at the policy's FLOPs")
+    seed: int = arg(0, "seeds the envs, the policy and the sampling")
+    out: str = arg("runs/blockdrop_pg", "output folder (policy.pt, result.json, backbone.pt)")
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field, default in asdict(Args()).items():
-        flag = f"--{field.replace('_', '-')}"
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    for f in fields(Args):
+        flag, text = f"--{f.name.replace('_', '-')}", f.metadata["help"]
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
-            p.add_argument(flag, type=type(default), default=default)
+            p.add_argument(flag, type=type(f.default), default=f.default, help=text)
     ns = p.parse_args(argv)
     if ns.reward not in REWARDS:
         p.error(f"--reward {ns.reward!r} is not supported; choose one of {list(REWARDS)}")
@@ -165,7 +174,7 @@ class PerDecision(nn.Module):
 
 
 def save_policy(policy: OneShotPolicy, path: str | Path) -> None:
-    torch.save({"config": policy.config, "state_dict": policy.state_dict()}, path)
+    save_torch({"config": policy.config, "state_dict": policy.state_dict()}, path)
 
 
 def load_policy(path: str | Path, per_decision: bool = True) -> nn.Module:
@@ -205,9 +214,7 @@ def finetune_step(
     walk = Walk(core.net, core.mode, xb)
     with torch.no_grad():
         keep = torch.bernoulli(explore_probs(torch.sigmoid(policy(torch.as_tensor(core.observe(walk)))), explore))
-    while not walk.done:
-        walk.step(keep[:, walk.t].long())
-    logits = walk.logits()
+    logits = run(walk, lambda w: keep[:, w.t].long()).logits()
     loss = F.cross_entropy(logits, yb)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -317,18 +324,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(1)
     env_kwargs = env_kwargs_of(args)
+    out = check_writable_dir(args.out, "--out")  # before training, so no run is lost to a bad path
     t0 = time.time()
     policy, net, history = train(args, env_kwargs)
     train_s = time.time() - t0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     save_policy(policy, out / "policy.pt")
     eval_kwargs = skip_kwargs(env_kwargs)
     test_kwargs = dict(eval_kwargs)
     if args.finetune_iterations:
         from dyncnn_gym.pretraining import load_checkpoint
 
-        torch.save({"state_dict": net.state_dict(), "meta": getattr(net, "meta", None)}, out / "backbone.pt")
+        save_checkpoint(net, out / "backbone.pt")
         test_kwargs["backbone"] = load_checkpoint(out / "backbone.pt")  # evaluated as reloaded from the file
     res = evaluate(PerDecision(policy), "DynSkip-v0", **test_kwargs)
     print(
@@ -370,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "gain_points": 100.0 * (res["accuracy"] - at) if np.isfinite(at) else float("nan"),
         }
         print(f"static front at the same FLOPs: {at:.4f} (gain {entry['static']['gain_points']:+.2f} points)")
-    (out / "result.json").write_text(json.dumps(entry, indent=2, default=float))
+    write_text(out / "result.json", json.dumps(entry, indent=2, default=float))
     print(f"wrote {out}/result.json, policy.pt" + (" and backbone.pt" if args.finetune_iterations else ""))
     return entry
 

@@ -30,8 +30,10 @@ the one taken. States are collected on held-out images where the data has them (
 VGG at full width: 100 % of shapes' train split), so values measured there say that more
 computation never pays.
 
-Output in ``--out``: ``policy.pt`` (the module; ``torch.load(..., weights_only=False)``) and
-``result.json`` (the test-split evaluation, ``dyncnn_gym.evaluate``).
+Output in ``--out``: ``policy.pt`` (load with :func:`load_policy`: the value network, an
+``nn.Module`` mapping observations ``[B, D]`` to one value per action, which ``dyncnn_gym.evaluate``
+and ``dyncnn_gym.export`` accept) and ``result.json`` (the test-split evaluation,
+``dyncnn_gym.evaluate``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import evaluate
+from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
 from dyncnn_gym.sb3 import make_vec_env
 
 TARGETS = ("q", "q_full", "policy")
@@ -83,6 +86,7 @@ class ValueNet(nn.Module):
 
     def __init__(self, obs_dim: int, num_actions: int, hidden: int = 64) -> None:
         super().__init__()
+        self.config = {"obs_dim": int(obs_dim), "num_actions": int(num_actions), "hidden": int(hidden)}
         self.net = nn.Sequential(
             nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_actions)
         )
@@ -100,14 +104,6 @@ def env_kwargs(args: Args, base: dict[str, Any] | None = None) -> dict[str, Any]
         kw["obs"] = args.obs
     kw["compute_weight"] = args.compute_weight
     return kw
-
-
-def pick_split(split: str, dataset: Any) -> str:
-    from dyncnn_gym.envs.core import _shared_data
-
-    if split != "auto":
-        return split
-    return "val" if _shared_data(dataset).has_val else "train"
 
 
 def soften(tt: dict[str, np.ndarray], target: str, vec) -> np.ndarray:
@@ -212,8 +208,7 @@ def train(args: Args, kwargs: dict[str, Any], log=print) -> tuple[ValueNet, list
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    split = pick_split(args.split, kwargs.get("dataset", "shapes"))
-    vec = make_vec_env(args.env, n_envs=args.n_envs, seed=args.seed, split=split, **kwargs)
+    vec = make_vec_env(args.env, n_envs=args.n_envs, seed=args.seed, **{**kwargs, "split": args.split})
     policy = ValueNet(vec.observation_space.shape[0], int(vec.action_space.n), args.hidden)
     X = np.zeros((0, vec.observation_space.shape[0]), dtype=np.float32)
     Y = np.zeros((0, int(vec.action_space.n)))
@@ -232,6 +227,21 @@ def train(args: Args, kwargs: dict[str, Any], log=print) -> tuple[ValueNet, list
         log(f"[dagger] iteration {it}: beta {beta:.3f}, {len(X)} states, held-out value MSE {loss:.5f}")
     policy.eval()
     return policy, history
+
+
+def save_policy(policy: ValueNet, path: str | Path) -> Path:
+    """Write the value network (its config and weights; no pickled code) atomically."""
+    return save_torch({"config": policy.config, "state_dict": policy.state_dict()}, path)
+
+
+def load_policy(path: str | Path) -> ValueNet:
+    """The saved value network (eval mode): ``dyncnn_gym.evaluate(load_policy(path), env_id, ...)``."""
+    from dyncnn_gym.fileio import load_torch
+
+    blob = load_torch(path, what="DAgger policy")
+    policy = ValueNet(**blob["config"])
+    policy.load_state_dict(blob["state_dict"])
+    return policy.eval()
 
 
 def bench_agent(env_fn, task, seed: int, step_budget: int) -> ValueNet:
@@ -260,18 +270,17 @@ def main() -> None:
         p.add_argument(f"--{f.replace('_', '-')}", type=kind, default=v)
     args = Args(**vars(p.parse_args()))
     torch.set_num_threads(1)
+    out = check_writable_dir(args.out, "out")  # before training: a run is not lost to an unwritable --out
     t0 = time.perf_counter()
     kwargs = env_kwargs(args)
     policy, history = train(args, kwargs)
     kwargs.pop("compute_weight")
     res = evaluate(policy, args.env, compute_weight=args.compute_weight, **kwargs)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(policy, out / "policy.pt")
+    save_policy(policy, out / "policy.pt")
     keep = ("accuracy", "flops_ratio", "action_rates", "exit_rates")
     result = {"args": asdict(args), "history": history, **{k: res[k] for k in keep if k in res}}
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    (out / "result.json").write_text(json.dumps(result, indent=2))
+    write_text(out / "result.json", json.dumps(result, indent=2))
     print(f"test accuracy {100 * res['accuracy']:.2f} % at FLOPs ratio {res['flops_ratio']:.4f} ({result['seconds']} s)")
 
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -32,27 +32,34 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import evaluate
+from dyncnn_gym.cli import HelpFormatter
+from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
+
+
+def arg(default: Any, help: str) -> Any:
+    """A field of :class:`Args` with its ``--help`` text."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class Args:
-    env: str = "DynSkip-v0"
-    dataset: str = "shapes"
-    compute_weight: float = 0.5
-    num_envs: int = 256
-    iterations: int = 300
-    lr: float = 3e-3
-    ent_coef: float = 0.01
-    hidden: int = 32
-    seed: int = 0
-    obs: str = "probe"
-    out: str = "runs/reinforce_gates"
+    env: str = arg("DynSkip-v0", "routing env id: DynSkip-v0 or DynChannel-v0")
+    dataset: str = arg("shapes", "data set name (shapes, digits, ...)")
+    compute_weight: float = arg(0.5, "reward per unit of FLOPs ratio saved")
+    num_envs: int = arg(256, "episodes per rollout, stepped as one batch")
+    iterations: int = arg(300, "REINFORCE iterations")
+    lr: float = arg(3e-3, "Adam learning rate")
+    ent_coef: float = arg(0.01, "entropy bonus")
+    hidden: int = arg(32, "width of the gate code and of the GRU state")
+    seed: int = arg(0, "seeds the env, the gates and the sampling")
+    obs: str = arg("probe", "observation mode of the env: features or probe")
+    out: str = arg("runs/reinforce_gates", "output folder (policy.pt, result.json)")
 
 
 def parse_args() -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field, default in asdict(Args()).items():
-        p.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    for f in fields(Args):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f.metadata["help"])
     ns = p.parse_args()
     if ns.env not in ("DynChannel-v0", "DynSkip-v0"):
         p.error(f"--env {ns.env!r} is not a routing env; choose DynChannel-v0 or DynSkip-v0")
@@ -98,6 +105,7 @@ def main() -> None:
     policy = GatePolicy(envs.single_observation_space.shape[0], n_actions, args.hidden)
     opt = torch.optim.Adam(policy.parameters(), lr=args.lr)
     obs, _ = envs.reset(seed=args.seed)
+    out = check_writable_dir(args.out, "--out")  # before training, so no run is lost to a bad path
     start = time.time()
     for it in range(args.iterations):
         h = torch.zeros(args.num_envs, args.hidden)
@@ -128,9 +136,7 @@ def main() -> None:
             )
     res = evaluate(Deterministic(policy, args.hidden, T), args.env, **env_kwargs)
     print(f"test: accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(policy.state_dict(), out / "policy.pt")
+    save_torch(policy.state_dict(), out / "policy.pt")
     entry = {
         "env_id": args.env,
         "env_kwargs": env_kwargs,
@@ -140,7 +146,7 @@ def main() -> None:
         "flops_ratio": res["flops_ratio"],
         "mean_action": res["mean_action"],
     }
-    (out / "result.json").write_text(json.dumps(entry, indent=2))
+    write_text(out / "result.json", json.dumps(entry, indent=2))
     print(f"wrote {out}/result.json and policy.pt")
 
 

@@ -41,7 +41,7 @@ import argparse
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -53,50 +53,59 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import Walk, evaluate
+from dyncnn_gym.cli import HelpFormatter
+from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
+from dyncnn_gym.pretraining import save_checkpoint
+from dyncnn_gym.walk import run
 
 ENVS = ("DynChannel-v0", "DynSkip-v0")
 
 
+def arg(default: Any, help: str) -> Any:
+    """A field of :class:`Args` with its ``--help`` text."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Args:
-    env: str = "DynChannel-v0"
-    dataset: str = "shapes"
-    backbone: str = ""  # "" = the env's default backbone
-    compute_weight: float = 0.5
-    loss: str = "ce"  # the reward's classification term: "ce" (the paper's) or "error" (0/1)
-    obs: str = "probe"
-    split: str = "train"  # images the agent trains on: "train", or "val" (held out from the backbone)
-    num_envs: int = 128
-    iterations: int = 300
-    hidden: int = 64
-    lr: float = 1e-3
-    gamma: float = 1.0
-    batch_episodes: int = 64
-    buffer_episodes: int = 4096
-    updates_per_iter: int = 4
-    target_every: int = 50
-    learning_starts: int = 256  # episodes in the buffer before the first update
-    eps_start: float = 1.0
-    eps_end: float = 0.05
-    eps_fraction: float = 0.5
-    finetune: bool = False
-    finetune_every: int = 0  # iterations between backbone fine-tuning phases (0 = never; implies --finetune when > 0)
-    finetune_steps: int = 10
-    finetune_lr: float = 1e-4
-    finetune_batch: int = 128
-    compare_static: bool = True
-    seed: int = 0
-    out: str = "runs/rnp_dqn"
+    env: str = arg("DynChannel-v0", "routing env id: DynChannel-v0 or DynSkip-v0")
+    dataset: str = arg("shapes", "data set name (shapes, digits, ...)")
+    backbone: str = arg("", "backbone name or checkpoint path (default: empty, the env's default backbone)")
+    compute_weight: float = arg(0.5, "reward per unit of FLOPs ratio saved")
+    loss: str = arg("ce", "the reward's classification term: ce (clipped cross-entropy, the paper's) or error (0/1)")
+    obs: str = arg("probe", "observation mode of the env: features or probe")
+    split: str = arg("train", "images the agent trains on: train, or val (held out from the backbone)")
+    num_envs: int = arg(128, "episodes (images) per rollout, stepped as one batch")
+    iterations: int = arg(300, "rollout + update iterations")
+    hidden: int = arg(64, "width of the per-decision codes and of the GRU state")
+    lr: float = arg(1e-3, "Adam learning rate of the Q-network")
+    gamma: float = arg(1.0, "discount factor in (0, 1]")
+    batch_episodes: int = arg(64, "episodes per Q-learning minibatch")
+    buffer_episodes: int = arg(4096, "capacity of the replay of whole episodes")
+    updates_per_iter: int = arg(4, "Q-network updates per iteration")
+    target_every: int = arg(50, "updates between target-network syncs")
+    learning_starts: int = arg(256, "episodes in the replay before the first update")
+    eps_start: float = arg(1.0, "initial exploration rate")
+    eps_end: float = arg(0.05, "final exploration rate")
+    eps_fraction: float = arg(0.5, "share of the iterations over which epsilon is annealed")
+    finetune: bool = arg(False, "fine-tune a private copy of the backbone under the greedy routes (every 10 iterations)")
+    finetune_every: int = arg(0, "iterations between backbone fine-tuning phases (0 = never; > 0 implies --finetune)")
+    finetune_steps: int = arg(10, "supervised backbone steps per fine-tuning phase")
+    finetune_lr: float = arg(1e-4, "Adam learning rate of the backbone fine-tuning")
+    finetune_batch: int = arg(128, "train images per backbone step")
+    compare_static: bool = arg(True, "also measure the static-route front at the policy's FLOPs")
+    seed: int = arg(0, "seeds the env, the Q-network and exploration")
+    out: str = arg("runs/rnp_dqn", "output folder (policy.pt, result.json, backbone.pt)")
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field, default in asdict(Args()).items():
-        flag = f"--{field.replace('_', '-')}"
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    for f in fields(Args):
+        flag, text = f"--{f.name.replace('_', '-')}", f.metadata["help"]
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
-            p.add_argument(flag, type=type(default), default=default)
+            p.add_argument(flag, type=type(f.default), default=f.default, help=text)
     ns = p.parse_args(argv)
     if ns.loss not in ("ce", "error"):
         p.error(f"--loss {ns.loss!r} is not a classification term; choose one of ['ce', 'error']")
@@ -201,7 +210,7 @@ def build_qnet(env, hidden: int) -> RNPQNet:
 
 
 def save_policy(qnet: RNPQNet, path: str | Path) -> None:
-    torch.save({"config": qnet.config, "state_dict": qnet.state_dict()}, path)
+    save_torch({"config": qnet.config, "state_dict": qnet.state_dict()}, path)
 
 
 def load_policy(path: str | Path) -> RNPQNet:
@@ -269,6 +278,18 @@ def act_eps_greedy(q: torch.Tensor, mask: np.ndarray, eps: float, rng: np.random
     return greedy
 
 
+def _greedy(core, qnet: RNPQNet, batch: int):
+    """``walk -> actions``: the argmax of ``qnet``'s Q-values, its recurrent state carried across decisions."""
+    state = [torch.zeros(batch, qnet.hidden)]
+
+    def choose(walk: Walk) -> np.ndarray:
+        with torch.no_grad():
+            q, state[0] = qnet.step(torch.as_tensor(core.observe(walk)), state[0])
+        return q.argmax(1).numpy()
+
+    return choose
+
+
 def finetune_backbone(
     core, qnet: RNPQNet, opt: torch.optim.Optimizer, steps: int, batch: int, rng: np.random.Generator
 ) -> dict[str, float]:
@@ -280,12 +301,7 @@ def finetune_backbone(
     for _ in range(steps):
         idx = torch.as_tensor(rng.integers(0, len(y), batch))
         xb, yb = X[idx].to(core.device), y[idx].to(core.device)
-        walk = Walk(net, core.mode, xb)
-        h = torch.zeros(len(walk), qnet.hidden)
-        while not walk.done:
-            with torch.no_grad():
-                q, h = qnet.step(torch.as_tensor(core.observe(walk)), h)
-            walk.step(q.argmax(1).numpy())
+        walk = run(Walk(net, core.mode, xb), _greedy(core, qnet, batch))
         logits = walk.logits()
         loss = F.cross_entropy(logits, yb)
         opt.zero_grad(set_to_none=True)
@@ -397,17 +413,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(1)
     env_kwargs = env_kwargs_of(args)
+    out = check_writable_dir(args.out, "--out")  # before training, so no run is lost to a bad path
     t0 = time.time()
     qnet, net, history = train(args, env_kwargs)
     train_s = time.time() - t0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     save_policy(qnet, out / "policy.pt")
     eval_kwargs = {**env_kwargs, "backbone": net}
     if args.finetune:
         from dyncnn_gym.pretraining import load_checkpoint
 
-        torch.save({"state_dict": net.state_dict(), "meta": getattr(net, "meta", None)}, out / "backbone.pt")
+        save_checkpoint(net, out / "backbone.pt")
         eval_kwargs["backbone"] = load_checkpoint(out / "backbone.pt")  # evaluated as reloaded from the file
     res = evaluate(qnet, args.env, **eval_kwargs)
     print(f"test: accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} ({train_s:.0f}s training)")
@@ -428,7 +443,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"static front at the same FLOPs: {cmp['static_front_accuracy_at_same_flops']:.4f} "
             f"(gain {cmp['gain_points']:+.2f} points)"
         )
-    (out / "result.json").write_text(json.dumps(entry, indent=2, default=float))
+    write_text(out / "result.json", json.dumps(entry, indent=2, default=float))
     print(f"wrote {out}/result.json and policy.pt")
     return entry
 

@@ -47,7 +47,7 @@ import argparse
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,44 +59,53 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import Walk, evaluate
+from dyncnn_gym.cli import HelpFormatter
+from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
+from dyncnn_gym.pretraining import save_checkpoint
+from dyncnn_gym.walk import run
 
 ENVS = ("DynSkip-v0", "DynChannel-v0")
 
 
+def arg(default: Any, help: str) -> Any:
+    """A field of :class:`Args` with its ``--help`` text."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Args:
-    env: str = "DynSkip-v0"
-    dataset: str = "shapes"
-    backbone: str = ""  # "" = the env's default backbone
-    compute_weight: float = 0.5
-    loss: str = "ce"  # the reward's classification term: "ce" (the paper's) or "error" (0/1)
-    obs: str = "probe"
-    split: str = "train"  # images the gates learn on: "train", or "val" (held out from the backbone)
-    hidden: int = 32
-    alpha: float = -1.0  # compute penalty of stage 1; < 0 = compute_weight
-    ste_iterations: int = 100
-    ste_batch: int = 128
-    ste_lr: float = 3e-3
-    rl_iterations: int = 100
-    num_envs: int = 256
-    lr: float = 3e-3
-    ent_coef: float = 0.01
-    rl_sharpness: float = 1.0  # stage 2 samples from softmax(rl_sharpness * logits); > 1 starts it near stage 1's hard gates
-    joint_backbone: bool = False
-    backbone_lr: float = 1e-4
-    compare_static: bool = True
-    seed: int = 0
-    out: str = "runs/skipnet_hrl"
+    env: str = arg("DynSkip-v0", "routing env id: DynSkip-v0 or DynChannel-v0 (stage 2 only)")
+    dataset: str = arg("shapes", "data set name (shapes, digits, ...)")
+    backbone: str = arg("", "backbone name or checkpoint path (default: empty, the env's default backbone)")
+    compute_weight: float = arg(0.5, "reward per unit of FLOPs ratio saved")
+    loss: str = arg("ce", "the reward's classification term: ce (clipped cross-entropy, the paper's) or error (0/1)")
+    obs: str = arg("probe", "observation mode of the env: features or probe")
+    split: str = arg("train", "images the gates learn on: train, or val (held out from the backbone)")
+    hidden: int = arg(32, "width of the gate code and of the GRU state")
+    alpha: float = arg(-1.0, "compute penalty of stage 1 (negative: --compute-weight)")
+    ste_iterations: int = arg(100, "stage 1 (straight-through gates) steps; 0 skips stage 1")
+    ste_batch: int = arg(128, "train images per stage 1 step")
+    ste_lr: float = arg(3e-3, "Adam learning rate of stage 1")
+    rl_iterations: int = arg(100, "stage 2 (REINFORCE) iterations; 0 skips stage 2")
+    num_envs: int = arg(256, "episodes per stage 2 rollout, stepped as one batch")
+    lr: float = arg(3e-3, "Adam learning rate of stage 2")
+    ent_coef: float = arg(0.01, "entropy bonus of stage 2")
+    rl_sharpness: float = arg(1.0, "stage 2 samples from softmax(sharpness * logits); > 1 starts it near stage 1's gates")
+    joint_backbone: bool = arg(False, "also train a private copy of the backbone under the gates")
+    backbone_lr: float = arg(1e-4, "Adam learning rate of the backbone (--joint-backbone)")
+    compare_static: bool = arg(True, "also measure the static-route front at the policy's FLOPs")
+    seed: int = arg(0, "seeds the env, the gates and the sampling")
+    out: str = arg("runs/skipnet_hrl", "output folder (policy.pt, result.json, backbone.pt)")
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field, default in asdict(Args()).items():
-        flag = f"--{field.replace('_', '-')}"
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    for f in fields(Args):
+        flag, text = f"--{f.name.replace('_', '-')}", f.metadata["help"]
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
-            p.add_argument(flag, type=type(default), default=default)
+            p.add_argument(flag, type=type(f.default), default=f.default, help=text)
     ns = p.parse_args(argv)
     if ns.loss not in ("ce", "error"):
         p.error(f"--loss {ns.loss!r} is not a classification term; choose one of ['ce', 'error']")
@@ -161,7 +170,7 @@ class GatePolicy(nn.Module):
 
 
 def save_policy(policy: GatePolicy, path: str | Path) -> None:
-    torch.save({"config": policy.config, "state_dict": policy.state_dict()}, path)
+    save_torch({"config": policy.config, "state_dict": policy.state_dict()}, path)
 
 
 def load_policy(path: str | Path) -> GatePolicy:
@@ -277,12 +286,14 @@ def routed_step(
     idx = rng.integers(0, len(train.labels), batch)
     x = torch.as_tensor(train.images[idx]).to(core.device)
     y = torch.as_tensor(train.labels[idx]).to(core.device)
-    walk = Walk(core.net, core.mode, x)
-    h = torch.zeros(batch, policy.hidden)
-    while not walk.done:
+    state = [torch.zeros(batch, policy.hidden)]
+
+    def sampled_gates(walk: Walk) -> np.ndarray:
         with torch.no_grad():
-            logits, h = policy.step(torch.as_tensor(core.observe(walk)), h)
-        walk.step(torch.distributions.Categorical(logits=sharpness * logits).sample().numpy())
+            logits, state[0] = policy.step(torch.as_tensor(core.observe(walk)), state[0])
+        return torch.distributions.Categorical(logits=sharpness * logits).sample().numpy()
+
+    walk = run(Walk(core.net, core.mode, x), sampled_gates)
     loss = F.cross_entropy(walk.logits(), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -436,17 +447,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stage1.update(accuracy=r["accuracy"], flops_ratio=r["flops_ratio"])
         print(f"test after stage 1 (STE): accuracy {r['accuracy']:.4f} at FLOPs ratio {r['flops_ratio']:.3f}")
 
+    out = check_writable_dir(args.out, "--out")  # before training, so no run is lost to a bad path
     t0 = time.time()
     policy, net, logs = train(args, env_kwargs, after_stage1=after_stage1)
     train_s = time.time() - t0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     save_policy(policy, out / "policy.pt")
     eval_kwargs = {**env_kwargs, "backbone": net}
     if args.joint_backbone:
         from dyncnn_gym.pretraining import load_checkpoint
 
-        torch.save({"state_dict": net.state_dict(), "meta": getattr(net, "meta", None)}, out / "backbone.pt")
+        save_checkpoint(net, out / "backbone.pt")
         eval_kwargs["backbone"] = load_checkpoint(out / "backbone.pt")  # evaluated as reloaded from the file
     res = evaluate(policy, args.env, **eval_kwargs)
     print(f"test: accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} ({train_s:.0f}s training)")
@@ -468,7 +478,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"static front at the same FLOPs: {cmp['static_front_accuracy_at_same_flops']:.4f} "
             f"(gain {cmp['gain_points']:+.2f} points)"
         )
-    (out / "result.json").write_text(json.dumps(entry, indent=2, default=float))
+    write_text(out / "result.json", json.dumps(entry, indent=2, default=float))
     print(f"wrote {out}/result.json and policy.pt")
     return entry
 

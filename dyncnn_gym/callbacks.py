@@ -36,22 +36,13 @@ def check_augment(data: Any) -> None:
 def routed_logits(
     core: RoutingCore, policy: Any, images: torch.Tensor, deterministic: bool = True
 ) -> tuple[torch.Tensor, Walk]:
-    """Route ``images`` through ``core.net`` with ``policy`` (an SB3 model) choosing every action.
+    """Route ``images`` through ``core.net`` with ``policy`` (an SB3 model, or anything
+    :func:`~dyncnn_gym.policies.as_policy` accepts) choosing every action: :meth:`RoutingCore.route`.
 
     Runs with autograd enabled (gradients reach the backbone only; the policy sees detached
     observations). Returns the logits ``[B, classes]`` and the finished walk.
     """
-    walk = Walk(core.net, core.mode, images)
-    state, first = None, True
-    while not walk.done:
-        obs = core.observe(walk)
-        kw: dict[str, Any] = {"deterministic": deterministic}
-        if "action_masks" in policy.predict.__code__.co_varnames:
-            kw["action_masks"] = np.ones((len(walk), core.A), dtype=bool)
-        actions, state = policy.predict(obs, state=state, episode_start=np.full(len(walk), first), **kw)
-        first = False
-        walk.step(np.asarray(actions).reshape(-1))
-    return walk.logits(), walk
+    return core.route(policy, images, deterministic)
 
 
 def local_core(venv: Any) -> RoutingCore:
@@ -249,7 +240,7 @@ class FlopsTargetCallback(BaseCallback):
             ``eval_images`` held-out images (the ``"val"`` split where the data has one, else
             ``"train"``). It measures what test-time routing spends, but it jumps as argmax
             decisions flip; on frozen DynChannel the weight then oscillated over two orders of
-            magnitude (README, "Learning the routing").
+            magnitude (docs/results.md).
         gain: change of ``log w`` per unit of FLOPs-ratio error, per rollout (> 0).
         weight: the starting weight; default: the env's current one.
         eval_images: images per ``"eval"`` measurement.
@@ -270,14 +261,14 @@ class FlopsTargetCallback(BaseCallback):
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose)
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        if isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0 < target <= 1:
             raise ValueError(f"target={target!r} is not a FLOPs ratio; use a value in (0, 1]")
         if measure not in MEASURES:
             raise ValueError(f"measure={measure!r} is not a measurement; choose one of {list(MEASURES)}")
         for name, v in (("gain", gain), ("weight", weight)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not (np.isfinite(v) and v > 0)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not (np.isfinite(v) and v > 0)):
                 raise ValueError(f"{name}={v!r} must be a positive finite number")
-        if isinstance(eval_images, bool) or not isinstance(eval_images, int) or eval_images < 1:
+        if isinstance(eval_images, bool) or not isinstance(eval_images, (int, np.integer)) or eval_images < 1:
             raise ValueError(f"eval_images={eval_images!r} must be a positive integer")
         self.target, self.measure, self.gain = float(target), measure, float(gain)
         self.weight = None if weight is None else float(weight)
@@ -297,9 +288,7 @@ class FlopsTargetCallback(BaseCallback):
                 raise ValueError("the env's compute weight is 0, which dual ascent cannot scale; pass weight=")
         self._set(self.weight)
         if self.measure == "eval":
-            from .benchmark.calibrate import held_out_images
-
-            self._images = held_out_images(self._core, self.eval_images, self.seed)
+            self._images = self._core.held_out_images(self.eval_images, self.seed)
 
     def _on_step(self) -> bool:
         if self.measure == "train":
@@ -326,9 +315,9 @@ class FlopsTargetCallback(BaseCallback):
         assert core is not None and self._images is not None
         if self._local:  # follow a backbone fine-tuned in other processes
             core.load_backbone_state(self.training_env.env_method("get_backbone_state", indices=[0])[0])
-        from .benchmark.calibrate import flops_ratio
-
-        return flops_ratio(core, self.model, self._images)
+        with torch.no_grad():
+            _, walk = core.route(self.model, self._images)
+        return float(walk.flops.double().mean() / core.full)
 
     def _set(self, w: float) -> None:
         self.training_env.env_method("set_compute_weight", w)

@@ -1,11 +1,36 @@
-"""The ``dyncnn-gym`` command."""
+"""The ``dyncnn-gym`` command.
+
+A user error (a bad argument, a missing, unreadable or unsafe file, an unwritable output path) is
+printed as one line, ``dyncnn-gym COMMAND: error: ...``, and the command exits with code 2 and no
+traceback. ``--debug`` (or the environment variable ``DYNCNN_GYM_DEBUG=1``) shows the full
+traceback instead; any other exception (a bug) always does.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+
+#: exceptions the commands raise for a user's input or files: one line and exit code 2
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError)
+DEBUG_VAR = "DYNCNN_GYM_DEBUG"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The help format of every ``dyncnn-gym`` command, example script and reference agent: the
+    description as written, and every option's help ending in its default, ``(default: X)``, unless
+    the help already says what the default is. On/off flags (``store_true``) are off unless given,
+    and options whose default ``None`` means something say what in their help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        flag = action.nargs == 0 and isinstance(action.const, bool)
+        if flag or action.default is None or "%(default)" in text or "(default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -26,6 +51,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         augment=args.augment,
         distill=args.distill,
         sandwich=args.sandwich,
+        allow_chance=args.allow_chance,
     )
     meta = net.meta
     print(f"{meta['arch']} on {meta['data']} (groups={meta['groups']}): trained in {meta['train_seconds']} s")
@@ -70,7 +96,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .benchmark.protocol import evaluate, load_model
 
-    env_kwargs = json.loads(args.env_kwargs) if args.env_kwargs else {}
+    try:
+        env_kwargs = json.loads(args.env_kwargs) if args.env_kwargs else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f'--env-kwargs {args.env_kwargs!r} is not JSON ({e}); give an object such as \'{{"dataset": "digits"}}\''
+        ) from None
     if not isinstance(env_kwargs, dict):
         raise ValueError(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}")
     res = evaluate(load_model(args.model), args.env, **env_kwargs)
@@ -81,12 +112,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dyncnn-gym",
-        description="Input-adaptive CNNs as Gymnasium environments (DynChannel-v0, DynSkip-v0, DynRoute-v0, DynExit-v0).",
+        formatter_class=HelpFormatter,
+        description="Input-adaptive CNNs as Gymnasium environments (DynChannel, DynSkip, DynBlockDrop, DynRoute, DynExit).",
+        epilog=f"Errors in the arguments or files print one line and exit with code 2; --debug (or {DEBUG_VAR}=1)"
+        " shows the traceback.",
     )
+    parser.add_argument("--debug", action="store_true", help=f"show the full traceback of an error (also {DEBUG_VAR}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("pretrain", help="train a pruning/skipping-robust backbone and cache it")
+    p = sub.add_parser("pretrain", formatter_class=HelpFormatter, help="train a pruning/skipping-robust backbone and cache it")
     p.add_argument(
         "arch",
         help="backbone arch, e.g. vgg, resnet8, resnet20 (see `dyncnn-gym info`), or 'arch@mode' to"
@@ -96,12 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="shapes", help="data set name (default: shapes, the embedded data)")
     p.add_argument("--groups", type=int, default=4, help="channel groups per layer (default: 4)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: chosen from the data size)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None, help="also write the checkpoint here")
-    p.add_argument("--augment", action="store_true", help="random 2-pixel translations (images >= 16x16)")
+    p.add_argument("--batch-size", type=int, default=128, help="training images per step")
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights and the batch order")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--out", default=None, help="also write the checkpoint to this file (default: the cache only)")
+    p.add_argument("--augment", action="store_true", help="random 2-pixel translations (images of at least 16x16)")
     p.add_argument(
         "--distill",
         action="store_true",
@@ -112,34 +147,56 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="sandwich rule: every step also trains the cheapest route (narrowest widths / all blocks skipped)",
     )
+    p.add_argument(
+        "--allow-chance",
+        action="store_true",
+        help="keep a backbone whose test accuracy is at chance level (refused by default; never cached)",
+    )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the checkpoint cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the checkpoint metadata as JSON")
     p.set_defaults(func=_cmd_pretrain)
 
-    p = sub.add_parser("demo", help="the main job: load the backbones, train PPO routers, evaluate, plot (minutes on 2 cores)")
+    p = sub.add_parser(
+        "demo",
+        formatter_class=HelpFormatter,
+        help="the main job: pretrain, train PPO routers, evaluate, plot (minutes on 2 cores)",
+    )
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     p.add_argument(
-        "--env", action="append", choices=["DynChannel-v0", "DynSkip-v0", "DynExit-v0"], help="only this env (repeatable)"
+        "--env",
+        action="append",
+        choices=["DynChannel-v1", "DynSkip-v1", "DynExit-v0", "DynChannel-v0", "DynSkip-v0"],
+        help="only this env (repeatable; default: DynChannel-v1, DynSkip-v1 and DynExit-v0)",
     )
     p.add_argument("--timesteps", type=int, default=None, help="PPO steps per env (default: the recipe's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds PPO and the evaluation's random baselines")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("evaluate", help="evaluate a saved SB3 model on the whole test split")
+    p = sub.add_parser("evaluate", formatter_class=HelpFormatter, help="evaluate a saved SB3 model on the whole test split")
     p.add_argument("model", help="path to an SB3 .zip (PPO, A2C, DQN, MaskablePPO, RecurrentPPO, QR-DQN)")
-    p.add_argument("--env", default="DynChannel-v0", choices=["DynChannel-v0", "DynSkip-v0", "DynRoute-v0", "DynExit-v0"])
-    p.add_argument("--env-kwargs", default=None, help='JSON object of env arguments, e.g. \'{"dataset": "digits"}\'')
+    p.add_argument(
+        "--env",
+        default="DynChannel-v1",
+        choices=["DynChannel-v1", "DynSkip-v1", "DynChannel-v0", "DynSkip-v0", "DynRoute-v0", "DynExit-v0"],
+        help="env id the model was trained on",
+    )
+    p.add_argument(
+        "--env-kwargs",
+        default=None,
+        help='JSON object of env arguments, e.g. \'{"dataset": "digits"}\' (default: none, the env\'s defaults)',
+    )
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("info", help="list envs, backbones, data sets and the cache directory")
+    p = sub.add_parser("info", formatter_class=HelpFormatter, help="list envs, backbones, data sets and the cache directory")
     p.set_defaults(func=_cmd_info)
 
     from .benchmark import bench
 
     p = sub.add_parser(
         "bench",
+        formatter_class=HelpFormatter,
         help="rank routing algorithms on a benchmark suite (leaderboard, fronts, plots)",
         description="Train and evaluate agents on every task and compute weight of a suite; write"
         " results.json, leaderboard.md and plots. Agents: ppo, a2c, dqn, static, random, oracle,"
@@ -152,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "sweep",
+        formatter_class=HelpFormatter,
         help="PPO over compute weights, frozen and co-trained, against static networks of the same cost",
         description="Train PPO (the recipe) per env and compute weight on frozen and on co-trained"
         " (BackboneFinetuneCallback) backbones; evaluate on the whole test split against the full"
@@ -166,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # pragma: no cover - the perf module is optional while being built
         perf = None
     if perf is not None:
-        p = sub.add_parser("perf", help="measure env, SB3 and dynamic-forward speed (ratios, medians)")
+        p = sub.add_parser(
+            "perf", formatter_class=HelpFormatter, help="measure env, SB3 and dynamic-forward speed (ratios, medians)"
+        )
         perf.add_arguments(p)
         p.set_defaults(func=perf.run_from_args)
 
@@ -176,11 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_VAR, "").strip() not in ("", "0")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"dyncnn-gym {args.command}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"dyncnn-gym {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (an OSError without a message is named by its errno text)."""
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,7 +36,7 @@ data every static width is more accurate than the plain ``"vgg"``'s (by 7.85 poi
 
 A third option, ``+augment``, shifts the training images by up to 2 pixels (images of at least
 16x16; smaller ones are not shifted). On the embedded data it makes ``"vgg+sandwich+distill"``
-3.5 points more accurate at full width; it is not the default (README, "Learning the routing").
+3.5 points more accurate at full width; it is not the default (docs/results.md).
 
 Images are drawn with a curriculum when the data rate each image's difficulty (the embedded
 ``"shapes"``): the first batches come from the easiest quarter of the train split, and the pool
@@ -51,14 +51,18 @@ Under skipping, the statistics average over the routes seen in training (full an
 Checkpoints are cached in ``cache_dir("checkpoints")`` with metadata (arch, data set name and
 fingerprint, groups, training config, accuracies at every static width / skip rate) that is
 checked on load. Backbones shipped with the package (``dyncnn_gym/checkpoints/``) are found the
-same way; ``dyncnn-gym pretrain`` reproduces them.
+same way; ``dyncnn-gym pretrain`` reproduces them. Files are written atomically and read with
+``weights_only=True``; a cached file that is damaged or holds another backbone than its name says
+is moved aside with a warning and trained again (docs/files.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -67,9 +71,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.torch_version import TorchVersion
 
-from .cache import cache_dir
+from .cache import ENV_VAR, cache_dir
 from .data.base import DataSplits
+from .device import check_device
+from .fileio import (
+    CorruptFileError,
+    UnsafeFileError,
+    check_writable_dir,
+    check_writable_file,
+    load_torch,
+    move_aside,
+    rescue_path,
+    save_torch,
+)
 from .models import ARCHS, DynamicNet, build
 from .walk import run_routes
 
@@ -201,14 +217,54 @@ def can_augment(data: DataSplits) -> bool:
     return min(data.image_shape[1:]) >= 16
 
 
+#: the classes the package's checkpoint files may hold besides tensors and plain containers: files
+#: written before the torch version was stored as a string hold a ``TorchVersion`` in ``meta["torch"]``
+CHECKPOINT_GLOBALS: tuple[type, ...] = (TorchVersion,)
+
+
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint holds another backbone than the one asked for (both are named)."""
+
+
+class CheckpointSaveError(OSError):
+    """A trained backbone could not be written where asked; the message names where it was saved instead."""
+
+
+class ChanceLevelError(ValueError):
+    """Pretraining ended with a backbone no better than always answering the most frequent class."""
+
+
+def plain_meta(meta: dict) -> dict:
+    """``meta`` with the torch version as a plain string (what new files store)."""
+    out = dict(meta)
+    if "torch" in out:
+        out["torch"] = str(out["torch"])
+    return out
+
+
 def save_checkpoint(net: DynamicNet, path: str | Path) -> Path:
-    """Write ``net``'s weights and ``net.meta`` to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"version": CHECKPOINT_VERSION, "meta": net.meta, "state_dict": net.state_dict()}, tmp)
-    tmp.replace(path)
-    return path
+    """Write ``net``'s weights and ``net.meta`` to ``path`` atomically (see :mod:`dyncnn_gym.fileio`):
+    a reader sees the old file or the complete new one, and concurrent writers both succeed."""
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    return save_torch({"version": CHECKPOINT_VERSION, "meta": plain_meta(net.meta), "state_dict": state}, path)
+
+
+_META_TYPES = {"arch": str, "config": dict, "in_shape": (list, tuple), "num_classes": int, "groups": int}
+
+
+def _checked_blob(blob: Any, path: Path) -> tuple[dict, dict]:
+    """``(meta, state_dict)`` of a loaded checkpoint, or :class:`CorruptFileError` saying what is wrong."""
+    if not isinstance(blob, dict) or not isinstance(blob.get("meta"), dict) or not isinstance(blob.get("state_dict"), dict):
+        raise CorruptFileError(f"{str(path)!r} is not a dyncnn_gym checkpoint (no 'meta'/'state_dict')")
+    meta, state = blob["meta"], blob["state_dict"]
+    for key, kind in _META_TYPES.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise CorruptFileError(
+                f"{str(path)!r} is not a dyncnn_gym checkpoint: meta[{key!r}] is {meta.get(key)!r}, expected {kind}"
+            )
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CorruptFileError(f"{str(path)!r} is not a dyncnn_gym checkpoint: its state_dict holds more than named tensors")
+    return meta, state
 
 
 def load_checkpoint(
@@ -216,33 +272,105 @@ def load_checkpoint(
     data: DataSplits | None = None,
     groups: int | None = None,
     device: str | torch.device = "cpu",
+    *,
+    expect: tuple[str, TrainConfig] | None = None,
 ) -> DynamicNet:
     """Load a backbone, checking its metadata against ``data`` and ``groups`` when given.
 
+    The file is read with ``weights_only=True``: only tensors, plain containers and
+    :data:`CHECKPOINT_GLOBALS` can be rebuilt, so no file can run code when loaded.
+
+    Args:
+        expect: ``(arch, train config)`` the checkpoint must have been trained with (the cache
+            checks every file it finds against the request that named it).
+
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the checkpoint was trained on other data or with other groups (both named).
+        CorruptFileError: (a ValueError) the file is empty, truncated, not a torch file, not a
+            checkpoint, or its weights do not fit its own metadata.
+        UnsafeFileError: (a ValueError) the file needs a Python global beyond the allow-list (named).
+        CheckpointMismatchError: (a ValueError) the checkpoint was trained on other data, with other
+            groups, or (``expect``) is another arch or training config (both named).
     """
     path = Path(path)
-    if not path.is_file():
+    dev = check_device(device)
+    if not path.exists():
         raise FileNotFoundError(f"no backbone checkpoint at {str(path)!r}")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(blob, dict) or "meta" not in blob or "state_dict" not in blob:
-        raise ValueError(f"{str(path)!r} is not a dyncnn_gym checkpoint (no 'meta'/'state_dict')")
-    meta = blob["meta"]
-    if data is not None and meta["data_fingerprint"] != data.fingerprint:
-        raise ValueError(
-            f"checkpoint {str(path)!r} was trained on data {meta['data']!r} (fingerprint {meta['data_fingerprint']}),"
+    meta, state = _checked_blob(load_torch(path, CHECKPOINT_GLOBALS, "backbone checkpoint"), path)
+    meta = plain_meta(meta)
+    if data is not None and meta.get("data_fingerprint") != data.fingerprint:
+        raise CheckpointMismatchError(
+            f"checkpoint {str(path)!r} was trained on data {meta.get('data')!r} (fingerprint {meta.get('data_fingerprint')}),"
             f" but the env uses data {data.name!r} (fingerprint {data.fingerprint})"
         )
     if groups is not None and meta["groups"] != groups:
-        raise ValueError(f"checkpoint {str(path)!r} has groups={meta['groups']}, but groups={groups} was asked for")
-    net = build(meta["arch"], tuple(meta["in_shape"]), meta["num_classes"], meta["groups"], **meta["config"])
-    net.load_state_dict(blob["state_dict"])
+        raise CheckpointMismatchError(
+            f"checkpoint {str(path)!r} has groups={meta['groups']}, but groups={groups} was asked for"
+        )
+    if data is not None and (tuple(meta["in_shape"]) != tuple(data.image_shape) or meta["num_classes"] != data.num_classes):
+        raise CheckpointMismatchError(
+            f"checkpoint {str(path)!r} takes images {tuple(meta['in_shape'])} with {meta['num_classes']} classes, but the"
+            f" data {data.name!r} has {tuple(data.image_shape)} with {data.num_classes}"
+        )
+    if expect is not None:
+        _check_expected(path, meta, *expect)
+    try:
+        net = build(meta["arch"], tuple(meta["in_shape"]), meta["num_classes"], meta["groups"], **meta["config"])
+        net.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
+        raise CorruptFileError(
+            f"{str(path)!r}: the weights do not fit the checkpoint's own description ({str(e).splitlines()[0][:200]})"
+        ) from None
     net.meta = meta
     if meta.get("train_config", {}).get("modes"):
         net.modes = served_modes(tuple(meta["train_config"]["modes"]))  # trained for these decisions only
-    return net.to(device).eval()
+    return net.to(dev).eval()
+
+
+def _check_expected(path: Path, meta: dict, arch: str, cfg: TrainConfig) -> None:
+    if meta["arch"] != arch:
+        raise CheckpointMismatchError(
+            f"checkpoint {str(path)!r} holds a {meta['arch']!r} backbone, but {arch!r} was asked for"
+        )
+    try:
+        found = TrainConfig(**meta["train_config"])
+    except (TypeError, KeyError) as e:
+        raise CheckpointMismatchError(
+            f"checkpoint {str(path)!r} records no usable training config ({e}); {cfg.key()} was asked for"
+        ) from None
+    if found.key() != cfg.key():
+        diff = {k: (v, getattr(cfg, k)) for k, v in asdict(found).items() if _norm(v) != _norm(getattr(cfg, k))}
+        raise CheckpointMismatchError(
+            f"checkpoint {str(path)!r} was trained with config {found.key()}, but {cfg.key()} was asked for"
+            f" (found vs asked: {diff})"
+        )
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def find_checkpoint(name: str, data: DataSplits, groups: int, device: Any, arch: str, cfg: TrainConfig) -> DynamicNet | None:
+    """The cached or shipped checkpoint ``name`` for this request, loaded; ``None`` if there is none.
+
+    A cached file that cannot be read or holds another backbone is moved aside
+    (``<name>.corrupt-<time>``) with a warning, so the caller rebuilds it. A shipped file that is
+    damaged cannot be re-copied from anywhere: :class:`CorruptFileError` says how to reinstall.
+    """
+    for folder, shipped in ((cache_dir("checkpoints", create=False), False), (SHIPPED_DIR, True)):
+        path = folder / name
+        if not path.exists():
+            continue
+        try:
+            return load_checkpoint(path, data, groups, device, expect=(arch, cfg))
+        except (CorruptFileError, UnsafeFileError, CheckpointMismatchError, IsADirectoryError) as e:
+            if shipped:
+                raise CorruptFileError(
+                    f"the checkpoint shipped with dyncnn_gym is damaged: {e}. Reinstall the package"
+                    " (pip install --force-reinstall --no-deps dyncnn_gym, or git checkout the file in a source tree)"
+                ) from None
+            move_aside(path, f"cached backbone checkpoint {str(path)!r} is unusable ({e})")
+    return None
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -365,6 +493,7 @@ def pretrain(
     augment: bool = False,
     distill: bool = False,
     sandwich: bool = False,
+    allow_chance: bool = False,
     **arch_kwargs: Any,
 ) -> DynamicNet:
     """Train a backbone that stays accurate when pruned or skipped, and cache it.
@@ -381,7 +510,8 @@ def pretrain(
         batch_size, lr: Adam (weight decay 1e-4) with a cosine schedule.
         seed: seeds initialisation, batch order, augmentation and random routes.
         device: where to train.
-        cache: look for / store the checkpoint in the cache (and the shipped checkpoints).
+        cache: look for / store the checkpoint in the cache (and the shipped checkpoints). A cached
+            file that is damaged or holds another backbone is moved aside with a warning and rebuilt.
         progress: show a tqdm progress bar.
         out: also save the checkpoint to this path.
         augment: random translations by up to 2 pixels. Images smaller than 16x16 are not shifted
@@ -390,7 +520,23 @@ def pretrain(
             network's predicted probabilities (detached) instead of the labels.
         sandwich: the sandwich rule: every step also trains the cheapest route (every decision at
             action 0: narrowest widths, or every skippable block skipped).
+        allow_chance: keep a backbone whose full-network test accuracy is no better than always
+            answering the most frequent test class (by default that raises :class:`ChanceLevelError`:
+            the training diverged or learnt nothing). Such a backbone is returned and written to
+            ``out``, but never cached, so no later call picks it up.
         arch_kwargs: override the arch's configuration (e.g. ``widths=``).
+
+    Every argument and the write targets (the cache directory when ``cache``, ``out``) are checked
+    before training starts. If a save still fails at the end, the backbone is written to a fresh
+    file under the system's temporary directory instead, and the error (for ``out``) or a warning
+    (for the cache) names it: a finished run is never lost.
+
+    Raises:
+        ValueError: a bad argument (named with its valid range), ``out`` empty or a directory, or
+            :class:`ChanceLevelError` (see ``allow_chance``).
+        PermissionError: the cache directory or ``out`` cannot be written (checked before training).
+        CheckpointSaveError: (an OSError) ``out`` failed at the end; the message names where the
+            backbone was saved instead.
 
     Returns:
         The backbone in eval mode, with ``.meta`` holding the metadata saved in the checkpoint:
@@ -399,6 +545,14 @@ def pretrain(
     """
     spec = parse_backbone(arch)
     arch, modes = spec.arch, spec.modes
+    dev = check_device(device)
+    epochs = _check_int(epochs, "epochs", 1, none_ok=True)
+    batch_size = _check_int(batch_size, "batch_size", 1)
+    seed = _check_int(seed, "seed", 0)
+    groups = _check_int(groups, "groups", 2)
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not np.isfinite(lr) or not 0 < lr < 1e3:
+        raise ValueError(f"lr={lr!r} must be a finite learning rate in (0, 1000), e.g. 2e-3")
+    lr = float(lr)
     if isinstance(dataset, DataSplits):
         data = dataset
     else:
@@ -406,7 +560,7 @@ def pretrain(
 
         data = load_dataset(dataset)
     cfg = TrainConfig(
-        epochs=int(epochs) if epochs is not None else default_epochs(data),
+        epochs=epochs if epochs is not None else default_epochs(data),
         batch_size=batch_size,
         lr=lr,
         seed=seed,
@@ -415,18 +569,28 @@ def pretrain(
         distill=bool(distill) or spec.distill,
         sandwich=bool(sandwich) or spec.sandwich,
     )
-    if cfg.epochs < 1:
-        raise ValueError(f"epochs={epochs!r} must be at least 1")
     if cfg.sandwich and "exit" in ARCHS[arch]:
         raise ValueError(
             f"backbone {arch!r} has early exits: every exit is trained on every step, so there is no cheapest"
             " route for '+sandwich' to add; drop it (use '+distill' to train the exits on the last exit's predictions)"
         )
     name = checkpoint_name(arch, groups, data, cfg)
-    if cache and not arch_kwargs:
-        for folder in (cache_dir("checkpoints"), SHIPPED_DIR):
-            if (folder / name).is_file():
-                return load_checkpoint(folder / name, data, groups, device)
+    use_cache = bool(cache) and not arch_kwargs
+    # every write target is checked before training, so a run is not lost to a path found bad at the end
+    out_path = None if out is None else check_writable_file(out, "out")
+    if use_cache:
+        found = find_checkpoint(name, data, groups, dev, arch, cfg)
+        if found is not None:
+            if out_path is not None:
+                _save_all(found, [out_path], out_path)
+            return found
+        try:
+            check_writable_dir(cache_dir("checkpoints", create=False), "the checkpoint cache")
+        except (PermissionError, ValueError) as e:
+            raise PermissionError(
+                f"{e}. Set ${ENV_VAR} to a writable directory, or pass cache=False (--no-cache) with out= (--out)"
+            ) from None
+    device = dev
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -508,13 +672,77 @@ def pretrain(
         "train_config": asdict(cfg),
         "train_seconds": round(seconds, 1),
         "static": static,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
-    if cache and not arch_kwargs:
-        save_checkpoint(net, cache_dir("checkpoints") / name)
-    if out is not None:
-        save_checkpoint(net, out)
+    chance = _chance_problem(net, data)
+    if chance and not allow_chance:
+        try:
+            kept = f"it is saved at {str(save_checkpoint(net, rescue_path(name)))!r}"
+        except OSError as e:
+            kept = f"it could not be saved ({e.strerror or e})"
+        raise ChanceLevelError(
+            f"pretraining {arch!r} on {data.name!r} ended at chance level: {chance}. It was not cached; lower lr"
+            f" (now {lr:g}) or train longer, or pass allow_chance=True (--allow-chance) to keep it ({kept})"
+        )
+    targets = ([out_path] if out_path is not None else []) + (
+        [cache_dir("checkpoints", create=False) / name] if use_cache and not chance else []
+    )
+    _save_all(net, targets, out_path)
     return net
+
+
+def _check_int(value: Any, name: str, lowest: int, none_ok: bool = False) -> int | None:
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
+        raise ValueError(
+            f"{name}={value!r} must be an integer >= {lowest}" + (" (or None for the default)" if none_ok else "")
+        )
+    return int(value)
+
+
+def _chance_problem(net: DynamicNet, data: DataSplits) -> str:
+    """Why ``net`` is at chance level on the test split ("" if it is not): its full network is no
+    more accurate than always answering the most frequent test class, or its weights are not finite."""
+    if not all(torch.isfinite(p).all() for p in net.parameters()):
+        return "the weights are not finite (the loss diverged)"
+    mode = net.modes[0]
+    rows = net.meta["static"][mode]
+    full = rows[-1]["accuracy"] if mode == "channel" else rows[0]["accuracy"]
+    labels = np.asarray(data.test.labels)
+    chance = float(np.bincount(labels, minlength=data.num_classes).max() / len(labels))
+    if full <= chance:
+        return (
+            f"the full network's test accuracy is {full:.4f}, no better than {chance:.4f} (always answering the most"
+            " frequent test class)"
+        )
+    return ""
+
+
+def _save_all(net: DynamicNet, targets: list[Path], out_path: Path | None) -> None:
+    """Save ``net`` to every target; if any fails, save it once to a rescue file and say where: an
+    exception for ``out``, a warning for the cache (the backbone is returned either way)."""
+    failed = []
+    for path in targets:
+        try:
+            save_checkpoint(net, path)
+        except OSError as e:
+            failed.append((path, e))
+    if not failed:
+        return
+    what = "; ".join(f"{str(p)!r} ({e.strerror or e})" for p, e in failed)
+    try:
+        rescued = save_checkpoint(net, rescue_path(failed[0][0].name))
+        where = (
+            f"it was saved to {str(rescued)!r} instead (load it with dyncnn_gym.load_checkpoint({str(rescued)!r}),"
+            " or copy it into place)"
+        )
+    except OSError as e:
+        where = f"nor could it be saved to the temporary directory ({e.strerror or e})"
+    message = f"could not write the trained backbone to {what}; {where}"
+    if any(p == out_path for p, _ in failed):
+        raise CheckpointSaveError(message)
+    warnings.warn(message)
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -8,7 +8,7 @@ on an env built with the same ``env_kwargs(env_id)``. The recipe's reasoning:
   with the cross-entropy an image the network gets wrong at every width still pays for more
   computation (it becomes less wrong), which spends FLOPs on hopeless images and adds reward noise
   that carries no accuracy. On the frozen shapes VGG this moved PPO from just below the greedy
-  static front to above it (``dyncnn-gym sweep``; README, "Learning the routing");
+  static front to above it (``dyncnn-gym sweep``; docs/results.md);
 * observations include the confidence of the early classifiers (``obs="probe"``), the most
   informative cheap signal of how hard an image is;
 * ``compute_weight`` is in accuracy per unit of FLOPs ratio (escalating is worth it when it raises
@@ -20,8 +20,8 @@ on an env built with the same ``env_kwargs(env_id)``. The recipe's reasoning:
   few epochs per rollout: the reward is noisy per image, so big batches beat many epochs;
 * a small entropy bonus keeps the cheap actions explored while the value of escalating is learned.
 
-``DynExit-v0`` trains on held-out images (``train_split="val"``, where the data has them: the
-generated ``shapes`` do): on its own training images the backbone is right almost always (the
+``DynExit-v0`` trains on held-out images (it is registered with ``split="auto"``: the ``"val"``
+split where the data has one, as the generated ``shapes`` do): on its own training images the backbone is right almost always (the
 default VGG at full width classifies 100 % of shapes' train split, 91.85 % of the held-out one),
 which misleads a router about when continuing pays: trained there, PPO stayed at 30-36 % of the
 FLOPs (90.05-90.70 % on the test split) for every compute weight from 0.005 to 0.08, while on the
@@ -32,7 +32,7 @@ Two additions improve on the recipe without being part of it (its figures stay r
 charges each decision at once for what it costs the image, at about twice the env's compute;
 :func:`dyncnn_gym.benchmark.calibrate.calibrate` dials a trained policy to a FLOPs budget on
 held-out images; and :class:`~dyncnn_gym.benchmark.calibrate.CostBiasedPolicy` routes several
-seeds as one ensemble. README, "Learning the routing", has the figures.
+seeds as one ensemble. docs/results.md has the figures.
 
 Co-training has a recipe of its own for DynChannel (:data:`COTRAIN_RECIPES`,
 :func:`train_cotrained`): PPO's recipe at compute weight 0.07 while
@@ -40,12 +40,14 @@ Co-training has a recipe of its own for DynChannel (:data:`COTRAIN_RECIPES`,
 on train images shifted by up to 2 pixels (``augment=True``), RNP's alternating schedule of 10
 backbone steps every 2 rollouts. Without the shifts the fine-tuning memorises the train split and
 stops paying; DynSkip has no co-training recipe because on shapes co-training did not beat its
-frozen backbone (on digits it does; README, "Learning the routing").
+frozen backbone (on digits it does; docs/results.md).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 _ENV: dict[str, Any] = {"reward": "flops", "loss": "error", "obs": "probe"}
 
@@ -67,23 +69,28 @@ _PPO_RECIPE: dict[str, Any] = {
 
 #: one recipe per env id (the same PPO settings; the envs differ in their compute weight)
 PPO_RECIPES: dict[str, dict[str, Any]] = {
-    # 0.05 until session 7 (on the plain "vgg", where it was the best weight); on the default
-    # "vgg+sandwich+distill" 0.1 puts every seed at 52-55 % saved within 0.65 points of the full network
+    # on the default "vgg+sandwich+distill" 0.1 puts five of five seeds at 52-55 % saved within 0.65
+    # points of the full network (docs/results.md); 0.05 was the best weight on the plain "vgg"
     "DynChannel-v0": {**_PPO_RECIPE, "env": {**_ENV, "compute_weight": 0.1}},
     "DynSkip-v0": {**_PPO_RECIPE, "env": {**_ENV, "compute_weight": 0.2}},
     "DynRoute-v0": {**_PPO_RECIPE, "env": {**_ENV, "compute_weight": 0.1}},
-    # the exit's own confidence is always observed (no "probe" mode); trained on held-out images
-    "DynExit-v0": {**_PPO_RECIPE, "env": {"reward": "flops", "loss": "error", "compute_weight": 0.02}, "train_split": "val"},
+    # the exit's own confidence is always observed (no "probe" mode); DynExit-v0 is registered with
+    # split="auto", so it trains on held-out images where the data has them
+    "DynExit-v0": {**_PPO_RECIPE, "env": {"reward": "flops", "loss": "error", "compute_weight": 0.02}},
+    # the -v1 ids are registered with the settings that work: the recipe adds nothing to them
+    "DynChannel-v1": {**_PPO_RECIPE, "env": {}},
+    "DynSkip-v1": {**_PPO_RECIPE, "env": {}},
 }
 
 
 #: co-training, per env id: PPO's recipe (:data:`PPO_RECIPES`) at ``compute_weight`` while
 #: ``BackboneFinetuneCallback(**finetune)`` fine-tunes a private copy of the backbone. The weight is
 #: for the shapes data; on digits the best co-trained DynChannel weight was 0.002, with
-#: ``augment=False`` (README, "Learning the routing").
+#: ``augment=False`` (docs/results.md).
 COTRAIN_RECIPES: dict[str, dict[str, Any]] = {
-    # session 8, five seeds (docs/sweep_shapes/sandwich/channel_cotrained_augment_w0.07/): goals A and B
-    # at once in 4 of 5 seeds; 0.05 saves less but holds goal A on held-out images in 4 of 5
+    # `dyncnn-gym sweep --env DynChannel-v0 --no-frozen --weight 0.07 --seed 0 1 2 3 4 --finetune-augment`:
+    # 4 of 5 seeds save >= 40 % within 1 point of the full network and >= 1.5 points above uniform static
+    # widths; 0.05 saves less but stays within 1 point on the held-out images in 4 of 5 (docs/results.md)
     "DynChannel-v0": {
         "compute_weight": 0.07,
         "finetune": {
@@ -115,14 +122,14 @@ def env_kwargs(env_id: str, **overrides: Any) -> dict[str, Any]:
     return {**recipe(env_id)["env"], **overrides}
 
 
-def train_split(env_id: str, dataset: Any = "shapes") -> str:
-    """The split the recipe of ``env_id`` trains on for ``dataset``: ``"val"`` (held-out images the
-    backbone never trained on) where the recipe asks for it and the data has one, else ``"train"``."""
-    from .envs.core import _shared_data
-
-    if recipe(env_id).get("train_split") == "val" and _shared_data(dataset).has_val:
-        return "val"
-    return "train"
+def check_timesteps(value: Any, name: str = "timesteps") -> int | None:
+    """``value`` as an int step count (``None`` stays ``None``: the recipe's); ``ValueError`` unless a
+    positive integer, so 0 never silently means "the default"."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive number of steps (or None for the recipe's)")
+    return int(value)
 
 
 def train_ppo(
@@ -139,9 +146,8 @@ def train_ppo(
 ):
     """Train SB3 PPO on the native VecEnv of ``env_id`` with the recipe (overridable).
 
-    The env is built with ``env_kwargs(env_id, **env_overrides)``, on the split :func:`train_split`
-    names unless ``split=`` is given; evaluate with the same arguments (an env with other
-    observations has another observation space).
+    The env is built with ``env_kwargs(env_id, **env_overrides)``; evaluate with the same arguments
+    (an env with other observations has another observation space).
     Returns the trained ``stable_baselines3.PPO`` model (its env is the training VecEnv).
     """
     import torch
@@ -150,11 +156,9 @@ def train_ppo(
     from .sb3 import make_vec_env
 
     r = recipe(env_id)
+    check_timesteps(total_timesteps, "total_timesteps")
     kw = {**r["ppo"], **(ppo_kwargs or {})}
-    ekw = env_kwargs(env_id, **env_overrides)
-    if "split" not in ekw:
-        ekw["split"] = train_split(env_id, ekw.get("dataset", "shapes"))
-    vec = make_vec_env(env_id, n_envs=n_envs or r["n_envs"], seed=seed, **ekw)
+    vec = make_vec_env(env_id, n_envs=n_envs or r["n_envs"], seed=seed, **env_kwargs(env_id, **env_overrides))
     torch.manual_seed(seed)
     model = PPO("MlpPolicy", vec, seed=seed, verbose=0, tensorboard_log=tensorboard_log, device="cpu", **kw)
     model.learn(total_timesteps or r["total_timesteps"], callback=callback, progress_bar=progress and _has_rich())
@@ -171,7 +175,7 @@ def cotrain_recipe(env_id: str) -> dict[str, Any]:
     if name not in COTRAIN_RECIPES:
         raise ValueError(
             f"env_id={env_id!r} has no co-training recipe: on the shapes data co-training did not beat its frozen backbone"
-            f" (README, 'Learning the routing'); choose one of {sorted(COTRAIN_RECIPES)}, or pass"
+            f" (docs/results.md); choose one of {sorted(COTRAIN_RECIPES)}, or pass"
             " callback=BackboneFinetuneCallback(...) to train_ppo with a private copy of the backbone"
         )
     return copy.deepcopy(COTRAIN_RECIPES[name])

@@ -21,13 +21,14 @@ import torch
 
 from dyncnn_gym.benchmark.baselines import interpolate, static_baselines
 from dyncnn_gym.benchmark.protocol import evaluate
+from dyncnn_gym.cli import HelpFormatter
 from dyncnn_gym.envs.core import RoutingCore
 from dyncnn_gym.envs.routing import mode_of
 from dyncnn_gym.recipes import env_kwargs, train_ppo
 from dyncnn_gym.sb3 import FlopsTargetCallback
 
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-p.add_argument("--env", default="DynSkip-v0", choices=["DynChannel-v0", "DynSkip-v0"])
+p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+p.add_argument("--env", default="DynSkip-v0", choices=["DynChannel-v0", "DynSkip-v0"], help="env id")
 p.add_argument("--target", type=float, default=0.65, help="training-time mean FLOPs ratio to steer to, in (0, 1]")
 p.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds")
 p.add_argument("--start-weight", type=float, default=None, help="initial compute weight (default: the recipe's)")
@@ -36,7 +37,7 @@ p.add_argument(
     "--measure",
     default="train",
     choices=["train", "eval"],
-    help="FLOPs of the training episodes (default) or of deterministic routing of held-out images",
+    help="FLOPs of the training episodes or of deterministic routing of held-out images",
 )
 p.add_argument("--timesteps", type=int, default=None, help="PPO steps per seed (default: the recipe's)")
 args = p.parse_args()

@@ -9,19 +9,20 @@ The recipe (``dyncnn_gym/recipes.py``) also fixes the env's reward terms and obs
 import argparse
 
 from dyncnn_gym import evaluate
+from dyncnn_gym.cli import HelpFormatter
 from dyncnn_gym.recipes import env_kwargs, recipe, train_ppo
 
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-p.add_argument("--dataset", default="shapes")
-p.add_argument("--timesteps", type=int, default=recipe("DynChannel-v0")["total_timesteps"])
+p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+p.add_argument("--dataset", default="shapes", help="data set name (shapes, digits, ...)")
+p.add_argument("--timesteps", type=int, default=recipe("DynChannel-v0")["total_timesteps"], help="PPO env steps (decisions)")
 p.add_argument(
     "--compute-weight",
     type=float,
     default=None,
     help="reward per unit of FLOPs ratio saved, in accuracy (default: the recipe's)",
 )
-p.add_argument("--seed", type=int, default=0)
-p.add_argument("--out", default="ppo_dynchannel.zip")
+p.add_argument("--seed", type=int, default=0, help="seeds the envs and PPO")
+p.add_argument("--out", default="ppo_dynchannel.zip", help="where to save the trained SB3 model")
 args = p.parse_args()
 
 overrides = {"dataset": args.dataset}

@@ -9,13 +9,14 @@ import argparse
 from sb3_contrib import QRDQN
 
 from dyncnn_gym import evaluate
+from dyncnn_gym.cli import HelpFormatter
 from dyncnn_gym.sb3 import make_vec_env
 
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-p.add_argument("--dataset", default="shapes")
-p.add_argument("--timesteps", type=int, default=60_000)
-p.add_argument("--compute-weight", type=float, default=0.5)
-p.add_argument("--seed", type=int, default=0)
+p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+p.add_argument("--dataset", default="shapes", help="data set name (shapes, digits, ...)")
+p.add_argument("--timesteps", type=int, default=60_000, help="QR-DQN env steps (decisions)")
+p.add_argument("--compute-weight", type=float, default=0.5, help="reward per unit of FLOPs ratio saved")
+p.add_argument("--seed", type=int, default=0, help="seeds the envs and QR-DQN")
 args = p.parse_args()
 
 env_kwargs = {"dataset": args.dataset, "compute_weight": args.compute_weight}

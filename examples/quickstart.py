@@ -17,6 +17,8 @@ import gymnasium as gym
 import numpy as np
 
 import dyncnn_gym  # noqa: F401  (registers DynChannel-v0 and DynSkip-v0)
+from dyncnn_gym.cli import HelpFormatter
+from dyncnn_gym.pretraining import DEFAULT_ARCH
 
 
 def run(env: gym.Env, episodes: int, policy: str, seed: int) -> tuple[float, float]:
@@ -39,16 +41,16 @@ def run(env: gym.Env, episodes: int, policy: str, seed: int) -> tuple[float, flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--dataset", default="shapes", help="data set name (default: shapes, the embedded data)")
     parser.add_argument("--episodes", type=int, default=500, help="test images per policy (default: 500)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the random router")
     args = parser.parse_args()
 
     for env_id in ("DynChannel-v0", "DynSkip-v0"):
         env = gym.make(env_id, dataset=args.dataset, split="test")
-        net = env.unwrapped.backbone
-        print(f"{env_id}: backbone {net.arch}, {env.unwrapped.num_decisions} decisions, actions {env.action_space}")
+        backbone = DEFAULT_ARCH[env.unwrapped.mode]  # no backbone= given: the env's default
+        print(f"{env_id}: backbone {backbone}, {env.unwrapped.num_decisions} decisions, actions {env.action_space}")
         for policy in ("random", "full"):
             acc, ratio = run(env, args.episodes, policy, args.seed)
             print(f"  {policy:6s} router: accuracy {acc:.3f}  mean flops_ratio {ratio:.3f}  ({args.episodes} test images)")

@@ -9,13 +9,14 @@ import argparse
 from sb3_contrib import RecurrentPPO
 
 from dyncnn_gym import evaluate
+from dyncnn_gym.cli import HelpFormatter
 from dyncnn_gym.sb3 import make_vec_env
 
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-p.add_argument("--env", default="DynChannel-v0", choices=["DynChannel-v0", "DynSkip-v0"])
-p.add_argument("--dataset", default="shapes")
-p.add_argument("--timesteps", type=int, default=60_000)
-p.add_argument("--seed", type=int, default=0)
+p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+p.add_argument("--env", default="DynChannel-v0", choices=["DynChannel-v0", "DynSkip-v0"], help="env id")
+p.add_argument("--dataset", default="shapes", help="data set name (shapes, digits, ...)")
+p.add_argument("--timesteps", type=int, default=60_000, help="RecurrentPPO env steps (decisions)")
+p.add_argument("--seed", type=int, default=0, help="seeds the envs and RecurrentPPO")
 args = p.parse_args()
 
 env_kwargs = {"dataset": args.dataset}

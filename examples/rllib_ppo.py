@@ -23,11 +23,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from dyncnn_gym.cli import HelpFormatter
+
 ENV_IDS = ("DynChannel-v0", "DynSkip-v0")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--env", default="DynChannel-v0", choices=ENV_IDS, help="env id (default: %(default)s)")
     p.add_argument("--dataset", default="digits", help="data set name, e.g. digits or shapes (default: %(default)s)")
     p.add_argument(
@@ -58,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help='env given as the id string "dyncnn_gym:ENV" or through ray.tune.registry.register_env (default: %(default)s)',
     )
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs Ray may use (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds RLlib and the envs (default: %(default)s)")
     p.add_argument("--out", default=None, help="write the evaluation results to this JSON file")
     args = p.parse_args(argv)
     for name in ("iterations", "env_runners", "envs_per_runner", "train_batch", "minibatch", "epochs", "num_cpus"):

@@ -27,20 +27,21 @@ import torch
 import torch.nn.functional as F
 
 from dyncnn_gym.benchmark.baselines import greedy_routes, interpolate, route_outcomes, static_baselines
+from dyncnn_gym.cli import HelpFormatter
 from dyncnn_gym.envs.core import RoutingCore
 from dyncnn_gym.pretraining import DEFAULT_ARCH
 from dyncnn_gym.walk import Walk, run_routes
 
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-p.add_argument("--env", default="DynChannel-v0", choices=["DynChannel-v0", "DynSkip-v0"])
-p.add_argument("--weight", type=float, action="append", default=None, help="compute weight (repeatable; default 0.5 and 1)")
+p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+p.add_argument("--env", default="DynChannel-v0", choices=["DynChannel-v0", "DynSkip-v0"], help="env id")
+p.add_argument("--weight", type=float, action="append", default=None, help="compute weight (repeatable; default: 0.5 and 1)")
 p.add_argument("--n-val", type=int, default=10_000, help="training images (the first of the held-out val split)")
 p.add_argument("--timesteps", type=int, default=150_000, help="PPO steps (= images routed) per weight")
-p.add_argument("--algo", default="ppo", choices=["ppo", "dqn"], help="SB3 algorithm (default: ppo)")
-p.add_argument("--ent-coef", type=float, default=0.01, help="PPO entropy bonus (default 0.01)")
-p.add_argument("--n-epochs", type=int, default=4, help="PPO epochs per rollout (default 4)")
-p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-p.add_argument("--seed", type=int, default=0)
+p.add_argument("--algo", default="ppo", choices=["ppo", "dqn"], help="SB3 algorithm")
+p.add_argument("--ent-coef", type=float, default=0.01, help="PPO entropy bonus")
+p.add_argument("--n-epochs", type=int, default=4, help="PPO epochs per rollout")
+p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+p.add_argument("--seed", type=int, default=0, help="seeds the router and its training")
 args = p.parse_args()
 for w in args.weight or []:
     if not w >= 0:

@@ -25,12 +25,13 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from dyncnn_gym.benchmark.baselines import greedy_routes, interpolate, route_outcomes, static_baselines
+from dyncnn_gym.cli import HelpFormatter
 from dyncnn_gym.envs.core import RoutingCore
 from dyncnn_gym.pretraining import DEFAULT_ARCH
 from dyncnn_gym.walk import Walk
 
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-p.add_argument("--env", default="DynChannel-v0", choices=["DynChannel-v0", "DynSkip-v0"])
+p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+p.add_argument("--env", default="DynChannel-v0", choices=["DynChannel-v0", "DynSkip-v0"], help="env id")
 p.add_argument("--n-val", type=int, default=10_000, help="held-out images (the first of the val split) to fit the router on")
 args = p.parse_args()
 if not 100 <= args.n_val <= 10_000:

@@ -128,42 +128,59 @@ def make_net(arch: str, data_name: str, groups: int = 4, seed: int = 0, cached: 
     return net
 
 
-def registered_ids() -> list[str]:
-    """Every per-decision routing env id dyncnn_gym registers (found by entry point, as
-    Minigrid/HighwayEnv test theirs); the one-step ``DynBlockDrop-v0`` and the early-exit
-    ``DynExit-v0`` (episodes of variable length) have their own tests."""
+def every_registered_id() -> list[str]:
+    """Every env id dyncnn_gym registers, the one-step ids (``DynBlockDrop-*``) and the early-exit
+    ``DynExit-v0`` included, found by entry point as Minigrid/HighwayEnv test theirs."""
     import gymnasium
 
-    import dyncnn_gym
+    import dyncnn_gym  # noqa: F401  (registers the ids)
 
     return sorted(
         env_id
         for env_id, spec in gymnasium.registry.items()
-        if isinstance(spec.entry_point, str)
-        and spec.entry_point.startswith("dyncnn_gym")
-        and env_id not in dyncnn_gym.ONE_SHOT_IDS + dyncnn_gym.EXIT_IDS
+        if isinstance(spec.entry_point, str) and spec.entry_point.startswith("dyncnn_gym")
     )
 
 
+def registered_ids() -> list[str]:
+    """Every per-decision routing env id (one step per decision point): :func:`every_registered_id`
+    without the one-step ids and the early-exit ``DynExit-v0`` (episodes of variable length), which
+    the tests of fixed-length episode semantics do not fit (they have their own tests)."""
+    import dyncnn_gym
+
+    return [env_id for env_id in every_registered_id() if env_id not in dyncnn_gym.ONE_SHOT_IDS + dyncnn_gym.EXIT_IDS]
+
+
 def mode_of(env_id: str) -> str:
-    """The routing mode (``"channel"``/``"skip"``) of a registered id, read from its env class."""
+    """The routing mode (``"channel"``/``"skip"``) of a registered id, read from its env class (the
+    one-step BlockDrop ids decide residual blocks: ``"skip"``)."""
     import gymnasium
     from gymnasium.envs.registration import load_env_creator
 
+    import dyncnn_gym
+
+    if env_id in dyncnn_gym.ONE_SHOT_IDS:
+        return "skip"
     return load_env_creator(gymnasium.registry[env_id].entry_point).mode
 
 
 def env_matrix() -> list[tuple[str, str, str, int]]:
     """(env id, backbone, data set, groups) combinations to check.
 
-    Every backbone meets every data set, and ``groups`` is laid out as a Latin square over
-    (backbone, data set), so every (backbone, groups) and (data set, groups) pair occurs too.
+    For the newest version of each env, every backbone meets every data set, and ``groups`` is laid
+    out as a Latin square over (backbone, data set), so every (backbone, groups) and (data set,
+    groups) pair occurs too. Older versions run the same code with other defaults: one combination each.
     """
+    import dyncnn_gym
+
     out = []
     for env_id in registered_ids():
-        for j, arch in enumerate(BACKBONES[mode_of(env_id)]):
-            for i, data_name in enumerate(DATASETS):
-                out.append((env_id, arch, data_name, GROUPS[(i + j) % len(GROUPS)]))
+        combos = [
+            (arch, data_name, GROUPS[(i + j) % len(GROUPS)])
+            for j, arch in enumerate(BACKBONES[mode_of(env_id)])
+            for i, data_name in enumerate(DATASETS)
+        ]
+        out += [(env_id, *c) for c in (combos if env_id in dyncnn_gym.LATEST_IDS else combos[:1])]
     return out
 
 
@@ -190,6 +207,15 @@ def run_subprocess(code: str, timeout: float = 240) -> str:
     return proc.stdout
 
 
+@pytest.fixture
+def exact_execution(monkeypatch):
+    """The walk with group merging off: every (previous action, action) group runs on its own, so
+    the FLOPs a mixed batch executes equal the FLOPs its routes count (see ``walk.MERGE_FLOPS``)."""
+    import dyncnn_gym.walk
+
+    monkeypatch.setattr(dyncnn_gym.walk, "MERGE_FLOPS", 0)
+
+
 @pytest.fixture(scope="session")
 def cache_root() -> Path:
     """The temporary cache directory every test (and subprocess) uses."""
@@ -209,3 +235,17 @@ def shapes_tiny():
 @pytest.fixture(scope="session")
 def digits_small():
     return load_test_data("digits")
+
+
+@pytest.fixture(scope="session")
+def digit_backbones(tmp_path_factory) -> dict[str, str]:
+    """Checkpoint paths of two tiny backbones trained for 2 epochs on digits: ``vgg`` (channel) and
+    ``resnet8`` (skip)."""
+    from dyncnn_gym.pretraining import pretrain
+
+    d = tmp_path_factory.mktemp("bb")
+    paths = {}
+    for mode, arch in (("channel", "vgg"), ("skip", "resnet8")):
+        paths[mode] = str(d / f"{arch}.pt")
+        pretrain(arch, "digits", epochs=2, progress=False, allow_chance=True, cache=False, out=paths[mode])
+    return paths

@@ -1,4 +1,4 @@
-"""The reference agents (``agents/``), the one-step ``DynBlockDrop-v0`` env, and the sb3-contrib
+"""The reference agents (``agents/``, installed as ``dyncnn_gym.agents``), the one-step ``DynBlockDrop-v0`` env, and the sb3-contrib
 algorithms not covered in test_sb3.py (RecurrentPPO, QR-DQN).
 
 Every agent smoke-trains for a few seconds on tiny data (digits 1x8x8), saves its policy, and the
@@ -21,11 +21,7 @@ from gymnasium.utils.env_checker import check_env
 
 import dyncnn_gym
 from dyncnn_gym import evaluate
-
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from agents import blockdrop_pg, rnp_dqn, skipnet_hrl  # noqa: E402
+from dyncnn_gym.agents import blockdrop_pg, rnp_dqn, skipnet_hrl
 
 SKIP_NET = ("resnet14", "digits")
 
@@ -502,9 +498,9 @@ def test_rnp_finetune_flags():
 @pytest.mark.parametrize(
     "spec,env_id",
     [
-        ("agents.rnp_dqn:bench_agent", "DynChannel-v0"),
-        ("agents.skipnet_hrl:bench_agent", "DynSkip-v0"),
-        ("agents.blockdrop_pg:bench_agent", "DynSkip-v0"),
+        ("rnp", "DynChannel-v0"),
+        ("skipnet", "DynSkip-v0"),
+        ("blockdrop", "DynSkip-v0"),
     ],
 )
 def test_bench_plugins_resolve_and_return_evaluable_policies(spec, env_id):

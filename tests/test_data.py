@@ -205,9 +205,10 @@ def test_shapes_cache_hit(monkeypatch, tmp_path):
     assert np.array_equal(d1.train.images, d2.train.images)
     for k in shapes_mod.PARAM_NAMES:
         assert np.array_equal(d1.train.difficulty_params[k], d2.train.difficulty_params[k])
-    # a corrupt cache file is regenerated
+    # a corrupt cache file is moved aside (with a warning) and regenerated
     path.write_bytes(b"not an npz")
-    d3 = load_dataset("shapes", n_train=40, n_test=20)
+    with pytest.warns(UserWarning, match="moved it to"):
+        d3 = load_dataset("shapes", n_train=40, n_test=20)
     assert len(calls) == 3 and d3.fingerprint == d1.fingerprint
 
 
@@ -552,5 +553,5 @@ def test_envs_draw_training_episodes_from_the_val_split():
         seen.add(info["index"])
         assert info["label"] == val.labels[info["index"]]
     assert len(seen) > 1  # drawn at random, not swept in order
-    with pytest.raises(ValueError, match=r"split='dev'.*\['train', 'val', 'test'\]"):
+    with pytest.raises(ValueError, match=r"split='dev'.*\['train', 'val', 'test', 'auto'\]"):
         gymnasium.make("DynChannel-v0", dataset=d, backbone=make_net("vgg", "digits"), split="dev")

@@ -57,7 +57,7 @@ def test_backbone_of_a_wrong_type(backbone, error):
 
 def test_unknown_arch():
     for call in (
-        lambda: pretrain("alexnet", load_test_data("user12"), epochs=1, progress=False),
+        lambda: pretrain("alexnet", load_test_data("user12"), epochs=1, progress=False, allow_chance=True),
         lambda: build("alexnet", (3, 32, 32), 10),
     ):
         with pytest.raises(ValueError) as exc:
@@ -148,7 +148,7 @@ def test_backbone_built_for_other_data():
 
 def test_trained_backbone_used_on_other_data_of_the_same_shape():
     data = load_test_data("user12")
-    net = pretrain("vgg", data, epochs=1, progress=False, cache=False)
+    net = pretrain("vgg", data, epochs=1, progress=False, allow_chance=True, cache=False)
     other = user12_arrays(seed=5)
     with pytest.raises(ValueError) as exc:
         gymnasium.make(CHANNEL_ID, dataset=other, backbone=net)
@@ -158,7 +158,7 @@ def test_trained_backbone_used_on_other_data_of_the_same_shape():
 def test_checkpoint_mismatch(tmp_path):
     data = load_test_data("user12")
     path = tmp_path / "resnet8.pt"
-    pretrain("resnet8", data, epochs=1, progress=False, cache=False, out=path)
+    pretrain("resnet8", data, epochs=1, progress=False, allow_chance=True, cache=False, out=path)
     with pytest.raises(ValueError) as exc:
         load_checkpoint(path, load_test_data("shapes"))
     assert "'user'" in message(exc) and "'shapes'" in message(exc)
@@ -231,12 +231,12 @@ def test_a_rejected_action_leaves_the_episode_intact(channel_env):
 
 
 def test_a_budget_violation_advances_no_episode():
-    """With a budget, a rejected action must leave every env of a vector env where it was, also when
-    a partial reset has split the envs into cohorts at different decision points."""
+    """With a strict budget, a rejected action must leave every env of a vector env where it was, also
+    when a partial reset has split the envs into cohorts at different decision points."""
     data, net = load_test_data("user12"), make_net("vgg", "user12")
     probe = gymnasium.make(CHANNEL_ID, dataset=data, backbone=net).unwrapped.core
     cheapest = float((probe._min_to_go[0, probe.A - 1] + probe.table.stem) / probe.full)
-    venv = gymnasium.make_vec(CHANNEL_ID, num_envs=2, dataset=data, backbone=net, budget=cheapest)
+    venv = gymnasium.make_vec(CHANNEL_ID, num_envs=2, dataset=data, backbone=net, budget=cheapest, budget_strict=True)
     venv.reset(seed=0)
     venv.step(np.array([np.flatnonzero(m)[0] for m in venv.action_masks()]))
     venv.reset(options={"reset_mask": np.array([False, True])})  # env 0 at decision 1, env 1 at 0

@@ -24,6 +24,7 @@ import dyncnn_gym
 from dyncnn_gym.envs.exit_core import ExitCore
 from dyncnn_gym.envs.exits import DynExitEnv, DynExitVectorEnv
 from dyncnn_gym.exit_walk import ExitWalk, run_exits
+from dyncnn_gym.fileio import UnsafeFileError
 from dyncnn_gym.models import build
 from dyncnn_gym.models.exits import DepthStages, ExitResNet, WidthStages
 from dyncnn_gym.sb3 import make_vec_env
@@ -240,8 +241,15 @@ def test_budget_masks_the_stages_it_cannot_afford():
     assert info["action_mask"].tolist() == [True, True]
     _, _, term, _, info = env.step(1)
     assert not term and info["action_mask"].tolist() == [True, False]
+    # a masked continue exits instead, and the info says so
+    _, _, term, _, info = env.step(1)
+    assert term and info["exit"] == 1 and info["action_taken"] == 0 and info["action_forbidden"]
+    assert info["flops"] <= flops[1]
+    strict = gymnasium.make(ENV, **kwargs("depth", budget=float(flops[1]) / full, budget_strict=True))
+    strict.reset(seed=0)
+    strict.step(1)
     with pytest.raises(ValueError, match="breaks the compute budget"):
-        env.step(1)
+        strict.step(1)
     with pytest.raises(ValueError, match="budget=0.01 must be a FLOPs ratio"):
         gymnasium.make(ENV, **kwargs("depth", budget=0.01))
 
@@ -401,7 +409,9 @@ def test_evaluate_and_export_agree_image_by_image(config, tmp_path):
         net(x)
     assert fc.get_total_flops() == int(im["flops"].sum())  # exited images are not computed any further
     path = net.save(tmp_path / "exit.pt")
-    again = dyncnn_gym.load_routed(path)
+    with pytest.raises(UnsafeFileError, match="Jumpy"):  # a custom policy class is rebuilt only if the caller allows it
+        dyncnn_gym.load_routed(path)
+    again = dyncnn_gym.load_routed(path, safe_globals=[Jumpy])
     assert torch.equal(again.route(x).exits, out.exits) and torch.allclose(again(x), out.logits)
     one = torch.cat([net(x[i : i + 1]) for i in range(4)])
     assert torch.allclose(one, out.logits[:4], atol=1e-5)
@@ -547,7 +557,9 @@ def test_exit_resnets_build_train_and_report_every_exit(tmp_path):
     with pytest.raises(ValueError, match="has exits, not per-decision routes"):
         net.cost_table("skip")
     data = load_test_data("user12")
-    trained = pretrain("resnet8-exits+distill", data, epochs=2, batch_size=16, progress=False, out=tmp_path / "e.pt")
+    trained = pretrain(
+        "resnet8-exits+distill", data, epochs=2, batch_size=16, progress=False, out=tmp_path / "e.pt", allow_chance=True
+    )
     rows = trained.meta["static"]["exit"]
     assert [r["exit"] for r in rows] == [0, 1, 2]
     assert rows[-1]["flops_ratio"] > 1 > rows[0]["flops_ratio"] > 0  # the heads cost extra

@@ -328,7 +328,10 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         export(lambda obs: np.zeros(len(obs), dtype=np.int64), "DynChannel-v0", **kw)
     with pytest.raises(TypeError, match="cannot be exported; accepted"):
         export("ppo", "DynChannel-v0", **kw)
-    with pytest.raises(ValueError, match=r"env_id='DynFoo-v0'.*choose one of \[.*'DynChannel-v0'.*'DynSkip-v0'"):
+    with pytest.raises(
+        ValueError,
+        match=r"env_id='DynFoo-v0'.*choose one of \['DynChannel-v0', 'DynChannel-v1', 'DynExit-v0', 'DynRoute-v0', 'DynSkip-v0', 'DynSkip-v1'",
+    ):
         export(Scores(d, a), "DynFoo-v0", **kw)
     with pytest.raises(ValueError, match=r"obs='pixels' is not an observation mode; choose one of \['features', 'probe'\]"):
         export(Scores(d, a), "DynChannel-v0", **{**kw, "obs": "pixels"})

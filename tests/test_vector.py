@@ -16,7 +16,7 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
-from conftest import load_test_data, make_net, mode_of, registered_ids
+from conftest import every_registered_id, load_test_data, make_net, mode_of, registered_ids
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from dyncnn_gym.envs.vector import RoutingVectorEnv, batch_infos
@@ -38,7 +38,16 @@ def _net(env_id: str, data_name: str, device: str = "cpu", arch: str | None = No
 
 
 def _kwargs(env_id: str, data_name: str = "user12", device: str = "cpu", **kw) -> dict:
-    return {"dataset": load_test_data(data_name), "backbone": _net(env_id, data_name, device), "device": device, **kw}
+    """Env arguments on a test backbone. The compute weight is fixed (``flops_target=None``): a vector
+    env holds one FLOPs target over all its episodes, so only then are its rewards those of N single
+    envs (the shared target has its own test)."""
+    return {
+        "dataset": load_test_data(data_name),
+        "backbone": _net(env_id, data_name, device),
+        "device": device,
+        "flops_target": None,
+        **kw,
+    }
 
 
 def _singles(env_id: str, n: int, kwargs: dict) -> list:
@@ -117,6 +126,25 @@ def test_make_vec_returns_the_native_vector_env(env_id):
     venv.close()
 
 
+@pytest.mark.parametrize("env_id", every_registered_id())
+def test_every_id_vectorises_natively(env_id):
+    """``make_vec`` builds the id's own vector env (its ``vector_entry_point``), one-step ids included:
+    never a Sync/Async wrapper of single envs; its spaces batch the single env's."""
+    n = 3
+    venv = gymnasium.make_vec(env_id, num_envs=n, **_kwargs(env_id))
+    module, _, name = gymnasium.registry[env_id].vector_entry_point.partition(":")
+    assert type(venv.unwrapped).__module__ == module and type(venv.unwrapped).__name__ == name
+    assert not isinstance(venv, (gymnasium.vector.SyncVectorEnv, gymnasium.vector.AsyncVectorEnv))
+    single = gymnasium.make(env_id, **_kwargs(env_id))
+    assert venv.single_observation_space == single.observation_space
+    assert venv.single_action_space == single.action_space
+    obs, _ = venv.reset(seed=0)
+    assert obs.shape == (n, *single.observation_space.shape) and venv.observation_space.contains(obs)
+    obs, rew, term, trunc, _ = venv.step(venv.action_space.sample())
+    assert venv.observation_space.contains(obs) and rew.shape == term.shape == trunc.shape == (n,)
+    venv.close()
+
+
 # -- equivalence with N single envs (ALE-style) ------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("env_id", IDS)
@@ -146,7 +174,7 @@ def test_channel_mode_on_a_resnet_matches_too(env_id):
     if mode_of(env_id) != "channel":
         pytest.skip("channel decisions only")
     n, seed = 4, 5
-    kwargs = {"dataset": load_test_data("digits"), "backbone": make_net("resnet8", "digits")}
+    kwargs = {"dataset": load_test_data("digits"), "backbone": make_net("resnet8", "digits"), "flops_target": None}
     venv = gymnasium.make_vec(env_id, num_envs=n, **kwargs)
     singles = _singles(env_id, n, kwargs)
     venv.reset(seed=seed)
@@ -423,7 +451,7 @@ def test_weights_changed_in_place_are_seen_by_the_cached_kernels():
 @pytest.mark.parametrize(
     "mode,arch", [("channel", "vgg"), ("skip", "resnet14"), ("channel", "resnet8"), ("route", "resnet14")]
 )
-def test_mixed_batches_compute_only_what_each_sample_chose(mode, arch, device):
+def test_mixed_batches_compute_only_what_each_sample_chose(mode, arch, device, exact_execution):
     """Per-sample random routes: FLOPs counted by ``FlopCounterMode`` equal the cost tables, and every
     sample's logits equal its own batch-1 pass (a pruned group or skipped block is never computed)."""
     from torch.utils.flop_counter import FlopCounterMode

@@ -19,7 +19,9 @@ An agent is ``"module:function"`` (imported) or a registered short name (see :da
 The bench then evaluates the policy deterministically on the **whole test split**. The registered
 ``ppo``, ``a2c`` and ``dqn`` agents follow the same contract (SB3 on the native VecEnv,
 ``gamma=1``), and so do the reference agents ``rnp``, ``skipnet`` and ``blockdrop`` (``bench_agent``
-of the files in the repository's ``agents/``; backbone frozen, as suites pin it). An agent that
+of :mod:`dyncnn_gym.agents`, installed with the package from the repository's ``agents/`` folder;
+backbone frozen, as suites pin it). A user's own agent in a file is ``"path/to/file.py:function"``
+(a relative path is taken from the current directory). An agent that
 raises ``NotImplementedError`` for a task is listed as not supporting it. ``static`` (every uniform and greedy / exhaustive static route), ``random`` (random
 routes at one action distribution per sweep point), ``cascade`` (the confidence cascades of
 :func:`~dyncnn_gym.benchmark.baselines.cascade_front`: escalate where the probe is unsure, a
@@ -79,31 +81,30 @@ import numpy as np
 from .suites import Suite, Task, check_pins, get_suite
 
 FLOPS_RANGE = (0.2, 0.8)
-#: registered trainable agents (name -> "module:function" or "path/to/file.py:function"; relative
-#: paths are the reference agents in the repository's ``agents/`` directory)
+#: registered trainable agents (name -> "module:function"); the reference agents are the installed
+#: :mod:`dyncnn_gym.agents` (the repository's ``agents/`` folder)
 AGENTS: dict[str, str] = {
     "ppo": "dyncnn_gym.benchmark.bench:ppo_agent",
     "a2c": "dyncnn_gym.benchmark.bench:a2c_agent",
     "dqn": "dyncnn_gym.benchmark.bench:dqn_agent",
-    "rnp": "agents/rnp_dqn.py:bench_agent",
-    "skipnet": "agents/skipnet_hrl.py:bench_agent",
-    "blockdrop": "agents/blockdrop_pg.py:bench_agent",
-    "dagger": "agents/dagger_teacher.py:bench_agent",
+    "rnp": "dyncnn_gym.agents.rnp_dqn:bench_agent",
+    "skipnet": "dyncnn_gym.agents.skipnet_hrl:bench_agent",
+    "blockdrop": "dyncnn_gym.agents.blockdrop_pg:bench_agent",
+    "dagger": "dyncnn_gym.agents.dagger_teacher:bench_agent",
 }
 #: baselines computed by the bench itself
 BASELINES = ("static", "random", "cascade", "oracle")
-#: the repository root (where ``agents/`` lies in a source checkout / editable install)
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 AgentFn = Callable[..., Any]
 
 
 # -- agents -------------------------------------------------------------------------------------
 def _import_file(path: Path, spec: str):
+    import hashlib
     import importlib.util
     import sys
 
-    name = f"dyncnn_gym_agent_{path.stem}"
+    name = f"dyncnn_gym_agent_{path.stem}_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
     if name in sys.modules:
         return sys.modules[name]
     loader = importlib.util.spec_from_file_location(name, path)
@@ -121,8 +122,8 @@ def _import_file(path: Path, spec: str):
 
 def resolve_agent(spec: str) -> AgentFn | str:
     """A registered name, a baseline name (returned as is), ``"module:function"`` (imported) or
-    ``"path/to/file.py:function"`` (loaded from the file; a relative path is tried from the current
-    directory, then from the repository root)."""
+    ``"path/to/file.py:function"`` (loaded from the file; a relative path is taken from the current
+    directory)."""
     if spec in BASELINES:
         return spec
     target = AGENTS.get(spec, spec)
@@ -135,12 +136,10 @@ def resolve_agent(spec: str) -> AgentFn | str:
     try:
         if module.endswith(".py"):
             path = Path(module)
-            if not path.is_absolute() and not path.exists():
-                path = REPO_ROOT / module
-            if not path.exists():
+            if not path.is_file():
                 raise ValueError(
-                    f"agent={spec!r}: {module} not found (the reference agents live in the agents/ directory of a"
-                    " source checkout of dyncnn_gym; run from there or give the file's path)"
+                    f"agent={spec!r}: no file {str(path.resolve())!r}; give the path of a Python file, absolute or"
+                    f" relative to the current directory, or a registered agent: {sorted(AGENTS)}"
                 )
             fn = getattr(_import_file(path, spec), attr)
         else:
@@ -505,7 +504,7 @@ def run_bench(
         seed: a seed or a list of seeds; every learned agent runs its whole sweep once per seed
             (scores: mean and standard deviation over seeds).
         progress: print a line per step of the bench.
-        timesteps: override every task's step budget.
+        timesteps: override every task's step budget (a positive integer).
         merge: keep the other agents of an earlier ``results.json`` in ``out_dir`` (same suite
             version, pins and FLOPs range, checked) and add or replace only ``agents``; the
             baselines are recomputed.
@@ -517,13 +516,15 @@ def run_bench(
     """
     from ..envs.core import _shared_data
     from ..envs.routing import make_core
+    from ..fileio import check_writable_dir, write_json, write_text
+    from ..recipes import check_timesteps
     from . import plots
     from .demo import _jsonable
     from .protocol import evaluate
 
     seeds = [int(x) for x in (seed if isinstance(seed, (list, tuple)) else [seed])]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seed={seed!r}: give one seed or a list of distinct seeds")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"seed={seed!r}: give one seed or a list of distinct seeds, integers >= 0")
     suite = get_suite(suite)
     if tasks is not None:
         names = [t.name for t in suite.tasks]
@@ -531,10 +532,9 @@ def run_bench(
         if unknown:
             raise ValueError(f"tasks {unknown} are not in suite {suite.name!r}; its tasks are {names}")
     if timesteps is not None:
-        suite = suite.with_budget(timesteps)
+        suite = suite.with_budget(check_timesteps(timesteps))
     resolved = {spec: resolve_agent(spec) for spec in agents}  # fail fast on unknown agents
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_dir(out_dir, "out")  # before any training: a run is not lost to an unwritable --out
     log = print if progress else (lambda *a, **k: None)
     start = time.perf_counter()
     pins = check_pins(suite)
@@ -636,8 +636,8 @@ def run_bench(
         _task_plots(out, task, core, entry, images, plots, _shared_data(task.env_kwargs.get("dataset", "shapes")))
     results["leaderboard"] = leaderboard_rows(results)
     results["seconds"] = round(time.perf_counter() - start, 1)
-    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
-    (out / "leaderboard.md").write_text(format_leaderboard(results))
+    write_json(out / "results.json", _jsonable(results), indent=2)
+    write_text(out / "leaderboard.md", format_leaderboard(results))
     log(format_leaderboard(results))
     log(f"[bench] wrote {out / 'results.json'}, {out / 'leaderboard.md'} and plots ({results['seconds']} s)")
     return results
@@ -768,13 +768,14 @@ def _leaderboard_lines(rows: list[dict[str, Any]], tasks: list[str]) -> list[str
 def add_arguments(p) -> None:
     from .suites import SUITES
 
-    p.add_argument("--suite", default=None, help=f"suite name: {', '.join(SUITES)}")
+    p.add_argument("--suite", default=None, help=f"suite name (required unless --list): {', '.join(SUITES)}")
     p.add_argument(
         "--agent",
         action="append",
         default=None,
         metavar="SPEC",
-        help=f"agent: {', '.join(list(AGENTS) + list(BASELINES))} or module:function (repeatable)",
+        help=f"agent (repeatable): {', '.join(list(AGENTS) + list(BASELINES))}, module:function or"
+        " path/to/file.py:function (a function(env_fn, task, seed, step_budget) -> policy)",
     )
     p.add_argument("--out", default="bench_out", help="output directory (default: bench_out)")
     p.add_argument(
@@ -790,7 +791,7 @@ def add_arguments(p) -> None:
         action="store_true",
         help="keep the other agents of an earlier results.json in --out (same suite version and pins)",
     )
-    p.add_argument("--timesteps", type=int, default=None, help="override every task's step budget")
+    p.add_argument("--timesteps", type=int, default=None, help="override every task's step budget (default: the suite's)")
     p.add_argument(
         "--task",
         action="append",

@@ -1,14 +1,14 @@
 """``dyncnn-gym demo``: the whole idea in one command on the embedded default data.
 
-Loads (or pretrains and caches) the default backbones, trains PPO routers on ``DynChannel-v0`` and
-``DynSkip-v0`` with the recipe of :mod:`dyncnn_gym.recipes`, evaluates them on the whole test split
-against the full network, static routes, random routes at the learned rates and a label-aware
-oracle, prints a table, and writes ``results.json``, PNG plots and the trained SB3 models.
+Loads (or pretrains and caches) the default backbones, trains PPO routers on ``DynChannel-v1``,
+``DynSkip-v1`` and ``DynExit-v0`` (the width cascade) with the recipe of :mod:`dyncnn_gym.recipes`,
+evaluates them on the whole test split against the full network, static routes (static exits and
+the confidence-threshold cascade for ``DynExit-v0``), random routes at the learned rates and a
+label-aware oracle, prints a table, and writes ``results.json``, PNG plots and the trained SB3 models.
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -18,12 +18,17 @@ import numpy as np
 import torch
 
 from ..envs.core import RoutingCore, _shared_data
+from ..envs.routing import make_core, mode_of
+from ..fileio import check_writable_dir, save_sb3, write_json
 from ..pretraining import DEFAULT_ARCH
+from ..recipes import check_timesteps, recipe, train_ppo
 from ..recipes import env_kwargs as recipe_env_kwargs
-from ..recipes import recipe, train_ppo
 from . import plots
 from .baselines import interpolate, oracle, random_policy_eval, static_baselines
-from .protocol import evaluate, mode_of
+from .protocol import evaluate
+
+#: the envs the demo trains routers for: the newest one-pass width and depth envs and the early-exit env
+DEMO_IDS = ("DynChannel-v1", "DynSkip-v1", "DynExit-v0")
 
 
 def _jsonable(x: Any) -> Any:
@@ -41,7 +46,7 @@ def _jsonable(x: Any) -> Any:
 def run_demo(
     out: str | Path = "demo_out",
     *,
-    envs: tuple[str, ...] = ("DynChannel-v0", "DynSkip-v0", "DynExit-v0"),
+    envs: tuple[str, ...] = DEMO_IDS,
     timesteps: int | None = None,
     dataset: str = "shapes",
     backbones: dict[str, str] | None = None,
@@ -51,9 +56,9 @@ def run_demo(
     """Run the demo and write its outputs into ``out`` (see the module docstring). Returns the results.
 
     Args:
-        out: output directory.
+        out: output directory (checked to be writable before anything is trained).
         envs: env ids to train routers for.
-        timesteps: PPO steps per env (default: the recipe's).
+        timesteps: PPO steps per env, a positive integer (default ``None``: the recipe's).
         dataset: data set name (default: the embedded ``"shapes"``).
         backbones: per mode (``"channel"``, ``"skip"``), an arch name or checkpoint path to use instead
             of the default arch (``DynExit-v0``'s width stages run on the ``"channel"`` one).
@@ -61,8 +66,10 @@ def run_demo(
         progress: show progress bars.
     """
     start = time.perf_counter()
-    out = Path(out)
-    (out / "models").mkdir(parents=True, exist_ok=True)
+    timesteps = check_timesteps(timesteps)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be an integer >= 0")
+    out = check_writable_dir(out, "out")  # before any training: a run is not lost to an unwritable --out
     torch.manual_seed(seed)
     data = _shared_data(dataset)
     results: dict[str, Any] = {
@@ -83,14 +90,14 @@ def run_demo(
             env_id, dataset=dataset, backbone=(backbones or {}).get(mode, DEFAULT_ARCH[mode]), groups=4
         )
         t0 = time.perf_counter()
-        core = RoutingCore(mode, 1, split="test", **env_kwargs)  # loads or pretrains the backbone
+        core = make_core(env_id, 1, split="test", **env_kwargs)  # loads or pretrains the backbone
         t_backbone = time.perf_counter() - t0
         t0 = time.perf_counter()
         steps = timesteps or recipe(env_id)["total_timesteps"]
         model = train_ppo(env_id, total_timesteps=steps, seed=seed, progress=progress, **env_kwargs)
         t_train = time.perf_counter() - t0
         rel = f"models/{env_id}-PPO.zip"
-        model.save(out / rel)
+        save_sb3(model, out / rel)
         res = evaluate(model, env_id, per_image=True, **env_kwargs)
         static = static_baselines(core)
         rnd = random_policy_eval(core, res["action_rates"], seed=seed)
@@ -112,6 +119,7 @@ def run_demo(
                 "accuracy": res["accuracy"],
                 "flops_ratio": res["flops_ratio"],
                 "static_front_accuracy_at_same_flops": static_at,
+                "dialed": res["dialed"],
                 **{
                     k: res[k]
                     for k in ("action_rates", "mean_action", "routes", "by_difficulty", "difficulty_flops_spearman")
@@ -119,7 +127,7 @@ def run_demo(
                 },
             }
         )
-        name = env_id.replace("-v0", "")
+        name = env_id.split("-v")[0]
         plots.plot_fronts(
             out / f"{name}_front.png",
             f"{env_id} on {data.name} ({env_kwargs['backbone']})",
@@ -150,7 +158,7 @@ def run_demo(
             img["correct"],
         )
     results["seconds"] = round(time.perf_counter() - start, 1)
-    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
+    write_json(out / "results.json", _jsonable(results), indent=2)
     print(format_table(results))
     print(f"\nwrote {out / 'results.json'}, plots and models in {out}/ ({results['seconds']} s)")
     return results
@@ -162,20 +170,18 @@ def _demo_exit(
     """The demo of ``DynExit-v0`` (width stages on the channel backbone, by default the DynChannel
     default): PPO with the recipe against static exits, the confidence-threshold cascade, random
     exits at PPO's rates and the oracle."""
-    from ..envs.exit_core import ExitCore
-    from ..recipes import train_split
     from .exit_baselines import exit_oracle, random_exits, static_exits, threshold_cascade
 
     env_kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=backbone or DEFAULT_ARCH["channel"])
     t0 = time.perf_counter()
-    core = ExitCore(1, split="test", **env_kwargs)
+    core = make_core(env_id, 1, split="test", **env_kwargs)
     t_backbone = time.perf_counter() - t0
     t0 = time.perf_counter()
     steps = timesteps or recipe(env_id)["total_timesteps"]
     model = train_ppo(env_id, total_timesteps=steps, seed=seed, progress=progress, **env_kwargs)
     t_train = time.perf_counter() - t0
     rel = f"models/{env_id}-PPO.zip"
-    model.save(out / rel)
+    save_sb3(model, out / rel)
     res = evaluate(model, env_id, per_image=True, **env_kwargs)
     static = static_exits(core)
     cascade = threshold_cascade(core)
@@ -188,7 +194,6 @@ def _demo_exit(
         {
             "env_id": env_id,
             "env_kwargs": env_kwargs,
-            "train_split": train_split(env_id, dataset),
             "algorithm": type(model).__name__,
             "model_path": rel,
             "total_timesteps": steps,

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..fileio import savefig
+
 
 def _plt():
     import matplotlib
@@ -67,7 +69,7 @@ def plot_fronts(
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -87,7 +89,7 @@ def plot_usage(path: str | Path, title: str, action_rates: list[list[float]], la
     fig.colorbar(im, ax=ax, fraction=0.05)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -110,7 +112,7 @@ def plot_difficulty(path: str | Path, title: str, by_difficulty: dict[str, list[
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    savefig(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -137,6 +139,6 @@ def plot_image_grid(
     fig.suptitle(title + " (FLOPs ratio; x = misclassified)", fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    savefig(fig, path, dpi=110)
     plt.close(fig)
     return path

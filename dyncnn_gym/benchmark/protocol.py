@@ -2,104 +2,40 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..envs.core import RoutingCore
 from ..envs.routing import make_core, mode_of
+from ..policies import Policy
+from ..policies import as_policy as _as_policy
 
 #: ``policy(obs [B, D] float32, masks [B, A] bool, first: bool) -> actions [B] int``
 BatchPolicy = Callable[[np.ndarray, np.ndarray, bool], np.ndarray]
 
 
-def as_policy(policy: Any) -> BatchPolicy:
-    """Adapt ``policy`` to a deterministic batch policy.
-
-    Accepts an SB3 / sb3-contrib model (``predict(obs, deterministic=True)``; MaskablePPO gets the
-    action masks, RecurrentPPO keeps its state across the decisions of an episode), a torch module
-    mapping observations ``[B, D]`` to action scores ``[B, A]`` (argmax over allowed actions) or to
-    integer actions ``[B]``, or a callable ``obs_batch -> actions``.
-    """
-    if hasattr(policy, "predict") and hasattr(policy, "policy"):
-        params = inspect.signature(policy.predict).parameters
-        masked = "action_masks" in params
-        state: dict[str, Any] = {"s": None}
-
-        def sb3(obs: np.ndarray, masks: np.ndarray, first: bool) -> np.ndarray:
-            kw: dict[str, Any] = {"deterministic": True}
-            if masked:
-                kw["action_masks"] = masks
-            if "episode_start" in params:
-                if first:
-                    state["s"] = None
-                kw["state"] = state["s"]
-                kw["episode_start"] = np.full(len(obs), first)
-            actions, state["s"] = policy.predict(obs, **kw)
-            return np.asarray(actions).reshape(-1)
-
-        return sb3
-    if isinstance(policy, nn.Module):
-
-        def module(obs: np.ndarray, masks: np.ndarray, first: bool) -> np.ndarray:
-            dev = next(policy.parameters(), torch.empty(0)).device
-            with torch.no_grad():
-                out = policy(torch.as_tensor(obs, device=dev))
-            if out.dtype.is_floating_point:
-                if out.dim() != 2 or out.shape[1] != masks.shape[1]:
-                    raise ValueError(
-                        f"the policy module returned scores of shape {tuple(out.shape)}; expected [B, {masks.shape[1]}]"
-                    )
-                out = out.masked_fill(~torch.as_tensor(masks, device=out.device), float("-inf")).argmax(1)
-            return out.cpu().numpy().reshape(-1)
-
-        return module
-    if callable(policy):
-        return lambda obs, masks, first: np.asarray(policy(obs)).reshape(-1)
-    raise TypeError(f"policy={policy!r} is neither an SB3 model, a torch module nor a callable")
+def as_policy(policy: Any) -> Policy:
+    """``policy`` as a deterministic batch policy: :func:`dyncnn_gym.policies.as_policy` (the one
+    adapter every face uses), whose result is also callable as a :data:`BatchPolicy`."""
+    return _as_policy(policy)
 
 
-def load_model(path: str, algorithm: str | None = None):
-    """Load an SB3 / sb3-contrib model saved with ``model.save(path)``.
+def load_model(path: str, algorithm: str | None = None, **kwargs: Any):
+    """Load an SB3 / sb3-contrib model saved with ``model.save(path)``, without unpickling anything
+    the file holds (:func:`dyncnn_gym.sb3_files.load_sb3_model`, which takes the same ``kwargs``).
 
     The algorithm is read from the saved policy class (Maskable / Recurrent / QR-DQN / DQN /
     actor-critic with PPO's or A2C's hyper-parameters) unless ``algorithm`` names it.
+
+    Raises:
+        FileNotFoundError / IsADirectoryError: nothing, or a directory, at ``path``.
+        ValueError: not an SB3 model zip, a damaged one, or one holding pickled objects (named).
     """
-    import json
-    import zipfile
+    from ..sb3_files import load_sb3_model
 
-    from stable_baselines3 import A2C, DQN, PPO
-
-    algos: dict[str, Any] = {"PPO": PPO, "A2C": A2C, "DQN": DQN}
-    try:
-        from sb3_contrib import QRDQN, MaskablePPO, RecurrentPPO
-
-        algos.update({"MaskablePPO": MaskablePPO, "RecurrentPPO": RecurrentPPO, "QRDQN": QRDQN})
-    except ImportError:  # pragma: no cover
-        pass
-    if algorithm is None:
-        with zipfile.ZipFile(path) as z:
-            blob = json.loads(z.read("data").decode())
-        pc = blob.get("policy_class", {})
-        # ":type:" is the metaclass (abc.ABCMeta) for every policy; the class shows in its module and methods
-        kind = " ".join(str(pc.get(k, "")) for k in ("__module__", "__init__", "__doc__")).lower()
-        if "maskable" in kind:
-            algorithm = "MaskablePPO"
-        elif "recurrent" in kind:
-            algorithm = "RecurrentPPO"
-        elif "qrdqn" in kind:
-            algorithm = "QRDQN"
-        elif "dqn" in kind:
-            algorithm = "DQN"
-        else:
-            algorithm = "PPO" if "clip_range" in blob else "A2C"
-    if algorithm not in algos:
-        raise ValueError(f"algorithm={algorithm!r} is not supported; choose one of {sorted(algos)}")
-    return algos[algorithm].load(path, device="cpu")
+    return load_sb3_model(path, algorithm, **kwargs)
 
 
 def evaluate(
@@ -110,19 +46,34 @@ def evaluate(
     bins: int = 5,
     per_image: bool = False,
     core: RoutingCore | None = None,
+    dial: bool | None = None,
     **env_kwargs: Any,
 ) -> dict[str, Any]:
     """Route the **whole test split** with ``policy`` (deterministic, batched) and summarise.
 
     Args:
-        policy: see :func:`as_policy`.
-        env_id: ``"DynChannel-v0"``, ``"DynSkip-v0"`` or ``"DynExit-v0"``.
+        policy: anything :func:`dyncnn_gym.policies.as_policy` accepts (SB3 models of any algorithm, their
+            ``.policy``, ensembles, cost-biased policies, torch modules, callables).
+        env_id: a registered routing env id (``"DynChannel-v1"``, ``"DynSkip-v0"``, ``"DynRoute-v0"``,
+            ``"DynExit-v0"``, ...).
         batch_size: images routed at once.
         bins: difficulty bins (equal-count) for the per-difficulty breakdown.
         per_image: also return per-image arrays under ``"images"``.
         core: an existing test-split core to reuse (its env arguments win).
+        dial: route with the policy dialed to the env's ``flops_target``: a cost bias on its action
+            scores chosen by bisection so that its deterministic routing of held-out images (the
+            ``"val"`` split, else ``"train"``; never the test split) costs at most the target
+            (:func:`~dyncnn_gym.benchmark.calibrate.calibrate`). A policy trained on an env that holds
+            a FLOPs target spends the target on average with *sampled* actions; its argmax may land
+            well away from it, since at the constrained optimum the best policy mixes routes. ``None``
+            (default): dial when the env has a ``flops_target`` (the ``-v1`` ids) and the policy has
+            action scores (SB3 / sb3-contrib actor-critic and DQN models, not recurrent ones).
+            ``False``: route the plain argmax.
         env_kwargs: the env's arguments (``dataset``, ``backbone``, ``groups``, ``budget``, ...);
-            ``split`` is always ``"test"``.
+            ``split`` is always ``"test"``. Under a ``budget`` a policy must respect the action masks
+            (a maskable policy, or :func:`dyncnn_gym.export`, which masks): a forbidden action raises
+            (``budget_strict=True`` by default here; pass ``budget_strict=False`` to score the env's
+            replacement by the nearest allowed action instead).
 
     Returns:
         ``accuracy``, ``flops_ratio`` (mean FLOPs used / full network), ``n_images``,
@@ -130,19 +81,27 @@ def evaluate(
         (``[T]``, in units of ``A - 1``), ``routes`` (distinct action sequences and the most
         frequent ones), and, for data with per-image difficulty, ``by_difficulty`` (accuracy and
         FLOPs ratio per bin) and ``difficulty_flops_spearman`` (rank correlation of difficulty and
-        FLOPs over all test images).
+        FLOPs over all test images); ``dialed``: ``None``, or the ``target``, ``bias`` and held-out
+        ``val_flops_ratio`` of the dial.
     """
+    for name, value in (("batch_size", batch_size), ("bins", bins)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
     if env_kwargs.get("split", "test") != "test":
         raise ValueError(f"split={env_kwargs['split']!r}: evaluation always uses the test split")
     env_kwargs.pop("split", None)
-    choose = as_policy(policy)
     if core is None:
         from ..envs.core import _shared_data
 
         data = _shared_data(env_kwargs.pop("dataset", "shapes"))
         n_test = len(data.test)
         mode_of(env_id)  # an unknown id raises here, naming the envs
+        env_kwargs.setdefault("budget_strict", True)  # evaluation holds a policy to the budget
         core = make_core(env_id, min(batch_size, n_test), dataset=data, split="test", **env_kwargs)
+    from .calibrate import dial_to_target
+
+    policy, dialed = dial_to_target(policy, core, dial)
+    choose = as_policy(policy)
     n = len(core.labels)
     core.cursor = 0
     T = core.T
@@ -162,7 +121,14 @@ def evaluate(
         while not finished[:b].all():
             masks = core.action_masks()
             a = np.zeros(core.n, dtype=np.int64)
-            a[:b] = choose(full_obs[:b], masks[:b], first)  # finished slots' actions are ignored
+            chosen = np.asarray(choose(full_obs[:b], masks[:b], first)).reshape(-1)  # finished slots' are ignored
+            if chosen.shape[0] != b:
+                raise ValueError(
+                    f"the policy gave {chosen.shape[0]} actions for {b} observations; expected one per observation"
+                )
+            if chosen.dtype.kind not in "iub" and not (chosen.dtype.kind == "f" and np.all(chosen == np.round(chosen))):
+                raise TypeError(f"the policy gave actions {chosen[:5]!r} of dtype {chosen.dtype}; expected integer actions")
+            a[:b] = chosen
             first = False
             full_obs, _, term, infos = core.step(a)
             for s in np.flatnonzero(term[:b] & ~finished[:b]):
@@ -173,7 +139,7 @@ def evaluate(
                 if exits is not None:
                     exits[i] = info["exit"]
             finished |= term
-    return summarize(core, preds, flops, actions, ce, bins=bins, per_image=per_image, exits=exits)
+    return {**summarize(core, preds, flops, actions, ce, bins=bins, per_image=per_image, exits=exits), "dialed": dialed}
 
 
 def summarize(

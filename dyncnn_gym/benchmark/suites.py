@@ -7,12 +7,12 @@ the backbone checkpoint file the results were produced with (``None`` = not pinn
 
 Suites:
 
-* ``"cpu-v0"``: the embedded ``shapes`` data with the backbones that were the defaults when it was
-  fixed in session 1 (``vgg`` for DynChannel, ``resnet20-lite`` for DynSkip), 4 groups,
+* ``"cpu-v0"``: the embedded ``shapes`` data with the package's first default backbones (``vgg``
+  for DynChannel, ``resnet20-lite`` for DynSkip), 4 groups,
   ``reward="flops"`` with the env's default cross-entropy term, ``obs="probe"``, 150k steps,
   compute weights (0.25, 0.5, 1.0). Pinned to the two shapes checkpoints shipped in
   ``dyncnn_gym/checkpoints/``; kept so that its leaderboard stays reproducible.
-* ``"cpu-v1"``: the protocol of the package's learning figures (README, "Learning the routing"):
+* ``"cpu-v1"``: the protocol of the package's learning figures (docs/results.md):
   the embedded ``shapes`` data with today's default backbones (``vgg+sandwich+distill`` for
   DynChannel, ``resnet32-lite@skip`` for DynSkip), the recipe's env settings of
   :mod:`dyncnn_gym.recipes` (``loss="error"``, ``obs="probe"``), 150k steps; compute weights
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .protocol import mode_of
+from ..envs.routing import mode_of
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,7 @@ def backbone_path(task: Task, pretrain_missing: bool = True) -> Path:
     groups = int(task.env_kwargs.get("groups", 4))
     name = default_checkpoint_name(str(backbone), groups, data)
     for _ in range(2):
-        for folder in (cache_dir("checkpoints"), SHIPPED_DIR):
+        for folder in (cache_dir("checkpoints", create=False), SHIPPED_DIR):
             if (folder / name).is_file():
                 return folder / name
         if not pretrain_missing:

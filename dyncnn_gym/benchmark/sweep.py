@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
+import numbers
 import time
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,7 @@ def run_sweep(
         backbone: instead of each env's default backbone, this one (a backbone name, see
             :func:`~dyncnn_gym.pretraining.parse_backbone`, or a checkpoint path) for every env.
         weights: per env id, the compute weights (default :data:`DEFAULT_WEIGHTS`).
-        timesteps: PPO steps per point (default: the recipe's).
+        timesteps: PPO steps per point, a positive integer (default ``None``: the recipe's).
         cotrain / frozen: which variants to run.
         seed: seeds PPO, the envs and the fine-tuning batches; several seeds train every point once
             per seed and the summary adds mean ± std over seeds.
@@ -127,9 +127,10 @@ def run_sweep(
     from ..callbacks import BackboneFinetuneCallback, FlopsTargetCallback, check_augment
     from ..envs.core import RoutingCore
     from ..envs.routing import mode_of
+    from ..fileio import check_writable_dir, write_json, write_text
     from ..pretraining import DEFAULT_ARCH
+    from ..recipes import check_timesteps, recipe, train_ppo
     from ..recipes import env_kwargs as recipe_env_kwargs
-    from ..recipes import recipe, train_ppo
     from .baselines import cascade_front, random_policy_eval, route_outcomes, static_baselines, uniform_routes
     from .calibrate import held_out_accuracy
     from .demo import _jsonable
@@ -137,6 +138,7 @@ def run_sweep(
 
     if not (cotrain or frozen):
         raise ValueError("cotrain=False and frozen=False leave nothing to run; enable at least one")
+    timesteps = check_timesteps(timesteps)
     from ..envs.rewards import Reward
 
     loss = loss or recipe(envs[0])["env"]["loss"]
@@ -150,7 +152,7 @@ def run_sweep(
         raise ValueError(f"finetune_kwargs={finetune_kwargs!r} configure co-training, but cotrain=False runs none")
     calibrate = tuple(calibrate)
     for t in calibrate:
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0 < t <= 1:
             raise ValueError(f"calibrate target {t!r} is not a FLOPs ratio; use values in (0, 1]")
     settings = {
         e: [("weight", w) for w in (weights or {}).get(e, ())] + [("target", t) for t in targets[e]]
@@ -158,13 +160,14 @@ def run_sweep(
         else [("weight", w) for w in {**DEFAULT_WEIGHTS[loss], **(weights or {})}[e]]
         for e in envs
     }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_dir(out, "out")  # before any training: a run is not lost to an unwritable --out
     log = print if progress else (lambda *a, **k: None)
     start = time.perf_counter()
     seeds = (seed,) if isinstance(seed, (int, np.integer)) else tuple(seed)
     if not seeds:
         raise ValueError("seed=() gives nothing to run; pass at least one seed")
+    if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in seeds):
+        raise ValueError(f"seed={seed!r}: seeds are integers >= 0")
     if ensemble:
         if isinstance(ensemble, bool) or not isinstance(ensemble, (int, np.integer)) or not 2 <= ensemble <= len(seeds):
             raise ValueError(
@@ -303,9 +306,9 @@ def run_sweep(
         results["envs"][env_id] = entry
         plot_sweep(out, results, env_id)
     results["seconds"] = round(time.perf_counter() - start, 1)
-    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
+    write_json(out / "results.json", _jsonable(results), indent=2)
     text = format_summary(results)
-    (out / "summary.md").write_text(text)
+    write_text(out / "summary.md", text)
     log(text)
     return results
 
@@ -754,7 +757,7 @@ def add_arguments(p) -> None:
         help="also route every K of each frozen setting's seeds as one policy (mean action"
         " log-probabilities) and evaluate it like a point (default 0: off)",
     )
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def run_from_args(args) -> int:

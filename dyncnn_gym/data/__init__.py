@@ -91,9 +91,10 @@ def load_dataset(
               backbone nor the test split use, for training routers; see ``split="val"``).
             * a map-style ``torch.utils.data.Dataset`` of ``(image, label)`` items: split like a pair.
 
-            User images may be ``[N, H, W]`` (grayscale), ``[N, H, W, C]`` (channels-last; detected
-            when the last dim is 1, 3 or 4 and dim 1 is not) or ``[N, C, H, W]``; uint8 (divided by
-            255) or float (used as given); any size. Labels are integer class indices;
+            User images may be ``[N, H, W]`` (grayscale), ``[N, H, W, C]`` (channels-last; recognised
+            when the last dim is smaller than both dims 1 and 2, and transposed with a warning) or
+            ``[N, C, H, W]`` (every other 4-D array); uint8 (divided by 255) or float (used as given,
+            finite and within +-1e6); any size. Labels are integer class indices;
             ``num_classes = max label + 1`` (over both splits) and must be >= 2. The name is
             ``"user"``.
         root: directory holding torchvision files (torchvision names only).
@@ -114,7 +115,7 @@ def load_dataset(
         same on every platform.
 
     Raises:
-        ValueError: unknown name, invalid values (NaN/inf images, empty data, mismatched lengths,
+        ValueError: unknown name, invalid values (NaN/inf images or values beyond +-1e6, empty data, mismatched lengths,
             negative/non-integer labels, fewer than 2 classes, dict without "train"/"test",
             ``test_fraction`` outside (0, 1), bad ``n_train``/``n_test``/``seed``), or missing
             torchvision files (a :class:`~dyncnn_gym.data.torchvision_files.DatasetFilesNotFoundError`,

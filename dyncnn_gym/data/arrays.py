@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,16 +76,29 @@ def _to_numpy(x: Any, what: str) -> np.ndarray:
     return arr
 
 
+#: largest pixel magnitude accepted from user images (uint8, [0, 1] floats and 16-bit values are far below)
+MAX_PIXEL = 1e6
+
+
+def channels_last(shape: tuple[int, ...]) -> bool:
+    """Whether a 4-D image array of ``shape`` is read as channels-last ``[N, H, W, C]``: its last
+    dimension is smaller than both dimensions 1 and 2 (e.g. ``[N, 32, 32, 3]``, ``[N, 28, 28, 1]``,
+    ``[N, 32, 32, 2]``); every other 4-D array is ``[N, C, H, W]``."""
+    return len(shape) == 4 and shape[3] < shape[1] and shape[3] < shape[2]
+
+
 def as_images(x: Any, what: str = "images") -> np.ndarray:
     """Convert user images to ``[N, C, H, W]`` uint8 or float32, validating them.
 
-    Accepted layouts: ``[N, H, W]`` (grayscale, C = 1); ``[N, H, W, C]`` (channels-last, detected when
-    the last dim is 1, 3 or 4 and dim 1 is not); otherwise ``[N, C, H, W]``. uint8 stays uint8 (it
+    Accepted layouts: ``[N, H, W]`` (grayscale, C = 1); ``[N, H, W, C]`` (channels-last), recognised
+    by :func:`channels_last` (the last dimension is smaller than both others) and transposed with a
+    warning that says so; every other 4-D array is taken as ``[N, C, H, W]``. uint8 stays uint8 (it
     means 0..255 -> 0..1); bool, other integer and float dtypes become float32 values as given.
 
     Raises:
         TypeError: not numeric, or not 3-D/4-D.
-        ValueError: empty, or NaN/inf values.
+        ValueError: empty; NaN/inf values; or values beyond +-:data:`MAX_PIXEL` (they would swamp the
+            per-channel normalisation, turning every other pixel into 0).
     """
     arr = _to_numpy(x, what)
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(arr):
@@ -92,7 +106,13 @@ def as_images(x: Any, what: str = "images") -> np.ndarray:
     if arr.ndim == 3:
         arr = arr[:, None, :, :]
     elif arr.ndim == 4:
-        if arr.shape[3] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
+        if channels_last(arr.shape):
+            warnings.warn(
+                f"{what} of shape {tuple(arr.shape)} read as channels-last [N, H, W, C] with C={arr.shape[3]}"
+                f" (its last dimension is the smallest) and transposed to [N, C, H, W] = {(arr.shape[0], arr.shape[3], *arr.shape[1:3])};"
+                " pass [N, C, H, W] arrays to skip this guess",
+                stacklevel=2,
+            )
             arr = arr.transpose(0, 3, 1, 2)
     else:
         raise TypeError(
@@ -102,15 +122,24 @@ def as_images(x: Any, what: str = "images") -> np.ndarray:
         raise ValueError(f"{what} is empty (shape={tuple(arr.shape)}); need at least one non-empty image")
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        bad = np.argwhere(~finite)[0]
-        raise ValueError(
-            f"{what} contains {int((~finite).sum())} non-finite values (NaN/inf), first {arr[tuple(bad)].item()!r} "
-            f"in image {int(bad[0])}; images must be finite"
-        )
-    return arr
+    if arr.dtype.kind == "f":
+        finite = np.isfinite(arr)
+        if not finite.all():
+            bad = np.argwhere(~finite)[0]
+            raise ValueError(
+                f"{what} contains {int((~finite).sum())} non-finite values (NaN/inf), first {arr[tuple(bad)].item()!r} "
+                f"in image {int(bad[0])}; images must be finite"
+            )
+    if arr.dtype != np.bool_:
+        big = np.abs(arr.astype(np.float64)) > MAX_PIXEL
+        if big.any():
+            bad = np.argwhere(big)[0]
+            raise ValueError(
+                f"{what} contains {int(big.sum())} values beyond +-{MAX_PIXEL:g}, first {arr[tuple(bad)].item()!r} in image"
+                f" {int(bad[0])}; pixel values must be uint8 0..255 or numbers in their own scale (e.g. [0, 1] or 0..255),"
+                " since one huge value swamps the normalisation and turns every other pixel into 0"
+            )
+    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def as_labels(y: Any, what: str = "labels") -> np.ndarray:
@@ -287,6 +316,13 @@ def build_splits(name: str, train: RawSplit, test: RawSplit, num_classes: int, v
         test = RawSplit(to_unit_float(test.images), test.labels, test.difficulty, test.difficulty_params)
     check_labels_in_range(train.labels, num_classes, "train labels")
     check_labels_in_range(test.labels, num_classes, "test labels")
+    unseen = sorted(set(np.unique(test.labels).tolist()) - set(np.unique(train.labels).tolist()))
+    if unseen:
+        warnings.warn(
+            f"data {name!r}: test class(es) {unseen} never occur in the train split, so no backbone can learn them and"
+            " every such test image counts as an error",
+            stacklevel=2,
+        )
     train, test = train.with_difficulty(), test.with_difficulty()
     fingerprint = fingerprint_arrays(train.images, train.labels, test.images, test.labels)
     mean, std = channel_stats(to_unit_float(train.images))

@@ -57,8 +57,7 @@ shapes.  Layers, back to front: background colour + texture, distractors, object
 
 from __future__ import annotations
 
-import os
-import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +65,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import cache_dir
+from ..fileio import CorruptFileError, move_aside, save_npz
 
 #: Bump whenever the generated images or parameters change; part of the cache key.
 GENERATOR_VERSION = 2
@@ -444,14 +444,39 @@ def make_shapes(n: int, seed: int = 0, *, stream: int = 0) -> ShapesArrays:
 
 
 def shapes_cache_path(n: int, seed: int = 0, stream: int = 0) -> Path:
-    """Where :func:`load_shapes` caches ``make_shapes(n, seed, stream=stream)``."""
-    return cache_dir("data") / f"shapes_v{GENERATOR_VERSION}_n{n}_seed{seed}_stream{stream}.npz"
+    """Where :func:`load_shapes` caches ``make_shapes(n, seed, stream=stream)`` (the directory is not created)."""
+    return cache_dir("data", create=False) / f"shapes_v{GENERATOR_VERSION}_n{n}_seed{seed}_stream{stream}.npz"
+
+
+def _read_cache(path: Path, n: int) -> ShapesArrays:
+    """The arrays of a cache file, or :class:`~dyncnn_gym.fileio.CorruptFileError` saying what is wrong."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            params = {k: z[f"param_{k}"] for k in PARAM_NAMES}
+            arrays = ShapesArrays(z["images"], z["labels"], z["difficulty"], params)
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, PermissionError):
+            raise
+        raise CorruptFileError(f"{type(e).__name__}: {e}") from None
+    shapes = {"images": (n, 3, IMAGE_SIZE, IMAGE_SIZE), "labels": (n,), "difficulty": (n,)}
+    shapes.update({f"param_{k}": (n,) for k in PARAM_NAMES})
+    got = {"images": arrays.images, "labels": arrays.labels, "difficulty": arrays.difficulty}
+    got.update({f"param_{k}": v for k, v in arrays.params.items()})
+    for key, want in shapes.items():
+        if got[key].shape != want:
+            raise CorruptFileError(f"{key} has shape {got[key].shape}, expected {want}")
+    if arrays.images.dtype != np.uint8:
+        raise CorruptFileError(f"images have dtype {arrays.images.dtype}, expected uint8")
+    return arrays
 
 
 def load_shapes(n: int, seed: int = 0, *, stream: int = 0, use_cache: bool = True) -> ShapesArrays:
     """:func:`make_shapes`, cached as ``.npz`` in ``cache_dir("data")`` keyed by version and arguments.
 
-    A missing or unreadable cache file is (re)generated; writes are atomic.
+    A missing cache file is generated and written atomically (see :mod:`dyncnn_gym.fileio`). A cache
+    file that cannot be read or holds other arrays (truncated, empty, garbage) is moved aside with a
+    warning and regenerated. A cache that cannot be written (read-only) only costs the generation
+    time: the images are generated in memory, with a warning.
     """
     n = _check_count(n, "n")
     seed = _check_seed(seed, "seed")
@@ -461,30 +486,24 @@ def load_shapes(n: int, seed: int = 0, *, stream: int = 0, use_cache: bool = Tru
     path = shapes_cache_path(n, seed, stream)
     if path.exists():
         try:
-            with np.load(path, allow_pickle=False) as z:
-                params = {k: z[f"param_{k}"] for k in PARAM_NAMES}
-                arrays = ShapesArrays(z["images"], z["labels"], z["difficulty"], params)
-            if arrays.images.shape == (n, 3, IMAGE_SIZE, IMAGE_SIZE):
-                return arrays
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-            pass  # corrupt or stale: regenerate below
+            return _read_cache(path, n)
+        except CorruptFileError as e:
+            move_aside(path, f"the shapes data cache {str(path)!r} is unusable ({e})")
+        except PermissionError as e:
+            warnings.warn(f"the shapes data cache {str(path)!r} cannot be read ({e}); generating the images instead")
     arrays = make_shapes(n, seed, stream=stream)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".tmp.npz", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                images=arrays.images,
-                labels=arrays.labels,
-                difficulty=arrays.difficulty,
-                **{f"param_{k}": v for k, v in arrays.params.items()},
-            )
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        save_npz(
+            path,
+            images=arrays.images,
+            labels=arrays.labels,
+            difficulty=arrays.difficulty,
+            **{f"param_{k}": v for k, v in arrays.params.items()},
+        )
+    except OSError as e:
+        warnings.warn(
+            f"the shapes data cache {str(path)!r} cannot be written ({e.strerror or e}); the images were generated in memory"
+        )
     return arrays
 
 

@@ -14,6 +14,12 @@ name               files under ``root``
 
 Only with ``download=True`` is torchvision imported (lazily) to fetch missing files with its own
 data set classes; the files are then read by the readers here.
+
+The CIFAR files are pickles. They are read by a restricted unpickler that rebuilds only what those
+files hold (dicts, lists, strings, bytes and numpy arrays, through numpy's own reconstruction
+functions); a file that asks for any other Python global is refused with
+:class:`~dyncnn_gym.fileio.UnsafeFileError`, which names the file and the global, before anything
+of it runs.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import CorruptFileError, UnsafeFileError
 from .arrays import RawSplit, check_labels_in_range
 
 
@@ -88,9 +95,48 @@ def missing_files(name: str, root: Path) -> list[Path]:
 # --------------------------------------------------------------------------- readers
 
 
+#: the only globals a CIFAR python batch needs: numpy's array reconstruction (numpy 1 and 2 module
+#: names, pickle protocols 2 and 5) and the bytes codec of protocol-2 pickles written by Python 3
+CIFAR_PICKLE_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
+)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only :data:`CIFAR_PICKLE_GLOBALS`."""
+
+    def __init__(self, file, path: Path) -> None:
+        super().__init__(file, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise UnsafeFileError(
+                f"{str(self.path)!r} needs the Python global '{module}.{name}', which a CIFAR batch does not hold and"
+                " dyncnn_gym does not allow (it could run code); the file was not loaded"
+            )
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
+    """A CIFAR python batch as a dict with str keys (see :class:`_CifarUnpickler`)."""
     with open(path, "rb") as f:
-        d = pickle.load(f, encoding="latin1")
+        try:
+            d = _CifarUnpickler(f, path).load()
+        except UnsafeFileError:
+            raise
+        except Exception as e:  # truncated or not a pickle: unpickling raises many kinds
+            raise CorruptFileError(f"{str(path)!r} is not a readable CIFAR batch ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict):
+        raise CorruptFileError(f"{str(path)!r} is not a CIFAR batch: it holds a {type(d).__name__}, not a dict")
     # torchvision's files decode to str keys with latin1; files written with bytes keys stay bytes
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
 

@@ -7,6 +7,7 @@ counts for the same actions.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import gymnasium as gym
@@ -17,7 +18,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from .core import RoutingCore
-from .rewards import REWARD_KINDS
+from .rewards import DEFAULT_TARGET_RATE, REWARD_KINDS
 from .routing import BackboneAccess, check_render_mode, reset_single
 from .vector import check_max_episode_steps, slot_seeds, vector_autoreset_mode
 
@@ -45,16 +46,25 @@ class _OneShot:
         loss: str = "ce",
         device: str = "cpu",
         obs: str = "features",
+        flops_target: float | None = None,
+        target_rate: float = DEFAULT_TARGET_RATE,
     ) -> None:
         if reward not in BLOCKDROP_REWARDS:
             raise ValueError(f"reward={reward!r} is not a DynBlockDrop-v0 reward; choose one of {list(BLOCKDROP_REWARDS)}")
         if usage not in USAGE_KINDS:
             raise ValueError(f"usage={usage!r} is not a usage measure; choose one of {list(USAGE_KINDS)}")
-        if not isinstance(penalty, (int, float)) or isinstance(penalty, bool) or not np.isfinite(penalty) or penalty < 0:
+        if (
+            not isinstance(penalty, numbers.Real)
+            or isinstance(penalty, (bool, np.bool_))
+            or not np.isfinite(penalty)
+            or penalty < 0
+        ):
             raise ValueError(f"penalty={penalty!r} must be a finite number >= 0 (a wrong image pays -penalty)")
-        if reward == "blockdrop" and (compute_weight is not None or loss_weight != 1.0 or ce_clip != 5.0 or loss != "ce"):
+        if reward == "blockdrop" and (
+            compute_weight is not None or loss_weight != 1.0 or ce_clip != 5.0 or loss != "ce" or flops_target is not None
+        ):
             raise ValueError(
-                "compute_weight / loss_weight / ce_clip / loss apply to the DynSkip-v0 reward forms"
+                "compute_weight / loss_weight / ce_clip / loss / flops_target apply to the DynSkip reward forms"
                 f" {list(REWARD_KINDS)}; reward='blockdrop' is set by penalty= and usage="
             )
         self.kind, self.penalty, self.usage = reward, float(penalty), usage
@@ -73,6 +83,8 @@ class _OneShot:
             loss=loss,
             device=device,
             obs=obs,
+            flops_target=flops_target,
+            target_rate=target_rate,
         )
         self.T = self.core.T
         self.observation_space = self.core.observation_space
@@ -112,10 +124,12 @@ class _OneShot:
             infos.pop("action_mask", None)
             infos.pop("_action_mask", None)
             infos["blocks_used"], infos["_blocks_used"] = used, np.ones(n, dtype=bool)
+            infos["cost"] = ratio.copy()  # the one step's cost is the whole episode's
         else:
-            for d, b in zip(infos, used):
+            for d, b, r in zip(infos, used, ratio):
                 d.pop("action_mask", None)
                 d["blocks_used"] = float(b)
+                d["cost"] = float(r)
         return obs, total, infos
 
 
@@ -156,7 +170,7 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
 
     ## Starting State
 
-    A new image (drawn with `np_random` from the train split, or the next test image) has passed
+    A new image (drawn with `np_random` from the `split`, or the next test image) has passed
     the stem and the first residual block.
 
     ## Episode End
@@ -170,17 +184,23 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
     ## Arguments
 
     ```python
-    gymnasium.make("DynBlockDrop-v0", dataset="shapes", backbone=None, groups=4, split="train",
-                   reward="blockdrop", penalty=1.0, usage="blocks", compute_weight=None,
-                   loss_weight=1.0, ce_clip=5.0, loss="ce", device="cpu", obs="features", render_mode=None)
+    gymnasium.make("DynBlockDrop-v1", dataset="shapes", backbone=None, groups=4, split="auto",
+                   reward="flops", penalty=1.0, usage="blocks", compute_weight=None,
+                   loss_weight=1.0, ce_clip=5.0, loss="error", device="cpu", obs="probe",
+                   flops_target=0.68, target_rate=2e-4, render_mode=None)
     ```
+
+    `DynBlockDrop-v0` has the same arguments with `split="train"`, `reward="blockdrop"`, `loss="ce"`,
+    `obs="features"` and `flops_target=None` as defaults.
 
     * `dataset`, `backbone` (default `'resnet32-lite@skip'`; any ResNet arch), `groups`, `split`,
       `device`, `obs`: as for `DynSkip-v0`.
     * `reward`: `"blockdrop"` or a `DynSkip-v0` reward form (`"flops"`, `"rnp"`, `"skipnet"`).
     * `penalty`: reward of a wrong image under `reward="blockdrop"` is `-penalty` (>= 0).
     * `usage`: `"blocks"` or `"flops"`, the `u` of `reward="blockdrop"`.
-    * `compute_weight`, `loss_weight`, `ce_clip`, `loss`: only with a `DynSkip-v0` reward form.
+    * `compute_weight`, `loss_weight`, `ce_clip`, `loss`, `flops_target`, `target_rate`: only with a
+      `DynSkip` reward form, as there (`flops_target` holds the mean FLOPs ratio of finished
+      episodes by adapting `compute_weight`).
     * `render_mode`: `None` or `"ansi"`.
 
     `gymnasium.make_vec("DynBlockDrop-v0", num_envs=N)` routes `N` images as one batch
@@ -188,7 +208,9 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
 
     ## Version History
 
-    * v0: initial version.
+    * v1: the return of `DynSkip-v1` is the default reward (`reward="flops"`, `loss="error"`,
+      `obs="probe"`, `flops_target=0.68`, `split="auto"`); every `info` holds `cost` (the episode's FLOPs ratio).
+    * v0: initial version (`info` gained `cost`; nothing else changed).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}

@@ -19,10 +19,12 @@ import torch.nn.functional as F
 from gymnasium import spaces
 
 from ..data.base import DataSplits
+from ..device import check_device
 from ..models import DynamicNet
+from ..policies import as_policy
 from ..pretraining import resolve_backbone
-from ..walk import Walk, cost_tensors
-from .rewards import Reward
+from ..walk import Walk, cost_tensors, run, run_routes
+from .rewards import DEFAULT_TARGET_RATE, FlopsTarget, Reward
 
 OBS_MODES = ("features", "probe")
 #: ``shaping=`` choices: none, or potential-based shaping with the full-width continuation (see ``RoutingCore.potential``)
@@ -68,6 +70,75 @@ def _shared_data(dataset: Any) -> DataSplits:
 
 
 _DATA: dict[str, DataSplits] = {}
+#: ``split=`` choices; ``"auto"``: ``"val"`` where the data has a held-out split, else ``"train"``
+SPLITS = ("train", "val", "test", "auto")
+_START: weakref.WeakKeyDictionary[DynamicNet, dict[tuple, float]] = weakref.WeakKeyDictionary()
+#: bounds of the starting compute weight :func:`starting_weight` picks
+START_WEIGHT_RANGE = (1e-3, 1.0)
+
+
+@torch.no_grad()
+def static_curve(net: DynamicNet, mode: str, data: DataSplits, split: str, n: int = 1000, seed: int = 0) -> np.ndarray:
+    """float64 ``[R, 2]``: (FLOPs ratio, accuracy) of static routes on up to ``n`` images of ``split``:
+    every uniform width (channel mode), or every block skipped at random at rates 0, 0.25, 0.5, 0.75
+    and 1 (skip mode, drawn with ``seed``)."""
+    part = data.split(split)
+    idx = np.random.default_rng(seed).permutation(len(part))[:n]
+    dev = next(net.parameters()).device
+    x = torch.as_tensor(part.images[idx]).to(dev, next(net.parameters()).dtype)
+    y = np.asarray(part.labels)[idx]
+    table = cost_tensors(net, mode)[0]
+    T, A = table.num_decisions, table.num_actions
+    gen = torch.Generator().manual_seed(seed)
+    if mode == "channel":
+        routes = [torch.full((len(idx), T), a) for a in range(A)]
+    else:
+        routes = [(torch.rand((len(idx), T), generator=gen) >= r).long() for r in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    was_training = net.training
+    net.eval()
+    points = []
+    for acts in routes:
+        logits, flops = run_routes(net, mode, x, acts)
+        points.append((float(flops.double().mean()) / table.full, float((logits.argmax(1).cpu().numpy() == y).mean())))
+    net.train(was_training)
+    return np.array(points, dtype=np.float64)
+
+
+def hull_slope(points: np.ndarray, x: float) -> float:
+    """Slope at ``x`` of the upper concave hull of ``points`` ``[R, 2]`` (0 outside their range)."""
+    pts = sorted(map(tuple, np.asarray(points, dtype=np.float64)))
+    hull: list[tuple[float, float]] = []
+    for p in pts:
+        while len(hull) >= 2 and (hull[-1][1] - hull[-2][1]) * (p[0] - hull[-2][0]) <= (p[1] - hull[-2][1]) * (
+            hull[-1][0] - hull[-2][0]
+        ):
+            hull.pop()
+        hull.append(p)
+    for (x0, y0), (x1, y1) in zip(hull[:-1], hull[1:]):
+        if x0 <= x <= x1 and x1 > x0:
+            return (y1 - y0) / (x1 - x0)
+    return 0.0
+
+
+def starting_weight(net: DynamicNet, mode: str, data: DataSplits, split: str, target: float) -> float:
+    """The compute weight a :class:`~dyncnn_gym.envs.rewards.FlopsTarget` starts from when none is given:
+    half the slope, at ``target``, of the accuracy-FLOPs curve of static routes on the images the
+    episodes draw from (:func:`static_curve`, :func:`hull_slope`), clipped to :data:`START_WEIGHT_RANGE`.
+
+    The slope is the price of FLOPs at which the static routes around the target break even, so the
+    right weight for a routing policy is of its order; half of it starts the adaptation below it,
+    where policies spend more than the target and are pushed down smoothly (a weight too high early
+    drives a policy onto the cheapest route, from which it does not come back). Where the backbone is right on nearly every image of the
+    split at every width (a memorised train split), the slope is about 0 and the start is the floor.
+    Computed once per backbone, mode, data, split and target in a process."""
+    per_net = _START.setdefault(net, {})
+    key = (mode, data.fingerprint, split, round(float(target), 6))
+    if key not in per_net:
+        slope = hull_slope(static_curve(net, mode, data, split), target)
+        per_net[key] = float(np.clip(0.5 * slope, *START_WEIGHT_RANGE))
+    return per_net[key]
+
+
 _OBS_SCALE: weakref.WeakKeyDictionary[DynamicNet, dict[tuple, list[torch.Tensor]]] = weakref.WeakKeyDictionary()
 
 
@@ -82,12 +153,14 @@ def feature_scale(net: DynamicNet, mode: str, data: DataSplits, n: int = 256) ->
         was_training = net.training
         net.eval()
         x = torch.as_tensor(data.train.images[:n]).to(next(net.parameters()).device)
-        walk = Walk(net, mode, x)
         scales = []
-        while not walk.done:
+
+        def full_width(walk: Walk) -> int:
             m = walk.pooled().abs().mean(0)
             scales.append(torch.clamp(m, min=max(float(m.max()) * 0.01, 1e-6)))
-            walk.step(torch.full((len(walk),), walk.A - 1))
+            return walk.A - 1
+
+        run(Walk(net, mode, x), full_width)
         net.train(was_training)
         per_net[key] = scales
     return per_net[key]
@@ -114,11 +187,14 @@ class RoutingCore:
         obs: str = "features",
         dtype: str = "float32",
         shaping: str = "none",
+        budget_strict: bool = False,
+        flops_target: float | None = None,
+        target_rate: float = DEFAULT_TARGET_RATE,
     ) -> None:
         if not isinstance(num_slots, (int, np.integer)) or num_slots < 1:
             raise ValueError(f"num_envs={num_slots!r} must be a positive integer")
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split={split!r} is not a valid split; choose one of ['train', 'val', 'test']")
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r} is not a valid split; choose one of {list(SPLITS)}")
         if obs not in OBS_MODES:
             raise ValueError(f"obs={obs!r} is not an observation mode; choose one of {list(OBS_MODES)}")
         if shaping not in SHAPINGS:
@@ -127,12 +203,16 @@ class RoutingCore:
             raise ValueError(f"dtype={dtype!r} is not a backbone precision; choose one of {list(DTYPES)}")
         if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 2:
             raise ValueError(f"groups={groups!r} must be an integer >= 2 (e.g. 2, 4 or 8)")
-        self.mode, self.n, self.split_name, self.obs_mode = mode, int(num_slots), split, obs
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} was asked for, but torch sees no CUDA device; use device='cpu'")
+        if not isinstance(budget_strict, (bool, np.bool_)):
+            raise ValueError(f"budget_strict={budget_strict!r} must be True or False")
+        self.mode, self.n, self.obs_mode = mode, int(num_slots), obs
+        self.device = check_device(device)
         self.reward = Reward.make(reward, compute_weight, loss_weight, ce_clip, loss)
         self.data = _shared_data(dataset)
+        if split == "auto":
+            split = "val" if self.data.has_val else "train"
+        #: the split episodes draw their images from (``"auto"`` resolved)
+        self.split_name = split
         self.net = at_precision(resolve_backbone(backbone, self.data, mode, int(groups), self.device), DTYPES[dtype])
         self.dtype = dtype
         self.shaping = shaping
@@ -145,6 +225,17 @@ class RoutingCore:
         self._full_step[-1] += int(self.table.head[a_max])
         self._min_to_go = self.table.min_to_go()
         self.budget = self._check_budget(budget)
+        #: with a budget: ``True`` raises on a forbidden action, ``False`` takes the nearest allowed one
+        self.budget_strict = bool(budget_strict)
+        #: holds the mean FLOPs ratio of finished episodes at ``flops_target`` (``None``: a fixed weight)
+        self.target: FlopsTarget | None = None
+        if flops_target is not None:
+            self.check_flops_ratio(flops_target, "flops_target", ", or None for a fixed compute_weight")
+            start = compute_weight
+            if start is None:
+                start = starting_weight(self.net, mode, self.data, split, float(flops_target))
+            self.target = FlopsTarget(flops_target, start, target_rate)
+            self.reward = self.reward.with_weight(self.target.weight)
 
         split_data = self.data.split(split)
         if len(split_data) == 0:
@@ -201,8 +292,11 @@ class RoutingCore:
 
     def set_compute_weight(self, weight: float) -> None:
         """Change the reward's compute weight for every slot from the next step on (e.g. a controller
-        steering the policy's FLOPs while it trains); ``ValueError`` unless a finite number >= 0."""
+        steering the policy's FLOPs while it trains); ``ValueError`` unless a finite number >= 0
+        (> 0 while a ``flops_target`` is held: the adaptation restarts from ``weight``)."""
         r = self.reward
+        if self.target is not None:
+            self.target.set_weight(weight)
         self.reward = Reward.make(r.kind, weight, r.loss_weight, r.ce_clip, r.loss)
 
     def check_flops_ratio(self, value: Any, name: str = "target", none_hint: str = "") -> float:
@@ -280,19 +374,29 @@ class RoutingCore:
         one info dict per slot; slots not in an episode get zeros and ``{}`` (their actions are
         ignored, but must still be valid). A terminated slot's observation is the last one of its
         episode (zero features, the FLOPs used); the slot must be reset before it can step again.
+
+        With a ``budget``, an action the budget forbids raises ``ValueError`` before any episode
+        advances if ``budget_strict``; otherwise the slot takes the nearest allowed action
+        (:func:`nearest_allowed`), and every stepped slot's info holds ``action_taken`` and
+        ``action_forbidden`` (whether it differs from the action given).
         """
         actions = self._check_actions(actions)
+        chosen = actions
         if self.budget is not None:  # check every cohort before any episode advances
+            stepped = np.concatenate([c.slots for c in self.cohorts]) if self.cohorts else np.zeros(0, dtype=np.int64)
+            actions = actions.copy()
             for c in self.cohorts:
                 masks = self._masks(c.walk)
                 a = actions[c.slots]
                 bad = ~masks[np.arange(len(c.slots)), a]
                 if bad.any():
-                    r = int(np.nonzero(bad)[0][0])
-                    raise ValueError(
-                        f"action {int(a[r])} in slot {int(c.slots[r])} breaks the compute budget {self.budget}; "
-                        f"valid actions there: {np.nonzero(masks[r])[0].tolist()} (see action_masks())"
-                    )
+                    if self.budget_strict:
+                        r = int(np.nonzero(bad)[0][0])
+                        raise ValueError(
+                            f"action {int(a[r])} in slot {int(c.slots[r])} breaks the compute budget {self.budget}; "
+                            f"valid actions there: {np.nonzero(masks[r])[0].tolist()} (see action_masks())"
+                        )
+                    actions[c.slots] = nearest_allowed(masks, a)
         obs = np.zeros((self.n, self.observation_space.shape[0]), dtype=np.float32)
         rew = np.zeros(self.n, dtype=np.float64)
         term = np.zeros(self.n, dtype=bool)
@@ -302,6 +406,7 @@ class RoutingCore:
             walk, slots = c.walk, c.slots
             a = actions[slots]
             t = walk.t
+            spent = walk.flops.numpy().copy() if t else np.zeros(len(slots), dtype=np.int64)
             cost = walk.step(torch.as_tensor(a)).numpy().copy()
             if walk.done:
                 logits = walk.logits()
@@ -316,12 +421,16 @@ class RoutingCore:
                     self.phi[slots] = 0.0
                 term[slots] = True
                 obs[slots] = self._observe(walk)
+                step_cost = (walk.flops.numpy() - spent) / self.full
                 if arrays:
-                    _put(infos, self._final_info_arrays(slots, walk, pred, ce), slots, self.n)
+                    _put(infos, {**self._final_info_arrays(slots, walk, pred, ce), "cost": step_cost}, slots, self.n)
                 else:
                     for r, s in enumerate(slots):
                         infos[s] = self._final_info(int(s), walk, r, int(pred[r]), float(ce[r]))
+                        infos[s]["cost"] = float(step_cost[r])
                 self.active[slots] = False
+                if self.target is not None:
+                    self.reward = self.reward.with_weight(self.target.update(walk.flops.numpy() / self.full, self.T))
             else:
                 rew[slots] = self.reward.step(t, a, cost, int(self._full_step[t]), self.full, self.A, self.T)
                 if self.shaping != "none":
@@ -330,11 +439,21 @@ class RoutingCore:
                     self.phi[slots] = phi
                 obs[slots] = self._observe(walk)
                 masks = self._masks(walk)
+                step_cost = (walk.flops.numpy() - spent) / self.full
                 if arrays:
-                    _put(infos, self._info_arrays(slots, walk, masks), slots, self.n)
+                    _put(infos, {**self._info_arrays(slots, walk, masks), "cost": step_cost}, slots, self.n)
                 else:
                     for r, s in enumerate(slots):
                         infos[s] = self._info(int(s), walk, r, masks[r])
+                        infos[s]["cost"] = float(step_cost[r])
+        if self.budget is not None:  # what the budget did to each slot's action
+            taken = {"action_taken": actions[stepped], "action_forbidden": actions[stepped] != chosen[stepped]}
+            if arrays:
+                _put(infos, taken, stepped, self.n)
+            else:
+                for r, s in enumerate(stepped):
+                    infos[s]["action_taken"] = int(taken["action_taken"][r])
+                    infos[s]["action_forbidden"] = bool(taken["action_forbidden"][r])
         self.cohorts = [c for c in self.cohorts if not c.walk.done]
         return obs, rew, term, infos
 
@@ -352,9 +471,7 @@ class RoutingCore:
         (Ng et al., 1999), but a decision that harms the image is charged at once rather than at
         the end. It costs one full-width pass over the remaining layers per step.
         """
-        rest = walk.select(np.arange(len(walk)))  # shares feature maps, never overwrites them
-        while not rest.done:
-            rest.step(np.full(len(rest), self.A - 1, dtype=np.int64))
+        rest = run(walk.select(np.arange(len(walk))), lambda w: self.A - 1)  # shares feature maps, never overwrites them
         logits = rest.logits().float()
         labels = torch.as_tensor(self.labels[self.index[slots]], device=logits.device)
         r = self.reward
@@ -498,6 +615,47 @@ class RoutingCore:
             )
         return a
 
+    # -- routing images with a policy (outside episodes) ----------------------------------------
+    def route(self, policy: Any, images: torch.Tensor, deterministic: bool = True) -> tuple[torch.Tensor, Walk]:
+        """Route ``images [B, C, H, W]`` through the backbone with ``policy`` choosing every action from
+        this core's observations (any policy :func:`~dyncnn_gym.policies.as_policy` accepts; an SB3
+        model is used live, not copied). ``deterministic=False`` samples an SB3 model's actions as its
+        ``predict`` does. Runs with autograd as the caller has it (gradients reach the backbone only:
+        the policy sees detached observations). Returns the logits ``[B, classes]`` and the finished walk."""
+        adapted = as_policy(policy, copy=False)
+        head = adapted.head
+        dev = next(head.parameters(), torch.empty(0)).device if head is not None else torch.device("cpu")
+        state: list = [adapted.initial_state(images.shape[0], dev)]
+        first = [True]
+        all_allowed = np.ones((images.shape[0], self.A), dtype=bool)
+
+        def choose(walk: Walk) -> np.ndarray:
+            obs = self._observe(walk)
+            masks = self._masks(walk)
+            if deterministic or head is None:
+                with torch.no_grad():
+                    a, state[0] = adapted.act(torch.as_tensor(obs, device=dev), torch.as_tensor(masks, device=dev), state[0])
+                actions = a.cpu().numpy()
+            else:
+                actions, state[0] = adapted.sample(obs, first[0], state[0], masks if self.budget is not None else all_allowed)
+            first[0] = False
+            return np.asarray(actions, dtype=np.int64).reshape(-1)
+
+        walk = run(Walk(self.net, self.mode, images), choose)
+        return walk.logits(), walk
+
+    def held_out(self, n: int | None, seed: int = 0) -> tuple[Any, np.ndarray]:
+        """Images the test split does not hold: the ``"val"`` split where the data has one, else
+        ``"train"``, and ``n`` of its row indices drawn with ``seed`` (all rows, in order, if ``n`` is None)."""
+        split = self.data.split("val" if self.data.has_val else "train")
+        idx = np.random.default_rng(seed).permutation(len(split))[:n] if n is not None else np.arange(len(split))
+        return split, idx
+
+    def held_out_images(self, n: int, seed: int = 0) -> torch.Tensor:
+        """``n`` held-out images (fewer if the split is smaller; see :meth:`held_out`) on this core's device."""
+        split, idx = self.held_out(n, seed)
+        return torch.as_tensor(split.images[idx]).to(self.device, self.images.dtype)
+
     # -- observations and infos ------------------------------------------------------------------
     def observe(self, walk: Walk) -> np.ndarray:
         """Observations ``[b, D]`` of the samples of ``walk`` (any walk on this core's backbone)."""
@@ -605,6 +763,17 @@ class RoutingCore:
             info["difficulty"] = float(self.difficulty[i])
             info["difficulty_params"] = {k: float(v[i]) for k, v in self.difficulty_params.items()}
         return info
+
+
+def nearest_allowed(masks: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """The allowed action nearest to each of ``actions`` (int ``[b]``) under bool ``masks [b, A]``:
+    the action itself if allowed, else the largest allowed action below it (fewer channel groups;
+    skipping instead of executing), else the smallest allowed one. Every row allows some action."""
+    A = masks.shape[1]
+    idx = np.arange(A)[None, :]
+    below = masks & (idx <= actions[:, None])
+    largest_below = A - 1 - np.argmax(below[:, ::-1], axis=1)
+    return np.where(below.any(1), largest_below, np.argmax(masks, axis=1)).astype(np.int64)
 
 
 def _put(out: dict, arrays: dict, slots: np.ndarray, n: int) -> dict:

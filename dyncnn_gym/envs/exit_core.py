@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
+from ..device import check_device
 from ..exit_walk import ExitWalk
 from ..models.exits import STAGE_KINDS, Stages, make_stages
 from ..pretraining import DEFAULT_ARCH, resolve_backbone
-from .core import DTYPES, _put, _shared_data, at_precision
+from .core import DTYPES, SPLITS, _put, _shared_data, at_precision
 from .probes import confidence
 from .rewards import Reward
 
@@ -87,11 +88,12 @@ class ExitCore:
         device: str | torch.device = "cpu",
         obs: str = "features",
         dtype: str = "float32",
+        budget_strict: bool = False,
     ) -> None:
         if not isinstance(num_slots, (int, np.integer)) or num_slots < 1:
             raise ValueError(f"num_envs={num_slots!r} must be a positive integer")
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split={split!r} is not a valid split; choose one of ['train', 'val', 'test']")
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r} is not a valid split; choose one of {list(SPLITS)}")
         if stages not in STAGE_KINDS:
             raise ValueError(f"stages={stages!r} is not a kind of stages; choose one of {list(STAGE_KINDS)}")
         if obs != "features":
@@ -103,14 +105,18 @@ class ExitCore:
             raise ValueError(f"dtype={dtype!r} is not a backbone precision; choose one of {list(DTYPES)}")
         if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 2:
             raise ValueError(f"groups={groups!r} must be an integer >= 2 (e.g. 2, 4 or 8)")
+        if not isinstance(budget_strict, (bool, np.bool_)):
+            raise ValueError(f"budget_strict={budget_strict!r} must be True or False")
         if widths is not None and stages != "width":
             raise ValueError(f"widths={widths!r} applies to stages='width' only; depth stages are set by the backbone's exits")
-        self.n, self.split_name, self.obs_mode, self.kind = int(num_slots), split, obs, stages
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} was asked for, but torch sees no CUDA device; use device='cpu'")
+        self.n, self.obs_mode, self.kind = int(num_slots), obs, stages
+        self.device = check_device(device)
         self.reward = Reward.make(reward, compute_weight, loss_weight, ce_clip, loss)
         self.data = _shared_data(dataset)
+        if split == "auto":
+            split = "val" if self.data.has_val else "train"
+        #: the split episodes draw their images from (``"auto"`` resolved)
+        self.split_name = split
         backbone_mode = "channel" if stages == "width" else "exit"
         if backbone is None:
             backbone = DEFAULT_EXIT_ARCH[stages]
@@ -126,6 +132,10 @@ class ExitCore:
         self.exit_flops = self.costs.all_exit_flops()
         self.first_flops = int(self.exit_flops[0])
         self.budget = self._check_budget(budget)
+        #: with a budget: ``True`` raises on a forbidden continue, ``False`` exits instead
+        self.budget_strict = bool(budget_strict)
+        #: no FLOPs-target adaptation (the compute weight is fixed; see ``set_compute_weight``)
+        self.target = None
 
         split_data = self.data.split(split)
         if len(split_data) == 0:
@@ -243,23 +253,29 @@ class ExitCore:
         before it can step again.
         """
         actions = self._check_actions(actions)
-        if self.budget is not None:
+        chosen = actions
+        if self.budget is not None:  # check every cohort before any episode advances
+            stepped = np.concatenate([c.slots for c in self.cohorts]) if self.cohorts else np.zeros(0, dtype=np.int64)
+            actions = actions.copy()
             for c in self.cohorts:
                 masks = self._masks(c.walk)
                 a = actions[c.slots]
                 bad = ~masks[np.arange(len(c.slots)), a]
                 if bad.any():
-                    r = int(np.flatnonzero(bad)[0])
-                    raise ValueError(
-                        f"action {int(a[r])} in slot {int(c.slots[r])} breaks the compute budget {self.budget}; "
-                        f"valid actions there: {np.flatnonzero(masks[r]).tolist()} (see action_masks())"
-                    )
+                    if self.budget_strict:
+                        r = int(np.flatnonzero(bad)[0])
+                        raise ValueError(
+                            f"action {int(a[r])} in slot {int(c.slots[r])} breaks the compute budget {self.budget}; "
+                            f"valid actions there: {np.flatnonzero(masks[r]).tolist()} (see action_masks())"
+                        )
+                    actions[c.slots] = np.where(bad, 0, a)  # exiting is always allowed
         obs = np.zeros((self.n, self.observation_space.shape[0]), dtype=np.float32)
         rew = np.zeros(self.n, dtype=np.float64)
         term = np.zeros(self.n, dtype=bool)
         arrays = self.info_format == "arrays"
         infos: Any = {} if arrays else [{} for _ in range(self.n)]
         kept: list[_Cohort] = []
+        step_costs: list[tuple[np.ndarray, np.ndarray]] = []
         for c in self.cohorts:
             walk, slots = c.walk, c.slots
             a = actions[slots]
@@ -270,6 +286,7 @@ class ExitCore:
             cost = np.where(a == 1, int(self.costs.stages[t + 1] + self.costs.heads[t + 1]), 0)
             last = (a == 0) | walk.done
             rew[slots] = self.reward.exit_step(t, a, cost, last, self.first_flops, self.full, self.T)
+            step_costs.append((slots, (cost + (self.first_flops if t == 0 else 0)) / self.full))
             if len(gone.rows):  # images that exited now
                 s_out = slots[gone.rows]
                 self._finish(s_out, gone.logits, gone.flops, actions_before[gone.rows], t, rew, term, obs, infos)
@@ -290,6 +307,20 @@ class ExitCore:
             kept.append(_Cohort(walk, s_stay))
         self.cohorts = kept
         self._merge()
+        for slots, step_cost in step_costs:  # FLOPs of the step as a fraction of the full network's
+            if arrays:
+                _put(infos, {"cost": step_cost}, slots, self.n)
+            else:
+                for r, s in enumerate(slots):
+                    infos[s]["cost"] = float(step_cost[r])
+        if self.budget is not None:  # what the budget did to each slot's action
+            taken = {"action_taken": actions[stepped], "action_forbidden": actions[stepped] != chosen[stepped]}
+            if arrays:
+                _put(infos, taken, stepped, self.n)
+            else:
+                for r, s in enumerate(stepped):
+                    infos[s]["action_taken"] = int(taken["action_taken"][r])
+                    infos[s]["action_forbidden"] = bool(taken["action_forbidden"][r])
         return obs, rew, term, infos
 
     def _finish(self, slots, logits, flops, actions, exit_at, rew, term, obs, infos) -> None:

@@ -32,7 +32,10 @@ stage not computed when the image exits, ``"skipnet"`` that divided by the numbe
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 
@@ -66,11 +69,15 @@ class Reward:
             raise ValueError(f"loss={loss!r} is not a classification term; choose one of {list(LOSS_KINDS)}")
         cw = DEFAULT_COMPUTE_WEIGHT[kind] if compute_weight is None else compute_weight
         for name, v in (("compute_weight", cw), ("loss_weight", loss_weight), ("ce_clip", ce_clip)):
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
+            if not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_)) or not np.isfinite(v) or v < 0:
                 raise ValueError(f"{name}={v!r} must be a finite number >= 0")
         if ce_clip == 0:
             raise ValueError("ce_clip=0 would erase the classification term; use a positive value")
         return cls(kind, float(cw), float(loss_weight), float(ce_clip), loss)
+
+    def with_weight(self, compute_weight: float) -> Reward:
+        """The same reward with another compute weight (checked as in :meth:`make`)."""
+        return Reward.make(self.kind, compute_weight, self.loss_weight, self.ce_clip, self.loss)
 
     def step(
         self, t: int, actions: np.ndarray, cost: np.ndarray, full_cost: int, full_flops: int, A: int, T: int
@@ -111,3 +118,72 @@ class Reward:
         if self.loss == "error":
             return -self.loss_weight * (~np.asarray(correct, dtype=bool)).astype(np.float64)
         return -self.loss_weight * np.minimum(ce, self.ce_clip)
+
+
+#: bounds of the compute weight a :class:`FlopsTarget` may set (its log is clipped to these)
+TARGET_WEIGHT_RANGE = (1e-6, 1e3)
+#: default change of ``log(compute_weight)`` per decision of a finished episode per unit of FLOPs-ratio error
+DEFAULT_TARGET_RATE = 2e-4
+#: the compute weight a :class:`FlopsTarget` starts from unless one is given
+DEFAULT_TARGET_START = 0.01
+
+
+class FlopsTarget:
+    """Holds the mean FLOPs ratio of finished episodes at ``target`` by adapting the compute weight.
+
+    The compute weight is the Lagrange multiplier of the constraint ``E[flops_ratio] = target``.
+    After every finished episode of ``T`` decisions with FLOPs ratio ``f`` it moves by dual ascent in
+    log space: ``log w <- log w + rate * T * (f - target)``, clipped to :data:`TARGET_WEIGHT_RANGE`.
+    An episode that spends more than the target raises the price of FLOPs, one that spends less
+    lowers it; the update does not depend on how episodes are batched (``update`` of ``n`` episodes
+    at once equals ``n`` single updates), and counted per decision it moves as fast per agent step
+    whatever the episode length.
+
+    The weight that holds a given FLOPs ratio differs by orders of magnitude between data sets and
+    backbones (it is the slope of the accuracy-FLOPs front at the target: on the embedded shapes
+    data about 0.03 for the default VGG at 0.55, on digits nearer 0.003); a FLOPs ratio means the same
+    everywhere. Two things matter for learning (measured with PPO on the embedded data, see
+    docs/envs.md): a slow rate, so that the reward changes slowly against the policy (two time
+    scales: the policy follows the weight, not the other way round), and a start *below* the right
+    weight. A policy that starts with FLOPs too cheap collapses onto the cheapest route and stops
+    exploring wider ones, so that lowering the weight no longer brings it back; one that starts
+    expensive is pushed down smoothly. Hence a start below the right weight: the envs start from
+    :func:`~dyncnn_gym.envs.core.starting_weight` (half the static front's slope at the target),
+    a bare ``FlopsTarget`` from :data:`DEFAULT_TARGET_START`.
+
+    Args:
+        target: the FLOPs ratio to hold, in ``(0, 1]``.
+        weight: the starting compute weight (> 0).
+        rate: change of ``log w`` per decision per unit of FLOPs-ratio error (> 0).
+    """
+
+    def __init__(self, target: float, weight: float = DEFAULT_TARGET_START, rate: float = DEFAULT_TARGET_RATE) -> None:
+        for name, v, lo in (("flops_target", target, 0.0), ("compute_weight", weight, 0.0), ("target_rate", rate, 0.0)):
+            if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or v <= lo:
+                raise ValueError(f"{name}={v!r} must be a finite number > {lo:g}")
+        if target > 1:
+            raise ValueError(f"flops_target={target!r} must be a FLOPs ratio in (0, 1]")
+        self.target, self.rate = float(target), float(rate)
+        self._log_w = float(np.clip(math.log(weight), *np.log(TARGET_WEIGHT_RANGE)))
+        self.episodes = 0
+
+    @property
+    def weight(self) -> float:
+        """The compute weight now."""
+        return math.exp(self._log_w)
+
+    def set_weight(self, weight: float) -> None:
+        """Restart the adaptation from ``weight`` (> 0)."""
+        if isinstance(weight, bool) or not isinstance(weight, Real) or not math.isfinite(weight) or weight <= 0:
+            raise ValueError(f"compute_weight={weight!r} must be a finite number > 0 while a flops_target is held")
+        self._log_w = float(np.clip(math.log(weight), *np.log(TARGET_WEIGHT_RANGE)))
+
+    def update(self, flops_ratios: np.ndarray, decisions: int = 1) -> float:
+        """Account for finished episodes of ``decisions`` decisions each with these FLOPs ratios;
+        returns the new compute weight."""
+        f = np.asarray(flops_ratios, dtype=np.float64).reshape(-1)
+        if f.size:
+            step = self.rate * decisions * float((f - self.target).sum())
+            self._log_w = float(np.clip(self._log_w + step, *np.log(TARGET_WEIGHT_RANGE)))
+            self.episodes += int(f.size)
+        return self.weight

@@ -15,11 +15,14 @@ _ARGS_DOC = """
     ## Arguments
 
     ```python
-    gymnasium.make("{id}", dataset="shapes", backbone=None, groups=4, split="train",
-                   reward="flops", compute_weight=None, loss_weight=1.0, ce_clip=5.0, loss="ce",
-                   budget=None, device="cpu", obs="features", dtype="float32", shaping="none",
-                   render_mode=None)
+    gymnasium.make("{id}-v1", dataset="shapes", backbone=None, groups=4, split="auto",
+                   reward="flops", compute_weight=None, loss_weight=1.0, ce_clip=5.0, loss="error",
+                   budget=None, budget_strict=False, device="cpu", obs="probe", dtype="float32",
+                   shaping="none", flops_target={target}, target_rate=2e-4, render_mode=None)
     ```
+
+    `{id}-v0` has the same arguments with `split="train"`, `loss="ce"`, `obs="features"` and
+    `flops_target=None` as defaults.
 
     * `dataset`: a name (`"shapes"` — the embedded default, `"digits"`, `"cifar10"`, `"cifar100"`,
       `"svhn"`, `"mnist"`, `"fashionmnist"`), an `(images, labels)` pair, a
@@ -32,10 +35,29 @@ _ARGS_DOC = """
       held-out split (images the backbone never trained on: `"shapes"` generates one, user dicts
       may give one), where the backbone's outcomes are like the test split's rather than memorised;
       `"test"` sweeps the test split in order (restarting at image 0 on every seeded reset) so
-      that evaluation covers it exactly.
+      that evaluation covers it exactly; `"auto"` is `"val"` where the data has a held-out split,
+      else `"train"`.
     * `reward`, `compute_weight`, `loss_weight`, `ce_clip`, `loss`: see Rewards.
+    * `flops_target`: the operating point, a FLOPs ratio (of the full network's) that the mean of
+      finished episodes is held at: after each episode of `T` decisions with FLOPs ratio `f` the env
+      sets `log(compute_weight) += target_rate * T * (f - flops_target)` (dual ascent on the
+      constraint's Lagrange multiplier; `compute_weight` is then the starting value; by default
+      half the slope, at `flops_target`, of the accuracy-vs-FLOPs curve of static routes on the
+      episodes' split, `dyncnn_gym.envs.core.starting_weight`: the price of FLOPs at which static
+      routes near the target break even, approached from below because a weight too high early
+      drives a policy onto the cheapest route, from which it does not come back). The weight that holds a FLOPs
+      ratio differs by orders of magnitude between data sets; the ratio does not. `None`: a fixed
+      `compute_weight`.
+      The current weight is `env.unwrapped.compute_weight`.
+    * `target_rate`: change of `log(compute_weight)` per decision per unit of FLOPs-ratio error.
     * `budget`: optional FLOPs-ratio budget per image; actions that could not finish within it are
-      masked (`info["action_mask"]`, `action_masks()`), and taking one raises `ValueError`.
+      masked (`info["action_mask"]`, `action_masks()`). A masked action is replaced by the nearest
+      allowed one: the largest allowed action below it (fewer channel groups; skip instead of
+      execute), else the smallest allowed one; every step's `info` then holds `action_taken` and
+      `action_forbidden` (whether the given action was replaced), and the final `actions` are those
+      taken. So any agent, and Gymnasium's and SB3's env checkers, can step a budget env.
+    * `budget_strict`: with a budget, `True` makes a masked action raise `ValueError` instead (and
+      no episode advances); default `False`.
     * `device`: torch device of the backbone and the walk (`"cpu"`, `"cuda"`, ...).
     * `dtype`: precision of the backbone and the walk: `"float32"` (default), `"bfloat16"` or
       `"float16"` (a shared cast copy of the backbone; the original is untouched). FLOPs are
@@ -47,6 +69,14 @@ _ARGS_DOC = """
     * `shaping`: `"none"` (default) or `"continuation"`: potential-based reward shaping whose
       potential is the classification term the image would get if the rest of the network ran at
       full width (see Rewards).
+    * `render_mode`: `None`, `"ansi"` (`render()` returns a text line: image, decision, FLOPs so far,
+      and at the end the actions, prediction and label), `"rgb_array"` (the image with a bar of the
+      FLOPs spent) or `"human"` (the `"ansi"` line printed at every reset and step).
+    * `max_episode_steps` (of `gymnasium.make`): leave it `None`. Every episode has exactly `T`
+      steps; Gymnasium applies this argument as a `TimeLimit` wrapper outside the env, which the
+      env cannot see, so a value below `T` truncates every episode before the classification
+      (`truncated=True`, no classification term, no final `info`). `gymnasium.make_vec` refuses
+      such a value.
 """
 
 _COMMON_DOC = """
@@ -80,19 +110,47 @@ _COMMON_DOC = """
     0 after the last decision: the return changes by `-phi(first state)` only, which no action
     affects, while a decision that hurts the image is charged when it is taken.
 
+    Every `info` also holds `cost`, the FLOPs of this step (the stem's included in the first, the
+    head's in the last) as a fraction of the full network's: an episode's costs sum to its
+    `flops_ratio`, the per-step cost signal constrained-RL libraries read (with `flops_target` as
+    the cost limit).
+
     ## Starting State
 
-    A new image (drawn with `np_random` from the train split, or the next test image) has passed
+    A new image (drawn with `np_random` from the `split`, or the next test image) has passed
     the backbone's stem; the observation describes the feature map entering decision 0.
 
     ## Episode End
 
-    Terminates after the last decision (every episode has exactly `T` steps); never truncates.
+    Terminates after the last decision (every episode has exactly `T` steps); never truncates by
+    itself (see `max_episode_steps` below).
     The final `info` holds `prediction`, `label`, `correct`, `flops`, `flops_ratio`,
     `cross_entropy`, `actions` (int64 `[T]`), `index` (image index in the split), and, for data
     with per-image difficulty (the embedded `"shapes"`), `difficulty` and `difficulty_params`.
-    Every `info` holds `decision`, `flops` (so far), `action_mask`, `index` (and `difficulty`).
+    Every `info` holds `decision`, `flops` (so far), `action_mask`, `index` (and `difficulty`), and
+    with a `budget` every step's `info` holds `action_taken` and `action_forbidden`.
 """
+
+
+def _v0_only_args(name: str, default: str) -> str:
+    """The Arguments section of an env registered only as ``-v0`` with the ``-v0`` defaults."""
+    doc = _ARGS_DOC.format(id=name, target="None", default=default)
+    head = doc[: doc.index("    * `dataset`")]
+    body = doc[len(head) :]
+    return (
+        f"""
+    ## Arguments
+
+    ```python
+    gymnasium.make("{name}-v0", dataset="shapes", backbone=None, groups=4, split="train",
+                   reward="flops", compute_weight=None, loss_weight=1.0, ce_clip=5.0, loss="ce",
+                   budget=None, budget_strict=False, device="cpu", obs="features", dtype="float32",
+                   shaping="none", flops_target=None, target_rate=2e-4, render_mode=None)
+    ```
+
+"""
+        + body
+    )
 
 
 def check_render_mode(render_mode: str | None, modes: list[str]) -> None:
@@ -156,7 +214,7 @@ class RewardAccess:
 class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
     """Base of the single-image routing envs (one image per episode, one step per decision point)."""
 
-    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi", "rgb_array", "human"], "render_fps": 4}
     mode: str = ""
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
@@ -182,6 +240,8 @@ class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
         obs, info = reset_single(self.core, self.np_random, seed, options)
         self._last_info = info
         self._needs_reset = False
+        if self.render_mode == "human":
+            print(self._text())
         return obs, info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -193,6 +253,8 @@ class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
         obs, rew, term, infos = self.core.step(a.reshape(1))
         self._last_info = infos[0]
         self._needs_reset = bool(term[0])
+        if self.render_mode == "human":
+            print(self._text())
         return obs[0], float(rew[0]), bool(term[0]), False, infos[0]
 
     def action_masks(self) -> np.ndarray:
@@ -211,16 +273,22 @@ class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
 
     def render(self):
         if self.render_mode is None:
-            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'rgb_array'")
+            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi', 'rgb_array' or 'human'")
             return None
-        info = self._last_info
         if self.render_mode == "ansi":
-            acts = info.get("actions")
-            line = f"image {info.get('index')} decision {info.get('decision')}/{self.core.T} flops {info.get('flops', 0) / self.core.full:.3f} of full"
-            if acts is not None:
-                line += f" actions {acts.tolist()} pred {info['prediction']} label {info['label']}"
-            return line
-        return self._image_rgb(int(info.get("index", 0)))
+            return self._text()
+        if self.render_mode == "human":
+            print(self._text())
+            return None
+        return self._image_rgb(int(self._last_info.get("index", 0)))
+
+    def _text(self) -> str:
+        info = self._last_info
+        acts = info.get("actions")
+        line = f"image {info.get('index')} decision {info.get('decision')}/{self.core.T} flops {info.get('flops', 0) / self.core.full:.3f} of full"
+        if acts is not None:
+            line += f" actions {acts.tolist()} pred {info['prediction']} label {info['label']}"
+        return line
 
     def _image_rgb(self, i: int) -> np.ndarray:
         d = self.core.data
@@ -254,13 +322,21 @@ class DynChannelEnv(RoutingEnv):
     """
         + _COMMON_DOC
         + _ARGS_DOC.format(
-            id="DynChannel-v0",
+            id="DynChannel",
+            target=0.55,
             default="'vgg+sandwich+distill', a 6-layer VGG-style CNN trained with the sandwich rule and in-place distillation; plain 'vgg' and any ResNet arch work too (groups inside its blocks)",
         )
         + """
     ## Version History
 
-    * v0: initial version.
+    * v1: the settings that work are the defaults: `loss="error"`, `obs="probe"`, and the operating
+      point `flops_target=0.55` held by adapting `compute_weight`, episodes drawn from the held-out
+      split where the data has one (`split="auto"`); every `info` holds `cost`.
+    * v0: initial version. Later changes, each only where v0 raised an error or rendered through a
+      wrapper: with a `budget`, a masked action is replaced by the nearest allowed one (reported in
+      `info`) instead of raising (`budget_strict=True` keeps the error); `render_mode="human"` prints
+      the `"ansi"` line (Gymnasium's pygame wrapper is no longer applied). Every `info` gained
+      `cost`. Observations, rewards and episodes are unchanged. Its default backbone was the plain `vgg` in the first releases (the `cpu-v0` benchmark suite pins it).
     """
     )
     mode = "channel"
@@ -283,12 +359,21 @@ class DynSkipEnv(RoutingEnv):
     """
         + _COMMON_DOC
         + _ARGS_DOC.format(
-            id="DynSkip-v0", default="'resnet32-lite@skip', ResNet-32 with a stride-2 stem trained for skip decisions only"
+            id="DynSkip",
+            target=0.68,
+            default="'resnet32-lite@skip', ResNet-32 with a stride-2 stem trained for skip decisions only",
         )
         + """
     ## Version History
 
-    * v0: initial version.
+    * v1: the settings that work are the defaults: `loss="error"`, `obs="probe"`, and the operating
+      point `flops_target=0.68` held by adapting `compute_weight`, episodes drawn from the held-out
+      split where the data has one (`split="auto"`); every `info` holds `cost`.
+    * v0: initial version. Later changes, each only where v0 raised an error or rendered through a
+      wrapper: with a `budget`, a masked action is replaced by the nearest allowed one (reported in
+      `info`) instead of raising (`budget_strict=True` keeps the error); `render_mode="human"` prints
+      the `"ansi"` line (Gymnasium's pygame wrapper is no longer applied). Every `info` gained
+      `cost`. Observations, rewards and episodes are unchanged. Its default backbone was `resnet20-lite` in the first releases (the `cpu-v0` benchmark suite pins it).
     """
     )
     mode = "skip"
@@ -312,8 +397,8 @@ class DynRouteEnv(RoutingEnv):
     (`a` of `groups`; `groups` = full width).
     """
         + _COMMON_DOC
-        + _ARGS_DOC.format(
-            id="DynRoute-v0",
+        + _v0_only_args(
+            "DynRoute",
             default="'resnet20-lite@route+sandwich+distill', ResNet-20 with a stride-2 stem trained for route decisions (random skips and random widths at once; the sandwich rule over both: every block but the first skipped, and every block at the narrowest width; in-place distillation); it serves DynChannel-v0 and DynSkip-v0 too. Any ResNet trained for both kinds works",
         )
         + """
@@ -327,8 +412,7 @@ class DynRouteEnv(RoutingEnv):
 
 #: registered env id -> the mode of its decisions
 ENV_MODES: dict[str, str] = {
-    "DynChannel-v0": DynChannelEnv.mode,
-    "DynSkip-v0": DynSkipEnv.mode,
+    **{f"{name}-v{v}": env.mode for name, env in (("DynChannel", DynChannelEnv), ("DynSkip", DynSkipEnv)) for v in (0, 1)},
     "DynRoute-v0": DynRouteEnv.mode,
     "DynExit-v0": "exit",
 }
@@ -336,16 +420,28 @@ ENV_MODES: dict[str, str] = {
 
 def mode_of(env_id: str, problem: str = "is not a routing env") -> str:
     """The decision mode (``"channel"`` / ``"skip"`` / ``"route"`` / ``"exit"``) of ``env_id`` (optionally ``"dyncnn_gym:"``-prefixed)."""
-    name = env_id.split(":", 1)[-1]
+    name = env_id.split(":", 1)[-1] if isinstance(env_id, str) else env_id
     if name not in ENV_MODES:
         raise ValueError(f"env_id={env_id!r} {problem}; choose one of {sorted(ENV_MODES)}")
     return ENV_MODES[name]
 
 
-def make_core(env_id: str, num_slots: int, **kwargs: Any):
-    """The core of ``env_id`` with ``num_slots`` slots: an :class:`~dyncnn_gym.envs.exit_core.ExitCore`
-    for the early-exit env, else a :class:`RoutingCore` in the env's mode."""
+def registered_kwargs(env_id: str) -> dict[str, Any]:
+    """The default arguments ``env_id`` is registered with (``{}`` for the ``-v0`` ids)."""
+    import gymnasium
+
+    mode_of(env_id)
+    return dict(gymnasium.spec(env_id.split(":", 1)[-1]).kwargs)
+
+
+def make_core(env_id: str, num_slots: int = 1, **overrides: Any) -> RoutingCore | ExitCore:
+    """The core of ``num_slots`` episodes for ``env_id``: an :class:`~dyncnn_gym.envs.exit_core.ExitCore`
+    for the early-exit env, else a :class:`RoutingCore` in the env's mode; its registered defaults
+    (:func:`registered_kwargs`) updated by ``overrides``. Every face that builds episodes from an env
+    id (the SB3 VecEnv, evaluation, export, the benchmark) builds them here, so ``-v0`` and ``-v1``
+    differ only in these defaults."""
     mode = mode_of(env_id)
+    kwargs = {**registered_kwargs(env_id), **overrides}
     if mode == "exit":
         return ExitCore(num_slots, **kwargs)
     return RoutingCore(mode, num_slots, **kwargs)

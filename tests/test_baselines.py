@@ -1,0 +1,84 @@
+"""The evaluation protocol and the baselines (static routes, fronts, oracle, random routes, the
+confidence cascade), on tiny digits backbones (the ``digit_backbones`` fixture of conftest.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dyncnn_gym.benchmark.baselines import interpolate, oracle, pareto, random_policy_eval, static_baselines
+from dyncnn_gym.benchmark.protocol import evaluate
+from dyncnn_gym.envs.core import RoutingCore
+
+
+def test_evaluate_covers_the_whole_test_split_and_matches_static_routes(digit_backbones):
+    kw = {"dataset": "digits", "backbone": digit_backbones["channel"]}
+    core = RoutingCore("channel", 1, split="test", **kw)
+    static = static_baselines(core)
+    for a, row in enumerate(static["uniform"]):
+        res = evaluate(lambda obs, a=a: np.full(len(obs), a), "DynChannel-v0", batch_size=97, **kw)
+        assert res["n_images"] == len(core.labels)
+        assert res["accuracy"] == pytest.approx(row["accuracy"])
+        assert res["flops_ratio"] == pytest.approx(row["flops_ratio"])
+        assert res["action_rates"][0][a] == 1.0
+        assert res["routes"]["distinct"] == 1
+    assert static["full"]["flops_ratio"] == pytest.approx(1.0)
+
+
+def test_front_interpolation_and_pareto():
+    pts = [{"accuracy": 0.5, "flops_ratio": 0.2}, {"accuracy": 0.4, "flops_ratio": 0.5}, {"accuracy": 0.9, "flops_ratio": 1.0}]
+    front = pareto(pts)
+    assert [p["flops_ratio"] for p in front] == [0.2, 1.0]
+    assert interpolate(front, 0.6) == pytest.approx(0.5 + 0.4 * 0.5)
+    assert np.isnan(interpolate(front, 0.1))
+
+
+def test_oracle_is_an_upper_bound_and_random_matches_rates(digit_backbones):
+    core = RoutingCore("skip", 1, split="test", dataset="digits", backbone=digit_backbones["skip"])
+    static = static_baselines(core)
+    orc = oracle(core)
+    assert orc["upper_bound"] is True
+    assert orc["accuracy"] >= max(r["accuracy"] for r in static["exhaustive"])
+    rnd = random_policy_eval(core, [[0.0, 1.0]] * core.T)
+    assert rnd["flops_ratio"] == pytest.approx(1.0)
+    assert rnd["accuracy"] == pytest.approx(static["full"]["accuracy"])
+
+
+@pytest.mark.parametrize("env_id, mode", [("DynChannel-v0", "channel"), ("DynSkip-v0", "skip")])
+def test_a_confidence_cascade_is_the_threshold_policy_on_the_probe_observation(digit_backbones, env_id, mode):
+    from dyncnn_gym.benchmark.baselines import cascade_outcomes
+
+    kw = {"dataset": "digits", "backbone": digit_backbones[mode], "obs": "probe"}
+    core = RoutingCore(mode, 1, split="test", **kw)
+    top = core.feat_dim + core.T  # the probe's top probability in the observation
+    cheap, rich = 0, core.A - 1
+    for threshold in (0.5, 0.9):
+        correct, flops = cascade_outcomes(core, cheap, rich, threshold)
+        res = evaluate(lambda obs, threshold=threshold: np.where(obs[:, top] < threshold, rich, cheap), env_id, core=core)
+        assert res["accuracy"] == pytest.approx(correct.mean())
+        assert res["flops_ratio"] == pytest.approx(flops.mean() / core.full)
+    # a threshold no probe stays below routes every image the cheap way: the static cheap route
+    static = static_baselines(core)
+    correct, flops = cascade_outcomes(core, cheap, rich, 0.0)
+    assert correct.mean() == pytest.approx(static["uniform"][cheap]["accuracy"])
+    assert (flops == flops[0]).all() and flops[0] / core.full == pytest.approx(static["uniform"][cheap]["flops_ratio"])
+
+
+def test_the_cascade_front_is_selected_off_the_test_split_and_measured_on_it(digit_backbones):
+    from dyncnn_gym.benchmark.baselines import cascade_front, cascade_outcomes
+
+    core = RoutingCore("channel", 1, split="test", dataset="digits", backbone=digit_backbones["channel"])
+    res = cascade_front(core, thresholds=(0.5, 0.9), select_on=100)
+    assert res["selected_on"] == "train"  # digits has no "val" split
+    assert res["front"] == pareto(res["points"]) and len(res["points"]) >= 1
+    p = res["points"][0]
+    assert p["cheap"] < p["rich"] and p["n_images"] == len(core.labels)
+    correct, flops = cascade_outcomes(core, p["cheap"], p["rich"], p["threshold"])
+    assert p["accuracy"] == pytest.approx(correct.mean()) and p["flops_ratio"] == pytest.approx(flops.mean() / core.full)
+    with pytest.raises(ValueError, match=r"cheap=0 and rich=9 must be actions in \[0, 3\]"):
+        cascade_outcomes(core, 0, 9, 0.5)
+    with pytest.raises(ValueError, match=r"cheap=1.5 and rich=3 must be actions in \[0, 3\]"):
+        cascade_outcomes(core, 1.5, 3, 0.5)
+    for bad in (1.5, float("nan"), "high", True):
+        with pytest.raises(ValueError, match=f"threshold={bad!r} must be a probability"):
+            cascade_outcomes(core, 0, 3, bad)

@@ -1,0 +1,49 @@
+"""The demo (``dyncnn-gym demo``): its outputs are what a third party reproduces with its own loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dyncnn_gym.benchmark.calibrate import CostBiasedPolicy
+from dyncnn_gym.benchmark.protocol import load_model
+from dyncnn_gym.envs.core import RoutingCore
+
+
+def test_demo_writes_results_that_a_third_party_can_reproduce(digit_backbones, tmp_path):
+    import gymnasium as gym
+
+    from dyncnn_gym.benchmark.demo import run_demo
+
+    res = run_demo(tmp_path, dataset="digits", timesteps=512, backbones=digit_backbones, progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["full"]) == {"DynChannel-v1", "DynSkip-v1"}
+    assert len(saved["learned"]) == 2
+    for png in ("DynChannel_front.png", "DynSkip_front.png", "DynChannel_usage.png", "DynSkip_images.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    for entry in saved["learned"]:
+        model = load_model(str(tmp_path / entry["model_path"]))
+        assert type(model).__name__ == entry["algorithm"]
+        # the -v1 envs hold a FLOPs target: evaluation dialed the policy to it with a recorded cost bias
+        assert entry["dialed"]["target"] == gym.spec(entry["env_id"]).kwargs["flops_target"]
+        policy = CostBiasedPolicy(model, entry["dialed"]["bias"])
+        # the third party's own loop: single env, test split, deterministic actions
+        env = gym.make(entry["env_id"], split="test", **entry["env_kwargs"])
+        n = len(
+            RoutingCore("channel" if "Channel" in entry["env_id"] else "skip", 1, split="test", **entry["env_kwargs"]).labels
+        )
+        correct, ratio = 0, 0.0
+        obs, _ = env.reset(seed=0)
+        for _ in range(n):
+            done = False
+            while not done:
+                action, _ = policy.predict(obs[None], deterministic=True)
+                action = int(action[0])
+                obs, _, done, _, info = env.step(action)
+            correct += info["correct"]
+            ratio += info["flops_ratio"]
+            obs, _ = env.reset()
+        assert correct / n == pytest.approx(entry["accuracy"])
+        assert ratio / n == pytest.approx(entry["flops_ratio"])
+    assert res["learned"][0]["env_kwargs"] == saved["learned"][0]["env_kwargs"]

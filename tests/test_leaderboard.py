@@ -1,0 +1,231 @@
+"""The benchmark leaderboard: suites and their pins, the scalar score, route analysis, plug-in agents
+(registered names, module:function, path.py:function), and tiny end-to-end runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+from dyncnn_gym.benchmark.bench import front_area, resolve_agent, route_analysis, route_mutual_information, run_bench
+from dyncnn_gym.benchmark.suites import SUITES, check_pins, get_suite
+
+
+def constant_agent(env_fn, task, seed, step_budget):
+    """A plug-in agent: checks the env it is handed, trains nothing, always takes the largest action."""
+    vec = env_fn(2)
+    assert vec.num_envs == 2 and env_fn.compute_weight in task.compute_weights
+    n_actions = int(vec.action_space.n)
+    return lambda obs: np.full(len(obs), n_actions - 1)
+
+
+def test_suites_resolve_and_unknown_names_are_named():
+    assert {"cpu-v0", "cpu-v1", "cpu-v2", "paper-v0", "tiny-v0"} <= set(SUITES)
+    cpu = get_suite("cpu-v0")
+    assert cpu.version == 0 and len(cpu.tasks) == 2
+    for t in cpu.tasks:
+        assert t.step_budget == 150_000 and t.compute_weights == (0.25, 0.5, 1.0)
+        assert t.env_kwargs["dataset"] == "shapes" and t.env_kwargs["obs"] == "probe"
+        assert len(cpu.backbone_sha256[t.name]) == 64
+    assert {t.env_kwargs["backbone"] for t in get_suite("paper-v0").tasks} == {"vgg16", "resnet110"}
+    from dyncnn_gym.envs.routing import mode_of
+    from dyncnn_gym.pretraining import DEFAULT_ARCH
+    from dyncnn_gym.recipes import env_kwargs
+
+    for t in get_suite("cpu-v1").tasks:  # the protocol of the learning figures (docs/results.md): the recipe's env settings
+        recipe_env = env_kwargs(t.env_id)
+        assert all(t.env_kwargs[k] == recipe_env[k] for k in ("reward", "loss", "obs"))
+        assert t.env_kwargs["backbone"] == DEFAULT_ARCH[mode_of(t.env_id)] and t.step_budget == 150_000
+    with pytest.raises(ValueError, match=r"nope.*cpu-v0.*tiny-v0"):
+        get_suite("nope")
+    with pytest.raises(ValueError, match=r"sac.*ppo"):
+        resolve_agent("sac")
+    with pytest.raises(ValueError, match="no_such_module"):
+        resolve_agent("no_such_module:f")
+    assert resolve_agent(f"{__name__}:constant_agent") is constant_agent
+
+
+def test_pins_match_the_shipped_checkpoints_and_a_mismatch_raises():
+    for name in ("cpu-v0", "cpu-v1", "cpu-v2"):
+        found = check_pins(name)
+        assert found == get_suite(name).backbone_sha256 and all(found.values())
+    cpu = get_suite("cpu-v0")
+    name = cpu.tasks[0].name
+    bad = dataclasses.replace(cpu, backbone_sha256={**cpu.backbone_sha256, name: "0" * 64})
+    with pytest.raises(ValueError, match=rf"{name}.*{cpu.backbone_sha256[name]}.*{'0' * 64}"):
+        check_pins(bad)
+
+
+def test_scalar_summary_on_hand_made_fronts():
+    static = [
+        {"flops_ratio": 0.1, "accuracy": 0.3},
+        {"flops_ratio": 0.5, "accuracy": 0.7},
+        {"flops_ratio": 1.0, "accuracy": 0.9},
+    ]
+    same = front_area(static, static)
+    assert same["score"] == pytest.approx(0.0)
+    assert same["mixed"] == {"below": False, "above": False}
+    better = [{**p, "accuracy": p["accuracy"] + 0.02} for p in static]
+    assert front_area(better, static)["score"] == pytest.approx(2.0)
+    worse = [{**p, "accuracy": p["accuracy"] - 0.05} for p in static]
+    assert front_area(worse, static)["score"] == pytest.approx(-5.0)
+    # a single point on the (concave) static front: mixing it with static routes gives the static front
+    one = front_area([{"flops_ratio": 0.5, "accuracy": 0.7}], static)
+    assert one["score"] == pytest.approx(0.0, abs=1e-9) and one["mixed"] == {"below": True, "above": True}
+    # a single point below static is penalised: its mixtures with static routes stay below
+    assert front_area([{"flops_ratio": 0.5, "accuracy": 0.6}], static)["score"] < -1.0
+
+
+def test_partial_coverage_is_extended_by_mixing_with_static_routes():
+    static = [
+        {"flops_ratio": 0.1, "accuracy": 0.3},
+        {"flops_ratio": 0.5, "accuracy": 0.7},
+        {"flops_ratio": 1.0, "accuracy": 0.9},
+    ]
+    # an oracle-like single cheap point (0.2, 0.95): beyond it, the best chord goes to the full network
+    x = np.linspace(0.2, 0.8, 60001)
+    chord = 0.95 + (0.9 - 0.95) * (x - 0.2) / (1.0 - 0.2)
+    stat = np.interp(x, [0.1, 0.5, 1.0], [0.3, 0.7, 0.9])
+    expected = 100 * float(np.mean(chord - stat))
+    cheap = front_area([{"flops_ratio": 0.2, "accuracy": 0.95}], static)
+    assert cheap["score"] == pytest.approx(expected, abs=0.01)
+    assert cheap["covered"] == [0.2, 0.2] and cheap["mixed"] == {"below": False, "above": True}
+    # a front 3 points above static on [0.4, 0.6] only: credited there, less than a whole-range +3
+    part = front_area([{"flops_ratio": x, "accuracy": y + 0.03} for x, y in ((0.4, 0.6), (0.5, 0.7), (0.6, 0.74))], static)
+    assert part["mixed"] == {"below": True, "above": True} and part["covered"] == [0.4, 0.6]
+    assert 3.0 * 0.2 / 0.6 < part["score"] < 3.0
+
+
+def test_route_mutual_information_on_hand_made_routes():
+    labels = np.repeat(np.arange(4), 5)
+    routes = np.stack([labels % 2, labels // 2], axis=1)  # a distinct route per class
+    assert route_mutual_information(routes, labels) == pytest.approx(math.log2(4))
+    assert route_mutual_information(np.zeros((20, 3)), labels) == pytest.approx(0.0)
+    r = route_analysis(routes, labels)
+    assert r["distinct"] == 4 and r["top1_share"] == pytest.approx(0.25) and r["normalized_mi"] == pytest.approx(1.0)
+
+
+def test_run_bench_end_to_end_on_tiny(tmp_path):
+    agents = ["static", "random", "cascade", "oracle", f"{__name__}:constant_agent", "ppo"]
+    suite = get_suite("tiny-v0")
+    res = run_bench("tiny-v0", agents, tmp_path, progress=False, timesteps=512)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    board = (tmp_path / "leaderboard.md").read_text()
+    task = suite.tasks[0].name
+    assert set(saved["tasks"][task]["agents"]) == set(agents)
+    assert saved["tasks"][task]["agents"]["static"]["summary"]["score"] == pytest.approx(0.0)
+    const = saved["tasks"][task]["agents"][f"{__name__}:constant_agent"]
+    assert len(const["points"]) == len(suite.tasks[0].compute_weights)
+    assert const["points"][0]["flops_ratio"] == pytest.approx(1.0)
+    assert const["points"][0]["routes"]["distinct"] == 1
+    assert const["points"][0]["routes"]["mutual_information_bits"] == pytest.approx(0.0)
+    assert [r["rank"] for r in res["leaderboard"]] == list(range(1, len(agents) + 1))
+    # every learned point carries random routes at its own action rates, and the board reports the gap
+    rnd = const["points"][0]["random_matched"]
+    assert 0.0 <= rnd["accuracy"] <= 1.0 and rnd["flops_ratio"] == pytest.approx(1.0)  # always-largest rates
+    assert "vs random" in board
+    for a in agents:
+        assert a in board
+    assert "static (baseline)" in board and "cascade (baseline)" in board and "oracle (upper bound" in board
+    cascade = saved["tasks"][task]["agents"]["cascade"]
+    assert cascade["kind"] == "baseline" and all(p["cheap"] < p["rich"] for p in cascade["points"])
+    assert saved["tasks"][task]["agents"]["oracle"]["upper_bound"] is True
+    assert set(saved["tasks"]) == {t.name for t in suite.tasks}
+    assert (tmp_path / f"{task}_fronts.png").stat().st_size > 1000
+    assert (tmp_path / f"{task}_ppo_usage.png").stat().st_size > 1000
+
+
+def test_cli_bench_list_and_errors(capsys):
+    from dyncnn_gym.cli import main
+
+    assert main(["bench", "--list"]) == 0
+    assert "cpu-v0" in capsys.readouterr().out
+    assert main(["bench", "--suite", "nope", "--agent", "static", "--out", "x"]) == 2
+    assert "choose one of" in capsys.readouterr().err
+
+
+def test_bench_merges_agents_and_reports_seeds(tmp_path):
+    run_bench("tiny-v0", ["static", f"{__name__}:constant_agent"], tmp_path, progress=False, timesteps=64)
+    res = run_bench(
+        "tiny-v0", ["random", f"{__name__}:other_agent"], tmp_path, progress=False, timesteps=64, seed=[0, 1], merge=True
+    )
+    task = get_suite("tiny-v0").tasks[0].name
+    agents = res["tasks"][task]["agents"]
+    assert {f"{__name__}:constant_agent", f"{__name__}:other_agent", "random", "static"} <= set(agents)
+    assert agents[f"{__name__}:constant_agent"]["merged"] is True
+    other = agents[f"{__name__}:other_agent"]
+    assert sorted({p["seed"] for p in other["points"]}) == [0, 1]
+    assert len(other["summary"]["per_seed"]) == 2
+    row = next(r for r in res["leaderboard"] if r["agent"] == f"{__name__}:other_agent")
+    assert row["seeds"] == 2
+    with pytest.raises(ValueError, match="distinct seeds"):
+        run_bench("tiny-v0", ["static"], tmp_path, progress=False, seed=[1, 1])
+
+
+def other_agent(env_fn, task, seed, step_budget):
+    """A plug-in agent taking the smallest action everywhere."""
+    return lambda obs: np.zeros(len(obs), dtype=np.int64)
+
+
+def skip_only_agent(env_fn, task, seed, step_budget):
+    """A plug-in agent for block-skipping tasks only."""
+    if task.env_id != "DynSkip-v0":
+        raise NotImplementedError("skip tasks only")
+    return lambda obs: np.ones(len(obs), dtype=np.int64)
+
+
+def test_reference_agents_are_the_installed_dyncnn_gym_agents_and_unsupported_tasks_are_marked(tmp_path):
+    from dyncnn_gym.agents import blockdrop_pg, rnp_dqn, skipnet_hrl
+
+    for name, module in (("rnp", rnp_dqn), ("skipnet", skipnet_hrl), ("blockdrop", blockdrop_pg)):
+        assert resolve_agent(name) is module.bench_agent
+    res = run_bench("tiny-v0", ["static", f"{__name__}:skip_only_agent"], tmp_path, progress=False, timesteps=64)
+    channel, skip = (t.name for t in get_suite("tiny-v0").tasks)
+    assert f"{__name__}:skip_only_agent" in res["tasks"][channel]["unsupported"]
+    assert f"{__name__}:skip_only_agent" in res["tasks"][skip]["agents"]
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert "(1 of 2 tasks)" in board and "n/a" in board
+
+
+def test_bench_runs_early_exit_tasks_with_their_own_baselines(tmp_path):
+    """A suite with a DynExit-v0 task (depth stages, a tiny backbone trained here): the exit
+    baselines replace the per-decision ones, random exits are matched to each point's exit rates,
+    and the teacher-using agent is ranked apart."""
+    from dyncnn_gym.benchmark.suites import Suite, Task
+    from dyncnn_gym.pretraining import pretrain
+
+    exits = tmp_path / "exits.pt"
+    pretrain("resnet8-exits+distill", "digits", epochs=1, progress=False, cache=False, out=exits)
+    env = {"dataset": "digits", "reward": "flops", "loss": "error", "stages": "depth", "backbone": str(exits)}
+    other = Task("other", "DynExit-v0", env, 64, (0.02,))
+    suite = Suite("test-exits", 0, (Task("exit-depth", "DynExit-v0", env, 128, (0.02, 0.2)), other), {})
+    agents = ["static", "random", "cascade", "oracle", f"{__name__}:other_agent", "dagger"]
+    res = run_bench(suite, agents, tmp_path / "out", progress=False, tasks=["exit-depth"])
+    ex = res["tasks"]["exit-depth"]
+    assert [p["exit"] for p in ex["static"]["exits"]] == [0, 1, 2]
+    assert ex["agents"]["cascade"]["kind"] == "baseline" and "threshold" in ex["agents"]["cascade"]["points"][0]
+    first_exit = ex["agents"][f"{__name__}:other_agent"]["points"][0]  # always exits at once
+    assert first_exit["exit_rates"] == pytest.approx([1.0, 0.0, 0.0])
+    assert first_exit["random_matched"]["exit_rates"] == pytest.approx([1.0, 0.0, 0.0])
+    assert first_exit["accuracy"] == pytest.approx(ex["static"]["exits"][0]["accuracy"])
+    assert ex["agents"]["dagger"]["kind"] == "teacher" and len(ex["agents"]["dagger"]["points"]) == 2
+    board = (tmp_path / "out" / "leaderboard.md").read_text()
+    main, taught = board.split("learn from the env's teacher")
+    assert "dagger" in taught and "dagger" not in main and "static (baseline)" in main
+    assert set(res["tasks"]) == {"exit-depth"}  # --task: the other task was not run
+    with pytest.raises(ValueError, match=r"tasks \['nope'\] are not in suite"):
+        run_bench(suite, ["static"], tmp_path / "x", progress=False, tasks=["nope"])
+
+
+def test_an_agent_in_a_file_resolves_from_the_current_directory(tmp_path, monkeypatch):
+    (tmp_path / "my_agent.py").write_text("def train(env_fn, task, seed, step_budget):\n    return 'trained'\n")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_agent("my_agent.py:train")(None, None, 0, 0) == "trained"
+    assert resolve_agent(f"{tmp_path / 'my_agent.py'}:train") is not None
+    with pytest.raises(ValueError, match=r"no file '.*no/such/file\.py'.*registered agent: \['a2c'"):
+        resolve_agent("no/such/file.py:f")
+    with pytest.raises(ValueError, match="cannot import 'nope'"):
+        resolve_agent("my_agent.py:nope")
