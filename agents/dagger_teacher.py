@@ -41,7 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import evaluate
+from dyncnn_gym.cli import HelpFormatter
 from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
 from dyncnn_gym.sb3 import make_vec_env
 
@@ -59,26 +60,31 @@ TARGETS = ("q", "q_full", "policy")
 MAX_BENCH_STEPS = 60_000
 
 
+def arg(default: Any, help: str) -> Any:
+    """A field of :class:`Args` with its ``--help`` text."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Args:
-    env: str = "DynExit-v0"
-    dataset: str = "shapes"
-    stages: str = "width"  # DynExit-v0 only
-    obs: str = ""  # "" = the env's default; "probe" for the per-decision envs
-    compute_weight: float = 0.02
-    steps: int = 40_000  # decisions collected in all
-    n_envs: int = 64
-    iterations: int = 4
-    target: str = "policy"
-    soft: bool = True  # the error term's expectation 1 - p(true label) instead of the 0/1 error
-    split: str = "auto"  # "auto": "val" where the data has one, else "train"
-    hidden: int = 64
-    epochs: int = 10
-    batch_size: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    out: str = "runs/dagger"
+    env: str = arg("DynExit-v0", "routing env id (DynExit-v0, DynChannel-v0, DynSkip-v0, DynRoute-v0, ...)")
+    dataset: str = arg("shapes", "data set name (shapes, digits, ...)")
+    stages: str = arg("width", "DynExit-v0 only: width or depth stages")
+    obs: str = arg("", "observation mode (default: empty, the env's; probe for the per-decision envs)")
+    compute_weight: float = arg(0.02, "the reward's compute weight")
+    steps: int = arg(40_000, "decisions collected in all")
+    n_envs: int = arg(64, "episodes (images) stepped as one batch")
+    iterations: int = arg(4, "DAgger iterations (collect, then fit)")
+    target: str = arg("policy", "the teacher's value regressed: q, q_full or policy")
+    soft: bool = arg(True, "the error term's expectation 1 - p(true label) instead of the 0/1 error")
+    split: str = arg("auto", "images states are collected on: auto (val where the data has one, else train), train or val")
+    hidden: int = arg(64, "width of the value network's hidden layers")
+    epochs: int = arg(10, "passes over the aggregated states per fit")
+    batch_size: int = arg(512, "states per minibatch")
+    lr: float = arg(1e-3, "Adam learning rate")
+    weight_decay: float = arg(1e-4, "Adam weight decay")
+    seed: int = arg(0, "seeds the env, the network and the mixing of teacher and policy")
+    out: str = arg("runs/dagger", "output folder (policy.pt, result.json)")
 
 
 class ValueNet(nn.Module):
@@ -264,10 +270,13 @@ bench_agent.uses_teacher = True
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f, v in asdict(Args()).items():
-        kind = (lambda x: str(x).lower() in ("1", "true", "yes")) if isinstance(v, bool) else type(v)
-        p.add_argument(f"--{f.replace('_', '-')}", type=kind, default=v)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    for f in fields(Args):
+        flag, text = f"--{f.name.replace('_', '-')}", f.metadata["help"]
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default, help=text)
     args = Args(**vars(p.parse_args()))
     torch.set_num_threads(1)
     out = check_writable_dir(args.out, "out")  # before training: a run is not lost to an unwritable --out

@@ -706,9 +706,9 @@ def _chance_problem(net: DynamicNet, data: DataSplits) -> str:
     more accurate than always answering the most frequent test class, or its weights are not finite."""
     if not all(torch.isfinite(p).all() for p in net.parameters()):
         return "the weights are not finite (the loss diverged)"
-    mode = net.modes[0]
+    mode = next(m for m in net.modes if m in net.meta["static"])  # route backbones report channel and skip rows
     rows = net.meta["static"][mode]
-    full = rows[-1]["accuracy"] if mode == "channel" else rows[0]["accuracy"]
+    full = rows[0]["accuracy"] if mode == "skip" else rows[-1]["accuracy"]  # full width / no block skipped / last exit
     labels = np.asarray(data.test.labels)
     chance = float(np.bincount(labels, minlength=data.num_classes).max() / len(labels))
     if full <= chance:

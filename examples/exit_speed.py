@@ -24,18 +24,19 @@ import torch
 
 import dyncnn_gym
 from dyncnn_gym.benchmark.protocol import load_model
+from dyncnn_gym.cli import HelpFormatter
 from dyncnn_gym.exit_walk import ExitWalk
 from dyncnn_gym.recipes import env_kwargs, train_ppo
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default=None, help="a saved SB3 model of DynExit-v0 (default: train PPO with the recipe)")
-    p.add_argument("--stages", default="width", choices=["width", "depth"])
-    p.add_argument("--dataset", default="shapes")
+    p.add_argument("--stages", default="width", choices=["width", "depth"], help="the kind of stages of the env")
+    p.add_argument("--dataset", default="shapes", help="data set name (shapes, digits, ...)")
     p.add_argument("--compute-weight", type=float, default=None, help="the env's compute weight (default: the recipe's)")
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=7, help="interleaved timing repeats (the median is reported)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--batch1-images", type=int, default=200, help="images timed one by one")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

@@ -20,6 +20,7 @@ import json
 import numpy as np
 
 from dyncnn_gym.benchmark.baselines import interpolate, pareto
+from dyncnn_gym.cli import HelpFormatter
 
 
 def front_of(points: list[dict]) -> list[dict]:
@@ -32,10 +33,10 @@ def at(front: list[dict], x: float) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("results", help="a bench's results.json")
     p.add_argument("--task", action="append", default=None, help="only this task (repeatable)")
-    p.add_argument("--against", nargs="+", default=[], help="other tasks whose learned fronts to compare with")
+    p.add_argument("--against", nargs="+", default=[], help="other tasks whose learned fronts to compare with (default: none)")
     args = p.parse_args()
     res = json.loads(open(args.results).read())
     for name, entry in res["tasks"].items():

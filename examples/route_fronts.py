@@ -14,18 +14,25 @@ import json
 import numpy as np
 
 from dyncnn_gym.benchmark.bench import algorithm_front
+from dyncnn_gym.cli import HelpFormatter
+from dyncnn_gym.fileio import savefig
 
 ROUTE = "resnet20-lite@route+sandwich+distill-shapes"
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("results", help="a bench's results.json")
-    p.add_argument("--tasks", nargs="+", default=[f"route-{ROUTE}", f"channel-{ROUTE}", f"skip-{ROUTE}"])
-    p.add_argument("--agent", default="ppo")
-    p.add_argument("--out", default="route_fronts.png")
-    p.add_argument("--xlim", type=float, nargs=2, default=(0.2, 1.0))
-    p.add_argument("--ylim", type=float, nargs=2, default=(76.0, 87.0))
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        default=[f"route-{ROUTE}", f"channel-{ROUTE}", f"skip-{ROUTE}"],
+        help="the tasks whose fronts to draw",
+    )
+    p.add_argument("--agent", default="ppo", help="the agent whose points make each front")
+    p.add_argument("--out", default="route_fronts.png", help="the PNG to write")
+    p.add_argument("--xlim", type=float, nargs=2, default=(0.2, 1.0), help="FLOPs-ratio range of the plot")
+    p.add_argument("--ylim", type=float, nargs=2, default=(76.0, 87.0), help="accuracy range (%%) of the plot")
     args = p.parse_args()
     import matplotlib
 
@@ -59,7 +66,7 @@ def main() -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
+    savefig(fig, args.out, dpi=120)
     print(f"wrote {args.out}")
 
 

@@ -87,7 +87,7 @@ def assert_same(a, b, path="info"):
 
 def test_every_id_registered_with_vector_entry_points():
     assert {CHANNEL_ID, SKIP_ID} <= set(IDS)
-    assert set(ALL_IDS) == set(IDS) | set(dyncnn_gym.ONE_SHOT_IDS) and "DynBlockDrop-v0" in ALL_IDS
+    assert set(ALL_IDS) == set(IDS) | set(dyncnn_gym.ONE_SHOT_IDS) | set(dyncnn_gym.EXIT_IDS) and "DynBlockDrop-v0" in ALL_IDS
     for env_id in ALL_IDS:
         spec = gymnasium.registry[env_id]
         assert spec.entry_point.startswith("dyncnn_gym.envs")

@@ -24,7 +24,7 @@ from dyncnn_gym.walk import Walk, run_routes
 
 IDS = registered_ids()
 #: cheap backbone per mode (resnet14: its skip decisions include identity blocks and shape-changing ones)
-ARCH = {"channel": "vgg", "skip": "resnet14", "route": "resnet14"}
+ARCH = {"channel": "vgg", "skip": "resnet14", "route": "resnet14", "exit": "vgg"}
 #: infos compared exactly (the rest, floats, with allclose)
 EXACT = ("prediction", "label", "actions", "flops", "decision", "index", "correct", "action_mask")
 

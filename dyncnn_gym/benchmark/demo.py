@@ -203,6 +203,7 @@ def _demo_exit(
             "flops_ratio": res["flops_ratio"],
             "static_front_accuracy_at_same_flops": interpolate(static["front"], res["flops_ratio"]),
             "cascade_accuracy_at_same_flops": interpolate(cascade["front"], res["flops_ratio"]),
+            "dialed": res["dialed"],
             **{k: res[k] for k in ("exit_rates", "by_difficulty", "difficulty_flops_spearman") if k in res},
         }
     )

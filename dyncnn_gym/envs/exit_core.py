@@ -89,6 +89,7 @@ class ExitCore:
         obs: str = "features",
         dtype: str = "float32",
         budget_strict: bool = False,
+        flops_target: float | None = None,
     ) -> None:
         if not isinstance(num_slots, (int, np.integer)) or num_slots < 1:
             raise ValueError(f"num_envs={num_slots!r} must be a positive integer")
@@ -105,6 +106,11 @@ class ExitCore:
             raise ValueError(f"dtype={dtype!r} is not a backbone precision; choose one of {list(DTYPES)}")
         if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 2:
             raise ValueError(f"groups={groups!r} must be an integer >= 2 (e.g. 2, 4 or 8)")
+        if flops_target is not None:
+            raise ValueError(
+                f"flops_target={flops_target!r}: DynExit-v0 has no FLOPs-target adaptation; pass None (the default)"
+                " and set compute_weight"
+            )
         if not isinstance(budget_strict, (bool, np.bool_)):
             raise ValueError(f"budget_strict={budget_strict!r} must be True or False")
         if widths is not None and stages != "width":
