@@ -7,8 +7,8 @@ exits), the confidence cascade's front, random routes at the point's own action 
 the full network. Optionally it adds another task's fronts for comparison (``--against``), e.g.
 ``DynRoute-v0``'s points against the ``DynChannel-v0`` and ``DynSkip-v0`` fronts of the same ResNet.
 
-    python examples/front_table.py docs/bench_cpu-v2/results.json
-    python examples/front_table.py docs/bench_cpu-v2/results.json --task route-resnet20-lite@route+sandwich+distill-shapes \\
+    python examples/front_table.py bench_out/results.json
+    python examples/front_table.py bench_out/results.json --task route-resnet20-lite@route+sandwich+distill-shapes \\
         --against channel-resnet20-lite@route+sandwich+distill-shapes skip-resnet20-lite@route+sandwich+distill-shapes
 """
 

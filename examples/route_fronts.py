@@ -3,7 +3,7 @@
 agent's points joined linearly, extended beyond its cheapest / dearest point by the best random
 per-image mixture with a static route.
 
-    python examples/route_fronts.py docs/bench_cpu-v2/results.json --out docs/route_fronts.png
+    python examples/route_fronts.py bench_out/results.json --out docs/figures/route_fronts.png
 """
 
 from __future__ import annotations
