@@ -149,12 +149,8 @@ def collect(vec, policy: ValueNet, steps: int, beta: float, target: str, rng: np
     image = np.array([info["index"] for info in vec.reset_infos])
     xs, ys, ids = [], [], []
 
-    def greedy(o: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return policy(torch.as_tensor(o)).argmax(1).numpy()
-
     for _ in range(max(1, steps // vec.num_envs)):
-        tt = vec.teacher(greedy if target == "q_policy" else None)
+        tt = vec.teacher(policy if target == "q_policy" else None)  # continuations by the current policy's greedy actions
         scores = policy(torch.as_tensor(obs)).numpy()
         masks = vec.action_masks()
         mine = np.where(masks, scores, -np.inf).argmax(1)

@@ -9,7 +9,6 @@ cohort, and only partial resets (``reset_mask``) split them for a while.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -482,7 +481,7 @@ class RoutingCore:
         return -r.loss_weight * np.minimum(ce, r.ce_clip)
 
     @torch.no_grad()
-    def teacher(self, policy: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def teacher(self, policy: Any = None) -> dict[str, np.ndarray]:
         """The outcome of each action at every slot's current decision (beside the RL interface: it
         knows the label, so it never enters the observation, and computing it changes nothing in
         the episodes).
@@ -491,8 +490,9 @@ class RoutingCore:
         action ``c`` at every remaining decision (``c = A - 1``: the full continuation, every later
         layer at full width / every later block run; ``c = 0``: the cheapest). Computing all of
         them costs ``A`` steps and ``A * A`` passes over the remaining decisions per slot. With
-        ``policy`` (observations ``[b, D]`` -> actions ``[b]``, e.g. the agent being trained), the
-        continuation that follows it is computed too (``A`` more passes, the policy choosing at
+        ``policy`` (anything :func:`~dyncnn_gym.policies.as_policy` accepts: an SB3 model, a torch
+        module of observations ``[b, D]`` to scores ``[b, A]``, a callable of observations to actions
+        ``[b]``; e.g. the agent being trained), the continuation that follows it is computed too (``A`` more passes, the policy choosing at
         every remaining decision from the observations the env would give).
 
         Returns arrays over the ``N`` slots (rows of slots not in an episode: ``active`` false,
@@ -537,11 +537,8 @@ class RoutingCore:
                 after = walk.select(rows)  # shares feature maps, never overwrites them
                 after.step(np.full(b, a, dtype=np.int64))
                 for cont in range(A):
-                    w = after
-                    if not after.done:
-                        w = after.select(rows)
-                        while not w.done:
-                            w.step(np.full(b, cont, dtype=np.int64))
+                    # uniform continuation: the same action for every sample at every later decision
+                    w = after if after.done else run(after.select(rows), lambda _, c=cont: c)
                     logits = w.logits().float()
                     ce = F.cross_entropy(logits, labels, reduction="none").double().cpu().numpy()
                     ok = (logits.argmax(1) == labels).cpu().numpy()
@@ -558,7 +555,8 @@ class RoutingCore:
                     out["correct"][slots, a, cont], out["loss"][slots, a, cont] = ok, ce
                     out["flops"][slots, a, cont], out["returns"][slots, a, cont] = flops, np.where(ok_budget, ret, -np.inf)
             if policy is not None:
-                for key, value in self._follow(walk, slots, labels, allowed, policy).items():
+                choose = as_policy(policy, copy=False)
+                for key, value in self._follow(walk, slots, labels, allowed, choose).items():
                     out.setdefault(key, np.zeros((n, A), dtype=value.dtype))[slots] = value
             out["q"][slots] = out["returns"][slots].max(2)
             out["q_full"][slots] = out["returns"][slots, :, A - 1]
@@ -588,7 +586,7 @@ class RoutingCore:
                 w.step(acts)
                 if w.done:
                     break
-                acts = np.asarray(policy(self._observe(w)), dtype=np.int64).reshape(-1)
+                acts = np.asarray(policy(self._observe(w), self._masks(w), False), dtype=np.int64).reshape(-1)
             logits = w.logits().float()
             ce = F.cross_entropy(logits, labels, reduction="none").double().cpu().numpy()
             ok = (logits.argmax(1) == labels).cpu().numpy()

@@ -11,7 +11,6 @@ which form a new cohort at exit 0 (merged with any other cohort standing there).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +22,7 @@ from gymnasium import spaces
 from ..device import check_device
 from ..exit_walk import ExitWalk
 from ..models.exits import STAGE_KINDS, Stages, make_stages
+from ..policies import as_policy
 from ..pretraining import DEFAULT_ARCH, resolve_backbone
 from .core import DTYPES, SPLITS, _put, _shared_data, at_precision
 from .probes import confidence
@@ -363,7 +363,7 @@ class ExitCore:
 
     # -- the teacher -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def teacher(self, policy: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def teacher(self, policy: Any = None) -> dict[str, np.ndarray]:
         """The outcome of each action at every slot's current decision (beside the RL interface: it
         knows the label, so it never enters the observation, and computing it changes nothing in
         the episodes).
@@ -372,8 +372,8 @@ class ExitCore:
         by the continuation "leave at exit ``j``", for every later exit ``j`` (the family is indexed
         by the exit the image would leave at, so both actions' outcomes live in one ``[S]`` axis:
         ``j = t`` is exiting now). The *full* continuation is leaving at the last exit. Computing it
-        costs one pass of the remaining stages per slot. With ``policy`` (observations ``[b, D]``
-        -> actions ``[b]``, e.g. the agent being trained), the continuation that follows it at every
+        costs one pass of the remaining stages per slot. With ``policy`` (anything
+        :func:`~dyncnn_gym.policies.as_policy` accepts, e.g. the agent being trained), the continuation that follows it at every
         later exit is computed too (no extra pass: it picks among the exits already computed).
 
         Returns arrays over the ``N`` slots (rows of slots not in an episode: ``active`` false,
@@ -408,6 +408,7 @@ class ExitCore:
             "best_action": np.zeros(n, dtype=np.int64),
         }
         r = self.reward
+        choose = None if policy is None else as_policy(policy, copy=False)
         if policy is not None:
             for key, dtype in (
                 ("q_policy", np.float64),
@@ -424,7 +425,9 @@ class ExitCore:
             chooses = np.ones((len(slots), S), dtype=np.int64)  # the policy's action at every later exit
             for j in range(t, S):
                 if policy is not None and t < j < S - 1:
-                    chooses[:, j] = np.asarray(policy(self._observe(rest)), dtype=np.int64).reshape(-1)
+                    chooses[:, j] = np.asarray(choose(self._observe(rest), self._masks(rest), False), dtype=np.int64).reshape(
+                        -1
+                    )
                 ce = F.cross_entropy(rest.logits.float(), labels, reduction="none").double().cpu().numpy()
                 ok = (rest.logits.argmax(1) == labels).cpu().numpy()
                 flops = rest.flops.copy()

@@ -266,7 +266,7 @@ class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
         (``core.teacher(policy)``: :meth:`RoutingCore.teacher`, or :meth:`ExitCore.teacher` for
         ``DynExit-v0``), for this env's image: the arrays without the batch dimension. It knows the
         label: use it to train or analyse agents (imitation, DAgger), never as an observation.
-        ``policy`` (observations ``[b, D]`` -> actions ``[b]``) adds the continuation that follows it."""
+        ``policy`` (anything :func:`~dyncnn_gym.policies.as_policy` accepts) adds the continuation that follows it."""
         if self._needs_reset:
             raise RuntimeError("call reset() before teacher(): the episode has ended or not started")
         return {k: v[0] for k, v in self.core.teacher(policy).items()}
