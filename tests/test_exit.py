@@ -219,6 +219,8 @@ def test_final_info_and_rewards(config):
         assert info["prediction"] == int(ref.argmax(1)[0])
         assert "difficulty" in info and "difficulty_params" in info
         assert [s[3]["decision"] for s in steps[:-1]] == list(range(len(steps) - 1))
+        # every step's cost (its FLOPs over the full network's): an episode's sum to its FLOPs ratio
+        assert sum(s[3]["cost"] for s in steps[1:]) == pytest.approx(info["flops_ratio"], abs=1e-12)
 
 
 @pytest.mark.parametrize("form,default", [("rnp", 0.1), ("skipnet", 0.1)])
