@@ -485,7 +485,8 @@ def _core_of(core: Any):
             return c
     raise TypeError(
         f"core={type(core).__name__} is neither a RoutingCore nor an env built on one (gymnasium.make /"
-        " make_vec of DynChannel-v0 / DynSkip-v0, or dyncnn_gym.sb3.make_vec_env)"
+        " make_vec of DynChannel / DynSkip / DynRoute-v0, or dyncnn_gym.sb3.make_vec_env; DynExit-v0 exports through"
+        " dyncnn_gym.export)"
     )
 
 

@@ -435,6 +435,8 @@ class Jumpy(torch.nn.Module):
 def test_export_of_sb3_models_and_from_an_env():
     from stable_baselines3 import PPO
 
+    from dyncnn_gym.routed import export as export_routed
+
     kw = kwargs("depth", "digits")
     vec = make_vec_env(ENV, n_envs=4, seed=0, **kw)
     model = PPO("MlpPolicy", vec, n_steps=16, batch_size=32, device="cpu", seed=0).learn(64)
@@ -444,6 +446,12 @@ def test_export_of_sb3_models_and_from_an_env():
         np.testing.assert_array_equal(out.exits.numpy(), res["images"]["exit"])
     with pytest.raises(ValueError, match="observes shape"):
         dyncnn_gym.export(model, ENV, **kwargs("width-vgg", "digits"))
+    with pytest.raises(ValueError, match="early-exit env: export it with dyncnn_gym.export"):
+        export_routed(model, ENV, **kw)  # the per-decision exporter refuses it by name
+    with pytest.raises(ValueError, match="DynExit-v0 has none"):
+        dyncnn_gym.export(model, ENV, dial=True, **kw)
+    with pytest.raises(ValueError, match="flops_target=0.5: DynExit-v0 has no FLOPs-target adaptation"):
+        gymnasium.make(ENV, flops_target=0.5, **kw)
 
 
 def test_baselines():
