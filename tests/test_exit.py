@@ -223,6 +223,13 @@ def test_final_info_and_rewards(config):
         assert sum(s[3]["cost"] for s in steps[1:]) == pytest.approx(info["flops_ratio"], abs=1e-12)
 
 
+def test_the_default_compute_weight_prices_flops_in_accuracy():
+    """``reward="flops"`` with the 0/1 error: 0.02 of accuracy per unit of FLOPs ratio by default."""
+    env = gymnasium.make(ENV, **kwargs("depth"))
+    assert env.unwrapped.compute_weight == 0.02 and env.unwrapped.core.reward.loss == "error"
+    assert gymnasium.make(ENV, **kwargs("depth", compute_weight=0.5)).unwrapped.compute_weight == 0.5
+
+
 @pytest.mark.parametrize("form,default", [("rnp", 0.1), ("skipnet", 0.1)])
 def test_rnp_and_skipnet_forms_pay_per_stage_not_computed(form, default):
     env = gymnasium.make(ENV, **kwargs("depth", reward=form, loss="ce"))
