@@ -90,6 +90,7 @@ AGENTS: dict[str, str] = {
     "rnp": "dyncnn_gym.agents.rnp_dqn:bench_agent",
     "skipnet": "dyncnn_gym.agents.skipnet_hrl:bench_agent",
     "blockdrop": "dyncnn_gym.agents.blockdrop_pg:bench_agent",
+    "dagger": "dyncnn_gym.agents.dagger_teacher:bench_agent",
 }
 #: baselines computed by the bench itself
 BASELINES = ("static", "random", "cascade", "oracle")
@@ -324,11 +325,98 @@ def route_analysis(actions: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
 
 
 # -- the bench ----------------------------------------------------------------------------------
+class TaskBaselines:
+    """The bench's baselines on one task's test-split core: static routes, the label-aware oracle,
+    the confidence cascade and random routes, per-decision (:mod:`~dyncnn_gym.benchmark.baselines`)
+    or, on ``DynExit-v0``, their early-exit counterparts
+    (:mod:`~dyncnn_gym.benchmark.exit_baselines`: static exits, the confidence-threshold cascade
+    with its threshold swept, random exits, the first correct exit)."""
+
+    def __init__(self, core) -> None:
+        self.core = core
+        self.exits = getattr(core, "mode", "") == "exit"
+
+    def static(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """``(static, points)``: the static baselines (with their Pareto ``front``) and the static points."""
+        if self.exits:
+            from .exit_baselines import static_exits
+
+            st = static_exits(self.core)
+            static = {"exits": st["points"], "front": st["front"], "full": st["full"]}
+            return static, [{k: r[k] for k in ("accuracy", "flops_ratio", "exit")} for r in st["points"]]
+        from .baselines import static_baselines
+
+        static = static_baselines(self.core)
+        pool = static.get("exhaustive") or (static["uniform"] + static.get("greedy", []))
+        return static, [{"accuracy": r["accuracy"], "flops_ratio": r["flops_ratio"], "actions": r["actions"]} for r in pool]
+
+    def oracle(self, static_points: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.exits:
+            from .exit_baselines import exit_oracle
+
+            return exit_oracle(self.core)
+        from .baselines import oracle
+
+        return oracle(self.core, np.array([r["actions"] for r in static_points], dtype=np.int64))
+
+    def cascade(self) -> list[dict[str, Any]]:
+        if self.exits:
+            from .exit_baselines import threshold_cascade
+
+            return [
+                {k: c[k] for k in ("accuracy", "flops_ratio", "threshold")} for c in threshold_cascade(self.core)["points"]
+            ]
+        from .baselines import cascade_front
+
+        keep = ("accuracy", "flops_ratio", "cheap", "rich", "threshold")
+        return [{k: c[k] for k in keep} for c in cascade_front(self.core)["points"]]
+
+    def random(self, levels: np.ndarray, seed: int) -> list[dict[str, Any]]:
+        """Random routes at one action distribution per level (exits: continue with probability ``level``)."""
+        core = self.core
+        if self.exits:
+            from .exit_baselines import random_exits
+
+            out = []
+            for lv in levels:
+                reach = float(lv) ** np.arange(core.S)  # share of images reaching each exit
+                exit_rates = reach * np.append(np.full(core.S - 1, 1.0 - float(lv)), 1.0)
+                out.append({**random_exits(core, exit_rates, seed=seed), "level": float(lv)})
+            return out
+        from .baselines import random_policy_eval
+
+        return [
+            {**random_policy_eval(core, _random_rates(core.A, core.T, lv), seed=seed), "level": float(lv)} for lv in levels
+        ]
+
+    def matched(self, res: dict[str, Any], seed: int) -> dict[str, Any]:
+        """Random routes (exits) at the per-decision action rates (exit rates) of an evaluation ``res``."""
+        if self.exits:
+            from .exit_baselines import random_exits
+
+            return random_exits(self.core, res["exit_rates"], seed=seed)
+        from .baselines import random_policy_eval
+
+        return random_policy_eval(self.core, res["action_rates"], seed=seed)
+
+
+def action_labels(core) -> list[str]:
+    """Names of the actions of ``core``'s env (for plots)."""
+    if core.mode == "channel":
+        return [f"{a + 1} groups" for a in range(core.A)]
+    if core.mode == "route":
+        return ["skip"] + [f"{a}/{core.A - 1} width" for a in range(1, core.A)]
+    if core.mode == "exit":
+        return ["exit", "continue"]
+    return ["skip", "execute"]
+
+
 def _make_env_fn(task: Task, weight: float, seed: int):
     from ..sb3 import make_vec_env
 
     def env_fn(n_envs: int = 16):
-        return make_vec_env(task.env_id, n_envs=int(n_envs), seed=seed, compute_weight=weight, **task.env_kwargs)
+        split = {} if task.train_split == "train" else {"split": task.train_split}
+        return make_vec_env(task.env_id, n_envs=int(n_envs), seed=seed, compute_weight=weight, **split, **task.env_kwargs)
 
     env_fn.compute_weight = weight
     return env_fn
@@ -342,7 +430,15 @@ def _random_rates(A: int, T: int, level: float) -> list[list[float]]:
 
 
 def _point(res: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    keep = ("accuracy", "flops_ratio", "action_rates", "mean_action", "by_difficulty", "difficulty_flops_spearman")
+    keep = (
+        "accuracy",
+        "flops_ratio",
+        "action_rates",
+        "mean_action",
+        "exit_rates",
+        "by_difficulty",
+        "difficulty_flops_spearman",
+    )
     return {**extra, **{k: res[k] for k in keep if k in res}}
 
 
@@ -363,17 +459,26 @@ def _seed_summary(points: list[dict[str, Any]], static_front: list[dict[str, Any
 
 
 def _load_previous(out: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """The task entries of an earlier ``results.json`` in ``out`` for the same suite version, pins
-    and FLOPs range (for ``merge``); raises ``ValueError`` naming what differs."""
+    """The task entries of an earlier ``results.json`` in ``out`` for the same suite version, the
+    same pin of every task it holds, and the same FLOPs range (for ``merge``); raises
+    ``ValueError`` naming what differs. (Pins of tasks the earlier run did not hold may differ:
+    a task pinned since then is merged in by a later run.)"""
     f = out / "results.json"
     if not f.exists():
         return {}
     old = json.loads(f.read_text())
-    for key in ("name", "version", "backbone_sha256"):
+    for key in ("name", "version"):
         if old["suite"].get(key) != results["suite"][key]:
             raise ValueError(
                 f"merge: {f} was written for suite {key}={old['suite'].get(key)!r}, this run has {results['suite'][key]!r};"
                 " use another --out or drop --merge"
+            )
+    old_pins, pins = old["suite"].get("backbone_sha256", {}), results["suite"]["backbone_sha256"]
+    for task in old.get("tasks", {}):
+        if old_pins.get(task) != pins.get(task):
+            raise ValueError(
+                f"merge: {f} was written with task {task!r} pinned to {old_pins.get(task)!r}, this run pins it to"
+                f" {pins.get(task)!r}; use another --out or drop --merge"
             )
     if list(old.get("flops_range", [])) != list(results["flops_range"]):
         raise ValueError(f"merge: {f} used flops_range={old.get('flops_range')}, this run {results['flops_range']}")
@@ -388,6 +493,7 @@ def run_bench(
     progress: bool = True,
     timesteps: int | None = None,
     merge: bool = False,
+    tasks: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate ``agents`` on every task and compute weight of ``suite``; write the reports.
 
@@ -402,6 +508,8 @@ def run_bench(
         merge: keep the other agents of an earlier ``results.json`` in ``out_dir`` (same suite
             version, pins and FLOPs range, checked) and add or replace only ``agents``; the
             baselines are recomputed.
+        tasks: run only these tasks of the suite (names; ``None``: all). With ``merge``, the
+            other tasks of an earlier ``results.json`` are kept.
 
     Returns:
         The results written to ``results.json``.
@@ -411,7 +519,6 @@ def run_bench(
     from ..fileio import check_writable_dir, write_json, write_text
     from ..recipes import check_timesteps
     from . import plots
-    from .baselines import cascade_front, oracle, random_policy_eval, static_baselines
     from .demo import _jsonable
     from .protocol import evaluate
 
@@ -419,6 +526,11 @@ def run_bench(
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ValueError(f"seed={seed!r}: give one seed or a list of distinct seeds, integers >= 0")
     suite = get_suite(suite)
+    if tasks is not None:
+        names = [t.name for t in suite.tasks]
+        unknown = [t for t in tasks if t not in names]
+        if unknown:
+            raise ValueError(f"tasks {unknown} are not in suite {suite.name!r}; its tasks are {names}")
     if timesteps is not None:
         suite = suite.with_budget(check_timesteps(timesteps))
     resolved = {spec: resolve_agent(spec) for spec in agents}  # fail fast on unknown agents
@@ -436,11 +548,14 @@ def run_bench(
     }
     previous = _load_previous(out, _jsonable(results)) if merge else {}
     for task in suite.tasks:
+        if tasks is not None and task.name not in tasks:
+            if task.name in previous:  # merged: an earlier run's task is kept as it was
+                results["tasks"][task.name] = previous[task.name]
+            continue
         core = make_core(task.env_id, 1, split="test", **task.env_kwargs)
+        base = TaskBaselines(core)
         log(f"[bench] {suite.name} / {task.name}: static baselines")
-        static = static_baselines(core)
-        pool = static.get("exhaustive") or (static["uniform"] + static.get("greedy", []))
-        static_points = [{"accuracy": r["accuracy"], "flops_ratio": r["flops_ratio"], "actions": r["actions"]} for r in pool]
+        static, static_points = base.static()
         entry: dict[str, Any] = {
             "env_id": task.env_id,
             "env_kwargs": task.env_kwargs,
@@ -450,10 +565,10 @@ def run_bench(
             "agents": {},
         }
         for name, old in previous.get(task.name, {}).get("agents", {}).items():
-            if name not in resolved and old.get("kind") == "learned":
+            if name not in resolved and old.get("kind") in ("learned", "teacher"):
                 for p in old["points"]:  # results from before matched random existed
                     if "random_matched" not in p and "action_rates" in p:
-                        p["random_matched"] = random_policy_eval(core, p["action_rates"], seed=int(p.get("seed", 0)))
+                        p["random_matched"] = base.matched(p, seed=int(p.get("seed", 0)))
                 entry["agents"][name] = {
                     **old,
                     "summary": _seed_summary(old["points"], static["front"], old.get("seeds", [results["seed"]])),
@@ -462,11 +577,11 @@ def run_bench(
         images: dict[str, Any] = {}
         for spec, fn in resolved.items():
             t0 = time.perf_counter()
-            a: dict[str, Any] = {"kind": "learned"}
+            a: dict[str, Any] = {"kind": "teacher" if getattr(fn, "uses_teacher", False) else "learned"}
             if fn == "static":
                 a.update(kind="baseline", points=static_points)
             elif fn == "oracle":
-                orc = oracle(core, np.array([r["actions"] for r in pool], dtype=np.int64))
+                orc = base.oracle(static_points)
                 a.update(
                     kind="upper_bound",
                     upper_bound=True,
@@ -474,22 +589,9 @@ def run_bench(
                     points=[{"accuracy": orc["accuracy"], "flops_ratio": orc["flops_ratio"]}],
                 )
             elif fn == "cascade":
-                a.update(
-                    kind="baseline",
-                    points=[
-                        {k: c[k] for k in ("accuracy", "flops_ratio", "cheap", "rich", "threshold")}
-                        for c in cascade_front(core)["points"]
-                    ],
-                )
+                a.update(kind="baseline", points=base.cascade())
             elif fn == "random":
-                levels = np.linspace(0.25, 0.75, len(task.compute_weights))
-                a.update(
-                    kind="baseline",
-                    points=[
-                        {**random_policy_eval(core, _random_rates(core.A, core.T, lv), seed=seeds[0]), "level": float(lv)}
-                        for lv in levels
-                    ],
-                )
+                a.update(kind="baseline", points=base.random(np.linspace(0.25, 0.75, len(task.compute_weights)), seeds[0]))
             else:
                 pts = []
                 for sd in seeds:
@@ -503,7 +605,7 @@ def run_bench(
                             break
                         res = evaluate(policy, task.env_id, per_image=True, **task.env_kwargs)
                         img = res["images"]
-                        rnd = random_policy_eval(core, res["action_rates"], seed=sd)
+                        rnd = base.matched(res, seed=sd)
                         pts.append(
                             _point(
                                 res,
@@ -551,7 +653,7 @@ def _task_plots(out: Path, task: Task, core, entry: dict[str, Any], images: dict
             learned += [{**p, "algorithm": spec} for p in a["points"]]
     plots.plot_fronts(out / f"{task.name}_fronts.png", f"{task.name}: fronts vs static", entry["static"], learned, extra)
     mid = len(task.compute_weights) // 2
-    labels = [f"{a + 1} groups" for a in range(core.A)] if core.mode == "channel" else ["skip", "execute"]
+    labels = action_labels(core)
     diff = {}
     for spec, imgs in images.items():
         p = entry["agents"][spec]["points"][mid]
@@ -621,10 +723,29 @@ def format_leaderboard(results: dict[str, Any]) -> str:
         "",
         "`vs random` = mean accuracy gain (points) of the agent's points over random routes with the same per-decision action rates.",
         "",
+    ]
+    header = [
         "| rank | agent | score | " + " | ".join(tasks) + " | vs random | seeds |",
         "|---:|---|---:|" + "---:|" * len(tasks) + "---:|---:|",
     ]
-    for r in results["leaderboard"]:
+    rows = [r for r in results["leaderboard"] if r["kind"] != "teacher"]
+    taught = [r for r in results["leaderboard"] if r["kind"] == "teacher"]
+    lines += header + _leaderboard_lines(rows, tasks)
+    if taught:
+        lines += [
+            "",
+            "Agents that learn from the env's teacher (`teacher()`: the outcome of every action, which knows the"
+            " label; supervision that pure-RL agents do not get), ranked apart:",
+            "",
+            *header,
+            *_leaderboard_lines(taught, tasks),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _leaderboard_lines(rows: list[dict[str, Any]], tasks: list[str]) -> list[str]:
+    lines = []
+    for rank, r in enumerate(rows, 1):
         mark = {"baseline": " (baseline)", "upper_bound": " (upper bound, knows the label)"}.get(r["kind"], "")
         cells = []
         for t in tasks:
@@ -636,12 +757,12 @@ def format_leaderboard(results: dict[str, Any]) -> str:
             cells.append(
                 f"{r['per_task'][t]:+.2f}{f' ± {std:.2f}' if r['seeds'] > 1 else ''}{'*' if ext['below'] or ext['above'] else ''}"
             )
-        name = f"**{r['agent']}**" if r["kind"] == "learned" else r["agent"]
+        name = f"**{r['agent']}**" if r["kind"] in ("learned", "teacher") else r["agent"]
         vr = "" if r["vs_random_matched"] is None else f"{r['vs_random_matched']:+.2f}"
-        seeds = r["seeds"] if r["kind"] == "learned" else ""
+        seeds = r["seeds"] if r["kind"] in ("learned", "teacher") else ""
         part = f" ({r['tasks_run']} of {len(tasks)} tasks)" if r.get("tasks_run", len(tasks)) < len(tasks) else ""
-        lines.append(f"| {r['rank']} | {name}{mark}{part} | {r['score']:+.2f} | " + " | ".join(cells) + f" | {vr} | {seeds} |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"| {rank} | {name}{mark}{part} | {r['score']:+.2f} | " + " | ".join(cells) + f" | {vr} | {seeds} |")
+    return lines
 
 
 def add_arguments(p) -> None:
@@ -671,6 +792,13 @@ def add_arguments(p) -> None:
         help="keep the other agents of an earlier results.json in --out (same suite version and pins)",
     )
     p.add_argument("--timesteps", type=int, default=None, help="override every task's step budget (default: the suite's)")
+    p.add_argument(
+        "--task",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="run only this task of the suite (repeatable; with --merge the other tasks of an earlier run are kept)",
+    )
     p.add_argument("--list", action="store_true", help="list the suites and exit")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -684,6 +812,13 @@ def run_from_args(args) -> int:
     if not args.suite or not args.agent:
         raise ValueError("--suite and at least one --agent are required (see --list for the suites)")
     run_bench(
-        args.suite, args.agent, args.out, seed=args.seed, progress=not args.quiet, timesteps=args.timesteps, merge=args.merge
+        args.suite,
+        args.agent,
+        args.out,
+        seed=args.seed,
+        progress=not args.quiet,
+        timesteps=args.timesteps,
+        merge=args.merge,
+        tasks=args.task,
     )
     return 0
