@@ -126,7 +126,7 @@ def test_run_bench_end_to_end_on_tiny(tmp_path):
     # every learned point carries random routes at its own action rates, and the board reports the gap
     rnd = const["points"][0]["random_matched"]
     assert 0.0 <= rnd["accuracy"] <= 1.0 and rnd["flops_ratio"] == pytest.approx(1.0)  # always-largest rates
-    assert "vs random" in board
+    assert "random routes at the same per-decision action rates" in board
     for a in agents:
         assert a in board
     assert "static (baseline)" in board and "cascade (baseline)" in board and "oracle (upper bound" in board
@@ -199,3 +199,104 @@ def test_an_agent_in_a_file_resolves_from_the_current_directory(tmp_path, monkey
         resolve_agent("no/such/file.py:f")
     with pytest.raises(ValueError, match="cannot import 'nope'"):
         resolve_agent("my_agent.py:nope")
+
+
+# -- FLOPs-target suites, jobs and the aggregation ---------------------------------------------------
+def test_a_task_takes_compute_weights_or_flops_targets_and_cpu_suites_default_to_five_seeds():
+    from dyncnn_gym.benchmark.suites import Task
+
+    assert get_suite("cpu-v1").seeds == (0, 1, 2, 3, 4) and get_suite("tiny-v0").seeds == (0,)
+    for t in get_suite("tiny-v1").tasks:
+        assert t.env_id.endswith("-v1") and t.point_key == "flops_target" and not t.compute_weights
+        assert t.score_range == (min(t.flops_targets), max(t.flops_targets))
+    # the weight suites keep their compute weights and the fixed range
+    assert get_suite("cpu-v1").tasks[0].compute_weights == (0.005, 0.02, 0.05, 0.1, 0.2)
+    assert get_suite("cpu-v1").tasks[0].score_range == (0.2, 0.8)
+    with pytest.raises(ValueError, match="compute_weights or as flops_targets"):
+        Task("t", "DynSkip-v1", {}, 10, (0.5,), (0.5,))
+    with pytest.raises(ValueError, match="compute_weights or as flops_targets"):
+        Task("t", "DynSkip-v1", {}, 10)
+    with pytest.raises(ValueError, match=r"flops_targets=\(1.5,\)"):
+        Task("t", "DynSkip-v1", {}, 10, flops_targets=(1.5,))
+    with pytest.raises(ValueError, match="'flops_target'"):
+        Task("t", "DynSkip-v1", {"flops_target": 0.5}, 10, flops_targets=(0.5,))
+
+
+def test_random_routes_at_a_target_spend_the_target_in_expectation():
+    from dyncnn_gym.benchmark.bench import _random_rates, expected_flops_ratio, random_at_target
+    from dyncnn_gym.envs.routing import make_core
+
+    from conftest import load_test_data
+
+    for env_id in ("DynChannel-v1", "DynSkip-v1"):
+        core = make_core(env_id, 1, dataset=load_test_data("digits"), backbone="resnet8", split="test")
+        rng = np.random.default_rng(0)
+        rates = _random_rates(core.A, core.T, 0.3)
+        routes = np.stack([rng.choice(core.A, size=20000, p=p) for p in rates], axis=1)
+        measured = np.mean([core.table.path_flops(r) for r in routes[:4000]]) / core.full
+        assert expected_flops_ratio(core, rates) == pytest.approx(measured, abs=0.01)
+        point = random_at_target(core, 0.6, seed=3)
+        assert point["flops_target"] == 0.6 and point["seed"] == 3
+        assert expected_flops_ratio(core, _random_rates(core.A, core.T, point["level"])) == pytest.approx(0.6, abs=1e-6)
+
+
+def test_a_job_gives_the_same_result_whatever_ran_before_it_in_the_process():
+    """What a Ray worker needs: a job depends on its own seed only (probes and scales are fitted
+    before the job seeds the generators, one torch thread)."""
+    import torch
+
+    from dyncnn_gym.benchmark.bench import Job, bench_job
+
+    tiny = get_suite("tiny-v1").with_budget(64)
+    channel, skip = tiny.tasks
+    first = bench_job(Job("rnp", skip, 0.5, 1))
+    torch.manual_seed(123)
+    np.random.seed(7)
+    bench_job(Job("ppo", channel, 0.4, 0))  # another job in between, another global state
+    again = bench_job(Job("rnp", skip, 0.5, 1))
+    assert first["point"] == {**again["point"], "train_seconds": first["point"]["train_seconds"], "eval_seconds": first["point"]["eval_seconds"]}
+    assert first["policy"]["bytes"] == again["policy"]["bytes"]
+    assert torch.get_num_threads() >= 1
+
+
+def test_evaluate_dials_a_torch_module_with_action_scores_to_the_env_target_but_not_one_giving_actions():
+    import torch
+
+    from dyncnn_gym import evaluate
+
+    class Scores(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(1, 1)
+
+        def forward(self, obs):  # prefers to run every block, a little
+            return torch.tensor([[0.0, 0.1]]).expand(obs.shape[0], 2)
+
+    class Actions(Scores):
+        def forward(self, obs):
+            return torch.ones(obs.shape[0], dtype=torch.long)
+
+    kw = {"dataset": "digits", "backbone": "resnet20-lite", "flops_target": 0.5}
+    dialed = evaluate(Scores(), "DynSkip-v1", **kw)
+    assert dialed["dialed"]["target"] == 0.5 and dialed["flops_ratio"] < 0.6
+    plain = evaluate(Actions(), "DynSkip-v1", **kw)
+    assert plain["dialed"] is None and plain["flops_ratio"] == pytest.approx(1.0)
+
+
+def test_rliable_aggregates_are_seeded_and_match_the_plain_statistics():
+    from rliable import metrics
+
+    from dyncnn_gym.benchmark.aggregate import aggregate_scores, performance_profiles
+
+    rng = np.random.default_rng(0)
+    scores = {"a": rng.normal(1.0, 1.0, (5, 2)), "b": -np.abs(rng.normal(1.0, 1.0, (5, 2)))}
+    agg = aggregate_scores(scores, np.zeros((5, 2)), reps=300)
+    assert agg == aggregate_scores(scores, np.zeros((5, 2)), reps=300)  # seeded bootstrap
+    assert agg["a"]["iqm"] == pytest.approx(metrics.aggregate_iqm(scores["a"]))
+    assert agg["a"]["mean"] == pytest.approx(scores["a"].mean())
+    assert agg["b"]["p_improve"] == 0.0 and agg["b"]["p_improve_ci"] == [0.0, 0.0]
+    assert agg["a"]["p_improve"] == pytest.approx((scores["a"] > 0).mean())
+    prof = performance_profiles(scores, np.array([-10.0, 0.0, 10.0]))
+    assert prof["a"][0] == 1.0 and prof["a"][2] == 0.0 and prof["b"][1] == 0.0
+    with pytest.raises(ValueError, match="reps=0"):
+        aggregate_scores(scores, np.zeros((5, 2)), reps=0)

@@ -29,18 +29,23 @@ from ..envs.core import RoutingCore
 
 
 class CostBiasedPolicy:
-    """An SB3 model (or an ensemble of them) whose deterministic action is ``argmax(score - bias * a / (A - 1))``.
+    """An SB3 model or a torch policy module (or an ensemble of them) whose deterministic action is
+    ``argmax(score - bias * a / (A - 1))``.
 
-    ``score`` is the log-probability of an actor-critic policy (PPO, A2C, MaskablePPO) or the
-    Q-value of a DQN / QR-DQN; for an ensemble, the mean of its members' scores (a product of the
+    ``score`` is the log-probability of an actor-critic policy (PPO, A2C, MaskablePPO), the Q-value
+    of a DQN / QR-DQN, or what a torch module maps observations ``[B, D]`` to (action scores
+    ``[B, A]``, e.g. the reference agents' Q-values or gate logits; a module that keeps a recurrent
+    state across an episode's decisions keeps it, since it is called once per decision as when
+    routed without a bias); for an ensemble, the mean of its members' scores (a product of the
     members' action distributions, or their mean Q-values). It exposes ``predict`` and ``policy`` as
     SB3 models do, so :func:`~dyncnn_gym.benchmark.protocol.evaluate` and
-    :func:`~dyncnn_gym.callbacks.routed_logits` route with it unchanged. Recurrent policies are
+    :func:`~dyncnn_gym.callbacks.routed_logits` route with it unchanged. Recurrent SB3 policies are
     refused (their scores need the LSTM state).
 
     Args:
-        model: a trained SB3 / sb3-contrib model on a routing env (``Discrete(A)`` actions), or a
-            list of them trained on the same env arguments (e.g. several seeds) to route as one.
+        model: a trained SB3 / sb3-contrib model on a routing env (``Discrete(A)`` actions) or a
+            torch module giving action scores, or a list of them trained on the same env arguments
+            (e.g. several seeds) to route as one.
         bias: score units per unit of normalised action cost (``a / (A - 1)``).
     """
 
@@ -50,6 +55,9 @@ class CostBiasedPolicy:
             raise ValueError("model=[] holds no model; pass a trained SB3 model or a list of them")
         kinds, sizes = set(), set()
         for m in models:
+            if isinstance(m, torch.nn.Module):
+                kinds.add("module scores")  # the action count is read from the scores
+                continue
             policy = getattr(m, "policy", None)
             if (
                 policy is None
@@ -68,15 +76,17 @@ class CostBiasedPolicy:
         if len(kinds) > 1 or len(sizes) > 1:
             raise ValueError(f"an ensemble's members must score alike; got {sorted(kinds)} over action counts {sorted(sizes)}")
         self.models = models
-        self.model, self.policy = models[0], models[0].policy
+        self.model, self.policy = models[0], getattr(models[0], "policy", models[0])
         self.bias = float(bias)
-        n = sizes.pop()
-        self.cost = torch.arange(n, dtype=torch.float32) / (n - 1)
+        self.cost = _cost(sizes.pop()) if sizes else None
 
     @torch.no_grad()
     def scores(self, obs: np.ndarray) -> torch.Tensor:
         """Unbiased action scores ``[B, A]`` for observations ``[B, D]`` (the members' mean)."""
-        return torch.stack([_scores(m.policy, obs) for m in self.models]).mean(0)
+        s = torch.stack(
+            [_module_scores(m, obs) if isinstance(m, torch.nn.Module) else _scores(m.policy, obs) for m in self.models]
+        )
+        return s.mean(0)
 
     def predict(
         self,
@@ -87,10 +97,27 @@ class CostBiasedPolicy:
         action_masks: np.ndarray | None = None,
     ) -> tuple[np.ndarray, None]:
         """Actions ``[B]`` (always the biased argmax; ``deterministic`` is accepted for SB3's signature)."""
-        s = self.scores(observation) - self.bias * self.cost
+        s = self.scores(observation)
+        s = s - self.bias * (self.cost if self.cost is not None else _cost(s.shape[1]))
         if action_masks is not None:
             s = s.masked_fill(~torch.as_tensor(np.asarray(action_masks, dtype=bool)).reshape(s.shape), float("-inf"))
         return s.argmax(dim=1).numpy(), None
+
+
+def _cost(n: int) -> torch.Tensor:
+    """Normalised cost ``a / (A - 1)`` of each of ``n`` actions."""
+    return torch.arange(n, dtype=torch.float32) / max(n - 1, 1)
+
+
+def _module_scores(module: torch.nn.Module, obs: np.ndarray) -> torch.Tensor:
+    """A torch policy module's action scores ``[B, A]``; ``TypeError`` if it gives anything else."""
+    dev = next(module.parameters(), torch.empty(0)).device
+    out = module(torch.as_tensor(np.asarray(obs, dtype=np.float32), device=dev))
+    if not out.dtype.is_floating_point or out.dim() != 2 or out.shape[0] != len(obs) or out.shape[1] < 2:
+        raise TypeError(
+            f"the policy module gave {out.dtype} of shape {tuple(out.shape)}; a cost bias needs action scores [B, A >= 2]"
+        )
+    return out.float().cpu()
 
 
 def _scores(policy: Any, obs: np.ndarray) -> torch.Tensor:

@@ -106,7 +106,8 @@ def evaluate(
             a FLOPs target spends the target on average with *sampled* actions; its argmax may land
             well away from it, since at the constrained optimum the best policy mixes routes. ``None``
             (default): dial when the env has a ``flops_target`` (the ``-v1`` ids) and the policy has
-            action scores (SB3 / sb3-contrib actor-critic and DQN models, not recurrent ones).
+            action scores (SB3 / sb3-contrib actor-critic and DQN models, not recurrent ones, and
+            torch modules mapping observations to scores ``[B, A]``, such as the reference agents').
             ``False``: route the plain argmax.
         env_kwargs: the env's arguments (``dataset``, ``backbone``, ``groups``, ``budget``, ...);
             ``split`` is always ``"test"``. Under a ``budget`` a policy must respect the action masks
@@ -138,7 +139,7 @@ def evaluate(
         core = make_core(env_id, min(batch_size, n_test), dataset=data, split="test", **env_kwargs)
     dialed = None
     if dial is None:
-        dial = core.target is not None and _has_scores(policy)
+        dial = core.target is not None and _has_scores(policy, core)
     if dial:
         from .calibrate import calibrate
 
@@ -183,12 +184,19 @@ def evaluate(
     return {**summarize(core, preds, flops, actions, ce, bins=bins, per_image=per_image), "dialed": dialed}
 
 
-def _has_scores(policy: Any) -> bool:
-    """Whether ``policy`` is an SB3 model whose action scores a cost bias can shift (and not one already biased)."""
+def _has_scores(policy: Any, core: RoutingCore) -> bool:
+    """Whether ``policy`` is an SB3 model or a torch module whose action scores a cost bias can shift
+    (and not one already biased). A module is asked once, on a blank observation of decision 0."""
     from .calibrate import CostBiasedPolicy
 
     if isinstance(policy, CostBiasedPolicy):
         return False
+    if isinstance(policy, nn.Module):
+        obs = torch.zeros(1, core.observation_space.shape[0])
+        obs[:, core.feat_dim] = 1.0  # the decision one-hot: decision 0, where a recurrent module starts afresh
+        with torch.no_grad():
+            out = policy(obs.to(next(policy.parameters(), torch.empty(0)).device))
+        return bool(out.dtype.is_floating_point and out.dim() == 2 and out.shape[1] == core.A and core.A >= 2)
     try:
         CostBiasedPolicy(policy)
     except (TypeError, ValueError):
