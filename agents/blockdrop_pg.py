@@ -70,6 +70,7 @@ from dyncnn_gym.benchmark.bench import point_env_kwargs
 from dyncnn_gym.cli import HelpFormatter
 from dyncnn_gym.fileio import check_writable_dir, load_torch, save_torch, write_text
 from dyncnn_gym.pretraining import save_checkpoint
+from dyncnn_gym.walk import run
 
 REWARDS = ("blockdrop", "flops")
 
@@ -225,9 +226,7 @@ def finetune_step(
     walk = Walk(core.net, core.mode, xb)
     with torch.no_grad():
         keep = torch.bernoulli(explore_probs(torch.sigmoid(policy(torch.as_tensor(core.observe(walk)))), explore))
-    while not walk.done:
-        walk.step(keep[:, walk.t].long())
-    logits = walk.logits()
+    logits = run(walk, lambda w: keep[:, w.t].long()).logits()
     loss = F.cross_entropy(logits, yb)
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -57,6 +57,7 @@ from dyncnn_gym.benchmark.bench import point_env_kwargs
 from dyncnn_gym.cli import HelpFormatter
 from dyncnn_gym.fileio import check_writable_dir, load_torch, save_torch, write_text
 from dyncnn_gym.pretraining import save_checkpoint
+from dyncnn_gym.walk import run
 
 ENVS = ("DynChannel-v0", "DynSkip-v0", "DynChannel-v1", "DynSkip-v1")
 
@@ -279,6 +280,18 @@ def act_eps_greedy(q: torch.Tensor, mask: np.ndarray, eps: float, rng: np.random
     return greedy
 
 
+def _greedy(core, qnet: RNPQNet, batch: int):
+    """``walk -> actions``: the argmax of ``qnet``'s Q-values, its recurrent state carried across decisions."""
+    state = [torch.zeros(batch, qnet.hidden)]
+
+    def choose(walk: Walk) -> np.ndarray:
+        with torch.no_grad():
+            q, state[0] = qnet.step(torch.as_tensor(core.observe(walk)), state[0])
+        return q.argmax(1).numpy()
+
+    return choose
+
+
 def finetune_backbone(
     core, qnet: RNPQNet, opt: torch.optim.Optimizer, steps: int, batch: int, rng: np.random.Generator
 ) -> dict[str, float]:
@@ -290,12 +303,7 @@ def finetune_backbone(
     for _ in range(steps):
         idx = torch.as_tensor(rng.integers(0, len(y), batch))
         xb, yb = X[idx].to(core.device), y[idx].to(core.device)
-        walk = Walk(net, core.mode, xb)
-        h = torch.zeros(len(walk), qnet.hidden)
-        while not walk.done:
-            with torch.no_grad():
-                q, h = qnet.step(torch.as_tensor(core.observe(walk)), h)
-            walk.step(q.argmax(1).numpy())
+        walk = run(Walk(net, core.mode, xb), _greedy(core, qnet, batch))
         logits = walk.logits()
         loss = F.cross_entropy(logits, yb)
         opt.zero_grad(set_to_none=True)

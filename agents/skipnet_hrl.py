@@ -65,6 +65,7 @@ from dyncnn_gym.envs.rewards import FlopsTarget
 from dyncnn_gym.envs.routing import mode_of
 from dyncnn_gym.fileio import check_writable_dir, load_torch, save_torch, write_text
 from dyncnn_gym.pretraining import save_checkpoint
+from dyncnn_gym.walk import run
 
 ENVS = ("DynSkip-v0", "DynChannel-v0", "DynSkip-v1", "DynChannel-v1")
 
@@ -80,7 +81,9 @@ class Args:
     dataset: str = arg("shapes", "data set name (shapes, digits, ...)")
     backbone: str = arg("", "backbone name or checkpoint path (default: empty, the env's default backbone)")
     compute_weight: float = arg(0.5, "reward per unit of FLOPs ratio saved (with --flops-target: where its adaptation starts)")
-    flops_target: float = arg(0.0, "hold this FLOPs ratio by adapting the compute weight (and stage 1's alpha) across episodes (0: fixed)")
+    flops_target: float = arg(
+        0.0, "hold this FLOPs ratio by adapting the compute weight (and stage 1's alpha) across episodes (0: fixed)"
+    )
     loss: str = arg("ce", "the reward's classification term: ce (clipped cross-entropy, the paper's) or error (0/1)")
     obs: str = arg("probe", "observation mode of the env: features or probe")
     split: str = arg("train", "images the gates learn on: train, or val (held out from the backbone)")
@@ -298,12 +301,14 @@ def routed_step(
     idx = rng.integers(0, len(train.labels), batch)
     x = torch.as_tensor(train.images[idx]).to(core.device)
     y = torch.as_tensor(train.labels[idx]).to(core.device)
-    walk = Walk(core.net, core.mode, x)
-    h = torch.zeros(batch, policy.hidden)
-    while not walk.done:
+    state = [torch.zeros(batch, policy.hidden)]
+
+    def sampled_gates(walk: Walk) -> np.ndarray:
         with torch.no_grad():
-            logits, h = policy.step(torch.as_tensor(core.observe(walk)), h)
-        walk.step(torch.distributions.Categorical(logits=sharpness * logits).sample().numpy())
+            logits, state[0] = policy.step(torch.as_tensor(core.observe(walk)), state[0])
+        return torch.distributions.Categorical(logits=sharpness * logits).sample().numpy()
+
+    walk = run(Walk(core.net, core.mode, x), sampled_gates)
     loss = F.cross_entropy(walk.logits(), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -21,9 +21,9 @@ __version__ = "0.1.0"
 #: and an operating point given as a FLOPs ratio that the env holds by adapting its compute weight
 #: (:class:`~dyncnn_gym.envs.rewards.FlopsTarget`), so nothing needs tuning per data set
 V1_DEFAULTS: dict[str, dict[str, Any]] = {
-    "DynChannel-v1": {"reward": "flops", "loss": "error", "obs": "probe", "flops_target": 0.5},
-    "DynSkip-v1": {"reward": "flops", "loss": "error", "obs": "probe", "flops_target": 0.65},
-    "DynBlockDrop-v1": {"reward": "flops", "loss": "error", "obs": "probe", "flops_target": 0.65},
+    "DynChannel-v1": {"reward": "flops", "loss": "error", "obs": "probe", "flops_target": 0.55, "split": "auto"},
+    "DynSkip-v1": {"reward": "flops", "loss": "error", "obs": "probe", "flops_target": 0.68, "split": "auto"},
+    "DynBlockDrop-v1": {"reward": "flops", "loss": "error", "obs": "probe", "flops_target": 0.68, "split": "auto"},
 }
 
 #: the per-decision routing envs (one step per decision point)

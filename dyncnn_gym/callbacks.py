@@ -36,22 +36,13 @@ def check_augment(data: Any) -> None:
 def routed_logits(
     core: RoutingCore, policy: Any, images: torch.Tensor, deterministic: bool = True
 ) -> tuple[torch.Tensor, Walk]:
-    """Route ``images`` through ``core.net`` with ``policy`` (an SB3 model) choosing every action.
+    """Route ``images`` through ``core.net`` with ``policy`` (an SB3 model, or anything
+    :func:`~dyncnn_gym.policies.as_policy` accepts) choosing every action: :meth:`RoutingCore.route`.
 
     Runs with autograd enabled (gradients reach the backbone only; the policy sees detached
     observations). Returns the logits ``[B, classes]`` and the finished walk.
     """
-    walk = Walk(core.net, core.mode, images)
-    state, first = None, True
-    while not walk.done:
-        obs = core.observe(walk)
-        kw: dict[str, Any] = {"deterministic": deterministic}
-        if "action_masks" in policy.predict.__code__.co_varnames:
-            kw["action_masks"] = np.ones((len(walk), core.A), dtype=bool)
-        actions, state = policy.predict(obs, state=state, episode_start=np.full(len(walk), first), **kw)
-        first = False
-        walk.step(np.asarray(actions).reshape(-1))
-    return walk.logits(), walk
+    return core.route(policy, images, deterministic)
 
 
 def local_core(venv: Any) -> RoutingCore:
@@ -297,9 +288,7 @@ class FlopsTargetCallback(BaseCallback):
                 raise ValueError("the env's compute weight is 0, which dual ascent cannot scale; pass weight=")
         self._set(self.weight)
         if self.measure == "eval":
-            from .benchmark.calibrate import held_out_images
-
-            self._images = held_out_images(self._core, self.eval_images, self.seed)
+            self._images = self._core.held_out_images(self.eval_images, self.seed)
 
     def _on_step(self) -> bool:
         if self.measure == "train":
@@ -326,9 +315,9 @@ class FlopsTargetCallback(BaseCallback):
         assert core is not None and self._images is not None
         if self._local:  # follow a backbone fine-tuned in other processes
             core.load_backbone_state(self.training_env.env_method("get_backbone_state", indices=[0])[0])
-        from .benchmark.calibrate import flops_ratio
-
-        return flops_ratio(core, self.model, self._images)
+        with torch.no_grad():
+            _, walk = core.route(self.model, self._images)
+        return float(walk.flops.double().mean() / core.full)
 
     def _set(self, w: float) -> None:
         self.training_env.env_method("set_compute_weight", w)

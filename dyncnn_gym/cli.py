@@ -206,10 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "validate",
         formatter_class=HelpFormatter,
-        help="re-evaluate a bench run's saved policies and check every reported figure (exit code 1 on a mismatch)",
+        help="re-evaluate a bench run's saved policies and check every reported figure (exit code 2 on a mismatch)",
         description="Re-derive every figure of a dyncnn-gym bench run from its saved policies: pins, baselines,"
         " every policy's accuracy, FLOPs ratio and action rates, the scores, the rliable aggregates and the"
-        " leaderboard.md / summary.json files. Prints one line per mismatch; exits with code 1 if any.",
+        " leaderboard.md / summary.json files. Prints one line per mismatch; exits with code 2 if any.",
     )
     validate.add_arguments(p)
     p.set_defaults(func=validate.run_from_args)

@@ -12,7 +12,8 @@ does, and lets the backbone compute only what was chosen (a batched :class:`~dyn
 skipped blocks and pruned channel groups are never computed). So on the test split it gives the
 same predictions, actions and FLOPs as :func:`dyncnn_gym.evaluate` with the same policy.
 
-The policy is kept as plain torch modules only (no SB3 object), copied at export time:
+The policy is turned into its torch form by :func:`dyncnn_gym.policies.as_policy` (the one adapter
+every face uses) and kept as plain torch modules only (no SB3 object), copied at export time:
 
 * PPO / A2C (and RecurrentPPO): ``features extractor -> mlp_extractor.policy_net -> action_net``;
   the action is the argmax of the categorical distribution's probabilities, as
@@ -21,7 +22,13 @@ The policy is kept as plain torch modules only (no SB3 object), copied at export
 * MaskablePPO: the same with the budget's action mask applied as sb3-contrib applies it.
 * DQN: argmax of the Q-values; QR-DQN: argmax of the mean quantile.
 * a torch module mapping observations ``[B, D]`` to action scores ``[B, A]`` (argmax over the
-  allowed actions) or to integer actions ``[B]`` (checked against the budget).
+  allowed actions) or to integer actions ``[B]`` (checked against the budget);
+* an ensemble of SB3 models or a :class:`~dyncnn_gym.policies.CostBiasedPolicy` (the mean of the
+  members' scores, less the cost bias).
+
+At batch 1 a decision costs a few small torch operations: the observation is built from cached
+constant parts (the one-hot row, the FLOPs-ratio entry of the FLOPs spent so far), the policy's
+layers run as direct functional calls, and the walk advances one image without grouping.
 
 Actor-critic policies that are not maskable, DQN and QR-DQN take the argmax over *allowed* actions
 under a budget (in :func:`~dyncnn_gym.evaluate` such a policy fails on the first forbidden action);
@@ -53,15 +60,12 @@ from torch import nn
 
 from .envs.probes import confidence
 from .models import DynamicNet, build
-from .walk import Walk, cost_tensors
+from .policies import ACCEPTED, ModuleHead, Policy, QuantileMean, RecurrentHead, ScoreHead, as_policy
+from .walk import Walk, cost_tensors, run
 
 #: ``format`` tag of files written by :meth:`RoutedNet.save`
 FORMAT = "dyncnn_gym.routed"
 FORMAT_VERSION = 1
-ACCEPTED = (
-    "an SB3 / sb3-contrib model (PPO, A2C, MaskablePPO, RecurrentPPO, DQN, QRDQN) or its .policy, or a torch"
-    " nn.Module mapping observations [B, D] to action scores [B, A] or integer actions [B]"
-)
 
 
 class Routed(NamedTuple):
@@ -80,151 +84,32 @@ class Routed(NamedTuple):
     flops_ratio: torch.Tensor
 
 
-# -- policy heads: observations [B, D] float32 and allowed actions [B, A] bool -> actions int64 [B] --
-class ScoreHead(nn.Module):
-    """Argmax of the scores ``body(obs) [B, A]`` over the allowed actions.
-
-    ``kind``: ``"categorical"`` (SB3's ``Categorical(logits)``: forbidden actions at -1e8, logits
-    normalised, argmax of the probabilities), ``"maskable"`` (sb3-contrib's ``MaskableCategorical``:
-    normalised, masked to -1e8, normalised again) or ``"argmax"`` (forbidden actions at -inf).
-    """
-
-    def __init__(self, body: nn.Module, kind: str = "argmax") -> None:
-        super().__init__()
-        if kind not in ("categorical", "maskable", "argmax"):
-            raise ValueError(f"kind={kind!r} is not a head kind; choose one of ['argmax', 'categorical', 'maskable']")
-        self.body = body
-        self.kind = kind
-        self.probabilities = kind != "argmax"
-        self.normalise_first = kind == "maskable"
-
-    def forward(self, obs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return _choose(self.body(obs), mask, self.probabilities, self.normalise_first)
-
-
-def _choose(scores: torch.Tensor, mask: torch.Tensor, probabilities: bool, normalise_first: bool) -> torch.Tensor:
-    if not probabilities:
-        return scores.masked_fill(~mask, float("-inf")).argmax(1)
-    if normalise_first:
-        scores = scores - scores.logsumexp(-1, keepdim=True)
-    scores = torch.where(mask, scores, torch.full_like(scores, -1e8))
-    logits = scores - scores.logsumexp(-1, keepdim=True)
-    return torch.softmax(logits, -1).argmax(1)
-
-
-class QuantileMean(nn.Module):
-    """``[B, n * A]`` quantiles -> ``[B, A]`` mean over the ``n`` quantiles (QR-DQN's Q-values)."""
-
-    def __init__(self, n_quantiles: int, num_actions: int) -> None:
-        super().__init__()
-        self.n_quantiles, self.num_actions = int(n_quantiles), int(num_actions)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(-1, self.n_quantiles, self.num_actions).mean(1)
-
-
-class RecurrentHead(nn.Module):
-    """RecurrentPPO's actor: ``features -> LSTM (state carried across decisions) -> policy_net ->
-    action_net``, the action being the argmax of the categorical probabilities.
-
-    ``forward(obs, mask, h, c) -> (actions, h, c)``; states are ``[layers, B, hidden]``, zeros at
-    the first decision (:meth:`initial_state`).
-    """
-
-    def __init__(self, features: nn.Module, lstm: nn.LSTM, policy_net: nn.Module, action_net: nn.Module) -> None:
-        super().__init__()
-        self.features, self.lstm, self.policy_net, self.action_net = features, lstm, policy_net, action_net
-
-    def initial_state(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        z = torch.zeros((self.lstm.num_layers, batch, self.lstm.hidden_size), device=device)
-        return z, z.clone()
-
-    def forward(
-        self, obs: torch.Tensor, mask: torch.Tensor, h: torch.Tensor, c: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        f = self.features(obs)
-        out, (h, c) = self.lstm(f.unsqueeze(0), (h, c))
-        scores = self.action_net(self.policy_net(out.squeeze(0)))
-        return _choose(scores, mask, True, False), h, c
-
-
-class ModuleHead(nn.Module):
-    """A user's torch module: scores ``[B, A]`` (argmax over the allowed actions, forbidden ones at
-    -inf, as :func:`dyncnn_gym.benchmark.protocol.as_policy` does) or integer actions ``[B]``."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, obs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = self.module(obs)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(
-                f"the policy module returned {type(out).__name__}; expected a tensor of scores [B, A] or actions [B]"
-            )
-        if out.dtype.is_floating_point:
-            if out.dim() != 2 or out.shape[1] != mask.shape[1]:
-                raise ValueError(
-                    f"the policy module returned scores of shape {tuple(out.shape)}; expected [B, {mask.shape[1]}]"
-                )
-            return out.masked_fill(~mask, float("-inf")).argmax(1)
-        if out.dtype == torch.bool or out.dtype.is_complex:
-            raise TypeError(f"the policy module returned dtype {out.dtype}; expected float scores or integer actions")
-        return out.reshape(-1)
-
-
 # -- policy -> head ---------------------------------------------------------------------------------
-def _features_module(fe: nn.Module) -> nn.Module:
-    """SB3's ``FlattenExtractor`` as a plain ``nn.Flatten``; any other extractor is copied as is."""
-    if type(fe).__name__ == "FlattenExtractor" and isinstance(getattr(fe, "flatten", None), nn.Flatten):
-        return copy.deepcopy(fe.flatten)
-    return copy.deepcopy(fe)
-
-
 def policy_head(policy: Any) -> tuple[nn.Module, str]:
-    """The policy's deterministic action choice as torch modules: ``(head, description)``.
+    """The policy's deterministic action choice as torch modules: ``(head, description)``
+    (:func:`dyncnn_gym.policies.as_policy`'s torch form, which a routed model ships).
 
     Raises:
-        TypeError: ``policy`` is not one of the accepted kinds (a plain callable included).
+        TypeError: ``policy`` is not one of the accepted kinds, or has no torch form (a plain callable,
+            an SB3-like model whose network this package does not know).
     """
-    sb3 = policy.policy if (hasattr(policy, "predict") and isinstance(getattr(policy, "policy", None), nn.Module)) else policy
-    name = type(policy).__name__
-    if isinstance(sb3, nn.Module) and hasattr(sb3, "action_net") and hasattr(sb3, "mlp_extractor"):
-        dist = type(getattr(sb3, "action_dist", None)).__name__
-        if "Categorical" not in dist or "Multi" in dist:
+    try:
+        adapted = as_policy(policy)
+    except TypeError as e:
+        if "accepted:" in str(e) and "is not a policy" in str(e):
+            raise TypeError(f"policy={policy!r} cannot be exported; accepted: {ACCEPTED}") from None
+        raise
+    if adapted.head is None:
+        if callable(policy) and not hasattr(policy, "predict"):
             raise TypeError(
-                f"{name} has a {dist} action distribution; only Discrete action spaces (Categorical) can be exported"
+                f"policy={policy!r} is a plain Python callable, which cannot be exported as a model (it may run"
+                f" anything); accepted: {ACCEPTED}. dyncnn_gym.evaluate still accepts it."
             )
-        feats = _features_module(getattr(sb3, "pi_features_extractor", sb3.features_extractor))
-        policy_net = copy.deepcopy(sb3.mlp_extractor.policy_net)
-        action_net = copy.deepcopy(sb3.action_net)
-        if getattr(sb3, "lstm_actor", None) is not None:
-            head: nn.Module = RecurrentHead(feats, copy.deepcopy(sb3.lstm_actor), policy_net, action_net)
-            return head.eval(), f"{name} (recurrent actor, LSTM state carried across decisions)"
-        kind = "maskable" if dist.startswith("Maskable") else "categorical"
-        return ScoreHead(nn.Sequential(feats, policy_net, action_net), kind).eval(), f"{name} ({kind} actor)"
-    if isinstance(sb3, nn.Module) and hasattr(sb3, "quantile_net") and hasattr(sb3.quantile_net, "quantile_net"):
-        qn = sb3.quantile_net
-        body = nn.Sequential(
-            _features_module(qn.features_extractor),
-            copy.deepcopy(qn.quantile_net),
-            QuantileMean(qn.n_quantiles, int(qn.action_space.n)),
-        )
-        return ScoreHead(body, "argmax").eval(), f"{name} (argmax of the mean quantile)"
-    if isinstance(sb3, nn.Module) and hasattr(sb3, "q_net") and hasattr(sb3.q_net, "q_net"):
-        qn = sb3.q_net
-        body = nn.Sequential(_features_module(qn.features_extractor), copy.deepcopy(qn.q_net))
-        return ScoreHead(body, "argmax").eval(), f"{name} (argmax of Q)"
-    if sb3 is not policy or type(policy).__module__.split(".")[0] in ("stable_baselines3", "sb3_contrib"):
-        raise TypeError(f"policy={name} is an SB3-like model whose policy network is not supported; accepted: {ACCEPTED}")
-    if isinstance(policy, nn.Module):
-        return ModuleHead(copy.deepcopy(policy)).eval(), f"torch module {name}"
-    if callable(policy):
         raise TypeError(
-            f"policy={policy!r} is a plain Python callable, which cannot be exported as a model (it may run"
-            f" anything); accepted: {ACCEPTED}. dyncnn_gym.evaluate still accepts it."
+            f"policy={type(policy).__name__} has no torch form this package knows (it is routed through its predict),"
+            f" so it cannot be exported; accepted: {ACCEPTED}"
         )
-    raise TypeError(f"policy={policy!r} cannot be exported; accepted: {ACCEPTED}")
+    return adapted.head, adapted.description
 
 
 # -- the routed model ----------------------------------------------------------------------------------
@@ -285,6 +170,9 @@ class RoutedNet(nn.Module):
         self.recurrent = isinstance(head, RecurrentHead)
         self.info = dict(info or {})
         self.last: Routed | None = None
+        self._consts: list[tuple] | None = None  # per decision: (scale, row, probe weight, probe bias)
+        self._ratios: dict[int, torch.Tensor] = {}  # FLOPs spent -> the observation's [1, 1] FLOPs-ratio entry
+        self._ones: dict[int, torch.Tensor] = {}  # batch -> all-allowed mask [B, A]
         super().train(False)
 
     # -- nn.Module ------------------------------------------------------------------------------
@@ -305,8 +193,32 @@ class RoutedNet(nn.Module):
         return self._device
 
     def _apply(self, fn, *args: Any, **kwargs: Any) -> RoutedNet:
-        self._device = None  # .to() / .cuda() / .cpu() may move everything
+        self._device = None  # .to() / .cuda() / .cpu() may move everything: cached tensors go too
+        self._consts, self._ratios, self._ones = None, {}, {}
         return super()._apply(fn, *args, **kwargs)
+
+    def _constants(self) -> list[tuple]:
+        """Per decision point: its scale, constant observation row, and probe (``None`` without probes)."""
+        if self._consts is None:
+            probe = self.obs_mode == "probe"
+            self._consts = [
+                (
+                    getattr(self, f"scale_{t}"),
+                    getattr(self, f"_row_{t}"),
+                    getattr(self, f"probe_w_{t}") if probe else None,
+                    getattr(self, f"probe_b_{t}") if probe else None,
+                )
+                for t in range(self.T)
+            ]
+        return self._consts
+
+    @property
+    def policy(self) -> Policy:
+        """The routing policy (:class:`~dyncnn_gym.policies.Policy`) around :attr:`head`."""
+        p = self.__dict__.get("_policy")
+        if p is None or p.head is not self.head:
+            p = self.__dict__["_policy"] = Policy(self.head, str(self.info.get("policy", type(self.head).__name__)), self.head)
+        return p
 
     def extra_repr(self) -> str:
         return (
@@ -318,15 +230,34 @@ class RoutedNet(nn.Module):
     @torch.no_grad()
     def observe(self, walk: Walk) -> torch.Tensor:
         """Observations ``[B, obs_dim]`` float32 on the model's device at the walk's decision point."""
+        return self._observe(walk)
+
+    def _observe(self, walk: Walk) -> torch.Tensor:
         t, b = walk.t, len(walk)
-        ft = torch.tanh(walk.pooled() / getattr(self, f"scale_{t}")).float()
+        scale, row, probe_w, probe_b = self._constants()[t]
+        ft = torch.tanh(walk.pooled() / scale)
+        if ft.dtype != torch.float32:
+            ft = ft.float()
         # [features, zero padding to F, one-hot of t, (probe confidence), FLOPs ratio]: one concatenation
-        parts = [ft, getattr(self, f"_row_{t}").expand(b, -1)]
-        if self.obs_mode == "probe":
-            parts.append(confidence(ft @ getattr(self, f"probe_w_{t}") + getattr(self, f"probe_b_{t}")))
-        ratio = np.minimum(walk.flops.numpy() / self.full, 1.0).astype(np.float32)
-        parts.append(torch.from_numpy(ratio[:, None]).to(ft.device))
+        parts = [ft, row if b == 1 else row.expand(b, -1)]
+        if probe_w is not None:
+            parts.append(confidence(ft @ probe_w + probe_b))
+        parts.append(self._ratio_entry(walk, ft.device))
         return torch.cat(parts, 1)
+
+    def _ratio_entry(self, walk: Walk, device: torch.device) -> torch.Tensor:
+        """The observation's last column: ``min(flops / full, 1)`` as float32 ``[B, 1]`` (cached per FLOPs value at batch 1)."""
+        flops = walk.flops.numpy()
+        if flops.shape[0] == 1:
+            f = int(flops[0])
+            hit = self._ratios.get(f)
+            if hit is None:
+                if len(self._ratios) > 4096:
+                    self._ratios.clear()
+                hit = self._ratios[f] = torch.tensor([[np.float32(min(f / self.full, 1.0))]], device=device)
+            return hit
+        ratio = np.minimum(flops / self.full, 1.0).astype(np.float32)
+        return torch.from_numpy(ratio[:, None]).to(device)
 
     def masks(self, walk: Walk) -> np.ndarray:
         """bool ``[B, A]``: actions the budget allows at the walk's decision point (all without one)."""
@@ -368,39 +299,59 @@ class RoutedNet(nn.Module):
             self.last = Routed(logits, torch.zeros((0, self.T), dtype=torch.int64), flops, flops.double())
             return self.last
         walk = Walk(self.backbone, self.mode, x)
-        state = self.head.initial_state(len(walk), x.device) if self.recurrent else None
-        allowed = np.ones((len(walk), self.A), dtype=bool)  # without a budget: every action, always
-        mask = torch.ones((len(walk), self.A), dtype=torch.bool, device=x.device)
-        while not walk.done:
-            obs = self.observe(walk)
+        B = len(walk)
+        policy = self.policy
+        state = [policy.initial_state(B, x.device)]
+        # without a budget every action is allowed: score heads skip the mask; other heads get all-ones
+        free = None if isinstance(self.head, ScoreHead) else self._all_allowed(B, x.device)
+
+        def choose(walk: Walk) -> int | np.ndarray:
+            obs = self._observe(walk)
+            allowed = None
+            mask = free
             if self.budget is not None:
                 allowed = self.masks(walk)
                 mask = torch.from_numpy(allowed).to(obs.device)
-            if state is not None:
-                a, h, c = self.head(obs, mask, *state)
-                state = (h, c)
-            else:
-                a = self.head(obs, mask)
-            walk.step(self._check_actions(a, allowed, walk.t))
+            a, state[0] = policy.act(obs, mask, state[0])
+            return self._check_actions(a, allowed, walk.t, B)
+
+        run(walk, choose)
         logits = walk.logits()
         flops = walk.flops.clone()
         self.last = Routed(logits, walk.actions.clone(), flops, flops.double() / self.full)
         return self.last
 
+    def _all_allowed(self, batch: int, device: torch.device) -> torch.Tensor:
+        hit = self._ones.get(batch)
+        if hit is None:
+            if len(self._ones) > 64:
+                self._ones.clear()
+            hit = self._ones[batch] = torch.ones((batch, self.A), dtype=torch.bool, device=device)
+        return hit
+
     def forward(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Class scores ``[B, K]`` of routed ``images [B, C, H, W]`` (see :meth:`route`)."""
         return self.route(images).logits
 
-    def _check_actions(self, a: torch.Tensor, allowed: np.ndarray, t: int) -> np.ndarray:
+    def _check_actions(self, a: torch.Tensor, allowed: np.ndarray | None, t: int, batch: int) -> int | np.ndarray:
+        """The policy's actions, checked: one Python int for a batch of one, else int64 ``[B]``."""
+        if batch == 1 and a.numel() == 1:
+            v = int(a)
+            if not 0 <= v < self.A:
+                raise ValueError(f"the policy gave action {v} at decision {t}; valid: 0..{self.A - 1}")
+            if allowed is not None and not allowed[0, v]:
+                raise ValueError(
+                    f"the policy gave action {v} to image 0 at decision {t}, which breaks the compute budget"
+                    f" {self.budget}; valid actions there: {np.flatnonzero(allowed[0]).tolist()}"
+                )
+            return v
         acts = a.detach().cpu().numpy().astype(np.int64).reshape(-1)
-        if acts.shape[0] != allowed.shape[0]:
-            raise ValueError(
-                f"the policy gave {acts.shape[0]} actions at decision {t}; expected {allowed.shape[0]} (one per image)"
-            )
+        if acts.shape[0] != batch:
+            raise ValueError(f"the policy gave {acts.shape[0]} actions at decision {t}; expected {batch} (one per image)")
         if acts.shape[0] and (acts.min() < 0 or acts.max() >= self.A):
             bad = acts[(acts < 0) | (acts >= self.A)]
             raise ValueError(f"the policy gave action {int(bad[0])} at decision {t}; valid: 0..{self.A - 1}")
-        if self.budget is None:
+        if allowed is None:
             return acts
         ok = allowed[np.arange(acts.shape[0]), acts]
         if not ok.all():
@@ -451,12 +402,19 @@ class RoutedNet(nn.Module):
 
 
 def head_classes() -> tuple[type, ...]:
-    """The classes a saved policy head may be rebuilt from: the heads of this module and every layer
-    class of ``torch.nn`` (SB3's networks are built from them)."""
+    """The classes a saved policy head may be rebuilt from: the policy heads (defined in
+    :mod:`dyncnn_gym.policies` and this module) and every layer class of ``torch.nn`` (SB3's networks
+    are built from them)."""
+    from . import policies
+
     heads = [
         v
-        for v in globals().values()
-        if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == __name__ and v is not RoutedNet
+        for module in (globals(), vars(policies))
+        for v in module.values()
+        if isinstance(v, type)
+        and issubclass(v, nn.Module)
+        and v.__module__ in (__name__, policies.__name__)
+        and v is not RoutedNet
     ]
     layers = [v for v in vars(nn).values() if isinstance(v, type) and issubclass(v, nn.Module)]
     return (*heads, *layers)
@@ -531,7 +489,9 @@ def _core_of(core: Any):
     )
 
 
-def export(policy: Any, env_id: str | None = None, *, core: Any = None, **env_kwargs: Any) -> RoutedNet:
+def export(
+    policy: Any, env_id: str | None = None, *, core: Any = None, dial: bool | None = None, **env_kwargs: Any
+) -> RoutedNet:
     """One model that routes like ``policy`` does in the env ``env_id(**env_kwargs)``.
 
     Args:
@@ -542,6 +502,10 @@ def export(policy: Any, env_id: str | None = None, *, core: Any = None, **env_kw
         core: instead of ``env_kwargs``, an env (single, vector or SB3 ``VecEnv``) or its
             :class:`~dyncnn_gym.envs.core.RoutingCore`, whose backbone, scales, probes and budget
             are used.
+        dial: dial the policy to the env's ``flops_target`` first, as
+            :func:`~dyncnn_gym.evaluate` does (:func:`~dyncnn_gym.benchmark.calibrate.dial_to_target`;
+            ``None``, the default: when the env holds a target and the policy has action scores), so
+            that the exported model routes as the evaluation measured.
         env_kwargs: the env's arguments (``dataset``, ``backbone``, ``groups``, ``obs``, ``budget``,
             ``device``, ...), as given to ``gymnasium.make``; the data set is only read here (for the
             observation scales and probes).
@@ -569,6 +533,9 @@ def export(policy: Any, env_id: str | None = None, *, core: Any = None, **env_kw
         core = make_core(env_id, 1, **env_kwargs)
     if env_id is None:
         env_id = {"channel": "DynChannel-v0", "skip": "DynSkip-v0"}[core.mode]
+    from .benchmark.calibrate import dial_to_target
+
+    policy, _ = dial_to_target(policy, core, dial)
     head, description = policy_head(policy)
     _check_spaces(policy, core)
     net = core.net

@@ -4,8 +4,16 @@ Every face of the package (single env, vector envs, evaluation, export, co-train
 layer on :class:`Walk`. At decision point ``t`` each sample's action decides what is computed *for
 that sample*: samples are grouped by (previous action, action), each group runs on contiguous
 weight slices, and the results are scattered back. A skipped block or pruned channel group is never
-computed (no 0/1 mask multiply), and the FLOPs of what ran are accounted exactly per sample from
+computed (no 0/1 mask multiply), and the FLOPs of each sample's route are accounted exactly from
 the backbone's :class:`~dyncnn_gym.models.CostTable`.
+
+A mixed batch of a plain CNN in channel mode holds up to ``A * A`` such groups per decision (the
+switchable batch-norm makes each (previous width, width) pair its own kernel), and small
+convolutions run far below the CPU's peak: at inference, a group may be computed at the width of
+the next wider group of the same previous action and its surplus channels dropped, when that adds
+at most :data:`MERGE_FLOPS` executed FLOPs. So a decision executes at most ``(A - 1) * MERGE_FLOPS``
+FLOPs per chunk more than its samples' routes count, whatever the batch size; a batch whose samples
+take one route, a single image, and everything under autograd execute exactly the counted FLOPs.
 
 Shapes: ``B`` samples, ``T`` decision points, ``A`` actions per decision.
 """
@@ -22,6 +30,13 @@ import torch.nn.functional as F
 from .models.base import CostTable, DynamicNet
 
 _COST_CACHE: weakref.WeakKeyDictionary[DynamicNet, dict] = weakref.WeakKeyDictionary()
+
+#: executed FLOPs one merge of two groups of a decision may add (a group's rows computed at a
+#: wider action's width): about what a separate small convolution loses at 1 CPU thread (its fixed
+#: cost and its low efficiency on a few narrow images; on ``vgg`` at batches of 16-64, merging ran
+#: 5-24 % faster with random per-image widths and 1-6 % with a trained router's routes). ``0`` turns
+#: merging off (executed FLOPs then equal the counted ones for any batch).
+MERGE_FLOPS = 8_000_000
 
 
 def cost_tensors(net: DynamicNet, mode: str) -> tuple[CostTable, torch.Tensor, torch.Tensor]:
@@ -173,19 +188,15 @@ class Walk:
             raise RuntimeError("the walk is finished: every decision has been made")
         B = len(self)
         a = _as_actions(actions, B, self.A)
-        t, net, mode, prev = self.t, self.net, self.mode, self._prev
-        if B == 1:  # one image (the single env): no grouping, scalar bookkeeping
-            c, p, v = self._chunks[0], int(prev[0]), int(a[0])
-            c.x = net.decision(mode, t, c.x, p, v)
-            c.p, c.owned = v, True
-            cost = self.table.steps[t, p, v]
-            self._flops[0] += cost
-            self._actions[0, t] = v
-            prev[0] = v
-            self.t += 1
-            return torch.from_numpy(np.array([cost], dtype=np.int64))
+        if B == 1:
+            return torch.from_numpy(np.array([self._advance_all(int(a[0]))], dtype=np.int64))
+        t, prev = self.t, self._prev
         if B:
-            self._chunks = self._advance(t, a) if self._by_prev else self._advance_any_prev(t, a)
+            a0 = int(a[0])
+            if len(self._chunks) == 1 and (a == a0).all():
+                self._chunks[0] = self._run_chunk(t, self._chunks[0], a0)
+            else:
+                self._chunks = self._advance(t, a) if self._by_prev else self._advance_any_prev(t, a)
         cost = self.table.steps[t][prev, a]
         self._flops += cost
         self._actions[:, t] = a
@@ -193,33 +204,112 @@ class Walk:
         self.t += 1
         return torch.from_numpy(cost)
 
+    def advance(self, action: int) -> int:
+        """Take decision ``t`` with the same ``action`` (a Python int) for every sample: no grouping
+        and no NumPy on the way (the lean path of single images and static routes). Returns the
+        FLOPs it cost each sample when they all had the same previous action, else ``-1`` (read
+        :attr:`flops` then)."""
+        if self.done:
+            raise RuntimeError("the walk is finished: every decision has been made")
+        if isinstance(action, bool) or not isinstance(action, (int, np.integer)) or not 0 <= action < self.A:
+            raise ValueError(f"action {action!r} is outside Discrete({self.A}) (valid: 0..{self.A - 1})")
+        return self._advance_all(int(action))
+
+    def _advance_all(self, v: int) -> int:
+        t, prev = self.t, self._prev
+        B = prev.shape[0]
+        if B == 1:  # one image (the single env, a routed model at batch 1): scalar bookkeeping
+            p = int(prev[0])
+            self._chunks[0] = self._run_chunk(t, self._chunks[0], v)
+            cost = int(self.table.steps[t, p, v])
+            self._flops[0] += cost
+        else:
+            costs = self.table.steps[t, :, v][prev]
+            if B:
+                if self._by_prev and len(self._chunks) > 1:
+                    self._chunks = self._advance(t, np.full(B, v, dtype=np.int64))
+                else:
+                    self._chunks = [self._run_chunk(t, c, v) for c in self._chunks]
+            self._flops += costs
+            cost = int(costs[0]) if B and (costs == costs[0]).all() else -1
+        self._actions[:, t] = v
+        prev[:] = v
+        self.t += 1
+        return cost
+
+    def _run_chunk(self, t: int, c: _Chunk, v: int) -> _Chunk:
+        """Decision ``t`` with action ``v`` for every row of chunk ``c`` (one call on the backbone)."""
+        if self.mode == "skip" and v == 0 and _is_identity_skip(self.net, t):
+            c.p = v
+            return c
+        c.x, c.p, c.owned = self.net.decision(self.mode, t, c.x, c.p, v), v, True
+        return c
+
     def _advance(self, t: int, a: np.ndarray) -> list[_Chunk]:
-        """Decision ``t`` on every chunk; returns the new chunks (one per action taken)."""
+        """Decision ``t`` on every chunk; returns the new chunks (one per action taken).
+
+        Each chunk (one previous action) is split by the new action into groups, each run on its own
+        cached kernel. At inference, where the backbone's actions narrow its output
+        (:meth:`~dyncnn_gym.models.DynamicNet.output_channels`), a group is run together with the
+        chunk's next costlier group when that widens its ``n`` rows by at most :data:`MERGE_FLOPS`
+        (``n * (steps[t, p, costlier] - steps[t, p, a])``): its rows are computed at the costlier
+        action's width and the surplus channels dropped."""
         net, mode = self.net, self.mode
-        skip_identity = mode == "skip" and _is_identity_skip(net, t)
-        pieces: dict[int, list[tuple[np.ndarray, torch.Tensor]]] = {}
+        steps = self.table.steps[t]
+        budget = MERGE_FLOPS if self._merges(t) else -1
+        # jobs: (previous action, computed action, chunk tensor, [(action, rows, row indices into the chunk)])
+        jobs: list[tuple[int, int, torch.Tensor, list]] = []
         for c in self._chunks:
             ac = a[c.rows]
             a0 = int(ac[0])
             if (ac == a0).all():
-                groups = [(a0, c.rows, c.x)]
-            else:
-                order = np.argsort(ac, kind="stable")
-                sa = ac[order]
-                cuts = [0, *(np.flatnonzero(sa[1:] != sa[:-1]) + 1).tolist(), sa.shape[0]]
-                order_dev = torch.from_numpy(order).to(c.x.device)
-                groups = [(int(sa[s]), c.rows[order[s:e]], _gather(c.x, order_dev[s:e])) for s, e in zip(cuts[:-1], cuts[1:])]
-            for act, rows, x in groups:
-                y = x if (skip_identity and act == 0) else net.decision(mode, t, x, c.p, act)
-                pieces.setdefault(act, []).append((rows, y))
+                jobs.append((c.p, a0, c.x, [(a0, c.rows, None)]))
+                continue
+            order = np.argsort(-ac, kind="stable")  # costlier (wider) actions first
+            sa = ac[order]
+            cuts = [0, *(np.flatnonzero(sa[1:] != sa[:-1]) + 1).tolist(), sa.shape[0]]
+            first = True
+            for s_, e in zip(cuts[:-1], cuts[1:]):
+                act = int(sa[s_])
+                member = (act, c.rows[order[s_:e]], order[s_:e])
+                if not first and (e - s_) * int(steps[c.p, jobs[-1][1]] - steps[c.p, act]) <= budget:
+                    jobs[-1][3].append(member)
+                else:
+                    jobs.append((c.p, act, c.x, [member]))
+                first = False
+        pieces: dict[int, list[tuple[np.ndarray, torch.Tensor]]] = {}
+        for p, act, x, members in jobs:
+            if len(members) > 1 or members[0][2] is not None:
+                idx = members[0][2] if len(members) == 1 else np.concatenate([m[2] for m in members])
+                if idx.shape[0] < x.shape[0] or bool((idx != np.arange(idx.shape[0])).any()):
+                    x = _gather(x, torch.from_numpy(idx).to(x.device))
+            y = net.decision(mode, t, x, p, act)
+            start = 0
+            for m_act, rows, _idx in members:
+                end = start + rows.shape[0]
+                ym = y if len(members) == 1 else y[start:end]
+                if m_act != act:
+                    ym = ym[:, : net.output_channels(mode, t, m_act)]
+                pieces.setdefault(m_act, []).append((rows, ym))
+                start = end
         out = []
         for act in sorted(pieces):
             ps = pieces[act]
             if len(ps) == 1:
-                out.append(_Chunk(act, ps[0][0], ps[0][1]))
+                out.append(_Chunk(act, ps[0][0], _dense(ps[0][1])))
             else:
                 out.append(_Chunk(act, np.concatenate([r for r, _ in ps]), torch.cat([y for _, y in ps])))
         return out
+
+    def _merges(self, t: int) -> bool:
+        """Whether decision ``t`` may compute a group at a costlier action's width (see :meth:`_advance`)."""
+        net = self.net
+        return (
+            MERGE_FLOPS > 0
+            and not net.training
+            and not torch.is_grad_enabled()
+            and net.output_channels(self.mode, t, 0) is not None
+        )
 
     def _advance_any_prev(self, t: int, a: np.ndarray) -> list[_Chunk]:
         """Decision ``t`` when the previous action does not matter (ResNets): chunks need not be
@@ -335,6 +425,13 @@ def _scatter_(x: torch.Tensor, idx: torch.Tensor, y: torch.Tensor) -> None:
         x.index_copy_(0, idx, y)
 
 
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself if it is dense in its layout (contiguous or channels-last), else a dense copy."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous(memory_format=torch.channels_last if x.dim() == 4 and x.stride(1) == 1 else torch.contiguous_format)
+
+
 def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Rows ``idx`` of ``x``, keeping a channels-last layout (gathered as contiguous NHWC rows)."""
     if _channels_last(x):
@@ -390,6 +487,19 @@ def run_routes(
     return walk.logits(), walk.flops
 
 
+def run(walk: Walk, choose: Callable[[Walk], torch.Tensor | np.ndarray | Sequence[int]]) -> Walk:
+    """Step ``walk`` to its end, asking ``choose(walk)`` for the actions at every decision (an int64
+    ``[B]`` tensor / array, or one Python int for every sample); returns the finished walk (its
+    head not yet run: call ``.logits()``)."""
+    while not walk.done:
+        a = choose(walk)
+        if isinstance(a, (int, np.integer)) and not isinstance(a, bool):
+            walk.advance(int(a))
+        else:
+            walk.step(a)
+    return walk
+
+
 def run_policy(
     net: DynamicNet,
     mode: str,
@@ -400,8 +510,6 @@ def run_policy(
 
     Returns the finished walk (call ``.logits()``; ``.flops`` and ``.actions`` hold the accounting).
     """
-    walk = Walk(net, mode, images)
-    while not walk.done:
-        walk.step(choose(walk))
+    walk = run(Walk(net, mode, images), choose)
     walk.logits()
     return walk

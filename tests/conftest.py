@@ -202,6 +202,15 @@ def run_subprocess(code: str, timeout: float = 240) -> str:
     return proc.stdout
 
 
+@pytest.fixture
+def exact_execution(monkeypatch):
+    """The walk with group merging off: every (previous action, action) group runs on its own, so
+    the FLOPs a mixed batch executes equal the FLOPs its routes count (see ``walk.MERGE_FLOPS``)."""
+    import dyncnn_gym.walk
+
+    monkeypatch.setattr(dyncnn_gym.walk, "MERGE_FLOPS", 0)
+
+
 @pytest.fixture(scope="session")
 def cache_root() -> Path:
     """The temporary cache directory every test (and subprocess) uses."""

@@ -553,5 +553,5 @@ def test_envs_draw_training_episodes_from_the_val_split():
         seen.add(info["index"])
         assert info["label"] == val.labels[info["index"]]
     assert len(seen) > 1  # drawn at random, not swept in order
-    with pytest.raises(ValueError, match=r"split='dev'.*\['train', 'val', 'test'\]"):
+    with pytest.raises(ValueError, match=r"split='dev'.*\['train', 'val', 'test', 'auto'\]"):
         gymnasium.make("DynChannel-v0", dataset=d, backbone=make_net("vgg", "digits"), split="dev")

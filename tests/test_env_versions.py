@@ -155,3 +155,60 @@ def test_evaluate_dials_a_policy_to_the_flops_target_of_an_env_that_holds_one():
     assert evaluate(model, "DynChannel-v0", obs="probe", **v0_kw)["dialed"] is None  # no target: nothing to dial
     with pytest.raises(ValueError, match="dial=True needs an env with a flops_target"):
         evaluate(model, "DynChannel-v1", dial=True, **{**kw, "flops_target": None})
+
+
+def test_export_dials_as_evaluate_does_so_the_exported_model_routes_as_measured():
+    import torch
+    from stable_baselines3 import PPO
+
+    from dyncnn_gym.benchmark.protocol import evaluate
+    from dyncnn_gym.routed import export
+
+    kw = _kw("DynChannel-v1", flops_target=0.6)
+    model = PPO("MlpPolicy", make_vec_env("DynChannel-v1", n_envs=4, seed=1, **kw), n_steps=16, batch_size=32, seed=1)
+    model.learn(64)
+    res = evaluate(model, "DynChannel-v1", per_image=True, **kw)
+    routed = export(model, "DynChannel-v1", **kw)
+    images = torch.as_tensor(load_test_data("user12").test.images)
+    out = routed.route(images)
+    assert np.array_equal(out.actions.numpy(), res["images"]["actions"])
+    assert np.array_equal(out.flops.numpy(), res["images"]["flops"])
+
+
+def test_split_auto_draws_from_the_held_out_split_where_the_data_has_one():
+    from dyncnn_gym.data import load_dataset
+
+    arrays = load_test_data("user12")
+    assert not arrays.has_val
+    assert gymnasium.make("DynChannel-v1", **_kw("DynChannel-v1")).unwrapped.core.split_name == "train"
+    with_val = load_dataset(
+        {
+            "train": (arrays.train.images, arrays.train.labels),
+            "val": (arrays.test.images, arrays.test.labels),
+            "test": (arrays.test.images, arrays.test.labels),
+        }
+    )
+    env = gymnasium.make("DynChannel-v1", **_kw("DynChannel-v1", dataset=with_val))
+    assert with_val.has_val and env.unwrapped.core.split_name == "val"
+    assert gymnasium.make("DynChannel-v0", **_kw("DynChannel-v0", dataset=with_val)).unwrapped.core.split_name == "train"
+
+
+def test_hull_slope_is_the_slope_of_the_upper_concave_hull():
+    from dyncnn_gym.envs.core import hull_slope
+
+    points = np.array([[0.2, 0.80], [0.5, 0.86], [0.4, 0.70], [1.0, 0.91]])  # (0.4, 0.70) lies under the hull
+    assert hull_slope(points, 0.3) == pytest.approx(0.06 / 0.3)
+    assert hull_slope(points, 0.7) == pytest.approx(0.05 / 0.5)
+    assert hull_slope(points, 0.1) == 0.0
+
+
+def test_the_adaptation_starts_at_half_the_static_fronts_slope_unless_a_weight_is_given():
+    from dyncnn_gym.envs.core import START_WEIGHT_RANGE, hull_slope, static_curve
+
+    kw = _kw("DynChannel-v1")
+    core = gymnasium.make("DynChannel-v1", **kw).unwrapped.core
+    curve = static_curve(core.net, "channel", core.data, core.split_name)
+    assert curve.shape == (core.A, 2) and curve[-1, 0] == pytest.approx(1.0)
+    expected = float(np.clip(0.5 * hull_slope(curve, 0.55), *START_WEIGHT_RANGE))
+    assert core.compute_weight == pytest.approx(expected)
+    assert gymnasium.make("DynChannel-v1", **kw, compute_weight=0.3).unwrapped.compute_weight == pytest.approx(0.3)

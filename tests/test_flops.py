@@ -3,6 +3,8 @@
 * FLOPs: what the walk and the envs report equals what ``torch.utils.flop_counter.FlopCounterMode``
   counts for the operations that actually ran. A 0/1 mask multiply would be counted at full cost,
   so equality for cheap routes also proves that pruned groups and skipped blocks are not computed.
+  (With the walk's group merging on, a mixed batch may run a group at a wider width: the executed
+  work is then bounded, not equal; the exact checks run with merging off, ``exact_execution``.)
 * Outputs: the walk's logits equal those of a plain reference implementation written here, which
   computes every channel and block densely and then zeroes / bypasses what the route drops.
 """
@@ -105,7 +107,7 @@ def reference_logits(net, mode, x, actions):
 
 
 @pytest.mark.parametrize("arch,mode,groups", CASES)
-def test_walk_flops_equal_flop_counter_and_outputs_equal_reference(arch, mode, groups):
+def test_walk_flops_equal_flop_counter_and_outputs_equal_reference(arch, mode, groups, exact_execution):
     net = make_net(arch, "user12", groups)
     table = net.cost_table(mode)
     B = 6
@@ -197,7 +199,7 @@ def test_less_computation_is_strictly_cheaper_when_counted(arch, mode):
     "arch,in_shape",
     [("vgg", (2, 11, 13)), ("resnet8", (2, 11, 13)), ("resnet14", (1, 5, 7)), ("resnet8-lite", (3, 9, 15))],
 )
-def test_odd_input_sizes_are_counted_exactly(arch, in_shape):
+def test_odd_input_sizes_are_counted_exactly(arch, in_shape, exact_execution):
     torch.manual_seed(0)
     net = build(arch, in_shape, 4, groups=2).eval()
     x = torch.randn(2, *in_shape)
@@ -232,11 +234,44 @@ def test_cost_tables_belong_to_their_network():
         pytest.skip("no memory address was reused in this run; nothing was exercised")
 
 
+@pytest.mark.parametrize("data_name,batch", [("user12", 24), ("shapes", 64)])
+def test_merged_groups_bound_the_executed_work(data_name, batch):
+    """With merging on (the default), a mixed batch may compute some groups at a wider width: the
+    accounting stays exact, executed FLOPs never fall below the counted ones, exceed them by at most
+    ``(A - 1) * MERGE_FLOPS`` per chunk and decision, and a batch of cheapest routes executes exactly
+    its count (never the full network's work)."""
+    import dyncnn_gym.walk as walk_module
+
+    net = make_net("vgg", data_name, 4)
+    table, T, A = net.cost_table("channel"), net.num_decisions("channel"), net.num_actions("channel")
+    x = torch.as_tensor(load_test_data(data_name).train.images[:batch])
+    acts = torch.as_tensor(np.random.default_rng(3).integers(0, A, (batch, T)))
+    with torch.no_grad():
+        (logits, flops), executed = counted(run_routes, net, "channel", x, acts)
+        exact = sum(table.path_flops(r) for r in acts.tolist())
+        assert flops.tolist() == [table.path_flops(r) for r in acts.tolist()]
+        assert exact <= executed <= exact + T * A * (A - 1) * walk_module.MERGE_FLOPS
+        if data_name == "user12":  # 12x12 maps: merging is cheap there, so it happens
+            assert executed > exact
+        else:  # 32x32 images: few merges pay
+            assert executed <= 1.5 * exact
+        for i in range(0, batch, 7):  # every sample still gets its own route's output
+            one, _ = run_routes(net, "channel", x[i : i + 1], acts[i : i + 1])
+            torch.testing.assert_close(one[0], logits[i], rtol=1e-4, atol=1e-4)
+        cheapest = torch.zeros((batch, T), dtype=torch.int64)
+        (_, f0), executed0 = counted(run_routes, net, "channel", x, cheapest)
+        assert executed0 == int(f0.sum()) == batch * table.path_flops([0] * T) < batch * table.full
+        mixed_cheap = cheapest.clone()
+        mixed_cheap[::2, -1] = 1  # two cheap groups at the last decision
+        (_, f1), executed1 = counted(run_routes, net, "channel", x, mixed_cheap)
+        assert executed1 < batch * table.full / 2
+
+
 # ------------------------------------------------------------------------------ the walk, step by step
 
 
 @pytest.mark.parametrize("arch,mode", [("vgg", "channel"), ("resnet14", "skip"), ("resnet8", "channel")])
-def test_walk_steps_report_each_decisions_cost(arch, mode):
+def test_walk_steps_report_each_decisions_cost(arch, mode, exact_execution):
     net = make_net(arch, "user12", 4)
     table = net.cost_table(mode)
     x = images("user12", 4, seed=3)

@@ -223,10 +223,10 @@ def test_a_task_takes_compute_weights_or_flops_targets_and_cpu_suites_default_to
 
 
 def test_random_routes_at_a_target_spend_the_target_in_expectation():
+    from conftest import load_test_data
+
     from dyncnn_gym.benchmark.bench import _random_rates, expected_flops_ratio, random_at_target
     from dyncnn_gym.envs.routing import make_core
-
-    from conftest import load_test_data
 
     for env_id in ("DynChannel-v1", "DynSkip-v1"):
         core = make_core(env_id, 1, dataset=load_test_data("digits"), backbone="resnet8", split="test")
@@ -254,33 +254,13 @@ def test_a_job_gives_the_same_result_whatever_ran_before_it_in_the_process():
     np.random.seed(7)
     bench_job(Job("ppo", channel, 0.4, 0))  # another job in between, another global state
     again = bench_job(Job("rnp", skip, 0.5, 1))
-    assert first["point"] == {**again["point"], "train_seconds": first["point"]["train_seconds"], "eval_seconds": first["point"]["eval_seconds"]}
+    assert first["point"] == {
+        **again["point"],
+        "train_seconds": first["point"]["train_seconds"],
+        "eval_seconds": first["point"]["eval_seconds"],
+    }
     assert first["policy"]["bytes"] == again["policy"]["bytes"]
     assert torch.get_num_threads() >= 1
-
-
-def test_evaluate_dials_a_torch_module_with_action_scores_to_the_env_target_but_not_one_giving_actions():
-    import torch
-
-    from dyncnn_gym import evaluate
-
-    class Scores(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = torch.nn.Linear(1, 1)
-
-        def forward(self, obs):  # prefers to run every block, a little
-            return torch.tensor([[0.0, 0.1]]).expand(obs.shape[0], 2)
-
-    class Actions(Scores):
-        def forward(self, obs):
-            return torch.ones(obs.shape[0], dtype=torch.long)
-
-    kw = {"dataset": "digits", "backbone": "resnet20-lite", "flops_target": 0.5}
-    dialed = evaluate(Scores(), "DynSkip-v1", **kw)
-    assert dialed["dialed"]["target"] == 0.5 and dialed["flops_ratio"] < 0.6
-    plain = evaluate(Actions(), "DynSkip-v1", **kw)
-    assert plain["dialed"] is None and plain["flops_ratio"] == pytest.approx(1.0)
 
 
 def test_rliable_aggregates_are_seeded_and_match_the_plain_statistics():

@@ -447,7 +447,7 @@ def test_weights_changed_in_place_are_seen_by_the_cached_kernels():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode,arch", [("channel", "vgg"), ("skip", "resnet14"), ("channel", "resnet8")])
-def test_mixed_batches_compute_only_what_each_sample_chose(mode, arch, device):
+def test_mixed_batches_compute_only_what_each_sample_chose(mode, arch, device, exact_execution):
     """Per-sample random routes: FLOPs counted by ``FlopCounterMode`` equal the cost tables, and every
     sample's logits equal its own batch-1 pass (a pruned group or skipped block is never computed)."""
     from torch.utils.flop_counter import FlopCounterMode

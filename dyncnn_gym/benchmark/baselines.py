@@ -223,7 +223,7 @@ def cascade_outcomes(
     beat. Action indices as in the envs (channel groups - 1; skip 0 / execute 1).
     """
     from ..envs.probes import confidence, fit_probes
-    from ..walk import Walk
+    from ..walk import Walk, run_policy
 
     if not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) and 0 <= a < core.A for a in (cheap, rich)):
         raise ValueError(f"cheap={cheap!r} and rich={rich!r} must be actions in [0, {core.A - 1}]")
@@ -233,12 +233,14 @@ def cascade_outcomes(
     X, y = _split_arrays(core, split, limit)
     correct = np.zeros(len(y), dtype=bool)
     flops = np.zeros(len(y), dtype=np.int64)
+
+    def escalate_unsure(walk: Walk) -> np.ndarray:
+        w, b = probes[walk.t]
+        top = confidence(core.scaled_features(walk) @ w + b)[:, 0].cpu().numpy()
+        return np.where(top < threshold, rich, cheap)
+
     for i in range(0, len(y), batch):
-        walk = Walk(core.net, core.mode, X[i : i + batch])
-        while not walk.done:
-            w, b = probes[walk.t]
-            top = confidence(core.scaled_features(walk) @ w + b)[:, 0].cpu().numpy()
-            walk.step(np.where(top < threshold, rich, cheap))
+        walk = run_policy(core.net, core.mode, X[i : i + batch], escalate_unsure)
         correct[i : i + batch] = walk.logits().argmax(1).cpu().numpy() == y[i : i + batch]
         flops[i : i + batch] = walk.flops.numpy()
     return correct, flops

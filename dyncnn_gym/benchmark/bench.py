@@ -482,10 +482,10 @@ def bench_job(job: Job) -> dict[str, Any]:
     ``None`` when it has no saved form) or ``{"unsupported": reason}``.
     """
     from .baselines import random_policy_eval
-    from .policies import policy_bytes
     from .protocol import evaluate
     from .provenance import host
     from .runner import job_context
+    from .saved import policy_bytes
 
     fn = resolve_agent(job.agent)
     task = job.task
@@ -606,9 +606,9 @@ def run_bench(
     from .aggregate import REPS
     from .baselines import random_policy_eval, static_baselines
     from .demo import _jsonable
-    from .policies import write_policy
     from .provenance import command_line, run_record
     from .runner import describe_executor, run_jobs
+    from .saved import write_policy
 
     suite = get_suite(suite)
     if seed is None:

@@ -25,124 +25,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..callbacks import training_core
 from ..envs.core import RoutingCore
-
-
-class CostBiasedPolicy:
-    """An SB3 model or a torch policy module (or an ensemble of them) whose deterministic action is
-    ``argmax(score - bias * a / (A - 1))``.
-
-    ``score`` is the log-probability of an actor-critic policy (PPO, A2C, MaskablePPO), the Q-value
-    of a DQN / QR-DQN, or what a torch module maps observations ``[B, D]`` to (action scores
-    ``[B, A]``, e.g. the reference agents' Q-values or gate logits; a module that keeps a recurrent
-    state across an episode's decisions keeps it, since it is called once per decision as when
-    routed without a bias); for an ensemble, the mean of its members' scores (a product of the
-    members' action distributions, or their mean Q-values). It exposes ``predict`` and ``policy`` as
-    SB3 models do, so :func:`~dyncnn_gym.benchmark.protocol.evaluate` and
-    :func:`~dyncnn_gym.callbacks.routed_logits` route with it unchanged. Recurrent SB3 policies are
-    refused (their scores need the LSTM state).
-
-    Args:
-        model: a trained SB3 / sb3-contrib model on a routing env (``Discrete(A)`` actions) or a
-            torch module giving action scores, or a list of them trained on the same env arguments
-            (e.g. several seeds) to route as one.
-        bias: score units per unit of normalised action cost (``a / (A - 1)``).
-    """
-
-    def __init__(self, model: Any, bias: float = 0.0) -> None:
-        models = list(model) if isinstance(model, (list, tuple)) else [model]
-        if not models:
-            raise ValueError("model=[] holds no model; pass a trained SB3 model or a list of them")
-        kinds, sizes = set(), set()
-        for m in models:
-            if isinstance(m, torch.nn.Module):
-                kinds.add("module scores")  # the action count is read from the scores
-                continue
-            policy = getattr(m, "policy", None)
-            if (
-                policy is None
-                or getattr(policy, "lstm_actor", None) is not None
-                or not (hasattr(policy, "get_distribution") or hasattr(policy, "q_net") or hasattr(policy, "quantile_net"))
-            ):
-                raise TypeError(
-                    f"{type(m).__name__} is not supported; CostBiasedPolicy takes a non-recurrent SB3 actor-critic"
-                    " (PPO, A2C, MaskablePPO) or a DQN / QR-DQN model"
-                )
-            n = getattr(m.action_space, "n", None)
-            if n is None or int(n) < 2:
-                raise TypeError(f"the model's action space {m.action_space} is not Discrete(A >= 2)")
-            kinds.add("log-probabilities" if hasattr(policy, "get_distribution") else "Q-values")
-            sizes.add(int(n))
-        if len(kinds) > 1 or len(sizes) > 1:
-            raise ValueError(f"an ensemble's members must score alike; got {sorted(kinds)} over action counts {sorted(sizes)}")
-        self.models = models
-        self.model, self.policy = models[0], getattr(models[0], "policy", models[0])
-        self.bias = float(bias)
-        self.cost = _cost(sizes.pop()) if sizes else None
-
-    @torch.no_grad()
-    def scores(self, obs: np.ndarray) -> torch.Tensor:
-        """Unbiased action scores ``[B, A]`` for observations ``[B, D]`` (the members' mean)."""
-        s = torch.stack(
-            [_module_scores(m, obs) if isinstance(m, torch.nn.Module) else _scores(m.policy, obs) for m in self.models]
-        )
-        return s.mean(0)
-
-    def predict(
-        self,
-        observation: np.ndarray,
-        state: Any = None,
-        episode_start: Any = None,
-        deterministic: bool = True,
-        action_masks: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, None]:
-        """Actions ``[B]`` (always the biased argmax; ``deterministic`` is accepted for SB3's signature)."""
-        s = self.scores(observation)
-        s = s - self.bias * (self.cost if self.cost is not None else _cost(s.shape[1]))
-        if action_masks is not None:
-            s = s.masked_fill(~torch.as_tensor(np.asarray(action_masks, dtype=bool)).reshape(s.shape), float("-inf"))
-        return s.argmax(dim=1).numpy(), None
-
-
-def _cost(n: int) -> torch.Tensor:
-    """Normalised cost ``a / (A - 1)`` of each of ``n`` actions."""
-    return torch.arange(n, dtype=torch.float32) / max(n - 1, 1)
-
-
-def _module_scores(module: torch.nn.Module, obs: np.ndarray) -> torch.Tensor:
-    """A torch policy module's action scores ``[B, A]``; ``TypeError`` if it gives anything else."""
-    dev = next(module.parameters(), torch.empty(0)).device
-    out = module(torch.as_tensor(np.asarray(obs, dtype=np.float32), device=dev))
-    if not out.dtype.is_floating_point or out.dim() != 2 or out.shape[0] != len(obs) or out.shape[1] < 2:
-        raise TypeError(
-            f"the policy module gave {out.dtype} of shape {tuple(out.shape)}; a cost bias needs action scores [B, A >= 2]"
-        )
-    return out.float().cpu()
-
-
-def _scores(policy: Any, obs: np.ndarray) -> torch.Tensor:
-    """One SB3 policy's action scores ``[B, A]``: log-probabilities, or (QR-)DQN Q-values."""
-    x, _ = policy.obs_to_tensor(np.asarray(obs, dtype=np.float32))
-    if hasattr(policy, "get_distribution"):
-        return policy.get_distribution(x).distribution.logits.float().cpu()  # normalised: log-probabilities
-    if hasattr(policy, "quantile_net"):
-        return policy.quantile_net(x).mean(dim=1).float().cpu()
-    return policy.q_net(x).float().cpu()
+from ..policies import CostBiasedPolicy
 
 
 def held_out_images(core: RoutingCore, n: int, seed: int = 0) -> torch.Tensor:
     """``n`` images (fewer if the split is smaller) of ``core``'s data that the test split does not hold:
-    the ``"val"`` split where there is one, else ``"train"``; drawn once with ``seed``, on ``core``'s device."""
-    split, idx = _held_out_rows(core, n, seed)
-    return torch.as_tensor(split.images[idx]).to(core.device, core.images.dtype)
-
-
-def _held_out_rows(core: RoutingCore, n: int | None, seed: int) -> tuple[Any, np.ndarray]:
-    """The held-out split of ``core``'s data and ``n`` of its row indices drawn with ``seed`` (all rows, in order, if ``n`` is None)."""
-    data = core.data
-    split = data.split("val" if data.has_val else "train")
-    idx = np.random.default_rng(seed).permutation(len(split))[:n] if n is not None else np.arange(len(split))
-    return split, idx
+    the ``"val"`` split where there is one, else ``"train"``; drawn once with ``seed``, on ``core``'s device
+    (:meth:`RoutingCore.held_out_images`)."""
+    return core.held_out_images(n, seed)
 
 
 def held_out_accuracy(
@@ -151,15 +43,13 @@ def held_out_accuracy(
     """Accuracy and mean FLOPs ratio of ``policy`` routing held-out images deterministically (the
     ``"val"`` split where the data has one, else ``"train"``; all of them, or ``n_images`` drawn
     with ``seed``): a score to choose between trained policies without looking at the test split."""
-    from ..callbacks import routed_logits
-
-    split, idx = _held_out_rows(core, n_images or None, seed)
+    split, idx = core.held_out(n_images or None, seed)
     correct = flops = 0.0
     with torch.no_grad():
         for start in range(0, len(idx), batch_size):
             rows = idx[start : start + batch_size]
             x = torch.as_tensor(split.images[rows]).to(core.device, core.images.dtype)
-            logits, walk = routed_logits(core, policy, x, deterministic=True)
+            logits, walk = core.route(policy, x)
             correct += float((logits.argmax(1).cpu().numpy() == np.asarray(split.labels)[rows]).sum())
             flops += float(walk.flops.double().sum())
     return correct / len(idx), flops / len(idx) / core.full
@@ -167,10 +57,8 @@ def held_out_accuracy(
 
 def flops_ratio(core: RoutingCore, policy: Any, images: torch.Tensor) -> float:
     """Mean FLOPs ratio of ``policy`` routing ``images`` deterministically through ``core``'s backbone."""
-    from ..callbacks import routed_logits
-
     with torch.no_grad():
-        _, walk = routed_logits(core, policy, images, deterministic=True)
+        _, walk = core.route(policy, images)
     return float(walk.flops.double().mean() / core.full)
 
 
@@ -228,8 +116,6 @@ def calibrate(
 
 
 def _training_core(model: Any) -> RoutingCore:
-    from ..callbacks import training_core
-
     if isinstance(model, (list, tuple)) and model:
         model = model[0]  # an ensemble: its members share the env arguments
     env = model.get_env() if hasattr(model, "get_env") else None
@@ -239,3 +125,34 @@ def _training_core(model: Any) -> RoutingCore:
             " built with the env arguments it was trained with"
         )
     return training_core(env)[0]
+
+
+def dial_to_target(policy: Any, core: RoutingCore, dial: bool | None = None) -> tuple[Any, dict[str, float] | None]:
+    """``policy`` dialed to ``core``'s ``flops_target`` (:func:`calibrate` on held-out images), and what
+    the dial did (``target``, ``bias``, held-out ``val_flops_ratio``; ``None`` when not dialed).
+
+    ``dial=None``: dial when the env holds a FLOPs target (the ``-v1`` ids) and the policy has action
+    scores a cost bias can shift (SB3 / sb3-contrib actor-critic and DQN models, not recurrent ones,
+    and not a policy already biased). ``True``: dial or raise; ``False``: leave the policy as it is.
+    :func:`~dyncnn_gym.benchmark.protocol.evaluate` and :func:`~dyncnn_gym.routed.export` both
+    dial through here, so an exported model routes as the evaluation measured.
+    """
+    if dial is None:
+        dial = core.target is not None and _has_scores(policy)
+    if not dial:
+        return policy, None
+    if core.target is None:
+        raise ValueError("dial=True needs an env with a flops_target (e.g. the -v1 ids); this one has none")
+    dialed = calibrate(policy, core.target.target, core=core)
+    return dialed, {"target": core.target.target, "bias": dialed.bias, "val_flops_ratio": dialed.val_flops_ratio}
+
+
+def _has_scores(policy: Any) -> bool:
+    """Whether ``policy`` has action scores a cost bias can shift (and is not one already biased)."""
+    if isinstance(policy, CostBiasedPolicy):
+        return False
+    try:
+        CostBiasedPolicy(policy)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -35,6 +35,15 @@ Measured (see :func:`run_perf` for the JSON layout):
   the observations, the probes and the policy head at every decision). No goal; ``--export-only``
   runs this section alone.
 
+* ``routed`` — what a user ships (:func:`bench_routed`; ``--routed-only`` runs it alone, ``--table-out``
+  writes its Markdown table): the demo's trained PPO routers on both default envs (trained here with
+  the recipe, or loaded with ``--routers DIR``) and ResNet-110 with a random router at about half of
+  its blocks, at batch 1, 64 and 256, at 1 thread and at the default thread count: the routed model
+  vs the full network (goal >= 0.6 / flops_ratio at batch 1, >= 0.8 / flops_ratio from batch 64),
+  the same routes without the router, per-image routes vs static routes of the same FLOPs (goal
+  >= 0.8 at batch 256), the routed model vs the static network of the same test accuracy (goal
+  >= 1.0 at batch 256), and the package's full network vs a plain ``nn.Module`` of it (goal >= 1.0).
+
 Speed does not depend on trained weights, so the backbones of the other sections are freshly built (untrained, eval mode)
 networks of :data:`PERF_ARCH` (``vgg`` and ``resnet20-lite``, the package's default archs when these benchmarks
 were written; the defaults are now ``vgg+sandwich+distill``, the same network, and ``resnet32-lite@skip``) on data of the default shape; the output says so.
@@ -556,6 +565,287 @@ def format_export(export: dict) -> list[str]:
     return lines
 
 
+# -- 5. what a user ships: trained routers vs full, static and plain networks ---------------------------
+#: the routed-model table's setups: env id -> (mode, backbone, router); "ppo": the demo's PPO recipe
+#: (:func:`dyncnn_gym.recipes.train_ppo` on the embedded shapes data), "random": :class:`RandomGates`
+ROUTED_SETUPS: dict[str, tuple[str, str, str]] = {
+    "DynChannel-v0": ("channel", "vgg+sandwich+distill", "ppo"),
+    "DynSkip-v0": ("skip", "resnet32-lite@skip", "ppo"),
+    "DynSkip-v0 resnet110": ("skip", "resnet110", "random"),
+}
+#: batches of the routed-model table
+ROUTED_BATCHES = (1, 64, 256)
+
+
+class RandomGates(nn.Module):
+    """A fixed random router for timing (skip decisions): a PPO-sized MLP ``obs -> 64 -> 64 -> 1``
+    (tanh) with random weights whose execute score is ``sin(50 x)``: per-image pseudo-random routes
+    that execute about half of the blocks, at the cost of a policy network like PPO's.
+
+    Returns scores ``[B, 2]`` (skip: 0, execute: the sine)."""
+
+    def __init__(self, obs_dim: int, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.net = nn.Sequential(nn.Linear(obs_dim, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
+        with torch.no_grad():
+            for m in self.net:
+                if isinstance(m, nn.Linear):
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / m.in_features**0.5)
+                    m.bias.zero_()
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        s = torch.sin(50.0 * self.net(obs))
+        return torch.cat([torch.zeros_like(s), s], 1)
+
+
+def static_forward(net, mode: str, images: torch.Tensor, route: Sequence[int]) -> torch.Tensor:
+    """Logits of ``images`` on one static route (every image the same actions): the slim network that
+    route defines, run as one dense pass per decision on the cached kernels (no router, no grouping)."""
+    from ..walk import Walk
+
+    walk = Walk(net, mode, images)
+    for a in route:
+        walk.advance(int(a))
+    return walk.logits()
+
+
+def spaced_route(table, target: float) -> list[int]:
+    """A static skip route executing evenly spaced blocks, about ``target`` of the decisions (for a
+    backbone without a static accuracy front, e.g. an untrained one)."""
+    T = table.num_decisions
+    return [int(np.floor((t + 1) * target) > np.floor(t * target)) for t in range(T)]
+
+
+def _bracket(points: list[dict], key: str, value: float) -> tuple[dict, dict, float]:
+    """The two points of ``points`` (sorted by ``key``) around ``value`` and the weight of the second
+    (linear interpolation; clamped to the ends, where the weight is 0 or 1)."""
+    pts = sorted(points, key=lambda p: p[key])
+    if value <= pts[0][key]:
+        return pts[0], pts[0], 0.0
+    if value >= pts[-1][key]:
+        return pts[-1], pts[-1], 0.0
+    for lo, hi in zip(pts[:-1], pts[1:]):
+        if lo[key] <= value <= hi[key]:
+            span = hi[key] - lo[key]
+            return lo, hi, 0.0 if span <= 0 else (value - lo[key]) / span
+    return pts[-1], pts[-1], 0.0  # pragma: no cover - the loop covers every value in range
+
+
+def _load_router(routers: str | Path, env_id: str):
+    from .protocol import load_model
+
+    root = Path(routers)
+    for cand in (root / "models" / f"{env_id}-PPO.zip", root / f"{env_id}-PPO.zip"):
+        if cand.is_file():
+            return load_model(str(cand)), str(cand)
+    raise FileNotFoundError(
+        f"no {env_id}-PPO.zip under {str(root)!r} (looked in models/ and the folder itself);"
+        " write one with `dyncnn-gym demo --out DIR`, or leave --routers out to train the routers here"
+    )
+
+
+def routed_setup(env_id: str, device: torch.device, routers: str | Path | None, steps: int | None, progress: bool) -> dict:
+    """One setup of the routed-model table: the exported model, its test-split accuracy and routes, and the
+    static front (or a FLOPs-matched static route where there is no front). See :func:`bench_routed`."""
+    import warnings as _w
+
+    from ..envs.core import RoutingCore
+    from ..recipes import env_kwargs as recipe_env_kwargs
+    from ..recipes import recipe, train_ppo
+    from ..routed import export
+    from .baselines import static_baselines
+    from .protocol import evaluate
+
+    mode, arch, router = ROUTED_SETUPS[env_id]
+    base_id = env_id.split()[0]
+    out: dict[str, Any] = {"env_id": env_id, "mode": mode, "backbone": arch}
+    if router == "ppo":
+        kw = recipe_env_kwargs(base_id, dataset="shapes", backbone=arch, groups=4, device=str(device))
+        core = RoutingCore(mode, 1, split="test", **kw)
+        if routers is not None:
+            model, where = _load_router(routers, base_id)
+            out["router"] = f"PPO loaded from {where}"
+        else:
+            n = steps or recipe(base_id)["total_timesteps"]
+            with _w.catch_warnings():
+                _w.simplefilter("ignore")
+                model = train_ppo(base_id, total_timesteps=n, seed=0, progress=progress, **kw)
+            out["router"] = f"PPO, the demo's recipe ({n} steps, seed 0)"
+        res = evaluate(model, base_id, core=core)
+        out.update(accuracy=res["accuracy"], test_flops_ratio=res["flops_ratio"])
+        rn = export(model, core=core)
+        front = static_baselines(core)["front"]
+        out["static_front"] = [{k: p[k] for k in ("actions", "accuracy", "flops_ratio")} for p in front]
+    else:
+        data, _note = load_bench_data("shapes", (3, 32, 32))
+        net = fresh_backbone(arch, data, 4, device)
+        core = RoutingCore(mode, 1, dataset=data, backbone=net, split="test", device=str(device))
+        rn = export(RandomGates(core.observation_space.shape[0]), core=core)
+        out["router"] = "RandomGates (a random PPO-sized MLP, sin(50 x) execute score: ~50 % of blocks per image)"
+        out["static_front"] = None
+    out["routed"] = rn
+    out["images"] = core.images
+    return out
+
+
+def bench_routed(
+    device: torch.device,
+    repeats: int,
+    threads: Sequence[int],
+    batches: Sequence[int] = ROUTED_BATCHES,
+    singles: int = 32,
+    routers: str | Path | None = None,
+    steps: int | None = None,
+    setups: Sequence[str] = tuple(ROUTED_SETUPS),
+    progress: bool = False,
+    bar=None,
+) -> dict:
+    """The routed models a user ships vs the networks they replace, per setup, batch and thread count.
+
+    Setups (:data:`ROUTED_SETUPS`): the demo's PPO routers on ``DynChannel-v0`` and ``DynSkip-v0``
+    (trained here with the recipe, or loaded from ``routers``: a ``dyncnn-gym demo --out`` folder), and
+    ResNet-110 with :class:`RandomGates`. Batch 1 is a loop over ``singles`` test images; batch ``N``
+    one call on ``N`` test images. Measured interleaved, per row:
+
+    * ``full``: the package's full network; ``plain``: the same network as a plain ``nn.Module``
+      (:func:`~dyncnn_gym.benchmark.plain.plain_copy`);
+    * ``routed``: the exported routed model (router included); ``raw``: the same routes without the
+      router (:func:`~dyncnn_gym.walk.run_routes`);
+    * the static routes (:func:`static_forward`) of the static front (uniform + greedy routes on the
+      test split) that bracket the router's test accuracy and its FLOPs ratio; their times are
+      interpolated (per repeat) by accuracy and by FLOPs. Without a front (ResNet-110, untrained),
+      an evenly spaced skip route of the routes' FLOPs (:func:`spaced_route`).
+
+    Ratios (medians over repeats of per-repeat ratios): ``routed_vs_full``, ``raw_vs_full``,
+    ``router_overhead`` (routed / raw - 1), ``routes_vs_static_same_flops`` (static / raw),
+    ``routed_vs_static_same_accuracy`` (static / routed), ``full_vs_plain`` (plain / full).
+    """
+    from ..walk import run_routes
+    from .plain import plain_copy
+
+    rows: list[dict] = []
+    info: dict[str, dict] = {}
+    old = torch.get_num_threads()
+    try:
+        for env_id in setups:
+            st = routed_setup(env_id, device, routers, steps, progress)
+            rn, images = st.pop("routed"), st.pop("images")
+            net, mode = rn.backbone, rn.mode
+            plain = plain_copy(net)
+            table = rn.table
+            info[env_id] = {k: v for k, v in st.items()}
+            for n_threads in threads:
+                torch.set_num_threads(n_threads)
+                for batch in batches:
+                    n_calls = singles if batch == 1 else 1
+                    parts = [images[i * batch : (i + 1) * batch] for i in range(n_calls)]
+                    outs = [rn.route(p) for p in parts]
+                    acts = [o.actions for o in outs]
+                    ratio = float(torch.cat([o.flops_ratio for o in outs]).mean())
+                    statics: dict[str, tuple] = {}  # name -> (route, ...)
+                    plan: dict[str, list] = {}
+                    if st["static_front"]:
+                        front = st["static_front"]
+                        lo, hi, w = _bracket(front, "accuracy", st["accuracy"])
+                        plan["accuracy"] = [(lo["actions"], 1 - w), (hi["actions"], w)]
+                        lo, hi, w = _bracket(front, "flops_ratio", ratio)
+                        plan["flops"] = [(lo["actions"], 1 - w), (hi["actions"], w)]
+                    else:
+                        plan["flops"] = [(spaced_route(table, ratio), 1.0)]
+                    for routes in plan.values():
+                        for route, _w in routes:
+                            statics.setdefault(f"static{tuple(route)}", tuple(route))
+
+                    def full_fn(parts=parts, net=net, mode=mode):
+                        with torch.no_grad():
+                            for p in parts:
+                                net.full_forward(p, mode)
+
+                    def plain_fn(parts=parts, plain=plain):
+                        with torch.no_grad():
+                            for p in parts:
+                                plain(p)
+
+                    def routed_fn(parts=parts, rn=rn):
+                        for p in parts:
+                            rn.route(p)
+
+                    def raw_fn(parts=parts, acts=acts, net=net, mode=mode):
+                        with torch.no_grad():
+                            for p, a in zip(parts, acts):
+                                run_routes(net, mode, p, a)
+
+                    fns = {"full": full_fn, "plain": plain_fn, "routed": routed_fn, "raw": raw_fn}
+                    for name, route in statics.items():
+
+                        def static_fn(parts=parts, route=route, net=net, mode=mode):
+                            with torch.no_grad():
+                                for p in parts:
+                                    static_forward(net, mode, p, route)
+
+                        fns[name] = static_fn
+                    times = interleaved(fns, repeats, device)
+                    for kind, routes in plan.items():
+                        times[f"static_{kind}"] = [
+                            sum(w * times[f"static{tuple(r)}"][i] for r, w in routes) for i in range(repeats)
+                        ]
+                    n = batch * n_calls
+                    factor = 0.6 if batch == 1 else 0.8
+                    row = {
+                        "env_id": env_id,
+                        "backbone": net.arch,
+                        "batch": batch,
+                        "threads": n_threads,
+                        "images": n,
+                        "flops_ratio": round(ratio, 4),
+                        "routed_vs_full": round(paired_ratio(times, "full", "routed"), 3),
+                        "goal_routed_vs_full": round(factor / ratio, 3),
+                        "raw_vs_full": round(paired_ratio(times, "full", "raw"), 3),
+                        "router_overhead": round(paired_ratio(times, "routed", "raw") - 1.0, 3),
+                        "routes_vs_static_same_flops": round(paired_ratio(times, "static_flops", "raw"), 3),
+                        "routed_vs_static_same_accuracy": (
+                            round(paired_ratio(times, "static_accuracy", "routed"), 3) if "accuracy" in plan else None
+                        ),
+                        "full_vs_plain": round(paired_ratio(times, "plain", "full"), 3),
+                        "static_routes": {k: [[list(r), round(w, 3)] for r, w in v] for k, v in plan.items()},
+                        "ms_per_image": {
+                            k: round(1000 * _median(v) / n, 4)
+                            for k, v in times.items()
+                            if k in ("full", "plain", "routed", "raw", "static_flops", "static_accuracy")
+                        },
+                        "distinct_routes": int(torch.cat(acts).unique(dim=0).shape[0]),
+                    }
+                    row["met_routed_vs_full"] = bool(row["routed_vs_full"] >= row["goal_routed_vs_full"])
+                    rows.append(row)
+                    if bar is not None:
+                        bar.update(1)
+    finally:
+        torch.set_num_threads(old)
+    return {"setups": info, "rows": rows, "threads": list(threads)}
+
+
+def format_routed(routed: dict) -> list[str]:
+    """The routed-model section as a Markdown table (one row per setup, batch and thread count)."""
+    lines = [
+        "| setup | router | batch | threads | FLOPs | routed vs full (goal) | same routes, no router, vs full |"
+        " router overhead | per-image routes vs static of same FLOPs | routed vs static of same accuracy |"
+        " full vs plain torch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in routed["rows"]:
+        st = routed["setups"][r["env_id"]]
+        router = "PPO" if st["router"].startswith("PPO") else "random"
+        acc = r["routed_vs_static_same_accuracy"]
+        lines.append(
+            f"| {r['env_id'].split()[0]} ({r['backbone']}) | {router} | {r['batch']} | {r['threads']} | {r['flops_ratio']:.3f} |"
+            f" {r['routed_vs_full']:.2f} ({r['goal_routed_vs_full']:.2f}) | {r['raw_vs_full']:.2f} |"
+            f" {100 * r['router_overhead']:+.0f} % | {r['routes_vs_static_same_flops']:.2f} |"
+            f" {'n/a' if acc is None else f'{acc:.2f}'} | {r['full_vs_plain']:.2f} |"
+        )
+    return lines
+
+
 # -- the whole benchmark -------------------------------------------------------------------------------
 def _run_main_sections(
     result: dict,
@@ -624,6 +914,10 @@ def run_perf(
     progress: bool = True,
     verbose: bool = True,
     export_only: bool = False,
+    routed_only: bool = False,
+    routers: str | Path | None = None,
+    router_steps: int | None = None,
+    table_out: str | Path | None = None,
 ) -> dict:
     """Run the benchmark; print a table (``verbose``) and write JSON to ``out`` (when given).
 
@@ -636,20 +930,30 @@ def run_perf(
         threads: ``torch.set_num_threads`` for the run (default: leave torch's setting).
         groups: channel groups of the backbones.
         export_only: run only the export section (:func:`bench_export`).
+        routed_only: run only the routed-model section (:func:`bench_routed`): the table of what a
+            user ships. It runs at 1 thread and at the default thread count (``threads`` when given).
+        routers: a ``dyncnn-gym demo --out`` folder to load the PPO routers from (default: train them
+            here with the demo's recipe).
+        router_steps: PPO steps when training the routers here (default: the recipe's; ``quick``: 20000).
+        table_out: also write the routed-model section as a Markdown table to this file.
 
     Returns:
         A dict with ``machine``, ``setup``, ``env_vs_raw_ratio``, ``env_vs_raw``,
         ``sb3_native_vs_dummy_ratio``, ``batching_limit``, ``sb3``, ``speedup`` (list of rows with
         ``backbone, batch, routes, flops_ratio, wall_speedup, goal, met``), ``goals`` (every ratio with
-        its goal), ``export`` (see :func:`bench_export`) and ``seconds``. With ``export_only``:
-        ``machine``, ``setup``, ``export``, ``goals`` (empty) and ``seconds``.
+        its goal), ``export`` (see :func:`bench_export`), ``routed`` (see :func:`bench_routed`) and
+        ``seconds``. With ``export_only`` / ``routed_only``: ``machine``, ``setup``, that section,
+        ``goals`` (empty) and ``seconds``.
     """
     start = time.perf_counter()
     dev = check_device(device)
     out_path = None if out is None else check_writable_file(out, "out")  # before the measurements
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats={repeats!r} must be a positive integer")
+    if export_only and routed_only:
+        raise ValueError("export_only and routed_only each run one section; choose one of them")
     old_threads = torch.get_num_threads()
+    routed_threads = [threads] if threads is not None else sorted({1, old_threads})
     if threads is not None:
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads={threads!r} must be a positive integer or None")
@@ -659,19 +963,28 @@ def run_perf(
     sb3_steps = 4 if quick else 8
     sb3_rollouts = 1 if quick else 2
     singles = 8 if quick else 32
+    if quick and router_steps is None and routers is None:
+        router_steps = 20_000
+    n_routed = len(ROUTED_SETUPS) * len(routed_threads) * len(ROUTED_BATCHES)
     try:
         result: dict[str, Any] = {"machine": machine_facts(dev)}
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            total = 4 if export_only else 2 + 4 + 4 + 4 + 4
+            total = 4 if export_only else n_routed if routed_only else 2 + 4 + 4 + 4 + 4 + n_routed
             bar = tqdm(total=total, desc="dyncnn-gym perf", unit="part", file=sys.stderr)
-        if export_only:
-            result["setup"] = {"quick": quick, "repeats": repeats, "groups": groups, "sections": ["export"]}
+        if export_only or routed_only:
+            section = "export" if export_only else "routed"
+            result["setup"] = {"quick": quick, "repeats": repeats, "groups": groups, "sections": [section]}
         else:
             _run_main_sections(result, dev, repeats, groups, quick, sb3_steps, sb3_rollouts, singles, bar)
-        result["export"] = bench_export(dev, repeats, singles=singles, groups=groups, bar=bar)
+        if not routed_only:
+            result["export"] = bench_export(dev, repeats, singles=singles, groups=groups, bar=bar)
+        if not export_only:
+            result["routed"] = bench_routed(
+                dev, repeats, routed_threads, singles=singles, routers=routers, steps=router_steps, bar=bar
+            )
         if bar is not None:
             bar.close()
         result["goals"] = _goals(result)
@@ -684,6 +997,10 @@ def run_perf(
         torch.set_num_threads(old_threads)
     if verbose:
         print(format_table(result))
+    if table_out is not None and "routed" in result:
+        write_text(table_out, "\n".join(format_routed(result["routed"])) + "\n")
+        if verbose:
+            print(f"wrote {table_out}")
     if out_path is not None:
         write_text(out_path, json.dumps(result, indent=2, default=_json_default) + "\n")
         if verbose:
@@ -703,7 +1020,26 @@ def _json_default(o: Any) -> Any:
 
 def _goals(result: dict) -> list[dict]:
     rows: list[dict] = []
-    if "env_vs_raw_ratio" not in result:  # --export-only: no goals
+    for r in result.get("routed", {}).get("rows", []):
+        tag = f"{r['env_id']} batch {r['batch']} threads {r['threads']}"
+        rows.append(
+            {
+                "metric": f"routed_vs_full {tag}",
+                "value": r["routed_vs_full"],
+                "goal": r["goal_routed_vs_full"],
+                "met": r["met_routed_vs_full"],
+            }
+        )
+        rows.append(
+            {"metric": f"full_vs_plain {tag}", "value": r["full_vs_plain"], "goal": 1.0, "met": r["full_vs_plain"] >= 1.0}
+        )
+        if r["batch"] >= 256:
+            v = r["routes_vs_static_same_flops"]
+            rows.append({"metric": f"routes_vs_static_same_flops {tag}", "value": v, "goal": 0.8, "met": v >= 0.8})
+            v = r["routed_vs_static_same_accuracy"]
+            if v is not None:
+                rows.append({"metric": f"routed_vs_static_same_accuracy {tag}", "value": v, "goal": 1.0, "met": v >= 1.0})
+    if "env_vs_raw_ratio" not in result:  # --export-only / --routed-only: only the routed goals
         return rows
     for env_id, r in result["env_vs_raw_ratio"].items():
         rows.append({"metric": f"env_vs_raw_ratio {env_id}", "value": r, "goal": 0.8, "met": r >= 0.8})
@@ -739,8 +1075,11 @@ def format_table(result: dict) -> str:
         f"dyncnn-gym perf on {m['device']} ({m['cpu']}, {m['cpus_usable']} usable CPUs, torch {m['torch']},"
         f" {m['torch_threads']} threads); medians of {result['setup']['repeats']} interleaved repeats",
     ]
-    if "env_vs_raw" not in result:  # --export-only
-        lines += [f"export data: {result['export']['setup']['data']}", *format_export(result["export"])]
+    if "env_vs_raw" not in result:  # --export-only / --routed-only
+        if "export" in result:
+            lines += [f"export data: {result['export']['setup']['data']}", *format_export(result["export"])]
+        if "routed" in result:
+            lines += ["routed models (see docs/speed.md for the columns):", *format_routed(result["routed"])]
         lines.append(f"total {result['seconds']} s")
         return "\n".join(lines)
     lines += [
@@ -767,6 +1106,8 @@ def format_table(result: dict) -> str:
         )
     if "export" in result:
         lines += format_export(result["export"])
+    if "routed" in result:
+        lines += ["routed models:", *format_routed(result["routed"])]
     lines.append(f"total {result['seconds']} s")
     return "\n".join(lines)
 
@@ -776,7 +1117,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``dyncnn-gym perf`` options to ``parser``."""
     parser.add_argument("--out", type=str, default=None, help="write the results as JSON to this file")
     parser.add_argument("--device", type=str, default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
-    parser.add_argument("--quick", action="store_true", help="a fast, noisier smoke run (< 1 min on 2 CPU cores)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a fast, noisier smoke run: 3 repeats, fewer SB3 steps and batch-1 images, routers trained for 20000 steps",
+    )
     parser.add_argument("--repeats", type=int, default=9, help="interleaved repeats per measurement (median reported)")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's setting; 1 on a busy shared machine)"
@@ -786,6 +1131,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--export-only",
         action="store_true",
         help="run only the export section (exported routed model vs full backbone, shipped backbones)",
+    )
+    parser.add_argument(
+        "--routed-only",
+        action="store_true",
+        help="run only the routed-model table (trained PPO routers and ResNet-110 vs full, static and plain networks)",
+    )
+    parser.add_argument(
+        "--routers",
+        type=str,
+        default=None,
+        help="a `dyncnn-gym demo --out` folder to load the PPO routers from (default: train them with the demo's recipe)",
+    )
+    parser.add_argument(
+        "--router-steps",
+        type=int,
+        default=None,
+        help="PPO steps per router when training them here (default: the recipe's 150000; --quick: 20000)",
+    )
+    parser.add_argument(
+        "--table-out",
+        type=str,
+        default=None,
+        help="also write the routed-model table as Markdown to this file (default: none)",
     )
     return parser
 
@@ -800,6 +1168,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=not getattr(args, "no_progress", False),
         export_only=getattr(args, "export_only", False),
+        routed_only=getattr(args, "routed_only", False),
+        routers=getattr(args, "routers", None),
+        router_steps=getattr(args, "router_steps", None),
+        table_out=getattr(args, "table_out", None),
     )
     return 0
 

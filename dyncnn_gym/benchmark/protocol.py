@@ -2,65 +2,24 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..envs.core import RoutingCore
 from ..envs.routing import make_core
+from ..policies import Policy
+from ..policies import as_policy as _as_policy
 
 #: ``policy(obs [B, D] float32, masks [B, A] bool, first: bool) -> actions [B] int``
 BatchPolicy = Callable[[np.ndarray, np.ndarray, bool], np.ndarray]
 
 
-def as_policy(policy: Any) -> BatchPolicy:
-    """Adapt ``policy`` to a deterministic batch policy.
-
-    Accepts an SB3 / sb3-contrib model (``predict(obs, deterministic=True)``; MaskablePPO gets the
-    action masks, RecurrentPPO keeps its state across the decisions of an episode), a torch module
-    mapping observations ``[B, D]`` to action scores ``[B, A]`` (argmax over allowed actions) or to
-    integer actions ``[B]``, or a callable ``obs_batch -> actions``.
-    """
-    if hasattr(policy, "predict") and hasattr(policy, "policy"):
-        params = inspect.signature(policy.predict).parameters
-        masked = "action_masks" in params
-        state: dict[str, Any] = {"s": None}
-
-        def sb3(obs: np.ndarray, masks: np.ndarray, first: bool) -> np.ndarray:
-            kw: dict[str, Any] = {"deterministic": True}
-            if masked:
-                kw["action_masks"] = masks
-            if "episode_start" in params:
-                if first:
-                    state["s"] = None
-                kw["state"] = state["s"]
-                kw["episode_start"] = np.full(len(obs), first)
-            actions, state["s"] = policy.predict(obs, **kw)
-            return np.asarray(actions).reshape(-1)
-
-        return sb3
-    if isinstance(policy, nn.Module):
-
-        def module(obs: np.ndarray, masks: np.ndarray, first: bool) -> np.ndarray:
-            dev = next(policy.parameters(), torch.empty(0)).device
-            with torch.no_grad():
-                out = policy(torch.as_tensor(obs, device=dev))
-            if out.dtype.is_floating_point:
-                if out.dim() != 2 or out.shape[1] != masks.shape[1]:
-                    raise ValueError(
-                        f"the policy module returned scores of shape {tuple(out.shape)}; expected [B, {masks.shape[1]}]"
-                    )
-                out = out.masked_fill(~torch.as_tensor(masks, device=out.device), float("-inf")).argmax(1)
-            return out.cpu().numpy().reshape(-1)
-
-        return module
-    if callable(policy):
-        return lambda obs, masks, first: np.asarray(policy(obs)).reshape(-1)
-    raise TypeError(f"policy={policy!r} is neither an SB3 model, a torch module nor a callable")
+def as_policy(policy: Any) -> Policy:
+    """``policy`` as a deterministic batch policy: :func:`dyncnn_gym.policies.as_policy` (the one
+    adapter every face uses), whose result is also callable as a :data:`BatchPolicy`."""
+    return _as_policy(policy)
 
 
 def load_model(path: str, algorithm: str | None = None, **kwargs: Any):
@@ -93,7 +52,8 @@ def evaluate(
     """Route the **whole test split** with ``policy`` (deterministic, batched) and summarise.
 
     Args:
-        policy: see :func:`as_policy`.
+        policy: anything :func:`dyncnn_gym.policies.as_policy` accepts (SB3 models of any algorithm, their
+            ``.policy``, ensembles, cost-biased policies, torch modules, callables).
         env_id: ``"DynChannel-v0"`` or ``"DynSkip-v0"``.
         batch_size: images routed at once.
         bins: difficulty bins (equal-count) for the per-difficulty breakdown.
@@ -106,8 +66,7 @@ def evaluate(
             a FLOPs target spends the target on average with *sampled* actions; its argmax may land
             well away from it, since at the constrained optimum the best policy mixes routes. ``None``
             (default): dial when the env has a ``flops_target`` (the ``-v1`` ids) and the policy has
-            action scores (SB3 / sb3-contrib actor-critic and DQN models, not recurrent ones, and
-            torch modules mapping observations to scores ``[B, A]``, such as the reference agents').
+            action scores (SB3 / sb3-contrib actor-critic and DQN models, not recurrent ones).
             ``False``: route the plain argmax.
         env_kwargs: the env's arguments (``dataset``, ``backbone``, ``groups``, ``budget``, ...);
             ``split`` is always ``"test"``. Under a ``budget`` a policy must respect the action masks
@@ -137,16 +96,9 @@ def evaluate(
         n_test = len(data.test)
         env_kwargs.setdefault("budget_strict", True)  # evaluation holds a policy to the budget
         core = make_core(env_id, min(batch_size, n_test), dataset=data, split="test", **env_kwargs)
-    dialed = None
-    if dial is None:
-        dial = core.target is not None and _has_scores(policy, core)
-    if dial:
-        from .calibrate import calibrate
+    from .calibrate import dial_to_target
 
-        if core.target is None:
-            raise ValueError("dial=True needs an env with a flops_target (e.g. the -v1 ids); this one has none")
-        policy = calibrate(policy, core.target.target, core=core)
-        dialed = {"target": core.target.target, "bias": policy.bias, "val_flops_ratio": policy.val_flops_ratio}
+    policy, dialed = dial_to_target(policy, core, dial)
     choose = as_policy(policy)
     n = len(core.labels)
     core.cursor = 0
@@ -182,26 +134,6 @@ def evaluate(
             i = info["index"]
             preds[i], flops[i], actions[i], ce[i] = info["prediction"], info["flops"], info["actions"], info["cross_entropy"]
     return {**summarize(core, preds, flops, actions, ce, bins=bins, per_image=per_image), "dialed": dialed}
-
-
-def _has_scores(policy: Any, core: RoutingCore) -> bool:
-    """Whether ``policy`` is an SB3 model or a torch module whose action scores a cost bias can shift
-    (and not one already biased). A module is asked once, on a blank observation of decision 0."""
-    from .calibrate import CostBiasedPolicy
-
-    if isinstance(policy, CostBiasedPolicy):
-        return False
-    if isinstance(policy, nn.Module):
-        obs = torch.zeros(1, core.observation_space.shape[0])
-        obs[:, core.feat_dim] = 1.0  # the decision one-hot: decision 0, where a recurrent module starts afresh
-        with torch.no_grad():
-            out = policy(obs.to(next(policy.parameters(), torch.empty(0)).device))
-        return bool(out.dtype.is_floating_point and out.dim() == 2 and out.shape[1] == core.A and core.A >= 2)
-    try:
-        CostBiasedPolicy(policy)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def summarize(

@@ -16,7 +16,8 @@ What is checked, in order (each check is one line of the report):
 6. **files**: ``leaderboard.md`` and ``summary.json`` regenerated from the checked results, equal
    to the files in ``RESULTS_DIR``.
 
-Re-evaluation is deterministic, so the default tolerance is 0: every figure must match exactly.
+The command exits with code 0 when every check passes and 2 (the command line's error code) when any
+fails, after one line per failed check. Re-evaluation is deterministic, so the default tolerance is 0: every figure must match exactly.
 ``tolerance`` (accuracy points; FLOPs ratios and rates are compared at ``tolerance / 100``) allows
 for another machine's floating-point differences. A learned point without a saved policy, or
 saved in the format of an agent not trusted here, cannot be re-evaluated and fails the check:
@@ -28,6 +29,7 @@ in the results file is imported.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,9 +104,9 @@ def check_point(job: PointCheck) -> dict[str, Any]:
     """Evaluate one saved policy again as the bench did; returns the recomputed figures (or an ``error``)."""
     from .baselines import random_policy_eval
     from .bench import _test_core, resolve_agent
-    from .policies import load_policy
     from .protocol import evaluate
     from .runner import job_context
+    from .saved import load_policy
 
     p = job.point
     rec = p.get("policy")
@@ -329,7 +331,12 @@ def run_from_args(args) -> int:
         if not (args.quiet and line.startswith("ok ")):
             print(line)
     if report.failures:
-        print(f"dyncnn-gym validate: {report.failures} of {report.checked} checks failed")
-        return 1
+        first = next(line for line in report.lines if line.startswith(("MISMATCH", "FAILED")))
+        print(
+            f"dyncnn-gym validate: error: {report.failures} of {report.checked} checks failed in {args.results_dir};"
+            f" the first: {first}",
+            file=sys.stderr,
+        )
+        return 2
     print(f"dyncnn-gym validate: all {report.checked} checks passed")
     return 0

@@ -170,7 +170,7 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
 
     ## Starting State
 
-    A new image (drawn with `np_random` from the train split, or the next test image) has passed
+    A new image (drawn with `np_random` from the `split`, or the next test image) has passed
     the stem and the first residual block.
 
     ## Episode End
@@ -184,13 +184,13 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
     ## Arguments
 
     ```python
-    gymnasium.make("DynBlockDrop-v1", dataset="shapes", backbone=None, groups=4, split="train",
+    gymnasium.make("DynBlockDrop-v1", dataset="shapes", backbone=None, groups=4, split="auto",
                    reward="flops", penalty=1.0, usage="blocks", compute_weight=None,
                    loss_weight=1.0, ce_clip=5.0, loss="error", device="cpu", obs="probe",
-                   flops_target=0.65, target_rate=2e-4, render_mode=None)
+                   flops_target=0.68, target_rate=2e-4, render_mode=None)
     ```
 
-    `DynBlockDrop-v0` has the same arguments with `reward="blockdrop"`, `loss="ce"`,
+    `DynBlockDrop-v0` has the same arguments with `split="train"`, `reward="blockdrop"`, `loss="ce"`,
     `obs="features"` and `flops_target=None` as defaults.
 
     * `dataset`, `backbone` (default `'resnet32-lite@skip'`; any ResNet arch), `groups`, `split`,
@@ -209,7 +209,7 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
     ## Version History
 
     * v1: the return of `DynSkip-v1` is the default reward (`reward="flops"`, `loss="error"`,
-      `obs="probe"`, `flops_target=0.65`); every `info` holds `cost` (the episode's FLOPs ratio).
+      `obs="probe"`, `flops_target=0.68`, `split="auto"`); every `info` holds `cost` (the episode's FLOPs ratio).
     * v0: initial version (`info` gained `cost`; nothing else changed).
     """
 

@@ -20,9 +20,10 @@ from gymnasium import spaces
 from ..data.base import DataSplits
 from ..device import check_device
 from ..models import DynamicNet
+from ..policies import as_policy
 from ..pretraining import resolve_backbone
-from ..walk import Walk, cost_tensors
-from .rewards import DEFAULT_TARGET_RATE, DEFAULT_TARGET_START, FlopsTarget, Reward
+from ..walk import Walk, cost_tensors, run, run_routes
+from .rewards import DEFAULT_TARGET_RATE, FlopsTarget, Reward
 
 OBS_MODES = ("features", "probe")
 #: ``shaping=`` choices: none, or potential-based shaping with the full-width continuation (see ``RoutingCore.potential``)
@@ -68,6 +69,75 @@ def _shared_data(dataset: Any) -> DataSplits:
 
 
 _DATA: dict[str, DataSplits] = {}
+#: ``split=`` choices; ``"auto"``: ``"val"`` where the data has a held-out split, else ``"train"``
+SPLITS = ("train", "val", "test", "auto")
+_START: weakref.WeakKeyDictionary[DynamicNet, dict[tuple, float]] = weakref.WeakKeyDictionary()
+#: bounds of the starting compute weight :func:`starting_weight` picks
+START_WEIGHT_RANGE = (1e-3, 1.0)
+
+
+@torch.no_grad()
+def static_curve(net: DynamicNet, mode: str, data: DataSplits, split: str, n: int = 1000, seed: int = 0) -> np.ndarray:
+    """float64 ``[R, 2]``: (FLOPs ratio, accuracy) of static routes on up to ``n`` images of ``split``:
+    every uniform width (channel mode), or every block skipped at random at rates 0, 0.25, 0.5, 0.75
+    and 1 (skip mode, drawn with ``seed``)."""
+    part = data.split(split)
+    idx = np.random.default_rng(seed).permutation(len(part))[:n]
+    dev = next(net.parameters()).device
+    x = torch.as_tensor(part.images[idx]).to(dev, next(net.parameters()).dtype)
+    y = np.asarray(part.labels)[idx]
+    table = cost_tensors(net, mode)[0]
+    T, A = table.num_decisions, table.num_actions
+    gen = torch.Generator().manual_seed(seed)
+    if mode == "channel":
+        routes = [torch.full((len(idx), T), a) for a in range(A)]
+    else:
+        routes = [(torch.rand((len(idx), T), generator=gen) >= r).long() for r in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    was_training = net.training
+    net.eval()
+    points = []
+    for acts in routes:
+        logits, flops = run_routes(net, mode, x, acts)
+        points.append((float(flops.double().mean()) / table.full, float((logits.argmax(1).cpu().numpy() == y).mean())))
+    net.train(was_training)
+    return np.array(points, dtype=np.float64)
+
+
+def hull_slope(points: np.ndarray, x: float) -> float:
+    """Slope at ``x`` of the upper concave hull of ``points`` ``[R, 2]`` (0 outside their range)."""
+    pts = sorted(map(tuple, np.asarray(points, dtype=np.float64)))
+    hull: list[tuple[float, float]] = []
+    for p in pts:
+        while len(hull) >= 2 and (hull[-1][1] - hull[-2][1]) * (p[0] - hull[-2][0]) <= (p[1] - hull[-2][1]) * (
+            hull[-1][0] - hull[-2][0]
+        ):
+            hull.pop()
+        hull.append(p)
+    for (x0, y0), (x1, y1) in zip(hull[:-1], hull[1:]):
+        if x0 <= x <= x1 and x1 > x0:
+            return (y1 - y0) / (x1 - x0)
+    return 0.0
+
+
+def starting_weight(net: DynamicNet, mode: str, data: DataSplits, split: str, target: float) -> float:
+    """The compute weight a :class:`~dyncnn_gym.envs.rewards.FlopsTarget` starts from when none is given:
+    half the slope, at ``target``, of the accuracy-FLOPs curve of static routes on the images the
+    episodes draw from (:func:`static_curve`, :func:`hull_slope`), clipped to :data:`START_WEIGHT_RANGE`.
+
+    The slope is the price of FLOPs at which the static routes around the target break even, so the
+    right weight for a routing policy is of its order; half of it starts the adaptation below it,
+    where policies spend more than the target and are pushed down smoothly (a weight too high early
+    drives a policy onto the cheapest route, from which it does not come back). Where the backbone is right on nearly every image of the
+    split at every width (a memorised train split), the slope is about 0 and the start is the floor.
+    Computed once per backbone, mode, data, split and target in a process."""
+    per_net = _START.setdefault(net, {})
+    key = (mode, data.fingerprint, split, round(float(target), 6))
+    if key not in per_net:
+        slope = hull_slope(static_curve(net, mode, data, split), target)
+        per_net[key] = float(np.clip(0.5 * slope, *START_WEIGHT_RANGE))
+    return per_net[key]
+
+
 _OBS_SCALE: weakref.WeakKeyDictionary[DynamicNet, dict[tuple, list[torch.Tensor]]] = weakref.WeakKeyDictionary()
 
 
@@ -82,12 +152,14 @@ def feature_scale(net: DynamicNet, mode: str, data: DataSplits, n: int = 256) ->
         was_training = net.training
         net.eval()
         x = torch.as_tensor(data.train.images[:n]).to(next(net.parameters()).device)
-        walk = Walk(net, mode, x)
         scales = []
-        while not walk.done:
+
+        def full_width(walk: Walk) -> int:
             m = walk.pooled().abs().mean(0)
             scales.append(torch.clamp(m, min=max(float(m.max()) * 0.01, 1e-6)))
-            walk.step(torch.full((len(walk),), walk.A - 1))
+            return walk.A - 1
+
+        run(Walk(net, mode, x), full_width)
         net.train(was_training)
         per_net[key] = scales
     return per_net[key]
@@ -120,8 +192,8 @@ class RoutingCore:
     ) -> None:
         if not isinstance(num_slots, (int, np.integer)) or num_slots < 1:
             raise ValueError(f"num_envs={num_slots!r} must be a positive integer")
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split={split!r} is not a valid split; choose one of ['train', 'val', 'test']")
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r} is not a valid split; choose one of {list(SPLITS)}")
         if obs not in OBS_MODES:
             raise ValueError(f"obs={obs!r} is not an observation mode; choose one of {list(OBS_MODES)}")
         if shaping not in SHAPINGS:
@@ -132,10 +204,14 @@ class RoutingCore:
             raise ValueError(f"groups={groups!r} must be an integer >= 2 (e.g. 2, 4 or 8)")
         if not isinstance(budget_strict, (bool, np.bool_)):
             raise ValueError(f"budget_strict={budget_strict!r} must be True or False")
-        self.mode, self.n, self.split_name, self.obs_mode = mode, int(num_slots), split, obs
+        self.mode, self.n, self.obs_mode = mode, int(num_slots), obs
         self.device = check_device(device)
         self.reward = Reward.make(reward, compute_weight, loss_weight, ce_clip, loss)
         self.data = _shared_data(dataset)
+        if split == "auto":
+            split = "val" if self.data.has_val else "train"
+        #: the split episodes draw their images from (``"auto"`` resolved)
+        self.split_name = split
         self.net = at_precision(resolve_backbone(backbone, self.data, mode, int(groups), self.device), DTYPES[dtype])
         self.dtype = dtype
         self.shaping = shaping
@@ -154,9 +230,10 @@ class RoutingCore:
         self.target: FlopsTarget | None = None
         if flops_target is not None:
             self.check_flops_ratio(flops_target, "flops_target", ", or None for a fixed compute_weight")
-            self.target = FlopsTarget(
-                flops_target, DEFAULT_TARGET_START if compute_weight is None else compute_weight, target_rate
-            )
+            start = compute_weight
+            if start is None:
+                start = starting_weight(self.net, mode, self.data, split, float(flops_target))
+            self.target = FlopsTarget(flops_target, start, target_rate)
             self.reward = self.reward.with_weight(self.target.weight)
 
         split_data = self.data.split(split)
@@ -393,9 +470,7 @@ class RoutingCore:
         (Ng et al., 1999), but a decision that harms the image is charged at once rather than at
         the end. It costs one full-width pass over the remaining layers per step.
         """
-        rest = walk.select(np.arange(len(walk)))  # shares feature maps, never overwrites them
-        while not rest.done:
-            rest.step(np.full(len(rest), self.A - 1, dtype=np.int64))
+        rest = run(walk.select(np.arange(len(walk))), lambda w: self.A - 1)  # shares feature maps, never overwrites them
         logits = rest.logits().float()
         labels = torch.as_tensor(self.labels[self.index[slots]], device=logits.device)
         r = self.reward
@@ -421,6 +496,47 @@ class RoutingCore:
                 f"action {int(a[bad][0])} is outside the action space {self.action_space} (valid: 0..{self.A - 1})"
             )
         return a
+
+    # -- routing images with a policy (outside episodes) ----------------------------------------
+    def route(self, policy: Any, images: torch.Tensor, deterministic: bool = True) -> tuple[torch.Tensor, Walk]:
+        """Route ``images [B, C, H, W]`` through the backbone with ``policy`` choosing every action from
+        this core's observations (any policy :func:`~dyncnn_gym.policies.as_policy` accepts; an SB3
+        model is used live, not copied). ``deterministic=False`` samples an SB3 model's actions as its
+        ``predict`` does. Runs with autograd as the caller has it (gradients reach the backbone only:
+        the policy sees detached observations). Returns the logits ``[B, classes]`` and the finished walk."""
+        adapted = as_policy(policy, copy=False)
+        head = adapted.head
+        dev = next(head.parameters(), torch.empty(0)).device if head is not None else torch.device("cpu")
+        state: list = [adapted.initial_state(images.shape[0], dev)]
+        first = [True]
+        all_allowed = np.ones((images.shape[0], self.A), dtype=bool)
+
+        def choose(walk: Walk) -> np.ndarray:
+            obs = self._observe(walk)
+            masks = self._masks(walk)
+            if deterministic or head is None:
+                with torch.no_grad():
+                    a, state[0] = adapted.act(torch.as_tensor(obs, device=dev), torch.as_tensor(masks, device=dev), state[0])
+                actions = a.cpu().numpy()
+            else:
+                actions, state[0] = adapted.sample(obs, first[0], state[0], masks if self.budget is not None else all_allowed)
+            first[0] = False
+            return np.asarray(actions, dtype=np.int64).reshape(-1)
+
+        walk = run(Walk(self.net, self.mode, images), choose)
+        return walk.logits(), walk
+
+    def held_out(self, n: int | None, seed: int = 0) -> tuple[Any, np.ndarray]:
+        """Images the test split does not hold: the ``"val"`` split where the data has one, else
+        ``"train"``, and ``n`` of its row indices drawn with ``seed`` (all rows, in order, if ``n`` is None)."""
+        split = self.data.split("val" if self.data.has_val else "train")
+        idx = np.random.default_rng(seed).permutation(len(split))[:n] if n is not None else np.arange(len(split))
+        return split, idx
+
+    def held_out_images(self, n: int, seed: int = 0) -> torch.Tensor:
+        """``n`` held-out images (fewer if the split is smaller; see :meth:`held_out`) on this core's device."""
+        split, idx = self.held_out(n, seed)
+        return torch.as_tensor(split.images[idx]).to(self.device, self.images.dtype)
 
     # -- observations and infos ------------------------------------------------------------------
     def observe(self, walk: Walk) -> np.ndarray:

@@ -17,7 +17,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from ..walk import Walk
+from ..walk import Walk, run
 
 _PROBES: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
 
@@ -29,11 +29,13 @@ def _features(core, n: int, seed: int) -> tuple[list[torch.Tensor], torch.Tensor
     idx = torch.randperm(len(train), generator=gen)[:n]
     x = torch.as_tensor(train.images)[idx].to(core.device)
     y = torch.as_tensor(train.labels)[idx].to(core.device)
-    walk = Walk(core.net, core.mode, x)
     feats = []
-    while not walk.done:
+
+    def random_route(walk: Walk) -> torch.Tensor:
         feats.append(core.scaled_features(walk))
-        walk.step(torch.randint(0, walk.A, (len(walk),), generator=gen))
+        return torch.randint(0, walk.A, (len(walk),), generator=gen)
+
+    run(Walk(core.net, core.mode, x), random_route)
     return feats, y
 
 
@@ -63,12 +65,17 @@ def fit_probes(core, n: int = 3000, steps: int = 300, seed: int = 0) -> list[tup
 
 
 def confidence(logits: torch.Tensor) -> torch.Tensor:
-    """``[B, 3]``: top probability, margin between the two best, entropy / log(K) (all in [0, 1])."""
-    p = logits.float().softmax(1)
-    top2 = p.topk(min(2, p.shape[1]), dim=1).values
-    margin = top2[:, 0] - (top2[:, 1] if top2.shape[1] > 1 else 0)
-    ent = -(p * p.clamp_min(1e-12).log()).sum(1) / math.log(p.shape[1])
-    return torch.stack([top2[:, 0], margin, ent], dim=1)
+    """``[B, 3]``: top probability, margin between the two best, entropy / log(K) (all in [0, 1]).
+
+    (Written with in-place steps on fresh tensors: a routed model builds it at every decision.)"""
+    p = logits.softmax(1) if logits.dtype == torch.float32 else logits.float().softmax(1)
+    if p.shape[1] > 1:
+        top2 = p.topk(2, dim=1).values
+        top, margin = top2[:, :1], top2[:, :1] - top2[:, 1:]
+    else:
+        top, margin = p, p - 0
+    ent = (p * p.clamp_min(1e-12).log_()).sum(1, keepdim=True).neg_().div_(math.log(p.shape[1]))
+    return torch.cat([top, margin, ent], 1)
 
 
 __all__ = ["confidence", "fit_probes"]

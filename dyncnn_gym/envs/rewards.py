@@ -120,7 +120,9 @@ class FlopsTarget:
     scales: the policy follows the weight, not the other way round), and a start *below* the right
     weight. A policy that starts with FLOPs too cheap collapses onto the cheapest route and stops
     exploring wider ones, so that lowering the weight no longer brings it back; one that starts
-    expensive is pushed down smoothly. Hence the small default start :data:`DEFAULT_TARGET_START`.
+    expensive is pushed down smoothly. Hence a start below the right weight: the envs start from
+    :func:`~dyncnn_gym.envs.core.starting_weight` (half the static front's slope at the target),
+    a bare ``FlopsTarget`` from :data:`DEFAULT_TARGET_START`.
 
     Args:
         target: the FLOPs ratio to hold, in ``(0, 1]``.

@@ -14,14 +14,14 @@ _ARGS_DOC = """
     ## Arguments
 
     ```python
-    gymnasium.make("{id}-v1", dataset="shapes", backbone=None, groups=4, split="train",
+    gymnasium.make("{id}-v1", dataset="shapes", backbone=None, groups=4, split="auto",
                    reward="flops", compute_weight=None, loss_weight=1.0, ce_clip=5.0, loss="error",
                    budget=None, budget_strict=False, device="cpu", obs="probe", dtype="float32",
                    shaping="none", flops_target={target}, target_rate=2e-4, render_mode=None)
     ```
 
-    `{id}-v0` has the same arguments with `loss="ce"`, `obs="features"` and `flops_target=None`
-    as defaults.
+    `{id}-v0` has the same arguments with `split="train"`, `loss="ce"`, `obs="features"` and
+    `flops_target=None` as defaults.
 
     * `dataset`: a name (`"shapes"` — the embedded default, `"digits"`, `"cifar10"`, `"cifar100"`,
       `"svhn"`, `"mnist"`, `"fashionmnist"`), an `(images, labels)` pair, a
@@ -34,15 +34,19 @@ _ARGS_DOC = """
       held-out split (images the backbone never trained on: `"shapes"` generates one, user dicts
       may give one), where the backbone's outcomes are like the test split's rather than memorised;
       `"test"` sweeps the test split in order (restarting at image 0 on every seeded reset) so
-      that evaluation covers it exactly.
+      that evaluation covers it exactly; `"auto"` is `"val"` where the data has a held-out split,
+      else `"train"`.
     * `reward`, `compute_weight`, `loss_weight`, `ce_clip`, `loss`: see Rewards.
     * `flops_target`: the operating point, a FLOPs ratio (of the full network's) that the mean of
       finished episodes is held at: after each episode of `T` decisions with FLOPs ratio `f` the env
       sets `log(compute_weight) += target_rate * T * (f - flops_target)` (dual ascent on the
-      constraint's Lagrange multiplier; `compute_weight` is then the starting value, default 0.01,
-      below the right weight on every data set the package was tried on: a policy pushed too cheap
-      early collapses onto the cheapest route). The weight that holds a FLOPs ratio differs by
-      orders of magnitude between data sets; the ratio does not. `None`: a fixed `compute_weight`.
+      constraint's Lagrange multiplier; `compute_weight` is then the starting value; by default
+      half the slope, at `flops_target`, of the accuracy-vs-FLOPs curve of static routes on the
+      episodes' split, `dyncnn_gym.envs.core.starting_weight`: the price of FLOPs at which static
+      routes near the target break even, approached from below because a weight too high early
+      drives a policy onto the cheapest route, from which it does not come back). The weight that holds a FLOPs
+      ratio differs by orders of magnitude between data sets; the ratio does not. `None`: a fixed
+      `compute_weight`.
       The current weight is `env.unwrapped.compute_weight`.
     * `target_rate`: change of `log(compute_weight)` per decision per unit of FLOPs-ratio error.
     * `budget`: optional FLOPs-ratio budget per image; actions that could not finish within it are
@@ -112,7 +116,7 @@ _COMMON_DOC = """
 
     ## Starting State
 
-    A new image (drawn with `np_random` from the train split, or the next test image) has passed
+    A new image (drawn with `np_random` from the `split`, or the next test image) has passed
     the backbone's stem; the observation describes the feature map entering decision 0.
 
     ## Episode End
@@ -283,14 +287,15 @@ class DynChannelEnv(RoutingEnv):
         + _COMMON_DOC
         + _ARGS_DOC.format(
             id="DynChannel",
-            target=0.5,
+            target=0.55,
             default="'vgg+sandwich+distill', a 6-layer VGG-style CNN trained with the sandwich rule and in-place distillation; plain 'vgg' and any ResNet arch work too (groups inside its blocks)",
         )
         + """
     ## Version History
 
     * v1: the settings that work are the defaults: `loss="error"`, `obs="probe"`, and the operating
-      point `flops_target=0.5` held by adapting `compute_weight`; every `info` holds `cost`.
+      point `flops_target=0.55` held by adapting `compute_weight`, episodes drawn from the held-out
+      split where the data has one (`split="auto"`); every `info` holds `cost`.
     * v0: initial version. Later changes, each only where v0 raised an error or rendered through a
       wrapper: with a `budget`, a masked action is replaced by the nearest allowed one (reported in
       `info`) instead of raising (`budget_strict=True` keeps the error); `render_mode="human"` prints
@@ -319,14 +324,15 @@ class DynSkipEnv(RoutingEnv):
         + _COMMON_DOC
         + _ARGS_DOC.format(
             id="DynSkip",
-            target=0.65,
+            target=0.68,
             default="'resnet32-lite@skip', ResNet-32 with a stride-2 stem trained for skip decisions only",
         )
         + """
     ## Version History
 
     * v1: the settings that work are the defaults: `loss="error"`, `obs="probe"`, and the operating
-      point `flops_target=0.65` held by adapting `compute_weight`; every `info` holds `cost`.
+      point `flops_target=0.68` held by adapting `compute_weight`, episodes drawn from the held-out
+      split where the data has one (`split="auto"`); every `info` holds `cost`.
     * v0: initial version. Later changes, each only where v0 raised an error or rendered through a
       wrapper: with a `budget`, a masked action is replaced by the nearest allowed one (reported in
       `info`) instead of raising (`budget_strict=True` keeps the error); `render_mode="human"` prints

@@ -150,6 +150,14 @@ class DynamicNet(nn.Module):
         """
         raise NotImplementedError
 
+    def output_channels(self, mode: str, t: int, action: int) -> int | None:
+        """Channels of the feature map leaving decision ``t`` after ``action`` (``None``: all of them).
+
+        Where actions narrow the output (a plain CNN in channel mode: the next decision reads only
+        these channels), the walk may compute a cheaper action's rows at a costlier action's width
+        and keep this many channels."""
+        return None
+
     def head(self, h: torch.Tensor, mode: str, last_action: int) -> torch.Tensor:
         raise NotImplementedError
 

@@ -53,13 +53,31 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, c_in: int, c_out: int) -> 
 
 
 #: batches at least this large run the folded inference kernels in channels-last (NHWC) layout,
-#: which oneDNN convolves without reordering; single images stay NCHW (faster there)
+#: which oneDNN convolves without reordering
 CHANNELS_LAST_MIN_BATCH = 4
+#: single images' feature maps with at least this many pixels per channel run channels-last too (on
+#: 32x32 inputs the NHWC kernels beat the NCHW ones at batch 1 after the stem; on 8x8 and 12x12 inputs
+#: they do not). The stem's input (a few colour channels) stays NCHW at batch 1: :func:`input_layout`
+CHANNELS_LAST_MIN_PIXELS = 256
 
 
 def inference_layout(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in the layout the folded inference kernels run fastest on (channels-last for batches
-    of at least :data:`CHANNELS_LAST_MIN_BATCH` on CPU; unchanged otherwise)."""
+    """``x`` in the layout the folded inference kernels run fastest on (on CPU: channels-last for
+    batches of at least :data:`CHANNELS_LAST_MIN_BATCH`, or of images of at least
+    :data:`CHANNELS_LAST_MIN_PIXELS` pixels; unchanged otherwise)."""
+    if (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and (x.shape[0] >= CHANNELS_LAST_MIN_BATCH or x.shape[2] * x.shape[3] >= CHANNELS_LAST_MIN_PIXELS)
+    ):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def input_layout(x: torch.Tensor) -> torch.Tensor:
+    """The images entering the stem in the layout its convolution runs fastest on: channels-last for
+    batches of at least :data:`CHANNELS_LAST_MIN_BATCH` on CPU; unchanged otherwise (a 3-channel
+    convolution of one image is twice as fast NCHW)."""
     if x.device.type == "cpu" and x.dim() == 4 and x.shape[0] >= CHANNELS_LAST_MIN_BATCH:
         return x.contiguous(memory_format=torch.channels_last)
     return x
@@ -85,14 +103,21 @@ def is_channels_last(x: torch.Tensor) -> bool:
 
 
 def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
-    """``F.max_pool2d(x, 2)`` for inference, as the maximum of four strided views.
+    """``F.max_pool2d(x, 2)`` for inference: the same values (odd trailing rows / columns are dropped,
+    as max-pooling does), several times faster on CPU (no argmax indices), in ``x``'s memory layout.
 
-    Same values (odd trailing rows / columns are dropped, as max-pooling does), several times
-    faster on CPU (no argmax indices are computed), and it keeps ``x``'s memory layout.
+    A channels-last map is pooled as two maxima of contiguous halves (columns in pairs: the two
+    halves of each ``2 * C`` run; then rows in pairs: the two halves of each ``2 * W/2 * C`` run),
+    which vectorise over whole runs of memory; other layouts as the maximum of four strided views.
     """
-    H, W = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-    if H != x.shape[-2] or W != x.shape[-1]:
-        x = x[..., :H, :W]
+    N, C, H2, W2 = x.shape[0], x.shape[1], x.shape[-2] // 2, x.shape[-1] // 2
+    if is_channels_last(x) and x.shape[-2] == 2 * H2 and x.shape[-1] == 2 * W2:
+        v = x.permute(0, 2, 3, 1).reshape(N, 2 * H2, W2, 2 * C)  # a view: NHWC memory is contiguous
+        cols = torch.maximum(v[..., :C], v[..., C:]).view(N, H2, 2 * W2 * C)
+        run = W2 * C
+        return torch.maximum(cols[..., :run], cols[..., run:]).view(N, H2, W2, C).permute(0, 3, 1, 2)
+    if x.shape[-2] != 2 * H2 or x.shape[-1] != 2 * W2:
+        x = x[..., : 2 * H2, : 2 * W2]
     return torch.maximum(
         torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
         torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]),

@@ -16,6 +16,7 @@ from .layers import (
     conv_slots,
     fold_conv_bn,
     inference_layout,
+    input_layout,
     sliced_bn,
     with_channels_last,
 )
@@ -164,7 +165,7 @@ class ResNet(DynamicNet):
                 lambda: with_channels_last(fold_conv_bn(conv, bn, x.shape[1], self.widths[0])),
                 lambda: conv_slots(conv) + bn_slots(bn),
             )
-            h = conv_fast(inference_layout(x), kernel, self.stem_stride).relu_()
+            h = inference_layout(conv_fast(input_layout(x), kernel, self.stem_stride)).relu_()
         else:
             h = F.relu(self.bn1(self.conv1(x)))
         if first == 1:

@@ -16,6 +16,7 @@ from .layers import (
     conv_slots,
     fold_conv_bn,
     inference_layout,
+    input_layout,
     max_pool2x2,
     with_channels_last,
 )
@@ -151,7 +152,8 @@ class ChannelVGG(DynamicNet):
     def stem(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         self.check_mode(mode)
         if self._fast():
-            return self._post_fast(0 in self.pool_after, conv_fast(inference_layout(x), self._folded(0, -1, -1)))
+            y = inference_layout(conv_fast(input_layout(x), self._folded(0, -1, -1)))
+            return self._post_fast(0 in self.pool_after, y)
         return self._post(0, self.bns[0](self.convs[0](x)))
 
     def decision(self, mode: str, t: int, h: torch.Tensor, prev_action: int, action: int) -> torch.Tensor:
@@ -164,6 +166,9 @@ class ChannelVGG(DynamicNet):
         c_out = self.channels(self.widths[layer], action)
         y = F.conv2d(x, conv.weight[:c_out, :c_in], None, padding=1)
         return self._post(layer, bn(y, prev_action))
+
+    def output_channels(self, mode: str, t: int, action: int) -> int | None:
+        return self.channels(self.widths[t + 1], action)
 
     def input_channels(self, mode: str, t: int, prev_action: int) -> int | None:
         return self.channels(self.widths[t], prev_action)

@@ -1,4 +1,7 @@
-"""Saving the policies a bench trains, and loading them back safely for ``dyncnn-gym validate``.
+"""Saved policies of a bench run: the files ``dyncnn-gym validate`` reads back, safely.
+
+This module only writes and reads policies; routing with one goes through the package's single
+policy adapter, :func:`dyncnn_gym.policies.as_policy` (what :func:`~dyncnn_gym.evaluate` calls).
 
 A trained policy is kept in one of two forms:
 
@@ -23,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import write_bytes
+from ..policies import _is_sb3_like
 
 #: file suffix per policy form
 SUFFIX = {"sb3": ".zip", "agent": ".pt"}
 
 
 def is_sb3_model(policy: Any) -> bool:
-    """Whether ``policy`` is an SB3 / sb3-contrib algorithm (it has ``save``, ``predict`` and ``policy``)."""
-    return all(hasattr(policy, a) for a in ("save", "predict", "policy", "learn"))
+    """Whether ``policy`` is an SB3 / sb3-contrib algorithm (not only its ``.policy``), which ``save`` writes as a zip."""
+    return _is_sb3_like(policy) and hasattr(policy, "learn") and hasattr(policy, "save")
 
 
 def policy_bytes(fn: Any, policy: Any) -> dict[str, Any] | None:

@@ -1,0 +1,102 @@
+"""``dyncnn-gym perf``'s routed-model table: its parts, on tiny networks (the benchmark itself is not run
+in tests: speed goals are measured by the command, never by timed tests).
+
+The plain ``nn.Module`` references compute the package's full network; a static route runs as the slim
+network it defines; the random router executes about half of the blocks, per image; static times are
+interpolated between the two front points around a value; the table has one row per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_test_data, make_net
+
+from dyncnn_gym.benchmark.perf import (
+    RandomGates,
+    _bracket,
+    add_arguments,
+    format_routed,
+    spaced_route,
+    static_forward,
+)
+from dyncnn_gym.benchmark.plain import plain_copy
+from dyncnn_gym.walk import run_routes
+
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize("arch,mode", [("vgg", "channel"), ("resnet14", "skip"), ("resnet8-lite", "skip")])
+def test_plain_torch_references_compute_the_full_network(arch, mode, device):
+    net = make_net(arch, "user12").to(device)
+    x = torch.as_tensor(load_test_data("user12").test.images[:7]).to(device)
+    plain = plain_copy(net)
+    assert not any(type(m).__module__.startswith("dyncnn_gym.models") for m in plain.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), net.full_forward(x, mode), rtol=1e-4, atol=1e-4)
+    with pytest.raises(TypeError, match="has no plain version"):
+        plain_copy(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("arch,mode", [("vgg", "channel"), ("resnet14", "skip")])
+def test_a_static_route_runs_as_its_slim_network(arch, mode):
+    net = make_net(arch, "user12")
+    x = torch.as_tensor(load_test_data("user12").test.images[:6])
+    T, A = net.num_decisions(mode), net.num_actions(mode)
+    route = list(np.random.default_rng(0).integers(0, A, T))
+    with torch.no_grad():
+        expected, _ = run_routes(net, mode, x, torch.as_tensor([route] * 6))
+        torch.testing.assert_close(static_forward(net, mode, x, route), expected)
+
+
+def test_the_random_router_executes_about_half_of_the_blocks_per_image():
+    torch.manual_seed(0)
+    gates = RandomGates(40)
+    scores = gates(torch.rand(2000, 40) * 2 - 1)
+    executes = scores.argmax(1).float()
+    assert scores.shape == (2000, 2) and 0.4 < float(executes.mean()) < 0.6
+    table = make_net("resnet14", "user12").cost_table("skip")
+    for target in (0.25, 0.5, 0.75):
+        route = spaced_route(table, target)
+        assert abs(table.path_flops(route) / table.full - target) < 0.2 and set(route) <= {0, 1}
+
+
+def test_static_times_interpolate_between_the_front_points_around_a_value():
+    front = [
+        {"accuracy": 0.5, "flops_ratio": 0.2},
+        {"accuracy": 0.9, "flops_ratio": 1.0},
+        {"accuracy": 0.8, "flops_ratio": 0.5},
+    ]
+    lo, hi, w = _bracket(front, "accuracy", 0.85)
+    assert (lo["accuracy"], hi["accuracy"]) == (0.8, 0.9) and w == pytest.approx(0.5)
+    assert _bracket(front, "accuracy", 0.95)[0]["accuracy"] == 0.9  # above the front: the full network
+    assert _bracket(front, "flops_ratio", 0.1)[2] == 0.0
+
+
+def test_the_table_and_the_command_line():
+    row = {
+        "env_id": "DynSkip-v0 resnet110",
+        "backbone": "resnet110",
+        "batch": 64,
+        "threads": 1,
+        "flops_ratio": 0.5,
+        "routed_vs_full": 1.5,
+        "goal_routed_vs_full": 1.6,
+        "raw_vs_full": 1.7,
+        "router_overhead": 0.1,
+        "routes_vs_static_same_flops": 0.9,
+        "routed_vs_static_same_accuracy": None,
+        "full_vs_plain": 1.2,
+    }
+    lines = format_routed({"setups": {row["env_id"]: {"router": "RandomGates"}}, "rows": [row]})
+    assert lines[-1].startswith(
+        "| DynSkip-v0 (resnet110) | random | 64 | 1 | 0.500 | 1.50 (1.60) | 1.70 | +10 % | 0.90 | n/a | 1.20 |"
+    )
+    args = add_arguments(argparse.ArgumentParser()).parse_args(
+        ["--routed-only", "--routers", "demo_out", "--router-steps", "5000", "--table-out", "t.md"]
+    )
+    assert (args.routed_only, args.routers, args.router_steps, args.table_out) == (True, "demo_out", 5000, "t.md")
