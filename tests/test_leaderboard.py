@@ -111,7 +111,7 @@ def test_route_mutual_information_on_hand_made_routes():
 def test_run_bench_end_to_end_on_tiny(tmp_path):
     agents = ["static", "random", "cascade", "oracle", f"{__name__}:constant_agent", "ppo"]
     suite = get_suite("tiny-v0")
-    res = run_bench("tiny-v0", agents, tmp_path, progress=False, timesteps=512)
+    res = run_bench("tiny-v0", agents, tmp_path, progress=False, timesteps=512, reps=200)
     saved = json.loads((tmp_path / "results.json").read_text())
     board = (tmp_path / "leaderboard.md").read_text()
     task = suite.tasks[0].name
@@ -148,9 +148,16 @@ def test_cli_bench_list_and_errors(capsys):
 
 
 def test_bench_merges_agents_and_reports_seeds(tmp_path):
-    run_bench("tiny-v0", ["static", f"{__name__}:constant_agent"], tmp_path, progress=False, timesteps=64)
+    run_bench("tiny-v0", ["static", f"{__name__}:constant_agent"], tmp_path, progress=False, timesteps=64, reps=200)
     res = run_bench(
-        "tiny-v0", ["random", f"{__name__}:other_agent"], tmp_path, progress=False, timesteps=64, seed=[0, 1], merge=True
+        "tiny-v0",
+        ["random", f"{__name__}:other_agent"],
+        tmp_path,
+        progress=False,
+        timesteps=64,
+        seed=[0, 1],
+        merge=True,
+        reps=200,
     )
     task = get_suite("tiny-v0").tasks[0].name
     agents = res["tasks"][task]["agents"]
@@ -182,7 +189,7 @@ def test_reference_agents_are_the_installed_dyncnn_gym_agents_and_unsupported_ta
 
     for name, module in (("rnp", rnp_dqn), ("skipnet", skipnet_hrl), ("blockdrop", blockdrop_pg)):
         assert resolve_agent(name) is module.bench_agent
-    res = run_bench("tiny-v0", ["static", f"{__name__}:skip_only_agent"], tmp_path, progress=False, timesteps=64)
+    res = run_bench("tiny-v0", ["static", f"{__name__}:skip_only_agent"], tmp_path, progress=False, timesteps=64, reps=200)
     channel, skip = (t.name for t in get_suite("tiny-v0").tasks)
     assert f"{__name__}:skip_only_agent" in res["tasks"][channel]["unsupported"]
     assert f"{__name__}:skip_only_agent" in res["tasks"][skip]["agents"]
@@ -232,8 +239,8 @@ def test_random_routes_at_a_target_spend_the_target_in_expectation():
         core = make_core(env_id, 1, dataset=load_test_data("digits"), backbone="resnet8", split="test")
         rng = np.random.default_rng(0)
         rates = _random_rates(core.A, core.T, 0.3)
-        routes = np.stack([rng.choice(core.A, size=20000, p=p) for p in rates], axis=1)
-        measured = np.mean([core.table.path_flops(r) for r in routes[:4000]]) / core.full
+        routes = np.stack([rng.choice(core.A, size=3000, p=p) for p in rates], axis=1)
+        measured = np.mean([core.table.path_flops(r) for r in routes]) / core.full
         assert expected_flops_ratio(core, rates) == pytest.approx(measured, abs=0.01)
         point = random_at_target(core, 0.6, seed=3)
         assert point["flops_target"] == 0.6 and point["seed"] == 3
@@ -280,3 +287,18 @@ def test_rliable_aggregates_are_seeded_and_match_the_plain_statistics():
     assert prof["a"][0] == 1.0 and prof["a"][2] == 0.0 and prof["b"][1] == 0.0
     with pytest.raises(ValueError, match="reps=0"):
         aggregate_scores(scores, np.zeros((5, 2)), reps=0)
+
+
+def test_bench_refuses_bad_executor_and_aggregation_arguments_before_training(tmp_path):
+    import importlib.util
+
+    with pytest.raises(ValueError, match=r"workers=2 sets the CPUs of a local Ray"):
+        run_bench("tiny-v0", ["ppo"], tmp_path, progress=False, workers=2)
+    with pytest.raises(ValueError, match=r"workers=0 must be a positive number"):
+        run_bench("tiny-v0", ["ppo"], tmp_path, progress=False, ray="local", workers=0)
+    with pytest.raises(ValueError, match=r"reps=0 must be a positive number"):
+        run_bench("tiny-v0", ["ppo"], tmp_path, progress=False, reps=0)
+    if importlib.util.find_spec("ray") is None:
+        with pytest.raises(ImportError, match=r"--ray needs Ray"):
+            run_bench("tiny-v0", ["ppo"], tmp_path, progress=False, ray="local")
+    assert not (tmp_path / "results.json").exists()

@@ -45,12 +45,22 @@ def _rliable():
 
 
 def _interval(scores: Any, func: Any, reps: int, seed: int) -> tuple[float, list[float]]:
+    """rliable's point estimate and 95 % stratified-bootstrap interval of ``func`` over ``scores``, seeded.
+
+    rliable's ``StratifiedBootstrap`` draws its resamples from NumPy's global generator, not from
+    the ``random_state`` it is given (rliable 1.2), so the global generator is seeded here as well,
+    and restored afterwards."""
     library, _ = _rliable()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # arch's notice that RandomState is deprecated
-        point, interval = library.get_interval_estimates(
-            {"x": scores}, func, reps=reps, random_state=np.random.RandomState(seed)
-        )
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # arch's notice that RandomState is deprecated
+            point, interval = library.get_interval_estimates(
+                {"x": scores}, func, reps=reps, random_state=np.random.RandomState(seed)
+            )
+    finally:
+        np.random.set_state(saved)
     return float(np.asarray(point["x"]).reshape(-1)[0]), [float(v) for v in np.asarray(interval["x"]).reshape(-1)[:2]]
 
 

@@ -622,10 +622,11 @@ def run_bench(
     if not agents:
         raise ValueError("agents=[]: name at least one agent")
     resolved = {spec: resolve_agent(spec) for spec in agents}  # fail fast on unknown agents
-    if ray is not None:
-        from .runner import ray_module
+    from .runner import check_executor
 
-        ray_module()  # fail fast where Ray is missing
+    check_executor(ray, workers)  # before any training: bad --workers, or Ray missing
+    if reps is not None and (isinstance(reps, bool) or not isinstance(reps, int) or reps < 1):
+        raise ValueError(f"reps={reps!r} must be a positive number of bootstrap replications")
     out = check_writable_dir(out_dir, "out")  # before any training: a run is not lost to an unwritable --out
     log = print if progress else (lambda *a, **k: None)
     start = time.perf_counter()

@@ -61,6 +61,31 @@ def ray_module():
     return ray
 
 
+def check_executor(ray_address: str | None, workers: int | None) -> None:
+    """Refuse a bad ``workers`` or ``workers`` without a local Ray, and ask for Ray where it is
+    missing: before any job runs.
+
+    Raises:
+        ValueError: ``workers`` is not a positive integer, or is given without ``ray_address="local"``
+            (it sets a local Ray's CPUs; a cluster brings its own).
+        ImportError: ``ray_address`` is given and Ray is not installed.
+    """
+    if workers is not None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers={workers!r} must be a positive number of CPUs (or None for all)")
+        if ray_address != "local":
+            raise ValueError(
+                f"workers={workers} sets the CPUs of a local Ray (--ray without an address); with ray={ray_address!r}"
+                " it would not be used"
+            )
+    if ray_address is not None:
+        if not isinstance(ray_address, str) or not ray_address.strip():
+            raise ValueError(
+                f"ray={ray_address!r} must be 'local' or a Ray cluster address such as 'auto' or 'ray://host:10001'"
+            )
+        ray_module()
+
+
 def describe_executor(ray_address: str | None, workers: int | None) -> dict[str, Any]:
     """What ran the jobs: ``{"kind": "serial"}`` or ``{"kind": "ray", "address": ..., "workers": ...}``."""
     if ray_address is None:
@@ -87,8 +112,7 @@ def run_jobs(
         log: progress lines (one per finished job).
         describe: a job's name in the progress lines.
     """
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers={workers!r} must be a positive number of CPUs (or None for all)")
+    check_executor(ray_address, workers)
     start = time.perf_counter()
     n = len(jobs)
     if ray_address is None:

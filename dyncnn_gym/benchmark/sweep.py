@@ -164,10 +164,9 @@ def run_sweep(
         else [("weight", w) for w in {**DEFAULT_WEIGHTS[loss], **(weights or {})}[e]]
         for e in envs
     }
-    if ray is not None:
-        from .runner import ray_module
+    from .runner import check_executor
 
-        ray_module()  # fail fast where Ray is missing
+    check_executor(ray, workers)  # before any training: bad --workers, or Ray missing
     out = check_writable_dir(out, "out")  # before any training: a run is not lost to an unwritable --out
     log = print if progress else (lambda *a, **k: None)
     start = time.perf_counter()

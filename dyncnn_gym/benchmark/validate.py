@@ -172,6 +172,9 @@ def validate(
 
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         raise ValueError(f"tolerance={tolerance!r} must be a number of accuracy points >= 0")
+    from .runner import check_executor
+
+    check_executor(ray, workers)
     out = Path(results_dir)
     f = out / "results.json"
     if not f.is_file():
