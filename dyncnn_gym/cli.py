@@ -57,8 +57,12 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     print(f"{meta['arch']} on {meta['data']} (groups={meta['groups']}): trained in {meta['train_seconds']} s")
     for mode, rows in meta["static"].items():
         for row in rows:
-            key = "action" if "action" in row else "rate"
-            label = f"width {row[key] + 1}/{meta['groups']}" if key == "action" else f"skip rate {row[key]:.2f}"
+            key = next(k for k in ("action", "rate", "exit") if k in row)
+            label = {
+                "action": lambda v: f"width {v + 1}/{meta['groups']}",
+                "rate": lambda v: f"skip rate {v:.2f}",
+                "exit": lambda v: f"exit {v}",
+            }[key](row[key])
             print(f"  {mode:8s} {label:16s} accuracy {row['accuracy']:.4f}  flops_ratio {row['flops_ratio']:.3f}")
     if args.json:
         print(json.dumps(meta, indent=2))
@@ -66,13 +70,13 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from . import ENV_IDS
+    from . import ENV_IDS, EXIT_IDS, ONE_SHOT_IDS
     from .cache import cache_dir
     from .data import DATASET_NAMES
     from .models import ARCHS
     from .pretraining import DEFAULT_ARCH
 
-    print("envs:      ", ", ".join(ENV_IDS))
+    print("envs:      ", ", ".join(ENV_IDS + EXIT_IDS + ONE_SHOT_IDS))
     print("archs:     ", ", ".join(f"{a} ({'/'.join(m)})" for a, m in ARCHS.items()))
     print("defaults:  ", ", ".join(f"{m}: {a}" for m, a in DEFAULT_ARCH.items()))
     print("data sets: ", ", ".join(DATASET_NAMES))
@@ -109,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dyncnn-gym",
         formatter_class=HelpFormatter,
-        description="Input-adaptive CNNs as Gymnasium environments (DynChannel, DynSkip, DynBlockDrop).",
+        description="Input-adaptive CNNs as Gymnasium environments (DynChannel, DynSkip, DynBlockDrop, DynRoute, DynExit).",
         epilog=f"Errors in the arguments or files print one line and exit with code 2; --debug (or {DEBUG_VAR}=1)"
         " shows the traceback.",
     )
@@ -156,14 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         formatter_class=HelpFormatter,
-        help="the main job: pretrain, train PPO routers, evaluate, plot (about 5 min on 2 cores)",
+        help="the main job: pretrain, train PPO routers, evaluate, plot (minutes on 2 cores)",
     )
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     p.add_argument(
         "--env",
         action="append",
-        choices=["DynChannel-v1", "DynSkip-v1", "DynChannel-v0", "DynSkip-v0"],
-        help="only this env (repeatable; default: DynChannel-v1 and DynSkip-v1)",
+        choices=["DynChannel-v1", "DynSkip-v1", "DynExit-v0", "DynChannel-v0", "DynSkip-v0"],
+        help="only this env (repeatable; default: DynChannel-v1, DynSkip-v1 and DynExit-v0)",
     )
     p.add_argument("--timesteps", type=int, default=None, help="PPO steps per env (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="seeds PPO and the evaluation's random baselines")
@@ -175,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--env",
         default="DynChannel-v1",
-        choices=["DynChannel-v1", "DynSkip-v1", "DynChannel-v0", "DynSkip-v0"],
+        choices=["DynChannel-v1", "DynSkip-v1", "DynChannel-v0", "DynSkip-v0", "DynRoute-v0", "DynExit-v0"],
         help="env id the model was trained on",
     )
     p.add_argument(

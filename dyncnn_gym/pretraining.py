@@ -12,12 +12,21 @@ computes the cross-entropy of two routes through the same batch (three with ``+s
   ``"arch@mode"`` (e.g. ``"resnet32-lite@skip"``): then every step trains that kind of decision
   only, and the backbone serves only that env. The default DynSkip backbone is trained so: the
   capacity it does not spend on width-switching goes into robustness to skipped blocks.
+  ``"arch@route"`` trains both kinds at once (route mode, ``DynRoute-v0``): every sample skips
+  blocks as in skip mode and the blocks that run take one random width each per batch; such a
+  backbone serves all three envs (channel and skip routes are route-mode routes).
+
+Backbones with early exits (``"resnetD[-lite]-exits"``, ``DynExit-v0``'s depth stages) train
+every exit on every step: the last exit on the labels, the others on the labels too or, with
+``+distill``, on the last exit's predicted probabilities (detached).
 
 Two options of universally slimmable networks (Yu & Huang, 2019), named by ``+option`` after the
 arch or by the arguments of :func:`pretrain`:
 
 * ``+sandwich``: every step also trains the cheapest route (every decision at action 0: the
-  narrowest widths, or every skippable block skipped), so the bottom of the accuracy-FLOPs range
+  narrowest widths, or every skippable block skipped; in route mode the cheapest of each kind: every
+  block but the first skipped, and every block at the narrowest width), so the bottom of the
+  accuracy-FLOPs range
   is trained every step rather than one step in ``k``;
 * ``+distill`` (in-place distillation): the random and cheapest routes learn the full network's
   predicted probabilities (detached) instead of the labels.
@@ -85,8 +94,15 @@ SHIPPED_DIR = Path(__file__).parent / "checkpoints"
 
 #: default backbone of each mode, a backbone name (see :func:`parse_backbone`): the VGG trained with
 #: the sandwich rule and in-place distillation for DynChannel, the ResNet trained for skipping only
-#: for DynSkip
-DEFAULT_ARCH = {"channel": "vgg+sandwich+distill", "skip": "resnet32-lite@skip"}
+#: for DynSkip, a ResNet-20 trained for width and skipping at once for DynRoute, and a ResNet-20
+#: with early-exit heads trained with distillation from its last exit for the depth stages of
+#: DynExit (its width stages run on the DynChannel default)
+DEFAULT_ARCH = {
+    "channel": "vgg+sandwich+distill",
+    "skip": "resnet32-lite@skip",
+    "route": "resnet20-lite@route+sandwich+distill",
+    "exit": "resnet20-lite-exits+distill",
+}
 
 
 #: training options a backbone name may add after ``+`` (see :func:`pretrain`)
@@ -307,7 +323,7 @@ def load_checkpoint(
         ) from None
     net.meta = meta
     if meta.get("train_config", {}).get("modes"):
-        net.modes = tuple(meta["train_config"]["modes"])  # trained for these decisions only
+        net.modes = served_modes(tuple(meta["train_config"]["modes"]))  # trained for these decisions only
     return net.to(dev).eval()
 
 
@@ -377,7 +393,17 @@ def _random_route(net: DynamicNet, mode: str, B: int, gen: torch.Generator, max_
     if mode == "channel":
         return torch.randint(0, A, (1, T), generator=gen).expand(B, T)
     rate = float(torch.rand((), generator=gen)) * max_skip
-    return (torch.rand((B, T), generator=gen) >= rate).long()
+    run = (torch.rand((B, T), generator=gen) >= rate).long()
+    if mode == "route":  # skipping as in skip mode, the blocks that run at one random width each
+        return run * torch.randint(1, A, (1, T), generator=gen)
+    return run
+
+
+def served_modes(modes: tuple[str, ...]) -> tuple[str, ...]:
+    """The decision kinds a backbone trained for ``modes`` serves: route decisions (width and
+    skipping at once) include every channel and every skip route, so a backbone trained for them
+    serves ``DynChannel-v0`` and ``DynSkip-v0`` too."""
+    return tuple(modes) + tuple(m for m in ("channel", "skip") if "route" in modes and m not in modes)
 
 
 def route_loss(logits: torch.Tensor, labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
@@ -396,7 +422,9 @@ def evaluate_static(
 
     Returns ``{"channel": [{"action", "accuracy", "flops_ratio"} per static width],
     "skip": [{"rate", "accuracy", "flops_ratio"} for random skipping at rates 0, .25, .5, .75, 1]}``
-    for the modes ``net`` supports. Random skipping is seeded with ``seed``.
+    for the modes ``net`` supports (``"exit"``: ``[{"exit", "accuracy", "flops_ratio"}]`` per
+    static exit; route decisions have no rows of their own: their uniform routes are the channel
+    widths and every block skipped). Random skipping is seeded with ``seed``.
     """
     net.eval()
     s = data.split(split)
@@ -405,11 +433,18 @@ def evaluate_static(
     y = torch.as_tensor(s.labels)
     out: dict[str, list[dict[str, float]]] = {}
     for mode in net.modes:
+        if mode == "route":  # its uniform routes are the channel widths (and every block skipped)
+            continue
+        if mode == "exit":
+            out[mode] = _evaluate_exits(net, X, y, dev, batch_size)
+            continue
         T, A = net.num_decisions(mode), net.num_actions(mode)
         full = net.cost_table(mode).full
         gen = torch.Generator().manual_seed(seed)
         settings = (
-            [("action", a) for a in range(A)] if mode == "channel" else [("rate", r) for r in (0.0, 0.25, 0.5, 0.75, 1.0)]
+            [("action", a) for a in range(A)]
+            if mode in ("channel", "route")
+            else [("rate", r) for r in (0.0, 0.25, 0.5, 0.75, 1.0)]
         )
         rows = []
         for name, v in settings:
@@ -424,6 +459,22 @@ def evaluate_static(
             rows.append({name: v, "accuracy": correct / len(s), "flops_ratio": flops / (len(s) * full)})
         out[mode] = rows
     return out
+
+
+def _evaluate_exits(net: DynamicNet, X: torch.Tensor, y: torch.Tensor, dev, batch_size: int) -> list[dict[str, float]]:
+    """Accuracy and FLOPs ratio of every static exit of an exit backbone (every image leaves at exit ``k``)."""
+    from .models.exits import DepthStages
+
+    stages = DepthStages(net)  # type: ignore[arg-type]
+    S = stages.num_exits
+    correct = np.zeros(S, dtype=np.int64)
+    for i in range(0, len(y), batch_size):
+        carry = stages.begin(X[i : i + batch_size].to(dev))
+        for k in range(S):
+            carry, logits, _ = stages.advance(k, carry)
+            correct[k] += int((logits.argmax(1).cpu() == y[i : i + batch_size]).sum())
+    ratios = stages.costs.all_exit_flops() / stages.costs.full
+    return [{"exit": k, "accuracy": float(correct[k] / len(y)), "flops_ratio": float(ratios[k])} for k in range(S)]
 
 
 def pretrain(
@@ -518,6 +569,11 @@ def pretrain(
         distill=bool(distill) or spec.distill,
         sandwich=bool(sandwich) or spec.sandwich,
     )
+    if cfg.sandwich and "exit" in ARCHS[arch]:
+        raise ValueError(
+            f"backbone {arch!r} has early exits: every exit is trained on every step, so there is no cheapest"
+            " route for '+sandwich' to add; drop it (use '+distill' to train the exits on the last exit's predictions)"
+        )
     name = checkpoint_name(arch, groups, data, cfg)
     use_cache = bool(cache) and not arch_kwargs
     # every write target is checked before training, so a run is not lost to a path found bad at the end
@@ -548,7 +604,7 @@ def pretrain(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     difficulty = np.asarray(data.train.difficulty, dtype=np.float64)
     easy_first = torch.as_tensor(np.argsort(difficulty, kind="stable")) if np.isfinite(difficulty).all() else None
-    modes = cfg.modes or net.modes
+    modes = cfg.modes or getattr(net, "default_training_modes", net.modes)
     bar = _progress(total, f"pretrain {arch} on {data.name}", progress)
     start = time.perf_counter()
     net.train()
@@ -568,12 +624,21 @@ def pretrain(
                 xb = shift_images(xb, gen)
             xb, yb = xb.to(device), yb.to(device)
             mode = modes[step % len(modes)]
-            logits_full = net.full_forward(xb, mode)
+            exits = net.all_exits(xb) if mode == "exit" else None
+            logits_full = exits[-1] if exits is not None else net.full_forward(xb, mode)
             loss_full = F.cross_entropy(logits_full, yb)
             loss = loss_full
-            if step >= cfg.full_only * total:
+            if exits is not None and step >= cfg.full_only * total:
+                target = F.softmax(logits_full.detach(), dim=1) if cfg.distill else None
+                loss_route = sum(route_loss(logits, yb, target) for logits in exits[:-1])
+                loss = loss_full + loss_route
+            elif exits is None and step >= cfg.full_only * total:
                 routes = [_random_route(net, mode, xb.shape[0], gen, cfg.max_skip)]
-                if cfg.sandwich:
+                if cfg.sandwich and mode == "route":  # the cheapest route of each kind (as in skip and in channel mode)
+                    skip_all = torch.zeros_like(routes[0])
+                    skip_all[:, 0] = net.num_actions(mode) - 1  # the first block runs, at full width
+                    routes += [skip_all, torch.ones_like(routes[0])]
+                elif cfg.sandwich:
                     routes.append(torch.zeros_like(routes[0]))
                 target = F.softmax(logits_full.detach(), dim=1) if cfg.distill else None
                 loss_route = sum(route_loss(run_routes(net, mode, xb, acts)[0], yb, target) for acts in routes)
@@ -594,7 +659,7 @@ def pretrain(
     seconds = time.perf_counter() - start
     net.eval()
     if cfg.modes:
-        net.modes = cfg.modes  # the other decisions were never trained: refuse them
+        net.modes = served_modes(cfg.modes)  # the other decisions were never trained: refuse them
     static = evaluate_static(net, data)
     net.meta = {
         "arch": arch,
@@ -641,9 +706,9 @@ def _chance_problem(net: DynamicNet, data: DataSplits) -> str:
     more accurate than always answering the most frequent test class, or its weights are not finite."""
     if not all(torch.isfinite(p).all() for p in net.parameters()):
         return "the weights are not finite (the loss diverged)"
-    mode = net.modes[0]
+    mode = next(m for m in net.modes if m in net.meta["static"])  # route backbones report channel and skip rows
     rows = net.meta["static"][mode]
-    full = rows[-1]["accuracy"] if mode == "channel" else rows[0]["accuracy"]
+    full = rows[0]["accuracy"] if mode == "skip" else rows[-1]["accuracy"]  # full width / no block skipped / last exit
     labels = np.asarray(data.test.labels)
     chance = float(np.bincount(labels, minlength=data.num_classes).max() / len(labels))
     if full <= chance:
@@ -733,7 +798,7 @@ def resolve_backbone(
                 f" a path to a .pt checkpoint, or a DynamicNet"
             )
         arch, modes = parse_backbone(backbone)[:2]
-        if mode not in (modes or ARCHS[arch]):
+        if mode not in (served_modes(modes) if modes else ARCHS[arch]):
             valid = sorted(a for a, m in ARCHS.items() if mode in m)
             raise ValueError(
                 f"backbone={backbone!r} has no {mode!r} decisions; for this env choose one of {valid} (or 'arch@{mode}')"
@@ -751,7 +816,7 @@ def _check_compatible(net: DynamicNet, data: DataSplits, mode: str, groups: int)
         raise ValueError(f"backbone expects images {tuple(net.in_shape)}, but the data has {data.image_shape}")
     if net.num_classes != data.num_classes:
         raise ValueError(f"backbone has {net.num_classes} classes, but the data has {data.num_classes}")
-    if mode == "channel" and net.groups != groups:
+    if mode in ("channel", "route") and net.groups != groups:
         raise ValueError(f"backbone has groups={net.groups}, but groups={groups} was asked for")
     meta = getattr(net, "meta", None)
     if meta and meta.get("data_fingerprint") not in (None, data.fingerprint):

@@ -485,7 +485,8 @@ def _core_of(core: Any):
             return c
     raise TypeError(
         f"core={type(core).__name__} is neither a RoutingCore nor an env built on one (gymnasium.make /"
-        " make_vec of DynChannel-v0 / DynSkip-v0, or dyncnn_gym.sb3.make_vec_env)"
+        " make_vec of DynChannel / DynSkip / DynRoute-v0, or dyncnn_gym.sb3.make_vec_env; DynExit-v0 exports through"
+        " dyncnn_gym.export)"
     )
 
 
@@ -519,6 +520,11 @@ def export(
     """
     from .envs.routing import mode_of
 
+    if env_id is not None and mode_of(env_id) == "exit":
+        raise ValueError(
+            f"env_id={env_id!r} is the early-exit env: export it with dyncnn_gym.export (an ExitRoutedNet,"
+            " dyncnn_gym.exit_routed), not with dyncnn_gym.routed.export"
+        )
     if core is not None:
         if env_kwargs:
             raise ValueError(f"pass either core= or env arguments, not both (got {sorted(env_kwargs)})")
@@ -532,7 +538,7 @@ def export(
         env_kwargs.pop("render_mode", None)
         core = make_core(env_id, 1, **env_kwargs)
     if env_id is None:
-        env_id = {"channel": "DynChannel-v0", "skip": "DynSkip-v0"}[core.mode]
+        env_id = {"channel": "DynChannel-v0", "skip": "DynSkip-v0", "route": "DynRoute-v0"}[core.mode]
     from .benchmark.calibrate import dial_to_target
 
     policy, _ = dial_to_target(policy, core, dial)

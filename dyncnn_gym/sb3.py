@@ -29,10 +29,13 @@ __all__ = ["BackboneFinetuneCallback", "FlopsTargetCallback", "RoutingVecEnv", "
 
 
 class RoutingVecEnv(VecEnv):
-    """Native SB3 ``VecEnv`` over a :class:`~dyncnn_gym.envs.core.RoutingCore` with ``n_envs`` slots.
+    """Native SB3 ``VecEnv`` over a :class:`~dyncnn_gym.envs.core.RoutingCore` (or, for ``DynExit-v0``,
+    an :class:`~dyncnn_gym.envs.exit_core.ExitCore`) with ``n_envs`` slots.
 
     Args:
-        env_id: ``"DynChannel-v0"`` or ``"DynSkip-v0"`` (optionally ``"dyncnn_gym:"``-prefixed).
+        env_id: ``"DynChannel-v0"``, ``"DynSkip-v0"`` or ``"DynExit-v0"`` (optionally ``"dyncnn_gym:"``-prefixed).
+            Episodes of ``DynExit-v0`` end at different steps: finished slots restart at once
+            (SB3's same-step autoreset) while the others go on.
         n_envs: images routed in lockstep.
         seed: optional base seed (slot ``i`` gets ``seed + i``), as ``VecEnv.seed`` would set.
         env_kwargs: the single env's arguments (``dataset``, ``backbone``, ``reward``, ...).
@@ -41,7 +44,7 @@ class RoutingVecEnv(VecEnv):
     def __init__(self, env_id: str, n_envs: int = 8, seed: int | None = None, **env_kwargs: Any) -> None:
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs)
-        mode_of(env_id, "has no native SB3 VecEnv")
+        mode_of(env_id, "has no native SB3 VecEnv")  # an unknown id raises here, naming the envs
         self.core = make_core(env_id, n_envs, **env_kwargs)
         self.render_mode = None
         super().__init__(n_envs, self.core.observation_space, self.core.action_space)
@@ -101,6 +104,12 @@ class RoutingVecEnv(VecEnv):
         """bool ``[n_envs, A]`` of the actions allowed now."""
         return self.core.action_masks()
 
+    def teacher(self, policy: Any = None) -> dict[str, np.ndarray]:
+        """The outcome of every action at every env's current decision, batched (``core.teacher(policy)``);
+        ``env_method("teacher")`` gives the same per env. It knows the labels: for training or
+        analysing agents, never as an observation."""
+        return self.core.teacher(policy)
+
     def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
         idx = self._get_indices(indices)
         if method_name == "action_masks":
@@ -111,6 +120,9 @@ class RoutingVecEnv(VecEnv):
         if method_name == "set_backbone_state":  # the envs share one backbone: load it once
             self.core.load_backbone_state(*method_args, **method_kwargs)
             return [None for _ in idx]
+        if method_name == "teacher":
+            out = self.core.teacher(*method_args, **method_kwargs)
+            return [{k: v[i] for k, v in out.items()} for i in idx]
         if method_name == "get_backbone_state":
             state = self.core.backbone_state()
             return [state for _ in idx]
@@ -120,7 +132,7 @@ class RoutingVecEnv(VecEnv):
             return [None for _ in idx]
         raise AttributeError(
             f"env_method({method_name!r}) is not available on the native routing VecEnv; available:"
-            " ['action_masks', 'get_backbone_state', 'render', 'set_backbone_state', 'set_compute_weight']"
+            " ['action_masks', 'get_backbone_state', 'render', 'set_backbone_state', 'set_compute_weight', 'teacher']"
         )
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:

@@ -30,7 +30,11 @@ torch.set_num_threads(int(os.environ.get("DYNCNN_GYM_TEST_THREADS", "1")))
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: backbones exercised for each mode (the cheap ones; vgg8/11/16 and deep ResNets in test_models)
-BACKBONES = {"channel": ("vgg", "resnet8", "resnet14"), "skip": ("resnet8", "resnet14", "resnet8-lite")}
+BACKBONES = {
+    "channel": ("vgg", "resnet8", "resnet14"),
+    "skip": ("resnet8", "resnet14", "resnet8-lite"),
+    "route": ("resnet8", "resnet14-lite"),
+}
 #: the data sets every env is checked on
 DATASETS = ("shapes", "digits", "user12")
 GROUPS = (2, 4, 8)
@@ -125,8 +129,8 @@ def make_net(arch: str, data_name: str, groups: int = 4, seed: int = 0, cached: 
 
 
 def every_registered_id() -> list[str]:
-    """Every env id dyncnn_gym registers, the one-step ids (``DynBlockDrop-*``) included, found by
-    entry point as Minigrid/HighwayEnv test theirs."""
+    """Every env id dyncnn_gym registers, the one-step ids (``DynBlockDrop-*``) and the early-exit
+    ``DynExit-v0`` included, found by entry point as Minigrid/HighwayEnv test theirs."""
     import gymnasium
 
     import dyncnn_gym  # noqa: F401  (registers the ids)
@@ -140,10 +144,11 @@ def every_registered_id() -> list[str]:
 
 def registered_ids() -> list[str]:
     """Every per-decision routing env id (one step per decision point): :func:`every_registered_id`
-    without the one-step ids, which the tests of episode semantics do not fit."""
+    without the one-step ids and the early-exit ``DynExit-v0`` (episodes of variable length), which
+    the tests of fixed-length episode semantics do not fit (they have their own tests)."""
     import dyncnn_gym
 
-    return [env_id for env_id in every_registered_id() if env_id not in dyncnn_gym.ONE_SHOT_IDS]
+    return [env_id for env_id in every_registered_id() if env_id not in dyncnn_gym.ONE_SHOT_IDS + dyncnn_gym.EXIT_IDS]
 
 
 def mode_of(env_id: str) -> str:

@@ -8,7 +8,7 @@ import pytest
 
 from dyncnn_gym.benchmark.calibrate import CostBiasedPolicy
 from dyncnn_gym.benchmark.protocol import load_model
-from dyncnn_gym.envs.core import RoutingCore
+from dyncnn_gym.envs.routing import make_core
 
 
 def test_demo_writes_results_that_a_third_party_can_reproduce(digit_backbones, tmp_path):
@@ -18,21 +18,32 @@ def test_demo_writes_results_that_a_third_party_can_reproduce(digit_backbones, t
 
     res = run_demo(tmp_path, dataset="digits", timesteps=512, backbones=digit_backbones, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved["full"]) == {"DynChannel-v1", "DynSkip-v1"}
-    assert len(saved["learned"]) == 2
-    for png in ("DynChannel_front.png", "DynSkip_front.png", "DynChannel_usage.png", "DynSkip_images.png"):
+    assert set(saved["full"]) == {"DynChannel-v1", "DynSkip-v1", "DynExit-v0"}
+    assert len(saved["learned"]) == 3
+    for png in (
+        "DynChannel_front.png",
+        "DynSkip_front.png",
+        "DynChannel_usage.png",
+        "DynSkip_images.png",
+        "DynExit_front.png",
+    ):
         assert (tmp_path / png).stat().st_size > 1000
+    exit_entry = saved["learned"][2]
+    assert exit_entry["env_kwargs"]["backbone"] == digit_backbones["channel"]  # the width cascade on the channel backbone
+    assert sum(exit_entry["exit_rates"]) == pytest.approx(1.0) and saved["baselines"]["DynExit-v0"]["cascade"]
     for entry in saved["learned"]:
         model = load_model(str(tmp_path / entry["model_path"]))
         assert type(model).__name__ == entry["algorithm"]
-        # the -v1 envs hold a FLOPs target: evaluation dialed the policy to it with a recorded cost bias
-        assert entry["dialed"]["target"] == gym.spec(entry["env_id"]).kwargs["flops_target"]
-        policy = CostBiasedPolicy(model, entry["dialed"]["bias"])
+        policy = model
+        if entry["env_id"].endswith("-v1"):
+            # the -v1 envs hold a FLOPs target: evaluation dialed the policy to it with a recorded cost bias
+            assert entry["dialed"]["target"] == gym.spec(entry["env_id"]).kwargs["flops_target"]
+            policy = CostBiasedPolicy(model, entry["dialed"]["bias"])
+        else:
+            assert entry["dialed"] is None
         # the third party's own loop: single env, test split, deterministic actions
         env = gym.make(entry["env_id"], split="test", **entry["env_kwargs"])
-        n = len(
-            RoutingCore("channel" if "Channel" in entry["env_id"] else "skip", 1, split="test", **entry["env_kwargs"]).labels
-        )
+        n = len(make_core(entry["env_id"], 1, split="test", **entry["env_kwargs"]).labels)
         correct, ratio = 0, 0.0
         obs, _ = env.reset(seed=0)
         for _ in range(n):

@@ -13,7 +13,7 @@ from dyncnn_gym.envs.rewards import FlopsTarget
 from dyncnn_gym.envs.routing import make_core, registered_kwargs
 from dyncnn_gym.sb3 import make_vec_env
 
-V0 = ("DynChannel-v0", "DynSkip-v0", "DynBlockDrop-v0")
+V0 = ("DynChannel-v0", "DynSkip-v0", "DynBlockDrop-v0", "DynRoute-v0")
 ARCH = {"DynChannel": "vgg", "DynSkip": "resnet8", "DynBlockDrop": "resnet8"}
 
 
@@ -26,7 +26,12 @@ def test_v0_ids_are_registered_without_defaults(env_id):
     assert gymnasium.spec(env_id).kwargs == {}
 
 
-@pytest.mark.parametrize("env_id", dyncnn_gym.LATEST_IDS)
+def test_the_early_exit_id_draws_from_the_held_out_split_by_default():
+    assert gymnasium.spec("DynExit-v0").kwargs == {"split": "auto"}
+    assert set(dyncnn_gym.LATEST_IDS) == {*dyncnn_gym.V1_DEFAULTS, "DynRoute-v0", "DynExit-v0"}
+
+
+@pytest.mark.parametrize("env_id", sorted(dyncnn_gym.V1_DEFAULTS))
 def test_v1_ids_default_to_the_error_term_probe_observations_and_a_flops_target(env_id):
     assert env_id.endswith("-v1")
     env = gymnasium.make(env_id, **_kw(env_id))

@@ -87,7 +87,7 @@ def assert_same(a, b, path="info"):
 
 def test_every_id_registered_with_vector_entry_points():
     assert {CHANNEL_ID, SKIP_ID} <= set(IDS)
-    assert set(ALL_IDS) == set(IDS) | set(dyncnn_gym.ONE_SHOT_IDS) and "DynBlockDrop-v0" in ALL_IDS
+    assert set(ALL_IDS) == set(IDS) | set(dyncnn_gym.ONE_SHOT_IDS) | set(dyncnn_gym.EXIT_IDS) and "DynBlockDrop-v0" in ALL_IDS
     for env_id in ALL_IDS:
         spec = gymnasium.registry[env_id]
         assert spec.entry_point.startswith("dyncnn_gym.envs")
@@ -149,7 +149,7 @@ def test_check_env_and_spaces(env_id, arch, data_name, groups):
         check_env(env.unwrapped, skip_render_check=True)
         sb3_check_env(env.unwrapped, warn=True)
 
-    A = groups if mode == "channel" else 2
+    A = {"channel": groups, "route": groups + 1}.get(mode, 2)
     assert env.action_space == gymnasium.spaces.Discrete(A)
     space = env.observation_space
     assert isinstance(space, gymnasium.spaces.Box) and space.dtype == np.float32

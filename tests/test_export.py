@@ -24,8 +24,8 @@ import dyncnn_gym
 from dyncnn_gym.routed import RoutedNet, ScoreHead, export, load
 from dyncnn_gym.sb3 import make_vec_env
 
-IDS = ("DynChannel-v0", "DynSkip-v0")
-ARCH = {"DynChannel-v0": "vgg", "DynSkip-v0": "resnet14"}
+IDS = ("DynChannel-v0", "DynSkip-v0", "DynRoute-v0")
+ARCH = {"DynChannel-v0": "vgg", "DynSkip-v0": "resnet14", "DynRoute-v0": "resnet14"}
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))
 DEVICES = ["cpu", CUDA]
 
@@ -329,7 +329,8 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     with pytest.raises(TypeError, match="cannot be exported; accepted"):
         export("ppo", "DynChannel-v0", **kw)
     with pytest.raises(
-        ValueError, match=r"env_id='DynFoo-v0'.*choose one of \['DynChannel-v0', 'DynChannel-v1', 'DynSkip-v0', 'DynSkip-v1'"
+        ValueError,
+        match=r"env_id='DynFoo-v0'.*choose one of \['DynChannel-v0', 'DynChannel-v1', 'DynExit-v0', 'DynRoute-v0', 'DynSkip-v0', 'DynSkip-v1'",
     ):
         export(Scores(d, a), "DynFoo-v0", **kw)
     with pytest.raises(ValueError, match=r"obs='pixels' is not an observation mode; choose one of \['features', 'probe'\]"):

@@ -97,6 +97,9 @@ def reference_logits(net, mode, x, actions):
         h = _ref_block(blocks[0], h, blocks[0].c_out, g - 1)
         for blk, a in zip(blocks[1:], actions):
             h = _ref_block(blk, h, blk.c_out, g - 1) if a == 1 else blk.shortcut(h)
+    elif mode == "route":
+        for blk, a in zip(blocks, actions):
+            h = _ref_block(blk, h, a * blk.c_out // g, a - 1) if a else blk.shortcut(h)
     else:
         for blk, a in zip(blocks, actions):
             h = _ref_block(blk, h, (a + 1) * blk.c_out // g, a)
@@ -270,7 +273,7 @@ def test_merged_groups_bound_the_executed_work(data_name, batch):
 # ------------------------------------------------------------------------------ the walk, step by step
 
 
-@pytest.mark.parametrize("arch,mode", [("vgg", "channel"), ("resnet14", "skip"), ("resnet8", "channel")])
+@pytest.mark.parametrize("arch,mode", [("vgg", "channel"), ("resnet14", "skip"), ("resnet8", "channel"), ("resnet8", "route")])
 def test_walk_steps_report_each_decisions_cost(arch, mode, exact_execution):
     net = make_net(arch, "user12", 4)
     table = net.cost_table(mode)

@@ -23,7 +23,7 @@ def constant_agent(env_fn, task, seed, step_budget):
 
 
 def test_suites_resolve_and_unknown_names_are_named():
-    assert {"cpu-v0", "paper-v0", "tiny-v0"} <= set(SUITES)
+    assert {"cpu-v0", "cpu-v1", "cpu-v2", "paper-v0", "tiny-v0"} <= set(SUITES)
     cpu = get_suite("cpu-v0")
     assert cpu.version == 0 and len(cpu.tasks) == 2
     for t in cpu.tasks:
@@ -49,7 +49,7 @@ def test_suites_resolve_and_unknown_names_are_named():
 
 
 def test_pins_match_the_shipped_checkpoints_and_a_mismatch_raises():
-    for name in ("cpu-v0", "cpu-v1"):
+    for name in ("cpu-v0", "cpu-v1", "cpu-v2"):
         found = check_pins(name)
         assert found == get_suite(name).backbone_sha256 and all(found.values())
     cpu = get_suite("cpu-v0")
@@ -195,6 +195,36 @@ def test_reference_agents_are_the_installed_dyncnn_gym_agents_and_unsupported_ta
     assert f"{__name__}:skip_only_agent" in res["tasks"][skip]["agents"]
     board = (tmp_path / "leaderboard.md").read_text()
     assert "(1 of 2 tasks)" in board and "n/a" in board
+
+
+def test_bench_runs_early_exit_tasks_with_their_own_baselines(tmp_path):
+    """A suite with a DynExit-v0 task (depth stages, a tiny backbone trained here): the exit
+    baselines replace the per-decision ones, random exits are matched to each point's exit rates,
+    and the teacher-using agent is ranked apart."""
+    from dyncnn_gym.benchmark.suites import Suite, Task
+    from dyncnn_gym.pretraining import pretrain
+
+    exits = tmp_path / "exits.pt"
+    pretrain("resnet8-exits+distill", "digits", epochs=1, progress=False, cache=False, out=exits)
+    env = {"dataset": "digits", "reward": "flops", "loss": "error", "stages": "depth", "backbone": str(exits)}
+    other = Task("other", "DynExit-v0", env, 64, (0.02,))
+    suite = Suite("test-exits", 0, (Task("exit-depth", "DynExit-v0", env, 128, (0.02, 0.2)), other), {}, seeds=(0,))
+    agents = ["static", "random", "cascade", "oracle", f"{__name__}:other_agent", "dagger"]
+    res = run_bench(suite, agents, tmp_path / "out", progress=False, tasks=["exit-depth"])
+    ex = res["tasks"]["exit-depth"]
+    assert [p["exit"] for p in ex["static"]["exits"]] == [0, 1, 2]
+    assert ex["agents"]["cascade"]["kind"] == "baseline" and "threshold" in ex["agents"]["cascade"]["points"][0]
+    first_exit = ex["agents"][f"{__name__}:other_agent"]["points"][0]  # always exits at once
+    assert first_exit["exit_rates"] == pytest.approx([1.0, 0.0, 0.0])
+    assert first_exit["random_matched"]["exit_rates"] == pytest.approx([1.0, 0.0, 0.0])
+    assert first_exit["accuracy"] == pytest.approx(ex["static"]["exits"][0]["accuracy"])
+    assert ex["agents"]["dagger"]["kind"] == "teacher" and len(ex["agents"]["dagger"]["points"]) == 2
+    board = (tmp_path / "out" / "leaderboard.md").read_text()
+    main, taught = board.split("learn from the env's teacher")
+    assert "dagger" in taught and "dagger" not in main and "static (baseline)" in main
+    assert set(res["tasks"]) == {"exit-depth"}  # --task: the other task was not run
+    with pytest.raises(ValueError, match=r"tasks \['nope'\] are not in suite"):
+        run_bench(suite, ["static"], tmp_path / "x", progress=False, tasks=["nope"])
 
 
 def test_an_agent_in_a_file_resolves_from_the_current_directory(tmp_path, monkeypatch):

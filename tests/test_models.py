@@ -182,9 +182,10 @@ def test_unknown_arch_and_unsupported_mode():
 
 
 def test_arch_table_lists_the_modes():
-    assert set(MODES) == {"channel", "skip"}
+    assert set(MODES) == {"channel", "skip", "route"}
     assert ARCHS["vgg"] == ("channel",)
-    assert set(ARCHS["resnet20"]) == {"channel", "skip"}
+    assert set(ARCHS["resnet20"]) == {"channel", "skip", "route"}
+    assert ARCHS["resnet20-lite-exits"] == ("exit",)
     assert all(isinstance(build(a, (3, 32, 32), 10), DynamicNet) for a in ("vgg", "resnet8"))
 
 

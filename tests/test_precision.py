@@ -10,7 +10,7 @@ from conftest import load_test_data, make_net, mode_of, registered_ids
 from dyncnn_gym import evaluate
 from dyncnn_gym.envs.core import RoutingCore
 
-ARCH = {"channel": "vgg", "skip": "resnet14"}
+ARCH = {"channel": "vgg", "skip": "resnet14", "route": "resnet14"}
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 CASES = [
     ("cpu", "bfloat16"),

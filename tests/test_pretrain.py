@@ -230,7 +230,7 @@ def test_parse_backbone_names_arch_and_trained_modes():
         pretrain_mod.parse_backbone("vgg+sandwhich")
     with pytest.raises(ValueError, match="repeats an option"):
         pretrain_mod.parse_backbone("vgg+distill+distill")
-    with pytest.raises(ValueError, match=r"'jump' is not a mode of 'resnet32-lite'.*\['skip', 'channel'\]"):
+    with pytest.raises(ValueError, match=r"'jump' is not a mode of 'resnet32-lite'.*\['skip', 'channel', 'route'\]"):
         pretrain_mod.parse_backbone("resnet32-lite@jump")
     with pytest.raises(ValueError, match=r"'skip' is not a mode of 'vgg'; choose one of \['channel'\]"):
         pretrain_mod.parse_backbone("vgg@skip")
@@ -336,3 +336,30 @@ def test_augment_names_its_own_checkpoint_only_where_it_shifts(name, plain):
     assert pretrain_mod.can_augment(shapes) and not pretrain_mod.can_augment(digits)
     assert pretrain_mod.default_checkpoint_name(name, 4, shapes) != pretrain_mod.default_checkpoint_name(plain, 4, shapes)
     assert pretrain_mod.default_checkpoint_name(name, 4, digits) == pretrain_mod.default_checkpoint_name(plain, 4, digits)
+
+
+def test_route_backbone_trains_both_kinds_and_serves_all_three_envs(tmp_path):
+    """``"arch@route"`` trains skipping and width at once (the sandwich rule over both); the backbone
+    then serves DynRoute-v0, DynChannel-v0 and DynSkip-v0, while a skip-only one refuses route decisions."""
+    import gymnasium
+
+    from dyncnn_gym.data import load_dataset
+
+    data = load_dataset(user12_arrays(seed=3))
+    net = pretrain_mod.pretrain(
+        "resnet8@route+sandwich+distill", data, epochs=1, batch_size=16, progress=False, out=tmp_path / "r.pt"
+    )
+    assert net.modes == ("route", "channel", "skip")
+    assert set(net.meta["static"]) == {"channel", "skip"} and tuple(net.meta["train_config"]["modes"]) == ("route",)
+    again = pretrain_mod.load_checkpoint(tmp_path / "r.pt", data)
+    assert again.modes == ("route", "channel", "skip")
+    for env_id, A in (("DynRoute-v0", 5), ("DynChannel-v0", 4), ("DynSkip-v0", 2)):
+        env = gymnasium.make(env_id, dataset=data, backbone=again)
+        assert env.action_space.n == A
+    gen = torch.Generator().manual_seed(0)
+    route = pretrain_mod._random_route(again, "route", 64, gen, 0.6)
+    assert route.shape == (64, 3) and (route == 0).any() and (route > 0).any()
+    assert all(len(set(route[route[:, t] > 0, t].tolist())) == 1 for t in range(3))  # one width per block and batch
+    skip_only = pretrain_mod.pretrain("resnet8@skip", data, epochs=1, batch_size=16, progress=False, cache=False)
+    with pytest.raises(ValueError, match="mode='route' is not supported"):
+        gymnasium.make("DynRoute-v0", dataset=data, backbone=skip_only)

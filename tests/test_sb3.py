@@ -23,7 +23,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 from dyncnn_gym.sb3 import RoutingVecEnv, make_vec_env
 
 IDS = registered_ids()
-ARCH = {"channel": "vgg", "skip": "resnet14"}
+ARCH = {"channel": "vgg", "skip": "resnet14", "route": "resnet14"}
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))
 DEVICES = ["cpu", CUDA]
 

@@ -24,7 +24,7 @@ from dyncnn_gym.walk import Walk, run_routes
 
 IDS = registered_ids()
 #: cheap backbone per mode (resnet14: its skip decisions include identity blocks and shape-changing ones)
-ARCH = {"channel": "vgg", "skip": "resnet14"}
+ARCH = {"channel": "vgg", "skip": "resnet14", "route": "resnet14", "exit": "vgg"}
 #: infos compared exactly (the rest, floats, with allclose)
 EXACT = ("prediction", "label", "actions", "flops", "decision", "index", "correct", "action_mask")
 
@@ -374,7 +374,9 @@ def test_batch_infos_equals_gymnasiums_add_info():
 
 
 # -- the walk under partial resets and mixed actions ----------------------------------------------------
-@pytest.mark.parametrize("mode,arch", [("channel", "vgg"), ("skip", "resnet14"), ("channel", "resnet8")])
+@pytest.mark.parametrize(
+    "mode,arch", [("channel", "vgg"), ("skip", "resnet14"), ("channel", "resnet8"), ("route", "resnet14")]
+)
 def test_walk_select_and_cat_keep_every_sample_exact(mode, arch):
     """Splitting a walk, stepping the parts apart and merging them gives the one-batch result."""
     d = load_test_data("user12")
@@ -446,7 +448,9 @@ def test_weights_changed_in_place_are_seen_by_the_cached_kernels():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("mode,arch", [("channel", "vgg"), ("skip", "resnet14"), ("channel", "resnet8")])
+@pytest.mark.parametrize(
+    "mode,arch", [("channel", "vgg"), ("skip", "resnet14"), ("channel", "resnet8"), ("route", "resnet14")]
+)
 def test_mixed_batches_compute_only_what_each_sample_chose(mode, arch, device, exact_execution):
     """Per-sample random routes: FLOPs counted by ``FlopCounterMode`` equal the cost tables, and every
     sample's logits equal its own batch-1 pass (a pruned group or skipped block is never computed)."""

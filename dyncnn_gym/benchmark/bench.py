@@ -90,6 +90,7 @@ AGENTS: dict[str, str] = {
     "rnp": "dyncnn_gym.agents.rnp_dqn:bench_agent",
     "skipnet": "dyncnn_gym.agents.skipnet_hrl:bench_agent",
     "blockdrop": "dyncnn_gym.agents.blockdrop_pg:bench_agent",
+    "dagger": "dyncnn_gym.agents.dagger_teacher:bench_agent",
 }
 #: baselines computed by the bench itself
 BASELINES = ("static", "random", "cascade", "oracle")
@@ -324,6 +325,92 @@ def route_analysis(actions: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
 
 
 # -- the bench ----------------------------------------------------------------------------------
+class TaskBaselines:
+    """The bench's baselines on one task's test-split core: static routes, the label-aware oracle,
+    the confidence cascade and random routes, per-decision (:mod:`~dyncnn_gym.benchmark.baselines`)
+    or, on ``DynExit-v0``, their early-exit counterparts
+    (:mod:`~dyncnn_gym.benchmark.exit_baselines`: static exits, the confidence-threshold cascade
+    with its threshold swept, random exits, the first correct exit)."""
+
+    def __init__(self, core) -> None:
+        self.core = core
+        self.exits = getattr(core, "mode", "") == "exit"
+
+    def static(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """``(static, points)``: the static baselines (with their Pareto ``front``) and the static points."""
+        if self.exits:
+            from .exit_baselines import static_exits
+
+            st = static_exits(self.core)
+            static = {"exits": st["points"], "front": st["front"], "full": st["full"]}
+            return static, [{k: r[k] for k in ("accuracy", "flops_ratio", "exit")} for r in st["points"]]
+        from .baselines import static_baselines
+
+        static = static_baselines(self.core)
+        pool = static.get("exhaustive") or (static["uniform"] + static.get("greedy", []))
+        return static, [{"accuracy": r["accuracy"], "flops_ratio": r["flops_ratio"], "actions": r["actions"]} for r in pool]
+
+    def oracle(self, static_points: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.exits:
+            from .exit_baselines import exit_oracle
+
+            return exit_oracle(self.core)
+        from .baselines import oracle
+
+        return oracle(self.core, np.array([r["actions"] for r in static_points], dtype=np.int64))
+
+    def cascade(self) -> list[dict[str, Any]]:
+        if self.exits:
+            from .exit_baselines import threshold_cascade
+
+            return [
+                {k: c[k] for k in ("accuracy", "flops_ratio", "threshold")} for c in threshold_cascade(self.core)["points"]
+            ]
+        from .baselines import cascade_front
+
+        keep = ("accuracy", "flops_ratio", "cheap", "rich", "threshold")
+        return [{k: c[k] for k in keep} for c in cascade_front(self.core)["points"]]
+
+    def random(self, levels: np.ndarray, seed: int) -> list[dict[str, Any]]:
+        """Random routes at one action distribution per level (exits: continue with probability ``level``)."""
+        core = self.core
+        if self.exits:
+            from .exit_baselines import random_exits
+
+            out = []
+            for lv in levels:
+                reach = float(lv) ** np.arange(core.S)  # share of images reaching each exit
+                exit_rates = reach * np.append(np.full(core.S - 1, 1.0 - float(lv)), 1.0)
+                out.append({**random_exits(core, exit_rates, seed=seed), "level": float(lv)})
+            return out
+        from .baselines import random_policy_eval
+
+        return [
+            {**random_policy_eval(core, _random_rates(core.A, core.T, lv), seed=seed), "level": float(lv)} for lv in levels
+        ]
+
+    def matched(self, res: dict[str, Any], seed: int) -> dict[str, Any]:
+        """Random routes (exits) at the per-decision action rates (exit rates) of an evaluation ``res``."""
+        if self.exits:
+            from .exit_baselines import random_exits
+
+            return random_exits(self.core, res["exit_rates"], seed=seed)
+        from .baselines import random_policy_eval
+
+        return random_policy_eval(self.core, res["action_rates"], seed=seed)
+
+
+def action_labels(core) -> list[str]:
+    """Names of the actions of ``core``'s env (for plots)."""
+    if core.mode == "channel":
+        return [f"{a + 1} groups" for a in range(core.A)]
+    if core.mode == "route":
+        return ["skip"] + [f"{a}/{core.A - 1} width" for a in range(1, core.A)]
+    if core.mode == "exit":
+        return ["exit", "continue"]
+    return ["skip", "execute"]
+
+
 def point_env_kwargs(env_fn: Any) -> dict[str, float]:
     """The env arguments of the operating point an ``env_fn`` stands for: ``{"flops_target": t}`` on a
     task of FLOPs targets, else ``{"compute_weight": w}``; for agents that build their own envs."""
@@ -338,6 +425,8 @@ def make_env_fn(task: Task, value: float, seed: int):
     from ..sb3 import make_vec_env
 
     point = task.point_kwargs(value)
+    if task.train_split != "train":
+        point = {**point, "split": task.train_split}
 
     def env_fn(n_envs: int = 16):
         return make_vec_env(task.env_id, n_envs=int(n_envs), seed=seed, **point, **task.env_kwargs)
@@ -390,7 +479,16 @@ def random_at_target(core, target: float, seed: int) -> dict[str, Any]:
 
 
 def _point(res: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    keep = ("accuracy", "flops_ratio", "action_rates", "mean_action", "by_difficulty", "difficulty_flops_spearman", "dialed")
+    keep = (
+        "accuracy",
+        "flops_ratio",
+        "action_rates",
+        "mean_action",
+        "exit_rates",
+        "by_difficulty",
+        "difficulty_flops_spearman",
+        "dialed",
+    )
     return {**extra, **{k: res[k] for k in keep if k in res}}
 
 
@@ -414,8 +512,10 @@ def _seed_summary(
 
 
 def _load_previous(out: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """The task entries of an earlier ``results.json`` in ``out`` for the same suite version, pins,
-    results format and FLOPs ranges (for ``merge``); raises ``ValueError`` naming what differs."""
+    """The task entries of an earlier ``results.json`` in ``out`` for the same suite version, results
+    format, pin of every task it holds, and FLOPs ranges (for ``merge``); raises ``ValueError`` naming
+    what differs. (Pins of tasks the earlier run did not hold may differ: a task pinned since then is
+    merged in by a later run.)"""
     f = out / "results.json"
     if not f.exists():
         return {}
@@ -425,11 +525,18 @@ def _load_previous(out: Path, results: dict[str, Any]) -> dict[str, Any]:
             f"merge: {f} is in results format {old.get('format')!r}, this bench writes format {results['format']};"
             " use another --out or drop --merge"
         )
-    for key in ("name", "version", "backbone_sha256"):
+    for key in ("name", "version"):
         if old["suite"].get(key) != results["suite"][key]:
             raise ValueError(
                 f"merge: {f} was written for suite {key}={old['suite'].get(key)!r}, this run has {results['suite'][key]!r};"
                 " use another --out or drop --merge"
+            )
+    old_pins, pins = old["suite"].get("backbone_sha256", {}), results["suite"]["backbone_sha256"]
+    for task in old.get("tasks", {}):
+        if old_pins.get(task) != pins.get(task):
+            raise ValueError(
+                f"merge: {f} was written with task {task!r} pinned to {old_pins.get(task)!r}, this run pins it to"
+                f" {pins.get(task)!r}; use another --out or drop --merge"
             )
     for name, entry in old.get("tasks", {}).items():
         want = results["flops_ranges"].get(name)
@@ -481,7 +588,6 @@ def bench_job(job: Job) -> dict[str, Any]:
     Returns ``{"point", "policy", "images", "host"}`` (``policy``: the saved policy's bytes, or
     ``None`` when it has no saved form) or ``{"unsupported": reason}``.
     """
-    from .baselines import random_policy_eval
     from .protocol import evaluate
     from .provenance import host
     from .runner import job_context
@@ -500,7 +606,7 @@ def bench_job(job: Job) -> dict[str, Any]:
         eval_kwargs = {**task.env_kwargs, **({"flops_target": job.value} if task.flops_targets else {})}
         res = evaluate(policy, task.env_id, per_image=True, **eval_kwargs)
         img = res["images"]
-        rnd = random_policy_eval(core, res["action_rates"], seed=job.seed)
+        rnd = TaskBaselines(core).matched(res, seed=job.seed)
         blob = policy_bytes(fn, policy)
         point = _point(
             res,
@@ -523,21 +629,17 @@ def _worker_spec(spec: str) -> str:
 
 
 def _baseline_entry(
-    name: str, task: Task, core, static: dict[str, Any], seeds: list[int], log: Callable[..., Any]
+    name: str, task: Task, base: TaskBaselines, static_points: list[dict[str, Any]], seeds: list[int], log: Callable[..., Any]
 ) -> dict[str, Any]:
-    """The points of a baseline computed here: ``static`` (every static route), ``oracle``,
+    """The points of a baseline computed here: ``static`` (every static route, or exit), ``oracle``,
     ``cascade`` (its front), ``random`` (on a task of FLOPs targets: random routes at each target,
     drawn with each seed; on a task of compute weights: one route distribution per weight, seed
     ``seeds[0]``)."""
-    from .baselines import cascade_front, oracle, random_policy_eval
-
-    pool = static.get("exhaustive") or (static["uniform"] + static.get("greedy", []))
     log(f"[bench] {task.name}: baseline {name}")
     if name == "static":
-        points = [{"accuracy": r["accuracy"], "flops_ratio": r["flops_ratio"], "actions": r["actions"]} for r in pool]
-        return {"kind": "baseline", "points": points}
+        return {"kind": "baseline", "points": static_points}
     if name == "oracle":
-        orc = oracle(core, np.array([r["actions"] for r in pool], dtype=np.int64))
+        orc = base.oracle(static_points)
         return {
             "kind": "upper_bound",
             "upper_bound": True,
@@ -545,15 +647,10 @@ def _baseline_entry(
             "points": [{"accuracy": orc["accuracy"], "flops_ratio": orc["flops_ratio"]}],
         }
     if name == "cascade":
-        keys = ("accuracy", "flops_ratio", "cheap", "rich", "threshold")
-        return {"kind": "baseline", "points": [{k: c[k] for k in keys} for c in cascade_front(core)["points"]]}
+        return {"kind": "baseline", "points": base.cascade()}
     if task.flops_targets:
-        return {"kind": "baseline", "points": [random_at_target(core, t, sd) for sd in seeds for t in task.flops_targets]}
-    levels = np.linspace(0.25, 0.75, len(task.compute_weights))
-    points = [
-        {**random_policy_eval(core, _random_rates(core.A, core.T, lv), seed=seeds[0]), "level": float(lv)} for lv in levels
-    ]
-    return {"kind": "baseline", "points": points}
+        return {"kind": "baseline", "points": [random_at_target(base.core, t, sd) for sd in seeds for t in task.flops_targets]}
+    return {"kind": "baseline", "points": base.random(np.linspace(0.25, 0.75, len(task.compute_weights)), seeds[0])}
 
 
 def _safe(name: str) -> str:
@@ -572,6 +669,7 @@ def run_bench(
     workers: int | None = None,
     command: str | None = None,
     reps: int | None = None,
+    tasks: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate ``agents`` on every task and operating point of ``suite``; write the reports.
 
@@ -594,6 +692,8 @@ def run_bench(
         command: the command line recorded with the results (default: this process's).
         reps: bootstrap replications of the confidence intervals (default
             :data:`~dyncnn_gym.benchmark.aggregate.REPS`).
+        tasks: run only these tasks of the suite (names; ``None``: all). With ``merge``, the
+            other tasks of an earlier ``results.json`` are kept.
 
     Returns:
         The results written to ``results.json``.
@@ -604,7 +704,6 @@ def run_bench(
     from ..recipes import check_timesteps
     from . import plots
     from .aggregate import REPS
-    from .baselines import random_policy_eval, static_baselines
     from .demo import _jsonable
     from .provenance import command_line, run_record
     from .runner import describe_executor, run_jobs
@@ -617,6 +716,11 @@ def run_bench(
         seeds = [int(x) for x in (seed if isinstance(seed, (list, tuple)) else [seed])]
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ValueError(f"seed={seed!r}: give one seed or a list of distinct seeds, integers >= 0")
+    if tasks is not None:
+        names = [t.name for t in suite.tasks]
+        unknown = [t for t in tasks if t not in names]
+        if unknown:
+            raise ValueError(f"tasks {unknown} are not in suite {suite.name!r}; its tasks are {names}")
     if timesteps is not None:
         suite = suite.with_budget(check_timesteps(timesteps))
     if not agents:
@@ -647,17 +751,21 @@ def run_bench(
     }
     previous = _load_previous(out, _jsonable(results)) if merge else {}
 
-    cores, statics = {}, {}
+    cores, statics, bases, static_points = {}, {}, {}, {}
     for task in suite.tasks:
+        if tasks is not None and task.name not in tasks:
+            continue
         cores[task.name] = core = make_core(task.env_id, 1, split="test", **task.env_kwargs)
+        bases[task.name] = base = TaskBaselines(core)
         log(f"[bench] {suite.name} / {task.name}: static baselines")
-        statics[task.name] = static_baselines(core)
+        statics[task.name], static_points[task.name] = base.static()
 
     learned = [spec for spec, fn in resolved.items() if fn not in BASELINES]
     jobs = [
         Job(_worker_spec(spec), task, float(v), sd, keep_images=(sd == seeds[0] and i == len(task.points) // 2))
         for spec in learned
         for task in suite.tasks
+        if task.name in cores
         for sd in seeds
         for i, v in enumerate(task.points)
     ]
@@ -666,7 +774,11 @@ def run_bench(
     by_job = {(j.agent, j.task.name, j.value, j.seed): o for j, o in zip(jobs, outputs)}
 
     for task in suite.tasks:
-        core, static = cores[task.name], statics[task.name]
+        if task.name not in cores:
+            if task.name in previous:  # merged: an earlier run's task is kept as it was
+                results["tasks"][task.name] = previous[task.name]
+            continue
+        core, static, base = cores[task.name], statics[task.name], bases[task.name]
         front = static["front"]
         entry: dict[str, Any] = {
             "env_id": task.env_id,
@@ -681,10 +793,10 @@ def run_bench(
             "agents": {},
         }
         for name, old in previous.get(task.name, {}).get("agents", {}).items():
-            if name not in resolved and old.get("kind") == "learned":
+            if name not in resolved and old.get("kind") in ("learned", "teacher"):
                 for p in old["points"]:  # results from before matched random existed
                     if "random_matched" not in p and "action_rates" in p:
-                        p["random_matched"] = random_policy_eval(core, p["action_rates"], seed=int(p.get("seed", 0)))
+                        p["random_matched"] = base.matched(p, seed=int(p.get("seed", 0)))
                 entry["agents"][name] = {
                     **old,
                     "summary": _seed_summary(old["points"], front, old.get("seeds", seeds[:1]), task.score_range),
@@ -694,7 +806,7 @@ def run_bench(
         for spec, fn in resolved.items():
             if fn in BASELINES:
                 t0 = time.perf_counter()
-                a = _baseline_entry(fn, task, core, static, seeds, log)
+                a = _baseline_entry(fn, task, base, static_points[task.name], seeds, log)
                 a["seconds"] = round(time.perf_counter() - t0, 1)
                 a["seeds"] = list(seeds)
             else:
@@ -713,7 +825,7 @@ def run_bench(
                     if o["images"] is not None:
                         images[spec] = (p, o["images"])
                 a = {
-                    "kind": "learned",
+                    "kind": "teacher" if getattr(fn, "uses_teacher", False) else "learned",
                     "algorithm": spec,
                     "points": points,
                     "seeds": list(seeds),
@@ -723,7 +835,7 @@ def run_bench(
             a["provenance"] = record
             entry["agents"][spec] = a
         if "static" not in entry["agents"]:
-            a = _baseline_entry("static", task, core, static, seeds, log)
+            a = _baseline_entry("static", task, base, static_points[task.name], seeds, log)
             a.update(seeds=list(seeds), summary=_seed_summary(a["points"], front, seeds, task.score_range), provenance=record)
             entry["agents"]["static"] = a
         results["tasks"][task.name] = entry
@@ -878,7 +990,7 @@ def _task_plots(out: Path, task: Task, core, entry: dict[str, Any], images: dict
             continue
         color = f"C{i % 10}"
         seeds = sorted({p["seed"] for p in a["points"] if "seed" in p})
-        if a["kind"] == "learned" and len(seeds) > 1:  # every seed's point, and the mean per operating point
+        if a["kind"] in ("learned", "teacher") and len(seeds) > 1:  # every seed's point, and the mean per operating point
             key = entry.get("point_key", "compute_weight")
             learned += [{**p, "algorithm": f"{spec} (seeds)", "scatter": True, "color": color} for p in a["points"]]
             for v in entry.get("points", []):
@@ -914,7 +1026,7 @@ def _task_plots(out: Path, task: Task, core, entry: dict[str, Any], images: dict
         learned,
         extra,
     )
-    labels = [f"{a + 1} groups" for a in range(core.A)] if core.mode == "channel" else ["skip", "execute"]
+    labels = action_labels(core)
     diff = {}
     for spec, (p, imgs) in images.items():
         name = f"{task.name}_{spec.replace(':', '.').replace('/', '.')}"
@@ -971,28 +1083,24 @@ def format_leaderboard(results: dict[str, Any]) -> str:
         " Per task: mean ± standard deviation over seeds. Baselines that do not depend on the seed (static, cascade,"
         " oracle) have one score per task.",
         "",
+    ]
+    header = [
         "| rank | agent | IQM [95 % CI] | P(> static) [95 % CI] | " + " | ".join(f"`{t}`" for t in tasks) + " | seeds |",
         "|---:|---|---:|---:|" + "---:|" * len(tasks) + "---:|",
     ]
-    for r in results["leaderboard"]:
-        mark = {"baseline": " (baseline)", "upper_bound": " (upper bound, knows the label)"}.get(r["kind"], "")
-        cells = []
-        for t in tasks:
-            if t not in r["per_task"]:
-                cells.append("n/a")
-                continue
-            ext = r["mixed"][t]
-            std = r["per_task_std"][t]
-            spread = f" ± {std:.2f}" if r["kind"] == "learned" or (r["agent"] == "random" and std) else ""
-            cells.append(f"{r['per_task'][t]:+.2f}{spread}{'*' if ext['below'] or ext['above'] else ''}")
-        name = f"**{r['agent']}**" if r["kind"] == "learned" else r["agent"]
-        part = f" ({r['tasks_run']} of {len(tasks)} tasks)" if r.get("tasks_run", len(tasks)) < len(tasks) else ""
-        lines.append(
-            f"| {r['rank']} | {name}{mark}{part} | {_ci(r['iqm'], r['iqm_ci'])} | {_ci(r['p_improve'], r['p_improve_ci'], '.2f')} | "
-            + " | ".join(cells)
-            + f" | {r['seeds'] if r['kind'] == 'learned' else ''} |"
-        )
-    learned = [r for r in results["leaderboard"] if r["kind"] == "learned"]
+    rows = [r for r in results["leaderboard"] if r["kind"] != "teacher"]
+    taught = [r for r in results["leaderboard"] if r["kind"] == "teacher"]
+    lines += header + _leaderboard_lines(rows, tasks)
+    if taught:
+        lines += [
+            "",
+            "Agents that learn from the env's teacher (`teacher()`: the outcome of every action, which knows the"
+            " label; supervision that pure-RL agents do not get), ranked apart:",
+            "",
+            *header,
+            *_leaderboard_lines(taught, tasks),
+        ]
+    learned = [r for r in results["leaderboard"] if r["kind"] in ("learned", "teacher")]
     if learned:
         lines += [
             "",
@@ -1026,6 +1134,30 @@ def format_leaderboard(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _leaderboard_lines(rows: list[dict[str, Any]], tasks: list[str]) -> list[str]:
+    """The leaderboard's table rows for ``rows`` (ranked in their order)."""
+    lines: list[str] = []
+    for rank, r in enumerate(rows, 1):
+        mark = {"baseline": " (baseline)", "upper_bound": " (upper bound, knows the label)"}.get(r["kind"], "")
+        cells = []
+        for t in tasks:
+            if t not in r["per_task"]:
+                cells.append("n/a")
+                continue
+            ext = r["mixed"][t]
+            std = r["per_task_std"][t]
+            spread = f" ± {std:.2f}" if r["kind"] in ("learned", "teacher") or (r["agent"] == "random" and std) else ""
+            cells.append(f"{r['per_task'][t]:+.2f}{spread}{'*' if ext['below'] or ext['above'] else ''}")
+        name = f"**{r['agent']}**" if r["kind"] in ("learned", "teacher") else r["agent"]
+        part = f" ({r['tasks_run']} of {len(tasks)} tasks)" if r.get("tasks_run", len(tasks)) < len(tasks) else ""
+        lines.append(
+            f"| {rank} | {name}{mark}{part} | {_ci(r['iqm'], r['iqm_ci'])} | {_ci(r['p_improve'], r['p_improve_ci'], '.2f')} | "
+            + " | ".join(cells)
+            + f" | {r['seeds'] if r['kind'] in ('learned', 'teacher') else ''} |"
+        )
+    return lines
+
+
 def add_arguments(p) -> None:
     from .suites import SUITES
 
@@ -1054,6 +1186,13 @@ def add_arguments(p) -> None:
         help="keep the other agents of an earlier results.json in --out (same suite version and pins)",
     )
     p.add_argument("--timesteps", type=int, default=None, help="override every task's step budget (default: the suite's)")
+    p.add_argument(
+        "--task",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="run only this task of the suite (repeatable; with --merge the other tasks of an earlier run are kept)",
+    )
     p.add_argument(
         "--ray",
         nargs="?",
@@ -1094,5 +1233,6 @@ def run_from_args(args, argv: list[str] | None = None) -> int:
         workers=args.workers,
         reps=args.reps,
         command=command_line(argv if argv is not None else getattr(args, "argv", None)),
+        tasks=args.task,
     )
     return 0

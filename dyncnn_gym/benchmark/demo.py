@@ -1,9 +1,10 @@
 """``dyncnn-gym demo``: the whole idea in one command on the embedded default data.
 
-Loads (or pretrains and caches) the default backbones, trains PPO routers on ``DynChannel-v1`` and
-``DynSkip-v1`` with the recipe of :mod:`dyncnn_gym.recipes`, evaluates them on the whole test split
-against the full network, static routes, random routes at the learned rates and a label-aware
-oracle, prints a table, and writes ``results.json``, PNG plots and the trained SB3 models.
+Loads (or pretrains and caches) the default backbones, trains PPO routers on ``DynChannel-v1``,
+``DynSkip-v1`` and ``DynExit-v0`` (the width cascade) with the recipe of :mod:`dyncnn_gym.recipes`,
+evaluates them on the whole test split against the full network, static routes (static exits and
+the confidence-threshold cascade for ``DynExit-v0``), random routes at the learned rates and a
+label-aware oracle, prints a table, and writes ``results.json``, PNG plots and the trained SB3 models.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import LATEST_IDS
 from ..envs.core import RoutingCore, _shared_data
-from ..envs.routing import ENV_MODES, make_core, mode_of
+from ..envs.routing import make_core, mode_of
 from ..fileio import check_writable_dir, save_sb3, write_json
 from ..pretraining import DEFAULT_ARCH
 from ..recipes import check_timesteps, recipe, train_ppo
@@ -26,6 +26,9 @@ from ..recipes import env_kwargs as recipe_env_kwargs
 from . import plots
 from .baselines import interpolate, oracle, random_policy_eval, static_baselines
 from .protocol import evaluate
+
+#: the envs the demo trains routers for: the newest one-pass width and depth envs and the early-exit env
+DEMO_IDS = ("DynChannel-v1", "DynSkip-v1", "DynExit-v0")
 
 
 def _jsonable(x: Any) -> Any:
@@ -43,7 +46,7 @@ def _jsonable(x: Any) -> Any:
 def run_demo(
     out: str | Path = "demo_out",
     *,
-    envs: tuple[str, ...] = tuple(i for i in LATEST_IDS if i in ENV_MODES),
+    envs: tuple[str, ...] = DEMO_IDS,
     timesteps: int | None = None,
     dataset: str = "shapes",
     backbones: dict[str, str] | None = None,
@@ -58,7 +61,7 @@ def run_demo(
         timesteps: PPO steps per env, a positive integer (default ``None``: the recipe's).
         dataset: data set name (default: the embedded ``"shapes"``).
         backbones: per mode (``"channel"``, ``"skip"``), an arch name or checkpoint path to use instead
-            of the default arch.
+            of the default arch (``DynExit-v0``'s width stages run on the ``"channel"`` one).
         seed: seeds PPO and the environments.
         progress: show progress bars.
     """
@@ -80,6 +83,9 @@ def run_demo(
     }
     for env_id in envs:
         mode = mode_of(env_id)
+        if mode == "exit":
+            _demo_exit(out, results, env_id, data, dataset, (backbones or {}).get("channel"), timesteps, seed, progress)
+            continue
         env_kwargs = recipe_env_kwargs(
             env_id, dataset=dataset, backbone=(backbones or {}).get(mode, DEFAULT_ARCH[mode]), groups=4
         )
@@ -158,6 +164,68 @@ def run_demo(
     return results
 
 
+def _demo_exit(
+    out: Path, results: dict[str, Any], env_id: str, data, dataset: str, backbone, timesteps, seed: int, progress: bool
+) -> None:
+    """The demo of ``DynExit-v0`` (width stages on the channel backbone, by default the DynChannel
+    default): PPO with the recipe against static exits, the confidence-threshold cascade, random
+    exits at PPO's rates and the oracle."""
+    from .exit_baselines import exit_oracle, random_exits, static_exits, threshold_cascade
+
+    env_kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=backbone or DEFAULT_ARCH["channel"])
+    t0 = time.perf_counter()
+    core = make_core(env_id, 1, split="test", **env_kwargs)
+    t_backbone = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    steps = timesteps or recipe(env_id)["total_timesteps"]
+    model = train_ppo(env_id, total_timesteps=steps, seed=seed, progress=progress, **env_kwargs)
+    t_train = time.perf_counter() - t0
+    rel = f"models/{env_id}-PPO.zip"
+    save_sb3(model, out / rel)
+    res = evaluate(model, env_id, per_image=True, **env_kwargs)
+    static = static_exits(core)
+    cascade = threshold_cascade(core)
+    rnd = random_exits(core, res["exit_rates"], seed=seed)
+    orc = exit_oracle(core)
+    results["full"][env_id] = {k: static["full"][k] for k in ("accuracy", "flops_ratio")}
+    results["static"][env_id] = {"exits": static["points"], "front": static["front"], "full": static["full"]}
+    results["baselines"][env_id] = {"random_matched": rnd, "oracle": orc, "cascade": cascade["points"]}
+    results["learned"].append(
+        {
+            "env_id": env_id,
+            "env_kwargs": env_kwargs,
+            "algorithm": type(model).__name__,
+            "model_path": rel,
+            "total_timesteps": steps,
+            "train_seconds": round(t_train, 1),
+            "backbone_seconds": round(t_backbone, 1),
+            "accuracy": res["accuracy"],
+            "flops_ratio": res["flops_ratio"],
+            "static_front_accuracy_at_same_flops": interpolate(static["front"], res["flops_ratio"]),
+            "cascade_accuracy_at_same_flops": interpolate(cascade["front"], res["flops_ratio"]),
+            "dialed": res["dialed"],
+            **{k: res[k] for k in ("exit_rates", "by_difficulty", "difficulty_flops_spearman") if k in res},
+        }
+    )
+    name = env_id.replace("-v0", "")
+    plots.plot_fronts(
+        out / f"{name}_front.png",
+        f"{env_id} on {data.name} (width stages, {env_kwargs['backbone']})",
+        results["static"][env_id],
+        [results["learned"][-1], *({**p, "algorithm": "confidence cascade", "baseline": True} for p in cascade["front"])],
+        {"random (matched rates)": rnd, "oracle (knows label)": orc},
+    )
+    if "by_difficulty" in res:
+        plots.plot_difficulty(
+            out / f"{name}_difficulty.png", f"{env_id}: compute and accuracy by difficulty", {"PPO": res["by_difficulty"]}
+        )
+    raw = data.test.images * data.std[None, :, None, None] + data.mean[None, :, None, None]
+    img = res["images"]
+    plots.plot_image_grid(
+        out / f"{name}_images.png", f"{env_id}: test images by compute spent", raw, img["flops"] / core.full, img["correct"]
+    )
+
+
 def _full_by_difficulty(core: RoutingCore, res: dict[str, Any]) -> list[dict[str, Any]]:
     from .baselines import route_outcomes, uniform_routes
 
@@ -181,8 +249,23 @@ def format_table(results: dict[str, Any]) -> str:
     for entry in results["learned"]:
         env_id = entry["env_id"]
         full = results["full"][env_id]
-        lines.append(f"| {env_id} | full network | {100 * full['accuracy']:.2f} | 1.000 | |")
-        for row in results["static"][env_id]["uniform"][:-1]:
+        exits = "exits" in results["static"][env_id]
+        lines.append(
+            f"| {env_id} | full network{' (last exit)' if exits else ''} | {100 * full['accuracy']:.2f} | {full['flops_ratio']:.3f} | |"
+        )
+        if exits:
+            for row in results["static"][env_id]["exits"][:-1]:
+                lines.append(
+                    f"| {env_id} | every image at exit {row['exit']} | {100 * row['accuracy']:.2f} | {row['flops_ratio']:.3f} | |"
+                )
+            front = results["baselines"][env_id]["cascade"]
+            at = entry["cascade_accuracy_at_same_flops"]
+            best = min(front, key=lambda p: abs(p["flops_ratio"] - entry["flops_ratio"]))
+            lines.append(
+                f"| {env_id} | confidence cascade, threshold {best['threshold']} | {100 * best['accuracy']:.2f} | {best['flops_ratio']:.3f} |"
+                f" {100 * at:.2f} (cascade front at PPO's FLOPs) |"
+            )
+        for row in results["static"][env_id].get("uniform", [])[:-1]:
             lines.append(f"| {env_id} | static {row['actions']} | {100 * row['accuracy']:.2f} | {row['flops_ratio']:.3f} | |")
         rnd = results["baselines"][env_id]["random_matched"]
         lines.append(f"| {env_id} | random at PPO's rates | {100 * rnd['accuracy']:.2f} | {rnd['flops_ratio']:.3f} | |")

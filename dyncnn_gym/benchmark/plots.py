@@ -44,7 +44,7 @@ def plot_fronts(
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.2, 4.4))
-    for key, style in (("exhaustive", "."), ("greedy", "x"), ("uniform", "s")):
+    for key, style in (("exhaustive", "."), ("greedy", "x"), ("uniform", "s"), ("exits", "D")):
         rows = static.get(key)
         if rows:
             ax.scatter(

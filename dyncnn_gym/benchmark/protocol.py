@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..envs.core import RoutingCore
-from ..envs.routing import make_core
+from ..envs.routing import make_core, mode_of
 from ..policies import Policy
 from ..policies import as_policy as _as_policy
 
@@ -54,7 +54,8 @@ def evaluate(
     Args:
         policy: anything :func:`dyncnn_gym.policies.as_policy` accepts (SB3 models of any algorithm, their
             ``.policy``, ensembles, cost-biased policies, torch modules, callables).
-        env_id: ``"DynChannel-v0"`` or ``"DynSkip-v0"``.
+        env_id: a registered routing env id (``"DynChannel-v1"``, ``"DynSkip-v0"``, ``"DynRoute-v0"``,
+            ``"DynExit-v0"``, ...).
         batch_size: images routed at once.
         bins: difficulty bins (equal-count) for the per-difficulty breakdown.
         per_image: also return per-image arrays under ``"images"``.
@@ -94,6 +95,7 @@ def evaluate(
 
         data = _shared_data(env_kwargs.pop("dataset", "shapes"))
         n_test = len(data.test)
+        mode_of(env_id)  # an unknown id raises here, naming the envs
         env_kwargs.setdefault("budget_strict", True)  # evaluation holds a policy to the budget
         core = make_core(env_id, min(batch_size, n_test), dataset=data, split="test", **env_kwargs)
     from .calibrate import dial_to_target
@@ -107,6 +109,7 @@ def evaluate(
     flops = np.zeros(n, dtype=np.int64)
     actions = np.zeros((n, T), dtype=np.int64)
     ce = np.zeros(n, dtype=np.float64)
+    exits = np.zeros(n, dtype=np.int64) if getattr(core, "mode", "") == "exit" else None
     for start in range(0, n, core.n):
         b = min(core.n, n - start)
         slots = np.arange(b)
@@ -114,10 +117,11 @@ def evaluate(
         full_obs = np.zeros((core.n, obs.shape[1]), dtype=np.float32)
         full_obs[:b] = obs
         first = True
-        while True:
+        finished = np.zeros(core.n, dtype=bool)  # episodes may end at different steps (early exits)
+        while not finished[:b].all():
             masks = core.action_masks()
             a = np.zeros(core.n, dtype=np.int64)
-            chosen = np.asarray(choose(full_obs[:b], masks[:b], first)).reshape(-1)
+            chosen = np.asarray(choose(full_obs[:b], masks[:b], first)).reshape(-1)  # finished slots' are ignored
             if chosen.shape[0] != b:
                 raise ValueError(
                     f"the policy gave {chosen.shape[0]} actions for {b} observations; expected one per observation"
@@ -127,13 +131,15 @@ def evaluate(
             a[:b] = chosen
             first = False
             full_obs, _, term, infos = core.step(a)
-            if term[:b].all():
-                break
-        for s in slots:
-            info = infos[s]
-            i = info["index"]
-            preds[i], flops[i], actions[i], ce[i] = info["prediction"], info["flops"], info["actions"], info["cross_entropy"]
-    return {**summarize(core, preds, flops, actions, ce, bins=bins, per_image=per_image), "dialed": dialed}
+            for s in np.flatnonzero(term[:b] & ~finished[:b]):
+                info = infos[s]
+                i = info["index"]
+                preds[i], flops[i], actions[i] = info["prediction"], info["flops"], info["actions"]
+                ce[i] = info["cross_entropy"]
+                if exits is not None:
+                    exits[i] = info["exit"]
+            finished |= term
+    return {**summarize(core, preds, flops, actions, ce, bins=bins, per_image=per_image, exits=exits), "dialed": dialed}
 
 
 def summarize(
@@ -144,20 +150,35 @@ def summarize(
     ce: np.ndarray | None = None,
     bins: int = 5,
     per_image: bool = False,
+    exits: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The result dict of :func:`evaluate` from per-image predictions, FLOPs and actions."""
+    """The result dict of :func:`evaluate` from per-image predictions, FLOPs and actions.
+
+    ``actions`` ``[N, T]`` holds ``-1`` where an image took no decision (after an early exit);
+    ``action_rates`` and ``mean_action`` at decision ``t`` are over the images that took it (NaN
+    where none did). ``exits`` (int64 ``[N]``, early-exit envs) adds ``exit_rates``: the share of
+    images leaving at each exit.
+    """
     labels = core.labels
     correct = preds == labels
     T, A = core.T, core.A
     ratio = flops / core.full
+    took = actions >= 0
     out: dict[str, Any] = {
         "n_images": int(len(labels)),
         "accuracy": float(correct.mean()),
         "flops_ratio": float(ratio.mean()),
         "full_flops": int(core.full),
-        "action_rates": [[float((actions[:, t] == a).mean()) for a in range(A)] for t in range(T)],
-        "mean_action": [float(actions[:, t].mean() / max(A - 1, 1)) for t in range(T)],
+        "action_rates": [
+            [float((actions[took[:, t], t] == a).mean()) if took[:, t].any() else float("nan") for a in range(A)]
+            for t in range(T)
+        ],
+        "mean_action": [
+            float(actions[took[:, t], t].mean() / max(A - 1, 1)) if took[:, t].any() else float("nan") for t in range(T)
+        ],
     }
+    if exits is not None:
+        out["exit_rates"] = [float((exits == k).mean()) for k in range(T + 1)]
     keys, counts = np.unique(actions, axis=0, return_counts=True)
     order = np.argsort(-counts)
     out["routes"] = {
@@ -189,6 +210,8 @@ def summarize(
             "actions": actions,
             "cross_entropy": ce,
         }
+        if exits is not None:
+            out["images"]["exit"] = exits
         if core.has_difficulty:
             out["images"]["difficulty"] = core.difficulty.copy()
     return out

@@ -22,6 +22,16 @@ Suites:
   checkpoints. The stronger ``+augment`` backbones are not in it: on the VGG one PPO does not
   beat the greedy static front at 40 % saved or more and scores what random routes at its own
   action rates score, so whether per-image routing pays there at all is still open.
+* ``"cpu-v2"``: ``cpu-v1``'s two tasks, unchanged, and the early-exit and width-and-depth tasks:
+  ``DynExit-v0`` with width stages on ``vgg+sandwich+distill`` (the narrowest network, then the
+  full one) and with depth stages on ``resnet20-lite-exits+distill``, both trained on the held-out
+  ``"val"`` split (:attr:`Task.train_split`; see :mod:`dyncnn_gym.recipes`), compute weights
+  (0.005, 0.01, 0.02, 0.04, 0.08) and (0.005, 0.02, 0.08, 0.16, 0.32) (PPO's seed-0 points at
+  0.35-0.48 and 0.51-0.70 of the FLOPs with the first four of each); and ``DynRoute-v0``, ``DynChannel-v0`` and ``DynSkip-v0`` on one
+  ResNet trained for route decisions (``resnet20-lite@route+sandwich+distill``), whose fronts are
+  comparable, with the recipe's env settings and weights (0.05, 0.1, 0.13, 0.16, 0.2) (DynSkip:
+  (0.1, 0.2, 0.4, 0.8, 1.6), skipping being costlier on this backbone). 150k steps each.
+  Pinned to the shipped checkpoints.
 * ``"paper-v0"``: GPU-sized, as in the papers: CIFAR-10 ResNet-110 DynSkip (SkipNet) and CIFAR-10
   VGG-16 DynChannel (RNP), ``device="cuda"``. Needs the user's CIFAR-10 files (see
   :mod:`dyncnn_gym.data`); the backbones are pretrained on first use, so they are **not pinned**
@@ -74,6 +84,8 @@ class Task:
     compute_weights: tuple[float, ...] = ()
     flops_targets: tuple[float, ...] = ()
     flops_range: tuple[float, float] | None = None
+    #: the split agents train on (``"val"``: held-out images the backbone never trained on)
+    train_split: str = "train"
 
     def __post_init__(self) -> None:
         if bool(self.compute_weights) == bool(self.flops_targets):
@@ -159,6 +171,41 @@ _CPU1 = (
         (0.05, 0.2, 0.3, 0.5, 1.0),
     ),
 )
+#: the ResNet trained for route decisions serves DynRoute-v0, DynChannel-v0 and DynSkip-v0 alike
+_ROUTE_ARCH = "resnet20-lite@route+sandwich+distill"
+_EXIT_ENV = {"dataset": "shapes", "reward": "flops", "loss": "error"}
+#: PPO's points on this backbone jump from about 0.85 to 0.27-0.54 of the FLOPs between weights 0.14 and 0.16
+_ROUTE_WEIGHTS = (0.05, 0.1, 0.13, 0.16, 0.2)
+_CPU2 = (
+    *_CPU1,
+    Task(
+        "exit-width-vgg+sandwich+distill-shapes",
+        "DynExit-v0",
+        {**_EXIT_ENV, "stages": "width", "backbone": "vgg+sandwich+distill"},
+        150_000,
+        (0.005, 0.01, 0.02, 0.04, 0.08),
+        train_split="val",
+    ),
+    Task(
+        "exit-depth-resnet20-lite-exits+distill-shapes",
+        "DynExit-v0",
+        {**_EXIT_ENV, "stages": "depth", "backbone": "resnet20-lite-exits+distill"},
+        150_000,
+        (0.005, 0.02, 0.08, 0.16, 0.32),
+        train_split="val",
+    ),
+    Task(f"route-{_ROUTE_ARCH}-shapes", "DynRoute-v0", {**_CPU1_ENV, "backbone": _ROUTE_ARCH}, 150_000, _ROUTE_WEIGHTS),
+    Task(
+        f"channel-{_ROUTE_ARCH}-shapes",
+        "DynChannel-v0",
+        {**_CPU1_ENV, "backbone": _ROUTE_ARCH},
+        150_000,
+        _ROUTE_WEIGHTS,
+    ),
+    Task(
+        f"skip-{_ROUTE_ARCH}-shapes", "DynSkip-v0", {**_CPU1_ENV, "backbone": _ROUTE_ARCH}, 150_000, (0.1, 0.2, 0.4, 0.8, 1.6)
+    ),
+)
 _PAPER = _tasks("cifar10", "vgg16", "resnet110", 2_000_000, (0.1, 0.25, 0.5, 1.0), device="cuda")
 _TINY = _tasks("digits", "vgg", "resnet20-lite", 512, (0.5, 1.0))
 
@@ -194,6 +241,20 @@ SUITES: dict[str, Suite] = {
         {
             _CPU1[0].name: "3ec67dc7fb2250c1156843610a0c2cf9648888f008f3d9981cc5cae8fa7b08c7",
             _CPU1[1].name: "9613094d1e46ffc03ef306306b33337ccda5887a0a8ad25f9477a7dc4d12c8b3",
+        },
+    ),
+    "cpu-v2": Suite(
+        "cpu-v2",
+        2,
+        _CPU2,
+        {
+            _CPU1[0].name: "3ec67dc7fb2250c1156843610a0c2cf9648888f008f3d9981cc5cae8fa7b08c7",
+            _CPU1[1].name: "9613094d1e46ffc03ef306306b33337ccda5887a0a8ad25f9477a7dc4d12c8b3",
+            _CPU2[2].name: "3ec67dc7fb2250c1156843610a0c2cf9648888f008f3d9981cc5cae8fa7b08c7",
+            _CPU2[3].name: "c5c77f9142956c12545ffc0b3b86ed886203e7cce9f1c0276f90a18264be438e",
+            _CPU2[4].name: "0727581a708075d0a16c9622fda3e3685b624d711a01b6d2901653cd6246ae10",
+            _CPU2[5].name: "0727581a708075d0a16c9622fda3e3685b624d711a01b6d2901653cd6246ae10",
+            _CPU2[6].name: "0727581a708075d0a16c9622fda3e3685b624d711a01b6d2901653cd6246ae10",
         },
     ),
     "paper-v0": Suite("paper-v0", 0, _PAPER, {t.name: None for t in _PAPER}),
@@ -252,6 +313,8 @@ def backbone_path(task: Task, pretrain_missing: bool = True) -> Path:
         return path
     data = _shared_data(task.env_kwargs.get("dataset", "shapes"))
     mode = mode_of(task.env_id)
+    if mode == "exit":  # width stages run on a channel backbone, depth stages on an exit ResNet
+        mode = "channel" if task.env_kwargs.get("stages", "width") == "width" else "exit"
     if backbone is None:
         from ..pretraining import DEFAULT_ARCH
 

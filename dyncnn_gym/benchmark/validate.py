@@ -102,8 +102,7 @@ def _short(x: Any) -> str:
 
 def check_point(job: PointCheck) -> dict[str, Any]:
     """Evaluate one saved policy again as the bench did; returns the recomputed figures (or an ``error``)."""
-    from .baselines import random_policy_eval
-    from .bench import _test_core, resolve_agent
+    from .bench import TaskBaselines, _test_core, resolve_agent
     from .protocol import evaluate
     from .runner import job_context
     from .saved import load_policy
@@ -124,7 +123,7 @@ def check_point(job: PointCheck) -> dict[str, Any]:
     with job_context(int(p.get("seed", 0))):
         kwargs = {**job.env_kwargs, **({"flops_target": p[key]} if key == "flops_target" else {})}
         res = evaluate(policy, job.env_id, per_image=False, **kwargs)
-        rnd = random_policy_eval(core, res["action_rates"], seed=int(p.get("seed", 0)))
+        rnd = TaskBaselines(core).matched(res, seed=int(p.get("seed", 0)))
     return {
         "accuracy": res["accuracy"],
         "flops_ratio": res["flops_ratio"],
@@ -158,8 +157,8 @@ def validate(
     Returns the :class:`Report`; ``report.failures == 0`` when everything matches.
     """
     from ..envs.routing import make_core
-    from .baselines import static_baselines
     from .bench import (
+        TaskBaselines,
         _baseline_entry,
         _jsonable_results,
         _seed_summary,
@@ -220,10 +219,11 @@ def validate(
         # 2. baselines
         log(f"[validate] {tname}: baselines")
         core = make_core(task.env_id, 1, split="test", **task.env_kwargs)
-        static = static_baselines(core)
+        base = TaskBaselines(core)
+        static, static_points = base.static()
         report.check(f"{tname}: static routes", entry["static"], _jsonable_results(static))
         for name, a in entry["agents"].items():
-            if a["kind"] == "learned":
+            if a["kind"] in ("learned", "teacher"):
                 for i, p in enumerate(a["points"]):
                     jobs.append(
                         PointCheck(
@@ -239,7 +239,7 @@ def validate(
                     )
                     where.append((tname, name, i))
                 continue
-            fresh = _baseline_entry(name, task, core, static, list(a.get("seeds", seeds)), lambda *x, **k: None)
+            fresh = _baseline_entry(name, task, base, static_points, list(a.get("seeds", seeds)), lambda *x, **k: None)
             report.check(f"{tname}: baseline {name}", a["points"], _jsonable_results(fresh["points"]))
 
     # 3. policies

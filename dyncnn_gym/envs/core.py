@@ -480,6 +480,122 @@ class RoutingCore:
         ce = F.cross_entropy(logits, labels, reduction="none").double().cpu().numpy()
         return -r.loss_weight * np.minimum(ce, r.ce_clip)
 
+    @torch.no_grad()
+    def teacher(self, policy: Any = None) -> dict[str, np.ndarray]:
+        """The outcome of each action at every slot's current decision (beside the RL interface: it
+        knows the label, so it never enters the observation, and computing it changes nothing in
+        the episodes).
+
+        Continuations: after action ``a`` at decision ``t``, the *uniform* continuation ``c`` takes
+        action ``c`` at every remaining decision (``c = A - 1``: the full continuation, every later
+        layer at full width / every later block run; ``c = 0``: the cheapest). Computing all of
+        them costs ``A`` steps and ``A * A`` passes over the remaining decisions per slot. With
+        ``policy`` (anything :func:`~dyncnn_gym.policies.as_policy` accepts: an SB3 model, a torch
+        module of observations ``[b, D]`` to scores ``[b, A]``, a callable of observations to actions
+        ``[b]``; e.g. the agent being trained), the continuation that follows it is computed too (``A`` more passes, the policy choosing at
+        every remaining decision from the observations the env would give).
+
+        Returns arrays over the ``N`` slots (rows of slots not in an episode: ``active`` false,
+        zeros elsewhere):
+
+        * ``active`` bool ``[N]``; ``decision`` int64 ``[N]``: the decision ``t`` each slot is at;
+        * ``correct`` bool ``[N, A, A]``, ``loss`` float64 ``[N, A, A]`` (cross-entropy, nats) and
+          ``flops`` int64 ``[N, A, A]``: the final prediction, its loss and the image's FLOPs
+          after action ``a`` and continuation ``c`` (index ``[slot, a, c]``);
+        * ``returns`` float64 ``[N, A, A]``: the env's (unshaped) return from this decision on
+          along that route (``-inf`` where it breaks the ``budget``);
+        * ``q`` float64 ``[N, A]``: each action's return under its best uniform continuation;
+          ``q_full`` under the full continuation;
+        * ``best_action`` int64 ``[N]``: the argmax of ``q``, ties going to the cheaper action:
+          with ``loss="error"`` and a small compute weight, the cheapest action after which some
+          uniform continuation still classifies the image correctly;
+        * with ``policy``: ``q_policy`` float64 ``[N, A]``, ``correct_policy`` bool ``[N, A]``,
+          ``loss_policy`` float64 ``[N, A]`` and ``flops_policy`` int64 ``[N, A]``: return,
+          correctness, loss and FLOPs of each action followed by the policy's continuation.
+        """
+        n, A, T = self.n, self.A, self.T
+        out = {
+            "active": self.active.copy(),
+            "decision": np.zeros(n, dtype=np.int64),
+            "correct": np.zeros((n, A, A), dtype=bool),
+            "loss": np.zeros((n, A, A), dtype=np.float64),
+            "flops": np.zeros((n, A, A), dtype=np.int64),
+            "returns": np.full((n, A, A), -np.inf),
+            "q": np.zeros((n, A), dtype=np.float64),
+            "q_full": np.zeros((n, A), dtype=np.float64),
+            "best_action": np.zeros(n, dtype=np.int64),
+        }
+        head = self._head.numpy()
+        for c in self.cohorts:
+            walk, slots, t = c.walk, c.slots, c.walk.t
+            b = len(slots)
+            rows = np.arange(b)
+            labels = torch.as_tensor(self.labels[self.index[slots]], device=self.device)
+            allowed = self._masks(walk)
+            out["decision"][slots] = t
+            for a in range(A):
+                after = walk.select(rows)  # shares feature maps, never overwrites them
+                after.step(np.full(b, a, dtype=np.int64))
+                for cont in range(A):
+                    # uniform continuation: the same action for every sample at every later decision
+                    w = after if after.done else run(after.select(rows), lambda _, c=cont: c)
+                    logits = w.logits().float()
+                    ce = F.cross_entropy(logits, labels, reduction="none").double().cpu().numpy()
+                    ok = (logits.argmax(1) == labels).cpu().numpy()
+                    route = [a] + [cont] * (T - t - 1)
+                    prev, comp = walk.prev.numpy(), np.zeros(b)
+                    for s, act in zip(range(t, T), route):
+                        acts = np.full(b, act, dtype=np.int64)
+                        cost = self.table.steps[s][prev, acts] + (head[acts] if s == T - 1 else 0)
+                        comp += self.reward.step(s, acts, cost, int(self._full_step[s]), self.full, A, T)
+                        prev = acts
+                    ret = comp + self.reward.final(ce, ok)
+                    flops = w.flops.numpy().copy()
+                    ok_budget = allowed[:, a] & (flops <= (np.inf if self.budget is None else self.budget * self.full + 1e-9))
+                    out["correct"][slots, a, cont], out["loss"][slots, a, cont] = ok, ce
+                    out["flops"][slots, a, cont], out["returns"][slots, a, cont] = flops, np.where(ok_budget, ret, -np.inf)
+            if policy is not None:
+                choose = as_policy(policy, copy=False)
+                for key, value in self._follow(walk, slots, labels, allowed, choose).items():
+                    out.setdefault(key, np.zeros((n, A), dtype=value.dtype))[slots] = value
+            out["q"][slots] = out["returns"][slots].max(2)
+            out["q_full"][slots] = out["returns"][slots, :, A - 1]
+            # ties to the cheaper action: the first maximum, actions being ordered by cost
+            out["best_action"][slots] = out["q"][slots].argmax(1)
+        return out
+
+    def _follow(self, walk: Walk, slots: np.ndarray, labels: torch.Tensor, allowed: np.ndarray, policy) -> dict:
+        """Each action of ``walk``'s decision followed by ``policy``'s continuation: ``q_policy``,
+        ``correct_policy``, ``loss_policy``, ``flops_policy`` (``[b, A]`` each)."""
+        b, A, T = len(slots), self.A, self.T
+        head = self._head.numpy()
+        out = {
+            "q_policy": np.zeros((b, A)),
+            "correct_policy": np.zeros((b, A), dtype=bool),
+            "loss_policy": np.zeros((b, A)),
+            "flops_policy": np.zeros((b, A), dtype=np.int64),
+        }
+        for a in range(A):
+            w = walk.select(np.arange(b))
+            acts = np.full(b, a, dtype=np.int64)
+            comp = np.zeros(b)
+            while True:
+                s = w.t
+                cost = self.table.steps[s][w.prev.numpy(), acts] + (head[acts] if s == T - 1 else 0)
+                comp += self.reward.step(s, acts, cost, int(self._full_step[s]), self.full, A, T)
+                w.step(acts)
+                if w.done:
+                    break
+                acts = np.asarray(policy(self._observe(w), self._masks(w), False), dtype=np.int64).reshape(-1)
+            logits = w.logits().float()
+            ce = F.cross_entropy(logits, labels, reduction="none").double().cpu().numpy()
+            ok = (logits.argmax(1) == labels).cpu().numpy()
+            flops = w.flops.numpy().copy()
+            fits = allowed[:, a] & (flops <= (np.inf if self.budget is None else self.budget * self.full + 1e-9))
+            out["q_policy"][:, a] = np.where(fits, comp + self.reward.final(ce, ok), -np.inf)
+            out["correct_policy"][:, a], out["flops_policy"][:, a], out["loss_policy"][:, a] = ok, flops, ce
+        return out
+
     def _check_actions(self, actions: Any) -> np.ndarray:
         a = np.asarray(actions)
         if a.dtype.kind not in "iu":

@@ -20,6 +20,14 @@ Final term of every form, chosen by ``loss``:
   It pays exactly the accuracy the benchmark measures: an image the network gets wrong at every
   width costs the same whatever is computed, so the agent is not paid to spend FLOPs making a
   hopeless image less wrong (which ``"ce"`` does). ``ce_clip`` does not apply.
+
+Early-exit episodes (``DynExit-v0``, :meth:`Reward.exit_step`) have one decision per exit and end
+when the image exits; the same forms apply with stages in place of groups or blocks: ``"flops"``
+charges ``compute_weight * cost / F_full`` for what each decision computes (the next stage and its
+exit; nothing for exiting) and adds ``compute_weight * (1 - F_0 / F_full)`` on the episode's last
+step (``F_0``: the FLOPs every image spends before its first decision), so an episode's compute
+terms again sum to ``compute_weight * (1 - flops_ratio)``; ``"rnp"`` pays ``compute_weight`` per
+stage not computed when the image exits, ``"skipnet"`` that divided by the number of decisions.
 """
 
 from __future__ import annotations
@@ -85,6 +93,25 @@ class Reward:
         if self.kind == "rnp":
             return self.compute_weight * saved
         return self.compute_weight * saved / ((A - 1) * T)
+
+    def exit_step(
+        self, t: int, actions: np.ndarray, cost: np.ndarray, last: np.ndarray, first_flops: int, full_flops: int, T: int
+    ) -> np.ndarray:
+        """Compute term of decision ``t`` of an early-exit episode for each sample (float64 ``[B]``).
+
+        ``actions``: 0 exits, 1 continues; ``cost``: FLOPs the decision computed (the next stage and
+        its exit; 0 for exiting); ``last``: bool, the episode ends with this step (an exit, or the
+        last stage reached); ``first_flops``: FLOPs spent before the first decision; ``T``: decisions
+        of a route through every stage. See the module docstring.
+        """
+        a = np.asarray(actions)
+        if self.kind == "flops":
+            r = -self.compute_weight * np.asarray(cost, dtype=np.float64) / full_flops
+            return r + np.where(last, self.compute_weight * (1.0 - first_flops / full_flops), 0.0)
+        saved = np.where(a == 0, T - t, 0).astype(np.float64)  # stages not computed
+        if self.kind == "rnp":
+            return self.compute_weight * saved
+        return self.compute_weight * saved / T
 
     def final(self, ce: np.ndarray, correct: np.ndarray) -> np.ndarray:
         """Classification term (float64 ``[B]``) from per-sample cross-entropy (nats) and correctness (bool)."""

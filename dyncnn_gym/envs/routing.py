@@ -9,6 +9,7 @@ import numpy as np
 from gymnasium.utils import EzPickle
 
 from .core import RoutingCore
+from .exit_core import ExitCore
 
 _ARGS_DOC = """
     ## Arguments
@@ -131,6 +132,27 @@ _COMMON_DOC = """
 """
 
 
+def _v0_only_args(name: str, default: str) -> str:
+    """The Arguments section of an env registered only as ``-v0`` with the ``-v0`` defaults."""
+    doc = _ARGS_DOC.format(id=name, target="None", default=default)
+    head = doc[: doc.index("    * `dataset`")]
+    body = doc[len(head) :]
+    return (
+        f"""
+    ## Arguments
+
+    ```python
+    gymnasium.make("{name}-v0", dataset="shapes", backbone=None, groups=4, split="train",
+                   reward="flops", compute_weight=None, loss_weight=1.0, ce_clip=5.0, loss="ce",
+                   budget=None, budget_strict=False, device="cpu", obs="features", dtype="float32",
+                   shaping="none", flops_target=None, target_rate=2e-4, render_mode=None)
+    ```
+
+"""
+        + body
+    )
+
+
 def check_render_mode(render_mode: str | None, modes: list[str]) -> None:
     """``ValueError`` naming the valid choices unless ``render_mode`` is ``None`` or in ``modes``."""
     if render_mode is not None and render_mode not in modes:
@@ -199,11 +221,15 @@ class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
         EzPickle.__init__(self, render_mode=render_mode, **kwargs)
         check_render_mode(render_mode, self.metadata["render_modes"])
         self.render_mode = render_mode
-        self.core = RoutingCore(self.mode, 1, **kwargs)
+        self.core = self.make_core(**kwargs)
         self.observation_space = self.core.observation_space
         self.action_space = self.core.action_space
         self._last_info: dict = {}
         self._needs_reset = True
+
+    def make_core(self, **kwargs: Any) -> RoutingCore:
+        """The one-slot core of this env (a :class:`RoutingCore` in this env's mode)."""
+        return RoutingCore(self.mode, 1, **kwargs)
 
     @property
     def num_decisions(self) -> int:
@@ -234,6 +260,16 @@ class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
     def action_masks(self) -> np.ndarray:
         """bool ``[A]``: actions allowed now (for sb3-contrib's MaskablePPO)."""
         return self.core.action_masks()[0]
+
+    def teacher(self, policy: Any = None) -> dict[str, Any]:
+        """The outcome of every action at the current decision under the documented continuations
+        (``core.teacher(policy)``: :meth:`RoutingCore.teacher`, or :meth:`ExitCore.teacher` for
+        ``DynExit-v0``), for this env's image: the arrays without the batch dimension. It knows the
+        label: use it to train or analyse agents (imitation, DAgger), never as an observation.
+        ``policy`` (anything :func:`~dyncnn_gym.policies.as_policy` accepts) adds the continuation that follows it."""
+        if self._needs_reset:
+            raise RuntimeError("call reset() before teacher(): the episode has ended or not started")
+        return {k: v[0] for k, v in self.core.teacher(policy).items()}
 
     def render(self):
         if self.render_mode is None:
@@ -343,14 +379,47 @@ class DynSkipEnv(RoutingEnv):
     mode = "skip"
 
 
+class DynRouteEnv(RoutingEnv):
+    __doc__ = (
+        """
+    ## Description
+
+    Width and depth at once (as LAUDNet combines layer skipping and channel width) as a Gymnasium
+    env. One image walks through a CIFAR-style ResNet; before every residual block the agent
+    chooses to skip it or to run it at one of `groups` widths. A skipped block is not computed (the
+    image passes through its shortcut, as in `DynSkip-v0`); a block that runs computes only the
+    chosen channel groups of its first convolution (as `DynChannel-v0` on a ResNet). Every route of
+    `DynChannel-v0` and of `DynSkip-v0` on the same ResNet is a route here.
+
+    ## Action Space
+
+    `Discrete(groups + 1)`: 0 skips the block; `a >= 1` runs it with channel groups `0..a-1`
+    (`a` of `groups`; `groups` = full width).
+    """
+        + _COMMON_DOC
+        + _v0_only_args(
+            "DynRoute",
+            default="'resnet20-lite@route+sandwich+distill', ResNet-20 with a stride-2 stem trained for route decisions (random skips and random widths at once; the sandwich rule over both: every block but the first skipped, and every block at the narrowest width; in-place distillation); it serves DynChannel-v0 and DynSkip-v0 too. Any ResNet trained for both kinds works",
+        )
+        + """
+    ## Version History
+
+    * v0: initial version.
+    """
+    )
+    mode = "route"
+
+
 #: registered env id -> the mode of its decisions
 ENV_MODES: dict[str, str] = {
-    f"{name}-v{v}": env.mode for name, env in (("DynChannel", DynChannelEnv), ("DynSkip", DynSkipEnv)) for v in (0, 1)
+    **{f"{name}-v{v}": env.mode for name, env in (("DynChannel", DynChannelEnv), ("DynSkip", DynSkipEnv)) for v in (0, 1)},
+    "DynRoute-v0": DynRouteEnv.mode,
+    "DynExit-v0": "exit",
 }
 
 
 def mode_of(env_id: str, problem: str = "is not a routing env") -> str:
-    """The decision mode (``"channel"`` / ``"skip"``) of ``env_id`` (optionally ``"dyncnn_gym:"``-prefixed)."""
+    """The decision mode (``"channel"`` / ``"skip"`` / ``"route"`` / ``"exit"``) of ``env_id`` (optionally ``"dyncnn_gym:"``-prefixed)."""
     name = env_id.split(":", 1)[-1] if isinstance(env_id, str) else env_id
     if name not in ENV_MODES:
         raise ValueError(f"env_id={env_id!r} {problem}; choose one of {sorted(ENV_MODES)}")
@@ -365,9 +434,14 @@ def registered_kwargs(env_id: str) -> dict[str, Any]:
     return dict(gymnasium.spec(env_id.split(":", 1)[-1]).kwargs)
 
 
-def make_core(env_id: str, num_slots: int = 1, **overrides: Any) -> RoutingCore:
-    """A :class:`RoutingCore` of ``num_slots`` episodes for ``env_id``: its registered defaults
+def make_core(env_id: str, num_slots: int = 1, **overrides: Any) -> RoutingCore | ExitCore:
+    """The core of ``num_slots`` episodes for ``env_id``: an :class:`~dyncnn_gym.envs.exit_core.ExitCore`
+    for the early-exit env, else a :class:`RoutingCore` in the env's mode; its registered defaults
     (:func:`registered_kwargs`) updated by ``overrides``. Every face that builds episodes from an env
     id (the SB3 VecEnv, evaluation, export, the benchmark) builds them here, so ``-v0`` and ``-v1``
     differ only in these defaults."""
-    return RoutingCore(mode_of(env_id), num_slots, **{**registered_kwargs(env_id), **overrides})
+    mode = mode_of(env_id)
+    kwargs = {**registered_kwargs(env_id), **overrides}
+    if mode == "exit":
+        return ExitCore(num_slots, **kwargs)
+    return RoutingCore(mode, num_slots, **kwargs)

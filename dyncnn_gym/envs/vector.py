@@ -15,7 +15,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from .core import RoutingCore
-from .routing import DynChannelEnv, DynSkipEnv
+from .routing import DynChannelEnv, DynRouteEnv, DynSkipEnv
 
 
 def vector_autoreset_mode(autoreset_mode: AutoresetMode | str, render_mode: str | None) -> AutoresetMode:
@@ -30,13 +30,14 @@ def vector_autoreset_mode(autoreset_mode: AutoresetMode | str, render_mode: str 
     return modes[key]
 
 
-def check_max_episode_steps(max_episode_steps: Any, T: int) -> None:
-    """``make_vec`` passes ``max_episode_steps``; every episode has exactly ``T`` steps, so only
-    ``None`` or an int ``>= T`` (which changes nothing) is accepted."""
+def check_max_episode_steps(max_episode_steps: Any, T: int, fixed_length: bool = True) -> None:
+    """``make_vec`` passes ``max_episode_steps``; every episode has exactly ``T`` steps (at most
+    ``T`` where ``fixed_length`` is false), so only ``None`` or an int ``>= T`` (which changes
+    nothing) is accepted."""
     if max_episode_steps is not None and (not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < T):
         raise ValueError(
-            f"max_episode_steps={max_episode_steps!r}: every episode has exactly {T} step{'s' if T > 1 else ''}"
-            f" and never truncates; pass None or a value >= {T}"
+            f"max_episode_steps={max_episode_steps!r}: every episode has {'exactly' if fixed_length else 'at most'}"
+            f" {T} step{'s' if T > 1 else ''} and never truncates; pass None or a value >= {T}"
         )
 
 
@@ -138,10 +139,10 @@ class RoutingVectorEnv(VectorEnv):
         **kwargs: Any,
     ) -> None:
         mode = vector_autoreset_mode(autoreset_mode, render_mode)
-        self.core = RoutingCore(self.mode, num_envs, **kwargs)
+        self.core = self.make_core(num_envs, **kwargs)
         if hasattr(self.core, "info_format"):  # the core can build the dict-of-arrays infos itself
             self.core.info_format = "arrays"
-        check_max_episode_steps(max_episode_steps, self.core.T)
+        check_max_episode_steps(max_episode_steps, self.core.T, getattr(self.core, "fixed_length", True))
         self.num_envs = int(num_envs)
         self.metadata = {**self.metadata, "autoreset_mode": mode}
         self.render_mode = None
@@ -152,6 +153,10 @@ class RoutingVectorEnv(VectorEnv):
         self._obs = np.zeros(self.observation_space.shape, dtype=np.float32)
         self._needs_reset = np.ones(self.num_envs, dtype=bool)
         self._started = False
+
+    def make_core(self, num_envs: int, **kwargs: Any) -> RoutingCore:
+        """The ``num_envs``-slot core of this vector env (a :class:`RoutingCore` in its mode)."""
+        return RoutingCore(self.mode, num_envs, **kwargs)
 
     @property
     def backbone(self):
@@ -228,6 +233,12 @@ class RoutingVectorEnv(VectorEnv):
         """bool ``[num_envs, A]`` of the actions allowed now."""
         return self.core.action_masks()
 
+    def teacher(self, policy: Any = None) -> dict[str, np.ndarray]:
+        """The outcome of every action at every env's current decision, batched (``core.teacher(policy)``;
+        envs waiting for their autoreset have ``active`` false). It knows the labels: for training
+        or analysing agents, never as an observation."""
+        return self.core.teacher(policy)
+
     # -- infos from the core: one dict per env, or (when the core builds them) already batched ------
     def _batched(self, infos: list[dict] | dict, slots: np.ndarray) -> dict:
         """Dict-of-arrays infos of ``reset_slots(slots)``."""
@@ -243,14 +254,17 @@ class RoutingVectorEnv(VectorEnv):
 
 
 def restrict_infos(info: dict[str, Any], keep: np.ndarray) -> dict[str, Any]:
-    """The entries of a dict-of-arrays ``info`` for the envs where ``keep`` is true (masks narrowed)."""
+    """The entries of a dict-of-arrays ``info`` for the envs where ``keep`` is true (masks narrowed).
+
+    Arrays are copied: the step's infos and its ``final_info`` (same-step autoreset) are both
+    restricted from one dict, and the reset infos merged into the first must not reach the second."""
     out: dict[str, Any] = {}
     for key, value in info.items():
         if key.startswith("_") and key[1:] in info:
             continue
         mask = info[f"_{key}"] & keep
         if mask.any():
-            out[key] = restrict_infos(value, keep) if isinstance(value, dict) else value
+            out[key] = restrict_infos(value, keep) if isinstance(value, dict) else value.copy()
             out[f"_{key}"] = mask
     return out
 
@@ -280,3 +294,8 @@ class DynChannelVectorEnv(RoutingVectorEnv):
 class DynSkipVectorEnv(RoutingVectorEnv):
     __doc__ = "Native vector env of ``DynSkip-v0``.\n\n" + (RoutingVectorEnv.__doc__ or "") + (DynSkipEnv.__doc__ or "")
     mode = "skip"
+
+
+class DynRouteVectorEnv(RoutingVectorEnv):
+    __doc__ = "Native vector env of ``DynRoute-v0``.\n\n" + (RoutingVectorEnv.__doc__ or "") + (DynRouteEnv.__doc__ or "")
+    mode = "route"

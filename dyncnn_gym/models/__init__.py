@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import MODES, CostTable, DynamicNet, conv_flops, linear_flops
+from .exits import ExitResNet
 from .resnet import RESNET_DEPTHS, ResNet
 from .vgg import VGG_CONFIGS, ChannelVGG
 
@@ -11,6 +12,8 @@ ARCHS: dict[str, tuple[str, ...]] = {
     **{name: ChannelVGG.modes for name in VGG_CONFIGS},
     **{f"resnet{d}": ResNet.modes for d in RESNET_DEPTHS},
     **{f"resnet{d}-lite": ResNet.modes for d in RESNET_DEPTHS},
+    **{f"resnet{d}-exits": ExitResNet.modes for d in RESNET_DEPTHS},
+    **{f"resnet{d}-lite-exits": ExitResNet.modes for d in RESNET_DEPTHS},
 }
 
 
@@ -18,8 +21,17 @@ def build(arch: str, in_shape: tuple[int, int, int], num_classes: int, groups: i
     """A freshly initialised backbone called ``arch`` (see :data:`ARCHS`).
 
     ``kwargs`` override the arch's configuration (``widths=``, ``pool_after=`` for VGGs,
-    ``widths=``, ``stem_stride=`` for ResNets). ``resnet{d}-lite`` is ``resnet{d}`` with a stride-2 stem.
+    ``widths=``, ``stem_stride=`` for ResNets, ``exits=``, ``head_convs=`` for exit ResNets). ``resnet{d}-lite`` is
+    ``resnet{d}`` with a stride-2 stem; ``resnet{d}[-lite]-exits`` is that ResNet with early-exit
+    heads (:class:`~dyncnn_gym.models.exits.ExitResNet`).
     """
+    if isinstance(arch, str) and arch.endswith("-exits") and arch in ARCHS:
+        own = ("exits", "head_convs")
+        rest = {k: v for k, v in kwargs.items() if k not in own}
+        base = build(arch[: -len("-exits")], in_shape, num_classes, groups, **rest)
+        return ExitResNet(
+            in_shape, num_classes, groups, arch=arch, **base.config(), **{k: kwargs[k] for k in own if k in kwargs}
+        )
     if arch in VGG_CONFIGS:
         widths, pools = VGG_CONFIGS[arch]
         kw = {"widths": widths, "pool_after": pools, **kwargs}
@@ -42,6 +54,7 @@ __all__ = [
     "ChannelVGG",
     "CostTable",
     "DynamicNet",
+    "ExitResNet",
     "ResNet",
     "build",
     "conv_flops",

@@ -16,6 +16,8 @@ Modes:
 * ``"channel"`` (RNP, width): every decision picks how many of ``groups`` equal channel groups to
   compute; action ``a`` computes groups ``0..a``.
 * ``"skip"`` (SkipNet, depth): every decision executes (1) or skips (0) a residual block.
+* ``"route"`` (width and depth at once, ResNets): every residual block is a decision with
+  ``groups + 1`` actions: 0 skips the block, ``a >= 1`` runs it with ``a`` of ``groups`` channel groups.
 
 Costs are **FLOPs as counted by** :class:`torch.utils.flop_counter.FlopCounterMode`: two per
 multiply-accumulate of every convolution and linear layer actually run. Batch-norm (folded into
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-MODES = ("channel", "skip")
+MODES = ("channel", "skip", "route")
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ class DynamicNet(nn.Module):
 
     def num_actions(self, mode: str) -> int:
         self.check_mode(mode)
-        return self.groups if mode == "channel" else 2
+        return {"channel": self.groups, "route": self.groups + 1}.get(mode, 2)
 
     def num_decisions(self, mode: str) -> int:
         return self.cost_table(mode).num_decisions

@@ -66,6 +66,12 @@ class ResNet(DynamicNet):
     only the first ``(a + 1) * width / groups`` channels of the block's first convolution, and the
     second convolution reads only those (its output, the residual stream, keeps full width).
 
+    **Route mode** (both at once): every block is a decision point with ``groups + 1`` actions;
+    action 0 skips the block (its shortcut alone, as in skip mode), action ``a >= 1`` runs it at
+    the width of channel action ``a - 1``. The routes of the other two modes are route-mode routes:
+    channel action ``a`` is route action ``a + 1``, and skip mode is route mode with the first
+    block at full width and actions 0 / ``groups`` elsewhere.
+
     Args:
         in_shape: ``(C, H, W)`` of the input images.
         num_classes: classes of the linear head.
@@ -77,7 +83,10 @@ class ResNet(DynamicNet):
             fewer FLOPs: a CPU-sized backbone for 32x32 images).
     """
 
-    modes = ("skip", "channel")
+    modes = ("skip", "channel", "route")
+    #: the decision kinds a backbone name without ``@mode`` is trained for (route decisions combine
+    #: both; ``"ARCH@route"`` trains them)
+    default_training_modes: tuple[str, ...] = ("skip", "channel")
 
     def __init__(
         self,
@@ -150,6 +159,9 @@ class ResNet(DynamicNet):
         for t in range(T):
             b = first + t
             for a in range(A):
+                if mode == "route":
+                    steps[t, :, a] = self._block_flops(b, self.channels(self.blocks[b].c_out, a - 1)) if a else 0
+                    continue
                 inner = self.blocks[b].c_out if mode == "skip" else self.channels(self.blocks[b].c_out, a)
                 steps[t, :, a] = self._block_flops(b, inner) if (mode == "channel" or a == 1) else 0
         head = np.full(A, linear_flops(self.widths[-1], self.num_classes), dtype=np.int64)
@@ -206,6 +218,8 @@ class ResNet(DynamicNet):
         b = self._first_block(mode) + t
         if mode == "skip":
             return self.run_block(b, h, self.groups - 1) if action == 1 else self.blocks[b].shortcut(h)
+        if mode == "route":
+            return self.run_block(b, h, action - 1) if action else self.blocks[b].shortcut(h)
         return self.run_block(b, h, action)
 
     def decision_uses_prev(self, mode: str) -> bool:

@@ -1,0 +1,314 @@
+"""An early-exit router and its cascade as one torch model: :class:`ExitRoutedNet`.
+
+The ``DynExit-v0`` counterpart of :class:`~dyncnn_gym.routed.RoutedNet` (exit models only; the
+per-decision envs export through :mod:`dyncnn_gym.routed`, and :func:`dyncnn_gym.export` picks the
+right one). It routes a batch through the stages with the same
+:class:`~dyncnn_gym.exit_walk.ExitWalk` the env uses: at every exit it builds the env's
+observation, runs the policy, and the images whose action is 0 **leave the batch** with that exit's
+prediction; only the others run the next stage. So on the test split it gives the same predictions,
+exits and FLOPs as :func:`dyncnn_gym.evaluate` with the same policy, and its wall-clock time follows
+the FLOPs it spends.
+
+The policy is turned into torch modules by :func:`dyncnn_gym.routed.policy_head`, i.e. by
+:func:`dyncnn_gym.policies.as_policy`, the one adapter every face uses. :meth:`ExitRoutedNet.save`
+and :func:`load` store and rebuild the model without SB3 or the data, in the file layout of
+:class:`~dyncnn_gym.routed.RoutedNet`: written atomically, read with ``weights_only=True`` (only the
+policy-head classes of :func:`dyncnn_gym.routed.head_classes` and those a caller passes are rebuilt).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .envs.exit_core import ExitCore
+from .envs.probes import confidence
+from .exit_walk import ExitWalk
+from .models import DynamicNet, build
+from .models.exits import make_stages
+from .policies import RecurrentHead
+from .routed import _check_spaces, _dry_run, head_classes, policy_head
+
+#: ``format`` tag of files written by :meth:`ExitRoutedNet.save`
+EXIT_FORMAT = "dyncnn_gym.exit_routed"
+EXIT_FORMAT_VERSION = 1
+
+
+class RoutedExits(NamedTuple):
+    """What one routed early-exit pass gives.
+
+    Attributes:
+        logits: class scores ``[B, K]`` (the prediction of the exit each image left at).
+        exits: int64 ``[B]`` (CPU): the exit each image left at.
+        actions: int64 ``[B, T]`` (CPU): 1 for every stage continued, 0 at the exit taken, -1 after.
+        flops: int64 ``[B]`` (CPU): FLOPs each image cost (stem, stages, exit heads evaluated).
+        flops_ratio: float64 ``[B]`` (CPU): ``flops`` / FLOPs of the full network.
+    """
+
+    logits: torch.Tensor
+    exits: torch.Tensor
+    actions: torch.Tensor
+    flops: torch.Tensor
+    flops_ratio: torch.Tensor
+
+
+class ExitRoutedNet(nn.Module):
+    """A cascade of stages with exits and its router in one inference-only model.
+
+    ``forward(images [B, C, H, W]) -> logits [B, K]``; :meth:`route` also gives the exits, actions
+    and FLOPs, and :attr:`last` holds the :class:`RoutedExits` of the latest call.
+    """
+
+    def __init__(
+        self,
+        backbone: DynamicNet,
+        stages: dict,
+        head: nn.Module,
+        scales: list[torch.Tensor],
+        budget: float | None = None,
+        env_id: str | None = None,
+        info: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(backbone, DynamicNet):
+            raise TypeError(f"backbone={type(backbone).__name__} must be a dyncnn_gym DynamicNet")
+        self.backbone, self.head, self.env_id = backbone, head, env_id
+        self.stage_spec = dict(stages)
+        self.stages = make_stages(backbone, stages["kind"], tuple(stages["widths"]) if "widths" in stages else None)
+        costs = self.stages.costs
+        self.S, self.T, self.A, self.full = costs.num_exits, costs.num_exits - 1, 2, int(costs.full)
+        self.feat_dim = max(self.stages.feature_widths)
+        if len(scales) != self.S:
+            raise ValueError(f"expected {self.S} observation scales (one per exit), got {len(scales)}")
+        for k, s in enumerate(scales):
+            self.register_buffer(f"scale_{k}", torch.as_tensor(s).detach().clone())
+        self.obs_dim = self.feat_dim + self.T + 4
+        self.budget = None if budget is None else float(budget)
+        self.recurrent = isinstance(head, RecurrentHead)
+        self.info = dict(info or {})
+        self.last: RoutedExits | None = None
+        super().train(False)
+
+    def train(self, mode: bool = True) -> ExitRoutedNet:
+        """Inference only: ``train(True)`` raises."""
+        if mode:
+            raise RuntimeError("ExitRoutedNet is inference-only (its exits are not differentiable)")
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    def extra_repr(self) -> str:
+        return f"env_id={self.env_id!r}, stages={self.stage_spec}, budget={self.budget}, policy={self.info.get('policy')!r}"
+
+    @torch.no_grad()
+    def observe(self, walk: ExitWalk) -> torch.Tensor:
+        """Observations ``[B, obs_dim]`` float32 at the walk's exit (as ``DynExit-v0`` builds them)."""
+        b, t = len(walk), walk.t
+        ft = torch.tanh(walk.pooled.float() / getattr(self, f"scale_{t}"))
+        onehot = ft.new_zeros((b, self.feat_dim - ft.shape[1] + self.T))
+        onehot[:, self.feat_dim - ft.shape[1] + t] = 1.0
+        ratio = torch.from_numpy(np.minimum(walk.flops / self.full, 1.0).astype(np.float32)[:, None]).to(ft.device)
+        return torch.cat([ft, onehot, confidence(walk.logits), ratio], 1)
+
+    def masks(self, walk: ExitWalk) -> np.ndarray:
+        """bool ``[B, 2]``: exiting always; continuing unless the budget forbids the next stage."""
+        m = np.ones((len(walk), 2), dtype=bool)
+        if self.budget is not None:
+            k = walk.t + 1
+            costs = self.stages.costs
+            m[:, 1] = walk.flops + costs.stages[k] + costs.heads[k] <= self.budget * self.full + 1e-9
+        return m
+
+    def _check_images(self, images: Any) -> torch.Tensor:
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch tensor (or NumPy array) [B, C, H, W]; got {type(images).__name__}")
+        shape = tuple(self.backbone.in_shape)
+        if images.dim() != 4 or tuple(images.shape[1:]) != shape:
+            raise ValueError(f"images have shape {tuple(images.shape)}; expected [B, {', '.join(map(str, shape))}]")
+        if not images.dtype.is_floating_point:
+            raise TypeError(f"images have dtype {images.dtype}; expected a floating dtype (e.g. torch.float32)")
+        if images.device != self.device:
+            raise ValueError(f"images are on {images.device} but the model is on {self.device}")
+        return images
+
+    @torch.no_grad()
+    def route(self, images: torch.Tensor | np.ndarray) -> RoutedExits:
+        """Route a batch (see the module docstring): images that exit stop computing."""
+        x = self._check_images(images)
+        if self.backbone.training:
+            self.backbone.eval()
+        B = x.shape[0]
+        logits = torch.zeros((B, self.backbone.num_classes), device=x.device)
+        exits = np.zeros(B, dtype=np.int64)
+        actions = np.full((B, self.T), -1, dtype=np.int64)
+        flops = np.zeros(B, dtype=np.int64)
+        if B:
+            walk = ExitWalk(self.stages, x)
+            logits = logits.to(walk.logits.dtype)
+            order = np.arange(B)  # image index of each row of the walk
+            state = self.head.initial_state(B, x.device) if self.recurrent else None
+            while not walk.done and len(walk):
+                obs = self.observe(walk)
+                allowed = self.masks(walk)
+                mask = torch.from_numpy(allowed).to(obs.device)
+                if state is not None:
+                    a, h, c = self.head(obs, mask, *state)
+                    state = (h, c)
+                else:
+                    a = self.head(obs, mask)
+                a = self._check_actions(a, allowed, walk.t)
+                before = walk.actions
+                gone = walk.step(a)
+                rows = order[gone.rows]
+                logits[torch.from_numpy(rows).to(x.device)] = gone.logits
+                exits[rows], flops[rows], actions[rows] = gone.exit, gone.flops, before[gone.rows]
+                if len(gone.rows):
+                    stay = np.flatnonzero(a == 1)
+                    order = order[stay]
+                    if state is not None:
+                        keep = torch.from_numpy(stay).to(x.device)
+                        state = (state[0].index_select(1, keep), state[1].index_select(1, keep))
+            if len(walk):
+                idx = torch.from_numpy(order).to(x.device)
+                logits[idx] = walk.logits
+                exits[order], flops[order], actions[order] = walk.t, walk.flops, walk.actions
+        f = torch.from_numpy(flops)
+        self.last = RoutedExits(logits, torch.from_numpy(exits), torch.from_numpy(actions), f, f.double() / self.full)
+        return self.last
+
+    def forward(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Class scores ``[B, K]`` of routed ``images [B, C, H, W]`` (see :meth:`route`)."""
+        return self.route(images).logits
+
+    def _check_actions(self, a: torch.Tensor, allowed: np.ndarray, t: int) -> np.ndarray:
+        acts = a.detach().cpu().numpy().astype(np.int64).reshape(-1)
+        if acts.shape[0] != allowed.shape[0]:
+            raise ValueError(f"the policy gave {acts.shape[0]} actions at exit {t}; expected {allowed.shape[0]}")
+        if acts.shape[0] and (acts.min() < 0 or acts.max() > 1):
+            raise ValueError(f"the policy gave actions outside {{0, 1}} at exit {t}: {sorted(set(acts.tolist()))}")
+        ok = allowed[np.arange(acts.shape[0]), acts]
+        if not ok.all():
+            r = int(np.flatnonzero(~ok)[0])
+            raise ValueError(f"the policy continued image {r} at exit {t}, which breaks the compute budget {self.budget}")
+        return acts
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model to ``path`` (a ``torch.save`` file :func:`load` reads without SB3 or data),
+        atomically (see :mod:`dyncnn_gym.fileio`): readers see the old file or the complete new one."""
+        from .fileio import save_torch
+        from .pretraining import CHECKPOINT_VERSION, plain_meta
+
+        net = self.backbone
+        meta = plain_meta(dict(getattr(net, "meta", None) or {}))
+        meta.update(
+            arch=net.arch, config=net.config(), in_shape=list(net.in_shape), num_classes=net.num_classes, groups=net.groups
+        )
+        blob = {
+            "format": EXIT_FORMAT,
+            "version": EXIT_FORMAT_VERSION,
+            "backbone": {
+                "version": CHECKPOINT_VERSION,
+                "meta": meta,
+                "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            },
+            "stages": self.stage_spec,
+            "env_id": self.env_id,
+            "budget": self.budget,
+            "scales": [getattr(self, f"scale_{k}").cpu() for k in range(self.S)],
+            "head": copy.deepcopy(self.head).cpu(),
+            "info": self.info,
+            "torch": str(torch.__version__),
+        }
+        return save_torch(blob, path)
+
+
+def export_exits(policy: Any, core: ExitCore, env_id: str = "DynExit-v0") -> ExitRoutedNet:
+    """One model that routes like ``policy`` does in the early-exit ``core`` (see
+    :func:`dyncnn_gym.export` for the accepted policies)."""
+    head, description = policy_head(policy)
+    _check_spaces(policy, core)
+    net = core.net
+    routed = ExitRoutedNet(
+        net,
+        core.stages.describe(),
+        head.to(core.device),
+        list(core.scale),
+        core.budget,
+        env_id,
+        {
+            "policy": description,
+            "data": core.data.name,
+            "data_fingerprint": core.data.fingerprint,
+            "backbone": net.arch,
+        },
+    ).to(core.device)
+    _dry_run(routed)
+    return routed
+
+
+def is_exit_file(blob: Any) -> bool:
+    """Whether a loaded file ``blob`` is an :class:`ExitRoutedNet` saved by :meth:`ExitRoutedNet.save`."""
+    return isinstance(blob, dict) and blob.get("format") == EXIT_FORMAT
+
+
+def from_blob(blob: dict, path: str | Path, device: torch.device) -> ExitRoutedNet:
+    """Rebuild an :class:`ExitRoutedNet` from a file's contents (read by :func:`dyncnn_gym.deployment.load`)."""
+    from .fileio import CorruptFileError
+    from .pretraining import plain_meta
+
+    if blob.get("version") != EXIT_FORMAT_VERSION:
+        raise ValueError(
+            f"{str(path)!r} has format version {blob.get('version')!r}; this dyncnn_gym reads {EXIT_FORMAT_VERSION}"
+        )
+    try:
+        meta = plain_meta(blob["backbone"]["meta"])
+        net = build(meta["arch"], tuple(meta["in_shape"]), meta["num_classes"], meta["groups"], **meta["config"])
+        net.load_state_dict(blob["backbone"]["state_dict"])
+        net.meta = meta
+        if not isinstance(blob["head"], nn.Module):
+            raise TypeError(f"its policy head is a {type(blob['head']).__name__}, not a torch module")
+        out = ExitRoutedNet(
+            net.eval(), blob["stages"], blob["head"], blob["scales"], blob["budget"], blob["env_id"], blob["info"]
+        )
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CorruptFileError(f"{str(path)!r} is a damaged early-exit model ({str(e).splitlines()[0][:200]})") from None
+    return out.to(device)
+
+
+def read_file(path: str | Path, device: str | torch.device = "cpu", safe_globals: Any = ()) -> tuple[Any, torch.device]:
+    """A saved routed model's contents, read with ``weights_only=True`` (tensors, plain containers,
+    the classes of :func:`dyncnn_gym.routed.head_classes` and ``safe_globals``), and the device to
+    build it on."""
+    from .device import check_device
+    from .fileio import load_torch
+    from .pretraining import CHECKPOINT_GLOBALS
+
+    path = Path(path)
+    dev = check_device(device)
+    if not path.exists():
+        raise FileNotFoundError(f"no saved routed model at {str(path)!r}")
+    extra = tuple(safe_globals)
+    if not all(isinstance(c, type) for c in extra):
+        raise TypeError(f"safe_globals={safe_globals!r} must be a sequence of classes")
+    return load_torch(path, (*CHECKPOINT_GLOBALS, *head_classes(), *extra), "routed model"), dev
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", *, safe_globals: Any = ()) -> ExitRoutedNet:
+    """Rebuild an :class:`ExitRoutedNet` saved with :meth:`ExitRoutedNet.save` on ``device`` (read
+    with ``weights_only=True``; see :func:`dyncnn_gym.routed.load` for ``safe_globals`` and the errors)."""
+    blob, dev = read_file(path, device, safe_globals)
+    if not is_exit_file(blob):
+        raise ValueError(f"{str(path)!r} is not an early-exit model saved by ExitRoutedNet.save (no format {EXIT_FORMAT!r})")
+    return from_blob(blob, path, dev)
+
+
+__all__ = ["EXIT_FORMAT", "ExitRoutedNet", "RoutedExits", "export_exits", "load"]
