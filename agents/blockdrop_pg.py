@@ -66,8 +66,9 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import Walk, evaluate
+from dyncnn_gym.benchmark.bench import point_env_kwargs
 from dyncnn_gym.cli import HelpFormatter
-from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
+from dyncnn_gym.fileio import check_writable_dir, load_torch, save_torch, write_text
 from dyncnn_gym.pretraining import save_checkpoint
 from dyncnn_gym.walk import run
 
@@ -81,12 +82,16 @@ def arg(default: Any, help: str) -> Any:
 
 @dataclass
 class Args:
+    env: str = arg(
+        "DynBlockDrop-v0", "one-step env id: DynBlockDrop-v0 or DynBlockDrop-v1 (a FLOPs target, see --flops-target)"
+    )
     dataset: str = arg("shapes", "data set name (shapes, digits, ...)")
     backbone: str = arg("", "backbone name or checkpoint path (default: empty, the DynSkip default, resnet32-lite@skip)")
     obs: str = arg("probe", "observation mode of the env: features or probe")
     reward: str = arg("blockdrop", "blockdrop (1 - u**2 if correct, else -penalty) or flops (DynSkip-v0's return)")
     penalty: float = arg(1.0, "reward of a wrong prediction is -penalty (--reward blockdrop)")
     compute_weight: float = arg(0.5, "reward per unit of FLOPs ratio saved (--reward flops only)")
+    flops_target: float = arg(0.0, "--reward flops: hold this FLOPs ratio by adapting the compute weight (0: a fixed weight)")
     num_envs: int = arg(256, "images per rollout, stepped as one batch")
     iterations: int = arg(300, "policy-gradient iterations with the backbone frozen")
     hidden: int = arg(64, "hidden width of the policy MLP")
@@ -111,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
         else:
             p.add_argument(flag, type=type(f.default), default=f.default, help=text)
     ns = p.parse_args(argv)
+    if ns.env not in ("DynBlockDrop-v0", "DynBlockDrop-v1"):
+        p.error(f"--env {ns.env!r} is not a one-step env; choose one of ['DynBlockDrop-v0', 'DynBlockDrop-v1']")
     if ns.reward not in REWARDS:
         p.error(f"--reward {ns.reward!r} is not supported; choose one of {list(REWARDS)}")
     for name in ("num_envs", "iterations", "hidden", "finetune_batch"):
@@ -147,11 +154,13 @@ class OneShotPolicy(nn.Module):
 
 
 class PerDecision(nn.Module):
-    """A :class:`OneShotPolicy` as a per-decision policy over ``DynSkip-v0``: obs ``[B, D]`` -> scores ``[B, 2]``.
+    """A :class:`OneShotPolicy` as a per-decision policy over ``DynSkip``: obs ``[B, D]`` -> scores ``[B, 2]``.
 
-    At a row's first decision (its decision one-hot reads 0) the one-shot network decides every
-    block from that observation (``DynBlockDrop-v0``'s); at decision ``t`` the score of the stored
-    decision ``t`` is 1 and the other 0. ``dyncnn_gym.evaluate(PerDecision(...), "DynSkip-v0")``.
+    At a row's first decision (its decision one-hot reads 0) the one-shot network scores every
+    block from that observation (``DynBlockDrop``'s); at decision ``t`` the scores are ``[0, l_t]``,
+    ``l_t`` the keep logit of block ``t``, so the argmax keeps the block exactly where the one-shot
+    policy would (``l_t > 0``) and a cost bias ``b`` (``dyncnn_gym.evaluate``'s dial) keeps it where
+    ``l_t > b``. ``dyncnn_gym.evaluate(PerDecision(...), "DynSkip-v1")``.
     """
 
     def __init__(self, oneshot: OneShotPolicy) -> None:
@@ -166,21 +175,24 @@ class PerDecision(nn.Module):
         if self._plan is None or self._plan.shape[0] != obs.shape[0]:
             if not bool(first.all()):
                 raise RuntimeError("the policy got a batch mid-episode without its plan; start at decision 0")
-            self._plan = torch.zeros(obs.shape[0], T, dtype=torch.long, device=obs.device)
+            self._plan = torch.zeros(obs.shape[0], T, dtype=obs.dtype, device=obs.device)
         if first.any():
-            self._plan[first] = (self.oneshot(obs[first]) > 0).long()
-        keep = self._plan.gather(1, t[:, None]).squeeze(1).float()
-        return torch.stack([1 - keep, keep], 1)
+            self._plan[first] = self.oneshot(obs[first]).to(self._plan.dtype)
+        keep = self._plan.gather(1, t[:, None]).squeeze(1)
+        return torch.stack([torch.zeros_like(keep), keep], 1)
 
 
-def save_policy(policy: OneShotPolicy, path: str | Path) -> None:
+def save_policy(policy: OneShotPolicy | PerDecision, path: str | Path) -> None:
+    """Save the one-shot network (of a :class:`PerDecision` too) as a weights-only torch file."""
+    if isinstance(policy, PerDecision):
+        policy = policy.oneshot
     save_torch({"config": policy.config, "state_dict": policy.state_dict()}, path)
 
 
 def load_policy(path: str | Path, per_decision: bool = True) -> nn.Module:
     """The saved policy (eval mode): :class:`PerDecision` for ``DynSkip-v0`` (default) or the raw
     :class:`OneShotPolicy` for ``DynBlockDrop-v0`` (``per_decision=False``)."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = load_torch(path, what="BlockDrop policy file")
     net = OneShotPolicy(**blob["config"])
     net.load_state_dict(blob["state_dict"])
     net.eval()
@@ -238,7 +250,7 @@ def train(args: Args, env_kwargs: dict[str, Any], log=print) -> tuple[OneShotPol
 
     def make(**kw):
         return gym.make_vec(
-            "DynBlockDrop-v0",
+            args.env,
             num_envs=args.num_envs,
             autoreset_mode="SameStep",
             **{**env_kwargs, **kw},
@@ -248,7 +260,9 @@ def train(args: Args, env_kwargs: dict[str, Any], log=print) -> tuple[OneShotPol
     if args.finetune_iterations:  # train a private copy: the process-wide cached backbone stays untouched
         net = copy.deepcopy(envs.unwrapped.core.net)
         envs = make(backbone=net)
-    twin = make(backbone=envs.unwrapped.core.net)  # the same backbone object: both envs see every update
+    # the same backbone object: both envs see every update; under a FLOPs target only the sampled
+    # episodes move the compute weight, and the greedy twin is paid at the same weight
+    twin = make(backbone=envs.unwrapped.core.net, **({"flops_target": None} if envs.unwrapped.core.target is not None else {}))
     core = envs.unwrapped.core
     T = core.T
     policy = OneShotPolicy(envs.single_observation_space.shape[0], T, args.hidden, core.feat_dim)
@@ -271,6 +285,8 @@ def train(args: Args, env_kwargs: dict[str, Any], log=print) -> tuple[OneShotPol
         sampled[:, ~decided] = 1.0  # curriculum: the first T - j blocks are kept
         greedy = (p.detach() > 0.5).float()
         greedy[:, ~decided] = 1.0
+        if core.target is not None:
+            twin.unwrapped.core.set_compute_weight(core.compute_weight)
         obs, r_s, _, _, info = envs.step(sampled.long().numpy())
         obs2, r_g, _, _, info2 = twin.step(greedy.long().numpy())
         adv = torch.as_tensor(r_s - r_g, dtype=torch.float32)
@@ -310,14 +326,18 @@ def env_kwargs_of(args: Args) -> dict[str, Any]:
         kw["penalty"] = args.penalty
     else:
         kw["compute_weight"] = args.compute_weight
+        if args.flops_target > 0:
+            kw["flops_target"] = args.flops_target
     if args.backbone:
         kw["backbone"] = args.backbone
     return kw
 
 
 def skip_kwargs(blockdrop_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``DynSkip-v0`` arguments for evaluating under the common protocol (reward terms dropped)."""
-    return {k: v for k, v in blockdrop_kwargs.items() if k in ("dataset", "backbone", "groups", "device", "obs")}
+    """``DynSkip`` arguments for evaluating under the common protocol (reward terms dropped; a FLOPs
+    target kept: ``evaluate`` dials the policy to it)."""
+    keep = ("dataset", "backbone", "groups", "device", "obs", "flops_target")
+    return {k: v for k, v in blockdrop_kwargs.items() if k in keep}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -336,14 +356,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         save_checkpoint(net, out / "backbone.pt")
         test_kwargs["backbone"] = load_checkpoint(out / "backbone.pt")  # evaluated as reloaded from the file
-    res = evaluate(PerDecision(policy), "DynSkip-v0", **test_kwargs)
+    skip_id = "DynSkip-" + args.env.rpartition("-")[2]
+    res = evaluate(PerDecision(policy), skip_id, **test_kwargs)
     print(
-        f"test (DynSkip-v0 protocol): accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} "
+        f"test ({skip_id} protocol): accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} "
         f"({train_s:.0f}s training)"
     )
     entry = {
-        "env_id": "DynSkip-v0",
-        "train_env_id": "DynBlockDrop-v0",
+        "env_id": skip_id,
+        "train_env_id": args.env,
         "env_kwargs": eval_kwargs,
         "train_env_kwargs": env_kwargs,
         "algorithm": "BlockDrop-PG",
@@ -382,29 +403,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def bench_agent(env_fn, task, seed: int, step_budget: int) -> PerDecision:
-    """``dyncnn-gym bench`` plug-in (DynSkip-v0 tasks only; raises ``NotImplementedError`` on others):
+    """``dyncnn-gym bench`` plug-in (DynSkip tasks only; raises ``NotImplementedError`` on others):
     BlockDrop-PG, backbone frozen.
 
-    Trains on ``DynBlockDrop-v0`` built from ``task.env_kwargs`` with ``reward="flops"`` and
-    ``env_fn.compute_weight`` (the objective every agent of the sweep gets); an image routed once
-    counts as ``T`` env steps (the decisions it covers), the self-critical pass included. Returns the
-    :class:`PerDecision` export, which ``dyncnn_gym.evaluate`` runs on ``task.env_id``.
+    Trains on the ``DynBlockDrop`` version of the task's ``DynSkip`` id (``-v0`` or ``-v1``) with the
+    task's env arguments (reward, loss term, observations) at the operating point of ``env_fn`` (its
+    compute weight, or its FLOPs target, which the env holds by adapting the weight): the objective
+    every agent of the suite gets. An image routed once counts as ``T`` env steps (the decisions it
+    covers), the self-critical pass included. Returns the :class:`PerDecision` export, which
+    ``dyncnn_gym.evaluate`` runs on ``task.env_id``.
     """
-    if not task.env_id.endswith("DynSkip-v0"):
-        raise NotImplementedError(f"blockdrop_pg decides residual blocks: it runs on DynSkip-v0 tasks, not {task.env_id!r}")
+    name, _, version = task.env_id.rpartition(":")[-1].partition("-")
+    if name != "DynSkip":
+        raise NotImplementedError(f"blockdrop_pg decides residual blocks: it runs on DynSkip tasks, not {task.env_id!r}")
     torch.set_num_threads(1)
-    kw = {
-        **skip_kwargs(task.env_kwargs),
-        "reward": task.env_kwargs.get("reward", "flops"),
-        "compute_weight": env_fn.compute_weight,
-    }
-    T = gym.make("DynBlockDrop-v0", **kw).unwrapped.core.T
+    env_id = f"DynBlockDrop-{version}"
+    kw = {**task.env_kwargs, **point_env_kwargs(env_fn)}
+    T = gym.make(env_id, **kw).unwrapped.core.T
     num_envs = int(np.clip(step_budget // (2 * T * 20), 8, 256))
     args = Args(
+        env=env_id,
         num_envs=num_envs,
         iterations=max(1, step_budget // (2 * T * num_envs)),
-        reward=kw["reward"],
-        compute_weight=env_fn.compute_weight,
+        reward=kw.get("reward", "flops"),
+        **({"compute_weight": kw["compute_weight"]} if "compute_weight" in kw else {}),
         seed=seed,
     )
     policy, _, _ = train(args, kw, log=lambda *a, **k: None)

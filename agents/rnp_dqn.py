@@ -53,12 +53,13 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import Walk, evaluate
+from dyncnn_gym.benchmark.bench import point_env_kwargs
 from dyncnn_gym.cli import HelpFormatter
-from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
+from dyncnn_gym.fileio import check_writable_dir, load_torch, save_torch, write_text
 from dyncnn_gym.pretraining import save_checkpoint
 from dyncnn_gym.walk import run
 
-ENVS = ("DynChannel-v0", "DynSkip-v0")
+ENVS = ("DynChannel-v0", "DynSkip-v0", "DynChannel-v1", "DynSkip-v1")
 
 
 def arg(default: Any, help: str) -> Any:
@@ -68,10 +69,11 @@ def arg(default: Any, help: str) -> Any:
 
 @dataclass
 class Args:
-    env: str = arg("DynChannel-v0", "routing env id: DynChannel-v0 or DynSkip-v0")
+    env: str = arg("DynChannel-v0", "routing env id: DynChannel-v0, DynSkip-v0, DynChannel-v1 or DynSkip-v1")
     dataset: str = arg("shapes", "data set name (shapes, digits, ...)")
     backbone: str = arg("", "backbone name or checkpoint path (default: empty, the env's default backbone)")
-    compute_weight: float = arg(0.5, "reward per unit of FLOPs ratio saved")
+    compute_weight: float = arg(0.5, "reward per unit of FLOPs ratio saved (with --flops-target: where its adaptation starts)")
+    flops_target: float = arg(0.0, "hold this FLOPs ratio by adapting the compute weight across episodes (0: a fixed weight)")
     loss: str = arg("ce", "the reward's classification term: ce (clipped cross-entropy, the paper's) or error (0/1)")
     obs: str = arg("probe", "observation mode of the env: features or probe")
     split: str = arg("train", "images the agent trains on: train, or val (held out from the backbone)")
@@ -215,7 +217,7 @@ def save_policy(qnet: RNPQNet, path: str | Path) -> None:
 
 def load_policy(path: str | Path) -> RNPQNet:
     """The saved Q-network (eval mode): ``dyncnn_gym.evaluate(load_policy(path), env_id, ...)``."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = load_torch(path, what="RNP policy file")
     qnet = RNPQNet(**blob["config"])
     qnet.load_state_dict(blob["state_dict"])
     return qnet.eval()
@@ -404,6 +406,8 @@ def static_comparison(env_id: str, res: dict[str, Any], **env_kwargs: Any) -> di
 
 def env_kwargs_of(args: Args) -> dict[str, Any]:
     kw: dict[str, Any] = {"dataset": args.dataset, "compute_weight": args.compute_weight, "loss": args.loss, "obs": args.obs}
+    if args.flops_target > 0:
+        kw["flops_target"] = args.flops_target
     if args.backbone:
         kw["backbone"] = args.backbone
     return kw
@@ -461,7 +465,6 @@ def bench_agent(env_fn, task, seed: int, step_budget: int) -> RNPQNet:
     iterations = max(1, step_budget // (num_envs * T))
     args = Args(
         env=task.env_id,
-        compute_weight=env_fn.compute_weight,
         num_envs=num_envs,
         iterations=iterations,
         learning_starts=min(256, num_envs * 4),
@@ -469,7 +472,7 @@ def bench_agent(env_fn, task, seed: int, step_budget: int) -> RNPQNet:
         finetune=False,
         finetune_every=0,
     )
-    qnet, _, _ = train(args, {**task.env_kwargs, "compute_weight": env_fn.compute_weight}, log=lambda *a, **k: None)
+    qnet, _, _ = train(args, {**task.env_kwargs, **point_env_kwargs(env_fn)}, log=lambda *a, **k: None)
     return qnet
 
 

@@ -59,12 +59,15 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import Walk, evaluate
+from dyncnn_gym.benchmark.bench import point_env_kwargs
 from dyncnn_gym.cli import HelpFormatter
-from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
+from dyncnn_gym.envs.rewards import FlopsTarget
+from dyncnn_gym.envs.routing import mode_of
+from dyncnn_gym.fileio import check_writable_dir, load_torch, save_torch, write_text
 from dyncnn_gym.pretraining import save_checkpoint
 from dyncnn_gym.walk import run
 
-ENVS = ("DynSkip-v0", "DynChannel-v0")
+ENVS = ("DynSkip-v0", "DynChannel-v0", "DynSkip-v1", "DynChannel-v1")
 
 
 def arg(default: Any, help: str) -> Any:
@@ -74,10 +77,13 @@ def arg(default: Any, help: str) -> Any:
 
 @dataclass
 class Args:
-    env: str = arg("DynSkip-v0", "routing env id: DynSkip-v0 or DynChannel-v0 (stage 2 only)")
+    env: str = arg("DynSkip-v0", "routing env id: DynSkip-v0 or DynSkip-v1, DynChannel-v0 or DynChannel-v1 (stage 2 only)")
     dataset: str = arg("shapes", "data set name (shapes, digits, ...)")
     backbone: str = arg("", "backbone name or checkpoint path (default: empty, the env's default backbone)")
-    compute_weight: float = arg(0.5, "reward per unit of FLOPs ratio saved")
+    compute_weight: float = arg(0.5, "reward per unit of FLOPs ratio saved (with --flops-target: where its adaptation starts)")
+    flops_target: float = arg(
+        0.0, "hold this FLOPs ratio by adapting the compute weight (and stage 1's alpha) across episodes (0: fixed)"
+    )
     loss: str = arg("ce", "the reward's classification term: ce (clipped cross-entropy, the paper's) or error (0/1)")
     obs: str = arg("probe", "observation mode of the env: features or probe")
     split: str = arg("train", "images the gates learn on: train, or val (held out from the backbone)")
@@ -113,8 +119,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
         p.error(f"--split {ns.split!r} is not a training split; choose one of ['train', 'val']")
     if ns.env not in ENVS:
         p.error(f"--env {ns.env!r} is not a routing env; choose one of {list(ENVS)}")
-    if ns.env == "DynChannel-v0" and ns.ste_iterations > 0:
-        p.error("stage 1 (straight-through gates) supports DynSkip-v0 only; for DynChannel-v0 pass --ste-iterations 0")
+    if ns.env.startswith("DynChannel") and ns.ste_iterations > 0:
+        p.error(f"stage 1 (straight-through gates) supports DynSkip only; for {ns.env} pass --ste-iterations 0")
     for name in ("hidden", "ste_batch", "num_envs"):
         if getattr(ns, name) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(ns, name)} must be a positive integer")
@@ -175,7 +181,7 @@ def save_policy(policy: GatePolicy, path: str | Path) -> None:
 
 def load_policy(path: str | Path) -> GatePolicy:
     """The saved gates (eval mode): ``dyncnn_gym.evaluate(load_policy(path), env_id, ...)``."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = load_torch(path, what="SkipNet gate file")
     policy = GatePolicy(**blob["config"])
     policy.load_state_dict(blob["state_dict"])
     return policy.eval()
@@ -251,8 +257,12 @@ def train_ste(
     backbone_opt: torch.optim.Optimizer | None = None,
     log=print,
     split: str = "train",
+    target: FlopsTarget | None = None,
 ) -> list[dict]:
-    """Stage 1: ``iterations`` Adam steps of :func:`ste_objective` on batches of ``split`` (BN frozen)."""
+    """Stage 1: ``iterations`` Adam steps of :func:`ste_objective` on batches of ``split`` (BN frozen).
+
+    With ``target`` (a :class:`~dyncnn_gym.envs.rewards.FlopsTarget`), ``alpha`` is its weight, moved
+    after every batch by the batch's FLOPs ratio (dual ascent, as the env holds a ``flops_target``)."""
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     net, train = core.net, core.data.split(split)
     X, Y = torch.as_tensor(train.images), torch.as_tensor(train.labels)
@@ -260,6 +270,8 @@ def train_ste(
     history = []
     for it in range(iterations):
         idx = torch.as_tensor(rng.integers(0, len(Y), batch))
+        if target is not None:
+            alpha = target.weight
         loss, stats = ste_objective(core, policy, X[idx].to(core.device), Y[idx].to(core.device), alpha)
         opt.zero_grad(set_to_none=True)
         if backbone_opt is not None:
@@ -268,6 +280,9 @@ def train_ste(
         opt.step()
         if backbone_opt is not None:
             backbone_opt.step()
+        if target is not None:
+            target.update(np.full(batch, stats["flops_ratio"]), core.T)
+            stats["alpha"] = alpha
         history.append({"iteration": it, **stats})
         if it % max(1, iterations // 10) == 0 or it == iterations - 1:
             log(
@@ -383,6 +398,9 @@ def train(args: Args, env_kwargs: dict[str, Any], log=print, after_stage1=None) 
     logs: dict[str, Any] = {}
     try:
         alpha = args.compute_weight if args.alpha < 0 else args.alpha
+        # with a FLOPs target the env adapts its compute weight; stage 1 adapts alpha the same way, from
+        # the env's start, and stage 2 starts the env from where stage 1 ended
+        target = FlopsTarget(core.target.target, core.target.weight) if core.target is not None else None
         if args.ste_iterations:
             # gates learn on the agent's split; a jointly trained backbone would see those images, so
             # with --joint-backbone they stay on train
@@ -397,7 +415,10 @@ def train(args: Args, env_kwargs: dict[str, Any], log=print, after_stage1=None) 
                 bb_opt,
                 log,
                 split="train" if args.joint_backbone else args.split,
+                target=target,
             )
+            if target is not None:
+                core.set_compute_weight(target.weight)
             if after_stage1 is not None:
                 after_stage1(policy.eval(), core.net)
                 policy.train()
@@ -438,6 +459,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loss": args.loss,
         "obs": args.obs,
     }
+    if args.flops_target > 0:
+        env_kwargs["flops_target"] = args.flops_target
     if args.backbone:
         env_kwargs["backbone"] = args.backbone
     stage1: dict[str, Any] = {}
@@ -495,17 +518,18 @@ def bench_agent(env_fn, task, seed: int, step_budget: int) -> GatePolicy:
     probe = gym.make(task.env_id, **task.env_kwargs)
     T = probe.unwrapped.core.T
     num_envs = int(np.clip(step_budget // (T * 20), 8, 256))
-    ste = min(100, step_budget // 1000) if task.env_id.endswith("DynSkip-v0") else 0
+    ste = min(100, step_budget // 1000) if mode_of(task.env_id) == "skip" else 0
+    weight = {} if getattr(env_fn, "flops_target", None) is not None else {"compute_weight": env_fn.compute_weight}
     args = Args(
         env=task.env_id,
-        compute_weight=env_fn.compute_weight,
+        **weight,
         num_envs=num_envs,
         ste_iterations=ste,
         rl_iterations=max(1, step_budget // (num_envs * T)),
         seed=seed,
         joint_backbone=False,
     )
-    policy, _, _ = train(args, {**task.env_kwargs, "compute_weight": env_fn.compute_weight}, log=lambda *a, **k: None)
+    policy, _, _ = train(args, {**task.env_kwargs, **point_env_kwargs(env_fn)}, log=lambda *a, **k: None)
     return policy
 
 

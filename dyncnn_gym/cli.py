@@ -205,6 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(p)
     p.set_defaults(func=bench.run_from_args)
 
+    from .benchmark import validate
+
+    p = sub.add_parser(
+        "validate",
+        formatter_class=HelpFormatter,
+        help="re-evaluate a bench run's saved policies and check every reported figure (exit code 2 on a mismatch)",
+        description="Re-derive every figure of a dyncnn-gym bench run from its saved policies: pins, baselines,"
+        " every policy's accuracy, FLOPs ratio and action rates, the scores, the rliable aggregates and the"
+        " leaderboard.md / summary.json files. Prints one line per mismatch; exits with code 2 if any.",
+    )
+    validate.add_arguments(p)
+    p.set_defaults(func=validate.run_from_args)
+
     from .benchmark import sweep
 
     p = sub.add_parser(
@@ -236,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed, recorded with results
     debug = args.debug or os.environ.get(DEBUG_VAR, "").strip() not in ("", "0")
     try:
         return int(args.func(args) or 0)

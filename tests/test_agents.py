@@ -470,7 +470,7 @@ def test_agent_help_runs_as_a_script(module, capsys, monkeypatch):
         (rnp_dqn, ["--loss", "hinge"], "--loss 'hinge' is not a classification term; choose one of ['ce', 'error']"),
         (skipnet_hrl, ["--loss", "hinge"], "--loss 'hinge' is not a classification term; choose one of ['ce', 'error']"),
         (skipnet_hrl, ["--rl-sharpness", "0"], "--rl-sharpness 0.0 must be > 0"),
-        (skipnet_hrl, ["--env", "DynChannel-v0"], "supports DynSkip-v0 only"),
+        (skipnet_hrl, ["--env", "DynChannel-v0"], "supports DynSkip only"),
         (skipnet_hrl, ["--split", "test"], "--split 'test' is not a training split"),
         (skipnet_hrl, ["--ste-iterations", "0", "--rl-iterations", "0"], "nothing to train"),
         (blockdrop_pg, ["--reward", "accuracy"], "not supported; choose one of"),
@@ -528,7 +528,7 @@ def test_bench_plugins_resolve_and_return_evaluable_policies(spec, env_id):
     assert res["n_images"] == 40 and 0 < res["flops_ratio"] <= 1
     assert all(torch.equal(before[k], v) for k, v in kw["backbone"].state_dict().items())  # frozen
     if spec.startswith("agents.blockdrop"):
-        with pytest.raises(NotImplementedError, match="DynSkip-v0 tasks"):
+        with pytest.raises(NotImplementedError, match="DynSkip tasks"):
             fn(env_fn, Task("c", "DynChannel-v0", kw, 100, (0.5,)), 0, 100)
 
 

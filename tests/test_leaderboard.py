@@ -111,7 +111,7 @@ def test_route_mutual_information_on_hand_made_routes():
 def test_run_bench_end_to_end_on_tiny(tmp_path):
     agents = ["static", "random", "cascade", "oracle", f"{__name__}:constant_agent", "ppo"]
     suite = get_suite("tiny-v0")
-    res = run_bench("tiny-v0", agents, tmp_path, progress=False, timesteps=512)
+    res = run_bench("tiny-v0", agents, tmp_path, progress=False, timesteps=512, reps=200)
     saved = json.loads((tmp_path / "results.json").read_text())
     board = (tmp_path / "leaderboard.md").read_text()
     task = suite.tasks[0].name
@@ -126,7 +126,7 @@ def test_run_bench_end_to_end_on_tiny(tmp_path):
     # every learned point carries random routes at its own action rates, and the board reports the gap
     rnd = const["points"][0]["random_matched"]
     assert 0.0 <= rnd["accuracy"] <= 1.0 and rnd["flops_ratio"] == pytest.approx(1.0)  # always-largest rates
-    assert "vs random" in board
+    assert "random routes at the same per-decision action rates" in board
     for a in agents:
         assert a in board
     assert "static (baseline)" in board and "cascade (baseline)" in board and "oracle (upper bound" in board
@@ -148,9 +148,16 @@ def test_cli_bench_list_and_errors(capsys):
 
 
 def test_bench_merges_agents_and_reports_seeds(tmp_path):
-    run_bench("tiny-v0", ["static", f"{__name__}:constant_agent"], tmp_path, progress=False, timesteps=64)
+    run_bench("tiny-v0", ["static", f"{__name__}:constant_agent"], tmp_path, progress=False, timesteps=64, reps=200)
     res = run_bench(
-        "tiny-v0", ["random", f"{__name__}:other_agent"], tmp_path, progress=False, timesteps=64, seed=[0, 1], merge=True
+        "tiny-v0",
+        ["random", f"{__name__}:other_agent"],
+        tmp_path,
+        progress=False,
+        timesteps=64,
+        seed=[0, 1],
+        merge=True,
+        reps=200,
     )
     task = get_suite("tiny-v0").tasks[0].name
     agents = res["tasks"][task]["agents"]
@@ -182,7 +189,7 @@ def test_reference_agents_are_the_installed_dyncnn_gym_agents_and_unsupported_ta
 
     for name, module in (("rnp", rnp_dqn), ("skipnet", skipnet_hrl), ("blockdrop", blockdrop_pg)):
         assert resolve_agent(name) is module.bench_agent
-    res = run_bench("tiny-v0", ["static", f"{__name__}:skip_only_agent"], tmp_path, progress=False, timesteps=64)
+    res = run_bench("tiny-v0", ["static", f"{__name__}:skip_only_agent"], tmp_path, progress=False, timesteps=64, reps=200)
     channel, skip = (t.name for t in get_suite("tiny-v0").tasks)
     assert f"{__name__}:skip_only_agent" in res["tasks"][channel]["unsupported"]
     assert f"{__name__}:skip_only_agent" in res["tasks"][skip]["agents"]
@@ -201,7 +208,7 @@ def test_bench_runs_early_exit_tasks_with_their_own_baselines(tmp_path):
     pretrain("resnet8-exits+distill", "digits", epochs=1, progress=False, cache=False, out=exits)
     env = {"dataset": "digits", "reward": "flops", "loss": "error", "stages": "depth", "backbone": str(exits)}
     other = Task("other", "DynExit-v0", env, 64, (0.02,))
-    suite = Suite("test-exits", 0, (Task("exit-depth", "DynExit-v0", env, 128, (0.02, 0.2)), other), {})
+    suite = Suite("test-exits", 0, (Task("exit-depth", "DynExit-v0", env, 128, (0.02, 0.2)), other), {}, seeds=(0,))
     agents = ["static", "random", "cascade", "oracle", f"{__name__}:other_agent", "dagger"]
     res = run_bench(suite, agents, tmp_path / "out", progress=False, tasks=["exit-depth"])
     ex = res["tasks"]["exit-depth"]
@@ -229,3 +236,99 @@ def test_an_agent_in_a_file_resolves_from_the_current_directory(tmp_path, monkey
         resolve_agent("no/such/file.py:f")
     with pytest.raises(ValueError, match="cannot import 'nope'"):
         resolve_agent("my_agent.py:nope")
+
+
+# -- FLOPs-target suites, jobs and the aggregation ---------------------------------------------------
+def test_a_task_takes_compute_weights_or_flops_targets_and_cpu_suites_default_to_five_seeds():
+    from dyncnn_gym.benchmark.suites import Task
+
+    assert get_suite("cpu-v1").seeds == (0, 1, 2, 3, 4) and get_suite("tiny-v0").seeds == (0,)
+    for t in get_suite("tiny-v1").tasks:
+        assert t.env_id.endswith("-v1") and t.point_key == "flops_target" and not t.compute_weights
+        assert t.score_range == (min(t.flops_targets), max(t.flops_targets))
+    # the weight suites keep their compute weights and the fixed range
+    assert get_suite("cpu-v1").tasks[0].compute_weights == (0.005, 0.02, 0.05, 0.1, 0.2)
+    assert get_suite("cpu-v1").tasks[0].score_range == (0.2, 0.8)
+    with pytest.raises(ValueError, match="compute_weights or as flops_targets"):
+        Task("t", "DynSkip-v1", {}, 10, (0.5,), (0.5,))
+    with pytest.raises(ValueError, match="compute_weights or as flops_targets"):
+        Task("t", "DynSkip-v1", {}, 10)
+    with pytest.raises(ValueError, match=r"flops_targets=\(1.5,\)"):
+        Task("t", "DynSkip-v1", {}, 10, flops_targets=(1.5,))
+    with pytest.raises(ValueError, match="'flops_target'"):
+        Task("t", "DynSkip-v1", {"flops_target": 0.5}, 10, flops_targets=(0.5,))
+
+
+def test_random_routes_at_a_target_spend_the_target_in_expectation():
+    from conftest import load_test_data
+
+    from dyncnn_gym.benchmark.bench import _random_rates, expected_flops_ratio, random_at_target
+    from dyncnn_gym.envs.routing import make_core
+
+    for env_id in ("DynChannel-v1", "DynSkip-v1"):
+        core = make_core(env_id, 1, dataset=load_test_data("digits"), backbone="resnet8", split="test")
+        rng = np.random.default_rng(0)
+        rates = _random_rates(core.A, core.T, 0.3)
+        routes = np.stack([rng.choice(core.A, size=3000, p=p) for p in rates], axis=1)
+        measured = np.mean([core.table.path_flops(r) for r in routes]) / core.full
+        assert expected_flops_ratio(core, rates) == pytest.approx(measured, abs=0.01)
+        point = random_at_target(core, 0.6, seed=3)
+        assert point["flops_target"] == 0.6 and point["seed"] == 3
+        assert expected_flops_ratio(core, _random_rates(core.A, core.T, point["level"])) == pytest.approx(0.6, abs=1e-6)
+
+
+def test_a_job_gives_the_same_result_whatever_ran_before_it_in_the_process():
+    """What a Ray worker needs: a job depends on its own seed only (probes and scales are fitted
+    before the job seeds the generators, one torch thread)."""
+    import torch
+
+    from dyncnn_gym.benchmark.bench import Job, bench_job
+
+    tiny = get_suite("tiny-v1").with_budget(64)
+    channel, skip = tiny.tasks
+    first = bench_job(Job("rnp", skip, 0.5, 1))
+    torch.manual_seed(123)
+    np.random.seed(7)
+    bench_job(Job("ppo", channel, 0.4, 0))  # another job in between, another global state
+    again = bench_job(Job("rnp", skip, 0.5, 1))
+    assert first["point"] == {
+        **again["point"],
+        "train_seconds": first["point"]["train_seconds"],
+        "eval_seconds": first["point"]["eval_seconds"],
+    }
+    assert first["policy"]["bytes"] == again["policy"]["bytes"]
+    assert torch.get_num_threads() >= 1
+
+
+def test_rliable_aggregates_are_seeded_and_match_the_plain_statistics():
+    from rliable import metrics
+
+    from dyncnn_gym.benchmark.aggregate import aggregate_scores, performance_profiles
+
+    rng = np.random.default_rng(0)
+    scores = {"a": rng.normal(1.0, 1.0, (5, 2)), "b": -np.abs(rng.normal(1.0, 1.0, (5, 2)))}
+    agg = aggregate_scores(scores, np.zeros((5, 2)), reps=300)
+    assert agg == aggregate_scores(scores, np.zeros((5, 2)), reps=300)  # seeded bootstrap
+    assert agg["a"]["iqm"] == pytest.approx(metrics.aggregate_iqm(scores["a"]))
+    assert agg["a"]["mean"] == pytest.approx(scores["a"].mean())
+    assert agg["b"]["p_improve"] == 0.0 and agg["b"]["p_improve_ci"] == [0.0, 0.0]
+    assert agg["a"]["p_improve"] == pytest.approx((scores["a"] > 0).mean())
+    prof = performance_profiles(scores, np.array([-10.0, 0.0, 10.0]))
+    assert prof["a"][0] == 1.0 and prof["a"][2] == 0.0 and prof["b"][1] == 0.0
+    with pytest.raises(ValueError, match="reps=0"):
+        aggregate_scores(scores, np.zeros((5, 2)), reps=0)
+
+
+def test_bench_refuses_bad_executor_and_aggregation_arguments_before_training(tmp_path):
+    import importlib.util
+
+    with pytest.raises(ValueError, match=r"workers=2 sets the CPUs of a local Ray"):
+        run_bench("tiny-v0", ["ppo"], tmp_path, progress=False, workers=2)
+    with pytest.raises(ValueError, match=r"workers=0 must be a positive number"):
+        run_bench("tiny-v0", ["ppo"], tmp_path, progress=False, ray="local", workers=0)
+    with pytest.raises(ValueError, match=r"reps=0 must be a positive number"):
+        run_bench("tiny-v0", ["ppo"], tmp_path, progress=False, reps=0)
+    if importlib.util.find_spec("ray") is None:
+        with pytest.raises(ImportError, match=r"--ray needs Ray"):
+            run_bench("tiny-v0", ["ppo"], tmp_path, progress=False, ray="local")
+    assert not (tmp_path / "results.json").exists()

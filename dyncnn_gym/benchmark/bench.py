@@ -73,14 +73,14 @@ import importlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .suites import Suite, Task, check_pins, get_suite
+from .suites import FLOPS_RANGE, Suite, Task, check_pins, get_suite
 
-FLOPS_RANGE = (0.2, 0.8)
 #: registered trainable agents (name -> "module:function"); the reference agents are the installed
 #: :mod:`dyncnn_gym.agents` (the repository's ``agents/`` folder)
 AGENTS: dict[str, str] = {
@@ -411,14 +411,29 @@ def action_labels(core) -> list[str]:
     return ["skip", "execute"]
 
 
-def _make_env_fn(task: Task, weight: float, seed: int):
+def point_env_kwargs(env_fn: Any) -> dict[str, float]:
+    """The env arguments of the operating point an ``env_fn`` stands for: ``{"flops_target": t}`` on a
+    task of FLOPs targets, else ``{"compute_weight": w}``; for agents that build their own envs."""
+    target = getattr(env_fn, "flops_target", None)
+    if target is not None:
+        return {"flops_target": float(target)}
+    return {"compute_weight": float(env_fn.compute_weight)}
+
+
+def make_env_fn(task: Task, value: float, seed: int):
+    """The ``env_fn`` an agent gets for one operating point (see the module docstring)."""
     from ..sb3 import make_vec_env
 
-    def env_fn(n_envs: int = 16):
-        split = {} if task.train_split == "train" else {"split": task.train_split}
-        return make_vec_env(task.env_id, n_envs=int(n_envs), seed=seed, compute_weight=weight, **split, **task.env_kwargs)
+    point = task.point_kwargs(value)
+    if task.train_split != "train":
+        point = {**point, "split": task.train_split}
 
-    env_fn.compute_weight = weight
+    def env_fn(n_envs: int = 16):
+        return make_vec_env(task.env_id, n_envs=int(n_envs), seed=seed, **point, **task.env_kwargs)
+
+    env_fn.compute_weight = point.get("compute_weight")
+    env_fn.flops_target = point.get("flops_target")
+    env_fn.env_kwargs = {**task.env_kwargs, **point}
     return env_fn
 
 
@@ -427,6 +442,40 @@ def _random_rates(A: int, T: int, level: float) -> list[list[float]]:
 
     p = [comb(A - 1, a) * level**a * (1 - level) ** (A - 1 - a) for a in range(A)]
     return [p] * T
+
+
+def expected_flops_ratio(core, rates: list[list[float]]) -> float:
+    """Mean FLOPs ratio of routes drawn independently per decision with ``rates`` (``[T][A]``), exactly,
+    from the backbone's cost table."""
+    table = core.table
+    p = np.asarray(rates, dtype=np.float64)
+    A = core.A
+    prev = np.zeros(A)
+    prev[A - 1] = 1.0  # the stem is full
+    total = float(table.stem)
+    for t in range(core.T):
+        total += float(prev @ table.steps[t].astype(np.float64) @ p[t])
+        prev = p[t]
+    total += float(prev @ table.head.astype(np.float64))
+    return total / core.full
+
+
+def random_at_target(core, target: float, seed: int) -> dict[str, Any]:
+    """Random routes whose expected FLOPs ratio is ``target``: every decision draws its action from
+    the binomial rates of one level (:func:`_random_rates`), the level found by bisection on
+    :func:`expected_flops_ratio`; evaluated on the whole test split with ``seed``."""
+    from .baselines import random_policy_eval
+
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if expected_flops_ratio(core, _random_rates(core.A, core.T, mid)) < target:
+            lo = mid
+        else:
+            hi = mid
+    level = (lo + hi) / 2
+    rates = _random_rates(core.A, core.T, level)
+    return {**random_policy_eval(core, rates, seed=seed), "level": level, "flops_target": float(target), "seed": int(seed)}
 
 
 def _point(res: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -438,14 +487,18 @@ def _point(res: dict[str, Any], **extra: Any) -> dict[str, Any]:
         "exit_rates",
         "by_difficulty",
         "difficulty_flops_spearman",
+        "dialed",
     )
     return {**extra, **{k: res[k] for k in keep if k in res}}
 
 
-def _seed_summary(points: list[dict[str, Any]], static_front: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
-    """Score each seed's sweep separately; the summary holds their mean (``score``), standard
-    deviation (``score_std``, 0 for one seed) and the per-seed scores."""
-    per = [front_area([p for p in points if p.get("seed", seeds[0]) == sd], static_front) for sd in seeds]
+def _seed_summary(
+    points: list[dict[str, Any]], static_front: list[dict[str, Any]], seeds: list[int], flops_range: tuple[float, float]
+) -> dict[str, Any]:
+    """Score each seed's points separately (points without a ``seed`` count for every seed: a
+    deterministic baseline); the summary holds their mean (``score``), standard deviation
+    (``score_std``, 0 for one seed) and the per-seed scores."""
+    per = [front_area([p for p in points if p.get("seed", sd) == sd], static_front, flops_range) for sd in seeds]
     out = dict(per[0])
     scores = [q["score"] for q in per]
     out.update(
@@ -459,14 +512,19 @@ def _seed_summary(points: list[dict[str, Any]], static_front: list[dict[str, Any
 
 
 def _load_previous(out: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """The task entries of an earlier ``results.json`` in ``out`` for the same suite version, the
-    same pin of every task it holds, and the same FLOPs range (for ``merge``); raises
-    ``ValueError`` naming what differs. (Pins of tasks the earlier run did not hold may differ:
-    a task pinned since then is merged in by a later run.)"""
+    """The task entries of an earlier ``results.json`` in ``out`` for the same suite version, results
+    format, pin of every task it holds, and FLOPs ranges (for ``merge``); raises ``ValueError`` naming
+    what differs. (Pins of tasks the earlier run did not hold may differ: a task pinned since then is
+    merged in by a later run.)"""
     f = out / "results.json"
     if not f.exists():
         return {}
     old = json.loads(f.read_text())
+    if old.get("format") != results["format"]:
+        raise ValueError(
+            f"merge: {f} is in results format {old.get('format')!r}, this bench writes format {results['format']};"
+            " use another --out or drop --merge"
+        )
     for key in ("name", "version"):
         if old["suite"].get(key) != results["suite"][key]:
             raise ValueError(
@@ -480,34 +538,160 @@ def _load_previous(out: Path, results: dict[str, Any]) -> dict[str, Any]:
                 f"merge: {f} was written with task {task!r} pinned to {old_pins.get(task)!r}, this run pins it to"
                 f" {pins.get(task)!r}; use another --out or drop --merge"
             )
-    if list(old.get("flops_range", [])) != list(results["flops_range"]):
-        raise ValueError(f"merge: {f} used flops_range={old.get('flops_range')}, this run {results['flops_range']}")
+    for name, entry in old.get("tasks", {}).items():
+        want = results["flops_ranges"].get(name)
+        if want is not None and list(entry.get("flops_range", [])) != list(want):
+            raise ValueError(f"merge: {f} scored task {name!r} over {entry.get('flops_range')}, this run over {want}")
     return old.get("tasks", {})
+
+
+@dataclass(frozen=True)
+class Job:
+    """One learned agent trained and evaluated at one operating point of one task with one seed."""
+
+    agent: str
+    task: Task
+    value: float
+    seed: int
+    keep_images: bool = False
+
+
+def _describe(job: Job) -> str:
+    return f"{job.agent} on {job.task.name}, {job.task.point_key}={job.value}, seed {job.seed}"
+
+
+_TEST_CORES: dict[tuple[str, str], Any] = {}
+
+
+def _test_core(env_id: str, env_kwargs: dict[str, Any]):
+    """A one-slot test-split core (memoised per process): building it fits the env's probes and
+    observation scales, which are memoised per backbone, before a job seeds its generators."""
+    from ..envs.routing import make_core
+
+    key = (env_id, repr(sorted(env_kwargs.items())))
+    if key not in _TEST_CORES:
+        _TEST_CORES[key] = make_core(env_id, 1, split="test", **env_kwargs)
+    return _TEST_CORES[key]
+
+
+def _jsonable_results(x: Any) -> Any:
+    """``x`` as it reads back from ``results.json`` (NumPy values and tuples as JSON has them; NaN as None)."""
+    from .demo import _jsonable
+
+    return json.loads(json.dumps(_jsonable(x)))
+
+
+def bench_job(job: Job) -> dict[str, Any]:
+    """Train ``job.agent`` on one operating point and evaluate it (the unit ``run_jobs`` runs, serially
+    or as a Ray task). Deterministic given the job (:func:`~dyncnn_gym.benchmark.runner.job_context`).
+
+    Returns ``{"point", "policy", "images", "host"}`` (``policy``: the saved policy's bytes, or
+    ``None`` when it has no saved form) or ``{"unsupported": reason}``.
+    """
+    from .protocol import evaluate
+    from .provenance import host
+    from .runner import job_context
+    from .saved import policy_bytes
+
+    fn = resolve_agent(job.agent)
+    task = job.task
+    core = _test_core(task.env_id, task.env_kwargs)
+    with job_context(job.seed):
+        t0 = time.perf_counter()
+        try:
+            policy = fn(make_env_fn(task, job.value, job.seed), task, job.seed, task.step_budget)
+        except NotImplementedError as err:  # e.g. a block-dropping agent on a channel task
+            return {"unsupported": str(err) or "the agent raised NotImplementedError for this task"}
+        t1 = time.perf_counter()
+        eval_kwargs = {**task.env_kwargs, **({"flops_target": job.value} if task.flops_targets else {})}
+        res = evaluate(policy, task.env_id, per_image=True, **eval_kwargs)
+        img = res["images"]
+        rnd = TaskBaselines(core).matched(res, seed=job.seed)
+        blob = policy_bytes(fn, policy)
+        point = _point(
+            res,
+            **{task.point_key: job.value},
+            seed=job.seed,
+            routes=route_analysis(img["actions"], img["label"]),
+            random_matched=rnd,
+            train_seconds=round(t1 - t0, 1),
+            eval_seconds=round(time.perf_counter() - t1, 1),
+        )
+    return {"point": point, "policy": blob, "images": img if job.keep_images else None, "host": host()}
+
+
+def _worker_spec(spec: str) -> str:
+    """An agent spec a worker in another directory resolves the same: a file path made absolute."""
+    module, sep, attr = spec.rpartition(":")
+    if sep and module.endswith(".py"):
+        return f"{Path(module).resolve()}:{attr}"
+    return spec
+
+
+def _baseline_entry(
+    name: str, task: Task, base: TaskBaselines, static_points: list[dict[str, Any]], seeds: list[int], log: Callable[..., Any]
+) -> dict[str, Any]:
+    """The points of a baseline computed here: ``static`` (every static route, or exit), ``oracle``,
+    ``cascade`` (its front), ``random`` (on a task of FLOPs targets: random routes at each target,
+    drawn with each seed; on a task of compute weights: one route distribution per weight, seed
+    ``seeds[0]``)."""
+    log(f"[bench] {task.name}: baseline {name}")
+    if name == "static":
+        return {"kind": "baseline", "points": static_points}
+    if name == "oracle":
+        orc = base.oracle(static_points)
+        return {
+            "kind": "upper_bound",
+            "upper_bound": True,
+            "note": orc["note"],
+            "points": [{"accuracy": orc["accuracy"], "flops_ratio": orc["flops_ratio"]}],
+        }
+    if name == "cascade":
+        return {"kind": "baseline", "points": base.cascade()}
+    if task.flops_targets:
+        return {"kind": "baseline", "points": [random_at_target(base.core, t, sd) for sd in seeds for t in task.flops_targets]}
+    return {"kind": "baseline", "points": base.random(np.linspace(0.25, 0.75, len(task.compute_weights)), seeds[0])}
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.+@=" else "_" for c in name)
 
 
 def run_bench(
     suite: str | Suite,
     agents: list[str],
     out_dir: str | Path,
-    seed: int | list[int] = 0,
+    seed: int | list[int] | None = None,
     progress: bool = True,
     timesteps: int | None = None,
     merge: bool = False,
+    ray: str | None = None,
+    workers: int | None = None,
+    command: str | None = None,
+    reps: int | None = None,
     tasks: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate ``agents`` on every task and compute weight of ``suite``; write the reports.
+    """Train and evaluate ``agents`` on every task and operating point of ``suite``; write the reports.
 
     Args:
         suite: a suite name or :class:`Suite`.
         agents: agent specs (see the module docstring); ``static`` is always computed as the reference.
-        out_dir: where ``results.json``, ``leaderboard.md`` and the PNG plots go.
-        seed: a seed or a list of seeds; every learned agent runs its whole sweep once per seed
-            (scores: mean and standard deviation over seeds).
+        out_dir: where ``results.json``, ``summary.json``, ``leaderboard.md``, the saved policies
+            (``policies/``) and the PNG plots go.
+        seed: a seed or a list of seeds (default: the suite's, five on the CPU suites); every learned
+            agent runs every operating point once per seed.
         progress: print a line per step of the bench.
         timesteps: override every task's step budget (a positive integer).
         merge: keep the other agents of an earlier ``results.json`` in ``out_dir`` (same suite
-            version, pins and FLOPs range, checked) and add or replace only ``agents``; the
+            version, pins and FLOPs ranges, checked) and add or replace only ``agents``; the
             baselines are recomputed.
+        ray: ``None`` (jobs run here, one after the other), ``"local"`` (a local Ray) or a Ray
+            cluster address: each (agent, task, operating point, seed) job is a Ray task; the results
+            equal the serial run's.
+        workers: CPUs of a local Ray (default: all).
+        command: the command line recorded with the results (default: this process's).
+        reps: bootstrap replications of the confidence intervals (default
+            :data:`~dyncnn_gym.benchmark.aggregate.REPS`).
         tasks: run only these tasks of the suite (names; ``None``: all). With ``merge``, the
             other tasks of an earlier ``results.json`` are kept.
 
@@ -519,13 +703,19 @@ def run_bench(
     from ..fileio import check_writable_dir, write_json, write_text
     from ..recipes import check_timesteps
     from . import plots
+    from .aggregate import REPS
     from .demo import _jsonable
-    from .protocol import evaluate
+    from .provenance import command_line, run_record
+    from .runner import describe_executor, run_jobs
+    from .saved import write_policy
 
-    seeds = [int(x) for x in (seed if isinstance(seed, (list, tuple)) else [seed])]
+    suite = get_suite(suite)
+    if seed is None:
+        seeds = list(suite.seeds)
+    else:
+        seeds = [int(x) for x in (seed if isinstance(seed, (list, tuple)) else [seed])]
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ValueError(f"seed={seed!r}: give one seed or a list of distinct seeds, integers >= 0")
-    suite = get_suite(suite)
     if tasks is not None:
         names = [t.name for t in suite.tasks]
         unknown = [t for t in tasks if t not in names]
@@ -533,34 +723,72 @@ def run_bench(
             raise ValueError(f"tasks {unknown} are not in suite {suite.name!r}; its tasks are {names}")
     if timesteps is not None:
         suite = suite.with_budget(check_timesteps(timesteps))
+    if not agents:
+        raise ValueError("agents=[]: name at least one agent")
     resolved = {spec: resolve_agent(spec) for spec in agents}  # fail fast on unknown agents
+    from .runner import check_executor
+
+    check_executor(ray, workers)  # before any training: bad --workers, or Ray missing
+    if reps is not None and (isinstance(reps, bool) or not isinstance(reps, int) or reps < 1):
+        raise ValueError(f"reps={reps!r} must be a positive number of bootstrap replications")
     out = check_writable_dir(out_dir, "out")  # before any training: a run is not lost to an unwritable --out
     log = print if progress else (lambda *a, **k: None)
     start = time.perf_counter()
+    started = time.time()
+    executor = describe_executor(ray, workers)
+    record = run_record(command or command_line(), executor, threads=1, started=started)
     pins = check_pins(suite)
     results: dict[str, Any] = {
+        "format": RESULTS_FORMAT,
         "suite": {"name": suite.name, "version": suite.version, "backbone_sha256": suite.backbone_sha256, "checked": pins},
         "seed": seeds[0],
         "seeds": seeds,
-        "flops_range": list(FLOPS_RANGE),
+        "flops_ranges": {t.name: list(t.score_range) for t in suite.tasks},
         "agents": list(agents),
+        "reps": int(reps or REPS),
+        "provenance": record,
         "tasks": {},
     }
     previous = _load_previous(out, _jsonable(results)) if merge else {}
+
+    cores, statics, bases, static_points = {}, {}, {}, {}
     for task in suite.tasks:
         if tasks is not None and task.name not in tasks:
+            continue
+        cores[task.name] = core = make_core(task.env_id, 1, split="test", **task.env_kwargs)
+        bases[task.name] = base = TaskBaselines(core)
+        log(f"[bench] {suite.name} / {task.name}: static baselines")
+        statics[task.name], static_points[task.name] = base.static()
+
+    learned = [spec for spec, fn in resolved.items() if fn not in BASELINES]
+    jobs = [
+        Job(_worker_spec(spec), task, float(v), sd, keep_images=(sd == seeds[0] and i == len(task.points) // 2))
+        for spec in learned
+        for task in suite.tasks
+        if task.name in cores
+        for sd in seeds
+        for i, v in enumerate(task.points)
+    ]
+    log(f"[bench] {len(jobs)} jobs ({len(learned)} learned agents), {executor['kind']}")
+    outputs = run_jobs(bench_job, jobs, ray_address=ray, workers=workers, log=log, describe=_describe)
+    by_job = {(j.agent, j.task.name, j.value, j.seed): o for j, o in zip(jobs, outputs)}
+
+    for task in suite.tasks:
+        if task.name not in cores:
             if task.name in previous:  # merged: an earlier run's task is kept as it was
                 results["tasks"][task.name] = previous[task.name]
             continue
-        core = make_core(task.env_id, 1, split="test", **task.env_kwargs)
-        base = TaskBaselines(core)
-        log(f"[bench] {suite.name} / {task.name}: static baselines")
-        static, static_points = base.static()
+        core, static, base = cores[task.name], statics[task.name], bases[task.name]
+        front = static["front"]
         entry: dict[str, Any] = {
             "env_id": task.env_id,
             "env_kwargs": task.env_kwargs,
             "step_budget": task.step_budget,
+            "point_key": task.point_key,
+            "points": list(task.points),
             "compute_weights": list(task.compute_weights),
+            "flops_targets": list(task.flops_targets),
+            "flops_range": list(task.score_range),
             "static": static,
             "agents": {},
         }
@@ -571,134 +799,116 @@ def run_bench(
                         p["random_matched"] = base.matched(p, seed=int(p.get("seed", 0)))
                 entry["agents"][name] = {
                     **old,
-                    "summary": _seed_summary(old["points"], static["front"], old.get("seeds", [results["seed"]])),
+                    "summary": _seed_summary(old["points"], front, old.get("seeds", seeds[:1]), task.score_range),
                     "merged": True,
                 }
         images: dict[str, Any] = {}
         for spec, fn in resolved.items():
-            t0 = time.perf_counter()
-            a: dict[str, Any] = {"kind": "teacher" if getattr(fn, "uses_teacher", False) else "learned"}
-            if fn == "static":
-                a.update(kind="baseline", points=static_points)
-            elif fn == "oracle":
-                orc = base.oracle(static_points)
-                a.update(
-                    kind="upper_bound",
-                    upper_bound=True,
-                    note=orc["note"],
-                    points=[{"accuracy": orc["accuracy"], "flops_ratio": orc["flops_ratio"]}],
-                )
-            elif fn == "cascade":
-                a.update(kind="baseline", points=base.cascade())
-            elif fn == "random":
-                a.update(kind="baseline", points=base.random(np.linspace(0.25, 0.75, len(task.compute_weights)), seeds[0]))
+            if fn in BASELINES:
+                t0 = time.perf_counter()
+                a = _baseline_entry(fn, task, base, static_points[task.name], seeds, log)
+                a["seconds"] = round(time.perf_counter() - t0, 1)
+                a["seeds"] = list(seeds)
             else:
-                pts = []
-                for sd in seeds:
-                    for w in task.compute_weights:
-                        log(f"[bench] {task.name}: agent {spec}, seed {sd}, compute_weight={w}, {task.step_budget} steps")
-                        try:
-                            policy = fn(_make_env_fn(task, w, sd), task, sd, task.step_budget)
-                        except NotImplementedError as err:  # e.g. a block-dropping agent on a channel task
-                            log(f"[bench] {task.name}: agent {spec} does not support this task ({err})")
-                            pts = None
-                            break
-                        res = evaluate(policy, task.env_id, per_image=True, **task.env_kwargs)
-                        img = res["images"]
-                        rnd = base.matched(res, seed=sd)
-                        pts.append(
-                            _point(
-                                res,
-                                compute_weight=w,
-                                seed=sd,
-                                routes=route_analysis(img["actions"], img["label"]),
-                                random_matched=rnd,
-                            )
-                        )
-                        if sd == seeds[0]:
-                            images.setdefault(spec, []).append(img)
-                    if pts is None:
-                        break
-                if pts is None:
-                    entry.setdefault("unsupported", {})[spec] = "the agent raised NotImplementedError for this task"
+                outs = [by_job[(_worker_spec(spec), task.name, float(v), sd)] for sd in seeds for v in task.points]
+                if any("unsupported" in o for o in outs):
+                    entry.setdefault("unsupported", {})[spec] = next(o["unsupported"] for o in outs if "unsupported" in o)
+                    log(f"[bench] {task.name}: agent {spec} does not support this task ({entry['unsupported'][spec]})")
                     continue
-                a.update(points=pts, algorithm=spec, seeds=seeds)
-            a["summary"] = _seed_summary(a["points"], static["front"], a.get("seeds", seeds[:1]))
-            a["seconds"] = round(time.perf_counter() - t0, 1)
+                points = []
+                for o in outs:
+                    p = dict(o["point"])
+                    rel = f"policies/{_safe(task.name)}/{_safe(spec)}/{task.point_key}={p[task.point_key]}-seed{p['seed']}"
+                    p["policy"] = write_policy(out, rel, o["policy"]) if o["policy"] is not None else None
+                    p["host"] = o["host"]
+                    points.append(p)
+                    if o["images"] is not None:
+                        images[spec] = (p, o["images"])
+                a = {
+                    "kind": "teacher" if getattr(fn, "uses_teacher", False) else "learned",
+                    "algorithm": spec,
+                    "points": points,
+                    "seeds": list(seeds),
+                    "seconds": round(sum(p["train_seconds"] + p["eval_seconds"] for p in points), 1),
+                }
+            a["summary"] = _seed_summary(a["points"], front, a["seeds"], task.score_range)
+            a["provenance"] = record
             entry["agents"][spec] = a
         if "static" not in entry["agents"]:
-            entry["agents"]["static"] = {
-                "kind": "baseline",
-                "points": static_points,
-                "summary": front_area(static_points, static["front"]),
-            }
+            a = _baseline_entry("static", task, base, static_points[task.name], seeds, log)
+            a.update(seeds=list(seeds), summary=_seed_summary(a["points"], front, seeds, task.score_range), provenance=record)
+            entry["agents"]["static"] = a
         results["tasks"][task.name] = entry
         _task_plots(out, task, core, entry, images, plots, _shared_data(task.env_kwargs.get("dataset", "shapes")))
-    results["leaderboard"] = leaderboard_rows(results)
     results["seconds"] = round(time.perf_counter() - start, 1)
-    write_json(out / "results.json", _jsonable(results), indent=2)
+    record["wall_seconds"] = results["seconds"]
+    results = _jsonable_results(results)
+    summarize_results(results)
+    results = _jsonable_results(results)
+    write_json(out / "results.json", results, indent=2)
+    write_json(out / "summary.json", summary_json(results), indent=2)
     write_text(out / "leaderboard.md", format_leaderboard(results))
+    write_result_plots(out, results)
     log(format_leaderboard(results))
-    log(f"[bench] wrote {out / 'results.json'}, {out / 'leaderboard.md'} and plots ({results['seconds']} s)")
+    log(f"[bench] wrote {out / 'results.json'}, summary.json, leaderboard.md, policies/ and plots ({results['seconds']} s)")
     return results
 
 
-def _task_plots(out: Path, task: Task, core, entry: dict[str, Any], images: dict[str, Any], plots, data) -> None:
-    learned = []
-    extra = {}
-    for spec, a in entry["agents"].items():
-        if a["kind"] == "upper_bound":
-            extra[f"{spec} (knows label)"] = a["points"][0]
-        elif spec != "static":
-            learned += [{**p, "algorithm": spec} for p in a["points"]]
-    plots.plot_fronts(out / f"{task.name}_fronts.png", f"{task.name}: fronts vs static", entry["static"], learned, extra)
-    mid = len(task.compute_weights) // 2
-    labels = action_labels(core)
-    diff = {}
-    for spec, imgs in images.items():
-        p = entry["agents"][spec]["points"][mid]
-        name = f"{task.name}_{spec.replace(':', '.').replace('/', '.')}"
-        plots.plot_usage(out / f"{name}_usage.png", f"{spec}, weight {p['compute_weight']}", p["action_rates"], labels)
-        if "by_difficulty" in p:
-            diff[spec] = p["by_difficulty"]
-        raw = data.test.images * data.std[None, :, None, None] + data.mean[None, :, None, None]
-        plots.plot_image_grid(
-            out / f"{name}_images.png",
-            f"{spec}: test images by compute",
-            raw,
-            imgs[mid]["flops"] / core.full,
-            imgs[mid]["correct"],
-        )
-    if diff:
-        plots.plot_difficulty(out / f"{task.name}_difficulty.png", f"{task.name}: FLOPs vs difficulty", diff)
+#: the version of the results.json layout (2: per-(task, seed) scores, rliable aggregates, saved policies, provenance)
+RESULTS_FORMAT = 2
 
 
-def leaderboard_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per agent: per-task scores, their mean, and the rank (by mean score, descending)."""
+def score_matrix(results: dict[str, Any], name: str) -> tuple[np.ndarray, list[str]]:
+    """The agent's per-(seed, task) scores ``[runs, tasks]`` over the tasks it ran, and those tasks.
+
+    A baseline that does not depend on the seed (static, cascade, oracle) has one score per task,
+    repeated for every seed of the run."""
+    tasks = [t for t, e in results["tasks"].items() if name in e["agents"]]
+    cols = [np.asarray(results["tasks"][t]["agents"][name]["summary"]["per_seed"], dtype=np.float64) for t in tasks]
+    runs = max(len(c) for c in cols)
+    cols = [np.resize(c, runs) if len(c) != runs else c for c in cols]
+    return np.stack(cols, axis=1), tasks
+
+
+def summarize_results(results: dict[str, Any]) -> None:
+    """Add ``aggregate`` (rliable: IQM, mean and probability of improvement over static, with 95 %
+    stratified-bootstrap CIs), ``performance_profile`` and ``leaderboard`` (rows ranked by IQM) to ``results``."""
+    from .aggregate import aggregate_scores, performance_profiles, tau_grid
+
     names: list[str] = []
     for entry in results["tasks"].values():
         names += [n for n in entry["agents"] if n not in names]
+    scores, tasks_of, refs = {}, {}, {}
+    for n in names:
+        scores[n], tasks_of[n] = score_matrix(results, n)
+        refs[n] = np.zeros_like(scores[n])  # the static front's score is 0 on every run and task
+    agg = aggregate_scores(scores, refs, reps=int(results["reps"]))
+    taus = tau_grid(scores)
+    results["aggregate"] = agg
+    results["performance_profile"] = {"taus": [float(t) for t in taus], "profiles": performance_profiles(scores, taus)}
     rows = []
     for n in names:
-        per = {t: e["agents"][n]["summary"] for t, e in results["tasks"].items() if n in e["agents"]}
+        per = {t: results["tasks"][t]["agents"][n]["summary"] for t in tasks_of[n]}
         kind = next(e["agents"][n]["kind"] for e in results["tasks"].values() if n in e["agents"])
         rows.append(
             {
                 "agent": n,
                 "kind": kind,
-                "score": float(np.mean([s["score"] for s in per.values()])),
+                **{k: agg[n][k] for k in ("iqm", "iqm_ci", "mean", "mean_ci", "p_improve", "p_improve_ci")},
+                "score": agg[n]["mean"],
                 "tasks_run": len(per),
                 "per_task": {t: s["score"] for t, s in per.items()},
                 "per_task_std": {t: s.get("score_std", 0.0) for t, s in per.items()},
                 "seeds": max(len(s.get("per_seed", [0])) for s in per.values()),
                 "vs_random_matched": _vs_random(results, n),
+                "vs_random_per_task": {t: _vs_random_task(results["tasks"][t]["agents"][n]) for t in per},
                 "mixed": {t: s["mixed"] for t, s in per.items()},
             }
         )
-    rows.sort(key=lambda r: -r["score"])
+    rows.sort(key=lambda r: (-r["iqm"], -r["mean"], r["agent"]))
     for i, r in enumerate(rows):
         r["rank"] = i + 1
-    return rows
+    results["leaderboard"] = rows
 
 
 def _vs_random(results: dict[str, Any], name: str) -> float | None:
@@ -713,20 +923,170 @@ def _vs_random(results: dict[str, Any], name: str) -> float | None:
     return float(np.mean(gaps)) if gaps else None
 
 
+def _vs_random_task(agent: dict[str, Any]) -> dict[str, Any] | None:
+    """An agent's gain (points) over random routes at its points' own action rates on one task: the
+    mean over its points, the standard deviation of the per-seed means, and how many points are above."""
+    pts = [p for p in agent["points"] if "random_matched" in p]
+    if not pts:
+        return None
+    gaps = np.array([100 * (p["accuracy"] - p["random_matched"]["accuracy"]) for p in pts])
+    seeds = sorted({p.get("seed", 0) for p in pts})
+    per_seed = [float(np.mean([g for g, p in zip(gaps, pts) if p.get("seed", 0) == sd])) for sd in seeds]
+    return {
+        "mean": float(gaps.mean()),
+        "std_over_seeds": float(np.std(per_seed)),
+        "per_seed": per_seed,
+        "above": int((gaps > 0).sum()),
+        "points": int(len(gaps)),
+    }
+
+
+def summary_json(results: dict[str, Any]) -> dict[str, Any]:
+    """The small summary of a run: suite, seeds, provenance, and per agent the aggregates and per-task scores."""
+    prov = results["provenance"]
+    return {
+        "suite": {k: results["suite"][k] for k in ("name", "version", "backbone_sha256")},
+        "seeds": results["seeds"],
+        "flops_ranges": results["flops_ranges"],
+        "command": prov["command"],
+        "wall_seconds": results["seconds"],
+        "versions": prov["versions"],
+        "host": prov["host"],
+        "threads_per_job": prov["threads_per_job"],
+        "executor": prov["executor"],
+        "reps": results["reps"],
+        "leaderboard": [
+            {
+                k: r[k]
+                for k in (
+                    "rank",
+                    "agent",
+                    "kind",
+                    "iqm",
+                    "iqm_ci",
+                    "mean",
+                    "mean_ci",
+                    "p_improve",
+                    "p_improve_ci",
+                    "per_task",
+                    "per_task_std",
+                    "vs_random_per_task",
+                    "seeds",
+                    "tasks_run",
+                )
+            }
+            for r in results["leaderboard"]
+        ],
+    }
+
+
+def _task_plots(out: Path, task: Task, core, entry: dict[str, Any], images: dict[str, Any], plots, data) -> None:
+    learned, extra = [], {}
+    for i, (spec, a) in enumerate(entry["agents"].items()):
+        if a["kind"] == "upper_bound":
+            extra[f"{spec} (knows label)"] = a["points"][0]
+            continue
+        if spec == "static":
+            continue
+        color = f"C{i % 10}"
+        seeds = sorted({p["seed"] for p in a["points"] if "seed" in p})
+        if a["kind"] in ("learned", "teacher") and len(seeds) > 1:  # every seed's point, and the mean per operating point
+            key = entry.get("point_key", "compute_weight")
+            learned += [{**p, "algorithm": f"{spec} (seeds)", "scatter": True, "color": color} for p in a["points"]]
+            for v in entry.get("points", []):
+                ps = [p for p in a["points"] if p.get(key) == v]
+                if ps:
+                    learned.append(
+                        {
+                            "algorithm": spec,
+                            "flops_ratio": float(np.mean([p["flops_ratio"] for p in ps])),
+                            "accuracy": float(np.mean([p["accuracy"] for p in ps])),
+                            "color": color,
+                        }
+                    )
+        elif spec == "random" and task.flops_targets:
+            for v in task.flops_targets:
+                ps = [p for p in a["points"] if p.get("flops_target") == v]
+                learned.append(
+                    {
+                        "algorithm": spec,
+                        "flops_ratio": float(np.mean([p["flops_ratio"] for p in ps])),
+                        "accuracy": float(np.mean([p["accuracy"] for p in ps])),
+                        "baseline": True,
+                        "color": color,
+                    }
+                )
+        else:
+            learned += [{**p, "algorithm": spec, "color": color, "baseline": a["kind"] == "baseline"} for p in a["points"]]
+    lo, hi = task.score_range
+    plots.plot_fronts(
+        out / f"{task.name}_fronts.png",
+        f"{task.name}: fronts vs static (scored on [{lo}, {hi}])",
+        entry["static"],
+        learned,
+        extra,
+    )
+    labels = action_labels(core)
+    diff = {}
+    for spec, (p, imgs) in images.items():
+        name = f"{task.name}_{spec.replace(':', '.').replace('/', '.')}"
+        key = entry.get("point_key", "compute_weight")
+        plots.plot_usage(out / f"{name}_usage.png", f"{spec}, {key.replace('_', ' ')} {p[key]}", p["action_rates"], labels)
+        if "by_difficulty" in p:
+            diff[spec] = p["by_difficulty"]
+        raw = data.test.images * data.std[None, :, None, None] + data.mean[None, :, None, None]
+        plots.plot_image_grid(
+            out / f"{name}_images.png", f"{spec}: test images by compute", raw, imgs["flops"] / core.full, imgs["correct"]
+        )
+    if diff:
+        plots.plot_difficulty(out / f"{task.name}_difficulty.png", f"{task.name}: FLOPs vs difficulty", diff)
+
+
+def write_result_plots(out: Path, results: dict[str, Any]) -> None:
+    """``<suite>_iqm.png`` (IQM and probability of improvement with CIs) and ``<suite>_profiles.png``
+    (performance profiles) of a run's aggregates."""
+    from .aggregate import plot_intervals, plot_profiles
+
+    name = results["suite"]["name"]
+    order = [r["agent"] for r in results["leaderboard"]]
+    seeds = results["seeds"]
+    plot_intervals(
+        out / f"{name}_iqm.png",
+        f"{name}: IQM over {len(seeds)} seeds x tasks, 95 % stratified-bootstrap CIs",
+        results["aggregate"],
+        order,
+    )
+    pp = results["performance_profile"]
+    plot_profiles(out / f"{name}_profiles.png", f"{name}: performance profiles (run scores)", pp["taus"], pp["profiles"])
+
+
+def _ci(v: float, ci: list[float], fmt: str = "+.2f") -> str:
+    return f"{v:{fmt}} [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+
+
 def format_leaderboard(results: dict[str, Any]) -> str:
-    """The Markdown leaderboard (ranked by the mean score over the suite's tasks)."""
+    """The Markdown leaderboard: agents ranked by the IQM of their per-(task, seed) scores, with 95 %
+    confidence intervals, the probability of improvement over static, per-task means, the gain
+    over random routes at matched action rates, and how the run was made."""
     tasks = list(results["tasks"])
-    lo, hi = results["flops_range"]
+    seeds = results.get("seeds", [results.get("seed", 0)])
+    ranges = "; ".join(f"`{t}` [{lo}, {hi}]" for t, (lo, hi) in results["flops_ranges"].items())
+    suite = results["suite"]
     lines = [
-        f"Suite `{results['suite']['name']}` v{results['suite']['version']}, seeds {results.get('seeds', [results['seed']])}. Score: mean accuracy gain"
-        f" (points) over the static front for FLOPs ratios in [{lo}, {hi}]; `*` = the agent's points do not cover the whole range; beyond them its front is the best random per-image mixture of its end point with a static route (see `dyncnn_gym.benchmark.bench`).",
+        f"Suite `{suite['name']}` v{suite['version']}, seeds {seeds}. Score of a run (one task, one seed): the mean accuracy"
+        f" gain (points) of the agent's accuracy-FLOPs front over the static front across the task's FLOPs range ({ranges});"
+        " `*` = the agent's points do not cover the whole range; beyond them its front is the best random per-image mixture"
+        " of its end point with a static route (see `dyncnn_gym.benchmark.bench`).",
         "",
-        "`vs random` = mean accuracy gain (points) of the agent's points over random routes with the same per-decision action rates.",
+        f"IQM: interquartile mean over runs x tasks; [..] = 95 % stratified-bootstrap confidence interval (rliable,"
+        f" {results.get('reps', 0)} replications); P(> static): probability of improvement over the static front."
+        " Per task: mean ± standard deviation over seeds. Baselines that do not depend on the seed (static, cascade,"
+        " oracle) have one score per task.",
         "",
     ]
     header = [
-        "| rank | agent | score | " + " | ".join(tasks) + " | vs random | seeds |",
-        "|---:|---|---:|" + "---:|" * len(tasks) + "---:|---:|",
+        "| rank | agent | IQM [95 % CI] | P(> static) [95 % CI] | " + " | ".join(f"`{t}`" for t in tasks) + " | seeds |",
+        "|---:|---|---:|---:|" + "---:|" * len(tasks) + "---:|",
     ]
     rows = [r for r in results["leaderboard"] if r["kind"] != "teacher"]
     taught = [r for r in results["leaderboard"] if r["kind"] == "teacher"]
@@ -740,11 +1100,43 @@ def format_leaderboard(results: dict[str, Any]) -> str:
             *header,
             *_leaderboard_lines(taught, tasks),
         ]
+    learned = [r for r in results["leaderboard"] if r["kind"] in ("learned", "teacher")]
+    if learned:
+        lines += [
+            "",
+            "Per-image routing against random routes at the same per-decision action rates: the mean accuracy gain"
+            " (points) of an agent's points over random routes drawn with each point's own action rates, ± the standard"
+            " deviation of the per-seed means; (k/n) = points above random.",
+            "",
+            "| agent | " + " | ".join(f"`{t}`" for t in tasks) + " |",
+            "|---|" + "---:|" * len(tasks),
+        ]
+        for r in learned:
+            cells = []
+            for t in tasks:
+                v = r["vs_random_per_task"].get(t)
+                cells.append(
+                    "n/a" if v is None else f"{v['mean']:+.2f} ± {v['std_over_seeds']:.2f} ({v['above']}/{v['points']})"
+                )
+            lines.append(f"| **{r['agent']}** | " + " | ".join(cells) + " |")
+    prov = results["provenance"]
+    v, h, ex = prov["versions"], prov["host"], prov["executor"]
+    runner = "serial" if ex["kind"] == "serial" else f"Ray ({ex.get('address')}, {ex.get('workers') or 'all'} CPUs)"
+    lines += [
+        "",
+        f"Command: `{prov['command']}`; wall time {results['seconds']:.0f} s; jobs {runner}, {prov['threads_per_job']} torch"
+        f" thread each. dyncnn_gym {v.get('dyncnn_gym')}, torch {v.get('torch')}, stable_baselines3"
+        f" {v.get('stable_baselines3')}, gymnasium {v.get('gymnasium')}, rliable {v.get('rliable')}, Python {v.get('python')};"
+        f" {h['cpu']}, {h['cores']} cores. Pins: "
+        + ", ".join(f"`{t}` {(s or 'unpinned')[:12]}" for t, s in suite["backbone_sha256"].items())
+        + ". `dyncnn-gym validate` re-checks every figure from the saved policies.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def _leaderboard_lines(rows: list[dict[str, Any]], tasks: list[str]) -> list[str]:
-    lines = []
+    """The leaderboard's table rows for ``rows`` (ranked in their order)."""
+    lines: list[str] = []
     for rank, r in enumerate(rows, 1):
         mark = {"baseline": " (baseline)", "upper_bound": " (upper bound, knows the label)"}.get(r["kind"], "")
         cells = []
@@ -754,14 +1146,15 @@ def _leaderboard_lines(rows: list[dict[str, Any]], tasks: list[str]) -> list[str
                 continue
             ext = r["mixed"][t]
             std = r["per_task_std"][t]
-            cells.append(
-                f"{r['per_task'][t]:+.2f}{f' ± {std:.2f}' if r['seeds'] > 1 else ''}{'*' if ext['below'] or ext['above'] else ''}"
-            )
+            spread = f" ± {std:.2f}" if r["kind"] in ("learned", "teacher") or (r["agent"] == "random" and std) else ""
+            cells.append(f"{r['per_task'][t]:+.2f}{spread}{'*' if ext['below'] or ext['above'] else ''}")
         name = f"**{r['agent']}**" if r["kind"] in ("learned", "teacher") else r["agent"]
-        vr = "" if r["vs_random_matched"] is None else f"{r['vs_random_matched']:+.2f}"
-        seeds = r["seeds"] if r["kind"] in ("learned", "teacher") else ""
         part = f" ({r['tasks_run']} of {len(tasks)} tasks)" if r.get("tasks_run", len(tasks)) < len(tasks) else ""
-        lines.append(f"| {rank} | {name}{mark}{part} | {r['score']:+.2f} | " + " | ".join(cells) + f" | {vr} | {seeds} |")
+        lines.append(
+            f"| {rank} | {name}{mark}{part} | {_ci(r['iqm'], r['iqm_ci'])} | {_ci(r['p_improve'], r['p_improve_ci'], '.2f')} | "
+            + " | ".join(cells)
+            + f" | {r['seeds'] if r['kind'] in ('learned', 'teacher') else ''} |"
+        )
     return lines
 
 
@@ -782,9 +1175,10 @@ def add_arguments(p) -> None:
         "--seed",
         type=int,
         nargs="+",
-        default=[0],
+        default=None,
         metavar="SEED",
-        help="one or more seeds; each learned agent runs its sweep once per seed (default: 0)",
+        help="one or more seeds; each learned agent runs every operating point once per seed (default: the suite's,"
+        " 0 1 2 3 4 on the CPU and GPU suites, 0 on the tiny ones)",
     )
     p.add_argument(
         "--merge",
@@ -799,11 +1193,27 @@ def add_arguments(p) -> None:
         metavar="NAME",
         help="run only this task of the suite (repeatable; with --merge the other tasks of an earlier run are kept)",
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run each (agent, task, operating point, seed) job as a Ray task: on a local Ray without ADDRESS, on the"
+        " cluster at ADDRESS with one (e.g. auto, ray://head:10001); results equal the serial run's (default: serial)",
+    )
+    p.add_argument("--workers", type=int, default=None, help="CPUs of a local Ray (--ray without ADDRESS; default: all)")
+    from .aggregate import REPS
+
+    p.add_argument(
+        "--reps", type=int, default=REPS, help="bootstrap replications of the 95 % confidence intervals (default: %(default)s)"
+    )
     p.add_argument("--list", action="store_true", help="list the suites and exit")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
-def run_from_args(args) -> int:
+def run_from_args(args, argv: list[str] | None = None) -> int:
+    from .provenance import command_line
     from .suites import list_suites
 
     if args.list:
@@ -819,6 +1229,10 @@ def run_from_args(args) -> int:
         progress=not args.quiet,
         timesteps=args.timesteps,
         merge=args.merge,
+        ray=args.ray,
+        workers=args.workers,
+        reps=args.reps,
+        command=command_line(argv if argv is not None else getattr(args, "argv", None)),
         tasks=args.task,
     )
     return 0

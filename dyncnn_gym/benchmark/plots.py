@@ -19,6 +19,16 @@ def _plt():
     return plt
 
 
+def save(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    """Lay out ``fig``, write it atomically as ``path`` (PNG) and close it."""
+    plt = _plt()
+    fig.tight_layout()
+    path = Path(path)
+    savefig(fig, path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_fronts(
     path: str | Path,
     title: str,

@@ -38,6 +38,16 @@ Suites:
   (``None``) until reference checkpoints are published.
 * ``"tiny-v0"``: scikit-learn's ``digits`` with the shipped digits checkpoints, tiny budgets, for
   tests and smoke runs. Unpinned (``None``): it is not for comparing results.
+* ``"tiny-v1"``: ``tiny-v0``'s data and backbones on the ``-v1`` ids with two FLOPs targets per
+  task: the operating points of a task may be FLOPs targets instead of compute weights
+  (:attr:`Task.flops_targets`). Unpinned.
+
+A suite's ``seeds`` are those ``dyncnn-gym bench`` runs when none are given: five on the CPU and
+GPU suites (the aggregates' confidence intervals need several runs per task), one on the tiny ones.
+
+A task is one place: a :class:`Task` and its pin, listed together in a suite's definition
+(:func:`_suite`), so a new env's task is one more line there (and a new suite version when an
+existing suite would change).
 
 :func:`check_pins` resolves every pinned task's checkpoint and raises :class:`ValueError` naming the
 expected and the found hash when they differ.
@@ -52,32 +62,85 @@ from typing import Any
 
 from ..envs.routing import mode_of
 
+#: the FLOPs-ratio range a task is scored over unless it names its own
+FLOPS_RANGE: tuple[float, float] = (0.2, 0.8)
+
 
 @dataclass(frozen=True)
 class Task:
-    """One benchmark task. ``env_kwargs`` excludes ``compute_weight`` (swept over ``compute_weights``)."""
+    """One benchmark task: an env configuration and its operating points.
+
+    The operating points are either ``compute_weights`` (the reward's fixed compute weight, the
+    ``cpu-v0`` / ``cpu-v1`` protocol) or ``flops_targets`` (FLOPs ratios the env holds by adapting its
+    compute weight, ``flops_target=``; the ``-v1`` ids), never both. ``env_kwargs`` excludes both.
+    ``flops_range`` is the FLOPs-ratio range the task's score integrates over (``None``:
+    :data:`FLOPS_RANGE`).
+    """
 
     name: str
     env_id: str
     env_kwargs: dict[str, Any] = field(hash=False)
     step_budget: int
-    compute_weights: tuple[float, ...]
+    compute_weights: tuple[float, ...] = ()
+    flops_targets: tuple[float, ...] = ()
+    flops_range: tuple[float, float] | None = None
     #: the split agents train on (``"val"``: held-out images the backbone never trained on)
     train_split: str = "train"
+
+    def __post_init__(self) -> None:
+        if bool(self.compute_weights) == bool(self.flops_targets):
+            raise ValueError(
+                f"task {self.name!r}: give its operating points as compute_weights or as flops_targets (one of the two);"
+                f" got compute_weights={self.compute_weights!r}, flops_targets={self.flops_targets!r}"
+            )
+        for key in ("compute_weight", "flops_target"):
+            if key in self.env_kwargs:
+                raise ValueError(f"task {self.name!r}: env_kwargs holds {key!r}, which the operating points set")
+        if any(not 0 < t <= 1 for t in self.flops_targets):
+            raise ValueError(f"task {self.name!r}: flops_targets={self.flops_targets!r} must be FLOPs ratios in (0, 1]")
+        lo, hi = self.score_range
+        if not 0 <= lo < hi <= 1:
+            raise ValueError(f"task {self.name!r}: flops_range={self.flops_range!r} must satisfy 0 <= lo < hi <= 1")
+
+    @property
+    def point_key(self) -> str:
+        """``"flops_target"`` or ``"compute_weight"``: the env argument each operating point sets."""
+        return "flops_target" if self.flops_targets else "compute_weight"
+
+    @property
+    def points(self) -> tuple[float, ...]:
+        """The operating points' values (FLOPs targets or compute weights), in order."""
+        return self.flops_targets or self.compute_weights
+
+    @property
+    def score_range(self) -> tuple[float, float]:
+        """The FLOPs-ratio range the score integrates over."""
+        return tuple(self.flops_range) if self.flops_range is not None else FLOPS_RANGE
+
+    def point_kwargs(self, value: float) -> dict[str, float]:
+        """The env arguments of the operating point ``value`` (``{"flops_target": t}`` or ``{"compute_weight": w}``)."""
+        return {self.point_key: float(value)}
 
 
 @dataclass(frozen=True)
 class Suite:
-    """A named, versioned task set; ``backbone_sha256[task.name]`` pins the task's checkpoint (or ``None``)."""
+    """A named, versioned task set; ``backbone_sha256[task.name]`` pins the task's checkpoint (or ``None``);
+    ``seeds`` are the seeds a bench runs when none are given."""
 
     name: str
     version: int
     tasks: tuple[Task, ...]
     backbone_sha256: dict[str, str | None] = field(hash=False, default_factory=dict)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
 
     def with_budget(self, step_budget: int) -> Suite:
         """The same suite with every task's step budget replaced (e.g. ``--timesteps``)."""
         return replace(self, tasks=tuple(replace(t, step_budget=int(step_budget)) for t in self.tasks))
+
+
+def _suite(name: str, version: int, tasks: list[tuple[Task, str | None]], seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> Suite:
+    """A suite from ``(task, pinned sha256 or None)`` pairs: a task and its pin are written together."""
+    return Suite(name, version, tuple(t for t, _ in tasks), {t.name: pin for t, pin in tasks}, tuple(seeds))
 
 
 def _tasks(
@@ -146,6 +209,21 @@ _CPU2 = (
 _PAPER = _tasks("cifar10", "vgg16", "resnet110", 2_000_000, (0.1, 0.25, 0.5, 1.0), device="cuda")
 _TINY = _tasks("digits", "vgg", "resnet20-lite", 512, (0.5, 1.0))
 
+
+def _target_task(env_id: str, dataset: str, backbone: str, budget: int, targets: tuple[float, ...]) -> Task:
+    """A task of the ``-v1`` protocol: operating points are FLOPs targets, scored over the FLOPs they span."""
+    kind = env_id.split("-v")[0].removeprefix("Dyn").lower()
+    env = {"dataset": dataset, "groups": 4, "reward": "flops", "loss": "error", "obs": "probe", "backbone": backbone}
+    return Task(
+        f"{kind}-{backbone}-{dataset}", env_id, env, budget, flops_targets=targets, flops_range=(min(targets), max(targets))
+    )
+
+
+_TINY1 = [
+    (_target_task("DynChannel-v1", "digits", "vgg", 512, (0.4, 0.7)), None),
+    (_target_task("DynSkip-v1", "digits", "resnet20-lite", 512, (0.5, 0.8)), None),
+]
+
 SUITES: dict[str, Suite] = {
     "cpu-v0": Suite(
         "cpu-v0",
@@ -180,7 +258,8 @@ SUITES: dict[str, Suite] = {
         },
     ),
     "paper-v0": Suite("paper-v0", 0, _PAPER, {t.name: None for t in _PAPER}),
-    "tiny-v0": Suite("tiny-v0", 0, _TINY, {t.name: None for t in _TINY}),
+    "tiny-v0": Suite("tiny-v0", 0, _TINY, {t.name: None for t in _TINY}, seeds=(0,)),
+    "tiny-v1": _suite("tiny-v1", 1, _TINY1, seeds=(0,)),
 }
 
 
@@ -198,8 +277,11 @@ def list_suites() -> str:
     lines = []
     for s in SUITES.values():
         pinned = "pinned" if all(s.backbone_sha256.get(t.name) for t in s.tasks) else "unpinned"
-        tasks = ", ".join(f"{t.name} ({t.env_id}, {t.step_budget} steps, weights {list(t.compute_weights)})" for t in s.tasks)
-        lines.append(f"{s.name} (v{s.version}, {pinned}): {tasks}")
+        tasks = ", ".join(
+            f"{t.name} ({t.env_id}, {t.step_budget} steps, {'FLOPs targets' if t.flops_targets else 'weights'} {list(t.points)})"
+            for t in s.tasks
+        )
+        lines.append(f"{s.name} (v{s.version}, {pinned}, seeds {list(s.seeds)}): {tasks}")
     return "\n".join(lines)
 
 

@@ -34,6 +34,7 @@ import copy
 import itertools
 import numbers
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,8 @@ def run_sweep(
     shaping: str | None = None,
     ensemble: int = 0,
     progress: bool = True,
+    ray: str | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Run the sweep and write ``out/results.json``, ``out/summary.md`` and a fronts plot per env.
 
@@ -121,20 +124,21 @@ def run_sweep(
         ensemble: 0 (off) or ``K`` in ``[2, len(seed)]``: after training, every combination of K
             seeds of each frozen setting is routed as one ensemble policy and evaluated (and dialed to
             every ``calibrate`` target) like a point, under ``entry["ensembles"]``.
+        ray: ``None`` (points trained here, one after the other), ``"local"`` (a local Ray) or a Ray
+            cluster address: each (env, weight or target, variant, seed) point is a Ray task
+            (:mod:`~dyncnn_gym.benchmark.runner`); the results equal the serial run's.
+        workers: CPUs of a local Ray (default: all).
     """
-    import torch
-
     from ..callbacks import BackboneFinetuneCallback, FlopsTargetCallback, check_augment
     from ..envs.core import RoutingCore
     from ..envs.routing import mode_of
     from ..fileio import check_writable_dir, write_json, write_text
     from ..pretraining import DEFAULT_ARCH
-    from ..recipes import check_timesteps, recipe, train_ppo
+    from ..recipes import check_timesteps, recipe
     from ..recipes import env_kwargs as recipe_env_kwargs
-    from .baselines import cascade_front, random_policy_eval, route_outcomes, static_baselines, uniform_routes
-    from .calibrate import held_out_accuracy
+    from .baselines import cascade_front, static_baselines
     from .demo import _jsonable
-    from .protocol import evaluate
+    from .runner import run_jobs
 
     if not (cotrain or frozen):
         raise ValueError("cotrain=False and frozen=False leave nothing to run; enable at least one")
@@ -160,6 +164,9 @@ def run_sweep(
         else [("weight", w) for w in {**DEFAULT_WEIGHTS[loss], **(weights or {})}[e]]
         for e in envs
     }
+    from .runner import check_executor
+
+    check_executor(ray, workers)  # before any training: bad --workers, or Ray missing
     out = check_writable_dir(out, "out")  # before any training: a run is not lost to an unwritable --out
     log = print if progress else (lambda *a, **k: None)
     start = time.perf_counter()
@@ -207,7 +214,6 @@ def run_sweep(
         fronts = {**static, "cascade": cascade}  # what every point is compared with on the test split
         # a second opinion on more images than the test split holds: the held-out "val" split
         held_static = static_baselines(core, split="val") if core.data.has_val else None
-        full_correct = route_outcomes(core, uniform_routes(core)[-1:])[0][0]
         steps = timesteps or recipe(env_id)["total_timesteps"]
         results["timesteps"][env_id] = steps
         entry: dict[str, Any] = {
@@ -227,76 +233,44 @@ def run_sweep(
                 "greedy_front": held_static["front"],
             }
         variants = (["frozen"] if frozen else []) + (["cotrained"] if cotrain else [])
-        members: dict[tuple[str, float], list[tuple[int, Any, Any]]] = {}  # frozen (how, value) -> (seed, model, test core)
-        for seed, (how, value), variant in ((sd, s, v) for sd in seeds for s in settings[env_id] for v in variants):
-            log(
-                f"[sweep] {env_id} {'compute_weight' if how == 'weight' else 'flops_target'}={value} {variant} seed {seed}:"
-                f" PPO {steps} steps"
+        jobs = [
+            SweepJob(
+                env_id=env_id,
+                kwargs=kwargs,
+                start_weight=start_weight,
+                how=how,
+                value=value,
+                variant=variant,
+                seed=seed,
+                steps=steps,
+                finetune_kwargs=dict(finetune_kwargs or {}),
+                target_measure=target_measure,
+                calibrate=calibrate,
+                fronts=fronts,
+                held_static=held_static,
+                keep_model=bool(ensemble) and variant == "frozen",
             )
-            torch.manual_seed(seed)
-            net = core.net if variant == "frozen" else copy.deepcopy(core.net)
-            w = value if how == "weight" else start_weight
-            env_kwargs = {**kwargs, "backbone": net, "compute_weight": w}
-            callbacks: list[Any] = []
-            if variant == "cotrained":
-                callbacks.append(BackboneFinetuneCallback(seed=seed, **(finetune_kwargs or {})))
-            if how == "target":
-                callbacks.append(FlopsTargetCallback(value, measure=target_measure, seed=seed))
-            callback = callbacks or None
-            t0 = time.perf_counter()
-            # the test core is built before training so that it shares the observation scales
-            # and probes the policy was trained with (memoised per backbone object); evaluation
-            # reads no rewards, so it skips the shaping's full-width passes
-            test_core = RoutingCore(mode, 500, split="test", **{**env_kwargs, "shaping": "none"})
-            model = train_ppo(env_id, total_timesteps=steps, seed=seed, progress=False, callback=callback, **env_kwargs)
-            secs = time.perf_counter() - t0
-            res = evaluate(model, env_id, per_image=True, core=test_core)
-            x, acc = res["flops_ratio"], res["accuracy"]
-            point: dict[str, Any] = {
-                "variant": variant,
-                "compute_weight": w if how == "weight" else callbacks[-1].weight,
-                **(
-                    {
-                        "flops_target": value,
-                        "flops_target_measure": target_measure,
-                        "start_weight": w,
-                        "flops_target_history": callbacks[-1].history,
-                    }
-                    if how == "target"
-                    else {}
-                ),
-                "seed": seed,
-                "accuracy": acc,
-                "flops_ratio": x,
-                "flops_saved": 1.0 - x,
-                **_comparisons(acc, x, fronts),
-                "random_matched": random_policy_eval(core, res["action_rates"], seed=seed),
-                "train_seconds": round(secs, 1),
-                **{k: res[k] for k in ("action_rates", "by_difficulty", "difficulty_flops_spearman") if k in res},
-                **_adaptivity(core, res, full_correct),
-            }
-            if held_static is not None:
-                point["held_out"] = _held_out_comparison(*held_out_accuracy(test_core, model), held_static)
-            if calibrate:
-                point["calibrated"] = [_calibrated(model, env_id, test_core, t, seed, fronts, held_static) for t in calibrate]
-            if ensemble and variant == "frozen":
-                members.setdefault((how, value), []).append((seed, model, test_core))
-            if variant == "cotrained":
-                tuned = RoutingCore(mode, 1, split="test", **{**kwargs, "backbone": net})
-                own = static_baselines(tuned, greedy=False)["uniform"]
-                point["own_uniform"] = own
-                point["vs_own_uniform_static_points"] = 100 * (acc - _interp(own, x))
-                point["finetune"] = callbacks[0].history[-1] if callbacks[0].history else {}
+            for seed, (how, value), variant in ((sd, s, v) for sd in seeds for s in settings[env_id] for v in variants)
+        ]
+        outputs = run_jobs(sweep_job, jobs, ray_address=ray, workers=workers, log=log, describe=_describe_job)
+        members: dict[tuple[str, float], list[tuple[int, Any, Any]]] = {}  # frozen (how, value) -> (seed, model, test core)
+        for job, o in zip(jobs, outputs):
+            point = o["point"]
             entry["points"].append(point)
             log(
-                f"[sweep]   accuracy {acc:.4f} at FLOPs {x:.3f}: vs uniform static {point['vs_uniform_static_points']:+.2f},"
-                f" vs greedy static {point['vs_greedy_static_points']:+.2f} points ({secs:.0f} s)"
+                f"[sweep] {env_id} {'compute_weight' if job.how == 'weight' else 'flops_target'}={job.value} {job.variant}"
+                f" seed {job.seed}: accuracy {point['accuracy']:.4f} at FLOPs {point['flops_ratio']:.3f}: vs uniform static"
+                f" {point['vs_uniform_static_points']:+.2f}, vs greedy static {point['vs_greedy_static_points']:+.2f} points"
+                f" ({point['train_seconds']:.0f} s)"
             )
             for c in point.get("calibrated", []):
                 log(
                     f"[sweep]   calibrated to {c['target']} (bias {c['bias']:+.3f}): accuracy {c['accuracy']:.4f} at FLOPs"
                     f" {c['flops_ratio']:.3f}, vs greedy static {c['vs_greedy_static_points']:+.2f}"
                 )
+            if o.get("model") is not None:
+                test_core = RoutingCore(mode, 500, split="test", **{**kwargs, "backbone": core.net, "shaping": "none"})
+                members.setdefault((job.how, job.value), []).append((job.seed, _model_from_bytes(o["model"]), test_core))
         if ensemble:
             entry["ensembles"] = [
                 _ensemble_point(env_id, how, value, group, fronts, held_static, calibrate, log)
@@ -311,6 +285,126 @@ def run_sweep(
     write_text(out / "summary.md", text)
     log(text)
     return results
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """One point of a sweep: PPO trained at one compute weight (or FLOPs target) on a frozen or a
+    co-trained backbone with one seed, then evaluated (the unit ``run_jobs`` runs, serially or on Ray)."""
+
+    env_id: str
+    kwargs: dict
+    start_weight: float
+    how: str
+    value: float
+    variant: str
+    seed: int
+    steps: int
+    finetune_kwargs: dict
+    target_measure: str
+    calibrate: tuple
+    fronts: dict
+    held_static: dict | None
+    keep_model: bool = False
+
+
+def _model_from_bytes(data: bytes) -> Any:
+    """An SB3 model from the bytes of its saved zip, read by the safe loader."""
+    import tempfile
+
+    from ..sb3_files import load_sb3_model
+
+    with tempfile.TemporaryDirectory(prefix="dyncnn_gym-model-") as tmp:
+        path = Path(tmp) / "model.zip"
+        path.write_bytes(data)
+        return load_sb3_model(path)
+
+
+def _describe_job(job: SweepJob) -> str:
+    key = "compute_weight" if job.how == "weight" else "flops_target"
+    return f"{job.env_id} {key}={job.value} {job.variant} seed {job.seed}"
+
+
+def sweep_job(job: SweepJob) -> dict[str, Any]:
+    """Train and evaluate one sweep point (deterministic given the job, see
+    :func:`~dyncnn_gym.benchmark.runner.job_context`). Returns ``{"point"}``, and with ``keep_model``
+    the trained model as SB3 zip bytes under ``"model"`` (for ensembles)."""
+    import io
+
+    from ..callbacks import BackboneFinetuneCallback, FlopsTargetCallback
+    from ..envs.core import RoutingCore
+    from ..envs.routing import mode_of
+    from ..recipes import train_ppo
+    from .baselines import random_policy_eval, route_outcomes, static_baselines, uniform_routes
+    from .calibrate import held_out_accuracy
+    from .protocol import evaluate
+    from .runner import job_context
+
+    mode = mode_of(job.env_id)
+    kwargs, fronts, held_static = job.kwargs, job.fronts, job.held_static
+    core = RoutingCore(mode, 1, split="test", **kwargs)  # memoised probes and scales: before the seeding
+    full_correct = route_outcomes(core, uniform_routes(core)[-1:])[0][0]
+    with job_context(job.seed):
+        net = core.net if job.variant == "frozen" else copy.deepcopy(core.net)
+        w = job.value if job.how == "weight" else job.start_weight
+        env_kwargs = {**kwargs, "backbone": net, "compute_weight": w}
+        callbacks: list[Any] = []
+        if job.variant == "cotrained":
+            callbacks.append(BackboneFinetuneCallback(seed=job.seed, **job.finetune_kwargs))
+        if job.how == "target":
+            callbacks.append(FlopsTargetCallback(job.value, measure=job.target_measure, seed=job.seed))
+        t0 = time.perf_counter()
+        # the test core is built before training so that it shares the observation scales
+        # and probes the policy was trained with (memoised per backbone object); evaluation
+        # reads no rewards, so it skips the shaping's full-width passes
+        test_core = RoutingCore(mode, 500, split="test", **{**env_kwargs, "shaping": "none"})
+        model = train_ppo(
+            job.env_id, total_timesteps=job.steps, seed=job.seed, progress=False, callback=callbacks or None, **env_kwargs
+        )
+        secs = time.perf_counter() - t0
+        res = evaluate(model, job.env_id, per_image=True, core=test_core)
+        x, acc = res["flops_ratio"], res["accuracy"]
+        point: dict[str, Any] = {
+            "variant": job.variant,
+            "compute_weight": w if job.how == "weight" else callbacks[-1].weight,
+            **(
+                {
+                    "flops_target": job.value,
+                    "flops_target_measure": job.target_measure,
+                    "start_weight": w,
+                    "flops_target_history": callbacks[-1].history,
+                }
+                if job.how == "target"
+                else {}
+            ),
+            "seed": job.seed,
+            "accuracy": acc,
+            "flops_ratio": x,
+            "flops_saved": 1.0 - x,
+            **_comparisons(acc, x, fronts),
+            "random_matched": random_policy_eval(core, res["action_rates"], seed=job.seed),
+            "train_seconds": round(secs, 1),
+            **{k: res[k] for k in ("action_rates", "by_difficulty", "difficulty_flops_spearman") if k in res},
+            **_adaptivity(core, res, full_correct),
+        }
+        if held_static is not None:
+            point["held_out"] = _held_out_comparison(*held_out_accuracy(test_core, model), held_static)
+        if job.calibrate:
+            point["calibrated"] = [
+                _calibrated(model, job.env_id, test_core, t, job.seed, fronts, held_static) for t in job.calibrate
+            ]
+        if job.variant == "cotrained":
+            tuned = RoutingCore(mode, 1, split="test", **{**kwargs, "backbone": net})
+            own = static_baselines(tuned, greedy=False)["uniform"]
+            point["own_uniform"] = own
+            point["vs_own_uniform_static_points"] = 100 * (acc - _interp(own, x))
+            point["finetune"] = callbacks[0].history[-1] if callbacks[0].history else {}
+    out: dict[str, Any] = {"point": point}
+    if job.keep_model:
+        buf = io.BytesIO()
+        model.save(buf)
+        out["model"] = buf.getvalue()
+    return out
 
 
 def _comparisons(acc: float, x: float, fronts: dict[str, Any]) -> dict[str, float]:
@@ -757,6 +851,16 @@ def add_arguments(p) -> None:
         help="also route every K of each frozen setting's seeds as one policy (mean action"
         " log-probabilities) and evaluate it like a point (default 0: off)",
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run each (env, weight or target, variant, seed) point as a Ray task: on a local Ray without ADDRESS, on"
+        " the cluster at ADDRESS with one; results equal the serial run's (default: serial)",
+    )
+    p.add_argument("--workers", type=int, default=None, help="CPUs of a local Ray (--ray without ADDRESS; default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -784,6 +888,8 @@ def run_from_args(args) -> int:
         shaping=args.shaping,
         ensemble=args.ensemble,
         progress=not args.quiet,
+        ray=args.ray,
+        workers=args.workers,
         finetune_kwargs={k: True for k, on in (("augment", args.finetune_augment), ("distill", args.finetune_distill)) if on},
     )
     return 0
