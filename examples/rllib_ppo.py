@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dyncnn_gym.cli import HelpFormatter
+from dyncnn_gym.fileio import check_writable_file, write_json
 
 ENV_IDS = ("DynChannel-v0", "DynSkip-v0")
 
@@ -63,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seeds RLlib and the envs (default: %(default)s)")
     p.add_argument("--out", default=None, help="write the evaluation results to this JSON file")
     args = p.parse_args(argv)
+    if args.out:
+        check_writable_file(args.out, "--out")  # before training: a finished run is not lost to an unwritable path
     for name in ("iterations", "env_runners", "envs_per_runner", "train_batch", "minibatch", "epochs", "num_cpus"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
@@ -172,8 +175,7 @@ def main(argv: list[str] | None = None, inspect: Callable[[Any], Any] | None = N
         f" {train_s:.0f} s of RLlib PPO)"
     )
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.out, result, indent=2)
     return result
 
 
