@@ -19,10 +19,10 @@ import torch
 
 from .envs.exit_core import ExitCore
 from .envs.routing import make_core, mode_of
-from .exit_routed import ExitRoutedNet, export_exits, from_blob, is_exit_file, read_file
-from .routed import RoutedNet
+from .exit_routed import ExitRoutedNet, export_exits, from_blob, is_exit_file
+from .routed import RoutedNet, read_file
 from .routed import export as export_routed
-from .routed import load as load_routed
+from .routed import from_blob as routed_from_blob
 
 
 def _exit_core_of(core: Any) -> ExitCore | None:
@@ -68,7 +68,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, safe_globals: 
     blob, dev = read_file(path, device, safe_globals)
     if is_exit_file(blob):
         return from_blob(blob, path, dev)
-    return load_routed(path, device, safe_globals=safe_globals)
+    return routed_from_blob(blob, path, dev)
 
 
 __all__ = ["export", "load"]

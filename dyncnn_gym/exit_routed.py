@@ -29,10 +29,18 @@ from torch import nn
 from .envs.exit_core import ExitCore
 from .envs.probes import confidence
 from .exit_walk import ExitWalk
-from .models import DynamicNet, build
+from .models import DynamicNet
 from .models.exits import make_stages
 from .policies import RecurrentHead
-from .routed import _check_spaces, _dry_run, head_classes, policy_head
+from .routed import (
+    _check_spaces,
+    _dry_run,
+    backbone_entry,
+    backbone_from_entry,
+    check_images,
+    policy_head,
+    read_file,
+)
 
 #: ``format`` tag of files written by :meth:`ExitRoutedNet.save`
 EXIT_FORMAT = "dyncnn_gym.exit_routed"
@@ -127,18 +135,7 @@ class ExitRoutedNet(nn.Module):
         return m
 
     def _check_images(self, images: Any) -> torch.Tensor:
-        if isinstance(images, np.ndarray):
-            images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a torch tensor (or NumPy array) [B, C, H, W]; got {type(images).__name__}")
-        shape = tuple(self.backbone.in_shape)
-        if images.dim() != 4 or tuple(images.shape[1:]) != shape:
-            raise ValueError(f"images have shape {tuple(images.shape)}; expected [B, {', '.join(map(str, shape))}]")
-        if not images.dtype.is_floating_point:
-            raise TypeError(f"images have dtype {images.dtype}; expected a floating dtype (e.g. torch.float32)")
-        if images.device != self.device:
-            raise ValueError(f"images are on {images.device} but the model is on {self.device}")
-        return images
+        return check_images(images, self.backbone.in_shape, self.device)
 
     @torch.no_grad()
     def route(self, images: torch.Tensor | np.ndarray) -> RoutedExits:
@@ -205,21 +202,11 @@ class ExitRoutedNet(nn.Module):
         """Write the model to ``path`` (a ``torch.save`` file :func:`load` reads without SB3 or data),
         atomically (see :mod:`dyncnn_gym.fileio`): readers see the old file or the complete new one."""
         from .fileio import save_torch
-        from .pretraining import CHECKPOINT_VERSION, plain_meta
 
-        net = self.backbone
-        meta = plain_meta(dict(getattr(net, "meta", None) or {}))
-        meta.update(
-            arch=net.arch, config=net.config(), in_shape=list(net.in_shape), num_classes=net.num_classes, groups=net.groups
-        )
         blob = {
             "format": EXIT_FORMAT,
             "version": EXIT_FORMAT_VERSION,
-            "backbone": {
-                "version": CHECKPOINT_VERSION,
-                "meta": meta,
-                "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-            },
+            "backbone": backbone_entry(self.backbone),
             "stages": self.stage_spec,
             "env_id": self.env_id,
             "budget": self.budget,
@@ -263,43 +250,19 @@ def is_exit_file(blob: Any) -> bool:
 def from_blob(blob: dict, path: str | Path, device: torch.device) -> ExitRoutedNet:
     """Rebuild an :class:`ExitRoutedNet` from a file's contents (read by :func:`dyncnn_gym.deployment.load`)."""
     from .fileio import CorruptFileError
-    from .pretraining import plain_meta
 
     if blob.get("version") != EXIT_FORMAT_VERSION:
         raise ValueError(
             f"{str(path)!r} has format version {blob.get('version')!r}; this dyncnn_gym reads {EXIT_FORMAT_VERSION}"
         )
     try:
-        meta = plain_meta(blob["backbone"]["meta"])
-        net = build(meta["arch"], tuple(meta["in_shape"]), meta["num_classes"], meta["groups"], **meta["config"])
-        net.load_state_dict(blob["backbone"]["state_dict"])
-        net.meta = meta
+        net = backbone_from_entry(blob["backbone"])
         if not isinstance(blob["head"], nn.Module):
             raise TypeError(f"its policy head is a {type(blob['head']).__name__}, not a torch module")
-        out = ExitRoutedNet(
-            net.eval(), blob["stages"], blob["head"], blob["scales"], blob["budget"], blob["env_id"], blob["info"]
-        )
+        out = ExitRoutedNet(net, blob["stages"], blob["head"], blob["scales"], blob["budget"], blob["env_id"], blob["info"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CorruptFileError(f"{str(path)!r} is a damaged early-exit model ({str(e).splitlines()[0][:200]})") from None
     return out.to(device)
-
-
-def read_file(path: str | Path, device: str | torch.device = "cpu", safe_globals: Any = ()) -> tuple[Any, torch.device]:
-    """A saved routed model's contents, read with ``weights_only=True`` (tensors, plain containers,
-    the classes of :func:`dyncnn_gym.routed.head_classes` and ``safe_globals``), and the device to
-    build it on."""
-    from .device import check_device
-    from .fileio import load_torch
-    from .pretraining import CHECKPOINT_GLOBALS
-
-    path = Path(path)
-    dev = check_device(device)
-    if not path.exists():
-        raise FileNotFoundError(f"no saved routed model at {str(path)!r}")
-    extra = tuple(safe_globals)
-    if not all(isinstance(c, type) for c in extra):
-        raise TypeError(f"safe_globals={safe_globals!r} must be a sequence of classes")
-    return load_torch(path, (*CHECKPOINT_GLOBALS, *head_classes(), *extra), "routed model"), dev
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", *, safe_globals: Any = ()) -> ExitRoutedNet:

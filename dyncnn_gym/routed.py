@@ -271,21 +271,7 @@ class RoutedNet(nn.Module):
 
     # -- routing --------------------------------------------------------------------------------
     def _check_images(self, images: Any) -> torch.Tensor:
-        if isinstance(images, np.ndarray):
-            images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a torch tensor (or NumPy array) [B, C, H, W]; got {type(images).__name__}")
-        shape = tuple(self.backbone.in_shape)
-        if images.dim() != 4 or tuple(images.shape[1:]) != shape:
-            hint = " (one image: add a batch dimension, images[None])" if tuple(images.shape) == shape else ""
-            raise ValueError(f"images have shape {tuple(images.shape)}; expected [B, {', '.join(map(str, shape))}]{hint}")
-        if not images.dtype.is_floating_point:
-            raise TypeError(f"images have dtype {images.dtype}; expected a floating dtype (e.g. torch.float32)")
-        if images.device != self.device:
-            raise ValueError(
-                f"images are on {images.device} but the model is on {self.device}; move one of them (images.to(net.device))"
-            )
-        return images
+        return check_images(images, self.backbone.in_shape, self.device)
 
     @torch.no_grad()
     def route(self, images: torch.Tensor | np.ndarray) -> Routed:
@@ -367,21 +353,11 @@ class RoutedNet(nn.Module):
         """Write the model to ``path`` (a ``torch.save`` file :func:`load` reads without SB3 or data),
         atomically (see :mod:`dyncnn_gym.fileio`): readers see the old file or the complete new one."""
         from .fileio import save_torch
-        from .pretraining import CHECKPOINT_VERSION, plain_meta
 
-        net = self.backbone
-        meta = plain_meta(dict(getattr(net, "meta", None) or {}))
-        meta.update(
-            arch=net.arch, config=net.config(), in_shape=list(net.in_shape), num_classes=net.num_classes, groups=net.groups
-        )
         blob = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
-            "backbone": {
-                "version": CHECKPOINT_VERSION,
-                "meta": meta,
-                "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-            },
+            "backbone": backbone_entry(self.backbone),
             "mode": self.mode,
             "env_id": self.env_id,
             "budget": self.budget,
@@ -399,6 +375,71 @@ class RoutedNet(nn.Module):
     def load(cls, path: str | Path, device: str | torch.device = "cpu", *, safe_globals: Any = ()) -> RoutedNet:
         """Read a model written by :meth:`save` (see :func:`load`)."""
         return load(path, device, safe_globals=safe_globals)
+
+
+def check_images(images: Any, in_shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``images`` as a float tensor ``[B, *in_shape]`` on ``device`` (a NumPy array is converted), or a
+    clear error: the routed models' input check."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch tensor (or NumPy array) [B, C, H, W]; got {type(images).__name__}")
+    shape = tuple(in_shape)
+    if images.dim() != 4 or tuple(images.shape[1:]) != shape:
+        hint = " (one image: add a batch dimension, images[None])" if tuple(images.shape) == shape else ""
+        raise ValueError(f"images have shape {tuple(images.shape)}; expected [B, {', '.join(map(str, shape))}]{hint}")
+    if not images.dtype.is_floating_point:
+        raise TypeError(f"images have dtype {images.dtype}; expected a floating dtype (e.g. torch.float32)")
+    if images.device != device:
+        raise ValueError(
+            f"images are on {images.device} but the model is on {device}; move one of them (images.to(net.device))"
+        )
+    return images
+
+
+def backbone_entry(net: DynamicNet) -> dict[str, Any]:
+    """The ``"backbone"`` entry of a saved routed model: checkpoint version, plain metadata (arch,
+    config, input shape, classes, groups) and the CPU state dict (:func:`backbone_from_entry` reads it)."""
+    from .pretraining import CHECKPOINT_VERSION, plain_meta
+
+    meta = plain_meta(dict(getattr(net, "meta", None) or {}))
+    meta.update(
+        arch=net.arch, config=net.config(), in_shape=list(net.in_shape), num_classes=net.num_classes, groups=net.groups
+    )
+    return {
+        "version": CHECKPOINT_VERSION,
+        "meta": meta,
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+    }
+
+
+def backbone_from_entry(entry: dict[str, Any]) -> DynamicNet:
+    """The backbone (in eval mode) a :func:`backbone_entry` describes; ``KeyError`` / ``TypeError`` /
+    ``RuntimeError`` on a damaged entry."""
+    from .pretraining import plain_meta
+
+    meta = plain_meta(entry["meta"])
+    net = build(meta["arch"], tuple(meta["in_shape"]), meta["num_classes"], meta["groups"], **meta["config"])
+    net.load_state_dict(entry["state_dict"])
+    net.meta = meta
+    return net.eval()
+
+
+def read_file(path: str | Path, device: str | torch.device = "cpu", safe_globals: Any = ()) -> tuple[Any, torch.device]:
+    """A saved routed model's contents, read with ``weights_only=True`` (tensors, plain containers,
+    the classes of :func:`head_classes` and ``safe_globals``), and the device to build it on."""
+    from .device import check_device
+    from .fileio import load_torch
+    from .pretraining import CHECKPOINT_GLOBALS
+
+    path = Path(path)
+    dev = check_device(device)
+    if not path.exists():
+        raise FileNotFoundError(f"no saved routed model at {str(path)!r}")
+    extra = tuple(safe_globals)
+    if not all(isinstance(c, type) for c in extra):
+        raise TypeError(f"safe_globals={safe_globals!r} must be a sequence of classes")
+    return load_torch(path, (*CHECKPOINT_GLOBALS, *head_classes(), *extra), "routed model"), dev
 
 
 def head_classes() -> tuple[type, ...]:
@@ -435,31 +476,25 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, safe_globals: 
         CorruptFileError: (a ValueError) the file is empty, truncated or no torch file.
         ValueError: the file is not a saved routed model, or ``device`` is not available here.
     """
-    from .device import check_device
-    from .fileio import CorruptFileError, load_torch
-    from .pretraining import CHECKPOINT_GLOBALS, plain_meta
+    blob, dev = read_file(path, device, safe_globals)
+    return from_blob(blob, path, dev)
 
-    path = Path(path)
-    dev = check_device(device)
-    if not path.exists():
-        raise FileNotFoundError(f"no saved routed model at {str(path)!r}")
-    extra = tuple(safe_globals)
-    if not all(isinstance(c, type) for c in extra):
-        raise TypeError(f"safe_globals={safe_globals!r} must be a sequence of classes")
-    blob = load_torch(path, (*CHECKPOINT_GLOBALS, *head_classes(), *extra), "routed model")
+
+def from_blob(blob: Any, path: str | Path, device: torch.device) -> RoutedNet:
+    """Rebuild a :class:`RoutedNet` from a file's contents (read by :func:`read_file`); ``path`` names
+    the file in errors."""
+    from .fileio import CorruptFileError
+
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not a routed model saved by RoutedNet.save (no format {FORMAT!r})")
     if blob.get("version") != FORMAT_VERSION:
         raise ValueError(f"{str(path)!r} has format version {blob.get('version')!r}; this dyncnn_gym reads {FORMAT_VERSION}")
     try:
-        meta = plain_meta(blob["backbone"]["meta"])
-        net = build(meta["arch"], tuple(meta["in_shape"]), meta["num_classes"], meta["groups"], **meta["config"])
-        net.load_state_dict(blob["backbone"]["state_dict"])
-        net.meta = meta
+        net = backbone_from_entry(blob["backbone"])
         if not isinstance(blob["head"], nn.Module):
             raise TypeError(f"its policy head is a {type(blob['head']).__name__}, not a torch module")
         out = RoutedNet(
-            net.eval(),
+            net,
             blob["mode"],
             blob["head"],
             blob["scales"],
@@ -470,7 +505,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, safe_globals: 
         )
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CorruptFileError(f"{str(path)!r} is a damaged routed model ({str(e).splitlines()[0][:200]})") from None
-    return out.to(dev)
+    return out.to(device)
 
 
 # -- export ---------------------------------------------------------------------------------------------
