@@ -445,14 +445,8 @@ class RoutingCore:
                     for r, s in enumerate(slots):
                         infos[s] = self._info(int(s), walk, r, masks[r])
                         infos[s]["cost"] = float(step_cost[r])
-        if self.budget is not None:  # what the budget did to each slot's action
-            taken = {"action_taken": actions[stepped], "action_forbidden": actions[stepped] != chosen[stepped]}
-            if arrays:
-                _put(infos, taken, stepped, self.n)
-            else:
-                for r, s in enumerate(stepped):
-                    infos[s]["action_taken"] = int(taken["action_taken"][r])
-                    infos[s]["action_forbidden"] = bool(taken["action_forbidden"][r])
+        if self.budget is not None:
+            _put_taken(infos, actions[stepped], chosen[stepped], stepped, self.n, arrays)
         self.cohorts = [c for c in self.cohorts if not c.walk.done]
         return obs, rew, term, infos
 
@@ -772,6 +766,17 @@ def nearest_allowed(masks: np.ndarray, actions: np.ndarray) -> np.ndarray:
     below = masks & (idx <= actions[:, None])
     largest_below = A - 1 - np.argmax(below[:, ::-1], axis=1)
     return np.where(below.any(1), largest_below, np.argmax(masks, axis=1)).astype(np.int64)
+
+
+def _put_taken(infos: Any, taken: np.ndarray, chosen: np.ndarray, slots: np.ndarray, n: int, arrays: bool) -> None:
+    """Record what a budget did to each stepped slot's action: ``action_taken`` and
+    ``action_forbidden`` (whether ``chosen`` was replaced), into a dict of arrays or per-slot dicts."""
+    if arrays:
+        _put(infos, {"action_taken": taken, "action_forbidden": taken != chosen}, slots, n)
+        return
+    for r, s in enumerate(slots):
+        infos[s]["action_taken"] = int(taken[r])
+        infos[s]["action_forbidden"] = bool(taken[r] != chosen[r])
 
 
 def _put(out: dict, arrays: dict, slots: np.ndarray, n: int) -> dict:

@@ -24,7 +24,7 @@ from ..exit_walk import ExitWalk
 from ..models.exits import STAGE_KINDS, Stages, make_stages
 from ..policies import as_policy
 from ..pretraining import DEFAULT_ARCH, resolve_backbone
-from .core import DTYPES, SPLITS, _put, _shared_data, at_precision
+from .core import DTYPES, SPLITS, _put, _put_taken, _shared_data, at_precision
 from .probes import confidence
 from .rewards import Reward
 
@@ -328,14 +328,8 @@ class ExitCore:
             else:
                 for r, s in enumerate(slots):
                     infos[s]["cost"] = float(step_cost[r])
-        if self.budget is not None:  # what the budget did to each slot's action
-            taken = {"action_taken": actions[stepped], "action_forbidden": actions[stepped] != chosen[stepped]}
-            if arrays:
-                _put(infos, taken, stepped, self.n)
-            else:
-                for r, s in enumerate(stepped):
-                    infos[s]["action_taken"] = int(taken["action_taken"][r])
-                    infos[s]["action_forbidden"] = bool(taken["action_forbidden"][r])
+        if self.budget is not None:
+            _put_taken(infos, actions[stepped], chosen[stepped], stepped, self.n, arrays)
         return obs, rew, term, infos
 
     def _finish(self, slots, logits, flops, actions, exit_at, rew, term, obs, infos) -> None:
