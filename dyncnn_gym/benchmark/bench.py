@@ -1159,6 +1159,7 @@ def _leaderboard_lines(rows: list[dict[str, Any]], tasks: list[str]) -> list[str
 
 
 def add_arguments(p) -> None:
+    from .runner import add_executor_arguments
     from .suites import SUITES
 
     p.add_argument("--suite", default=None, help=f"suite name (required unless --list): {', '.join(SUITES)}")
@@ -1193,16 +1194,7 @@ def add_arguments(p) -> None:
         metavar="NAME",
         help="run only this task of the suite (repeatable; with --merge the other tasks of an earlier run are kept)",
     )
-    p.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        default=None,
-        metavar="ADDRESS",
-        help="run each (agent, task, operating point, seed) job as a Ray task: on a local Ray without ADDRESS, on the"
-        " cluster at ADDRESS with one (e.g. auto, ray://head:10001); results equal the serial run's (default: serial)",
-    )
-    p.add_argument("--workers", type=int, default=None, help="CPUs of a local Ray (--ray without ADDRESS; default: all)")
+    add_executor_arguments(p, "(agent, task, operating point, seed) job")
     from .aggregate import REPS
 
     p.add_argument(

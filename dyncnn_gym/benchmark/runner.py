@@ -61,6 +61,21 @@ def ray_module():
     return ray
 
 
+def add_executor_arguments(p: Any, unit: str) -> None:
+    """Add ``--ray [ADDRESS]`` and ``--workers N`` to the argparse parser ``p``; ``unit`` names what
+    one Ray task runs (e.g. "(agent, task, operating point, seed) job")."""
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help=f"run each {unit} as a Ray task: on a local Ray without ADDRESS, on the cluster at ADDRESS with one"
+        " (e.g. auto, ray://head:10001); results equal the serial run's (default: serial)",
+    )
+    p.add_argument("--workers", type=int, default=None, help="CPUs of a local Ray (--ray without ADDRESS; default: all)")
+
+
 def check_executor(ray_address: str | None, workers: int | None) -> None:
     """Refuse a bad ``workers`` or ``workers`` without a local Ray, and ask for Ray where it is
     missing: before any job runs.

@@ -772,6 +772,8 @@ def _fmt(v: float | None) -> str:
 
 
 def add_arguments(p) -> None:
+    from .runner import add_executor_arguments
+
     p.add_argument("--out", default="sweep_out", help="output directory (default: sweep_out)")
     p.add_argument("--env", action="append", choices=list(DEFAULT_WEIGHTS["error"]), help="only this env (repeatable)")
     p.add_argument("--data", default="shapes", help="data set name (default: shapes)")
@@ -851,16 +853,7 @@ def add_arguments(p) -> None:
         help="also route every K of each frozen setting's seeds as one policy (mean action"
         " log-probabilities) and evaluate it like a point (default 0: off)",
     )
-    p.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        default=None,
-        metavar="ADDRESS",
-        help="run each (env, weight or target, variant, seed) point as a Ray task: on a local Ray without ADDRESS, on"
-        " the cluster at ADDRESS with one; results equal the serial run's (default: serial)",
-    )
-    p.add_argument("--workers", type=int, default=None, help="CPUs of a local Ray (--ray without ADDRESS; default: all)")
+    add_executor_arguments(p, "(env, weight or target, variant, seed) point")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 

@@ -299,6 +299,8 @@ def validate(
 
 
 def add_arguments(p) -> None:
+    from .runner import add_executor_arguments
+
     p.add_argument("results_dir", metavar="RESULTS_DIR", help="the --out folder of a dyncnn-gym bench run")
     p.add_argument(
         "--agent",
@@ -314,10 +316,7 @@ def add_arguments(p) -> None:
         default=0.0,
         help="allowed difference in accuracy points (FLOPs ratios and rates: tolerance / 100); 0 = exact",
     )
-    p.add_argument(
-        "--ray", nargs="?", const="local", default=None, metavar="ADDRESS", help="evaluate the policies as Ray tasks"
-    )
-    p.add_argument("--workers", type=int, default=None, help="CPUs of a local Ray (default: all)")
+    add_executor_arguments(p, "saved policy's evaluation")
     p.add_argument("--quiet", action="store_true", help="only the summary line and the failures")
 
 
