@@ -21,20 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from dyncnn_gym.benchmark.baselines import cascade_front, oracle, random_policy_eval, static_baselines
-from dyncnn_gym.cli import HelpFormatter
+from dyncnn_gym.cli import HelpFormatter, arg
 from dyncnn_gym.envs.core import RoutingCore
 from dyncnn_gym.fileio import write_text
-
-
-def arg(default: Any, help: str) -> Any:
-    """A field of :class:`Args` with its ``--help`` text."""
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass

@@ -54,7 +54,7 @@ import argparse
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +67,12 @@ from torch import nn
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import Walk, evaluate
 from dyncnn_gym.benchmark.bench import point_env_kwargs
-from dyncnn_gym.cli import HelpFormatter
+from dyncnn_gym.cli import HelpFormatter, add_dataclass_arguments, arg
 from dyncnn_gym.fileio import check_writable_dir, load_torch, save_torch, write_text
 from dyncnn_gym.pretraining import save_checkpoint
 from dyncnn_gym.walk import run
 
 REWARDS = ("blockdrop", "flops")
-
-
-def arg(default: Any, help: str) -> Any:
-    """A field of :class:`Args` with its ``--help`` text."""
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -109,12 +104,7 @@ class Args:
 
 def parse_args(argv: list[str] | None = None) -> Args:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    for f in fields(Args):
-        flag, text = f"--{f.name.replace('_', '-')}", f.metadata["help"]
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default, help=text)
+    add_dataclass_arguments(p, Args)
     ns = p.parse_args(argv)
     if ns.env not in ("DynBlockDrop-v0", "DynBlockDrop-v1"):
         p.error(f"--env {ns.env!r} is not a one-step env; choose one of ['DynBlockDrop-v0', 'DynBlockDrop-v1']")

@@ -41,7 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,18 +51,13 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import evaluate
-from dyncnn_gym.cli import HelpFormatter
+from dyncnn_gym.cli import HelpFormatter, add_dataclass_arguments, arg
 from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
 from dyncnn_gym.sb3 import make_vec_env
 
 TARGETS = ("q", "q_full", "policy")
 #: the bench agent's cap on the decisions it collects
 MAX_BENCH_STEPS = 60_000
-
-
-def arg(default: Any, help: str) -> Any:
-    """A field of :class:`Args` with its ``--help`` text."""
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -267,12 +262,7 @@ bench_agent.uses_teacher = True
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    for f in fields(Args):
-        flag, text = f"--{f.name.replace('_', '-')}", f.metadata["help"]
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default, help=text)
+    add_dataclass_arguments(p, Args)
     args = Args(**vars(p.parse_args()))
     torch.set_num_threads(1)
     out = check_writable_dir(args.out, "out")  # before training: a run is not lost to an unwritable --out

@@ -22,8 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass
 
 import gymnasium as gym
 import numpy as np
@@ -32,13 +31,8 @@ from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import evaluate
-from dyncnn_gym.cli import HelpFormatter
+from dyncnn_gym.cli import HelpFormatter, add_dataclass_arguments, arg
 from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
-
-
-def arg(default: Any, help: str) -> Any:
-    """A field of :class:`Args` with its ``--help`` text."""
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -58,8 +52,7 @@ class Args:
 
 def parse_args() -> Args:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    for f in fields(Args):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=f.metadata["help"])
+    add_dataclass_arguments(p, Args)
     ns = p.parse_args()
     if ns.env not in ("DynChannel-v0", "DynSkip-v0"):
         p.error(f"--env {ns.env!r} is not a routing env; choose DynChannel-v0 or DynSkip-v0")

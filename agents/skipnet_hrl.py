@@ -47,7 +47,7 @@ import argparse
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ from torch import nn
 import dyncnn_gym  # noqa: F401  (registers the envs)
 from dyncnn_gym import Walk, evaluate
 from dyncnn_gym.benchmark.bench import point_env_kwargs
-from dyncnn_gym.cli import HelpFormatter
+from dyncnn_gym.cli import HelpFormatter, add_dataclass_arguments, arg
 from dyncnn_gym.envs.rewards import FlopsTarget
 from dyncnn_gym.envs.routing import mode_of
 from dyncnn_gym.fileio import check_writable_dir, load_torch, save_torch, write_text
@@ -68,11 +68,6 @@ from dyncnn_gym.pretraining import save_checkpoint
 from dyncnn_gym.walk import run
 
 ENVS = ("DynSkip-v0", "DynChannel-v0", "DynSkip-v1", "DynChannel-v1")
-
-
-def arg(default: Any, help: str) -> Any:
-    """A field of :class:`Args` with its ``--help`` text."""
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -106,12 +101,7 @@ class Args:
 
 def parse_args(argv: list[str] | None = None) -> Args:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    for f in fields(Args):
-        flag, text = f"--{f.name.replace('_', '-')}", f.metadata["help"]
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default, help=text)
+    add_dataclass_arguments(p, Args)
     ns = p.parse_args(argv)
     if ns.loss not in ("ce", "error"):
         p.error(f"--loss {ns.loss!r} is not a classification term; choose one of ['ce', 'error']")

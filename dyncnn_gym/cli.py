@@ -9,10 +9,12 @@ traceback instead; any other exception (a bug) always does.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 #: exceptions the commands raise for a user's input or files: one line and exit code 2
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError)
@@ -31,6 +33,23 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         if flag or action.default is None or "%(default)" in text or "(default" in text.lower():
             return text
         return super()._get_help_string(action)
+
+
+def arg(default: Any, help: str) -> Any:
+    """A dataclass field with its ``--help`` text (the reference agents' ``Args``; see
+    :func:`add_dataclass_arguments`)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def add_dataclass_arguments(p: argparse.ArgumentParser, cls: type) -> None:
+    """One option per field of the dataclass ``cls`` (made with :func:`arg`): ``--field-name``, typed by
+    the default's type; a bool default gives ``--flag`` / ``--no-flag``."""
+    for f in dataclasses.fields(cls):
+        flag, text = f"--{f.name.replace('_', '-')}", f.metadata["help"]
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default, help=text)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
