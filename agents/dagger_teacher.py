@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 import dyncnn_gym  # noqa: F401  (registers the envs)
-from dyncnn_gym import evaluate
+from dyncnn_gym import EXIT_IDS, evaluate
 from dyncnn_gym.cli import HelpFormatter, add_dataclass_arguments, arg
 from dyncnn_gym.fileio import check_writable_dir, save_torch, write_text
 from dyncnn_gym.sb3 import make_vec_env
@@ -99,7 +99,7 @@ class ValueNet(nn.Module):
 def env_kwargs(args: Args, base: dict[str, Any] | None = None) -> dict[str, Any]:
     """The env's arguments (``base``: a bench task's), with this run's compute weight and split."""
     kw = dict(base) if base is not None else {"dataset": args.dataset, "loss": "error"}
-    if base is None and args.env == "DynExit-v0":
+    if base is None and args.env.split(":", 1)[-1] in EXIT_IDS:
         kw["stages"] = args.stages
     if base is None and args.obs:
         kw["obs"] = args.obs

@@ -26,6 +26,7 @@ V1_DEFAULTS: dict[str, dict[str, Any]] = {
     "DynChannel-v1": {"reward": "flops", "loss": "error", "obs": "probe", "flops_target": 0.55, "split": "auto"},
     "DynSkip-v1": {"reward": "flops", "loss": "error", "obs": "probe", "flops_target": 0.68, "split": "auto"},
     "DynBlockDrop-v1": {"reward": "flops", "loss": "error", "obs": "probe", "flops_target": 0.68, "split": "auto"},
+    "DynExit-v1": {"reward": "flops", "loss": "error", "flops_target": 0.45, "split": "auto"},
 }
 
 #: the defaults every registered id is registered with: the ``-v1`` ids' and, for ``DynExit-v0``,
@@ -36,11 +37,11 @@ REGISTERED_KWARGS: dict[str, dict[str, Any]] = {**V1_DEFAULTS, "DynExit-v0": {"s
 #: the per-decision routing envs (one step per decision point)
 ENV_IDS = ("DynChannel-v1", "DynSkip-v1", "DynChannel-v0", "DynSkip-v0", "DynRoute-v0")
 #: early-exit envs: one step per exit until the image exits (episodes of 1 to ``T`` steps)
-EXIT_IDS = ("DynExit-v0",)
+EXIT_IDS = ("DynExit-v1", "DynExit-v0")
 #: one-step envs: every decision of an image in one ``MultiBinary`` action
 ONE_SHOT_IDS = ("DynBlockDrop-v1", "DynBlockDrop-v0")
 #: the newest version of each env, the ids a new user starts from
-LATEST_IDS = ("DynChannel-v1", "DynSkip-v1", "DynBlockDrop-v1", "DynRoute-v0", "DynExit-v0")
+LATEST_IDS = ("DynChannel-v1", "DynSkip-v1", "DynBlockDrop-v1", "DynRoute-v0", "DynExit-v1")
 
 _ENTRY = {
     "DynChannel": ("dyncnn_gym.envs.routing:DynChannelEnv", "dyncnn_gym.envs.vector:DynChannelVectorEnv"),

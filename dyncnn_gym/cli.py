@@ -185,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--env",
         action="append",
-        choices=["DynChannel-v1", "DynSkip-v1", "DynExit-v0", "DynChannel-v0", "DynSkip-v0"],
-        help="only this env (repeatable; default: DynChannel-v1, DynSkip-v1 and DynExit-v0)",
+        choices=["DynChannel-v1", "DynSkip-v1", "DynExit-v1", "DynExit-v0", "DynChannel-v0", "DynSkip-v0"],
+        help="only this env (repeatable; default: DynChannel-v1, DynSkip-v1 and DynExit-v1)",
     )
     p.add_argument("--timesteps", type=int, default=None, help="PPO steps per env (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="seeds PPO and the evaluation's random baselines")
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--env",
         default="DynChannel-v1",
-        choices=["DynChannel-v1", "DynSkip-v1", "DynChannel-v0", "DynSkip-v0", "DynRoute-v0", "DynExit-v0"],
+        choices=["DynChannel-v1", "DynSkip-v1", "DynExit-v1", "DynChannel-v0", "DynSkip-v0", "DynRoute-v0", "DynExit-v0"],
         help="env id the model was trained on",
     )
     p.add_argument(

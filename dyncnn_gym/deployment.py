@@ -39,9 +39,10 @@ def export(
     policy: Any, env_id: str | None = None, *, core: Any = None, dial: bool | None = None, **env_kwargs: Any
 ) -> RoutedNet | ExitRoutedNet:
     """One model that routes like ``policy`` does in the env ``env_id(**env_kwargs)`` (or in ``core=``,
-    an env or its core): an :class:`~dyncnn_gym.exit_routed.ExitRoutedNet` for ``DynExit-v0``, else a
+    an env or its core): an :class:`~dyncnn_gym.exit_routed.ExitRoutedNet` for the early-exit envs, else a
     :class:`~dyncnn_gym.routed.RoutedNet` (see :func:`dyncnn_gym.routed.export` for the arguments;
-    ``dial`` applies to envs with a ``flops_target``, which ``DynExit-v0`` has not)."""
+    ``dial`` applies to envs with a ``flops_target``, the ``-v1`` ids, and dials as
+    :func:`~dyncnn_gym.evaluate` does)."""
     exit_core = None
     if core is not None:
         exit_core = _exit_core_of(core)
@@ -55,9 +56,10 @@ def export(
         exit_core = make_core(env_id, 1, **env_kwargs)
     if exit_core is None:
         return export_routed(policy, env_id, core=core, dial=dial, **env_kwargs)
-    if dial:
-        raise ValueError("dial=True needs an env with a flops_target; DynExit-v0 has none")
-    return export_exits(policy, exit_core, env_id or "DynExit-v0")
+    from .benchmark.calibrate import dial_to_target
+
+    policy, _ = dial_to_target(policy, exit_core, dial)
+    return export_exits(policy, exit_core, env_id or ("DynExit-v1" if exit_core.target is not None else "DynExit-v0"))
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", *, safe_globals: Any = ()) -> RoutedNet | ExitRoutedNet:

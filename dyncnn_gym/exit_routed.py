@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from torch import nn
 
 from .envs.exit_core import ExitCore
 from .envs.probes import confidence
-from .exit_walk import ExitWalk
+from .exit_walk import ExitWalk, RoutedExits
 from .models import DynamicNet
 from .models.exits import make_stages
 from .policies import RecurrentHead
@@ -45,24 +45,6 @@ from .routed import (
 #: ``format`` tag of files written by :meth:`ExitRoutedNet.save`
 EXIT_FORMAT = "dyncnn_gym.exit_routed"
 EXIT_FORMAT_VERSION = 1
-
-
-class RoutedExits(NamedTuple):
-    """What one routed early-exit pass gives.
-
-    Attributes:
-        logits: class scores ``[B, K]`` (the prediction of the exit each image left at).
-        exits: int64 ``[B]`` (CPU): the exit each image left at.
-        actions: int64 ``[B, T]`` (CPU): 1 for every stage continued, 0 at the exit taken, -1 after.
-        flops: int64 ``[B]`` (CPU): FLOPs each image cost (stem, stages, exit heads evaluated).
-        flops_ratio: float64 ``[B]`` (CPU): ``flops`` / FLOPs of the full network.
-    """
-
-    logits: torch.Tensor
-    exits: torch.Tensor
-    actions: torch.Tensor
-    flops: torch.Tensor
-    flops_ratio: torch.Tensor
 
 
 class ExitRoutedNet(nn.Module):

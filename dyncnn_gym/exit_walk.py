@@ -140,6 +140,24 @@ class ExitWalk:
         return w
 
 
+class RoutedExits(NamedTuple):
+    """What one routed early-exit pass gives.
+
+    Attributes:
+        logits: class scores ``[B, K]`` (the prediction of the exit each image left at).
+        exits: int64 ``[B]`` (CPU): the exit each image left at.
+        actions: int64 ``[B, T]`` (CPU): 1 for every stage continued, 0 at the exit taken, -1 after.
+        flops: int64 ``[B]`` (CPU): FLOPs each image cost (stem, stages, exit heads evaluated).
+        flops_ratio: float64 ``[B]`` (CPU): ``flops`` / FLOPs of the full network.
+    """
+
+    logits: torch.Tensor
+    exits: torch.Tensor
+    actions: torch.Tensor
+    flops: torch.Tensor
+    flops_ratio: torch.Tensor
+
+
 def _as_exit_actions(actions, B: int) -> np.ndarray:
     """``actions`` as int64 ``[B]`` of 0 (exit) / 1 (continue), or a clear error."""
     if isinstance(actions, torch.Tensor):

@@ -63,7 +63,7 @@ class RoutingVecEnv(VecEnv):
         for i, s in enumerate(self._seeds):
             if s is not None:
                 self.core.rngs[i] = np.random.default_rng(s)
-                self.core.cursor = 0
+                self.core.restart()
         self._reset_seeds()
         obs, infos = self.core.reset_slots(np.arange(self.num_envs))
         self.reset_infos = infos

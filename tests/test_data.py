@@ -531,6 +531,58 @@ def test_held_out_val_split_for_routers():
         load_dataset({"train": (X[:12], y[:12]), "test": (X[12:18], y[12:18]), "valid": (X[18:], y[18:])})
 
 
+def test_data_without_a_val_split_hold_one_out_of_a_large_train_split():
+    """``val_fraction="auto"``: 10 % of each class of a train split of at least 5 000 images is held
+    out as ``"val"`` (images the backbone never trains on); smaller train splits keep every image."""
+    rng = np.random.default_rng(0)
+    n = 6500
+    X = rng.integers(0, 256, (n, 1, 4, 4), dtype=np.uint8)
+    X[:, 0, 0, :2] = np.stack([np.arange(n) // 256, np.arange(n) % 256], 1)  # every image unique
+    y = np.arange(n) % 5
+    d = load_dataset((X, y))
+    assert d.has_val and len(d.test) == 1300 and len(d.train) + len(d.split("val")) == 5200
+    assert np.bincount(d.split("val").labels).tolist() == [104] * 5  # 10 % of every class
+    ids = {s: set(map(tuple, np.round(_raw(d, s)[:, 0, 0, :2] * 255).astype(int).tolist())) for s in ("train", "val", "test")}
+    assert len(ids["val"]) == 520 and not ids["val"] & ids["train"] and not ids["val"] & ids["test"]
+    assert load_dataset((X, y)).fingerprint == d.fingerprint  # deterministic
+    assert load_dataset((X, y), val_fraction=0).fingerprint != d.fingerprint  # the backbone trains on fewer images
+    assert not load_dataset((X, y), val_fraction=0).has_val
+    assert len(load_dataset((X, y), val_fraction=0.25).split("val")) == 1300
+    small = load_dataset((X[:300], y[:300]))
+    assert not small.has_val and len(small.train) == 240
+    assert len(load_dataset((X[:300], y[:300]), val_fraction=0.5).split("val")) == 120
+    with pytest.raises(ValueError, match="val_fraction=0.01 holds out no image of the 240 train images"):
+        load_dataset((X[:300], y[:300]), val_fraction=0.01)
+
+
+def test_digits_keep_every_train_image_and_the_shipped_checkpoints_fingerprint():
+    from importlib.resources import files
+
+    d = load_dataset("digits")
+    assert not d.has_val and len(d.train) == 1438
+    shipped = {
+        p.name.split("-digits-")[1].split("-")[0]
+        for p in files("dyncnn_gym").joinpath("checkpoints").iterdir()
+        if "-digits-" in p.name
+    }
+    assert shipped == {d.fingerprint[: len(next(iter(shipped)))]}
+
+
+@pytest.mark.parametrize("bad", ["half", 1.0, -0.1, True, None])
+def test_a_bad_val_fraction_is_refused_by_name(bad):
+    with pytest.raises(ValueError, match=rf"val_fraction={bad!r} must be 'auto' or a number in \[0, 1\)"):
+        load_dataset("digits", val_fraction=bad)
+
+
+def test_val_fraction_is_refused_where_the_data_give_a_val_split():
+    X = np.zeros((30, 1, 4, 4), dtype=np.float32)
+    y = np.arange(30) % 3
+    with pytest.raises(ValueError, match="val_fraction=0.2: the data give a 'val' split already"):
+        load_dataset({"train": (X[:12], y[:12]), "test": (X[12:18], y[12:18]), "val": (X[18:], y[18:])}, val_fraction=0.2)
+    with pytest.raises(ValueError, match="val_fraction=0.1: 'shapes' generates its own 'val' split"):
+        load_dataset("shapes", val_fraction=0.1)
+
+
 def test_envs_draw_training_episodes_from_the_val_split():
     import dataclasses
 

@@ -18,7 +18,7 @@ def test_demo_writes_results_that_a_third_party_can_reproduce(digit_backbones, t
 
     res = run_demo(tmp_path, dataset="digits", timesteps=512, backbones=digit_backbones, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved["full"]) == {"DynChannel-v1", "DynSkip-v1", "DynExit-v0"}
+    assert set(saved["full"]) == {"DynChannel-v1", "DynSkip-v1", "DynExit-v1"}
     assert len(saved["learned"]) == 3
     for png in (
         "DynChannel_front.png",
@@ -30,7 +30,7 @@ def test_demo_writes_results_that_a_third_party_can_reproduce(digit_backbones, t
         assert (tmp_path / png).stat().st_size > 1000
     exit_entry = saved["learned"][2]
     assert exit_entry["env_kwargs"]["backbone"] == digit_backbones["channel"]  # the width cascade on the channel backbone
-    assert sum(exit_entry["exit_rates"]) == pytest.approx(1.0) and saved["baselines"]["DynExit-v0"]["cascade"]
+    assert sum(exit_entry["exit_rates"]) == pytest.approx(1.0) and saved["baselines"]["DynExit-v1"]["cascade"]
     for entry in saved["learned"]:
         model = load_model(str(tmp_path / entry["model_path"]))
         assert type(model).__name__ == entry["algorithm"]

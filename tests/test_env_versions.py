@@ -14,7 +14,7 @@ from dyncnn_gym.envs.routing import make_core, registered_kwargs
 from dyncnn_gym.sb3 import make_vec_env
 
 V0 = ("DynChannel-v0", "DynSkip-v0", "DynBlockDrop-v0", "DynRoute-v0")
-ARCH = {"DynChannel": "vgg", "DynSkip": "resnet8", "DynBlockDrop": "resnet8"}
+ARCH = {"DynChannel": "vgg", "DynSkip": "resnet8", "DynBlockDrop": "resnet8", "DynExit": "vgg"}
 
 
 def _kw(env_id: str, **kw) -> dict:
@@ -26,9 +26,9 @@ def test_v0_ids_are_registered_without_defaults(env_id):
     assert gymnasium.spec(env_id).kwargs == {}
 
 
-def test_the_early_exit_id_draws_from_the_held_out_split_by_default():
+def test_the_first_early_exit_id_draws_from_the_held_out_split_at_a_fixed_weight():
     assert gymnasium.spec("DynExit-v0").kwargs == {"split": "auto"}
-    assert set(dyncnn_gym.LATEST_IDS) == {*dyncnn_gym.V1_DEFAULTS, "DynRoute-v0", "DynExit-v0"}
+    assert set(dyncnn_gym.LATEST_IDS) == {*dyncnn_gym.V1_DEFAULTS, "DynRoute-v0"}
 
 
 @pytest.mark.parametrize("env_id", sorted(dyncnn_gym.V1_DEFAULTS))
@@ -36,7 +36,8 @@ def test_v1_ids_default_to_the_error_term_probe_observations_and_a_flops_target(
     assert env_id.endswith("-v1")
     env = gymnasium.make(env_id, **_kw(env_id))
     core = env.unwrapped.core
-    assert core.reward.loss == "error" and core.obs_mode == "probe"
+    # the early-exit env always observes its exit's confidence: it has no "probe" mode
+    assert core.reward.loss == "error" and core.obs_mode == ("features" if env_id == "DynExit-v1" else "probe")
     assert core.target is not None and core.target.target == dyncnn_gym.V1_DEFAULTS[env_id]["flops_target"]
 
 
@@ -52,6 +53,33 @@ def test_every_face_built_from_an_id_gets_its_registered_defaults(env_id):
     assert registered_kwargs(env_id)["flops_target"] == single.target.target
     # arguments override the registered defaults, None included
     assert make_core(env_id, 1, flops_target=None, **kw).target is None
+
+
+@pytest.mark.parametrize("env_id", ["DynChannel-v1", "DynExit-v1"])
+def test_a_seeded_reset_restarts_the_compute_weight_so_that_what_follows_repeats(env_id):
+    kw = _kw(env_id, flops_target=0.6, target_rate=0.05)
+    env = gymnasium.make(env_id, **kw)
+    start = env.unwrapped.compute_weight
+
+    def episodes(seed):
+        out = [env.reset(seed=seed)[0]]
+        for _ in range(3):
+            done = False
+            while not done:
+                obs, r, done, _, _ = env.step(1)
+                out += [obs, r]
+            out.append(env.reset()[0])
+        return out
+
+    first = episodes(5)
+    assert env.unwrapped.compute_weight != start  # the weight moved after every episode
+    again = episodes(5)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    env.reset(seed=5)
+    assert env.unwrapped.compute_weight == start
+    env.unwrapped.set_compute_weight(0.3)  # a weight set by hand is where a seeded reset restarts from
+    env.reset(seed=5)
+    assert env.unwrapped.compute_weight == 0.3
 
 
 def test_flops_target_moves_the_log_weight_by_the_rate_times_the_error_of_every_episode():
@@ -96,7 +124,7 @@ def test_the_env_holds_its_target_by_raising_the_weight_while_episodes_cost_more
     A, T = env.action_space.n, core.T
     w = 0.2
     for k in range(3):
-        env.reset(seed=k)
+        env.reset(seed=0 if k == 0 else None)  # a seeded reset would restart the weight
         for _ in range(T):
             _, _, term, _, info = env.step(A - 1)
         assert term and info["flops_ratio"] == 1.0

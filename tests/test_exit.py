@@ -455,10 +455,69 @@ def test_export_of_sb3_models_and_from_an_env():
         dyncnn_gym.export(model, ENV, **kwargs("width-vgg", "digits"))
     with pytest.raises(ValueError, match="early-exit env: export it with dyncnn_gym.export"):
         export_routed(model, ENV, **kw)  # the per-decision exporter refuses it by name
-    with pytest.raises(ValueError, match="DynExit-v0 has none"):
+    with pytest.raises(ValueError, match="dial=True needs an env with a flops_target"):
         dyncnn_gym.export(model, ENV, dial=True, **kw)
-    with pytest.raises(ValueError, match="flops_target=0.5: DynExit-v0 has no FLOPs-target adaptation"):
-        gymnasium.make(ENV, flops_target=0.5, **kw)
+
+
+# -- the FLOPs target (DynExit-v1) ----------------------------------------------------------------------------
+def test_the_v1_id_holds_a_flops_target_from_half_the_static_exits_slope():
+    from dyncnn_gym.envs.core import hull_slope
+    from dyncnn_gym.envs.exit_core import exit_curve
+
+    assert gymnasium.spec("DynExit-v1").kwargs["flops_target"] == dyncnn_gym.V1_DEFAULTS["DynExit-v1"]["flops_target"]
+    kw = kwargs("depth", "digits", flops_target=0.6)  # the test backbone's first exit costs more than the default
+    core = gymnasium.make("DynExit-v1", **kw).unwrapped.core
+    assert core.target.target == 0.6 and core.split_name == "train"
+    curve = exit_curve(core.stages, core.data, "train")
+    assert curve.shape == (core.S, 2) and np.allclose(curve[:, 0], core.exit_flops / core.full)
+    assert core.compute_weight == pytest.approx(np.clip(0.5 * hull_slope(curve, core.target.target), 1e-3, 1.0))
+    assert gymnasium.make("DynExit-v1", compute_weight=0.3, **kw).unwrapped.compute_weight == 0.3  # a given start wins
+    assert gymnasium.make("DynExit-v0", **kwargs("depth", "digits")).unwrapped.core.target is None
+    lo = core.min_flops_ratio
+    with pytest.raises(ValueError, match=f"flops_target=0.01 must be a FLOPs ratio >= {lo:.4f}"):
+        gymnasium.make("DynExit-v1", **{**kw, "flops_target": 0.01})
+
+
+@pytest.mark.parametrize("action,direction", [(1, 1), (0, -1)])
+def test_the_weight_moves_after_every_finished_episode_by_its_decisions_and_flops(action, direction):
+    """Always continuing costs more than the target (the weight rises), always exiting less (it falls);
+    each episode moves ``log w`` by ``rate * decisions * (flops_ratio - target)``."""
+    core = ExitCore(3, **kwargs("depth", "digits", split="train", flops_target=0.55, compute_weight=0.1, target_rate=0.01))
+    core.seed_slots([0, 1, 2])
+    w = 0.1
+    for _ in range(2):
+        core.reset_slots(np.arange(3))
+        decisions = 0
+        while core.active.any():
+            _, _, term, infos = core.step(np.full(3, action))
+            decisions += 1
+        f = np.array([infos[s]["flops_ratio"] for s in range(3)])
+        w *= np.exp(0.01 * decisions * (f - 0.55).sum())
+        assert core.compute_weight == pytest.approx(w)
+    assert np.sign(np.log(w / 0.1)) == direction
+
+
+def test_evaluate_and_export_dial_a_v1_policy_to_its_target_on_held_out_images():
+    from stable_baselines3 import PPO
+
+    kw = kwargs("depth", "digits", flops_target=0.7)
+    vec = make_vec_env("DynExit-v1", n_envs=4, seed=0, **kw)
+    model = PPO("MlpPolicy", vec, n_steps=8, batch_size=32, device="cpu", seed=0).learn(32)
+    target = vec.core.target.target
+    res = dyncnn_gym.evaluate(model, "DynExit-v1", per_image=True, **kw)
+    dialed = res["dialed"]
+    assert dialed["target"] == target and dialed["val_flops_ratio"] <= target + 1e-9
+    core = make_core_for_test(kw)
+    _, routed = core.route(dyncnn_gym.benchmark.calibrate.CostBiasedPolicy(model, dialed["bias"]), core.held_out_images(2000))
+    assert float(routed.flops_ratio.mean()) == pytest.approx(dialed["val_flops_ratio"])
+    net = dyncnn_gym.export(model, "DynExit-v1", **kw)  # export routes as the evaluation measured
+    out = net.route(torch.as_tensor(kw["dataset"].test.images))
+    np.testing.assert_array_equal(out.exits.numpy(), res["images"]["exit"])
+    assert dyncnn_gym.evaluate(model, "DynExit-v1", dial=False, **kw)["dialed"] is None
+
+
+def make_core_for_test(kw: dict) -> ExitCore:
+    return ExitCore(1, **{**kw, "split": "test"})
 
 
 def test_baselines():

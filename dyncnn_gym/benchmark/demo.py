@@ -1,9 +1,9 @@
 """``dyncnn-gym demo``: the whole idea in one command on the embedded default data.
 
 Loads (or pretrains and caches) the default backbones, trains PPO routers on ``DynChannel-v1``,
-``DynSkip-v1`` and ``DynExit-v0`` (the width cascade) with the recipe of :mod:`dyncnn_gym.recipes`,
+``DynSkip-v1`` and ``DynExit-v1`` (the width cascade) with the recipe of :mod:`dyncnn_gym.recipes`,
 evaluates them on the whole test split against the full network, static routes (static exits and
-the confidence-threshold cascade for ``DynExit-v0``), random routes at the learned rates and a
+the confidence-threshold cascade for ``DynExit-v1``), random routes at the learned rates and a
 label-aware oracle, prints a table, and writes ``results.json``, PNG plots and the trained SB3 models.
 """
 
@@ -28,7 +28,7 @@ from .baselines import interpolate, oracle, random_policy_eval, static_baselines
 from .protocol import evaluate
 
 #: the envs the demo trains routers for: the newest one-pass width and depth envs and the early-exit env
-DEMO_IDS = ("DynChannel-v1", "DynSkip-v1", "DynExit-v0")
+DEMO_IDS = ("DynChannel-v1", "DynSkip-v1", "DynExit-v1")
 
 
 def _jsonable(x: Any) -> Any:
@@ -61,7 +61,7 @@ def run_demo(
         timesteps: PPO steps per env, a positive integer (default ``None``: the recipe's).
         dataset: data set name (default: the embedded ``"shapes"``).
         backbones: per mode (``"channel"``, ``"skip"``), an arch name or checkpoint path to use instead
-            of the default arch (``DynExit-v0``'s width stages run on the ``"channel"`` one).
+            of the default arch (``DynExit-v1``'s width stages run on the ``"channel"`` one).
         seed: seeds PPO and the environments.
         progress: show progress bars.
     """
@@ -167,7 +167,7 @@ def run_demo(
 def _demo_exit(
     out: Path, results: dict[str, Any], env_id: str, data, dataset: str, backbone, timesteps, seed: int, progress: bool
 ) -> None:
-    """The demo of ``DynExit-v0`` (width stages on the channel backbone, by default the DynChannel
+    """The demo of an early-exit env (width stages on the channel backbone, by default the DynChannel
     default): PPO with the recipe against static exits, the confidence-threshold cascade, random
     exits at PPO's rates and the oracle."""
     from .exit_baselines import exit_oracle, random_exits, static_exits, threshold_cascade
@@ -207,7 +207,7 @@ def _demo_exit(
             **{k: res[k] for k in ("exit_rates", "by_difficulty", "difficulty_flops_spearman") if k in res},
         }
     )
-    name = env_id.replace("-v0", "")
+    name = env_id.split("-v")[0]
     plots.plot_fronts(
         out / f"{name}_front.png",
         f"{env_id} on {data.name} (width stages, {env_kwargs['backbone']})",

@@ -64,6 +64,7 @@ def load_dataset(
     seed: int = 0,
     n_train: int | None = None,
     n_test: int | None = None,
+    val_fraction: float | str = "auto",
 ) -> DataSplits:
     """Load a data set as float32 NCHW splits normalised by the train split's per-channel mean/std.
 
@@ -105,6 +106,13 @@ def load_dataset(
             for torchvision data sets and dicts (their splits are fixed).
         n_train, n_test: for ``"shapes"`` the number of images generated; otherwise keep only the
             first ``n`` examples of each split (deterministic; ValueError if fewer exist).
+        val_fraction: for data that bring no held-out ``"val"`` split (every source but
+            ``"shapes"`` and a dict with ``"val"``): the share of each class of the train split held
+            out as ``"val"`` (stratified and seeded with ``seed`` as a pair's test split; after
+            ``n_train``), images the backbone does not train on, where the ``-v1`` envs
+            (``split="auto"``) train routers. ``"auto"`` (default): 0.1 when the train split has at
+            least 5 000 images, else 0 (small data sets keep every image for the backbone; digits'
+            1 438 train images have no held-out split). ``0``: none.
 
     Returns:
         :class:`DataSplits` with float32 ``[N, C, H, W]`` images normalised as
@@ -127,6 +135,7 @@ def load_dataset(
     if isinstance(spec, DataSplits):
         return spec
     test_fraction = arrays.check_test_fraction(test_fraction)
+    val_fraction = arrays.check_val_fraction(val_fraction)
     n_train = _check_n(n_train, "n_train")
     n_test = _check_n(n_test, "n_test")
     if isinstance(seed, bool) or not (isinstance(seed, int) or _is_np_int(seed)) or int(seed) < 0:
@@ -138,7 +147,14 @@ def load_dataset(
         if key not in DATASET_NAMES:
             raise ValueError(f"unknown data set name {spec!r}; valid names: {list(DATASET_NAMES)}")
         return _load_named(
-            key, root=root, download=download, test_fraction=test_fraction, seed=seed, n_train=n_train, n_test=n_test
+            key,
+            root=root,
+            download=download,
+            test_fraction=test_fraction,
+            seed=seed,
+            n_train=n_train,
+            n_test=n_test,
+            val_fraction=val_fraction,
         )
 
     val = None
@@ -158,6 +174,11 @@ def load_dataset(
         )
     train = _take(train, n_train, "n_train", "train")
     test = _take(test, n_test, "n_test", "test")
+    if val is not None:
+        if val_fraction not in ("auto", 0.0):
+            raise ValueError(f"val_fraction={val_fraction!r}: the data give a 'val' split already; pass 'auto' or 0")
+    else:
+        train, val = arrays.hold_out(train, val_fraction, seed)
     return arrays.build_splits("user", train, test, k, val=val)
 
 
@@ -183,10 +204,13 @@ def _load_named(
     seed: int,
     n_train: int | None,
     n_test: int | None,
+    val_fraction: float | str,
 ) -> DataSplits:
     from . import arrays
 
     if name == "shapes":
+        if val_fraction not in ("auto", 0.0):
+            raise ValueError(f"val_fraction={val_fraction!r}: 'shapes' generates its own 'val' split; pass 'auto'")
         from . import shapes
 
         tr = load_shapes(n_train or shapes.DEFAULT_N_TRAIN, seed, stream=shapes.TRAIN_STREAM)
@@ -210,4 +234,5 @@ def _load_named(
         k = TV_CLASSES[name]
     train = _take(train, n_train, "n_train", "train")
     test = _take(test, n_test, "n_test", "test")
-    return arrays.build_splits(name, train, test, k)
+    train, val = arrays.hold_out(train, val_fraction, seed)
+    return arrays.build_splits(name, train, test, k, val=val)

@@ -210,6 +210,41 @@ def check_test_fraction(test_fraction: Any) -> float:
     return f
 
 
+#: ``val_fraction="auto"`` carves a held-out ``"val"`` split only out of a train split of at least this
+#: many images: below it, every image is worth more to the backbone (on the 1 438 train images of
+#: digits a 20 % hold-out cost the backbone 0.84 points of test accuracy)
+AUTO_VAL_MIN_TRAIN = 5000
+#: the share of the train split ``val_fraction="auto"`` holds out
+AUTO_VAL_FRACTION = 0.1
+
+
+def check_val_fraction(val_fraction: Any) -> float | str:
+    """``val_fraction`` as ``"auto"`` or a float in [0, 1); ValueError naming the value otherwise."""
+    if isinstance(val_fraction, str) and val_fraction == "auto":
+        return val_fraction
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) or not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction={val_fraction!r} must be 'auto' or a number in [0, 1) (0: no held-out split)")
+    return float(val_fraction)
+
+
+def hold_out(train: RawSplit, val_fraction: float | str, seed: int) -> tuple[RawSplit, RawSplit | None]:
+    """Carve a held-out ``"val"`` split out of ``train`` (stratified and seeded as
+    :func:`stratified_split_indices`): ``val_fraction`` of each class, or with ``"auto"``
+    :data:`AUTO_VAL_FRACTION` when ``train`` holds at least :data:`AUTO_VAL_MIN_TRAIN` images and
+    nothing otherwise. Returns (the train split left, val or ``None``)."""
+    if val_fraction == "auto":
+        val_fraction = AUTO_VAL_FRACTION if len(train) >= AUTO_VAL_MIN_TRAIN else 0.0
+    if val_fraction == 0.0:
+        return train, None
+    try:
+        return split_raw(train, float(val_fraction), seed)
+    except ValueError:
+        raise ValueError(
+            f"val_fraction={val_fraction!r} holds out no image of the {len(train)} train images; pass a larger"
+            " val_fraction, or 0 for no held-out split"
+        ) from None
+
+
 def stratified_split_indices(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic stratified split of ``range(len(labels))`` into (train, test) indices.
 

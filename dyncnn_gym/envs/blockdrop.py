@@ -315,7 +315,7 @@ class DynBlockDropVectorEnv(VectorEnv):
         seeds = slot_seeds(seed, self.num_envs)
         if seeds is not None:
             self.core.seed_slots(seeds)
-            self.core.cursor = 0
+            self.core.restart()
         elif not self._started:
             self.core.seed_slots([int(self.np_random.integers(2**63)) for _ in range(self.num_envs)])
         self._started = True

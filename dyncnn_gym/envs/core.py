@@ -103,6 +103,14 @@ def static_curve(net: DynamicNet, mode: str, data: DataSplits, split: str, n: in
     return np.array(points, dtype=np.float64)
 
 
+def held_out(data: DataSplits, n: int | None, seed: int = 0) -> tuple[Any, np.ndarray]:
+    """Images the test split does not hold: the ``"val"`` split where the data has one, else
+    ``"train"``, and ``n`` of its row indices drawn with ``seed`` (all rows, in order, if ``n`` is None)."""
+    split = data.split("val" if data.has_val else "train")
+    idx = np.random.default_rng(seed).permutation(len(split))[:n] if n is not None else np.arange(len(split))
+    return split, idx
+
+
 def hull_slope(points: np.ndarray, x: float) -> float:
     """Slope at ``x`` of the upper concave hull of ``points`` ``[R, 2]`` (0 outside their range)."""
     pts = sorted(map(tuple, np.asarray(points, dtype=np.float64)))
@@ -311,6 +319,14 @@ class RoutingCore:
 
     def _check_budget(self, budget: float | None) -> float | None:
         return None if budget is None else self.check_flops_ratio(budget, "budget", ", or None for no budget")
+
+    def restart(self) -> None:
+        """What a seeded reset restarts, so that everything after it is reproducible: the test split
+        from its first image, and a FLOPs target's compute weight from where it started."""
+        self.cursor = 0
+        if self.target is not None:
+            self.target.restart()
+            self.reward = self.reward.with_weight(self.target.weight)
 
     def seed_slots(self, seeds: list[int | None]) -> None:
         for i, s in enumerate(seeds):
@@ -637,15 +653,12 @@ class RoutingCore:
         return walk.logits(), walk
 
     def held_out(self, n: int | None, seed: int = 0) -> tuple[Any, np.ndarray]:
-        """Images the test split does not hold: the ``"val"`` split where the data has one, else
-        ``"train"``, and ``n`` of its row indices drawn with ``seed`` (all rows, in order, if ``n`` is None)."""
-        split = self.data.split("val" if self.data.has_val else "train")
-        idx = np.random.default_rng(seed).permutation(len(split))[:n] if n is not None else np.arange(len(split))
-        return split, idx
+        """Images the test split does not hold (see :func:`held_out`)."""
+        return held_out(self.data, n, seed)
 
     def held_out_images(self, n: int, seed: int = 0) -> torch.Tensor:
-        """``n`` held-out images (fewer if the split is smaller; see :meth:`held_out`) on this core's device."""
-        split, idx = self.held_out(n, seed)
+        """``n`` held-out images (fewer if the split is smaller; see :func:`held_out`) on this core's device."""
+        split, idx = held_out(self.data, n, seed)
         return torch.as_tensor(split.images[idx]).to(self.device, self.images.dtype)
 
     # -- observations and infos ------------------------------------------------------------------

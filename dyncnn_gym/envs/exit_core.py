@@ -1,4 +1,4 @@
-"""``ExitCore``: N early-exit episodes over one cascade of stages, the engine behind ``DynExit-v0``.
+"""``ExitCore``: N early-exit episodes over one cascade of stages, the engine behind ``DynExit-v1`` and ``DynExit-v0``.
 
 The early-exit counterpart of :class:`~dyncnn_gym.envs.core.RoutingCore`, with the same interface
 for the env faces (single env, native Gymnasium vector env, SB3 VecEnv, evaluation). Slots that
@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from gymnasium import spaces
 
 from ..device import check_device
-from ..exit_walk import ExitWalk
+from ..exit_walk import ExitWalk, RoutedExits, run_exits
 from ..models.exits import STAGE_KINDS, Stages, make_stages
 from ..policies import as_policy
 from ..pretraining import DEFAULT_ARCH, resolve_backbone
-from .core import DTYPES, SPLITS, _put, _put_taken, _shared_data, at_precision
+from .core import DTYPES, SPLITS, START_WEIGHT_RANGE, _put, _put_taken, _shared_data, at_precision, held_out, hull_slope
 from .probes import confidence
-from .rewards import Reward
+from .rewards import DEFAULT_TARGET_RATE, FlopsTarget, Reward
 
 #: the default backbone of each kind of stages
 DEFAULT_EXIT_ARCH = {"width": DEFAULT_ARCH["channel"], "depth": DEFAULT_ARCH["exit"]}
@@ -39,6 +39,40 @@ DEFAULT_EXIT_ARCH = {"width": DEFAULT_ARCH["channel"], "depth": DEFAULT_ARCH["ex
 EXIT_DEFAULT_WEIGHT = {"flops": 0.02, "rnp": 0.1, "skipnet": 0.1}
 
 _SCALES: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
+_START: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def exit_curve(stages: Stages, data, split: str, n: int = 1000, seed: int = 0) -> np.ndarray:
+    """float64 ``[S, 2]``: (FLOPs ratio, accuracy) of leaving every image at exit ``k``, for each exit,
+    on up to ``n`` images of ``split`` drawn with ``seed`` (the static exits)."""
+    part = data.split(split)
+    idx = np.random.default_rng(seed).permutation(len(part))[:n]
+    p = next(stages.net.parameters())
+    y = torch.as_tensor(np.asarray(part.labels)[idx], device=p.device)
+    was_training = stages.net.training
+    stages.net.eval()
+    walk = ExitWalk(stages, torch.as_tensor(part.images[idx]).to(p.device, p.dtype))
+    acc = [float((walk.logits.argmax(1) == y).double().mean())]
+    while not walk.done:
+        walk.step(np.ones(len(walk), dtype=np.int64))
+        acc.append(float((walk.logits.argmax(1) == y).double().mean()))
+    stages.net.train(was_training)
+    return np.stack([stages.costs.all_exit_flops() / stages.costs.full, np.array(acc)], 1).astype(np.float64)
+
+
+def exit_starting_weight(stages: Stages, data, split: str, target: float) -> float:
+    """The compute weight a FLOPs target of the early-exit envs starts from when none is given: half
+    the slope, at ``target``, of the accuracy-FLOPs front of the static exits on the episodes' split
+    (:func:`exit_curve`), clipped to :data:`~dyncnn_gym.envs.core.START_WEIGHT_RANGE`, as
+    :func:`~dyncnn_gym.envs.core.starting_weight` does for the per-decision envs. Computed once per
+    cascade, data, split and target in a process."""
+    per_net = _START.setdefault(stages.net, {})
+    key = (repr(stages.describe()), data.fingerprint, split, round(float(target), 6))
+    if key not in per_net:
+        slope = hull_slope(exit_curve(stages, data, split), target)
+        per_net[key] = float(np.clip(0.5 * slope, *START_WEIGHT_RANGE))
+    return per_net[key]
 
 
 @torch.no_grad()
@@ -71,7 +105,7 @@ class _Cohort:
 
 
 class ExitCore:
-    """Early-exit episodes for ``num_slots`` images at once (see ``DynExit-v0``'s docstring for the arguments)."""
+    """Early-exit episodes for ``num_slots`` images at once (see ``DynExit-v1``'s docstring for the arguments)."""
 
     mode = "exit"
     #: episodes end when the image exits: between 1 and ``T`` steps
@@ -97,6 +131,7 @@ class ExitCore:
         dtype: str = "float32",
         budget_strict: bool = False,
         flops_target: float | None = None,
+        target_rate: float = DEFAULT_TARGET_RATE,
     ) -> None:
         if not isinstance(num_slots, (int, np.integer)) or num_slots < 1:
             raise ValueError(f"num_envs={num_slots!r} must be a positive integer")
@@ -106,27 +141,26 @@ class ExitCore:
             raise ValueError(f"stages={stages!r} is not a kind of stages; choose one of {list(STAGE_KINDS)}")
         if obs != "features":
             raise ValueError(
-                f"obs={obs!r} is not an observation mode of DynExit-v0; choose one of ['features'] (the exit's own"
+                f"obs={obs!r} is not an observation mode of the early-exit envs; choose one of ['features'] (the exit's own"
                 " confidence is always part of the observation, so there is no 'probe' mode)"
             )
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r} is not a backbone precision; choose one of {list(DTYPES)}")
         if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 2:
             raise ValueError(f"groups={groups!r} must be an integer >= 2 (e.g. 2, 4 or 8)")
-        if flops_target is not None:
-            raise ValueError(
-                f"flops_target={flops_target!r}: DynExit-v0 has no FLOPs-target adaptation; pass None (the default)"
-                " and set compute_weight"
-            )
         if not isinstance(budget_strict, (bool, np.bool_)):
             raise ValueError(f"budget_strict={budget_strict!r} must be True or False")
         if widths is not None and stages != "width":
             raise ValueError(f"widths={widths!r} applies to stages='width' only; depth stages are set by the backbone's exits")
         self.n, self.obs_mode, self.kind = int(num_slots), obs, stages
         self.device = check_device(device)
-        if compute_weight is None and reward in EXIT_DEFAULT_WEIGHT:
-            compute_weight = EXIT_DEFAULT_WEIGHT[reward]
-        self.reward = Reward.make(reward, compute_weight, loss_weight, ce_clip, loss)
+        self.reward = Reward.make(
+            reward,
+            compute_weight if compute_weight is not None else EXIT_DEFAULT_WEIGHT.get(reward),
+            loss_weight,
+            ce_clip,
+            loss,
+        )
         self.data = _shared_data(dataset)
         if split == "auto":
             split = "val" if self.data.has_val else "train"
@@ -149,8 +183,15 @@ class ExitCore:
         self.budget = self._check_budget(budget)
         #: with a budget: ``True`` raises on a forbidden continue, ``False`` exits instead
         self.budget_strict = bool(budget_strict)
-        #: no FLOPs-target adaptation (the compute weight is fixed; see ``set_compute_weight``)
-        self.target = None
+        #: holds the mean FLOPs ratio of finished episodes at ``flops_target`` (``None``: a fixed weight)
+        self.target: FlopsTarget | None = None
+        if flops_target is not None:
+            self.check_flops_ratio(flops_target, "flops_target", ", or None for a fixed compute_weight")
+            start = compute_weight
+            if start is None:
+                start = exit_starting_weight(self.stages, self.data, split, float(flops_target))
+            self.target = FlopsTarget(flops_target, start, target_rate)
+            self.reward = self.reward.with_weight(self.target.weight)
 
         split_data = self.data.split(split)
         if len(split_data) == 0:
@@ -191,8 +232,12 @@ class ExitCore:
         return self.reward.compute_weight
 
     def set_compute_weight(self, weight: float) -> None:
-        """Change the reward's compute weight for every slot from the next step on."""
+        """Change the reward's compute weight for every slot from the next step on; ``ValueError``
+        unless a finite number >= 0 (> 0 while a ``flops_target`` is held: the adaptation restarts
+        from ``weight``)."""
         r = self.reward
+        if self.target is not None:
+            self.target.set_weight(weight)
         self.reward = Reward.make(r.kind, weight, r.loss_weight, r.ce_clip, r.loss)
 
     @property
@@ -209,6 +254,14 @@ class ExitCore:
 
     def _check_budget(self, budget: float | None) -> float | None:
         return None if budget is None else self.check_flops_ratio(budget, "budget", ", or None for no budget")
+
+    def restart(self) -> None:
+        """What a seeded reset restarts, so that everything after it is reproducible: the test split
+        from its first image, and a FLOPs target's compute weight from where it started."""
+        self.cursor = 0
+        if self.target is not None:
+            self.target.restart()
+            self.reward = self.reward.with_weight(self.target.weight)
 
     def seed_slots(self, seeds: list[int | None]) -> None:
         for i, s in enumerate(seeds):
@@ -339,6 +392,8 @@ class ExitCore:
         pred = logits.argmax(1).cpu().numpy()
         correct = pred == labels.cpu().numpy()
         rew[slots] += self.reward.final(ce, correct)
+        if self.target is not None:  # an episode that left at exit t made t + 1 decisions (T at the last exit)
+            self.reward = self.reward.with_weight(self.target.update(flops / self.full, min(exit_at + 1, self.T)))
         term[slots] = True
         obs[slots] = 0.0
         obs[slots, -1] = np.minimum(flops / self.full, 1.0)
@@ -363,6 +418,45 @@ class ExitCore:
         if bad.any():
             raise ValueError(f"action {int(a[bad][0])} is outside the action space {self.action_space} (0 exits, 1 continues)")
         return a
+
+    # -- routing images with a policy (outside episodes) ---------------------------------------------
+    @torch.no_grad()
+    def route(self, policy: Any, images: torch.Tensor) -> tuple[torch.Tensor, RoutedExits]:
+        """Route ``images [B, C, H, W]`` through the stages with ``policy`` choosing every action from
+        this core's observations (deterministic; anything :func:`~dyncnn_gym.policies.as_policy`
+        accepts, an SB3 model used live). Images that exit stop computing. The policy sees the
+        observations of all ``B`` images at every exit (those of exited images frozen), so a recurrent
+        policy keeps one state per image. Returns the logits ``[B, K]`` and the :class:`RoutedExits`."""
+        choose = as_policy(policy, copy=False)
+        B = images.shape[0]
+        obs = np.zeros((B, self.observation_space.shape[0]), dtype=np.float32)
+        masks = np.ones((B, 2), dtype=bool)
+        rows = [np.arange(B)]  # the images still in the walk, in its row order
+        first = [True]
+
+        def pick(walk: ExitWalk) -> np.ndarray:
+            r = rows[0]
+            obs[r], masks[r] = self._observe(walk), self._masks(walk)
+            a = np.asarray(choose(obs, masks, first[0]), dtype=np.int64).reshape(-1)
+            if a.shape[0] != B:
+                raise ValueError(f"the policy gave {a.shape[0]} actions for {B} observations; expected one per observation")
+            first[0] = False
+            a = a[r]
+            rows[0] = r[a == 1]
+            return a
+
+        logits, flops, exits, actions = run_exits(self.stages, images, pick)
+        f = torch.from_numpy(flops)
+        return logits, RoutedExits(logits, torch.from_numpy(exits), torch.from_numpy(actions), f, f.double() / self.full)
+
+    def held_out(self, n: int | None, seed: int = 0) -> tuple[Any, np.ndarray]:
+        """Images the test split does not hold (see :func:`~dyncnn_gym.envs.core.held_out`)."""
+        return held_out(self.data, n, seed)
+
+    def held_out_images(self, n: int, seed: int = 0) -> torch.Tensor:
+        """``n`` held-out images (fewer if the split is smaller) on this core's device."""
+        split, idx = held_out(self.data, n, seed)
+        return torch.as_tensor(split.images[idx]).to(self.device, self.images.dtype)
 
     # -- the teacher -------------------------------------------------------------------------------------
     @torch.no_grad()

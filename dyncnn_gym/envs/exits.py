@@ -1,4 +1,4 @@
-"""``DynExit-v0``: early exit (BranchyNet, MSDNet) as a Gymnasium env, and its native vector env."""
+"""``DynExit-v1`` / ``DynExit-v0``: early exit (BranchyNet, MSDNet) as a Gymnasium env, and its native vector env."""
 
 from __future__ import annotations
 
@@ -93,11 +93,14 @@ class DynExitEnv(RoutingEnv):
     ## Arguments
 
     ```python
-    gymnasium.make("DynExit-v0", dataset="shapes", backbone=None, stages="width", widths=None,
+    gymnasium.make("DynExit-v1", dataset="shapes", backbone=None, stages="width", widths=None,
                    groups=4, split="auto", reward="flops", compute_weight=None, loss_weight=1.0,
                    ce_clip=5.0, loss="error", budget=None, budget_strict=False, device="cpu",
-                   obs="features", dtype="float32", render_mode=None)
+                   obs="features", dtype="float32", flops_target=0.45, target_rate=2e-4,
+                   render_mode=None)
     ```
+
+    `DynExit-v0` takes the same arguments with `flops_target=None` as its default.
 
     * `dataset`, `device`, `dtype`, `render_mode`: as in `DynChannel-v1`.
     * `split`: as in `DynChannel-v1`; the default `"auto"` draws episodes from the held-out split
@@ -112,7 +115,16 @@ class DynExitEnv(RoutingEnv):
     * `widths`: width stages only: strictly increasing channel actions, one per stage (`0` =
       1/groups of every layer, `groups - 1` = full width); default `(0, groups - 1)`.
     * `groups`: channel groups of the width backbone (selects its checkpoint).
-    * `reward`, `compute_weight`, `loss_weight`, `ce_clip`, `loss`: see Rewards.
+    * `reward`, `compute_weight`, `loss_weight`, `ce_clip`, `loss`: see Rewards. With a
+      `flops_target`, `compute_weight` is only where the adaptation starts (default: half the
+      slope, at the target, of the static exits' accuracy-FLOPs front on the episodes' split).
+    * `flops_target`: a FLOPs ratio (at least the first exit's) that the env holds the mean of
+      finished episodes at by adapting its compute weight after every one:
+      `log(compute_weight) += target_rate * decisions * (flops_ratio - flops_target)`, with the
+      episode's own number of decisions; `None` keeps the weight fixed. A seeded `reset` restarts the
+      weight where it started. As in `DynChannel-v1`, `dyncnn_gym.evaluate` and `dyncnn_gym.export`
+      dial a policy to the target on held-out images.
+    * `target_rate`: how fast the weight moves (per decision, per unit of FLOPs-ratio error).
     * `budget`: optional FLOPs-ratio cap per image: continuing is masked where the next stage
       would pass it (`info["action_mask"]`, `action_masks()`); a masked continue exits instead
       (`info["action_taken"]`, `info["action_forbidden"]`).
@@ -121,7 +133,9 @@ class DynExitEnv(RoutingEnv):
 
     ## Version History
 
-    * v0: initial version.
+    * v1: a FLOPs target (`flops_target=0.45`): the compute weight adapts to hold the mean FLOPs
+      ratio there, on any data and backbone; evaluation dials to the target.
+    * v0: initial version (a fixed compute weight, 0.02).
     """
 
     mode = "exit"
@@ -132,7 +146,7 @@ class DynExitEnv(RoutingEnv):
 
 class DynExitVectorEnv(RoutingVectorEnv):
     __doc__ = (
-        "Native vector env of ``DynExit-v0``: episodes end at different steps; finished slots are"
+        "Native vector env of ``DynExit-v1`` and ``DynExit-v0``: episodes end at different steps; finished slots are"
         " restarted (NEXT_STEP or SAME_STEP autoreset) while the others go on, each exit's images"
         " as one batch.\n\n" + (RoutingVectorEnv.__doc__ or "") + (DynExitEnv.__doc__ or "")
     )

@@ -164,7 +164,7 @@ class FlopsTarget:
         if target > 1:
             raise ValueError(f"flops_target={target!r} must be a FLOPs ratio in (0, 1]")
         self.target, self.rate = float(target), float(rate)
-        self._log_w = float(np.clip(math.log(weight), *np.log(TARGET_WEIGHT_RANGE)))
+        self._log_w = self._start = float(np.clip(math.log(weight), *np.log(TARGET_WEIGHT_RANGE)))
         self.episodes = 0
 
     @property
@@ -173,10 +173,14 @@ class FlopsTarget:
         return math.exp(self._log_w)
 
     def set_weight(self, weight: float) -> None:
-        """Restart the adaptation from ``weight`` (> 0)."""
+        """Restart the adaptation from ``weight`` (> 0), which :meth:`restart` returns to from now on."""
         if isinstance(weight, bool) or not isinstance(weight, Real) or not math.isfinite(weight) or weight <= 0:
             raise ValueError(f"compute_weight={weight!r} must be a finite number > 0 while a flops_target is held")
-        self._log_w = float(np.clip(math.log(weight), *np.log(TARGET_WEIGHT_RANGE)))
+        self._log_w = self._start = float(np.clip(math.log(weight), *np.log(TARGET_WEIGHT_RANGE)))
+
+    def restart(self) -> None:
+        """Back to the starting weight, as if no episode had finished (a seeded reset of the envs)."""
+        self._log_w, self.episodes = self._start, 0
 
     def update(self, flops_ratios: np.ndarray, decisions: int = 1) -> float:
         """Account for finished episodes of ``decisions`` decisions each with these FLOPs ratios;

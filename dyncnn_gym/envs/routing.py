@@ -163,12 +163,13 @@ def reset_single(
     core: RoutingCore, np_random: np.random.Generator, seed: int | None, options: dict | None
 ) -> tuple[np.ndarray, dict]:
     """Start a single env's next episode in slot 0 of its ``core``: the image is drawn with the env's
-    ``np_random`` (train / val splits); a seeded reset restarts the test split at image 0.
+    ``np_random`` (train / val splits); a seeded reset restarts the test split at image 0 and a FLOPs
+    target at its starting weight (:meth:`RoutingCore.restart`).
     Returns the observation ``[D]`` and the reset info."""
     if options:
         raise ValueError(f"options={options!r}: this env takes no reset options")
     if seed is not None:
-        core.cursor = 0
+        core.restart()
     core.rngs[0] = np_random
     obs, infos = core.reset_slots(np.array([0]))
     return obs[0], infos[0]
@@ -415,6 +416,7 @@ ENV_MODES: dict[str, str] = {
     **{f"{name}-v{v}": env.mode for name, env in (("DynChannel", DynChannelEnv), ("DynSkip", DynSkipEnv)) for v in (0, 1)},
     "DynRoute-v0": DynRouteEnv.mode,
     "DynExit-v0": "exit",
+    "DynExit-v1": "exit",
 }
 
 

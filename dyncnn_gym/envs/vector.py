@@ -183,7 +183,7 @@ class RoutingVectorEnv(VectorEnv):
         if seeds is not None:
             for s in slots:
                 self.core.rngs[s] = np.random.default_rng(seeds[s])
-            self.core.cursor = 0
+            self.core.restart()
         elif not self._started:
             for s in slots:
                 self.core.rngs[s] = np.random.default_rng(self.np_random.integers(2**63))
