@@ -81,7 +81,7 @@ def test_registered_with_a_vector_entry_point_and_documented():
     for section in ("Description", "Action Space", "Observation Space", "Rewards", "Starting State", "Episode End"):
         assert f"## {section}" in DynExitEnv.__doc__
     assert "## Arguments" in DynExitEnv.__doc__ and "## Version History" in DynExitEnv.__doc__
-    assert "Native vector env of ``DynExit-v0``" in DynExitVectorEnv.__doc__
+    assert "Native vector env of ``DynExit-v1`` and ``DynExit-v0``" in DynExitVectorEnv.__doc__
 
 
 @pytest.mark.parametrize("config,data_name", [("width-vgg", "shapes"), ("width-resnet", "digits"), ("depth", "user12")])
