@@ -107,7 +107,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .benchmark.demo import run_demo
 
     envs = tuple(args.env) if args.env else None
-    kwargs = {"envs": envs} if envs else {}
+    kwargs: dict[str, Any] = {"envs": envs} if envs else {}
+    if args.root is not None:
+        from .data import load_dataset
+
+        kwargs["dataset"] = load_dataset(args.data, root=args.root)
+    else:
+        kwargs["dataset"] = args.data
     run_demo(args.out, timesteps=args.timesteps, seed=args.seed, progress=not args.quiet, **kwargs)
     return 0
 
@@ -190,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timesteps", type=int, default=None, help="PPO steps per env (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="seeds PPO and the evaluation's random baselines")
+    p.add_argument(
+        "--data",
+        default="shapes",
+        help="data set name: shapes (the embedded data), digits, or cifar10 / cifar100 / svhn / mnist / fashionmnist"
+        " from torchvision's files under --root; backbones for other data than shapes and digits are pretrained"
+        " on first use (minutes to hours on a CPU)",
+    )
+    p.add_argument("--root", default=None, help="folder of torchvision's data files (default: the package cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 

@@ -58,3 +58,12 @@ def test_demo_writes_results_that_a_third_party_can_reproduce(digit_backbones, t
         assert correct / n == pytest.approx(entry["accuracy"])
         assert ratio / n == pytest.approx(entry["flops_ratio"])
     assert res["learned"][0]["env_kwargs"] == saved["learned"][0]["env_kwargs"]
+
+
+def test_the_demo_command_takes_a_data_set_and_names_a_bad_one(tmp_path, capsys):
+    from dyncnn_gym.cli import main
+
+    assert main(["demo", "--data", "nosuch", "--out", str(tmp_path / "a")]) == 2
+    assert "unknown data set name 'nosuch'; valid names: ['shapes', 'digits'" in capsys.readouterr().err
+    assert main(["demo", "--data", "cifar10", "--root", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
+    assert f"'cifar10' data not found under root='{tmp_path}'" in capsys.readouterr().err

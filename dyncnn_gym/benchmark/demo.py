@@ -48,7 +48,7 @@ def run_demo(
     *,
     envs: tuple[str, ...] = DEMO_IDS,
     timesteps: int | None = None,
-    dataset: str = "shapes",
+    dataset: Any = "shapes",
     backbones: dict[str, str] | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -59,7 +59,8 @@ def run_demo(
         out: output directory (checked to be writable before anything is trained).
         envs: env ids to train routers for.
         timesteps: PPO steps per env, a positive integer (default ``None``: the recipe's).
-        dataset: data set name (default: the embedded ``"shapes"``).
+        dataset: data set name (default: the embedded ``"shapes"``), or a loaded data set
+            (:func:`dyncnn_gym.load_dataset`).
         backbones: per mode (``"channel"``, ``"skip"``), an arch name or checkpoint path to use instead
             of the default arch (``DynExit-v1``'s width stages run on the ``"channel"`` one).
         seed: seeds PPO and the environments.
@@ -73,7 +74,7 @@ def run_demo(
     torch.manual_seed(seed)
     data = _shared_data(dataset)
     results: dict[str, Any] = {
-        "command": f"dyncnn-gym demo --out {out}",
+        "command": f"dyncnn-gym demo --out {out}" + ("" if data.name == "shapes" else f" --data {data.name}"),
         "data": {"name": data.name, "fingerprint": data.fingerprint, "n_train": len(data.train), "n_test": len(data.test)},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "full": {},

@@ -12,11 +12,14 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
+import torch.nn.functional as F
 from gymnasium import spaces
 from gymnasium.utils import EzPickle
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from ..walk import Walk, run
 from .core import RoutingCore
 from .rewards import DEFAULT_TARGET_RATE, REWARD_KINDS
 from .routing import BackboneAccess, check_render_mode, reset_single
@@ -104,6 +107,99 @@ class _OneShot:
         if ((a != 0) & (a != 1)).any():
             raise ValueError(f"action {a.tolist()} has entries outside {{0, 1}} (1 executes a block, 0 drops it)")
         return a.reshape(n, self.T)
+
+    def episode_return(
+        self, walk: Walk, routes: np.ndarray, ce: np.ndarray, correct: np.ndarray, flops: np.ndarray
+    ) -> np.ndarray:
+        """float64 ``[b]``: the return :meth:`run` pays the images of ``walk`` (at decision 0) for
+        ``routes`` (int64 ``[b, T]``) that end with cross-entropy ``ce``, correctness ``correct`` and
+        ``flops`` (``[b]`` each)."""
+        if self.kind == "blockdrop":
+            u = routes.sum(1) / self.T if self.usage == "blocks" else flops / self.core.full
+            return np.where(correct, 1.0 - u**2, -self.penalty)
+        return self.core.route_return(0, walk.prev.numpy(), routes, ce, correct)
+
+    @torch.no_grad()
+    def teacher(self, routes: Any = None) -> dict[str, np.ndarray]:
+        """The outcome of routes for every slot's image (beside the RL interface: it knows the label,
+        so it never enters the observation, and computing it changes nothing in the episodes).
+
+        The action is a whole route (one of ``2**T``), so the teacher answers for a documented family
+        of routes, each costing one pass over the network per slot:
+
+        * the *full* route (every block run);
+        * *drop one*: the full route with block ``t`` dropped, for every ``t`` (each block's value
+          when the others run);
+        * the *greedy* route: from the full route, drop the blocks one by one in order, keeping a
+          drop when the return does not fall (ties go to dropping, the cheaper route): with a loss
+          term of 0/1 error and a small compute weight, the prediction stays right while blocks go;
+        * with ``routes`` (0/1 ``[N, T]`` or ``[N, R, T]``): those routes, e.g. the ones the agent
+          sampled.
+
+        Returns arrays over the ``N`` slots (rows of slots not in an episode: ``active`` false,
+        zeros elsewhere): ``active`` bool ``[N]``; ``correct_full``, ``loss_full`` (cross-entropy,
+        nats), ``flops_full``, ``return_full`` ``[N]``; ``correct``, ``loss``, ``flops``, ``returns``
+        ``[N, T]`` (drop one); ``best_action`` int64 ``[N, T]`` (the greedy route) and
+        ``best_correct``, ``best_loss``, ``best_flops``, ``best_return`` ``[N]``; with ``routes``,
+        ``correct_routes``, ``loss_routes``, ``flops_routes``, ``returns_routes`` ``[N, R]``.
+        Returns are the env's own for the route, at the compute weight now.
+        """
+        core, n, T = self.core, self.core.n, self.T
+        given = None
+        if routes is not None:
+            r = np.asarray(routes)
+            if r.ndim == 2:
+                r = r[:, None, :]
+            if r.ndim != 3 or r.shape[0] != n or r.shape[2] != T:
+                raise ValueError(
+                    f"routes of shape {np.shape(routes)} must be [N, T] or [N, R, T] with N = {n} envs and T = {T}"
+                )
+            given = np.stack([self.check_actions(r[:, k], n) for k in range(r.shape[1])], 1)
+        out: dict[str, np.ndarray] = {"active": core.active.copy(), "best_action": np.zeros((n, T), dtype=np.int64)}
+        fields = (("correct", bool), ("loss", np.float64), ("flops", np.int64), ("return", np.float64))
+        for name, dtype in fields:
+            out[f"{name}_full"] = np.zeros(n, dtype=dtype)
+            out["returns" if name == "return" else name] = np.zeros((n, T), dtype=dtype)
+            out[f"best_{name}"] = np.zeros(n, dtype=dtype)
+            if given is not None:
+                out["returns_routes" if name == "return" else f"{name}_routes"] = np.zeros((n, given.shape[1]), dtype=dtype)
+        for c in core.cohorts:
+            walk, slots = c.walk, c.slots
+            labels = torch.as_tensor(core.labels[core.index[slots]], device=core.device)
+
+            full = np.ones((len(slots), T), dtype=np.int64)
+            best, best_out = full, self._outcome(walk, labels, full)
+            for (name, _), v in zip(fields, best_out):
+                out[f"{name}_full"][slots] = v
+            for t in range(T):
+                drop = full.copy()
+                drop[:, t] = 0
+                for (name, _), v in zip(fields, self._outcome(walk, labels, drop)):
+                    out["returns" if name == "return" else name][slots, t] = v
+                cand = best.copy()
+                cand[:, t] = 0
+                cand_out = self._outcome(walk, labels, cand)
+                take = cand_out[3] >= best_out[3]
+                best = np.where(take[:, None], cand, best)
+                best_out = tuple(np.where(take, new, old) for new, old in zip(cand_out, best_out))
+            out["best_action"][slots] = best
+            for (name, _), v in zip(fields, best_out):
+                out[f"best_{name}"][slots] = v
+            if given is not None:
+                for k in range(given.shape[1]):
+                    for (name, _), v in zip(fields, self._outcome(walk, labels, given[slots, k])):
+                        out["returns_routes" if name == "return" else f"{name}_routes"][slots, k] = v
+        return out
+
+    def _outcome(self, walk: Walk, labels: torch.Tensor, route: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Correctness, cross-entropy, FLOPs and return of the images of ``walk`` (at decision 0)
+        taking ``route`` (int64 ``[b, T]``); the walk itself is not touched."""
+        w = run(walk.select(np.arange(len(walk))), lambda w: route[:, w.t])  # shares feature maps, never overwrites them
+        logits = w.logits().float()
+        ce = F.cross_entropy(logits, labels, reduction="none").double().cpu().numpy()
+        ok = (logits.argmax(1) == labels).cpu().numpy()
+        flops = w.flops.numpy().copy()
+        return ok, ce, flops, self.episode_return(walk, route, ce, ok, flops)
 
     def run(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
         """Route every slot's image with its ``T`` decisions; returns last observations, rewards, infos."""
@@ -206,6 +302,10 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
     `gymnasium.make_vec("DynBlockDrop-v0", num_envs=N)` routes `N` images as one batch
     (:class:`DynBlockDropVectorEnv`).
 
+    The outcome of routes is available beside the RL interface (never in the observation):
+    `env.unwrapped.teacher(routes=None)` gives the full route's, every block dropped from it, a
+    greedy route's (`best_action`) and those of the given routes (see `_OneShot.teacher`).
+
     ## Version History
 
     * v1: the return of `DynSkip-v1` is the default reward (`reward="flops"`, `loss="error"`,
@@ -244,6 +344,21 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
         obs, rew, infos = self._shot.run(a)
         self._needs_reset, self._last_info = True, infos[0]
         return obs[0], float(rew[0]), True, False, infos[0]
+
+    def teacher(self, routes: Any = None) -> dict[str, Any]:
+        """The outcome of the full route, of every block dropped from it, of the greedy route and of
+        ``routes`` (0/1 ``[T]`` or ``[R, T]``) for this env's image (:meth:`_OneShot.teacher`; the
+        arrays without the batch dimension). It knows the label: for training or analysing agents,
+        never as an observation."""
+        if self._needs_reset:
+            raise RuntimeError("call reset() before teacher(): the episode has ended or not started")
+        batched = None
+        if routes is not None:
+            batched = np.asarray(routes)
+            if batched.ndim not in (1, 2) or batched.shape[-1] != self.core.T:
+                raise ValueError(f"routes of shape {batched.shape} must be [T] or [R, T] with T = {self.core.T}")
+            batched = batched[None]
+        return {k: v[0] for k, v in self._shot.teacher(batched).items()}
 
     def render(self):
         if self.render_mode is None:
@@ -320,6 +435,14 @@ class DynBlockDropVectorEnv(VectorEnv):
             self.core.seed_slots([int(self.np_random.integers(2**63)) for _ in range(self.num_envs)])
         self._started = True
         return self._reset_all()
+
+    def teacher(self, routes: Any = None) -> dict[str, np.ndarray]:
+        """The outcome of the documented routes for every env's image, batched
+        (:meth:`_OneShot.teacher`; ``routes``: 0/1 ``[num_envs, T]`` or ``[num_envs, R, T]``). It
+        knows the labels: for training or analysing agents, never as an observation."""
+        if not self._started or self._needs_reset:
+            raise RuntimeError("call reset() before teacher(): the episodes have ended or not started")
+        return self._shot.teacher(routes)
 
     def step(self, actions):
         if not self._started:

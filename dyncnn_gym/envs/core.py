@@ -535,7 +535,6 @@ class RoutingCore:
             "q_full": np.zeros((n, A), dtype=np.float64),
             "best_action": np.zeros(n, dtype=np.int64),
         }
-        head = self._head.numpy()
         for c in self.cohorts:
             walk, slots, t = c.walk, c.slots, c.walk.t
             b = len(slots)
@@ -552,14 +551,8 @@ class RoutingCore:
                     logits = w.logits().float()
                     ce = F.cross_entropy(logits, labels, reduction="none").double().cpu().numpy()
                     ok = (logits.argmax(1) == labels).cpu().numpy()
-                    route = [a] + [cont] * (T - t - 1)
-                    prev, comp = walk.prev.numpy(), np.zeros(b)
-                    for s, act in zip(range(t, T), route):
-                        acts = np.full(b, act, dtype=np.int64)
-                        cost = self.table.steps[s][prev, acts] + (head[acts] if s == T - 1 else 0)
-                        comp += self.reward.step(s, acts, cost, int(self._full_step[s]), self.full, A, T)
-                        prev = acts
-                    ret = comp + self.reward.final(ce, ok)
+                    route = np.array([a] + [cont] * (T - t - 1), dtype=np.int64)
+                    ret = self.route_return(t, walk.prev.numpy(), np.broadcast_to(route, (b, T - t)), ce, ok)
                     flops = w.flops.numpy().copy()
                     ok_budget = allowed[:, a] & (flops <= (np.inf if self.budget is None else self.budget * self.full + 1e-9))
                     out["correct"][slots, a, cont], out["loss"][slots, a, cont] = ok, ce
@@ -573,6 +566,21 @@ class RoutingCore:
             # ties to the cheaper action: the first maximum, actions being ordered by cost
             out["best_action"][slots] = out["q"][slots].argmax(1)
         return out
+
+    def route_return(self, t: int, prev: np.ndarray, routes: np.ndarray, ce: np.ndarray, correct: np.ndarray) -> np.ndarray:
+        """float64 ``[b]``: the env's (unshaped) return from decision ``t`` on of samples whose previous
+        actions are ``prev`` (int64 ``[b]``) and who take ``routes`` (int64 ``[b, T - t]``) to a
+        prediction with cross-entropy ``ce`` and correctness ``correct`` (``[b]`` each), at the
+        compute weight now."""
+        A, T = self.A, self.T
+        head = self._head.numpy()
+        total = np.zeros(routes.shape[0])
+        for s in range(t, T):
+            acts = routes[:, s - t]
+            cost = self.table.steps[s][prev, acts] + (head[acts] if s == T - 1 else 0)
+            total += self.reward.step(s, acts, cost, int(self._full_step[s]), self.full, A, T)
+            prev = acts
+        return total + self.reward.final(ce, correct)
 
     def _follow(self, walk: Walk, slots: np.ndarray, labels: torch.Tensor, allowed: np.ndarray, policy) -> dict:
         """Each action of ``walk``'s decision followed by ``policy``'s continuation: ``q_policy``,
