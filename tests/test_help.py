@@ -66,6 +66,8 @@ def test_every_cli_option_has_help_and_shows_its_default():
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     assert {"pretrain", "info", "demo", "evaluate", "bench", "sweep", "perf"} <= set(commands)
     assert undocumented(parser) == []
+    for name, sub in commands.items():  # --help renders (a bare "%" in a help text breaks it)
+        assert sub.format_help().startswith(f"usage: {parser.prog} {name}"), name
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -73,6 +75,7 @@ def test_every_script_option_has_help_and_shows_its_default(path, monkeypatch):
     parser = script_parser(path, monkeypatch)
     assert len(parser._actions) > 1
     assert undocumented(parser) == []
+    assert parser.format_help().startswith("usage:")
 
 
 def test_the_check_catches_a_missing_help_and_a_hidden_default():
