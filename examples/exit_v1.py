@@ -14,6 +14,7 @@ policy's own per-exit rates. A table of all runs follows.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -38,20 +39,45 @@ p.add_argument(
     default="auto",
     help="load_dataset's val_fraction: the share of train held out for the routers ('auto', or a number in [0, 1))",
 )
+p.add_argument(
+    "--val-images",
+    type=int,
+    default=None,
+    help="keep only the first N images of the held-out split the routers train on (default: all)",
+)
 p.add_argument("--threads", type=int, default=1, help="torch threads")
 p.add_argument("--out", default=None, help="also write all runs to this JSON file (default: none)")
 args = p.parse_args()
 if args.out:
     check_writable_file(args.out, "--out")
 torch.set_num_threads(args.threads)
+if args.val_images is not None and args.val_images < 1:
+    p.error(f"--val-images {args.val_images}: must be a positive number of images")
 try:
     val_fraction = check_val_fraction(args.val_fraction if args.val_fraction == "auto" else float(args.val_fraction))
 except ValueError as e:
     p.error(f"--val-fraction {args.val_fraction}: {e}")
 
 
+def held_out_head(data, n: int):
+    """``data`` with only the first ``n`` images of its ``"val"`` split."""
+    if not data.has_val:
+        p.error(f"--val-images {n}: data {data.name!r} has no held-out split")
+    val = data.split("val")
+    head = dataclasses.replace(
+        val,
+        images=val.images[:n],
+        labels=val.labels[:n],
+        difficulty=val.difficulty[:n],
+        difficulty_params={k: v[:n] for k, v in val.difficulty_params.items()},
+    )
+    return dataclasses.replace(data, val=head)
+
+
 def run(name: str, stages: str, seed: int) -> dict:
     data = dyncnn_gym.load_dataset(name, val_fraction=val_fraction)
+    if args.val_images is not None:
+        data = held_out_head(data, args.val_images)
     t0 = time.time()
     model = train_ppo(ENV, dataset=data, stages=stages, seed=seed, progress=False)
     train_s = time.time() - t0
@@ -62,6 +88,7 @@ def run(name: str, stages: str, seed: int) -> dict:
     return {
         "dataset": name,
         "val_fraction": args.val_fraction,
+        "val_images": args.val_images,
         "stages": stages,
         "seed": seed,
         "accuracy": res["accuracy"],
