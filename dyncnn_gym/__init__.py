@@ -2,11 +2,11 @@
 
 Importing the package registers ``DynChannel`` (Runtime Neural Pruning: how many channel groups each
 layer computes) and ``DynSkip`` (SkipNet: which residual blocks run), the per-decision routing envs,
-and ``DynBlockDrop`` (BlockDrop: all block keep/drop decisions in one step), each as ``-v1`` (the
-settings that work, with a FLOPs-ratio target as the operating point) and ``-v0`` (kept exactly as
-first published, so its numbers stay reproducible); and ``DynRoute-v0`` (both: skip each block or run
-it at a chosen width, one decision per residual block) and ``DynExit-v0`` (early exit: whether an
-image stops at a stage's classifier, episodes of varying length). Nothing heavy
+and ``DynBlockDrop`` (BlockDrop: all block keep/drop decisions in one step), ``DynRoute`` (both:
+skip each block or run it at a chosen width, one decision per residual block) and ``DynExit``
+(early exit: whether an image stops at a stage's classifier, episodes of varying length), each as
+``-v1`` (the settings that work, with a FLOPs-ratio target as the operating point) and ``-v0``
+(kept exactly as first published, so its numbers stay reproducible). Nothing heavy
 happens at import: data are generated and backbones trained or loaded when an env is made.
 """
 
@@ -26,6 +26,7 @@ V1_DEFAULTS: dict[str, dict[str, Any]] = {
     "DynChannel-v1": {"reward": "flops", "loss": "error", "obs": "probe", "flops_target": 0.55, "split": "auto"},
     "DynSkip-v1": {"reward": "flops", "loss": "error", "obs": "probe", "flops_target": 0.68, "split": "auto"},
     "DynBlockDrop-v1": {"reward": "flops", "loss": "error", "obs": "probe", "flops_target": 0.68, "split": "auto"},
+    "DynRoute-v1": {"reward": "flops", "loss": "error", "obs": "probe", "flops_target": 0.55, "split": "auto"},
     "DynExit-v1": {"reward": "flops", "loss": "error", "flops_target": 0.45, "split": "auto"},
 }
 
@@ -35,13 +36,13 @@ V1_DEFAULTS: dict[str, dict[str, Any]] = {
 REGISTERED_KWARGS: dict[str, dict[str, Any]] = {**V1_DEFAULTS, "DynExit-v0": {"split": "auto"}}
 
 #: the per-decision routing envs (one step per decision point)
-ENV_IDS = ("DynChannel-v1", "DynSkip-v1", "DynChannel-v0", "DynSkip-v0", "DynRoute-v0")
+ENV_IDS = ("DynChannel-v1", "DynSkip-v1", "DynRoute-v1", "DynChannel-v0", "DynSkip-v0", "DynRoute-v0")
 #: early-exit envs: one step per exit until the image exits (episodes of 1 to ``T`` steps)
 EXIT_IDS = ("DynExit-v1", "DynExit-v0")
 #: one-step envs: every decision of an image in one ``MultiBinary`` action
 ONE_SHOT_IDS = ("DynBlockDrop-v1", "DynBlockDrop-v0")
 #: the newest version of each env, the ids a new user starts from
-LATEST_IDS = ("DynChannel-v1", "DynSkip-v1", "DynBlockDrop-v1", "DynRoute-v0", "DynExit-v1")
+LATEST_IDS = ("DynChannel-v1", "DynSkip-v1", "DynBlockDrop-v1", "DynRoute-v1", "DynExit-v1")
 
 _ENTRY = {
     "DynChannel": ("dyncnn_gym.envs.routing:DynChannelEnv", "dyncnn_gym.envs.vector:DynChannelVectorEnv"),

@@ -212,7 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--env",
         default="DynChannel-v1",
-        choices=["DynChannel-v1", "DynSkip-v1", "DynExit-v1", "DynChannel-v0", "DynSkip-v0", "DynRoute-v0", "DynExit-v0"],
+        choices=[
+            "DynChannel-v1",
+            "DynSkip-v1",
+            "DynRoute-v1",
+            "DynExit-v1",
+            "DynChannel-v0",
+            "DynSkip-v0",
+            "DynRoute-v0",
+            "DynExit-v0",
+        ],
         help="env id the model was trained on",
     )
     p.add_argument(

@@ -80,6 +80,7 @@ PPO_RECIPES: dict[str, dict[str, Any]] = {
     # the -v1 ids are registered with the settings that work: the recipe adds nothing to them
     "DynChannel-v1": {**_PPO_RECIPE, "env": {}},
     "DynSkip-v1": {**_PPO_RECIPE, "env": {}},
+    "DynRoute-v1": {**_PPO_RECIPE, "env": {}},
     "DynExit-v1": {**_PPO_RECIPE, "env": {}},
 }
 

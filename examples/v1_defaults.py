@@ -38,7 +38,11 @@ from dyncnn_gym.sb3 import make_vec_env
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
 p.add_argument(
-    "--env", nargs="+", default=["DynChannel-v1", "DynSkip-v1"], choices=["DynChannel-v1", "DynSkip-v1"], help="env ids"
+    "--env",
+    nargs="+",
+    default=["DynChannel-v1", "DynSkip-v1"],
+    choices=["DynChannel-v1", "DynSkip-v1", "DynRoute-v1"],
+    help="env ids",
 )
 p.add_argument("--data", nargs="+", default=["shapes", "digits"], help="data sets (names dyncnn_gym.data knows)")
 p.add_argument("--mode", nargs="+", default=["recipe"], choices=["default", "recipe"], help="how to train (see above)")

@@ -14,7 +14,7 @@ from dyncnn_gym.envs.routing import make_core, registered_kwargs
 from dyncnn_gym.sb3 import make_vec_env
 
 V0 = ("DynChannel-v0", "DynSkip-v0", "DynBlockDrop-v0", "DynRoute-v0")
-ARCH = {"DynChannel": "vgg", "DynSkip": "resnet8", "DynBlockDrop": "resnet8", "DynExit": "vgg"}
+ARCH = {"DynChannel": "vgg", "DynSkip": "resnet8", "DynBlockDrop": "resnet8", "DynRoute": "resnet8", "DynExit": "vgg"}
 
 
 def _kw(env_id: str, **kw) -> dict:
@@ -28,7 +28,7 @@ def test_v0_ids_are_registered_without_defaults(env_id):
 
 def test_the_first_early_exit_id_draws_from_the_held_out_split_at_a_fixed_weight():
     assert gymnasium.spec("DynExit-v0").kwargs == {"split": "auto"}
-    assert set(dyncnn_gym.LATEST_IDS) == {*dyncnn_gym.V1_DEFAULTS, "DynRoute-v0"}
+    assert set(dyncnn_gym.LATEST_IDS) == set(dyncnn_gym.V1_DEFAULTS)
 
 
 @pytest.mark.parametrize("env_id", sorted(dyncnn_gym.V1_DEFAULTS))
@@ -80,6 +80,18 @@ def test_a_seeded_reset_restarts_the_compute_weight_so_that_what_follows_repeats
     env.unwrapped.set_compute_weight(0.3)  # a weight set by hand is where a seeded reset restarts from
     env.reset(seed=5)
     assert env.unwrapped.compute_weight == 0.3
+
+
+def test_the_route_env_starts_from_the_slope_of_uniform_widths_and_random_skips():
+    from dyncnn_gym.envs.core import hull_slope, static_curve
+
+    core = make_core("DynRoute-v1", 1, **_kw("DynRoute-v1", flops_target=0.6))
+    A = core.A
+    curve = static_curve(core.net, "route", core.data, core.split_name)
+    assert curve.shape == (A - 1 + 5, 2)  # every uniform width, and random skips at 5 rates
+    assert curve[A - 2, 0] == pytest.approx(1.0) and curve[A - 1, 0] == pytest.approx(1.0)  # full width; skip rate 0
+    assert curve[-1, 0] == pytest.approx(core.min_flops_ratio)  # every block skipped
+    assert core.compute_weight == pytest.approx(np.clip(0.5 * hull_slope(curve, 0.6), 1e-3, 1.0))
 
 
 def test_flops_target_moves_the_log_weight_by_the_rate_times_the_error_of_every_episode():

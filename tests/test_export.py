@@ -330,7 +330,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         export("ppo", "DynChannel-v0", **kw)
     with pytest.raises(
         ValueError,
-        match=r"env_id='DynFoo-v0'.*choose one of \['DynChannel-v0', 'DynChannel-v1', 'DynExit-v0', 'DynExit-v1', 'DynRoute-v0', 'DynSkip-v0', 'DynSkip-v1'",
+        match=r"env_id='DynFoo-v0'.*choose one of \['DynChannel-v0', 'DynChannel-v1', 'DynExit-v0', 'DynExit-v1', 'DynRoute-v0', 'DynRoute-v1', 'DynSkip-v0', 'DynSkip-v1'",
     ):
         export(Scores(d, a), "DynFoo-v0", **kw)
     with pytest.raises(ValueError, match=r"obs='pixels' is not an observation mode; choose one of \['features', 'probe'\]"):

@@ -1198,7 +1198,10 @@ def add_arguments(p) -> None:
     from .aggregate import REPS
 
     p.add_argument(
-        "--reps", type=int, default=REPS, help="bootstrap replications of the 95 %% confidence intervals (default: %(default)s)"
+        "--reps",
+        type=int,
+        default=REPS,
+        help="bootstrap replications of the 95 %% confidence intervals (default: %(default)s)",
     )
     p.add_argument("--list", action="store_true", help="list the suites and exit")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -79,8 +79,9 @@ START_WEIGHT_RANGE = (1e-3, 1.0)
 @torch.no_grad()
 def static_curve(net: DynamicNet, mode: str, data: DataSplits, split: str, n: int = 1000, seed: int = 0) -> np.ndarray:
     """float64 ``[R, 2]``: (FLOPs ratio, accuracy) of static routes on up to ``n`` images of ``split``:
-    every uniform width (channel mode), or every block skipped at random at rates 0, 0.25, 0.5, 0.75
-    and 1 (skip mode, drawn with ``seed``)."""
+    every uniform width (channel mode), every block skipped at random at rates 0, 0.25, 0.5, 0.75
+    and 1 (skip mode, drawn with ``seed``), or both (route mode: every uniform width, and blocks
+    skipped at random at those rates, the others at full width)."""
     part = data.split(split)
     idx = np.random.default_rng(seed).permutation(len(part))[:n]
     dev = next(net.parameters()).device
@@ -89,10 +90,13 @@ def static_curve(net: DynamicNet, mode: str, data: DataSplits, split: str, n: in
     table = cost_tensors(net, mode)[0]
     T, A = table.num_decisions, table.num_actions
     gen = torch.Generator().manual_seed(seed)
+    skips = [(torch.rand((len(idx), T), generator=gen) >= r).long() for r in (0.0, 0.25, 0.5, 0.75, 1.0)]
     if mode == "channel":
         routes = [torch.full((len(idx), T), a) for a in range(A)]
+    elif mode == "route":  # action 0 skips a block, a >= 1 runs it at width a / (A - 1)
+        routes = [torch.full((len(idx), T), a) for a in range(1, A)] + [s * (A - 1) for s in skips]
     else:
-        routes = [(torch.rand((len(idx), T), generator=gen) >= r).long() for r in (0.0, 0.25, 0.5, 0.75, 1.0)]
+        routes = skips
     was_training = net.training
     net.eval()
     points = []

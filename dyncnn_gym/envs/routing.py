@@ -132,27 +132,6 @@ _COMMON_DOC = """
 """
 
 
-def _v0_only_args(name: str, default: str) -> str:
-    """The Arguments section of an env registered only as ``-v0`` with the ``-v0`` defaults."""
-    doc = _ARGS_DOC.format(id=name, target="None", default=default)
-    head = doc[: doc.index("    * `dataset`")]
-    body = doc[len(head) :]
-    return (
-        f"""
-    ## Arguments
-
-    ```python
-    gymnasium.make("{name}-v0", dataset="shapes", backbone=None, groups=4, split="train",
-                   reward="flops", compute_weight=None, loss_weight=1.0, ce_clip=5.0, loss="ce",
-                   budget=None, budget_strict=False, device="cpu", obs="features", dtype="float32",
-                   shaping="none", flops_target=None, target_rate=2e-4, render_mode=None)
-    ```
-
-"""
-        + body
-    )
-
-
 def check_render_mode(render_mode: str | None, modes: list[str]) -> None:
     """``ValueError`` naming the valid choices unless ``render_mode`` is ``None`` or in ``modes``."""
     if render_mode is not None and render_mode not in modes:
@@ -398,14 +377,20 @@ class DynRouteEnv(RoutingEnv):
     (`a` of `groups`; `groups` = full width).
     """
         + _COMMON_DOC
-        + _v0_only_args(
-            "DynRoute",
+        + _ARGS_DOC.format(
+            id="DynRoute",
+            target=0.55,
             default="'resnet20-lite@route+sandwich+distill', ResNet-20 with a stride-2 stem trained for route decisions (random skips and random widths at once; the sandwich rule over both: every block but the first skipped, and every block at the narrowest width; in-place distillation); it serves DynChannel-v0 and DynSkip-v0 too. Any ResNet trained for both kinds works",
         )
         + """
     ## Version History
 
-    * v0: initial version.
+    * v1: the settings that work are the defaults: `loss="error"`, `obs="probe"`, and the operating
+      point `flops_target=0.55` held by adapting `compute_weight` (starting from half the slope of
+      the static uniform-width and random-skip routes at the target), episodes drawn from the
+      held-out split where the data has one (`split="auto"`).
+    * v0: initial version (the `-v0` defaults: `loss="ce"`, `obs="features"`, `split="train"`, a
+      fixed `compute_weight`).
     """
     )
     mode = "route"
@@ -415,6 +400,7 @@ class DynRouteEnv(RoutingEnv):
 ENV_MODES: dict[str, str] = {
     **{f"{name}-v{v}": env.mode for name, env in (("DynChannel", DynChannelEnv), ("DynSkip", DynSkipEnv)) for v in (0, 1)},
     "DynRoute-v0": DynRouteEnv.mode,
+    "DynRoute-v1": DynRouteEnv.mode,
     "DynExit-v0": "exit",
     "DynExit-v1": "exit",
 }
