@@ -100,3 +100,12 @@ def test_the_table_and_the_command_line():
         ["--routed-only", "--routers", "demo_out", "--router-steps", "5000", "--table-out", "t.md"]
     )
     assert (args.routed_only, args.routers, args.router_steps, args.table_out) == (True, "demo_out", 5000, "t.md")
+
+
+def test_a_routers_folder_without_the_v0_routers_names_the_demo_command_that_writes_them(tmp_path):
+    from dyncnn_gym.benchmark.perf import _load_router
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "DynChannel-v1-PPO.zip").write_bytes(b"")  # what the demo writes by default
+    with pytest.raises(FileNotFoundError, match=r"no DynChannel-v0-PPO.zip under .*dyncnn-gym demo --env DynChannel-v0"):
+        _load_router(tmp_path, "DynChannel-v0")

@@ -641,7 +641,8 @@ def _load_router(routers: str | Path, env_id: str):
             return load_model(str(cand)), str(cand)
     raise FileNotFoundError(
         f"no {env_id}-PPO.zip under {str(root)!r} (looked in models/ and the folder itself);"
-        " write one with `dyncnn-gym demo --out DIR`, or leave --routers out to train the routers here"
+        " write them with `dyncnn-gym demo --env DynChannel-v0 --env DynSkip-v0 --out DIR`, or leave --routers out to"
+        " train the routers here"
     )
 
 
@@ -1141,7 +1142,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--routers",
         type=str,
         default=None,
-        help="a `dyncnn-gym demo --out` folder to load the PPO routers from (default: train them with the demo's recipe)",
+        help="a `dyncnn-gym demo --env DynChannel-v0 --env DynSkip-v0 --out` folder to load the PPO routers from"
+        " (default: train them with the demo's recipe)",
     )
     parser.add_argument(
         "--router-steps",
