@@ -108,10 +108,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     envs = tuple(args.env) if args.env else None
     kwargs: dict[str, Any] = {"envs": envs} if envs else {}
-    if args.root is not None:
+    if args.root is not None or args.val_fraction != "auto":
         from .data import load_dataset
 
-        kwargs["dataset"] = load_dataset(args.data, root=args.root)
+        vf = args.val_fraction
+        if vf != "auto":
+            try:
+                vf = float(vf)
+            except ValueError:
+                raise ValueError(f"--val-fraction {vf!r} must be 'auto' or a number in [0, 1)") from None
+        kwargs["dataset"] = load_dataset(args.data, root=args.root, val_fraction=vf)
     else:
         kwargs["dataset"] = args.data
     run_demo(args.out, timesteps=args.timesteps, seed=args.seed, progress=not args.quiet, **kwargs)
@@ -204,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         " on first use (minutes to hours on a CPU)",
     )
     p.add_argument("--root", default=None, help="folder of torchvision's data files (default: the package cache)")
+    p.add_argument(
+        "--val-fraction",
+        default="auto",
+        help="share of the train split held out for the routers where the data bring no held-out split"
+        " ('auto': 0.1 of a train split of at least 5000 images, else none; default: %(default)s)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 

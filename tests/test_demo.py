@@ -19,6 +19,7 @@ def test_demo_writes_results_that_a_third_party_can_reproduce(digit_backbones, t
     res = run_demo(tmp_path, dataset="digits", timesteps=512, backbones=digit_backbones, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["full"]) == {"DynChannel-v1", "DynSkip-v1", "DynExit-v1"}
+    assert saved["data"]["n_val"] == 0 and saved["data"]["n_train"] == 1438  # digits: too few images to hold any out
     assert len(saved["learned"]) == 3
     for png in (
         "DynChannel_front.png",
@@ -67,3 +68,7 @@ def test_the_demo_command_takes_a_data_set_and_names_a_bad_one(tmp_path, capsys)
     assert "unknown data set name 'nosuch'; valid names: ['shapes', 'digits'" in capsys.readouterr().err
     assert main(["demo", "--data", "cifar10", "--root", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
     assert f"'cifar10' data not found under root='{tmp_path}'" in capsys.readouterr().err
+    assert main(["demo", "--data", "digits", "--val-fraction", "half", "--out", str(tmp_path / "c")]) == 2
+    assert "--val-fraction 'half' must be 'auto' or a number in [0, 1)" in capsys.readouterr().err
+    assert main(["demo", "--data", "digits", "--val-fraction", "1.5", "--out", str(tmp_path / "d")]) == 2
+    assert "val_fraction=1.5 must be 'auto' or a number in [0, 1)" in capsys.readouterr().err

@@ -75,7 +75,13 @@ def run_demo(
     data = _shared_data(dataset)
     results: dict[str, Any] = {
         "command": f"dyncnn-gym demo --out {out}" + ("" if data.name == "shapes" else f" --data {data.name}"),
-        "data": {"name": data.name, "fingerprint": data.fingerprint, "n_train": len(data.train), "n_test": len(data.test)},
+        "data": {
+            "name": data.name,
+            "fingerprint": data.fingerprint,
+            "n_train": len(data.train),
+            "n_test": len(data.test),
+            "n_val": len(data.split("val")) if data.has_val else 0,
+        },
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "full": {},
         "static": {},
