@@ -177,7 +177,70 @@ def feature_scale(net: DynamicNet, mode: str, data: DataSplits, n: int = 256) ->
     return per_net[key]
 
 
-class RoutingCore:
+class EpisodeSlots:
+    """What the per-decision :class:`RoutingCore` and the early-exit
+    :class:`~dyncnn_gym.envs.exit_core.ExitCore` share: the backbone's weights, the compute weight
+    (fixed, or held at a FLOPs target), the budget check, and how each slot draws its images.
+
+    A core sets ``net``, ``reward``, ``target``, ``data``, ``device``, ``split_name``, ``images``,
+    ``labels``, ``rngs`` and ``cursor``, and defines ``check_flops_ratio``."""
+
+    def backbone_state(self) -> dict:
+        """A detached CPU copy of the backbone's ``state_dict`` (name -> tensor)."""
+        return {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+
+    def load_backbone_state(self, state_dict: dict) -> None:
+        """Load new backbone weights (kept in eval mode, as the routed network is evaluated)."""
+        self.net.load_state_dict(state_dict)
+        self.net.eval()
+
+    @property
+    def compute_weight(self) -> float:
+        """The reward's compute weight (units of the reward form; see :mod:`dyncnn_gym.envs.rewards`)."""
+        return self.reward.compute_weight
+
+    def set_compute_weight(self, weight: float) -> None:
+        """Change the reward's compute weight for every slot from the next step on (e.g. a controller
+        steering the policy's FLOPs while it trains); ``ValueError`` unless a finite number >= 0
+        (> 0 while a ``flops_target`` is held: the adaptation restarts from ``weight``)."""
+        r = self.reward
+        if self.target is not None:
+            self.target.set_weight(weight)
+        self.reward = Reward.make(r.kind, weight, r.loss_weight, r.ce_clip, r.loss)
+
+    def _check_budget(self, budget: float | None) -> float | None:
+        return None if budget is None else self.check_flops_ratio(budget, "budget", ", or None for no budget")
+
+    def restart(self) -> None:
+        """What a seeded reset restarts, so that everything after it is reproducible: the test split
+        from its first image, and a FLOPs target's compute weight from where it started."""
+        self.cursor = 0
+        if self.target is not None:
+            self.target.restart()
+            self.reward = self.reward.with_weight(self.target.weight)
+
+    def seed_slots(self, seeds: list[int | None]) -> None:
+        for i, s in enumerate(seeds):
+            self.rngs[i] = np.random.default_rng(s)
+
+    def _pick(self, slot: int) -> int:
+        if self.split_name != "test":
+            return int(self.rngs[slot].integers(len(self.labels)))
+        i = self.cursor % len(self.labels)
+        self.cursor += 1
+        return i
+
+    def held_out(self, n: int | None, seed: int = 0) -> tuple[Any, np.ndarray]:
+        """Images the test split does not hold (see :func:`held_out`)."""
+        return held_out(self.data, n, seed)
+
+    def held_out_images(self, n: int, seed: int = 0) -> torch.Tensor:
+        """``n`` held-out images (fewer if the split is smaller; see :func:`held_out`) on this core's device."""
+        split, idx = held_out(self.data, n, seed)
+        return torch.as_tensor(split.images[idx]).to(self.device, self.images.dtype)
+
+
+class RoutingCore(EpisodeSlots):
     """Routing episodes for ``num_slots`` images at once (see the env docstrings for the arguments)."""
 
     def __init__(
@@ -280,35 +343,11 @@ class RoutingCore:
         #: potential of each slot's current state (``shaping="continuation"``)
         self.phi = np.zeros(self.n, dtype=np.float64)
 
-    # -- backbone weights (how fine-tuning reaches envs in other processes) ----------------------
-    def backbone_state(self) -> dict:
-        """A detached CPU copy of the backbone's ``state_dict`` (name -> tensor)."""
-        return {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
-
-    def load_backbone_state(self, state_dict: dict) -> None:
-        """Load new backbone weights (kept in eval mode, as the routed network is evaluated)."""
-        self.net.load_state_dict(state_dict)
-        self.net.eval()
-
     # -- configuration ---------------------------------------------------------------------------
     @property
     def min_flops_ratio(self) -> float:
         """FLOPs of the cheapest route of this backbone, as a ratio of the full network's."""
         return float(self._min_to_go[0, self.A - 1] + self.table.stem) / self.full
-
-    @property
-    def compute_weight(self) -> float:
-        """The reward's compute weight (units of the reward form; see :mod:`dyncnn_gym.envs.rewards`)."""
-        return self.reward.compute_weight
-
-    def set_compute_weight(self, weight: float) -> None:
-        """Change the reward's compute weight for every slot from the next step on (e.g. a controller
-        steering the policy's FLOPs while it trains); ``ValueError`` unless a finite number >= 0
-        (> 0 while a ``flops_target`` is held: the adaptation restarts from ``weight``)."""
-        r = self.reward
-        if self.target is not None:
-            self.target.set_weight(weight)
-        self.reward = Reward.make(r.kind, weight, r.loss_weight, r.ce_clip, r.loss)
 
     def check_flops_ratio(self, value: Any, name: str = "target", none_hint: str = "") -> float:
         """``value`` as a float if it is a FLOPs ratio some route of this backbone reaches, i.e. in
@@ -321,29 +360,7 @@ class RoutingCore:
             )
         return float(value)
 
-    def _check_budget(self, budget: float | None) -> float | None:
-        return None if budget is None else self.check_flops_ratio(budget, "budget", ", or None for no budget")
-
-    def restart(self) -> None:
-        """What a seeded reset restarts, so that everything after it is reproducible: the test split
-        from its first image, and a FLOPs target's compute weight from where it started."""
-        self.cursor = 0
-        if self.target is not None:
-            self.target.restart()
-            self.reward = self.reward.with_weight(self.target.weight)
-
-    def seed_slots(self, seeds: list[int | None]) -> None:
-        for i, s in enumerate(seeds):
-            self.rngs[i] = np.random.default_rng(s)
-
     # -- episodes --------------------------------------------------------------------------------
-    def _pick(self, slot: int) -> int:
-        if self.split_name != "test":
-            return int(self.rngs[slot].integers(len(self.labels)))
-        i = self.cursor % len(self.labels)
-        self.cursor += 1
-        return i
-
     @torch.no_grad()
     def reset_slots(self, slots: np.ndarray) -> tuple[np.ndarray, list[dict]]:
         """Start new episodes in ``slots``; returns their observations ``[len(slots), D]`` and infos."""
@@ -663,15 +680,6 @@ class RoutingCore:
 
         walk = run(Walk(self.net, self.mode, images), choose)
         return walk.logits(), walk
-
-    def held_out(self, n: int | None, seed: int = 0) -> tuple[Any, np.ndarray]:
-        """Images the test split does not hold (see :func:`held_out`)."""
-        return held_out(self.data, n, seed)
-
-    def held_out_images(self, n: int, seed: int = 0) -> torch.Tensor:
-        """``n`` held-out images (fewer if the split is smaller; see :func:`held_out`) on this core's device."""
-        split, idx = held_out(self.data, n, seed)
-        return torch.as_tensor(split.images[idx]).to(self.device, self.images.dtype)
 
     # -- observations and infos ------------------------------------------------------------------
     def observe(self, walk: Walk) -> np.ndarray:

@@ -24,7 +24,17 @@ from ..exit_walk import ExitWalk, RoutedExits, run_exits
 from ..models.exits import STAGE_KINDS, Stages, make_stages
 from ..policies import as_policy
 from ..pretraining import DEFAULT_ARCH, resolve_backbone
-from .core import DTYPES, SPLITS, START_WEIGHT_RANGE, _put, _put_taken, _shared_data, at_precision, held_out, hull_slope
+from .core import (
+    DTYPES,
+    SPLITS,
+    START_WEIGHT_RANGE,
+    EpisodeSlots,
+    _put,
+    _put_taken,
+    _shared_data,
+    at_precision,
+    hull_slope,
+)
 from .probes import confidence
 from .rewards import DEFAULT_TARGET_RATE, FlopsTarget, Reward
 
@@ -104,7 +114,7 @@ class _Cohort:
     slots: np.ndarray  # int64 [b]: row i of the walk is slot slots[i]
 
 
-class ExitCore:
+class ExitCore(EpisodeSlots):
     """Early-exit episodes for ``num_slots`` images at once (see ``DynExit-v1``'s docstring for the arguments)."""
 
     mode = "exit"
@@ -217,29 +227,6 @@ class ExitCore:
         self.active = np.zeros(self.n, dtype=bool)
 
     # -- backbone weights and reward ----------------------------------------------------------------
-    def backbone_state(self) -> dict:
-        """A detached CPU copy of the backbone's ``state_dict`` (name -> tensor)."""
-        return {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
-
-    def load_backbone_state(self, state_dict: dict) -> None:
-        """Load new backbone weights (kept in eval mode)."""
-        self.net.load_state_dict(state_dict)
-        self.net.eval()
-
-    @property
-    def compute_weight(self) -> float:
-        """The reward's compute weight (units of the reward form; see :mod:`dyncnn_gym.envs.rewards`)."""
-        return self.reward.compute_weight
-
-    def set_compute_weight(self, weight: float) -> None:
-        """Change the reward's compute weight for every slot from the next step on; ``ValueError``
-        unless a finite number >= 0 (> 0 while a ``flops_target`` is held: the adaptation restarts
-        from ``weight``)."""
-        r = self.reward
-        if self.target is not None:
-            self.target.set_weight(weight)
-        self.reward = Reward.make(r.kind, weight, r.loss_weight, r.ce_clip, r.loss)
-
     @property
     def min_flops_ratio(self) -> float:
         """FLOPs of an image that leaves at the first exit, as a ratio of the full network's."""
@@ -252,29 +239,7 @@ class ExitCore:
             raise ValueError(f"{name}={value!r} must be a FLOPs ratio >= {lo:.4f} (the first exit's){none_hint}")
         return float(value)
 
-    def _check_budget(self, budget: float | None) -> float | None:
-        return None if budget is None else self.check_flops_ratio(budget, "budget", ", or None for no budget")
-
-    def restart(self) -> None:
-        """What a seeded reset restarts, so that everything after it is reproducible: the test split
-        from its first image, and a FLOPs target's compute weight from where it started."""
-        self.cursor = 0
-        if self.target is not None:
-            self.target.restart()
-            self.reward = self.reward.with_weight(self.target.weight)
-
-    def seed_slots(self, seeds: list[int | None]) -> None:
-        for i, s in enumerate(seeds):
-            self.rngs[i] = np.random.default_rng(s)
-
     # -- episodes -------------------------------------------------------------------------------------
-    def _pick(self, slot: int) -> int:
-        if self.split_name != "test":
-            return int(self.rngs[slot].integers(len(self.labels)))
-        i = self.cursor % len(self.labels)
-        self.cursor += 1
-        return i
-
     @torch.no_grad()
     def reset_slots(self, slots: np.ndarray) -> tuple[np.ndarray, Any]:
         """Start new episodes in ``slots``; returns their observations ``[len(slots), D]`` and infos."""
@@ -448,15 +413,6 @@ class ExitCore:
         logits, flops, exits, actions = run_exits(self.stages, images, pick)
         f = torch.from_numpy(flops)
         return logits, RoutedExits(logits, torch.from_numpy(exits), torch.from_numpy(actions), f, f.double() / self.full)
-
-    def held_out(self, n: int | None, seed: int = 0) -> tuple[Any, np.ndarray]:
-        """Images the test split does not hold (see :func:`~dyncnn_gym.envs.core.held_out`)."""
-        return held_out(self.data, n, seed)
-
-    def held_out_images(self, n: int, seed: int = 0) -> torch.Tensor:
-        """``n`` held-out images (fewer if the split is smaller) on this core's device."""
-        split, idx = held_out(self.data, n, seed)
-        return torch.as_tensor(split.images[idx]).to(self.device, self.images.dtype)
 
     # -- the teacher -------------------------------------------------------------------------------------
     @torch.no_grad()
