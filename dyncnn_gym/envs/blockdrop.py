@@ -115,9 +115,14 @@ class _OneShot:
         ``routes`` (int64 ``[b, T]``) that end with cross-entropy ``ce``, correctness ``correct`` and
         ``flops`` (``[b]`` each)."""
         if self.kind == "blockdrop":
-            u = routes.sum(1) / self.T if self.usage == "blocks" else flops / self.core.full
-            return np.where(correct, 1.0 - u**2, -self.penalty)
+            return self.blockdrop_reward(routes, correct, flops / self.core.full)
         return self.core.route_return(0, walk.prev.numpy(), routes, ce, correct)
+
+    def blockdrop_reward(self, routes: np.ndarray, correct: np.ndarray, flops_ratio: np.ndarray) -> np.ndarray:
+        """``reward="blockdrop"``: ``1 - u**2`` for a right prediction, else ``-penalty``; ``u`` is the
+        share of the ``T`` blocks ``routes`` (int64 ``[b, T]``) run, or ``flops_ratio`` (``usage``)."""
+        u = routes.sum(1) / self.T if self.usage == "blocks" else flops_ratio
+        return np.where(correct, 1.0 - u**2, -self.penalty)
 
     @torch.no_grad()
     def teacher(self, routes: Any = None) -> dict[str, np.ndarray]:
@@ -212,9 +217,8 @@ class _OneShot:
         correct = np.asarray(infos["correct"]) if arrays else np.array([d["correct"] for d in infos])
         ratio = np.asarray(infos["flops_ratio"]) if arrays else np.array([d["flops_ratio"] for d in infos])
         used = a.sum(1) / self.T
-        u = used if self.usage == "blocks" else ratio
         if self.kind == "blockdrop":
-            total = np.where(correct, 1.0 - u**2, -self.penalty)
+            total = self.blockdrop_reward(a, correct, ratio)
         if arrays:
             n = self.core.n
             infos.pop("action_mask", None)
