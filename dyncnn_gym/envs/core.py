@@ -9,6 +9,7 @@ cohort, and only partial resets (``reset_mask``) split them for a while.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,9 +146,15 @@ def starting_weight(net: DynamicNet, mode: str, data: DataSplits, split: str, ta
     per_net = _START.setdefault(net, {})
     key = (mode, data.fingerprint, split, round(float(target), 6))
     if key not in per_net:
-        slope = hull_slope(static_curve(net, mode, data, split), target)
-        per_net[key] = float(np.clip(0.5 * slope, *START_WEIGHT_RANGE))
+        per_net[key] = weight_below_front(static_curve(net, mode, data, split), target)
     return per_net[key]
+
+
+def weight_below_front(points: np.ndarray, target: float) -> float:
+    """Half the slope, at ``target``, of the upper hull of static routes' ``points`` ``[R, 2]`` (FLOPs
+    ratio, accuracy), clipped to :data:`START_WEIGHT_RANGE`: where a FLOPs target's compute weight
+    starts (see :func:`starting_weight`)."""
+    return float(np.clip(0.5 * hull_slope(points, target), *START_WEIGHT_RANGE))
 
 
 _OBS_SCALE: weakref.WeakKeyDictionary[DynamicNet, dict[tuple, list[torch.Tensor]]] = weakref.WeakKeyDictionary()
@@ -210,6 +217,17 @@ class EpisodeSlots:
 
     def _check_budget(self, budget: float | None) -> float | None:
         return None if budget is None else self.check_flops_ratio(budget, "budget", ", or None for no budget")
+
+    def _hold_target(
+        self, flops_target: float | None, start: float | None, rate: float, default_start: Callable[[], float]
+    ) -> None:
+        """With a ``flops_target`` (checked by ``check_flops_ratio``), hold it from the compute weight
+        ``start``, or ``default_start()`` when that is ``None``; without one, leave the weight fixed."""
+        if flops_target is None:
+            return
+        self.check_flops_ratio(flops_target, "flops_target", ", or None for a fixed compute_weight")
+        self.target = FlopsTarget(flops_target, default_start() if start is None else start, rate)
+        self.reward = self.reward.with_weight(self.target.weight)
 
     def restart(self) -> None:
         """What a seeded reset restarts, so that everything after it is reproducible: the test split
@@ -303,13 +321,12 @@ class RoutingCore(EpisodeSlots):
         self.budget_strict = bool(budget_strict)
         #: holds the mean FLOPs ratio of finished episodes at ``flops_target`` (``None``: a fixed weight)
         self.target: FlopsTarget | None = None
-        if flops_target is not None:
-            self.check_flops_ratio(flops_target, "flops_target", ", or None for a fixed compute_weight")
-            start = compute_weight
-            if start is None:
-                start = starting_weight(self.net, mode, self.data, split, float(flops_target))
-            self.target = FlopsTarget(flops_target, start, target_rate)
-            self.reward = self.reward.with_weight(self.target.weight)
+        self._hold_target(
+            flops_target,
+            compute_weight,
+            target_rate,
+            lambda: starting_weight(self.net, mode, self.data, split, float(flops_target)),
+        )
 
         split_data = self.data.split(split)
         if len(split_data) == 0:

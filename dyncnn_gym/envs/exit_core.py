@@ -27,13 +27,12 @@ from ..pretraining import DEFAULT_ARCH, resolve_backbone
 from .core import (
     DTYPES,
     SPLITS,
-    START_WEIGHT_RANGE,
     EpisodeSlots,
     _put,
     _put_taken,
     _shared_data,
     at_precision,
-    hull_slope,
+    weight_below_front,
 )
 from .probes import confidence
 from .rewards import DEFAULT_TARGET_RATE, FlopsTarget, Reward
@@ -80,8 +79,7 @@ def exit_starting_weight(stages: Stages, data, split: str, target: float) -> flo
     per_net = _START.setdefault(stages.net, {})
     key = (repr(stages.describe()), data.fingerprint, split, round(float(target), 6))
     if key not in per_net:
-        slope = hull_slope(exit_curve(stages, data, split), target)
-        per_net[key] = float(np.clip(0.5 * slope, *START_WEIGHT_RANGE))
+        per_net[key] = weight_below_front(exit_curve(stages, data, split), target)
     return per_net[key]
 
 
@@ -195,13 +193,12 @@ class ExitCore(EpisodeSlots):
         self.budget_strict = bool(budget_strict)
         #: holds the mean FLOPs ratio of finished episodes at ``flops_target`` (``None``: a fixed weight)
         self.target: FlopsTarget | None = None
-        if flops_target is not None:
-            self.check_flops_ratio(flops_target, "flops_target", ", or None for a fixed compute_weight")
-            start = compute_weight
-            if start is None:
-                start = exit_starting_weight(self.stages, self.data, split, float(flops_target))
-            self.target = FlopsTarget(flops_target, start, target_rate)
-            self.reward = self.reward.with_weight(self.target.weight)
+        self._hold_target(
+            flops_target,
+            compute_weight,
+            target_rate,
+            lambda: exit_starting_weight(self.stages, self.data, split, float(flops_target)),
+        )
 
         split_data = self.data.split(split)
         if len(split_data) == 0:
