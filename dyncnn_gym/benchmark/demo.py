@@ -96,37 +96,18 @@ def run_demo(
         env_kwargs = recipe_env_kwargs(
             env_id, dataset=dataset, backbone=(backbones or {}).get(mode, DEFAULT_ARCH[mode]), groups=4
         )
-        t0 = time.perf_counter()
-        core = make_core(env_id, 1, split="test", **env_kwargs)  # loads or pretrains the backbone
-        t_backbone = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        steps = timesteps or recipe(env_id)["total_timesteps"]
-        model = train_ppo(env_id, total_timesteps=steps, seed=seed, progress=progress, **env_kwargs)
-        t_train = time.perf_counter() - t0
-        rel = f"models/{env_id}-PPO.zip"
-        save_sb3(model, out / rel)
-        res = evaluate(model, env_id, per_image=True, **env_kwargs)
+        core, res, entry = _train_ppo(out, env_id, env_kwargs, timesteps, seed, progress)
         static = static_baselines(core)
         rnd = random_policy_eval(core, res["action_rates"], seed=seed)
         pool = static.get("exhaustive") or (static["uniform"] + static.get("greedy", []))
         orc = oracle(core, np.array([r["actions"] for r in pool], dtype=np.int64))
-        static_at = interpolate(static["front"], res["flops_ratio"])
         results["full"][env_id] = {k: static["full"][k] for k in ("accuracy", "flops_ratio")}
         results["static"][env_id] = static
         results["baselines"][env_id] = {"random_matched": rnd, "oracle": orc}
         results["learned"].append(
             {
-                "env_id": env_id,
-                "env_kwargs": env_kwargs,
-                "algorithm": type(model).__name__,
-                "model_path": rel,
-                "total_timesteps": steps,
-                "train_seconds": round(t_train, 1),
-                "backbone_seconds": round(t_backbone, 1),
-                "accuracy": res["accuracy"],
-                "flops_ratio": res["flops_ratio"],
-                "static_front_accuracy_at_same_flops": static_at,
-                "dialed": res["dialed"],
+                **entry,
+                "static_front_accuracy_at_same_flops": interpolate(static["front"], res["flops_ratio"]),
                 **{
                     k: res[k]
                     for k in ("action_rates", "mean_action", "routes", "by_difficulty", "difficulty_flops_spearman")
@@ -155,15 +136,7 @@ def run_demo(
                 f"{env_id}: compute and accuracy by difficulty",
                 {"PPO": res["by_difficulty"], "full network": full_rows},
             )
-        raw = data.test.images * data.std[None, :, None, None] + data.mean[None, :, None, None]
-        img = res["images"]
-        plots.plot_image_grid(
-            out / f"{name}_images.png",
-            f"{env_id}: test images by compute spent",
-            raw,
-            img["flops"] / core.full,
-            img["correct"],
-        )
+        _plot_images(out / f"{name}_images.png", env_id, data, res, core.full)
     results["seconds"] = round(time.perf_counter() - start, 1)
     write_json(out / "results.json", _jsonable(results), indent=2)
     print(format_table(results))
@@ -180,16 +153,7 @@ def _demo_exit(
     from .exit_baselines import exit_oracle, random_exits, static_exits, threshold_cascade
 
     env_kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=backbone or DEFAULT_ARCH["channel"])
-    t0 = time.perf_counter()
-    core = make_core(env_id, 1, split="test", **env_kwargs)
-    t_backbone = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    steps = timesteps or recipe(env_id)["total_timesteps"]
-    model = train_ppo(env_id, total_timesteps=steps, seed=seed, progress=progress, **env_kwargs)
-    t_train = time.perf_counter() - t0
-    rel = f"models/{env_id}-PPO.zip"
-    save_sb3(model, out / rel)
-    res = evaluate(model, env_id, per_image=True, **env_kwargs)
+    core, res, entry = _train_ppo(out, env_id, env_kwargs, timesteps, seed, progress)
     static = static_exits(core)
     cascade = threshold_cascade(core)
     rnd = random_exits(core, res["exit_rates"], seed=seed)
@@ -199,18 +163,9 @@ def _demo_exit(
     results["baselines"][env_id] = {"random_matched": rnd, "oracle": orc, "cascade": cascade["points"]}
     results["learned"].append(
         {
-            "env_id": env_id,
-            "env_kwargs": env_kwargs,
-            "algorithm": type(model).__name__,
-            "model_path": rel,
-            "total_timesteps": steps,
-            "train_seconds": round(t_train, 1),
-            "backbone_seconds": round(t_backbone, 1),
-            "accuracy": res["accuracy"],
-            "flops_ratio": res["flops_ratio"],
+            **entry,
             "static_front_accuracy_at_same_flops": interpolate(static["front"], res["flops_ratio"]),
             "cascade_accuracy_at_same_flops": interpolate(cascade["front"], res["flops_ratio"]),
-            "dialed": res["dialed"],
             **{k: res[k] for k in ("exit_rates", "by_difficulty", "difficulty_flops_spearman") if k in res},
         }
     )
@@ -226,11 +181,45 @@ def _demo_exit(
         plots.plot_difficulty(
             out / f"{name}_difficulty.png", f"{env_id}: compute and accuracy by difficulty", {"PPO": res["by_difficulty"]}
         )
+    _plot_images(out / f"{name}_images.png", env_id, data, res, core.full)
+
+
+def _train_ppo(
+    out: Path, env_id: str, env_kwargs: dict[str, Any], timesteps: int | None, seed: int, progress: bool
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Load (or pretrain) the backbone, train PPO with the recipe, save it under ``out/models`` and
+    evaluate it on the test split: ``(core on the test split, evaluate's result, the result entry's
+    common part)``."""
+    t0 = time.perf_counter()
+    core = make_core(env_id, 1, split="test", **env_kwargs)  # loads or pretrains the backbone
+    t_backbone = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    steps = timesteps or recipe(env_id)["total_timesteps"]
+    model = train_ppo(env_id, total_timesteps=steps, seed=seed, progress=progress, **env_kwargs)
+    t_train = time.perf_counter() - t0
+    rel = f"models/{env_id}-PPO.zip"
+    save_sb3(model, out / rel)
+    res = evaluate(model, env_id, per_image=True, **env_kwargs)
+    entry = {
+        "env_id": env_id,
+        "env_kwargs": env_kwargs,
+        "algorithm": type(model).__name__,
+        "model_path": rel,
+        "total_timesteps": steps,
+        "train_seconds": round(t_train, 1),
+        "backbone_seconds": round(t_backbone, 1),
+        "accuracy": res["accuracy"],
+        "flops_ratio": res["flops_ratio"],
+        "dialed": res["dialed"],
+    }
+    return core, res, entry
+
+
+def _plot_images(path: Path, env_id: str, data, res: dict[str, Any], full_flops: int) -> None:
+    """A grid of test images ordered by the FLOPs each spent (``res``: :func:`evaluate` with ``per_image``)."""
     raw = data.test.images * data.std[None, :, None, None] + data.mean[None, :, None, None]
     img = res["images"]
-    plots.plot_image_grid(
-        out / f"{name}_images.png", f"{env_id}: test images by compute spent", raw, img["flops"] / core.full, img["correct"]
-    )
+    plots.plot_image_grid(path, f"{env_id}: test images by compute spent", raw, img["flops"] / full_flops, img["correct"])
 
 
 def _full_by_difficulty(core: RoutingCore, res: dict[str, Any]) -> list[dict[str, Any]]:
