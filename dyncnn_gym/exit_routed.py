@@ -31,13 +31,15 @@ from .envs.probes import confidence
 from .exit_walk import ExitWalk, RoutedExits
 from .models import DynamicNet
 from .models.exits import make_stages
-from .policies import RecurrentHead
+from .policies import Policy, RecurrentHead
 from .routed import (
     _check_spaces,
     _dry_run,
     backbone_entry,
     backbone_from_entry,
     check_images,
+    checked_action,
+    checked_actions,
     policy_head,
     read_file,
 )
@@ -92,20 +94,58 @@ class ExitRoutedNet(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.backbone.parameters()).device
+        """The device of the backbone (and of every buffer and the policy head)."""
+        return self._param_meta()[0]
+
+    def _param_meta(self) -> tuple[torch.device, torch.dtype | None]:
+        """``(device, dtype)`` of the backbone's parameters (cached until the next ``.to()``)."""
+        meta = self.__dict__.get("_meta")
+        if meta is None:
+            p = next(self.backbone.parameters())
+            meta = self.__dict__["_meta"] = (p.device, p.dtype)
+        return meta
+
+    def _apply(self, fn, *args: Any, **kwargs: Any) -> ExitRoutedNet:
+        for cached in ("_meta", "_rows", "_ratios"):  # .to() / .cuda() / .half() may move or cast everything
+            self.__dict__.pop(cached, None)
+        return super()._apply(fn, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"env_id={self.env_id!r}, stages={self.stage_spec}, budget={self.budget}, policy={self.info.get('policy')!r}"
 
+    @property
+    def policy(self) -> Policy:
+        """The routing policy (:class:`~dyncnn_gym.policies.Policy`) around :attr:`head`."""
+        p = self.__dict__.get("_policy")
+        if p is None or p.head is not self.head:
+            p = self.__dict__["_policy"] = Policy(self.head, str(self.info.get("policy", type(self.head).__name__)), self.head)
+        return p
+
     @torch.no_grad()
     def observe(self, walk: ExitWalk) -> torch.Tensor:
         """Observations ``[B, obs_dim]`` float32 at the walk's exit (as ``DynExit-v0`` builds them)."""
-        b, t = len(walk), walk.t
-        ft = torch.tanh(walk.pooled.float() / getattr(self, f"scale_{t}"))
-        onehot = ft.new_zeros((b, self.feat_dim - ft.shape[1] + self.T))
-        onehot[:, self.feat_dim - ft.shape[1] + t] = 1.0
-        ratio = torch.from_numpy(np.minimum(walk.flops / self.full, 1.0).astype(np.float32)[:, None]).to(ft.device)
-        return torch.cat([ft, onehot, confidence(walk.logits), ratio], 1)
+        ratio = torch.from_numpy(np.minimum(walk.flops / self.full, 1.0).astype(np.float32)[:, None])
+        return self._observe(walk.t, walk.logits, walk.pooled, ratio.to(walk.logits.device))
+
+    def _observe(self, t: int, logits: torch.Tensor, pooled: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+        """The observation at exit ``t`` from its logits ``[B, K]``, pooled features ``[B, C_t]`` and
+        FLOPs-ratio column ``[B, 1]``: ``[tanh(features / scale), zero padding, one-hot of t,
+        confidence, FLOPs ratio]``."""
+        ft = torch.tanh(pooled.float() / getattr(self, f"scale_{t}"))
+        row = self._row(t, ft.device)
+        b = ft.shape[0]
+        return torch.cat([ft, row if b == 1 else row.expand(b, -1), confidence(logits), ratio], 1)
+
+    def _row(self, t: int, device: torch.device) -> torch.Tensor:
+        """The constant part of exit ``t``'s observation (padding and one-hot), ``[1, F - C_t + T]`` (cached)."""
+        rows = self.__dict__.setdefault("_rows", {})
+        hit = rows.get((t, device))
+        if hit is None:
+            pad = self.feat_dim - self.stages.feature_widths[t]
+            hit = torch.zeros((1, pad + self.T), device=device)
+            hit[0, pad + t] = 1.0
+            rows[(t, device)] = hit
+        return hit
 
     def masks(self, walk: ExitWalk) -> np.ndarray:
         """bool ``[B, 2]``: exiting always; continuing unless the budget forbids the next stage."""
@@ -126,6 +166,8 @@ class ExitRoutedNet(nn.Module):
         if self.backbone.training:
             self.backbone.eval()
         B = x.shape[0]
+        if B == 1:
+            return self._route_one(x)
         logits = torch.zeros((B, self.backbone.num_classes), device=x.device)
         exits = np.zeros(B, dtype=np.int64)
         actions = np.full((B, self.T), -1, dtype=np.int64)
@@ -134,17 +176,16 @@ class ExitRoutedNet(nn.Module):
             walk = ExitWalk(self.stages, x)
             logits = logits.to(walk.logits.dtype)
             order = np.arange(B)  # image index of each row of the walk
-            state = self.head.initial_state(B, x.device) if self.recurrent else None
+            policy = self.policy
+            state = policy.initial_state(B, x.device)
             while not walk.done and len(walk):
                 obs = self.observe(walk)
-                allowed = self.masks(walk)
-                mask = torch.from_numpy(allowed).to(obs.device)
-                if state is not None:
-                    a, h, c = self.head(obs, mask, *state)
-                    state = (h, c)
-                else:
-                    a = self.head(obs, mask)
-                a = self._check_actions(a, allowed, walk.t)
+                allowed = mask = None
+                if self.budget is not None:
+                    allowed = self.masks(walk)
+                    mask = torch.from_numpy(allowed).to(obs.device)
+                a, state = policy.act(obs, mask, state)
+                a = checked_actions(a, allowed, walk.t, self.A, self.budget, len(walk), where="exit")
                 before = walk.actions
                 gone = walk.step(a)
                 rows = order[gone.rows]
@@ -164,21 +205,51 @@ class ExitRoutedNet(nn.Module):
         self.last = RoutedExits(logits, torch.from_numpy(exits), torch.from_numpy(actions), f, f.double() / self.full)
         return self.last
 
+    def _route_one(self, x: torch.Tensor) -> RoutedExits:
+        """:meth:`route` for one image: the same stages, observations and actions with scalar
+        bookkeeping (no row gathers, no NumPy accounting)."""
+        stages, costs = self.stages, self.stages.costs
+        dtype = self._param_meta()[1]
+        if x.dtype != dtype:
+            x = x.to(dtype)
+        policy = self.policy
+        state = policy.initial_state(1, x.device)
+        carry, logits, pooled = stages.advance(0, stages.begin(x))
+        flops = int(costs.stem + costs.stages[0] + costs.heads[0])
+        actions = [-1] * self.T
+        limit = None if self.budget is None else self.budget * self.full + 1e-9
+        t = 0
+        while t < self.T:
+            ratio = self._ratio(flops, x.device)
+            nxt = flops + int(costs.stages[t + 1] + costs.heads[t + 1])
+            allowed = None if limit is None or nxt <= limit else np.array([[True, False]])
+            mask = None if allowed is None else torch.from_numpy(allowed).to(x.device)
+            a, state = policy.act(self._observe(t, logits, pooled, ratio), mask, state)
+            if a.numel() != 1:  # raises, naming the count
+                checked_actions(a, allowed, t, self.A, self.budget, 1, where="exit")
+            v = checked_action(a, allowed, t, self.A, self.budget, where="exit")
+            actions[t] = v
+            if v == 0:
+                break
+            t += 1
+            carry, logits, pooled = stages.advance(t, carry)
+            flops = nxt
+        ints = torch.tensor([flops, t, *actions], dtype=torch.int64)  # one allocation, sliced
+        f = ints[:1]
+        self.last = RoutedExits(logits, ints[1:2], ints[2:].view(1, self.T), f, f.double() / self.full)
+        return self.last
+
+    def _ratio(self, flops: int, device: torch.device) -> torch.Tensor:
+        """The observation's last column for one image, ``[[min(flops / full, 1)]]`` float32 (cached per value)."""
+        cache = self.__dict__.setdefault("_ratios", {})
+        hit = cache.get((flops, device))
+        if hit is None:
+            hit = cache[(flops, device)] = torch.tensor([[np.float32(min(flops / self.full, 1.0))]], device=device)
+        return hit
+
     def forward(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Class scores ``[B, K]`` of routed ``images [B, C, H, W]`` (see :meth:`route`)."""
         return self.route(images).logits
-
-    def _check_actions(self, a: torch.Tensor, allowed: np.ndarray, t: int) -> np.ndarray:
-        acts = a.detach().cpu().numpy().astype(np.int64).reshape(-1)
-        if acts.shape[0] != allowed.shape[0]:
-            raise ValueError(f"the policy gave {acts.shape[0]} actions at exit {t}; expected {allowed.shape[0]}")
-        if acts.shape[0] and (acts.min() < 0 or acts.max() > 1):
-            raise ValueError(f"the policy gave actions outside {{0, 1}} at exit {t}: {sorted(set(acts.tolist()))}")
-        ok = allowed[np.arange(acts.shape[0]), acts]
-        if not ok.all():
-            r = int(np.flatnonzero(~ok)[0])
-            raise ValueError(f"the policy continued image {r} at exit {t}, which breaks the compute budget {self.budget}")
-        return acts
 
     def save(self, path: str | Path) -> Path:
         """Write the model to ``path`` (a ``torch.save`` file :func:`load` reads without SB3 or data),

@@ -54,7 +54,8 @@ State = Any
 # -- running a small network without module dispatch -----------------------------------------------------
 def _plan(module: nn.Module) -> list[tuple[str, nn.Module]]:
     """The layers of ``module`` as ``(kind, layer)`` steps for :func:`_run`: nested ``nn.Sequential``
-    flattened; ``Linear``, ``Tanh``, ``ReLU``, ``Flatten`` run as functional calls, anything else as itself."""
+    (and a one-member :class:`MeanScores`) flattened; ``Linear``, ``Tanh``, ``ReLU``, ``Flatten`` and
+    :class:`LogProbabilities` run as functional calls, anything else as itself."""
     if isinstance(module, nn.Sequential):
         return [step for m in module for step in _plan(m)]
     if type(module) is nn.Linear:
@@ -65,6 +66,10 @@ def _plan(module: nn.Module) -> list[tuple[str, nn.Module]]:
         return [("relu", module)]
     if type(module) is nn.Flatten and module.start_dim == 1 and module.end_dim == -1:
         return [("flatten", module)]
+    if type(module) is MeanScores and len(module.members) == 1:
+        return _plan(module.members[0])
+    if type(module) is LogProbabilities:
+        return [("logprob", module)]
     return [("call", module)]
 
 
@@ -80,6 +85,8 @@ def _run(plan: list[tuple[str, nn.Module]], x: torch.Tensor) -> torch.Tensor:
         elif kind == "flatten":
             if x.dim() != 2:
                 x = x.flatten(1)
+        elif kind == "logprob":
+            x = x - x.logsumexp(-1, keepdim=True)
         else:
             x = m(x)
     return x

@@ -113,6 +113,45 @@ def policy_head(policy: Any) -> tuple[nn.Module, str]:
 
 
 # -- the routed model ----------------------------------------------------------------------------------
+def checked_action(
+    a: torch.Tensor, allowed: np.ndarray | None, t: int, A: int, budget: float | None, where: str = "decision"
+) -> int:
+    """:func:`checked_actions` for one image (``a`` holds one action): a Python int."""
+    v = int(a)
+    if not 0 <= v < A:
+        raise ValueError(f"the policy gave action {v} at {where} {t}; valid: 0..{A - 1}")
+    if allowed is not None and not allowed[0, v]:
+        raise ValueError(
+            f"the policy gave action {v} to image 0 at {where} {t}, which breaks the compute budget"
+            f" {budget}; valid actions there: {np.flatnonzero(allowed[0]).tolist()}"
+        )
+    return v
+
+
+def checked_actions(
+    a: torch.Tensor, allowed: np.ndarray | None, t: int, A: int, budget: float | None, batch: int, where: str = "decision"
+) -> np.ndarray:
+    """A policy's actions at decision (or exit) ``t`` as int64 ``[batch]``, or a clear error: one per
+    image, each in ``0..A-1`` and, when ``allowed`` (bool ``[batch, A]``) is given, allowed there by the
+    compute ``budget``."""
+    acts = a.detach().cpu().numpy().astype(np.int64).reshape(-1)
+    if acts.shape[0] != batch:
+        raise ValueError(f"the policy gave {acts.shape[0]} actions at {where} {t}; expected {batch} (one per image)")
+    if acts.shape[0] and (acts.min() < 0 or acts.max() >= A):
+        bad = acts[(acts < 0) | (acts >= A)]
+        raise ValueError(f"the policy gave action {int(bad[0])} at {where} {t}; valid: 0..{A - 1}")
+    if allowed is None:
+        return acts
+    ok = allowed[np.arange(acts.shape[0]), acts]
+    if not ok.all():
+        r = int(np.flatnonzero(~ok)[0])
+        raise ValueError(
+            f"the policy gave action {int(acts[r])} to image {r} at {where} {t}, which breaks the compute budget"
+            f" {budget}; valid actions there: {np.flatnonzero(allowed[r]).tolist()}"
+        )
+    return acts
+
+
 class RoutedNet(nn.Module):
     """A backbone and a router in one inference-only model (see the module docstring).
 
@@ -322,31 +361,8 @@ class RoutedNet(nn.Module):
     def _check_actions(self, a: torch.Tensor, allowed: np.ndarray | None, t: int, batch: int) -> int | np.ndarray:
         """The policy's actions, checked: one Python int for a batch of one, else int64 ``[B]``."""
         if batch == 1 and a.numel() == 1:
-            v = int(a)
-            if not 0 <= v < self.A:
-                raise ValueError(f"the policy gave action {v} at decision {t}; valid: 0..{self.A - 1}")
-            if allowed is not None and not allowed[0, v]:
-                raise ValueError(
-                    f"the policy gave action {v} to image 0 at decision {t}, which breaks the compute budget"
-                    f" {self.budget}; valid actions there: {np.flatnonzero(allowed[0]).tolist()}"
-                )
-            return v
-        acts = a.detach().cpu().numpy().astype(np.int64).reshape(-1)
-        if acts.shape[0] != batch:
-            raise ValueError(f"the policy gave {acts.shape[0]} actions at decision {t}; expected {batch} (one per image)")
-        if acts.shape[0] and (acts.min() < 0 or acts.max() >= self.A):
-            bad = acts[(acts < 0) | (acts >= self.A)]
-            raise ValueError(f"the policy gave action {int(bad[0])} at decision {t}; valid: 0..{self.A - 1}")
-        if allowed is None:
-            return acts
-        ok = allowed[np.arange(acts.shape[0]), acts]
-        if not ok.all():
-            r = int(np.flatnonzero(~ok)[0])
-            raise ValueError(
-                f"the policy gave action {int(acts[r])} to image {r} at decision {t}, which breaks the compute budget"
-                f" {self.budget}; valid actions there: {np.flatnonzero(allowed[r]).tolist()}"
-            )
-        return acts
+            return checked_action(a, allowed, t, self.A, self.budget)
+        return checked_actions(a, allowed, t, self.A, self.budget, batch)
 
     # -- saving ---------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

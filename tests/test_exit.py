@@ -422,8 +422,16 @@ def test_evaluate_and_export_agree_image_by_image(config, tmp_path):
         dyncnn_gym.load_routed(path)
     again = dyncnn_gym.load_routed(path, safe_globals=[Jumpy])
     assert torch.equal(again.route(x).exits, out.exits) and torch.allclose(again(x), out.logits)
-    one = torch.cat([net(x[i : i + 1]) for i in range(4)])
-    assert torch.allclose(one, out.logits[:4], atol=1e-5)
+    assert_one_at_a_time_routes_as_the_batch(net, x, out)
+
+
+def assert_one_at_a_time_routes_as_the_batch(net, x: torch.Tensor, out) -> None:
+    """A batch of one takes the lean path (scalar bookkeeping): the same exits, actions and FLOPs as
+    the batch, image by image, and the same scores up to the convolutions' float rounding."""
+    ones = [net.route(x[i : i + 1]) for i in range(len(x))]
+    for field in ("exits", "actions", "flops", "flops_ratio"):
+        assert torch.equal(torch.cat([getattr(o, field) for o in ones]), getattr(out, field)), field
+    assert torch.allclose(torch.cat([o.logits for o in ones]), out.logits, atol=1e-5)
 
 
 class Jumpy(torch.nn.Module):
@@ -451,6 +459,12 @@ def test_export_of_sb3_models_and_from_an_env():
     for net in (dyncnn_gym.export(model, ENV, **kw), dyncnn_gym.export(model, core=vec)):
         out = net.route(torch.as_tensor(kw["dataset"].test.images))
         np.testing.assert_array_equal(out.exits.numpy(), res["images"]["exit"])
+    x = torch.as_tensor(kw["dataset"].test.images[:200])
+    exit_flops, full = vec.core.exit_flops, vec.core.full
+    budgeted = dyncnn_gym.export(model, ENV, **{**kw, "budget": float(exit_flops[-2]) / full})
+    out = budgeted.route(x)
+    assert int(out.flops.max()) <= exit_flops[-2] < int(net.route(x).flops.max())  # the budget's mask binds
+    assert_one_at_a_time_routes_as_the_batch(budgeted, x, out)
     with pytest.raises(ValueError, match="observes shape"):
         dyncnn_gym.export(model, ENV, **kwargs("width-vgg", "digits"))
     with pytest.raises(ValueError, match="early-exit env: export it with dyncnn_gym.export"):
