@@ -1,4 +1,4 @@
-"""Wall-clock of an exported ``DynExit-v0`` router against the full network, at batch 256 and 1.
+"""Wall-clock of an exported ``DynExit-v1`` router (or ``-v0``) against the full network, at batch 256 and 1.
 
 The exported model (``dyncnn_gym.export``) runs the stages with the env's own walk: images that
 exit leave the batch and are not computed any further. This script routes the test split with it
@@ -8,9 +8,10 @@ interleaved repeats, and prints the median times, the speed-up, the FLOPs ratio 
 observation and policy are not counted in FLOPs but are in the time), and how long the first stage
 alone takes (what every image pays) against its share of the FLOPs.
 
-    python examples/exit_speed.py --model demo_out/models/DynExit-v0-PPO.zip
+    python examples/exit_speed.py --model demo_out/models/DynExit-v1-PPO.zip
     python examples/exit_speed.py                      # trains PPO with the recipe first (minutes)
-    python examples/exit_speed.py --stages depth --compute-weight 0.16
+    python examples/exit_speed.py --stages depth
+    python examples/exit_speed.py --env DynExit-v0 --stages depth --compute-weight 0.16
 """
 
 from __future__ import annotations
@@ -31,19 +32,22 @@ from dyncnn_gym.recipes import env_kwargs, train_ppo
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--model", default=None, help="a saved SB3 model of DynExit-v0 (default: train PPO with the recipe)")
+    p.add_argument("--env", default="DynExit-v1", choices=["DynExit-v1", "DynExit-v0"], help="the env id")
+    p.add_argument("--model", default=None, help="a saved SB3 model of that env (default: train PPO with the recipe)")
     p.add_argument("--stages", default="width", choices=["width", "depth"], help="the kind of stages of the env")
     p.add_argument("--dataset", default="shapes", help="data set name (shapes, digits, ...)")
-    p.add_argument("--compute-weight", type=float, default=None, help="the env's compute weight (default: the recipe's)")
+    p.add_argument("--compute-weight", type=float, default=None, help="DynExit-v0's compute weight (default: the recipe's)")
     p.add_argument("--repeats", type=int, default=7, help="interleaved timing repeats (the median is reported)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--batch1-images", type=int, default=200, help="images timed one by one")
     args = p.parse_args()
+    if args.compute_weight is not None and args.env != "DynExit-v0":
+        p.error(f"--compute-weight is DynExit-v0's; {args.env} holds a FLOPs target")
     torch.set_num_threads(args.threads)
     weight = {} if args.compute_weight is None else {"compute_weight": args.compute_weight}
-    kw = env_kwargs("DynExit-v0", dataset=args.dataset, stages=args.stages, **weight)
-    model = load_model(args.model) if args.model else train_ppo("DynExit-v0", progress=False, **kw)
-    routed = dyncnn_gym.export(model, "DynExit-v0", **kw)
+    kw = env_kwargs(args.env, dataset=args.dataset, stages=args.stages, **weight)
+    model = load_model(args.model) if args.model else train_ppo(args.env, progress=False, **kw)
+    routed = dyncnn_gym.export(model, args.env, **kw)
     net = routed.backbone
     x = torch.as_tensor(routed_core_images(kw))
     with torch.no_grad():
