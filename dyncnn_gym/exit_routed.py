@@ -28,7 +28,7 @@ from torch import nn
 
 from .envs.exit_core import ExitCore
 from .envs.probes import confidence
-from .exit_walk import ExitWalk, RoutedExits
+from .exit_walk import ExitWalk, RoutedExits, run_exits
 from .models import DynamicNet
 from .models.exits import make_stages
 from .policies import Policy, RecurrentHead
@@ -168,39 +168,30 @@ class ExitRoutedNet(nn.Module):
         B = x.shape[0]
         if B == 1:
             return self._route_one(x)
-        logits = torch.zeros((B, self.backbone.num_classes), device=x.device)
-        exits = np.zeros(B, dtype=np.int64)
-        actions = np.full((B, self.T), -1, dtype=np.int64)
-        flops = np.zeros(B, dtype=np.int64)
-        if B:
-            walk = ExitWalk(self.stages, x)
-            logits = logits.to(walk.logits.dtype)
-            order = np.arange(B)  # image index of each row of the walk
-            policy = self.policy
-            state = policy.initial_state(B, x.device)
-            while not walk.done and len(walk):
-                obs = self.observe(walk)
-                allowed = mask = None
-                if self.budget is not None:
-                    allowed = self.masks(walk)
-                    mask = torch.from_numpy(allowed).to(obs.device)
-                a, state = policy.act(obs, mask, state)
-                a = checked_actions(a, allowed, walk.t, self.A, self.budget, len(walk), where="exit")
-                before = walk.actions
-                gone = walk.step(a)
-                rows = order[gone.rows]
-                logits[torch.from_numpy(rows).to(x.device)] = gone.logits
-                exits[rows], flops[rows], actions[rows] = gone.exit, gone.flops, before[gone.rows]
-                if len(gone.rows):
-                    stay = np.flatnonzero(a == 1)
-                    order = order[stay]
-                    if state is not None:
-                        keep = torch.from_numpy(stay).to(x.device)
-                        state = (state[0].index_select(1, keep), state[1].index_select(1, keep))
-            if len(walk):
-                idx = torch.from_numpy(order).to(x.device)
-                logits[idx] = walk.logits
-                exits[order], flops[order], actions[order] = walk.t, walk.flops, walk.actions
+        if B == 0:
+            logits = torch.zeros((0, self.backbone.num_classes), device=x.device)
+            ints = torch.zeros((0, self.T + 2), dtype=torch.int64)
+            self.last = RoutedExits(logits, ints[:, 0], ints[:, 2:], ints[:, 1], ints[:, 1].double())
+            return self.last
+        policy = self.policy
+        state = [policy.initial_state(B, x.device)]
+        went_on: list[np.ndarray] = []  # rows of the walk that continued at the last decision
+
+        def choose(walk: ExitWalk) -> np.ndarray:
+            if went_on and state[0] is not None:  # a recurrent state follows the images that are still in the walk
+                keep = torch.from_numpy(went_on.pop()).to(x.device)
+                state[0] = tuple(s.index_select(1, keep) for s in state[0])
+            obs = self.observe(walk)
+            allowed = mask = None
+            if self.budget is not None:
+                allowed = self.masks(walk)
+                mask = torch.from_numpy(allowed).to(obs.device)
+            a, state[0] = policy.act(obs, mask, state[0])
+            acts = checked_actions(a, allowed, walk.t, self.A, self.budget, len(walk), where="exit")
+            went_on[:] = [np.flatnonzero(acts == 1)]
+            return acts
+
+        logits, flops, exits, actions = run_exits(self.stages, x, choose)
         f = torch.from_numpy(flops)
         self.last = RoutedExits(logits, torch.from_numpy(exits), torch.from_numpy(actions), f, f.double() / self.full)
         return self.last

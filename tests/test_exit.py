@@ -473,6 +473,28 @@ def test_export_of_sb3_models_and_from_an_env():
         dyncnn_gym.export(model, ENV, dial=True, **kw)
 
 
+def test_export_of_a_recurrent_policy_carries_each_images_state_as_evaluate_does():
+    from sb3_contrib import RecurrentPPO
+
+    kw = kwargs("width-vgg-3", "user12")
+    vec = make_vec_env(ENV, n_envs=4, seed=0, **kw)
+    model = RecurrentPPO("MlpLstmPolicy", vec, n_steps=16, batch_size=32, device="cpu", seed=0).learn(64)
+    with torch.no_grad():  # large weights: small differences between images' observations decide
+        torch.manual_seed(0)
+        model.policy.lstm_actor.weight_ih_l0.normal_(0.0, 100.0)
+        model.policy.action_net.weight.normal_(0.0, 20.0)
+        model.policy.action_net.bias.zero_()
+    res = dyncnn_gym.evaluate(model, ENV, per_image=True, **kw)
+    exits = res["images"]["exit"]
+    assert (exits == 0).any() and (exits > 0).any(), "some images should leave at the first exit, others decide again"
+    net = dyncnn_gym.export(model, ENV, **kw)
+    x = torch.as_tensor(kw["dataset"].test.images)
+    out = net.route(x)
+    np.testing.assert_array_equal(out.exits.numpy(), res["images"]["exit"])
+    np.testing.assert_array_equal(out.actions.numpy(), res["images"]["actions"])
+    assert_one_at_a_time_routes_as_the_batch(net, x[:64], net.route(x[:64]))
+
+
 # -- the FLOPs target (DynExit-v1) ----------------------------------------------------------------------------
 def test_the_v1_id_holds_a_flops_target_from_half_the_static_exits_slope():
     from dyncnn_gym.envs.core import hull_slope
