@@ -49,7 +49,7 @@ def at_precision(net: DynamicNet, dtype: torch.dtype) -> DynamicNet:
 
 @dataclass
 class _Cohort:
-    walk: Walk
+    walk: Any  # a Walk (RoutingCore) or an ExitWalk (ExitCore): both have t, select and cat
     slots: np.ndarray  # int64 [b], the slots whose episodes this walk carries (row i <-> slots[i])
 
 
@@ -257,6 +257,37 @@ class EpisodeSlots:
         split, idx = held_out(self.data, n, seed)
         return torch.as_tensor(split.images[idx]).to(self.device, self.images.dtype)
 
+    # -- cohorts: the slots at the same decision share one walk ---------------------------------------
+    def _drop(self, slots: np.ndarray) -> None:
+        """Remove ``slots`` from the cohorts they are in."""
+        kept = []
+        for c in self.cohorts:
+            keep = ~np.isin(c.slots, slots)
+            if keep.all():
+                kept.append(c)
+            elif keep.any():
+                kept.append(_Cohort(c.walk.select(np.flatnonzero(keep)), c.slots[keep]))
+        self.cohorts = kept
+
+    def _merge(self) -> None:
+        """One cohort per decision point: the walks of cohorts at the same decision are concatenated."""
+        by_t: dict[int, list[_Cohort]] = {}
+        for c in self.cohorts:
+            by_t.setdefault(c.walk.t, []).append(c)
+        self.cohorts = [
+            cs[0]
+            if len(cs) == 1
+            else _Cohort(type(cs[0].walk).cat([c.walk for c in cs]), np.concatenate([c.slots for c in cs]))
+            for cs in by_t.values()
+        ]
+
+    def action_masks(self) -> np.ndarray:
+        """bool ``[N, A]`` of allowed actions for every slot's current decision."""
+        out = np.ones((self.n, self.A), dtype=bool)
+        for c in self.cohorts:
+            out[c.slots] = self._masks(c.walk)
+        return out
+
 
 class RoutingCore(EpisodeSlots):
     """Routing episodes for ``num_slots`` images at once (see the env docstrings for the arguments)."""
@@ -396,28 +427,6 @@ class RoutingCore(EpisodeSlots):
         if self.info_format == "arrays":
             return obs, _put({}, self._info_arrays(slots, walk, masks), slots, self.n)
         return obs, [self._info(int(s), walk, r, masks[r]) for r, s in enumerate(slots)]
-
-    def _drop(self, slots: np.ndarray) -> None:
-        """Remove ``slots`` from the cohorts they are in."""
-        gone = np.isin
-        kept = []
-        for c in self.cohorts:
-            keep = ~gone(c.slots, slots)
-            if keep.all():
-                kept.append(c)
-            elif keep.any():
-                rows = torch.as_tensor(np.nonzero(keep)[0])
-                kept.append(_Cohort(c.walk.select(rows), c.slots[keep]))
-        self.cohorts = kept
-
-    def _merge(self) -> None:
-        by_t: dict[int, list[_Cohort]] = {}
-        for c in self.cohorts:
-            by_t.setdefault(c.walk.t, []).append(c)
-        self.cohorts = [
-            cs[0] if len(cs) == 1 else _Cohort(Walk.cat([c.walk for c in cs]), np.concatenate([c.slots for c in cs]))
-            for cs in by_t.values()
-        ]
 
     @torch.no_grad()
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
@@ -734,13 +743,6 @@ class RoutingCore(EpisodeSlots):
         limit = self.budget * self.full + 1e-9
         need = walk.flops.numpy()[:, None] + self.table.steps[t][prev] + self._min_to_go[t + 1][None, :]
         return need <= limit
-
-    def action_masks(self) -> np.ndarray:
-        """bool ``[N, A]`` of allowed actions for every slot's current decision."""
-        out = np.ones((self.n, self.A), dtype=bool)
-        for c in self.cohorts:
-            out[c.slots] = self._masks(c.walk)
-        return out
 
     def _info_arrays(self, slots: np.ndarray, walk: Walk, masks: np.ndarray) -> dict:
         """The infos of ``_info`` for all ``slots`` of a cohort at once, as arrays (one row per slot)."""

@@ -11,7 +11,6 @@ which form a new cohort at exit 0 (merged with any other cohort standing there).
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ from .core import (
     DTYPES,
     SPLITS,
     EpisodeSlots,
+    _Cohort,
     _put,
     _put_taken,
     _shared_data,
@@ -104,12 +104,6 @@ def exit_feature_scale(stages: Stages, data, n: int = 256) -> list[torch.Tensor]
         stages.net.train(was_training)
         per_net[key] = scales
     return per_net[key]
-
-
-@dataclass
-class _Cohort:
-    walk: ExitWalk
-    slots: np.ndarray  # int64 [b]: row i of the walk is slot slots[i]
 
 
 class ExitCore(EpisodeSlots):
@@ -253,25 +247,6 @@ class ExitCore(EpisodeSlots):
         if self.info_format == "arrays":
             return obs, _put({}, self._info_arrays(slots, walk, masks), slots, self.n)
         return obs, [self._info(int(s), walk, r, masks[r]) for r, s in enumerate(slots)]
-
-    def _drop(self, slots: np.ndarray) -> None:
-        kept = []
-        for c in self.cohorts:
-            keep = ~np.isin(c.slots, slots)
-            if keep.all():
-                kept.append(c)
-            elif keep.any():
-                kept.append(_Cohort(c.walk.select(np.flatnonzero(keep)), c.slots[keep]))
-        self.cohorts = kept
-
-    def _merge(self) -> None:
-        by_t: dict[int, list[_Cohort]] = {}
-        for c in self.cohorts:
-            by_t.setdefault(c.walk.t, []).append(c)
-        self.cohorts = [
-            cs[0] if len(cs) == 1 else _Cohort(ExitWalk.cat([c.walk for c in cs]), np.concatenate([c.slots for c in cs]))
-            for cs in by_t.values()
-        ]
 
     @torch.no_grad()
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
@@ -535,13 +510,6 @@ class ExitCore(EpisodeSlots):
             k = walk.t + 1
             m[:, 1] = walk.flops + self.costs.stages[k] + self.costs.heads[k] <= self.budget * self.full + 1e-9
         return m
-
-    def action_masks(self) -> np.ndarray:
-        """bool ``[N, 2]`` of allowed actions for every slot's current decision."""
-        out = np.ones((self.n, 2), dtype=bool)
-        for c in self.cohorts:
-            out[c.slots] = self._masks(c.walk)
-        return out
 
     def _info_arrays(self, slots: np.ndarray, walk: ExitWalk, masks: np.ndarray) -> dict:
         idx = self.index[slots]
