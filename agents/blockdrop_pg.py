@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return entry
 
 
-def bench_agent(env_fn, task, seed: int, step_budget: int) -> PerDecision:
+def bench_agent(env_fn, task, seed: int, step_budget: int, images_per_update: int | None = None) -> PerDecision:
     """``dyncnn-gym bench`` plug-in (DynSkip tasks only; raises ``NotImplementedError`` on others):
     BlockDrop-PG, backbone frozen.
 
@@ -400,8 +400,10 @@ def bench_agent(env_fn, task, seed: int, step_budget: int) -> PerDecision:
     task's env arguments (reward, loss term, observations) at the operating point of ``env_fn`` (its
     compute weight, or its FLOPs target, which the env holds by adapting the weight): the objective
     every agent of the suite gets. An image routed once counts as ``T`` env steps (the decisions it
-    covers), the self-critical pass included. Returns the :class:`PerDecision` export, which
-    ``dyncnn_gym.evaluate`` runs on ``task.env_id``.
+    covers), the self-critical pass included: ``images_per_update`` images per policy-gradient update
+    (default: ``step_budget / (2 T 20)`` clipped to [8, 256], i.e. at least 20 updates), as many updates
+    as the budget pays for. Returns the :class:`PerDecision` export, which ``dyncnn_gym.evaluate`` runs
+    on ``task.env_id``.
     """
     name, _, version = task.env_id.rpartition(":")[-1].partition("-")
     if name != "DynSkip":
@@ -410,7 +412,12 @@ def bench_agent(env_fn, task, seed: int, step_budget: int) -> PerDecision:
     env_id = f"DynBlockDrop-{version}"
     kw = {**task.env_kwargs, **point_env_kwargs(env_fn)}
     T = gym.make(env_id, **kw).unwrapped.core.T
-    num_envs = int(np.clip(step_budget // (2 * T * 20), 8, 256))
+    if images_per_update is None:
+        num_envs = int(np.clip(step_budget // (2 * T * 20), 8, 256))
+    elif isinstance(images_per_update, bool) or not isinstance(images_per_update, int) or images_per_update < 1:
+        raise ValueError(f"images_per_update={images_per_update!r} must be a positive integer")
+    else:
+        num_envs = images_per_update
     args = Args(
         env=env_id,
         num_envs=num_envs,
