@@ -102,10 +102,20 @@ def test_the_table_and_the_command_line():
     assert (args.routed_only, args.routers, args.router_steps, args.table_out) == (True, "demo_out", 5000, "t.md")
 
 
-def test_a_routers_folder_without_the_v0_routers_names_the_demo_command_that_writes_them(tmp_path):
+def test_a_routers_folder_without_a_setups_router_names_the_demo_command_that_writes_it(tmp_path):
     from dyncnn_gym.benchmark.perf import _load_router
 
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "DynChannel-v1-PPO.zip").write_bytes(b"")  # what the demo writes by default
     with pytest.raises(FileNotFoundError, match=r"no DynChannel-v0-PPO.zip under .*dyncnn-gym demo --env DynChannel-v0"):
         _load_router(tmp_path, "DynChannel-v0")
+
+
+def test_the_routed_table_measures_the_demos_v1_routers_by_default_and_refuses_unknown_setups():
+    from dyncnn_gym.benchmark.perf import DEFAULT_ROUTED_SETUPS, ROUTED_SETUPS, run_perf
+
+    assert DEFAULT_ROUTED_SETUPS[:2] == ("DynChannel-v1", "DynSkip-v1") and set(DEFAULT_ROUTED_SETUPS) <= set(ROUTED_SETUPS)
+    args = add_arguments(argparse.ArgumentParser()).parse_args(["--setup", "DynChannel-v0", "--setup", "DynSkip-v0"])
+    assert args.setup == ["DynChannel-v0", "DynSkip-v0"]
+    with pytest.raises(ValueError, match=r"setups=\['DynExit-v1'\]: choose one or more of \['DynChannel-v1'"):
+        run_perf(routed_only=True, setups=["DynExit-v1"], progress=False, verbose=False)

@@ -36,8 +36,9 @@ Measured (see :func:`run_perf` for the JSON layout):
   runs this section alone.
 
 * ``routed`` — what a user ships (:func:`bench_routed`; ``--routed-only`` runs it alone, ``--table-out``
-  writes its Markdown table): the demo's trained PPO routers on both default envs (trained here with
-  the recipe, or loaded with ``--routers DIR``) and ResNet-110 with a random router at about half of
+  writes its Markdown table): the demo's trained PPO routers on ``DynChannel-v1`` and ``DynSkip-v1``,
+  dialed to their FLOPs targets (trained here with the recipe, or loaded with ``--routers DIR``; the
+  ``-v0`` ids with ``--setup``) and ResNet-110 with a random router at about half of
   its blocks, at batch 1, 64 and 256, at 1 thread and at the default thread count: the routed model
   vs the full network (goal >= 0.6 / flops_ratio at batch 1, >= 0.8 / flops_ratio from batch 64),
   the same routes without the router, per-image routes vs static routes of the same FLOPs (goal
@@ -567,12 +568,17 @@ def format_export(export: dict) -> list[str]:
 
 # -- 5. what a user ships: trained routers vs full, static and plain networks ---------------------------
 #: the routed-model table's setups: env id -> (mode, backbone, router); "ppo": the demo's PPO recipe
-#: (:func:`dyncnn_gym.recipes.train_ppo` on the embedded shapes data), "random": :class:`RandomGates`
+#: (:func:`dyncnn_gym.recipes.train_ppo` on the embedded shapes data; on a ``-v1`` id the policy is
+#: dialed to the env's FLOPs target, as ``evaluate`` and ``export`` do), "random": :class:`RandomGates`
 ROUTED_SETUPS: dict[str, tuple[str, str, str]] = {
+    "DynChannel-v1": ("channel", "vgg+sandwich+distill", "ppo"),
+    "DynSkip-v1": ("skip", "resnet32-lite@skip", "ppo"),
     "DynChannel-v0": ("channel", "vgg+sandwich+distill", "ppo"),
     "DynSkip-v0": ("skip", "resnet32-lite@skip", "ppo"),
     "DynSkip-v0 resnet110": ("skip", "resnet110", "random"),
 }
+#: the setups measured by default: the routers ``dyncnn-gym demo`` trains and ships (``-v1``), and ResNet-110
+DEFAULT_ROUTED_SETUPS = ("DynChannel-v1", "DynSkip-v1", "DynSkip-v0 resnet110")
 #: batches of the routed-model table
 ROUTED_BATCHES = (1, 64, 256)
 
@@ -640,9 +646,8 @@ def _load_router(routers: str | Path, env_id: str):
         if cand.is_file():
             return load_model(str(cand)), str(cand)
     raise FileNotFoundError(
-        f"no {env_id}-PPO.zip under {str(root)!r} (looked in models/ and the folder itself);"
-        " write them with `dyncnn-gym demo --env DynChannel-v0 --env DynSkip-v0 --out DIR`, or leave --routers out to"
-        " train the routers here"
+        f"no {env_id}-PPO.zip under {str(root)!r} (looked in models/ and the folder itself); write it with"
+        f" `dyncnn-gym demo --env {env_id} --out DIR`, or leave --routers out to train the routers here"
     )
 
 
@@ -652,6 +657,7 @@ def routed_setup(env_id: str, device: torch.device, routers: str | Path | None, 
     import warnings as _w
 
     from ..envs.core import RoutingCore
+    from ..envs.routing import make_core
     from ..recipes import env_kwargs as recipe_env_kwargs
     from ..recipes import recipe, train_ppo
     from ..routed import export
@@ -663,7 +669,7 @@ def routed_setup(env_id: str, device: torch.device, routers: str | Path | None, 
     out: dict[str, Any] = {"env_id": env_id, "mode": mode, "backbone": arch}
     if router == "ppo":
         kw = recipe_env_kwargs(base_id, dataset="shapes", backbone=arch, groups=4, device=str(device))
-        core = RoutingCore(mode, 1, split="test", **kw)
+        core = make_core(base_id, 1, split="test", **kw)  # the id's registered defaults (a -v1 FLOPs target)
         if routers is not None:
             model, where = _load_router(routers, base_id)
             out["router"] = f"PPO loaded from {where}"
@@ -673,8 +679,8 @@ def routed_setup(env_id: str, device: torch.device, routers: str | Path | None, 
                 _w.simplefilter("ignore")
                 model = train_ppo(base_id, total_timesteps=n, seed=0, progress=progress, **kw)
             out["router"] = f"PPO, the demo's recipe ({n} steps, seed 0)"
-        res = evaluate(model, base_id, core=core)
-        out.update(accuracy=res["accuracy"], test_flops_ratio=res["flops_ratio"])
+        res = evaluate(model, base_id, core=core)  # dialed to a -v1 target on held-out images; export dials alike
+        out.update(accuracy=res["accuracy"], test_flops_ratio=res["flops_ratio"], dialed=res["dialed"])
         rn = export(model, core=core)
         front = static_baselines(core)["front"]
         out["static_front"] = [{k: p[k] for k in ("actions", "accuracy", "flops_ratio")} for p in front]
@@ -698,15 +704,16 @@ def bench_routed(
     singles: int = 32,
     routers: str | Path | None = None,
     steps: int | None = None,
-    setups: Sequence[str] = tuple(ROUTED_SETUPS),
+    setups: Sequence[str] = DEFAULT_ROUTED_SETUPS,
     progress: bool = False,
     bar=None,
 ) -> dict:
     """The routed models a user ships vs the networks they replace, per setup, batch and thread count.
 
-    Setups (:data:`ROUTED_SETUPS`): the demo's PPO routers on ``DynChannel-v0`` and ``DynSkip-v0``
-    (trained here with the recipe, or loaded from ``routers``: a ``dyncnn-gym demo --out`` folder), and
-    ResNet-110 with :class:`RandomGates`. Batch 1 is a loop over ``singles`` test images; batch ``N``
+    Setups (``setups``, names of :data:`ROUTED_SETUPS`; default :data:`DEFAULT_ROUTED_SETUPS`): the demo's
+    PPO routers on ``DynChannel-v1`` and ``DynSkip-v1`` (dialed to their FLOPs targets) or on the ``-v0``
+    ids (trained here with the recipe, or loaded from ``routers``: a ``dyncnn-gym demo --out`` folder),
+    and ResNet-110 with :class:`RandomGates`. Batch 1 is a loop over ``singles`` test images; batch ``N``
     one call on ``N`` test images. Measured interleaved, per row:
 
     * ``full``: the package's full network; ``plain``: the same network as a plain ``nn.Module``
@@ -919,6 +926,7 @@ def run_perf(
     routers: str | Path | None = None,
     router_steps: int | None = None,
     table_out: str | Path | None = None,
+    setups: Sequence[str] | None = None,
 ) -> dict:
     """Run the benchmark; print a table (``verbose``) and write JSON to ``out`` (when given).
 
@@ -937,6 +945,8 @@ def run_perf(
             here with the demo's recipe).
         router_steps: PPO steps when training the routers here (default: the recipe's; ``quick``: 20000).
         table_out: also write the routed-model section as a Markdown table to this file.
+        setups: the routed-model table's setups (names of :data:`ROUTED_SETUPS`; default
+            :data:`DEFAULT_ROUTED_SETUPS`).
 
     Returns:
         A dict with ``machine``, ``setup``, ``env_vs_raw_ratio``, ``env_vs_raw``,
@@ -966,7 +976,11 @@ def run_perf(
     singles = 8 if quick else 32
     if quick and router_steps is None and routers is None:
         router_steps = 20_000
-    n_routed = len(ROUTED_SETUPS) * len(routed_threads) * len(ROUTED_BATCHES)
+    setups = DEFAULT_ROUTED_SETUPS if setups is None else tuple(setups)
+    bad = [x for x in setups if x not in ROUTED_SETUPS]
+    if bad or not setups:
+        raise ValueError(f"setups={list(setups)!r}: choose one or more of {list(ROUTED_SETUPS)}")
+    n_routed = len(setups) * len(routed_threads) * len(ROUTED_BATCHES)
     try:
         result: dict[str, Any] = {"machine": machine_facts(dev)}
         bar = None
@@ -984,7 +998,7 @@ def run_perf(
             result["export"] = bench_export(dev, repeats, singles=singles, groups=groups, bar=bar)
         if not export_only:
             result["routed"] = bench_routed(
-                dev, repeats, routed_threads, singles=singles, routers=routers, steps=router_steps, bar=bar
+                dev, repeats, routed_threads, singles=singles, routers=routers, steps=router_steps, setups=setups, bar=bar
             )
         if bar is not None:
             bar.close()
@@ -1142,8 +1156,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--routers",
         type=str,
         default=None,
-        help="a `dyncnn-gym demo --env DynChannel-v0 --env DynSkip-v0 --out` folder to load the PPO routers from"
-        " (default: train them with the demo's recipe)",
+        help="a `dyncnn-gym demo --out` folder to load the PPO routers from (its models/<env id>-PPO.zip; default: train"
+        " them with the demo's recipe)",
+    )
+    parser.add_argument(
+        "--setup",
+        action="append",
+        choices=list(ROUTED_SETUPS),
+        default=None,
+        help=f"a setup of the routed-model table (repeatable; default: {', '.join(DEFAULT_ROUTED_SETUPS)})",
     )
     parser.add_argument(
         "--router-steps",
@@ -1174,6 +1195,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         routers=getattr(args, "routers", None),
         router_steps=getattr(args, "router_steps", None),
         table_out=getattr(args, "table_out", None),
+        setups=getattr(args, "setup", None),
     )
     return 0
 
