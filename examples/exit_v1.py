@@ -9,6 +9,7 @@ ratio the static exits' front, the confidence-threshold cascade's front, and ran
 policy's own per-exit rates. A table of all runs follows.
 
     python examples/exit_v1.py --dataset shapes --stages width depth --seed 0 1 2
+    python examples/exit_v1.py --baselines-at 0.45     # no training: the baselines at one FLOPs ratio
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ p.add_argument(
     type=int,
     default=None,
     help="keep only the first N images of the held-out split the routers train on (default: all)",
+)
+p.add_argument(
+    "--baselines-at",
+    type=float,
+    default=None,
+    help="train nothing: print the full network and the static exits' and the cascade's fronts at this FLOPs ratio"
+    " (default: train and evaluate PPO)",
 )
 p.add_argument("--threads", type=int, default=1, help="torch threads")
 p.add_argument("--out", default=None, help="also write all runs to this JSON file (default: none)")
@@ -103,6 +111,31 @@ def run(name: str, stages: str, seed: int) -> dict:
         "train_seconds": round(train_s, 1),
     }
 
+
+def baselines_at(name: str, stages: str, f: float) -> str:
+    data = dyncnn_gym.load_dataset(name, val_fraction=val_fraction)
+    core = make_core(ENV, 1, dataset=data, stages=stages, split="test")
+    static, cascade = static_exits(core), threshold_cascade(core)
+    full, st, cas = static["full"]["accuracy"], interpolate(static["front"], f), interpolate(cascade["front"], f)
+    exits = ", ".join(f"{100 * q['accuracy']:.2f} @ {q['flops_ratio']:.3f}" for q in static["points"])
+    return (
+        f"| {name}, {stages} | {len(core.labels)} | {100 * full:.2f} | {exits} | {100 * st:.2f} | {100 * cas:.2f} |"
+        f" {100 * (full - st):+.2f} |"
+    )
+
+
+if args.baselines_at is not None:
+    if not 0 < args.baselines_at <= 1:
+        p.error(f"--baselines-at {args.baselines_at}: must be a FLOPs ratio in (0, 1]")
+    f = args.baselines_at
+    print(
+        f"| data, stages | test images | full network (%) | static exits (% @ FLOPs ratio) | static exits' front at {f} | cascade's front at {f} | full - static front |"
+    )
+    print("|---|---:|---:|---|---:|---:|---:|")
+    for name in args.dataset:
+        for stages in args.stages:
+            print(baselines_at(name, stages, f), flush=True)
+    raise SystemExit(0)
 
 runs = []
 for data in args.dataset:
