@@ -552,6 +552,18 @@ def test_evaluate_and_export_dial_a_v1_policy_to_its_target_on_held_out_images()
     assert dyncnn_gym.evaluate(model, "DynExit-v1", dial=False, **kw)["dialed"] is None
 
 
+def test_random_exits_at_a_flops_target_cost_the_target_in_expectation():
+    from dyncnn_gym.benchmark.bench import _exit_rates, random_at_target
+
+    core = make_core_for_test(kwargs("width-vgg-3", "digits"))
+    first, full = core.exit_flops[0] / core.full, core.exit_flops[-1] / core.full
+    for target in (first + 0.25 * (full - first), first + 0.5 * (full - first)):
+        r = random_at_target(core, target, seed=0)
+        assert float(_exit_rates(core.S, r["level"]) @ core.exit_flops) / core.full == pytest.approx(target, abs=1e-9)
+        assert r["flops_ratio"] == pytest.approx(target, abs=0.05)  # drawn on 359 test images
+        assert sum(r["exit_rates"]) == pytest.approx(1.0) and r["flops_target"] == target
+
+
 def make_core_for_test(kw: dict) -> ExitCore:
     return ExitCore(1, **{**kw, "split": "test"})
 

@@ -23,7 +23,7 @@ def constant_agent(env_fn, task, seed, step_budget):
 
 
 def test_suites_resolve_and_unknown_names_are_named():
-    assert {"cpu-v0", "cpu-v1", "cpu-v2", "paper-v0", "tiny-v0"} <= set(SUITES)
+    assert {"cpu-v0", "cpu-v1", "cpu-v2", "cpu-v3", "paper-v0", "tiny-v0"} <= set(SUITES)
     cpu = get_suite("cpu-v0")
     assert cpu.version == 0 and len(cpu.tasks) == 2
     for t in cpu.tasks:
@@ -39,6 +39,13 @@ def test_suites_resolve_and_unknown_names_are_named():
         recipe_env = env_kwargs(t.env_id)
         assert all(t.env_kwargs[k] == recipe_env[k] for k in ("reward", "loss", "obs"))
         assert t.env_kwargs["backbone"] == DEFAULT_ARCH[mode_of(t.env_id)] and t.step_budget == 150_000
+    from dyncnn_gym.envs.routing import registered_kwargs
+
+    for t in get_suite("cpu-v3").tasks:  # the -v1 protocol: registered defaults, one target of each task is the registered one
+        assert t.env_id.endswith("-v1") and t.train_split == "train" and t.compute_weights == ()
+        assert not {"reward", "loss", "obs", "split"} & set(t.env_kwargs), "the -v1 ids' registered defaults apply"
+        assert registered_kwargs(t.env_id)["flops_target"] in t.flops_targets
+        assert t.score_range == (min(t.flops_targets), max(t.flops_targets))
     with pytest.raises(ValueError, match=r"nope.*cpu-v0.*tiny-v0"):
         get_suite("nope")
     with pytest.raises(ValueError, match=r"sac.*ppo"):
@@ -49,7 +56,7 @@ def test_suites_resolve_and_unknown_names_are_named():
 
 
 def test_pins_match_the_shipped_checkpoints_and_a_mismatch_raises():
-    for name in ("cpu-v0", "cpu-v1", "cpu-v2"):
+    for name in ("cpu-v0", "cpu-v1", "cpu-v2", "cpu-v3"):
         found = check_pins(name)
         assert found == get_suite(name).backbone_sha256 and all(found.values())
     cpu = get_suite("cpu-v0")

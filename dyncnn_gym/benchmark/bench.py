@@ -377,12 +377,7 @@ class TaskBaselines:
         if self.exits:
             from .exit_baselines import random_exits
 
-            out = []
-            for lv in levels:
-                reach = float(lv) ** np.arange(core.S)  # share of images reaching each exit
-                exit_rates = reach * np.append(np.full(core.S - 1, 1.0 - float(lv)), 1.0)
-                out.append({**random_exits(core, exit_rates, seed=seed), "level": float(lv)})
-            return out
+            return [{**random_exits(core, _exit_rates(core.S, float(lv)), seed=seed), "level": float(lv)} for lv in levels]
         from .baselines import random_policy_eval
 
         return [
@@ -444,6 +439,12 @@ def _random_rates(A: int, T: int, level: float) -> list[list[float]]:
     return [p] * T
 
 
+def _exit_rates(S: int, level: float) -> np.ndarray:
+    """Exit rates ``[S]`` of images that continue at every exit with probability ``level``."""
+    reach = level ** np.arange(S)  # share of images reaching each exit
+    return reach * np.append(np.full(S - 1, 1.0 - level), 1.0)
+
+
 def expected_flops_ratio(core, rates: list[list[float]]) -> float:
     """Mean FLOPs ratio of routes drawn independently per decision with ``rates`` (``[T][A]``), exactly,
     from the backbone's cost table."""
@@ -462,20 +463,34 @@ def expected_flops_ratio(core, rates: list[list[float]]) -> float:
 
 def random_at_target(core, target: float, seed: int) -> dict[str, Any]:
     """Random routes whose expected FLOPs ratio is ``target``: every decision draws its action from
-    the binomial rates of one level (:func:`_random_rates`), the level found by bisection on
-    :func:`expected_flops_ratio`; evaluated on the whole test split with ``seed``."""
+    the binomial rates of one level (:func:`_random_rates`; on an early-exit core, every exit is
+    continued with probability ``level``), the level found by bisection on the exact expected FLOPs
+    ratio (:func:`expected_flops_ratio`; the exits' own FLOPs); evaluated on the whole test split
+    with ``seed``."""
     from .baselines import random_policy_eval
+
+    exits = getattr(core, "mode", "") == "exit"
+
+    def expected(level: float) -> float:
+        if exits:  # every exit continued with probability level
+            return float(_exit_rates(core.S, level) @ core.exit_flops) / core.full
+        return expected_flops_ratio(core, _random_rates(core.A, core.T, level))
 
     lo, hi = 0.0, 1.0
     for _ in range(50):
         mid = (lo + hi) / 2
-        if expected_flops_ratio(core, _random_rates(core.A, core.T, mid)) < target:
+        if expected(mid) < target:
             lo = mid
         else:
             hi = mid
     level = (lo + hi) / 2
-    rates = _random_rates(core.A, core.T, level)
-    return {**random_policy_eval(core, rates, seed=seed), "level": level, "flops_target": float(target), "seed": int(seed)}
+    if exits:
+        from .exit_baselines import random_exits
+
+        res = random_exits(core, _exit_rates(core.S, level), seed=seed)
+    else:
+        res = random_policy_eval(core, _random_rates(core.A, core.T, level), seed=seed)
+    return {**res, "level": level, "flops_target": float(target), "seed": int(seed)}
 
 
 def _point(res: dict[str, Any], **extra: Any) -> dict[str, Any]:

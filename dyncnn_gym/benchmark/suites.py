@@ -32,6 +32,11 @@ Suites:
   comparable, with the recipe's env settings and weights (0.05, 0.1, 0.13, 0.16, 0.2) (DynSkip:
   (0.1, 0.2, 0.4, 0.8, 1.6), skipping being costlier on this backbone). 150k steps each.
   Pinned to the shipped checkpoints.
+* ``"cpu-v3"``: the ``-v1`` protocol on ``cpu-v2``'s backbones: ``DynChannel-v1``, ``DynSkip-v1``,
+  ``DynExit-v1`` (width and depth stages) and ``DynRoute-v1`` with their registered defaults (the
+  routers train on the held-out ``"val"`` split, ``split="auto"``), three FLOPs targets per task
+  around the registered one, each scored over the FLOPs its targets span; every policy is
+  evaluated dialed to its target. 150k steps per point. Pinned to the shipped checkpoints.
 * ``"paper-v0"``: GPU-sized, as in the papers: CIFAR-10 ResNet-110 DynSkip (SkipNet) and CIFAR-10
   VGG-16 DynChannel (RNP), ``device="cuda"``. Needs the user's CIFAR-10 files (see
   :mod:`dyncnn_gym.data`); the backbones are pretrained on first use, so they are **not pinned**
@@ -206,6 +211,64 @@ _CPU2 = (
         f"skip-{_ROUTE_ARCH}-shapes", "DynSkip-v0", {**_CPU1_ENV, "backbone": _ROUTE_ARCH}, 150_000, (0.1, 0.2, 0.4, 0.8, 1.6)
     ),
 )
+_V1_ENV = {"dataset": "shapes"}  # the -v1 ids' registered defaults do the rest (reward, loss, obs, split)
+_CPU3 = [
+    (
+        Task(
+            "channel-vgg+sandwich+distill-shapes",
+            "DynChannel-v1",
+            {**_V1_ENV, "groups": 4, "backbone": "vgg+sandwich+distill"},
+            150_000,
+            flops_targets=(0.35, 0.55, 0.75),
+            flops_range=(0.35, 0.75),
+        ),
+        "3ec67dc7fb2250c1156843610a0c2cf9648888f008f3d9981cc5cae8fa7b08c7",
+    ),
+    (
+        Task(
+            "skip-resnet32-lite@skip-shapes",
+            "DynSkip-v1",
+            {**_V1_ENV, "groups": 4, "backbone": "resnet32-lite@skip"},
+            150_000,
+            flops_targets=(0.5, 0.68, 0.85),
+            flops_range=(0.5, 0.85),
+        ),
+        "9613094d1e46ffc03ef306306b33337ccda5887a0a8ad25f9477a7dc4d12c8b3",
+    ),
+    (
+        Task(
+            "exit-width-vgg+sandwich+distill-shapes",
+            "DynExit-v1",
+            {**_V1_ENV, "stages": "width", "backbone": "vgg+sandwich+distill"},
+            150_000,
+            flops_targets=(0.3, 0.45, 0.6),
+            flops_range=(0.3, 0.6),
+        ),
+        "3ec67dc7fb2250c1156843610a0c2cf9648888f008f3d9981cc5cae8fa7b08c7",
+    ),
+    (
+        Task(
+            "exit-depth-resnet20-lite-exits+distill-shapes",
+            "DynExit-v1",
+            {**_V1_ENV, "stages": "depth", "backbone": "resnet20-lite-exits+distill"},
+            150_000,
+            flops_targets=(0.35, 0.45, 0.6),
+            flops_range=(0.35, 0.6),
+        ),
+        "c5c77f9142956c12545ffc0b3b86ed886203e7cce9f1c0276f90a18264be438e",
+    ),
+    (
+        Task(
+            f"route-{_ROUTE_ARCH}-shapes",
+            "DynRoute-v1",
+            {**_V1_ENV, "groups": 4, "backbone": _ROUTE_ARCH},
+            150_000,
+            flops_targets=(0.4, 0.55, 0.7),
+            flops_range=(0.4, 0.7),
+        ),
+        "0727581a708075d0a16c9622fda3e3685b624d711a01b6d2901653cd6246ae10",
+    ),
+]
 _PAPER = _tasks("cifar10", "vgg16", "resnet110", 2_000_000, (0.1, 0.25, 0.5, 1.0), device="cuda")
 _TINY = _tasks("digits", "vgg", "resnet20-lite", 512, (0.5, 1.0))
 
@@ -257,6 +320,7 @@ SUITES: dict[str, Suite] = {
             _CPU2[6].name: "0727581a708075d0a16c9622fda3e3685b624d711a01b6d2901653cd6246ae10",
         },
     ),
+    "cpu-v3": _suite("cpu-v3", 3, _CPU3),
     "paper-v0": Suite("paper-v0", 0, _PAPER, {t.name: None for t in _PAPER}),
     "tiny-v0": Suite("tiny-v0", 0, _TINY, {t.name: None for t in _TINY}, seeds=(0,)),
     "tiny-v1": _suite("tiny-v1", 1, _TINY1, seeds=(0,)),
