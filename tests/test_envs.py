@@ -670,3 +670,23 @@ print(json.dumps({"mods": sorted(sys.modules), "ids": sorted(k for k in gymnasiu
     }
     assert not (heavy & mods), f"import dyncnn_gym pulled in {sorted(heavy & mods)}"
     assert set(dyncnn_gym.ENV_IDS) | set(dyncnn_gym.ONE_SHOT_IDS) <= set(out["ids"])
+
+
+def test_fitted_observation_constants_do_not_depend_on_the_callers_thread_count():
+    """Feature scales and probes are fitted once per process with a fixed thread count: a Ray worker
+    (1 thread) and a shell (torch's default) observe the same values, so their evaluations agree."""
+    code = """
+import hashlib, torch
+torch.set_num_threads({threads})
+from dyncnn_gym.envs.routing import make_core
+core = make_core("DynChannel-v0", 1, obs="probe")
+h = hashlib.sha256()
+for w, b in core.probes:
+    h.update(w.numpy().tobytes()); h.update(b.numpy().tobytes())
+for s in core.scale:
+    h.update(s.numpy().tobytes())
+print(h.hexdigest(), torch.get_num_threads())
+"""
+    one, two = (run_subprocess(code.format(threads=n)).split() for n in (1, 2))
+    assert (one[1], two[1]) == ("1", "2")  # the caller's count is restored after the fit
+    assert one[0] == two[0]

@@ -24,6 +24,7 @@ from ..models import DynamicNet
 from ..policies import as_policy
 from ..pretraining import resolve_backbone
 from ..walk import Walk, cost_tensors, run, run_routes
+from .probes import fit_threads
 from .rewards import DEFAULT_TARGET_RATE, FlopsTarget, Reward
 
 OBS_MODES = ("features", "probe")
@@ -164,7 +165,8 @@ _OBS_SCALE: weakref.WeakKeyDictionary[DynamicNet, dict[tuple, list[torch.Tensor]
 def feature_scale(net: DynamicNet, mode: str, data: DataSplits, n: int = 256) -> list[torch.Tensor]:
     """Per decision point, per channel scale of the pooled features: their mean over the first ``n``
     train images on the full route (floored at 1 % of the largest). Observations are
-    ``tanh(pooled / scale)``. Computed once per (net, mode, data) and process."""
+    ``tanh(pooled / scale)``. Computed once per (net, mode, data) and process, with
+    :data:`~dyncnn_gym.envs.probes.FIT_THREADS` threads."""
     per_net = _OBS_SCALE.setdefault(net, {})
     key = (mode, data.fingerprint)
     if key not in per_net:
@@ -178,7 +180,8 @@ def feature_scale(net: DynamicNet, mode: str, data: DataSplits, n: int = 256) ->
             scales.append(torch.clamp(m, min=max(float(m.max()) * 0.01, 1e-6)))
             return walk.A - 1
 
-        run(Walk(net, mode, x), full_width)
+        with fit_threads():
+            run(Walk(net, mode, x), full_width)
         net.train(was_training)
         per_net[key] = scales
     return per_net[key]

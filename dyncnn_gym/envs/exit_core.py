@@ -34,7 +34,7 @@ from .core import (
     at_precision,
     weight_below_front,
 )
-from .probes import confidence
+from .probes import confidence, fit_threads
 from .rewards import DEFAULT_TARGET_RATE, FlopsTarget, Reward
 
 #: the default backbone of each kind of stages
@@ -86,21 +86,23 @@ def exit_starting_weight(stages: Stages, data, split: str, target: float) -> flo
 @torch.no_grad()
 def exit_feature_scale(stages: Stages, data, n: int = 256) -> list[torch.Tensor]:
     """Per exit, per channel scale of the pooled features: their mean absolute value over the first
-    ``n`` train images (floored at 1 % of the largest). Observations are ``tanh(pooled / scale)``."""
+    ``n`` train images (floored at 1 % of the largest). Observations are ``tanh(pooled / scale)``.
+    Computed with :data:`~dyncnn_gym.envs.probes.FIT_THREADS` threads."""
     per_net = _SCALES.setdefault(stages.net, {})
     key = (repr(stages.describe()), data.fingerprint)
     if key not in per_net:
         was_training = stages.net.training
         stages.net.eval()
         x = torch.as_tensor(data.train.images[:n]).to(next(stages.net.parameters()).device)
-        walk = ExitWalk(stages, x)
         scales = []
-        while True:
-            m = walk.pooled.float().abs().mean(0)
-            scales.append(torch.clamp(m, min=max(float(m.max()) * 0.01, 1e-6)))
-            if walk.done:
-                break
-            walk.step(np.ones(len(walk), dtype=np.int64))
+        with fit_threads():
+            walk = ExitWalk(stages, x)
+            while True:
+                m = walk.pooled.float().abs().mean(0)
+                scales.append(torch.clamp(m, min=max(float(m.max()) * 0.01, 1e-6)))
+                if walk.done:
+                    break
+                walk.step(np.ones(len(walk), dtype=np.int64))
         stages.net.train(was_training)
         per_net[key] = scales
     return per_net[key]

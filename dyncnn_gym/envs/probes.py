@@ -11,8 +11,10 @@ backbone's FLOPs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -39,13 +41,40 @@ def _features(core, n: int, seed: int) -> tuple[list[torch.Tensor], torch.Tensor
     return feats, y
 
 
+#: intra-op torch threads of the fits an env makes once per process (feature scales, probes): a fixed
+#: count, because the reductions of a fit split over threads and round differently with another count,
+#: and what an env observes must not depend on the caller's (a shell runs torch's default, a bench job
+#: or a Ray worker 1 thread)
+FIT_THREADS = 1
+
+
+@contextlib.contextmanager
+def fit_threads() -> Iterator[None]:
+    """Run a fit with :data:`FIT_THREADS` intra-op threads (the caller's count restored afterwards)."""
+    before = torch.get_num_threads()
+    if before != FIT_THREADS:
+        torch.set_num_threads(FIT_THREADS)
+    try:
+        yield
+    finally:
+        if before != FIT_THREADS:
+            torch.set_num_threads(before)
+
+
 def fit_probes(core, n: int = 3000, steps: int = 300, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One ``(weight [C_t, K], bias [K])`` probe per decision point of ``core`` (memoised per
-    backbone, mode and data within a process)."""
+    backbone, mode and data within a process; fitted with :data:`FIT_THREADS` threads)."""
     per_net = _PROBES.setdefault(core.net, {})
     key = (core.mode, core.data.fingerprint, n, steps, seed)
     if key in per_net:
         return per_net[key]
+    with fit_threads():
+        probes = _fit(core, n, steps, seed)
+    per_net[key] = probes
+    return probes
+
+
+def _fit(core, n: int, steps: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     feats, y = _features(core, n, seed)
     K = core.data.num_classes
     probes = []
@@ -60,7 +89,6 @@ def fit_probes(core, n: int = 3000, steps: int = 300, seed: int = 0) -> list[tup
                 loss.backward()
                 opt.step()
         probes.append((lin.weight.detach().t().contiguous(), lin.bias.detach().clone()))
-    per_net[key] = probes
     return probes
 
 
