@@ -147,3 +147,14 @@ def test_validate_refuses_what_is_not_a_bench_run(tmp_path, capsys):
     (tmp_path / "results.json").write_text(json.dumps({"format": 1}))
     assert main(["validate", str(tmp_path)]) == 2
     assert "format" in capsys.readouterr().err
+
+
+def test_a_rate_no_image_reached_is_null_in_json_and_matches_its_recomputed_nan():
+    from dyncnn_gym.benchmark.validate import Report
+
+    report = Report(tolerance=0.0)
+    rates = [[0.8, 0.2], [float("nan"), float("nan")]]
+    recorded = json.loads(json.dumps(rates).replace("NaN", "null"))  # what results.json holds
+    assert report.check("action rates", recorded, rates)
+    assert not report.check("action rates", [[0.8, 0.2], [None, None]], [[0.8, 0.2], [0.5, 0.5]])
+    assert not report.check("action rates", [[0.8, 0.2], [0.5, 0.5]], [[0.8, 0.2], [None, None]])
