@@ -40,6 +40,7 @@ from .routed import (
     check_images,
     checked_action,
     checked_actions,
+    head_policy,
     policy_head,
     read_file,
 )
@@ -116,10 +117,7 @@ class ExitRoutedNet(nn.Module):
     @property
     def policy(self) -> Policy:
         """The routing policy (:class:`~dyncnn_gym.policies.Policy`) around :attr:`head`."""
-        p = self.__dict__.get("_policy")
-        if p is None or p.head is not self.head:
-            p = self.__dict__["_policy"] = Policy(self.head, str(self.info.get("policy", type(self.head).__name__)), self.head)
-        return p
+        return head_policy(self)
 
     @torch.no_grad()
     def observe(self, walk: ExitWalk) -> torch.Tensor:

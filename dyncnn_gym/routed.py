@@ -113,6 +113,17 @@ def policy_head(policy: Any) -> tuple[nn.Module, str]:
 
 
 # -- the routed model ----------------------------------------------------------------------------------
+def head_policy(model: nn.Module) -> Policy:
+    """The :class:`~dyncnn_gym.policies.Policy` around a routed model's ``head`` (cached on the model
+    until its head is replaced)."""
+    p = model.__dict__.get("_policy")
+    if p is None or p.head is not model.head:
+        p = model.__dict__["_policy"] = Policy(
+            model.head, str(model.info.get("policy", type(model.head).__name__)), model.head
+        )
+    return p
+
+
 def checked_action(
     a: torch.Tensor, allowed: np.ndarray | None, t: int, A: int, budget: float | None, where: str = "decision"
 ) -> int:
@@ -254,10 +265,7 @@ class RoutedNet(nn.Module):
     @property
     def policy(self) -> Policy:
         """The routing policy (:class:`~dyncnn_gym.policies.Policy`) around :attr:`head`."""
-        p = self.__dict__.get("_policy")
-        if p is None or p.head is not self.head:
-            p = self.__dict__["_policy"] = Policy(self.head, str(self.info.get("policy", type(self.head).__name__)), self.head)
-        return p
+        return head_policy(self)
 
     def extra_repr(self) -> str:
         return (
