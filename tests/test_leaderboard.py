@@ -179,6 +179,25 @@ def test_bench_merges_agents_and_reports_seeds(tmp_path):
         run_bench("tiny-v0", ["static"], tmp_path, progress=False, seed=[1, 1])
 
 
+def test_a_merged_rerun_of_one_task_keeps_that_tasks_baselines(tmp_path):
+    first, second = (t.name for t in get_suite("tiny-v0").tasks)
+    run_bench(
+        "tiny-v0",
+        ["static", "random", "cascade", f"{__name__}:constant_agent"],
+        tmp_path,
+        progress=False,
+        timesteps=64,
+        reps=200,
+    )
+    res = run_bench(
+        "tiny-v0", [f"{__name__}:other_agent"], tmp_path, progress=False, timesteps=64, merge=True, reps=200, tasks=[first]
+    )
+    for name in (first, second):
+        assert {"static", "random", "cascade", f"{__name__}:constant_agent"} <= set(res["tasks"][name]["agents"]), name
+    assert f"{__name__}:other_agent" in res["tasks"][first]["agents"]
+    assert f"{__name__}:other_agent" not in res["tasks"][second]["agents"]
+
+
 def other_agent(env_fn, task, seed, step_budget):
     """A plug-in agent taking the smallest action everywhere."""
     return lambda obs: np.zeros(len(obs), dtype=np.int64)

@@ -699,7 +699,8 @@ def run_bench(
         timesteps: override every task's step budget (a positive integer).
         merge: keep the other agents of an earlier ``results.json`` in ``out_dir`` (same suite
             version, pins and FLOPs ranges, checked) and add or replace only ``agents``; the
-            baselines are recomputed.
+            baselines of every task this run holds (those in ``agents`` and those the earlier run
+            held) are recomputed.
         ray: ``None`` (jobs run here, one after the other), ``"local"`` (a local Ray) or a Ray
             cluster address: each (agent, task, operating point, seed) job is a Ray task; the results
             equal the serial run's.
@@ -818,7 +819,9 @@ def run_bench(
                     "merged": True,
                 }
         images: dict[str, Any] = {}
-        for spec, fn in resolved.items():
+        # a merged task rerun recomputes the baselines the earlier run held too: none is lost
+        kept = [b for b in BASELINES if b in previous.get(task.name, {}).get("agents", {}) and b not in resolved]
+        for spec, fn in [*resolved.items(), *((b, b) for b in kept)]:
             if fn in BASELINES:
                 t0 = time.perf_counter()
                 a = _baseline_entry(fn, task, base, static_points[task.name], seeds, log)
