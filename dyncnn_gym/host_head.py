@@ -1,0 +1,152 @@
+"""A policy head's choice for one observation on the host, in float64 NumPy.
+
+At batch 1 on the CPU a routed model's decision is a few hundred multiply-adds spread over some
+thirty torch operations, each a few microseconds of dispatch: the router then costs more than the
+backbone it prunes. :class:`HostHead` holds a :class:`~dyncnn_gym.policies.ScoreHead`'s layers as
+float64 NumPy arrays and chooses an action for one observation in a handful of NumPy calls.
+
+Its choice is the torch head's, or none: float64 scores differ from the float32 scores of the torch
+path by rounding, so when the best allowed action does not lead the second by a margin far above
+that rounding (:data:`TOLERANCE` of the scores' magnitudes), :meth:`HostHead.choose` returns ``None``
+and the caller runs the torch head. Actions, predictions and FLOPs stay those of
+:func:`dyncnn_gym.evaluate`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .policies import ScoreHead, _plan
+
+#: a lead below this share of ``1 + |best| + |second| + log(A)`` is left to the torch head (float32
+#: rounding of the torch path, log-probabilities included, is about 1e-7 of twice these magnitudes,
+#: times the layers' gain)
+TOLERANCE = 1e-3
+
+_STEPS = ("linear", "tanh", "relu", "flatten", "logprob")
+
+
+class HostHead:
+    """``choose(obs [D] float64, allowed [A] bool | None) -> int | None`` for a :class:`ScoreHead`.
+
+    Build it with :meth:`of`, which returns ``None`` for heads it cannot run (recurrent heads,
+    modules of the user's own, ensembles of several members). ``stale()`` says whether a weight of
+    the torch head changed in place since (then build it again).
+    """
+
+    def __init__(self, head: ScoreHead, steps: list[tuple[str, np.ndarray | None, np.ndarray | None]]) -> None:
+        self._steps = steps
+        self._cost = head.cost.detach().double().cpu().numpy() * head.bias if head.biased else None
+        self._tensors = [t for t in (*head.parameters(), *head.buffers())]
+        self._versions = [t._version for t in self._tensors]
+        self.num_actions: int | None = None
+        for kind, w, _ in reversed(steps):
+            if kind == "linear":
+                self.num_actions = int(w.shape[0])
+                break
+
+    @classmethod
+    def of(cls, head: object) -> HostHead | None:
+        """The host form of ``head``, or ``None`` if it is not a ScoreHead of plain layers on the CPU."""
+        if type(head) is not ScoreHead:
+            return None
+        tensors = [*head.parameters(), *head.buffers()]
+        if any(t.device.type != "cpu" or not t.dtype.is_floating_point for t in tensors if t.numel()):
+            return None
+        steps: list[tuple[str, np.ndarray | None, np.ndarray | None]] = []
+        for kind, module in _plan(head.body):
+            if kind not in _STEPS:
+                return None
+            if kind == "linear":
+                w = module.weight.detach().double().numpy().copy()
+                b = None if module.bias is None else module.bias.detach().double().numpy().copy()
+                steps.append((kind, w, b))
+            elif kind != "flatten":
+                steps.append((kind, None, None))
+        if not steps or steps[0][0] != "linear":
+            return None
+        return cls(head, steps[:-1] if steps[-1][0] == "logprob" else steps)
+
+    def stale(self) -> bool:
+        """Whether a weight or buffer of the torch head was changed in place since this was built."""
+        return any(t._version != v for t, v in zip(self._tensors, self._versions))
+
+    def scores(self, obs: np.ndarray) -> np.ndarray:
+        """The head's action scores ``[A]`` (float64) for one observation ``obs [D]``, cost bias
+        included, up to one constant shared by all actions (a last log-probability step, which shifts
+        every score alike, is left out)."""
+        x = obs
+        for kind, w, b in self._steps:
+            if kind == "linear":
+                x = w @ x
+                if b is not None:
+                    x += b
+            elif kind == "tanh":
+                np.tanh(x, out=x)
+            elif kind == "relu":
+                np.maximum(x, 0.0, out=x)
+            else:  # logprob
+                m = x.max()
+                x = x - (m + math.log(np.exp(x - m).sum()))
+        if self._cost is not None:
+            x -= self._cost
+        return x
+
+    def choose(self, obs: np.ndarray, allowed: np.ndarray | None = None) -> int | None:
+        """The best allowed action for ``obs [D]``, or ``None`` when the lead is too small to be sure
+        (or a score is not finite)."""
+        s = self.scores(obs).tolist()
+        A = len(s)
+        best = second = -math.inf
+        pick = -1
+        for i in range(A):
+            v = s[i]
+            if not math.isfinite(v):
+                return None
+            if allowed is not None and not allowed[i]:
+                continue
+            if v > best:
+                best, second, pick = v, best, i
+            elif v > second:
+                second = v
+        if pick < 0:
+            return None
+        if second == -math.inf:
+            return pick
+        if best - second <= TOLERANCE * (1.0 + abs(best) + abs(second) + math.log(A)):
+            return None
+        return pick
+
+
+#: up to this many classes :func:`confidence_host` loops in Python (fewer calls than NumPy's)
+PYTHON_CLASSES = 32
+
+
+def confidence_host(z: np.ndarray) -> tuple[float, float, float]:
+    """:func:`~dyncnn_gym.envs.probes.confidence` of one image's probe logits ``z [K]`` (K >= 2), in
+    float64: top probability, margin between the two best, entropy / log(K)."""
+    K = z.shape[0]
+    if K <= PYTHON_CLASSES:
+        zl = z.tolist()
+        m = max(zl)
+        e = [math.exp(v - m) for v in zl]
+        total = sum(e)
+        top = second = ent = 0.0
+        for v in e:
+            p = v / total
+            if p > top:
+                top, second = p, top
+            elif p > second:
+                second = p
+            ent -= p * math.log(p if p > 1e-12 else 1e-12)
+        return top, top - second, ent / math.log(K)
+    p = z - z.max()
+    np.exp(p, out=p)
+    p /= p.sum()
+    second, top = np.partition(p, -2)[-2:].tolist()
+    return top, top - second, float(-(p @ np.log(np.maximum(p, 1e-12))) / math.log(K))
+
+
+__all__ = ["PYTHON_CLASSES", "TOLERANCE", "HostHead", "confidence_host"]

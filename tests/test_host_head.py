@@ -1,0 +1,168 @@
+"""A routed model's batch-1 router on the host (``dyncnn_gym.host_head``).
+
+For one image on the CPU a routed model chooses each action in float64 NumPy; when two actions are
+too close for that to be sure, the torch head decides. Either way its actions, predictions and
+FLOPs are the torch head's: those of ``dyncnn_gym.evaluate`` and of the same model on a batch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from unittest import mock
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from conftest import load_test_data, make_net
+from torch import nn
+
+import dyncnn_gym
+from dyncnn_gym.envs.probes import confidence
+from dyncnn_gym.host_head import HostHead, confidence_host
+from dyncnn_gym.policies import LogProbabilities, MeanScores, ScoreHead
+from dyncnn_gym.routed import export
+
+IDS = ("DynChannel-v0", "DynSkip-v0", "DynRoute-v0")
+ARCH = {"DynChannel-v0": "vgg", "DynSkip-v0": "resnet14", "DynRoute-v0": "resnet14"}
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _head(d: int, a: int, kind: str = "categorical", seed: int = 0, logprob: bool = True, biased: bool = False) -> ScoreHead:
+    """A PPO-shaped score head with weights large enough that images get different actions."""
+    torch.manual_seed(seed)
+    body = nn.Sequential(nn.Linear(d, 32), nn.Tanh(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, a))
+    with torch.no_grad():
+        body[0].weight.mul_(6.0)
+        body[-1].weight.mul_(8.0)
+    if logprob:
+        body = MeanScores([nn.Sequential(body, LogProbabilities())])
+    cost = torch.linspace(0.0, 1.0, a) if biased else None
+    return ScoreHead(body, kind, cost=cost, bias=0.3 if biased else 0.0).eval()
+
+
+@pytest.mark.parametrize("kind", ["categorical", "maskable", "argmax"])
+@pytest.mark.parametrize("biased", [False, True])
+def test_the_host_choice_is_the_torch_heads_or_none(kind, biased):
+    d, a = 20, 4
+    head = _head(d, a, kind, logprob=kind != "argmax", biased=biased)
+    host = HostHead.of(head)
+    assert host is not None and host.num_actions == a
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-1, 1, (2000, d)).astype(np.float32)
+    masks = rng.random((2000, a)) < 0.7
+    masks[np.arange(2000), rng.integers(0, a, 2000)] = True  # at least one allowed action
+    with torch.no_grad():
+        free = head.act(torch.as_tensor(obs)).numpy()
+        masked = head.act(torch.as_tensor(obs), torch.as_tensor(masks)).numpy()
+    chosen = 0
+    for i in range(len(obs)):
+        o = obs[i].astype(np.float64)
+        for allowed, want in ((None, free[i]), (masks[i], masked[i])):
+            got = host.choose(o, allowed)
+            if got is not None:
+                assert got == want, (i, allowed)
+                chosen += 1
+    assert chosen > 0.95 * 2 * len(obs), "near-ties should be rare"
+
+
+def test_near_ties_and_bad_scores_are_left_to_the_torch_head():
+    head = _head(6, 3, logprob=False)
+    with torch.no_grad():
+        head.body[-1].weight.zero_()
+        head.body[-1].bias.copy_(torch.tensor([1.0, 1.0 + 1e-5, -2.0]))
+    host = HostHead.of(head)
+    assert host.choose(np.zeros(6)) is None  # a lead of 1e-5: too close to call
+    assert host.choose(np.zeros(6), np.array([True, False, True])) == 0  # the rival is masked out
+    assert host.choose(np.zeros(6), np.array([False, False, True])) == 2
+    with torch.no_grad():
+        head.body[-1].bias[2] = float("nan")
+    assert host.stale()
+    assert HostHead.of(head).choose(np.zeros(6)) is None
+
+
+def test_heads_without_a_host_form():
+    class Custom(nn.Module):
+        def forward(self, x):
+            return torch.sin(x[:, :3])
+
+    assert HostHead.of(ScoreHead(Custom())) is None
+    two = MeanScores([nn.Linear(4, 2), nn.Linear(4, 2)])
+    assert HostHead.of(ScoreHead(two)) is None
+    assert HostHead.of(nn.Linear(4, 2)) is None
+
+
+@pytest.mark.parametrize("classes", [2, 10, 100])
+def test_host_confidence_is_the_envs(classes):
+    z = torch.randn(50, classes, generator=torch.Generator().manual_seed(classes)) * 3
+    want = confidence(z).double().numpy()
+    got = np.array([confidence_host(row.double().numpy()) for row in z])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _kwargs(env_id: str, **kw) -> dict:
+    return {"dataset": load_test_data("user12"), "backbone": make_net(ARCH[env_id], "user12"), **kw}
+
+
+def _one_by_one(rn, x):
+    """Route ``x`` image by image, counting the decisions the host path made."""
+    made = []
+    choose = HostHead.choose
+
+    def counting(self, obs, allowed=None):
+        a = choose(self, obs, allowed)
+        made.append(a is not None)
+        return a
+
+    with mock.patch.object(HostHead, "choose", counting):
+        ones = [rn.route(x[i : i + 1]) for i in range(len(x))]
+    return ones, float(np.mean(made)) if made else 0.0
+
+
+@pytest.mark.parametrize("env_id", IDS)
+@pytest.mark.parametrize("obs", ["features", "probe"])
+def test_one_image_at_a_time_routes_as_evaluate_does(env_id, obs):
+    kw = _kwargs(env_id, obs=obs)
+    env = gymnasium.make(env_id, **kw)
+    head = _head(env.observation_space.shape[0], int(env.action_space.n), seed=4)
+    result = dyncnn_gym.evaluate(head, env_id, per_image=True, **kw)
+    rn = export(head, env_id, **kw)
+    x = torch.as_tensor(kw["dataset"].test.images[:48])
+    ones, share = _one_by_one(rn, x)
+    assert share > 0.9, "the host path should make almost every decision"
+    im = result["images"]
+    np.testing.assert_array_equal(torch.cat([o.actions for o in ones]).numpy(), im["actions"][:48])
+    np.testing.assert_array_equal(torch.cat([o.flops for o in ones]).numpy(), im["flops"][:48])
+    np.testing.assert_array_equal(torch.cat([o.logits for o in ones]).argmax(1).numpy(), im["prediction"][:48])
+    assert len({tuple(r) for r in im["actions"][:48].tolist()}) > 1, "the test head should route images differently"
+
+
+@pytest.mark.parametrize("env_id", ["DynChannel-v0", "DynSkip-v0"])
+def test_one_image_at_a_time_under_a_budget_and_after_the_head_changes(env_id):
+    kw = _kwargs(env_id, obs="probe")
+    env = gymnasium.make(env_id, **kw)
+    head = _head(env.observation_space.shape[0], int(env.action_space.n), seed=5)
+    rn = export(head, env_id, **kw)
+    x = torch.as_tensor(kw["dataset"].test.images[:32])
+    cheapest = rn.table.path_flops([0] * rn.T) / rn.full
+    budget = max(float(np.quantile(rn.route(x).flops_ratio.numpy(), 0.3)), cheapest + 1e-6)
+    rb = export(head, env_id, budget=budget, **kw)
+    for model in (rb, rn):
+        whole = model.route(x)
+        ones, share = _one_by_one(model, x)
+        assert share > 0.9
+        np.testing.assert_array_equal(torch.cat([o.actions for o in ones]).numpy(), whole.actions.numpy())
+    assert (rb.last.flops_ratio <= budget + 1e-9).all()
+    # a weight changed in place: the host form is rebuilt, and still routes as the batch does
+    before = torch.cat([o.actions for o in _one_by_one(rn, x)[0]])
+    with torch.no_grad():
+        rn.head.body.members[0][0][-1].bias.add_(torch.linspace(-3.0, 3.0, rn.A))
+    whole = rn.route(x)
+    after = torch.cat([o.actions for o in _one_by_one(rn, x)[0]])
+    assert torch.equal(after, whole.actions) and not torch.equal(after, before)
