@@ -29,6 +29,7 @@ from torch import nn
 from .envs.exit_core import ExitCore
 from .envs.probes import confidence
 from .exit_walk import ExitWalk, RoutedExits, run_exits
+from .host_head import HostRouter, cached_router
 from .models import DynamicNet
 from .models.exits import make_stages
 from .policies import Policy, RecurrentHead
@@ -107,7 +108,7 @@ class ExitRoutedNet(nn.Module):
         return meta
 
     def _apply(self, fn, *args: Any, **kwargs: Any) -> ExitRoutedNet:
-        for cached in ("_meta", "_rows", "_ratios"):  # .to() / .cuda() / .half() may move or cast everything
+        for cached in ("_meta", "_rows", "_ratios", "_host"):  # .to() / .cuda() / .half() may move or cast everything
             self.__dict__.pop(cached, None)
         return super()._apply(fn, *args, **kwargs)
 
@@ -208,15 +209,21 @@ class ExitRoutedNet(nn.Module):
         actions = [-1] * self.T
         limit = None if self.budget is None else self.budget * self.full + 1e-9
         t = 0
+        host = self._host_router() if x.device.type == "cpu" and not self.recurrent else None
         while t < self.T:
-            ratio = self._ratio(flops, x.device)
             nxt = flops + int(costs.stages[t + 1] + costs.heads[t + 1])
             allowed = None if limit is None or nxt <= limit else np.array([[True, False]])
-            mask = None if allowed is None else torch.from_numpy(allowed).to(x.device)
-            a, state = policy.act(self._observe(t, logits, pooled, ratio), mask, state)
-            if a.numel() != 1:  # raises, naming the count
-                checked_actions(a, allowed, t, self.A, self.budget, 1, where="exit")
-            v = checked_action(a, allowed, t, self.A, self.budget, where="exit")
+            v = None
+            if host is not None:  # NumPy, unless the two actions are too close to tell apart
+                obs64 = host.observation(t, pooled, min(flops / self.full, 1.0), logits)
+                if obs64 is not None:
+                    v = host.choose(obs64, None if allowed is None else allowed[0])
+            if v is None:
+                mask = None if allowed is None else torch.from_numpy(allowed).to(x.device)
+                a, state = policy.act(self._observe(t, logits, pooled, self._ratio(flops, x.device)), mask, state)
+                if a.numel() != 1:  # raises, naming the count
+                    checked_actions(a, allowed, t, self.A, self.budget, 1, where="exit")
+                v = checked_action(a, allowed, t, self.A, self.budget, where="exit")
             actions[t] = v
             if v == 0:
                 break
@@ -227,6 +234,20 @@ class ExitRoutedNet(nn.Module):
         f = ints[:1]
         self.last = RoutedExits(logits, ints[1:2], ints[2:].view(1, self.T), f, f.double() / self.full)
         return self.last
+
+    def _host_router(self) -> HostRouter | None:
+        """The router for one image on the host (see :mod:`dyncnn_gym.host_head`), or ``None``."""
+        return cached_router(
+            self,
+            lambda: HostRouter.of(
+                self.head,
+                self.A,
+                [getattr(self, f"scale_{t}") for t in range(self.T)],
+                [self.feat_dim + t for t in range(self.T)],
+                self.obs_dim,
+                confidences=True,
+            ),
+        )
 
     def _ratio(self, flops: int, device: torch.device) -> torch.Tensor:
         """The observation's last column for one image, ``[[min(flops / full, 1)]]`` float32 (cached per value)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from .policies import ScoreHead, _plan
 
@@ -120,6 +121,109 @@ class HostHead:
         return pick
 
 
+class HostRouter:
+    """A routed model's router for one image on the host: its :class:`HostHead` and, per decision
+    ``t``, the float64 observation scale and the observation's constant part (zeros and the one-hot
+    of ``t``). Observations are ``[tanh(pooled / scale), zeros, one-hot of t, (3 confidences), FLOPs
+    ratio]``, as the envs build them.
+
+    Build it with :meth:`of` (``None`` when the head has no host form); :meth:`stale` says whether a
+    weight, scale or probe changed in place since.
+    """
+
+    def __init__(
+        self,
+        host: HostHead,
+        scales: list[torch.Tensor],
+        onehots: list[int],
+        obs_dim: int,
+        probes: list[tuple[torch.Tensor, torch.Tensor]] | None,
+        confidences: bool,
+    ) -> None:
+        self.head = host
+        self.obs_dim = obs_dim
+        self.confidences = confidences
+        self.scales = [s.detach().double().cpu().numpy() for s in scales]
+        self.templates = []
+        for i in onehots:
+            template = np.zeros(obs_dim)
+            template[i] = 1.0
+            self.templates.append(template)
+        self.probes = None
+        watched = list(scales)
+        if probes is not None:
+            self.probes = [(w.detach().double().cpu().numpy(), b.detach().double().cpu().numpy()) for w, b in probes]
+            watched += [t for pair in probes for t in pair]
+        self._watched = [(t, t._version) for t in watched]
+
+    @classmethod
+    def of(
+        cls,
+        head: object,
+        num_actions: int,
+        scales: list[torch.Tensor],
+        onehots: list[int],
+        obs_dim: int,
+        probes: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        confidences: bool = False,
+    ) -> HostRouter | None:
+        """The host router of a model whose ``head`` chooses among ``num_actions``, or ``None``.
+
+        ``scales[t]``: decision ``t``'s per-channel scale; ``onehots[t]``: the index of its one-hot
+        entry; ``probes[t]``: ``(weight [C_t, K], bias [K])`` whose logits' confidences fill the three
+        entries before the last; ``confidences``: those entries come from logits the caller passes
+        (an exit's prediction) instead."""
+        host = HostHead.of(head)
+        if host is None or host.num_actions != num_actions:
+            return None
+        return cls(host, scales, onehots, obs_dim, probes, confidences or probes is not None)
+
+    def stale(self) -> bool:
+        """Whether the head, a scale or a probe was changed in place since this was built."""
+        return self.head.stale() or any(t._version != v for t, v in self._watched)
+
+    def observation(self, t: int, pooled: torch.Tensor, ratio: float, logits: torch.Tensor | None = None) -> np.ndarray | None:
+        """Decision ``t``'s observation of one image, float64 ``[obs_dim]``, from its pooled features
+        ``[1, C]`` (``C`` up to the decision's width: the others are zero) and the FLOPs ratio spent;
+        ``logits [1, K]`` give the confidences where the model has no probes. ``None`` for features
+        that are not float32 (the torch path then builds it)."""
+        if pooled.dtype != torch.float32:
+            return None
+        obs = self.templates[t].copy()
+        w = pooled.shape[1]
+        ft = obs[:w]
+        np.divide(pooled.numpy()[0], self.scales[t][:w], out=ft)
+        np.tanh(ft, out=ft)
+        if self.confidences:
+            if self.probes is not None:
+                pw, pb = self.probes[t]
+                z = ft @ pw[:w]
+                z += pb
+            else:
+                if logits is None or logits.dtype != torch.float32:
+                    return None
+                z = logits.numpy()[0].astype(np.float64)
+            d = self.obs_dim
+            obs[d - 4], obs[d - 3], obs[d - 2] = confidence_host(z)
+        obs[-1] = ratio
+        return obs
+
+    def choose(self, obs: np.ndarray, allowed: np.ndarray | None = None) -> int | None:
+        """:meth:`HostHead.choose`."""
+        return self.head.choose(obs, allowed)
+
+
+def cached_router(model: object, build) -> HostRouter | None:
+    """``model``'s :class:`HostRouter`, kept in its ``__dict__`` and built again by ``build()`` when
+    the model's head was replaced or a tensor it copies changed in place."""
+    hit = model.__dict__.get("_host")
+    if hit is not None and hit[0] is model.head and (hit[1] is None or not hit[1].stale()):
+        return hit[1]
+    router = build()
+    model.__dict__["_host"] = (model.head, router)
+    return router
+
+
 #: up to this many classes :func:`confidence_host` loops in Python (fewer calls than NumPy's)
 PYTHON_CLASSES = 32
 
@@ -149,4 +253,4 @@ def confidence_host(z: np.ndarray) -> tuple[float, float, float]:
     return top, top - second, float(-(p @ np.log(np.maximum(p, 1e-12))) / math.log(K))
 
 
-__all__ = ["PYTHON_CLASSES", "TOLERANCE", "HostHead", "confidence_host"]
+__all__ = ["PYTHON_CLASSES", "TOLERANCE", "HostHead", "HostRouter", "cached_router", "confidence_host"]

@@ -62,7 +62,7 @@ import torch
 from torch import nn
 
 from .envs.probes import confidence
-from .host_head import HostHead, confidence_host
+from .host_head import HostRouter, cached_router
 from .models import DynamicNet, build
 from .policies import ACCEPTED, ModuleHead, Policy, QuantileMean, RecurrentHead, ScoreHead, as_policy
 from .walk import Walk, cost_tensors, run
@@ -227,7 +227,6 @@ class RoutedNet(nn.Module):
         self._consts: list[tuple] | None = None  # per decision: (scale, row, probe weight, probe bias)
         self._ratios: dict[int, torch.Tensor] = {}  # FLOPs spent -> the observation's [1, 1] FLOPs-ratio entry
         self._ones: dict[int, torch.Tensor] = {}  # batch -> all-allowed mask [B, A]
-        self._host: tuple | None = None  # (head, HostHead or None, per-decision NumPy constants, watched tensors)
         super().train(False)
 
     # -- nn.Module ------------------------------------------------------------------------------
@@ -249,7 +248,8 @@ class RoutedNet(nn.Module):
 
     def _apply(self, fn, *args: Any, **kwargs: Any) -> RoutedNet:
         self._device = None  # .to() / .cuda() / .cpu() may move everything: cached tensors go too
-        self._consts, self._ratios, self._ones, self._host = None, {}, {}, None
+        self._consts, self._ratios, self._ones = None, {}, {}
+        self.__dict__.pop("_host", None)
         return super()._apply(fn, *args, **kwargs)
 
     def _constants(self) -> list[tuple]:
@@ -272,50 +272,20 @@ class RoutedNet(nn.Module):
         """The routing policy (:class:`~dyncnn_gym.policies.Policy`) around :attr:`head`."""
         return head_policy(self)
 
-    def _host_router(self) -> tuple | None:
-        """For one image on the CPU: ``(HostHead, per-decision (scale, template, probe w, probe b))`` in
-        float64 NumPy, or ``None`` when the head has no host form (built once, again after a change)."""
-        h = self._host
-        if h is not None and h[0] is self.head and not any(t._version != v for t, v in h[3]) and not (h[1] and h[1].stale()):
-            return None if h[1] is None else (h[1], h[2])
-        host = HostHead.of(self.head)
-        consts, watched = [], []
-        if host is not None and host.num_actions == self.A:
-            for t, (scale, _, pw, pb) in enumerate(self._constants()):
-                template = np.zeros(self.obs_dim)
-                template[self.feat_dim + t] = 1.0
-                watched += [(x, x._version) for x in (scale, pw, pb) if x is not None]
-                consts.append(
-                    (
-                        scale.detach().double().cpu().numpy(),
-                        template,
-                        None if pw is None else pw.detach().double().cpu().numpy(),
-                        None if pb is None else pb.detach().double().cpu().numpy(),
-                    )
-                )
-        else:
-            host = None
-        self._host = (self.head, host, consts, watched)
-        return None if host is None else (host, consts)
-
-    def _host_observation(self, walk: Walk, consts: list[tuple]) -> np.ndarray | None:
-        """The observation of one image as float64 ``[obs_dim]`` (see :meth:`observe`), or ``None``
-        for feature maps that are not float32."""
-        pooled = walk.pooled_one()
-        if pooled.dtype != torch.float32:
-            return None
-        scale, template, pw, pb = consts[walk.t]
-        obs = template.copy()
-        w = pooled.shape[1]  # the channels computed; tanh(0 / scale) of the others is 0
-        ft = obs[:w]
-        np.divide(pooled.numpy()[0], scale[:w], out=ft)
-        np.tanh(ft, out=ft)
-        if pw is not None:
-            z = ft @ pw[:w]
-            z += pb
-            obs[self.obs_dim - 4], obs[self.obs_dim - 3], obs[self.obs_dim - 2] = confidence_host(z)
-        obs[-1] = min(int(walk._flops[0]) / self.full, 1.0)
-        return obs
+    def _host_router(self) -> HostRouter | None:
+        """The router for one image on the host (see :mod:`dyncnn_gym.host_head`), or ``None``."""
+        consts = self._constants()
+        return cached_router(
+            self,
+            lambda: HostRouter.of(
+                self.head,
+                self.A,
+                [c[0] for c in consts],
+                [self.feat_dim + t for t in range(self.T)],
+                self.obs_dim,
+                None if self.obs_mode != "probe" else [(c[2], c[3]) for c in consts],
+            ),
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -392,10 +362,10 @@ class RoutedNet(nn.Module):
 
         def choose(walk: Walk) -> int | np.ndarray:
             if host is not None:  # one image: NumPy, unless two actions are too close to tell apart
-                obs64 = self._host_observation(walk, host[1])
+                obs64 = host.observation(walk.t, walk.pooled_one(), min(int(walk._flops[0]) / self.full, 1.0))
                 if obs64 is not None:
                     allowed = None if self.budget is None else self.masks(walk)
-                    a = host[0].choose(obs64, None if allowed is None else allowed[0])
+                    a = host.choose(obs64, None if allowed is None else allowed[0])
                     if a is not None:
                         return a
             obs = self._observe(walk)

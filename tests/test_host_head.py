@@ -166,3 +166,26 @@ def test_one_image_at_a_time_under_a_budget_and_after_the_head_changes(env_id):
     whole = rn.route(x)
     after = torch.cat([o.actions for o in _one_by_one(rn, x)[0]])
     assert torch.equal(after, whole.actions) and not torch.equal(after, before)
+
+
+@pytest.mark.parametrize(
+    "stages, arch, extra, seed, gain",
+    [("width", "vgg", {"widths": (0, 2, 3)}, 6, 30.0), ("depth", "resnet8-exits", {}, 2, 1.0)],
+)
+def test_an_exit_model_one_image_at_a_time_routes_as_evaluate_does(stages, arch, extra, seed, gain):
+    kw = {"dataset": load_test_data("user12"), "backbone": make_net(arch, "user12"), "stages": stages, **extra}
+    env = gymnasium.make("DynExit-v0", **kw)
+    head = _head(env.observation_space.shape[0], 2, seed=seed)
+    with torch.no_grad():  # an untrained backbone's width stages differ little from image to image
+        head.body.members[0][0][0].weight.mul_(gain)
+    result = dyncnn_gym.evaluate(head, "DynExit-v0", per_image=True, **kw)
+    net = dyncnn_gym.export(head, "DynExit-v0", **kw)
+    x = torch.as_tensor(kw["dataset"].test.images)
+    ones, share = _one_by_one(net, x)
+    assert share > 0.9, "the host path should make almost every decision"
+    im = result["images"]
+    np.testing.assert_array_equal(torch.cat([o.exits for o in ones]).numpy(), im["exit"])
+    np.testing.assert_array_equal(torch.cat([o.actions for o in ones]).numpy(), im["actions"])
+    np.testing.assert_array_equal(torch.cat([o.flops for o in ones]).numpy(), im["flops"])
+    np.testing.assert_array_equal(torch.cat([o.logits for o in ones]).argmax(1).numpy(), im["prediction"])
+    assert len(set(im["exit"].tolist())) > 1, "the test head should exit images at different stages"
