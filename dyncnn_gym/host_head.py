@@ -19,27 +19,28 @@ import math
 import numpy as np
 import torch
 
-from .policies import ScoreHead, _plan
+from .policies import ModuleHead, ScoreHead, _plan
 
 #: a lead below this share of ``1 + |best| + |second| + log(A)`` is left to the torch head (float32
 #: rounding of the torch path, log-probabilities included, is about 1e-7 of twice these magnitudes,
 #: times the layers' gain)
 TOLERANCE = 1e-3
 
-_STEPS = ("linear", "tanh", "relu", "flatten", "logprob")
+_STEPS = ("linear", "tanh", "relu", "flatten", "logprob", "sin")
 
 
 class HostHead:
-    """``choose(obs [D] float64, allowed [A] bool | None) -> int | None`` for a :class:`ScoreHead`.
+    """``choose(obs [D] float64, allowed [A] bool | None) -> int | None`` for a score head.
 
     Build it with :meth:`of`, which returns ``None`` for heads it cannot run (recurrent heads,
     modules of the user's own, ensembles of several members). ``stale()`` says whether a weight of
     the torch head changed in place since (then build it again).
     """
 
-    def __init__(self, head: ScoreHead, steps: list[tuple[str, np.ndarray | None, np.ndarray | None]]) -> None:
+    def __init__(self, head: ScoreHead | ModuleHead, steps: list[tuple[str, np.ndarray | None, np.ndarray | None]]) -> None:
         self._steps = steps
-        self._cost = head.cost.detach().double().cpu().numpy() * head.bias if head.biased else None
+        biased = getattr(head, "biased", False)
+        self._cost = head.cost.detach().double().cpu().numpy() * head.bias if biased else None
         self._tensors = [t for t in (*head.parameters(), *head.buffers())]
         self._versions = [t._version for t in self._tensors]
         self.num_actions: int | None = None
@@ -50,20 +51,27 @@ class HostHead:
 
     @classmethod
     def of(cls, head: object) -> HostHead | None:
-        """The host form of ``head``, or ``None`` if it is not a ScoreHead of plain layers on the CPU."""
-        if type(head) is not ScoreHead:
+        """The host form of ``head``, or ``None`` if it is neither a :class:`ScoreHead` nor a
+        :class:`ModuleHead` (argmax of its scores) of plain layers on the CPU."""
+        if type(head) is ScoreHead:
+            body = head.body
+        elif type(head) is ModuleHead:
+            body = head.module
+        else:
             return None
         tensors = [*head.parameters(), *head.buffers()]
         if any(t.device.type != "cpu" or not t.dtype.is_floating_point for t in tensors if t.numel()):
             return None
         steps: list[tuple[str, np.ndarray | None, np.ndarray | None]] = []
-        for kind, module in _plan(head.body):
+        for kind, module in _plan(body):
             if kind not in _STEPS:
                 return None
             if kind == "linear":
                 w = module.weight.detach().double().numpy().copy()
                 b = None if module.bias is None else module.bias.detach().double().numpy().copy()
                 steps.append((kind, w, b))
+            elif kind == "sin":
+                steps.append((kind, np.float64(module.frequency), None))
             elif kind != "flatten":
                 steps.append((kind, None, None))
         if not steps or steps[0][0] != "linear":
@@ -88,6 +96,8 @@ class HostHead:
                 np.tanh(x, out=x)
             elif kind == "relu":
                 np.maximum(x, 0.0, out=x)
+            elif kind == "sin":
+                x = np.sin(w * x)
             else:  # logprob
                 m = x.max()
                 x = x - (m + math.log(np.exp(x - m).sum()))

@@ -54,8 +54,8 @@ State = Any
 # -- running a small network without module dispatch -----------------------------------------------------
 def _plan(module: nn.Module) -> list[tuple[str, nn.Module]]:
     """The layers of ``module`` as ``(kind, layer)`` steps for :func:`_run`: nested ``nn.Sequential``
-    (and a one-member :class:`MeanScores`) flattened; ``Linear``, ``Tanh``, ``ReLU``, ``Flatten`` and
-    :class:`LogProbabilities` run as functional calls, anything else as itself."""
+    (and a one-member :class:`MeanScores`) flattened; ``Linear``, ``Tanh``, ``ReLU``, ``Flatten``,
+    :class:`LogProbabilities` and :class:`Sine` run as functional calls, anything else as itself."""
     if isinstance(module, nn.Sequential):
         return [step for m in module for step in _plan(m)]
     if type(module) is nn.Linear:
@@ -70,6 +70,8 @@ def _plan(module: nn.Module) -> list[tuple[str, nn.Module]]:
         return _plan(module.members[0])
     if type(module) is LogProbabilities:
         return [("logprob", module)]
+    if type(module) is Sine:
+        return [("sin", module)]
     return [("call", module)]
 
 
@@ -87,6 +89,8 @@ def _run(plan: list[tuple[str, nn.Module]], x: torch.Tensor) -> torch.Tensor:
                 x = x.flatten(1)
         elif kind == "logprob":
             x = x - x.logsumexp(-1, keepdim=True)
+        elif kind == "sin":
+            x = torch.sin(m.frequency * x)
         else:
             x = m(x)
     return x
@@ -208,6 +212,20 @@ class LogProbabilities(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x - x.logsumexp(-1, keepdim=True)
+
+
+class Sine(nn.Module):
+    """``sin(frequency * x)``, elementwise: a periodic activation (e.g. pseudo-random routes for timing)."""
+
+    def __init__(self, frequency: float = 1.0) -> None:
+        super().__init__()
+        self.frequency = float(frequency)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.frequency * x)
+
+    def extra_repr(self) -> str:
+        return f"frequency={self.frequency}"
 
 
 class MeanScores(nn.Module):

@@ -20,7 +20,7 @@ from torch import nn
 import dyncnn_gym
 from dyncnn_gym.envs.probes import confidence
 from dyncnn_gym.host_head import HostHead, confidence_host
-from dyncnn_gym.policies import LogProbabilities, MeanScores, ScoreHead
+from dyncnn_gym.policies import LogProbabilities, MeanScores, ModuleHead, ScoreHead, Sine
 from dyncnn_gym.routed import export
 
 IDS = ("DynChannel-v0", "DynSkip-v0", "DynRoute-v0")
@@ -70,6 +70,20 @@ def test_the_host_choice_is_the_torch_heads_or_none(kind, biased):
                 assert got == want, (i, allowed)
                 chosen += 1
     assert chosen > 0.95 * 2 * len(obs), "near-ties should be rare"
+
+
+def test_a_plain_torch_module_of_scores_runs_on_the_host_too():
+    torch.manual_seed(1)
+    module = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3), Sine(5.0))
+    head = ModuleHead(module).eval()
+    host = HostHead.of(head)
+    assert host is not None and host.num_actions == 3
+    obs = np.random.default_rng(1).uniform(-1, 1, (1000, 12)).astype(np.float32)
+    with torch.no_grad():
+        want = head(torch.as_tensor(obs), torch.ones((1000, 3), dtype=torch.bool)).numpy()
+    got = [host.choose(o.astype(np.float64)) for o in obs]
+    assert sum(g is not None for g in got) > 950
+    assert all(g == w for g, w in zip(got, want) if g is not None)
 
 
 def test_near_ties_and_bad_scores_are_left_to_the_torch_head():

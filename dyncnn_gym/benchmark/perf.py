@@ -583,26 +583,27 @@ DEFAULT_ROUTED_SETUPS = ("DynChannel-v1", "DynSkip-v1", "DynSkip-v0 resnet110")
 ROUTED_BATCHES = (1, 64, 256)
 
 
-class RandomGates(nn.Module):
+class RandomGates(nn.Sequential):
     """A fixed random router for timing (skip decisions): a PPO-sized MLP ``obs -> 64 -> 64 -> 1``
     (tanh) with random weights whose execute score is ``sin(50 x)``: per-image pseudo-random routes
     that execute about half of the blocks, at the cost of a policy network like PPO's.
 
-    Returns scores ``[B, 2]`` (skip: 0, execute: the sine)."""
+    Returns scores ``[B, 2]`` (skip: 0, execute: the sine). Built from plain layers (the skip score
+    is a zero row of the last ``Linear``), so a routed model runs it as it runs a trained head."""
 
     def __init__(self, obs_dim: int, seed: int = 0) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.net = nn.Sequential(nn.Linear(obs_dim, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
-        with torch.no_grad():
-            for m in self.net:
-                if isinstance(m, nn.Linear):
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / m.in_features**0.5)
-                    m.bias.zero_()
+        from ..policies import Sine
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        s = torch.sin(50.0 * self.net(obs))
-        return torch.cat([torch.zeros_like(s), s], 1)
+        super().__init__(nn.Linear(obs_dim, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 2), Sine(50.0))
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for m in self:
+                if isinstance(m, nn.Linear):
+                    out = 1 if m.out_features == 2 else m.out_features
+                    w = torch.randn((out, m.in_features), generator=gen) / m.in_features**0.5
+                    m.weight.zero_()
+                    m.weight[-out:].copy_(w)
+                    m.bias.zero_()
 
 
 def static_forward(net, mode: str, images: torch.Tensor, route: Sequence[int]) -> torch.Tensor:
