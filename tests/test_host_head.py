@@ -110,6 +110,7 @@ def test_heads_without_a_host_form():
     two = MeanScores([nn.Linear(4, 2), nn.Linear(4, 2)])
     assert HostHead.of(ScoreHead(two)) is None
     assert HostHead.of(nn.Linear(4, 2)) is None
+    assert HostHead.of(_head(4, 2).half()) is None
 
 
 @pytest.mark.parametrize("classes", [2, 10, 100])
