@@ -1202,7 +1202,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--merge",
         action="store_true",
-        help="keep the other agents of an earlier results.json in --out (same suite version and pins)",
+        help="keep the other agents of an earlier results.json in --out (same suite version and pins); the"
+        " baselines of the tasks this run holds are computed again",
     )
     p.add_argument("--timesteps", type=int, default=None, help="override every task's step budget (default: the suite's)")
     p.add_argument(
