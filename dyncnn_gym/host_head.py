@@ -19,12 +19,14 @@ import math
 import numpy as np
 import torch
 
+from .models.layers import tensor_version
 from .policies import ModuleHead, ScoreHead, _plan
 
 #: a lead below this share of ``1 + |best| + |second| + log(A)`` is left to the torch head (float32
 #: rounding of the torch path, log-probabilities included, is about 1e-7 of twice these magnitudes,
 #: times the layers' gain)
 TOLERANCE = 1e-3
+
 
 _STEPS = ("linear", "tanh", "relu", "flatten", "logprob", "sin")
 
@@ -42,7 +44,7 @@ class HostHead:
         biased = getattr(head, "biased", False)
         self._cost = head.cost.detach().double().cpu().numpy() * head.bias if biased else None
         self._tensors = [t for t in (*head.parameters(), *head.buffers())]
-        self._versions = [t._version for t in self._tensors]
+        self._versions = [tensor_version(t) for t in self._tensors]
         self.num_actions: int | None = None
         for kind, w, _ in reversed(steps):
             if kind == "linear":
@@ -80,7 +82,7 @@ class HostHead:
 
     def stale(self) -> bool:
         """Whether a weight or buffer of the torch head was changed in place since this was built."""
-        return any(t._version != v for t, v in zip(self._tensors, self._versions))
+        return any(tensor_version(t) != v for t, v in zip(self._tensors, self._versions))
 
     def scores(self, obs: np.ndarray) -> np.ndarray:
         """The head's action scores ``[A]`` (float64) for one observation ``obs [D]``, cost bias
@@ -164,7 +166,7 @@ class HostRouter:
         if probes is not None:
             self.probes = [(w.detach().double().cpu().numpy(), b.detach().double().cpu().numpy()) for w, b in probes]
             watched += [t for pair in probes for t in pair]
-        self._watched = [(t, t._version) for t in watched]
+        self._watched = [(t, tensor_version(t)) for t in watched]
 
     @classmethod
     def of(
@@ -190,7 +192,7 @@ class HostRouter:
 
     def stale(self) -> bool:
         """Whether the head, a scale or a probe was changed in place since this was built."""
-        return self.head.stale() or any(t._version != v for t, v in self._watched)
+        return self.head.stale() or any(tensor_version(t) != v for t, v in self._watched)
 
     def observation(self, t: int, pooled: torch.Tensor, ratio: float, logits: torch.Tensor | None = None) -> np.ndarray | None:
         """Decision ``t``'s observation of one image, float64 ``[obs_dim]``, from its pooled features

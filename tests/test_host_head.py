@@ -204,3 +204,26 @@ def test_an_exit_model_one_image_at_a_time_routes_as_evaluate_does(stages, arch,
     np.testing.assert_array_equal(torch.cat([o.flops for o in ones]).numpy(), im["flops"])
     np.testing.assert_array_equal(torch.cat([o.logits for o in ones]).argmax(1).numpy(), im["prediction"])
     assert len(set(im["exit"].tolist())) > 1, "the test head should exit images at different stages"
+
+
+def test_a_model_loaded_under_inference_mode_routes_one_image_at_a_time(tmp_path):
+    kw = _kwargs("DynChannel-v0", obs="probe")
+    env = gymnasium.make("DynChannel-v0", **kw)
+    rn = export(_head(env.observation_space.shape[0], int(env.action_space.n), seed=7), "DynChannel-v0", **kw)
+    path = rn.save(tmp_path / "routed.pt")
+    x = torch.as_tensor(kw["dataset"].test.images[:16])
+    with torch.inference_mode():
+        again = dyncnn_gym.load_routed(path)
+        ones, share = _one_by_one(again, x)
+        whole = again.route(x)
+    assert share > 0.9
+    assert torch.equal(torch.cat([o.actions for o in ones]), whole.actions)
+    # the env, evaluation and the static baselines take weights made under inference mode too
+    from dyncnn_gym.benchmark.baselines import static_baselines
+    from dyncnn_gym.envs.routing import make_core
+
+    with torch.inference_mode():
+        inf_kw = _kwargs("DynChannel-v0", obs="probe")
+        assert len(static_baselines(make_core("DynChannel-v0", 1, split="test", **inf_kw))["front"]) >= 1
+        result = dyncnn_gym.evaluate(again.head, "DynChannel-v0", **inf_kw)
+    assert 0.0 <= result["accuracy"] <= 1.0

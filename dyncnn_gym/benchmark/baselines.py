@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..envs.core import RoutingCore
+from ..models.layers import tensor_version
 from ..walk import run_routes
 
 #: per backbone: (data fingerprint, split, limit, weights version, route) -> correct bool [N]
@@ -24,7 +25,7 @@ _OUTCOMES: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDic
 def _weights_version(net: torch.nn.Module) -> tuple[int, ...]:
     """Changes whenever any parameter or buffer of ``net`` is modified in place (optimiser steps,
     ``load_state_dict``, batch-norm statistics), so cached outcomes never outlive the weights."""
-    return tuple(t._version for t in net.state_dict(keep_vars=True).values())
+    return tuple(tensor_version(t) for t in net.state_dict(keep_vars=True).values())
 
 
 @torch.no_grad()

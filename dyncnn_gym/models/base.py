@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .layers import tensor_version
+
 MODES = ("channel", "skip", "route")
 
 
@@ -190,7 +192,8 @@ class DynamicNet(nn.Module):
         """Changes whenever any parameter or buffer is modified in place (optimiser step, load).
 
         (The folded-kernel caches track the exact tensors each kernel was made from instead.)"""
-        return sum(p._version for p in self.parameters()) + sum(b._version for b in self.buffers())
+        versions = [tensor_version(t) for t in (*self.parameters(), *self.buffers())]
+        return sum(v for v in versions if v is not None)
 
     def full_forward(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
         """Plain forward pass of the full network (every decision at its largest action)."""

@@ -160,11 +160,17 @@ class KernelCache:
         self._store.clear()
 
 
+def tensor_version(t: torch.Tensor) -> int | None:
+    """``t``'s in-place version counter, or ``None`` for an inference tensor (made under
+    ``torch.inference_mode``), which keeps none."""
+    return None if t.is_inference() else t._version
+
+
 def _stamp(slots) -> tuple:
     out = []
     for d, name in slots:
         t = d.get(name)
-        out.append(None if t is None else (id(t), t._version, t.data_ptr()))
+        out.append(None if t is None else (id(t), tensor_version(t), t.data_ptr()))
     return tuple(out)
 
 
