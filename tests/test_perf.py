@@ -59,6 +59,11 @@ def test_the_random_router_executes_about_half_of_the_blocks_per_image():
     scores = gates(torch.rand(2000, 40) * 2 - 1)
     executes = scores.argmax(1).float()
     assert scores.shape == (2000, 2) and 0.4 < float(executes.mean()) < 0.6
+    # plain layers: a routed model runs it on the host at batch 1, as it runs a trained head
+    from dyncnn_gym.host_head import HostHead
+    from dyncnn_gym.policies import ModuleHead
+
+    assert HostHead.of(ModuleHead(gates)) is not None
     table = make_net("resnet14", "user12").cost_table("skip")
     for target in (0.25, 0.5, 0.75):
         route = spaced_route(table, target)
