@@ -212,59 +212,61 @@ _CPU2 = (
     ),
 )
 _V1_ENV = {"dataset": "shapes"}  # the -v1 ids' registered defaults do the rest (reward, loss, obs, split)
+
+
+def _v1_task(name: str, env_id: str, env: dict, budget: int, targets: tuple[float, ...]) -> Task:
+    """A task of the ``-v1`` protocol: operating points are FLOPs targets, scored over the FLOPs they span."""
+    return Task(name, env_id, env, budget, flops_targets=targets, flops_range=(min(targets), max(targets)))
+
+
 _CPU3 = [
     (
-        Task(
+        _v1_task(
             "channel-vgg+sandwich+distill-shapes",
             "DynChannel-v1",
             {**_V1_ENV, "groups": 4, "backbone": "vgg+sandwich+distill"},
             150_000,
-            flops_targets=(0.35, 0.55, 0.75),
-            flops_range=(0.35, 0.75),
+            (0.35, 0.55, 0.75),
         ),
         "3ec67dc7fb2250c1156843610a0c2cf9648888f008f3d9981cc5cae8fa7b08c7",
     ),
     (
-        Task(
+        _v1_task(
             "skip-resnet32-lite@skip-shapes",
             "DynSkip-v1",
             {**_V1_ENV, "groups": 4, "backbone": "resnet32-lite@skip"},
             150_000,
-            flops_targets=(0.5, 0.68, 0.85),
-            flops_range=(0.5, 0.85),
+            (0.5, 0.68, 0.85),
         ),
         "9613094d1e46ffc03ef306306b33337ccda5887a0a8ad25f9477a7dc4d12c8b3",
     ),
     (
-        Task(
+        _v1_task(
             "exit-width-vgg+sandwich+distill-shapes",
             "DynExit-v1",
             {**_V1_ENV, "stages": "width", "backbone": "vgg+sandwich+distill"},
             150_000,
-            flops_targets=(0.3, 0.45, 0.6),
-            flops_range=(0.3, 0.6),
+            (0.3, 0.45, 0.6),
         ),
         "3ec67dc7fb2250c1156843610a0c2cf9648888f008f3d9981cc5cae8fa7b08c7",
     ),
     (
-        Task(
+        _v1_task(
             "exit-depth-resnet20-lite-exits+distill-shapes",
             "DynExit-v1",
             {**_V1_ENV, "stages": "depth", "backbone": "resnet20-lite-exits+distill"},
             150_000,
-            flops_targets=(0.35, 0.45, 0.6),
-            flops_range=(0.35, 0.6),
+            (0.35, 0.45, 0.6),
         ),
         "c5c77f9142956c12545ffc0b3b86ed886203e7cce9f1c0276f90a18264be438e",
     ),
     (
-        Task(
+        _v1_task(
             f"route-{_ROUTE_ARCH}-shapes",
             "DynRoute-v1",
             {**_V1_ENV, "groups": 4, "backbone": _ROUTE_ARCH},
             150_000,
-            flops_targets=(0.4, 0.55, 0.7),
-            flops_range=(0.4, 0.7),
+            (0.4, 0.55, 0.7),
         ),
         "0727581a708075d0a16c9622fda3e3685b624d711a01b6d2901653cd6246ae10",
     ),
@@ -274,12 +276,10 @@ _TINY = _tasks("digits", "vgg", "resnet20-lite", 512, (0.5, 1.0))
 
 
 def _target_task(env_id: str, dataset: str, backbone: str, budget: int, targets: tuple[float, ...]) -> Task:
-    """A task of the ``-v1`` protocol: operating points are FLOPs targets, scored over the FLOPs they span."""
+    """A :func:`_v1_task` named ``kind-backbone-dataset`` with the ``-v1`` reward spelled out."""
     kind = env_id.split("-v")[0].removeprefix("Dyn").lower()
     env = {"dataset": dataset, "groups": 4, "reward": "flops", "loss": "error", "obs": "probe", "backbone": backbone}
-    return Task(
-        f"{kind}-{backbone}-{dataset}", env_id, env, budget, flops_targets=targets, flops_range=(min(targets), max(targets))
-    )
+    return _v1_task(f"{kind}-{backbone}-{dataset}", env_id, env, budget, targets)
 
 
 _TINY1 = [
