@@ -28,6 +28,16 @@ from .policies import ModuleHead, ScoreHead, _plan
 TOLERANCE = 1e-3
 
 
+def _watch(tensors) -> list[tuple[torch.Tensor, int | None]]:
+    """``tensors`` with their version counters now (see :func:`_changed`)."""
+    return [(t, tensor_version(t)) for t in tensors]
+
+
+def _changed(watched: list[tuple[torch.Tensor, int | None]]) -> bool:
+    """Whether a tensor of :func:`_watch` was changed in place since."""
+    return any(tensor_version(t) != v for t, v in watched)
+
+
 _STEPS = ("linear", "tanh", "relu", "flatten", "logprob", "sin")
 
 
@@ -39,12 +49,16 @@ class HostHead:
     the torch head changed in place since (then build it again).
     """
 
-    def __init__(self, head: ScoreHead | ModuleHead, steps: list[tuple[str, np.ndarray | None, np.ndarray | None]]) -> None:
+    def __init__(
+        self,
+        head: ScoreHead | ModuleHead,
+        steps: list[tuple[str, np.ndarray | None, np.ndarray | None]],
+        tensors: list[torch.Tensor],
+    ) -> None:
         self._steps = steps
         biased = getattr(head, "biased", False)
         self._cost = head.cost.detach().double().cpu().numpy() * head.bias if biased else None
-        self._tensors = [t for t in (*head.parameters(), *head.buffers())]
-        self._versions = [tensor_version(t) for t in self._tensors]
+        self._watched = _watch(tensors)
         self.num_actions: int | None = None
         for kind, w, _ in reversed(steps):
             if kind == "linear":
@@ -78,11 +92,11 @@ class HostHead:
                 steps.append((kind, None, None))
         if not steps or steps[0][0] != "linear":
             return None
-        return cls(head, steps[:-1] if steps[-1][0] == "logprob" else steps)
+        return cls(head, steps[:-1] if steps[-1][0] == "logprob" else steps, tensors)
 
     def stale(self) -> bool:
         """Whether a weight or buffer of the torch head was changed in place since this was built."""
-        return any(tensor_version(t) != v for t, v in zip(self._tensors, self._versions))
+        return _changed(self._watched)
 
     def scores(self, obs: np.ndarray) -> np.ndarray:
         """The head's action scores ``[A]`` (float64) for one observation ``obs [D]``, cost bias
@@ -166,7 +180,7 @@ class HostRouter:
         if probes is not None:
             self.probes = [(w.detach().double().cpu().numpy(), b.detach().double().cpu().numpy()) for w, b in probes]
             watched += [t for pair in probes for t in pair]
-        self._watched = [(t, tensor_version(t)) for t in watched]
+        self._watched = _watch(watched)
 
     @classmethod
     def of(
@@ -192,7 +206,7 @@ class HostRouter:
 
     def stale(self) -> bool:
         """Whether the head, a scale or a probe was changed in place since this was built."""
-        return self.head.stale() or any(tensor_version(t) != v for t, v in self._watched)
+        return self.head.stale() or _changed(self._watched)
 
     def observation(self, t: int, pooled: torch.Tensor, ratio: float, logits: torch.Tensor | None = None) -> np.ndarray | None:
         """Decision ``t``'s observation of one image, float64 ``[obs_dim]``, from its pooled features

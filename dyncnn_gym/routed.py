@@ -361,19 +361,15 @@ class RoutedNet(nn.Module):
         host = self._host_router() if B == 1 and x.device.type == "cpu" and not self.recurrent else None
 
         def choose(walk: Walk) -> int | np.ndarray:
+            allowed = None if self.budget is None else self.masks(walk)
             if host is not None:  # one image: NumPy, unless two actions are too close to tell apart
                 obs64 = host.observation(walk.t, walk.pooled_one(), min(int(walk._flops[0]) / self.full, 1.0))
                 if obs64 is not None:
-                    allowed = None if self.budget is None else self.masks(walk)
                     a = host.choose(obs64, None if allowed is None else allowed[0])
                     if a is not None:
                         return a
             obs = self._observe(walk)
-            allowed = None
-            mask = free
-            if self.budget is not None:
-                allowed = self.masks(walk)
-                mask = torch.from_numpy(allowed).to(obs.device)
+            mask = free if allowed is None else torch.from_numpy(allowed).to(obs.device)
             a, state[0] = policy.act(obs, mask, state[0])
             return self._check_actions(a, allowed, walk.t, B)
 
