@@ -202,3 +202,36 @@ def run_exits(stages: Stages, images: torch.Tensor, choose) -> tuple[torch.Tenso
         logits[torch.from_numpy(order).to(logits.device)] = walk.logits
         flops[order], exit_at[order], actions[order] = walk.flops, walk.t, walk.actions
     return logits, flops, exit_at, actions
+
+
+def run_fixed_exits(stages: Stages, images: torch.Tensor, exits: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """The raw early-exit pass with fixed per-image exits (no router): image ``i`` leaves at exit
+    ``exits[i]`` (int ``[B]``, ``0 .. S - 1``), exactly as a router that chose those exits would make it.
+
+    Returns ``(logits [B, K], flops int64 [B])`` in image order.
+    """
+    e = exits.detach().cpu().numpy() if isinstance(exits, torch.Tensor) else np.asarray(exits)
+    S = stages.num_exits
+    if e.ndim != 1 or e.shape[0] != images.shape[0] or e.dtype.kind not in "iu" or ((e < 0) | (e >= S)).any():
+        shown = np.unique(e).tolist()[:8] if e.size else []
+        raise ValueError(
+            f"exits must be {images.shape[0]} integers in 0..{S - 1} (one exit per image); got shape {e.shape},"
+            f" dtype {e.dtype}, values {shown}"
+        )
+    if e.shape[0] == 1:  # one image: the stages up to its exit, scalar bookkeeping (as a routed model's)
+        p = next(stages.net.parameters(), None)
+        x = images if p is None or images.dtype == p.dtype else images.to(p.dtype)
+        costs, k = stages.costs, int(e[0])
+        carry, logits, _ = stages.advance(0, stages.begin(x))
+        for t in range(1, k + 1):
+            carry, logits, _ = stages.advance(t, carry)
+        return logits, np.array([costs.stem + costs.stages[: k + 1].sum() + costs.heads[: k + 1].sum()], dtype=np.int64)
+    rows = [np.arange(e.shape[0])]  # the images still in the walk, in its order
+
+    def choose(walk: ExitWalk) -> np.ndarray:
+        a = (e[rows[0]] > walk.t).astype(np.int64)
+        rows[0] = rows[0][a == 1]
+        return a
+
+    logits, flops, _, _ = run_exits(stages, images, choose)
+    return logits, flops

@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import dyncnn_gym
 from dyncnn_gym.envs.exit_core import ExitCore
 from dyncnn_gym.envs.exits import DynExitEnv, DynExitVectorEnv
-from dyncnn_gym.exit_walk import ExitWalk, run_exits
+from dyncnn_gym.exit_walk import ExitWalk, run_exits, run_fixed_exits
 from dyncnn_gym.fileio import UnsafeFileError
 from dyncnn_gym.models import build
 from dyncnn_gym.models.exits import DepthStages, ExitResNet, WidthStages
@@ -145,6 +145,46 @@ def test_flops_equal_the_flop_counter_and_exited_images_leave_the_batch(config):
         rows = np.flatnonzero(exit_at == k)
         if len(rows):
             assert torch.allclose(logits[rows], reference_exit(st, x[rows], k), atol=1e-4)
+
+
+@pytest.mark.parametrize("config", ["width-vgg-3", "depth"])
+def test_fixed_exits_replay_a_routed_pass_without_its_router(config):
+    """``run_fixed_exits`` (the routes of a routed model, no router: what ``dyncnn-gym perf`` times
+    against it) gives the routed pass's logits and FLOPs, as a batch and one image at a time, and
+    FlopCounterMode counts what it reports."""
+    kw = kwargs(config, "user12")
+    net = dyncnn_gym.export(Jumpy(), ENV, **kw)
+    x = torch.as_tensor(kw["dataset"].test.images[:40])
+    out = net.route(x)
+    assert len(set(out.exits.tolist())) == net.S, "the test policy should use every exit"
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        logits, flops = run_fixed_exits(net.stages, x, out.exits)
+    assert torch.equal(logits, out.logits) and flops.tolist() == out.flops.tolist()
+    assert fc.get_total_flops() == int(flops.sum())
+    with torch.no_grad():
+        ones = [run_fixed_exits(net.stages, x[i : i + 1], out.exits[i : i + 1]) for i in range(len(x))]
+    assert [int(f[0]) for _, f in ones] == out.flops.tolist()
+    assert torch.allclose(torch.cat([lg for lg, _ in ones]), out.logits, atol=1e-5)
+    with pytest.raises(ValueError, match=rf"exits must be {len(x)} integers in 0\.\.{net.S - 1} .*values \[{net.S}\]"):
+        run_fixed_exits(net.stages, x, np.full(len(x), net.S))
+
+
+def test_an_exit_network_is_the_truncated_resnet_without_earlier_heads():
+    """``ExitResNet.exit_forward(x, k)``: exit ``k``'s logits, computed by the stem, the blocks up to
+    it and its head alone; FLOPs ``exit_network_flops(k)`` (what FlopCounterMode counts): the
+    stages' cost of exit ``k`` less the earlier heads."""
+    st = stages_of("depth")
+    net = st.net
+    x = torch.as_tensor(load_test_data("user12").test.images[:9])
+    for k in range(net.num_exits):
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            logits = net.exit_forward(x, k)
+        assert torch.allclose(logits, reference_exit(st, x, k), atol=1e-4)
+        assert fc.get_total_flops() == 9 * net.exit_network_flops(k)
+        assert net.exit_network_flops(k) == st.costs.exit_flops(k) - int(st.costs.heads[:k].sum())
+    assert net.exit_network_flops(net.num_exits - 1) == net.plain_flops()
+    with pytest.raises(ValueError, match=r"k=5 is not an exit of .*choose one of 0\.\.2"):
+        net.exit_forward(x, 5)
 
 
 def reference_exit(st, x, k):

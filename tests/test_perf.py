@@ -117,10 +117,12 @@ def test_a_routers_folder_without_a_setups_router_names_the_demo_command_that_wr
 
 
 def test_the_routed_table_measures_the_demos_v1_routers_by_default_and_refuses_unknown_setups():
+    from dyncnn_gym.benchmark.demo import DEMO_IDS
     from dyncnn_gym.benchmark.perf import DEFAULT_ROUTED_SETUPS, ROUTED_SETUPS, run_perf
 
-    assert DEFAULT_ROUTED_SETUPS[:2] == ("DynChannel-v1", "DynSkip-v1") and set(DEFAULT_ROUTED_SETUPS) <= set(ROUTED_SETUPS)
-    args = add_arguments(argparse.ArgumentParser()).parse_args(["--setup", "DynChannel-v0", "--setup", "DynSkip-v0"])
-    assert args.setup == ["DynChannel-v0", "DynSkip-v0"]
-    with pytest.raises(ValueError, match=r"setups=\['DynExit-v1'\]: choose one or more of \['DynChannel-v1'"):
-        run_perf(routed_only=True, setups=["DynExit-v1"], progress=False, verbose=False)
+    assert set(DEMO_IDS) <= set(DEFAULT_ROUTED_SETUPS) <= set(ROUTED_SETUPS)
+    assert {"DynExit-v1 depth", "DynSkip-v0 resnet110"} <= set(DEFAULT_ROUTED_SETUPS)
+    args = add_arguments(argparse.ArgumentParser()).parse_args(["--setup", "DynChannel-v0", "--setup", "DynExit-v1 depth"])
+    assert args.setup == ["DynChannel-v0", "DynExit-v1 depth"]
+    with pytest.raises(ValueError, match=r"setups=\['DynExit-v0'\]: choose one or more of \['DynChannel-v1'"):
+        run_perf(routed_only=True, setups=["DynExit-v0"], progress=False, verbose=False)

@@ -36,9 +36,10 @@ Measured (see :func:`run_perf` for the JSON layout):
   runs this section alone.
 
 * ``routed`` — what a user ships (:func:`bench_routed`; ``--routed-only`` runs it alone, ``--table-out``
-  writes its Markdown table): the demo's trained PPO routers on ``DynChannel-v1`` and ``DynSkip-v1``,
-  dialed to their FLOPs targets (trained here with the recipe, or loaded with ``--routers DIR``; the
-  ``-v0`` ids with ``--setup``) and ResNet-110 with a random router at about half of
+  writes its Markdown table): the demo's trained PPO routers on ``DynChannel-v1``, ``DynSkip-v1`` and
+  ``DynExit-v1`` (width stages), dialed to their FLOPs targets (trained here with the recipe, or loaded
+  with ``--routers DIR``; the ``-v0`` ids with ``--setup``), PPO on ``DynExit-v1`` with depth stages
+  (trained here) and ResNet-110 with a random router at about half of
   its blocks, at batch 1, 64 and 256, at 1 thread and at the default thread count: the routed model
   vs the full network (goal >= 0.6 / flops_ratio at batch 1, >= 0.8 / flops_ratio from batch 64),
   the same routes without the router, per-image routes vs static routes of the same FLOPs (goal
@@ -62,6 +63,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -567,18 +569,22 @@ def format_export(export: dict) -> list[str]:
 
 
 # -- 5. what a user ships: trained routers vs full, static and plain networks ---------------------------
-#: the routed-model table's setups: env id -> (mode, backbone, router); "ppo": the demo's PPO recipe
-#: (:func:`dyncnn_gym.recipes.train_ppo` on the embedded shapes data; on a ``-v1`` id the policy is
-#: dialed to the env's FLOPs target, as ``evaluate`` and ``export`` do), "random": :class:`RandomGates`
+#: the routed-model table's setups: name -> (mode, backbone, router); mode ``exit-width`` / ``exit-depth``:
+#: ``DynExit-v1`` with that kind of stages; "ppo": the demo's PPO recipe (:func:`dyncnn_gym.recipes.train_ppo`
+#: on the embedded shapes data; on a ``-v1`` id the policy is dialed to the env's FLOPs target, as
+#: ``evaluate`` and ``export`` do), "random": :class:`RandomGates`
 ROUTED_SETUPS: dict[str, tuple[str, str, str]] = {
     "DynChannel-v1": ("channel", "vgg+sandwich+distill", "ppo"),
     "DynSkip-v1": ("skip", "resnet32-lite@skip", "ppo"),
     "DynChannel-v0": ("channel", "vgg+sandwich+distill", "ppo"),
     "DynSkip-v0": ("skip", "resnet32-lite@skip", "ppo"),
     "DynSkip-v0 resnet110": ("skip", "resnet110", "random"),
+    "DynExit-v1": ("exit-width", "vgg+sandwich+distill", "ppo"),
+    "DynExit-v1 depth": ("exit-depth", "resnet20-lite-exits+distill", "ppo"),
 }
-#: the setups measured by default: the routers ``dyncnn-gym demo`` trains and ships (``-v1``), and ResNet-110
-DEFAULT_ROUTED_SETUPS = ("DynChannel-v1", "DynSkip-v1", "DynSkip-v0 resnet110")
+#: the setups measured by default: the routers ``dyncnn-gym demo`` trains and ships (``-v1``), PPO on the
+#: depth-stage early exits (trained here: 1 minute), and ResNet-110
+DEFAULT_ROUTED_SETUPS = ("DynChannel-v1", "DynSkip-v1", "DynExit-v1", "DynExit-v1 depth", "DynSkip-v0 resnet110")
 #: batches of the routed-model table
 ROUTED_BATCHES = (1, 64, 256)
 
@@ -652,49 +658,186 @@ def _load_router(routers: str | Path, env_id: str):
     )
 
 
-def routed_setup(env_id: str, device: torch.device, routers: str | Path | None, steps: int | None, progress: bool) -> dict:
+@dataclass
+class TimedSetup:
+    """What the routed-model table times for one setup (see :func:`bench_routed`).
+
+    Attributes:
+        info: what is reported about the setup (router, test accuracy and FLOPs ratio, static front).
+        net: the backbone; ``plain``: its full network as a plain ``nn.Module``; ``images``: test images.
+        full: ``full(x)`` runs the full network on ``x [B, C, H, W]``.
+        route: ``route(x) -> (routes, flops_ratio [B])``: the exported routed model (router included).
+        replay: ``replay(x, routes)``: the same routes without the router (the raw dynamic pass).
+        static: ``static(x, key)``: the static network ``key`` of :attr:`front` (or of ``spaced``).
+        front: the static networks' accuracy-FLOPs front on the test split, points ``{"key",
+            "accuracy", "flops_ratio"}``; ``None`` without one (an untrained backbone).
+        spaced: without a front, ``spaced(flops_ratio) -> key``: a static network of that FLOPs ratio.
+        distinct: ``distinct(routes list) -> int``: distinct routes among the routed images.
+    """
+
+    info: dict
+    net: Any
+    plain: nn.Module
+    images: torch.Tensor
+    full: Callable[[torch.Tensor], Any]
+    route: Callable[[torch.Tensor], tuple[Any, torch.Tensor]]
+    replay: Callable[[torch.Tensor, Any], Any]
+    static: Callable[[torch.Tensor, tuple], Any]
+    front: list[dict] | None
+    spaced: Callable[[float], tuple] | None
+    distinct: Callable[[list], int]
+
+
+def routed_setup(
+    env_id: str, device: torch.device, routers: str | Path | None, steps: int | None, progress: bool
+) -> TimedSetup:
     """One setup of the routed-model table: the exported model, its test-split accuracy and routes, and the
     static front (or a FLOPs-matched static route where there is no front). See :func:`bench_routed`."""
-    import warnings as _w
-
     from ..envs.core import RoutingCore
     from ..envs.routing import make_core
     from ..recipes import env_kwargs as recipe_env_kwargs
-    from ..recipes import recipe, train_ppo
-    from ..routed import export
+    from ..walk import run_routes
     from .baselines import static_baselines
+    from .plain import plain_copy
     from .protocol import evaluate
 
     mode, arch, router = ROUTED_SETUPS[env_id]
     base_id = env_id.split()[0]
-    out: dict[str, Any] = {"env_id": env_id, "mode": mode, "backbone": arch}
+    info: dict[str, Any] = {"env_id": env_id, "mode": mode, "backbone": arch}
+    if mode.startswith("exit-"):
+        return _exit_setup(env_id, device, routers, steps, progress, info)
     if router == "ppo":
         kw = recipe_env_kwargs(base_id, dataset="shapes", backbone=arch, groups=4, device=str(device))
         core = make_core(base_id, 1, split="test", **kw)  # the id's registered defaults (a -v1 FLOPs target)
-        if routers is not None:
-            model, where = _load_router(routers, base_id)
-            out["router"] = f"PPO loaded from {where}"
-        else:
-            n = steps or recipe(base_id)["total_timesteps"]
-            with _w.catch_warnings():
-                _w.simplefilter("ignore")
-                model = train_ppo(base_id, total_timesteps=n, seed=0, progress=progress, **kw)
-            out["router"] = f"PPO, the demo's recipe ({n} steps, seed 0)"
+        model = _ppo_router(base_id, kw, routers, steps, progress, info)
         res = evaluate(model, base_id, core=core)  # dialed to a -v1 target on held-out images; export dials alike
-        out.update(accuracy=res["accuracy"], test_flops_ratio=res["flops_ratio"], dialed=res["dialed"])
-        rn = export(model, core=core)
+        info.update(accuracy=res["accuracy"], test_flops_ratio=res["flops_ratio"], dialed=res["dialed"])
+        rn = _export(model, core)
         front = static_baselines(core)["front"]
-        out["static_front"] = [{k: p[k] for k in ("actions", "accuracy", "flops_ratio")} for p in front]
+        info["static_front"] = [{k: p[k] for k in ("actions", "accuracy", "flops_ratio")} for p in front]
+        points = [{"key": tuple(p["actions"]), "accuracy": p["accuracy"], "flops_ratio": p["flops_ratio"]} for p in front]
     else:
         data, _note = load_bench_data("shapes", (3, 32, 32))
-        net = fresh_backbone(arch, data, 4, device)
-        core = RoutingCore(mode, 1, dataset=data, backbone=net, split="test", device=str(device))
-        rn = export(RandomGates(core.observation_space.shape[0]), core=core)
-        out["router"] = "RandomGates (a random PPO-sized MLP, sin(50 x) execute score: ~50 % of blocks per image)"
-        out["static_front"] = None
-    out["routed"] = rn
-    out["images"] = core.images
-    return out
+        core = RoutingCore(
+            mode, 1, dataset=data, backbone=fresh_backbone(arch, data, 4, device), split="test", device=str(device)
+        )
+        rn = _export(RandomGates(core.observation_space.shape[0]), core)
+        info["router"] = "RandomGates (a random PPO-sized MLP, sin(50 x) execute score: ~50 % of blocks per image)"
+        info["static_front"], points = None, None
+    net, table = rn.backbone, rn.table
+
+    def route(x: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        out = rn.route(x)
+        return out.actions, out.flops_ratio
+
+    return TimedSetup(
+        info=info,
+        net=net,
+        plain=plain_copy(net),
+        images=core.images,
+        full=lambda x: net.full_forward(x, mode),
+        route=route,
+        replay=lambda x, acts: run_routes(net, mode, x, acts),
+        static=lambda x, key: static_forward(net, mode, x, key),
+        front=points,
+        spaced=None if points else (lambda ratio: tuple(spaced_route(table, ratio))),
+        distinct=lambda acts: int(torch.cat(acts).unique(dim=0).shape[0]),
+    )
+
+
+def _ppo_router(env_id: str, kw: dict, routers: str | Path | None, steps: int | None, progress: bool, info: dict):
+    """The PPO router of a setup: loaded from ``routers`` (a ``dyncnn-gym demo --out`` folder) when
+    given, else trained with the recipe; ``info["router"]`` says which."""
+    import warnings as _w
+
+    from ..recipes import recipe, train_ppo
+
+    if routers is not None and info["env_id"] == env_id:  # a setup with a suffix ("DynExit-v1 depth") trains its own
+        model, where = _load_router(routers, env_id)
+        info["router"] = f"PPO loaded from {where}"
+        return model
+    n = steps or recipe(env_id)["total_timesteps"]
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")
+        model = train_ppo(env_id, total_timesteps=n, seed=0, progress=progress, **kw)
+    info["router"] = f"PPO, the demo's recipe ({n} steps, seed 0)"
+    return model
+
+
+def _export(policy: Any, core: Any):
+    from ..deployment import export
+
+    return export(policy, core=core)
+
+
+def _exit_setup(
+    env_id: str, device: torch.device, routers: str | Path | None, steps: int | None, progress: bool, info: dict
+) -> TimedSetup:
+    """An early-exit setup: the PPO router of ``DynExit-v1`` with width stages (the VGG cascade; its
+    static networks are the VGG's static channel routes, the ``DynChannel-v1`` front) or depth stages
+    (the ResNet with exits; its static networks are the truncated networks that end at one exit,
+    :meth:`~dyncnn_gym.models.exits.ExitResNet.exit_forward`)."""
+    from ..envs.routing import make_core
+    from ..exit_walk import run_fixed_exits
+    from ..recipes import env_kwargs as recipe_env_kwargs
+    from .baselines import pareto, static_baselines
+    from .exit_baselines import exit_outcomes
+    from .plain import plain_copy
+    from .protocol import evaluate
+
+    mode, arch, _router = ROUTED_SETUPS[env_id]
+    base_id, kind = env_id.split()[0], mode.split("-")[1]
+    kw = recipe_env_kwargs(base_id, dataset="shapes", backbone=arch, stages=kind, groups=4, device=str(device))
+    core = make_core(base_id, 1, split="test", **kw)
+    model = _ppo_router(base_id, kw, routers, steps, progress, info)
+    res = evaluate(model, base_id, core=core)
+    info.update(accuracy=res["accuracy"], test_flops_ratio=res["flops_ratio"], dialed=res["dialed"])
+    rn = _export(model, core)
+    net, stages = rn.backbone, rn.stages
+    if kind == "width":
+        ckw = recipe_env_kwargs("DynChannel-v1", dataset="shapes", backbone=arch, groups=4, device=str(device))
+        front = static_baselines(make_core("DynChannel-v1", 1, split="test", **ckw))["front"]
+        info["static_front"] = [{k: p[k] for k in ("actions", "accuracy", "flops_ratio")} for p in front]
+        points = [{"key": tuple(p["actions"]), "accuracy": p["accuracy"], "flops_ratio": p["flops_ratio"]} for p in front]
+
+        def static(x: torch.Tensor, key: tuple) -> Any:
+            return static_forward(net, "channel", x, key)
+
+        def full(x: torch.Tensor) -> Any:
+            return net.full_forward(x, "channel")
+
+    else:
+        correct = exit_outcomes(core, "test").correct  # [S, N]
+        pts = [
+            {"exit": k, "accuracy": float(correct[k].mean()), "flops_ratio": net.exit_network_flops(k) / rn.full}
+            for k in range(rn.S)
+        ]
+        info["static_front"] = pareto(pts)
+        points = [{"key": (p["exit"],), "accuracy": p["accuracy"], "flops_ratio": p["flops_ratio"]} for p in pareto(pts)]
+
+        def static(x: torch.Tensor, key: tuple) -> Any:
+            return net.exit_forward(x, key[0])
+
+        def full(x: torch.Tensor) -> Any:
+            return net.full_forward(x, "exit")
+
+    def route(x: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        out = rn.route(x)
+        return out.exits, out.flops_ratio
+
+    return TimedSetup(
+        info=info,
+        net=net,
+        plain=plain_copy(net),
+        images=core.images,
+        full=full,
+        route=route,
+        replay=lambda x, exits: run_fixed_exits(stages, x, exits),
+        static=static,
+        front=points,
+        spaced=None,
+        distinct=lambda exits: int(torch.cat(exits).unique().shape[0]),
+    )
 
 
 def bench_routed(
@@ -712,98 +855,78 @@ def bench_routed(
     """The routed models a user ships vs the networks they replace, per setup, batch and thread count.
 
     Setups (``setups``, names of :data:`ROUTED_SETUPS`; default :data:`DEFAULT_ROUTED_SETUPS`): the demo's
-    PPO routers on ``DynChannel-v1`` and ``DynSkip-v1`` (dialed to their FLOPs targets) or on the ``-v0``
-    ids (trained here with the recipe, or loaded from ``routers``: a ``dyncnn-gym demo --out`` folder),
-    and ResNet-110 with :class:`RandomGates`. Batch 1 is a loop over ``singles`` test images; batch ``N``
+    PPO routers on ``DynChannel-v1``, ``DynSkip-v1`` and ``DynExit-v1`` (width stages), dialed to their
+    FLOPs targets (trained here with the recipe, or loaded from ``routers``: a ``dyncnn-gym demo --out``
+    folder), PPO on ``DynExit-v1`` with depth stages and on the ``-v0`` ids (trained here), and
+    ResNet-110 with :class:`RandomGates`. Batch 1 is a loop over ``singles`` test images; batch ``N``
     one call on ``N`` test images. Measured interleaved, per row:
 
     * ``full``: the package's full network; ``plain``: the same network as a plain ``nn.Module``
       (:func:`~dyncnn_gym.benchmark.plain.plain_copy`);
     * ``routed``: the exported routed model (router included); ``raw``: the same routes without the
-      router (:func:`~dyncnn_gym.walk.run_routes`);
-    * the static routes (:func:`static_forward`) of the static front (uniform + greedy routes on the
-      test split) that bracket the router's test accuracy and its FLOPs ratio; their times are
-      interpolated (per repeat) by accuracy and by FLOPs. Without a front (ResNet-110, untrained),
-      an evenly spaced skip route of the routes' FLOPs (:func:`spaced_route`).
+      router (:func:`~dyncnn_gym.walk.run_routes`; :func:`~dyncnn_gym.exit_walk.run_fixed_exits`);
+    * the static networks of the static front (uniform + greedy routes on the test split; for depth
+      exits, the truncated networks) that bracket the router's test accuracy and its FLOPs ratio;
+      their times are interpolated (per repeat) by accuracy and by FLOPs. Without a front
+      (ResNet-110, untrained), an evenly spaced skip route of the routes' FLOPs (:func:`spaced_route`).
 
     Ratios (medians over repeats of per-repeat ratios): ``routed_vs_full``, ``raw_vs_full``,
     ``router_overhead`` (routed / raw - 1), ``routes_vs_static_same_flops`` (static / raw),
     ``routed_vs_static_same_accuracy`` (static / routed), ``full_vs_plain`` (plain / full).
     """
-    from ..walk import run_routes
-    from .plain import plain_copy
-
     rows: list[dict] = []
     info: dict[str, dict] = {}
     old = torch.get_num_threads()
     try:
         for env_id in setups:
             st = routed_setup(env_id, device, routers, steps, progress)
-            rn, images = st.pop("routed"), st.pop("images")
-            net, mode = rn.backbone, rn.mode
-            plain = plain_copy(net)
-            table = rn.table
-            info[env_id] = {k: v for k, v in st.items()}
+            info[env_id] = st.info
             for n_threads in threads:
                 torch.set_num_threads(n_threads)
                 for batch in batches:
                     n_calls = singles if batch == 1 else 1
-                    parts = [images[i * batch : (i + 1) * batch] for i in range(n_calls)]
-                    outs = [rn.route(p) for p in parts]
-                    acts = [o.actions for o in outs]
-                    ratio = float(torch.cat([o.flops_ratio for o in outs]).mean())
-                    statics: dict[str, tuple] = {}  # name -> (route, ...)
-                    plan: dict[str, list] = {}
-                    if st["static_front"]:
-                        front = st["static_front"]
-                        lo, hi, w = _bracket(front, "accuracy", st["accuracy"])
-                        plan["accuracy"] = [(lo["actions"], 1 - w), (hi["actions"], w)]
-                        lo, hi, w = _bracket(front, "flops_ratio", ratio)
-                        plan["flops"] = [(lo["actions"], 1 - w), (hi["actions"], w)]
+                    parts = [st.images[i * batch : (i + 1) * batch] for i in range(n_calls)]
+                    with torch.no_grad():
+                        outs = [st.route(p) for p in parts]
+                    routes = [o[0] for o in outs]
+                    ratio = float(torch.cat([o[1] for o in outs]).mean())
+                    plan: dict[str, list] = {}  # "accuracy" / "flops" -> [(static key, weight), ...]
+                    if st.front:
+                        lo, hi, w = _bracket(st.front, "accuracy", st.info["accuracy"])
+                        plan["accuracy"] = [(lo["key"], 1 - w), (hi["key"], w)]
+                        lo, hi, w = _bracket(st.front, "flops_ratio", ratio)
+                        plan["flops"] = [(lo["key"], 1 - w), (hi["key"], w)]
                     else:
-                        plan["flops"] = [(spaced_route(table, ratio), 1.0)]
-                    for routes in plan.values():
-                        for route, _w in routes:
-                            statics.setdefault(f"static{tuple(route)}", tuple(route))
+                        assert st.spaced is not None
+                        plan["flops"] = [(st.spaced(ratio), 1.0)]
 
-                    def full_fn(parts=parts, net=net, mode=mode):
-                        with torch.no_grad():
-                            for p in parts:
-                                net.full_forward(p, mode)
-
-                    def plain_fn(parts=parts, plain=plain):
-                        with torch.no_grad():
-                            for p in parts:
-                                plain(p)
-
-                    def routed_fn(parts=parts, rn=rn):
-                        for p in parts:
-                            rn.route(p)
-
-                    def raw_fn(parts=parts, acts=acts, net=net, mode=mode):
-                        with torch.no_grad():
-                            for p, a in zip(parts, acts):
-                                run_routes(net, mode, p, a)
-
-                    fns = {"full": full_fn, "plain": plain_fn, "routed": routed_fn, "raw": raw_fn}
-                    for name, route in statics.items():
-
-                        def static_fn(parts=parts, route=route, net=net, mode=mode):
+                    def timed(fn: Callable, *extra: Any, parts: list = parts) -> Callable[[], None]:
+                        def call() -> None:
                             with torch.no_grad():
-                                for p in parts:
-                                    static_forward(net, mode, p, route)
+                                for i, p in enumerate(parts):
+                                    fn(p, *(e[i] for e in extra))
 
-                        fns[name] = static_fn
+                        return call
+
+                    fns = {
+                        "full": timed(st.full),
+                        "plain": timed(st.plain),
+                        "routed": timed(st.route),
+                        "raw": timed(st.replay, routes),
+                    }
+                    for steps_ in plan.values():
+                        for key, _w in steps_:
+                            fns.setdefault(f"static{key}", timed(st.static, [key] * n_calls))
                     times = interleaved(fns, repeats, device)
-                    for kind, routes in plan.items():
+                    for kind, steps_ in plan.items():
                         times[f"static_{kind}"] = [
-                            sum(w * times[f"static{tuple(r)}"][i] for r, w in routes) for i in range(repeats)
+                            sum(w * times[f"static{key}"][i] for key, w in steps_) for i in range(repeats)
                         ]
                     n = batch * n_calls
                     factor = 0.6 if batch == 1 else 0.8
                     row = {
                         "env_id": env_id,
-                        "backbone": net.arch,
+                        "backbone": st.net.arch,
                         "batch": batch,
                         "threads": n_threads,
                         "images": n,
@@ -817,13 +940,13 @@ def bench_routed(
                             round(paired_ratio(times, "static_accuracy", "routed"), 3) if "accuracy" in plan else None
                         ),
                         "full_vs_plain": round(paired_ratio(times, "plain", "full"), 3),
-                        "static_routes": {k: [[list(r), round(w, 3)] for r, w in v] for k, v in plan.items()},
+                        "static_routes": {k: [[list(key), round(w, 3)] for key, w in v] for k, v in plan.items()},
                         "ms_per_image": {
                             k: round(1000 * _median(v) / n, 4)
                             for k, v in times.items()
                             if k in ("full", "plain", "routed", "raw", "static_flops", "static_accuracy")
                         },
-                        "distinct_routes": int(torch.cat(acts).unique(dim=0).shape[0]),
+                        "distinct_routes": st.distinct(routes),
                     }
                     row["met_routed_vs_full"] = bool(row["routed_vs_full"] >= row["goal_routed_vs_full"])
                     rows.append(row)

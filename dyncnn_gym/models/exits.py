@@ -370,6 +370,24 @@ class ExitResNet(ResNet):
             out.append(self.exit_heads[k](h) if k < len(self.exits) else self.fc(h.mean(dim=(2, 3))))
         return out
 
+    def exit_forward(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Logits ``[B, K]`` of exit ``k`` computed as a static network: the stem, the blocks up to
+        exit ``k`` and its head, no earlier exit head (the truncated network every image leaves at
+        ``k``; FLOPs :meth:`exit_network_flops`)."""
+        if not 0 <= k < self.num_exits:
+            raise ValueError(f"k={k!r} is not an exit of {self.arch!r}; choose one of 0..{self.num_exits - 1}")
+        h = self.stem_only(x)
+        for b in range(self.stage_blocks(k)[-1] + 1):
+            h = self.run_block(b, h, self.groups - 1)
+        return self.exit_heads[k](h) if k < len(self.exits) else self.fc(h.mean(dim=(2, 3)))
+
+    def exit_network_flops(self, k: int) -> int:
+        """FLOPs of :meth:`exit_forward` at exit ``k`` (the stem, the blocks up to it, its head only)."""
+        stem = conv_flops(self.in_shape[0], self.widths[0], 3, *self.stem_hw)
+        blocks = sum(self._block_flops(b, self.blocks[b].c_out) for b in range(self.stage_blocks(k)[-1] + 1))
+        head = self.exit_heads[k].flops() if k < len(self.exits) else linear_flops(self.widths[-1], self.num_classes)
+        return stem + blocks + head
+
     def full_forward(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
         return self.all_exits(x)[-1] if self.training or torch.is_grad_enabled() else self._plain(x)
 
