@@ -32,6 +32,12 @@ def test_demo_writes_results_that_a_third_party_can_reproduce(digit_backbones, t
     exit_entry = saved["learned"][2]
     assert exit_entry["env_kwargs"]["backbone"] == digit_backbones["channel"]  # the width cascade on the channel backbone
     assert sum(exit_entry["exit_rates"]) == pytest.approx(1.0) and saved["baselines"]["DynExit-v1"]["cascade"]
+    # the exported early-exit router, timed against the full network and the static network of its accuracy
+    clock = saved["wall_clock"]["DynExit-v1"]
+    assert clock["accuracy"] == exit_entry["accuracy"] and (clock["batch"], clock["threads"]) == (256, 1)
+    assert clock["routed_vs_full"] > 0 and clock["routed_vs_static_same_accuracy"] > 0
+    assert set(clock["static_routes"]) == {"accuracy", "flops"}
+    assert set(saved["wall_clock"]) == {"DynExit-v1"}
     for entry in saved["learned"]:
         model = load_model(str(tmp_path / entry["model_path"]))
         assert type(model).__name__ == entry["algorithm"]

@@ -4,7 +4,9 @@ Loads (or pretrains and caches) the default backbones, trains PPO routers on ``D
 ``DynSkip-v1`` and ``DynExit-v1`` (the width cascade) with the recipe of :mod:`dyncnn_gym.recipes`,
 evaluates them on the whole test split against the full network, static routes (static exits and
 the confidence-threshold cascade for ``DynExit-v1``), random routes at the learned rates and a
-label-aware oracle, prints a table, and writes ``results.json``, PNG plots and the trained SB3 models.
+label-aware oracle, prints a table, times the exported ``DynExit-v1`` router against the full network
+and the static network of its accuracy (:func:`exit_wall_clock`), and writes ``results.json``, PNG
+plots and the trained SB3 models.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def run_demo(
         env_kwargs = recipe_env_kwargs(
             env_id, dataset=dataset, backbone=(backbones or {}).get(mode, DEFAULT_ARCH[mode]), groups=4
         )
-        core, res, entry = _train_ppo(out, env_id, env_kwargs, timesteps, seed, progress)
+        core, _model, res, entry = _train_ppo(out, env_id, env_kwargs, timesteps, seed, progress)
         static = static_baselines(core)
         rnd = random_policy_eval(core, res["action_rates"], seed=seed)
         pool = static.get("exhaustive") or (static["uniform"] + static.get("greedy", []))
@@ -140,6 +142,8 @@ def run_demo(
     results["seconds"] = round(time.perf_counter() - start, 1)
     write_json(out / "results.json", _jsonable(results), indent=2)
     print(format_table(results))
+    if results.get("wall_clock"):
+        print("\n" + format_wall_clock(results))
     print(f"\nwrote {out / 'results.json'}, plots and models in {out}/ ({results['seconds']} s)")
     return results
 
@@ -153,7 +157,7 @@ def _demo_exit(
     from .exit_baselines import exit_oracle, random_exits, static_exits, threshold_cascade
 
     env_kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=backbone or DEFAULT_ARCH["channel"])
-    core, res, entry = _train_ppo(out, env_id, env_kwargs, timesteps, seed, progress)
+    core, model, res, entry = _train_ppo(out, env_id, env_kwargs, timesteps, seed, progress)
     static = static_exits(core)
     cascade = threshold_cascade(core)
     rnd = random_exits(core, res["exit_rates"], seed=seed)
@@ -182,14 +186,45 @@ def _demo_exit(
             out / f"{name}_difficulty.png", f"{env_id}: compute and accuracy by difficulty", {"PPO": res["by_difficulty"]}
         )
     _plot_images(out / f"{name}_images.png", env_id, data, res, core.full)
+    results.setdefault("wall_clock", {})[env_id] = exit_wall_clock(model, core, env_id)
+
+
+def exit_wall_clock(model: Any, core: Any, env_id: str, repeats: int = 5) -> dict[str, Any]:
+    """The exported early-exit router's wall-clock on this machine: one batch of (up to) 256 test
+    images, one thread, medians of ``repeats`` interleaved repeats, against the full network and the
+    static network of the router's test accuracy (a row of ``dyncnn-gym perf``'s routed-model table,
+    :func:`~dyncnn_gym.benchmark.perf.time_setup`)."""
+    from .perf import exit_timed_setup, time_setup
+
+    st = exit_timed_setup(model, core, env_id)
+    batch = min(256, len(st.images))
+    (row,) = time_setup(st, env_id, torch.device(core.device), repeats, threads=[1], batches=[batch])
+    row["accuracy"] = st.info["accuracy"]
+    row["repeats"] = repeats
+    return row
+
+
+def format_wall_clock(results: dict[str, Any]) -> str:
+    """One line per timed router (see :func:`exit_wall_clock`)."""
+    lines = []
+    for env_id, r in results.get("wall_clock", {}).items():
+        acc = r["routed_vs_static_same_accuracy"]
+        lines.append(
+            f"{env_id}, PPO exported as one model (batch {r['batch']}, {r['threads']} thread, medians of {r['repeats']}"
+            f" interleaved repeats on this machine): {r['routed_vs_full']:.2f}x the full network's speed at"
+            f" {r['flops_ratio']:.3f} of its FLOPs"
+            + ("" if acc is None else f", {acc:.2f}x the static network of the same accuracy")
+            + " (`dyncnn-gym perf --routed-only` times every router)"
+        )
+    return "\n".join(lines)
 
 
 def _train_ppo(
     out: Path, env_id: str, env_kwargs: dict[str, Any], timesteps: int | None, seed: int, progress: bool
-) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
     """Load (or pretrain) the backbone, train PPO with the recipe, save it under ``out/models`` and
-    evaluate it on the test split: ``(core on the test split, evaluate's result, the result entry's
-    common part)``."""
+    evaluate it on the test split: ``(core on the test split, the model, evaluate's result, the result
+    entry's common part)``."""
     t0 = time.perf_counter()
     core = make_core(env_id, 1, split="test", **env_kwargs)  # loads or pretrains the backbone
     t_backbone = time.perf_counter() - t0
@@ -212,7 +247,7 @@ def _train_ppo(
         "flops_ratio": res["flops_ratio"],
         "dialed": res["dialed"],
     }
-    return core, res, entry
+    return core, model, res, entry
 
 
 def _plot_images(path: Path, env_id: str, data, res: dict[str, Any], full_flops: int) -> None:

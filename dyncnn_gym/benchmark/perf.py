@@ -773,30 +773,44 @@ def _export(policy: Any, core: Any):
 def _exit_setup(
     env_id: str, device: torch.device, routers: str | Path | None, steps: int | None, progress: bool, info: dict
 ) -> TimedSetup:
-    """An early-exit setup: the PPO router of ``DynExit-v1`` with width stages (the VGG cascade; its
-    static networks are the VGG's static channel routes, the ``DynChannel-v1`` front) or depth stages
-    (the ResNet with exits; its static networks are the truncated networks that end at one exit,
-    :meth:`~dyncnn_gym.models.exits.ExitResNet.exit_forward`)."""
+    """An early-exit setup of :data:`ROUTED_SETUPS`: its PPO router (loaded or trained) on the
+    embedded shapes data, timed by :func:`exit_timed_setup`."""
     from ..envs.routing import make_core
-    from ..exit_walk import run_fixed_exits
     from ..recipes import env_kwargs as recipe_env_kwargs
-    from .baselines import pareto, static_baselines
-    from .exit_baselines import exit_outcomes
-    from .plain import plain_copy
-    from .protocol import evaluate
 
     mode, arch, _router = ROUTED_SETUPS[env_id]
     base_id, kind = env_id.split()[0], mode.split("-")[1]
     kw = recipe_env_kwargs(base_id, dataset="shapes", backbone=arch, stages=kind, groups=4, device=str(device))
     core = make_core(base_id, 1, split="test", **kw)
     model = _ppo_router(base_id, kw, routers, steps, progress, info)
-    res = evaluate(model, base_id, core=core)
+    return exit_timed_setup(model, core, base_id, info)
+
+
+def exit_timed_setup(policy: Any, core: Any, env_id: str = "DynExit-v1", info: dict | None = None) -> TimedSetup:
+    """What :func:`time_setup` times for an early-exit router: ``policy`` (anything
+    :func:`dyncnn_gym.export` accepts) exported on ``core`` (an ``ExitCore`` on the test split; a
+    ``-v1`` policy is dialed to its target as ``evaluate`` dials it), against the full network and the
+    static networks of the same backbone. With width stages the static networks are the backbone's
+    static channel routes (uniform and greedy, the ``DynChannel-v1`` front on the test split); with
+    depth stages, the truncated networks that end at one exit
+    (:meth:`~dyncnn_gym.models.exits.ExitResNet.exit_forward`, no earlier exit head)."""
+    from ..envs.routing import make_core
+    from ..exit_walk import run_fixed_exits
+    from .baselines import pareto, static_baselines
+    from .exit_baselines import exit_outcomes
+    from .plain import plain_copy
+    from .protocol import evaluate
+
+    info = {"env_id": env_id, "mode": f"exit-{core.stages.kind}", "backbone": core.net.arch} if info is None else info
+    res = evaluate(policy, env_id, core=core)
     info.update(accuracy=res["accuracy"], test_flops_ratio=res["flops_ratio"], dialed=res["dialed"])
-    rn = _export(model, core)
+    rn = _export(policy, core)
     net, stages = rn.backbone, rn.stages
-    if kind == "width":
-        ckw = recipe_env_kwargs("DynChannel-v1", dataset="shapes", backbone=arch, groups=4, device=str(device))
-        front = static_baselines(make_core("DynChannel-v1", 1, split="test", **ckw))["front"]
+    if stages.kind == "width":
+        channel = make_core(
+            "DynChannel-v1", 1, split="test", dataset=core.data, backbone=net, groups=net.groups, device=str(core.device)
+        )
+        front = static_baselines(channel)["front"]
         info["static_front"] = [{k: p[k] for k in ("actions", "accuracy", "flops_ratio")} for p in front]
         points = [{"key": tuple(p["actions"]), "accuracy": p["accuracy"], "flops_ratio": p["flops_ratio"]} for p in front]
 
@@ -876,85 +890,100 @@ def bench_routed(
     """
     rows: list[dict] = []
     info: dict[str, dict] = {}
+    for env_id in setups:
+        st = routed_setup(env_id, device, routers, steps, progress)
+        info[env_id] = st.info
+        rows += time_setup(st, env_id, device, repeats, threads, batches, singles, bar)
+    return {"setups": info, "rows": rows, "threads": list(threads)}
+
+
+def time_setup(
+    st: TimedSetup,
+    name: str,
+    device: torch.device,
+    repeats: int,
+    threads: Sequence[int],
+    batches: Sequence[int] = ROUTED_BATCHES,
+    singles: int = 32,
+    bar=None,
+) -> list[dict]:
+    """The rows of :func:`bench_routed` for one setup ``st`` (named ``name``): per thread count and batch,
+    its ratios (see there), interleaved medians."""
+    rows: list[dict] = []
     old = torch.get_num_threads()
     try:
-        for env_id in setups:
-            st = routed_setup(env_id, device, routers, steps, progress)
-            info[env_id] = st.info
-            for n_threads in threads:
-                torch.set_num_threads(n_threads)
-                for batch in batches:
-                    n_calls = singles if batch == 1 else 1
-                    parts = [st.images[i * batch : (i + 1) * batch] for i in range(n_calls)]
-                    with torch.no_grad():
-                        outs = [st.route(p) for p in parts]
-                    routes = [o[0] for o in outs]
-                    ratio = float(torch.cat([o[1] for o in outs]).mean())
-                    plan: dict[str, list] = {}  # "accuracy" / "flops" -> [(static key, weight), ...]
-                    if st.front:
-                        lo, hi, w = _bracket(st.front, "accuracy", st.info["accuracy"])
-                        plan["accuracy"] = [(lo["key"], 1 - w), (hi["key"], w)]
-                        lo, hi, w = _bracket(st.front, "flops_ratio", ratio)
-                        plan["flops"] = [(lo["key"], 1 - w), (hi["key"], w)]
-                    else:
-                        assert st.spaced is not None
-                        plan["flops"] = [(st.spaced(ratio), 1.0)]
+        for n_threads in threads:
+            torch.set_num_threads(n_threads)
+            for batch in batches:
+                n_calls = singles if batch == 1 else 1
+                parts = [st.images[i * batch : (i + 1) * batch] for i in range(n_calls)]
+                with torch.no_grad():
+                    outs = [st.route(p) for p in parts]
+                routes = [o[0] for o in outs]
+                ratio = float(torch.cat([o[1] for o in outs]).mean())
+                plan: dict[str, list] = {}  # "accuracy" / "flops" -> [(static key, weight), ...]
+                if st.front:
+                    lo, hi, w = _bracket(st.front, "accuracy", st.info["accuracy"])
+                    plan["accuracy"] = [(lo["key"], 1 - w), (hi["key"], w)]
+                    lo, hi, w = _bracket(st.front, "flops_ratio", ratio)
+                    plan["flops"] = [(lo["key"], 1 - w), (hi["key"], w)]
+                else:
+                    assert st.spaced is not None
+                    plan["flops"] = [(st.spaced(ratio), 1.0)]
 
-                    def timed(fn: Callable, *extra: Any, parts: list = parts) -> Callable[[], None]:
-                        def call() -> None:
-                            with torch.no_grad():
-                                for i, p in enumerate(parts):
-                                    fn(p, *(e[i] for e in extra))
+                def timed(fn: Callable, *extra: Any, parts: list = parts) -> Callable[[], None]:
+                    def call() -> None:
+                        with torch.no_grad():
+                            for i, p in enumerate(parts):
+                                fn(p, *(e[i] for e in extra))
 
-                        return call
+                    return call
 
-                    fns = {
-                        "full": timed(st.full),
-                        "plain": timed(st.plain),
-                        "routed": timed(st.route),
-                        "raw": timed(st.replay, routes),
-                    }
-                    for steps_ in plan.values():
-                        for key, _w in steps_:
-                            fns.setdefault(f"static{key}", timed(st.static, [key] * n_calls))
-                    times = interleaved(fns, repeats, device)
-                    for kind, steps_ in plan.items():
-                        times[f"static_{kind}"] = [
-                            sum(w * times[f"static{key}"][i] for key, w in steps_) for i in range(repeats)
-                        ]
-                    n = batch * n_calls
-                    factor = 0.6 if batch == 1 else 0.8
-                    row = {
-                        "env_id": env_id,
-                        "backbone": st.net.arch,
-                        "batch": batch,
-                        "threads": n_threads,
-                        "images": n,
-                        "flops_ratio": round(ratio, 4),
-                        "routed_vs_full": round(paired_ratio(times, "full", "routed"), 3),
-                        "goal_routed_vs_full": round(factor / ratio, 3),
-                        "raw_vs_full": round(paired_ratio(times, "full", "raw"), 3),
-                        "router_overhead": round(paired_ratio(times, "routed", "raw") - 1.0, 3),
-                        "routes_vs_static_same_flops": round(paired_ratio(times, "static_flops", "raw"), 3),
-                        "routed_vs_static_same_accuracy": (
-                            round(paired_ratio(times, "static_accuracy", "routed"), 3) if "accuracy" in plan else None
-                        ),
-                        "full_vs_plain": round(paired_ratio(times, "plain", "full"), 3),
-                        "static_routes": {k: [[list(key), round(w, 3)] for key, w in v] for k, v in plan.items()},
-                        "ms_per_image": {
-                            k: round(1000 * _median(v) / n, 4)
-                            for k, v in times.items()
-                            if k in ("full", "plain", "routed", "raw", "static_flops", "static_accuracy")
-                        },
-                        "distinct_routes": st.distinct(routes),
-                    }
-                    row["met_routed_vs_full"] = bool(row["routed_vs_full"] >= row["goal_routed_vs_full"])
-                    rows.append(row)
-                    if bar is not None:
-                        bar.update(1)
+                fns = {
+                    "full": timed(st.full),
+                    "plain": timed(st.plain),
+                    "routed": timed(st.route),
+                    "raw": timed(st.replay, routes),
+                }
+                for steps_ in plan.values():
+                    for key, _w in steps_:
+                        fns.setdefault(f"static{key}", timed(st.static, [key] * n_calls))
+                times = interleaved(fns, repeats, device)
+                for kind, steps_ in plan.items():
+                    times[f"static_{kind}"] = [sum(w * times[f"static{key}"][i] for key, w in steps_) for i in range(repeats)]
+                n = batch * n_calls
+                factor = 0.6 if batch == 1 else 0.8
+                row = {
+                    "env_id": name,
+                    "backbone": st.net.arch,
+                    "batch": batch,
+                    "threads": n_threads,
+                    "images": n,
+                    "flops_ratio": round(ratio, 4),
+                    "routed_vs_full": round(paired_ratio(times, "full", "routed"), 3),
+                    "goal_routed_vs_full": round(factor / ratio, 3),
+                    "raw_vs_full": round(paired_ratio(times, "full", "raw"), 3),
+                    "router_overhead": round(paired_ratio(times, "routed", "raw") - 1.0, 3),
+                    "routes_vs_static_same_flops": round(paired_ratio(times, "static_flops", "raw"), 3),
+                    "routed_vs_static_same_accuracy": (
+                        round(paired_ratio(times, "static_accuracy", "routed"), 3) if "accuracy" in plan else None
+                    ),
+                    "full_vs_plain": round(paired_ratio(times, "plain", "full"), 3),
+                    "static_routes": {k: [[list(key), round(w, 3)] for key, w in v] for k, v in plan.items()},
+                    "ms_per_image": {
+                        k: round(1000 * _median(v) / n, 4)
+                        for k, v in times.items()
+                        if k in ("full", "plain", "routed", "raw", "static_flops", "static_accuracy")
+                    },
+                    "distinct_routes": st.distinct(routes),
+                }
+                row["met_routed_vs_full"] = bool(row["routed_vs_full"] >= row["goal_routed_vs_full"])
+                rows.append(row)
+                if bar is not None:
+                    bar.update(1)
     finally:
         torch.set_num_threads(old)
-    return {"setups": info, "rows": rows, "threads": list(threads)}
+    return rows
 
 
 def format_routed(routed: dict) -> list[str]:
