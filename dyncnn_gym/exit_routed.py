@@ -176,15 +176,27 @@ class ExitRoutedNet(nn.Module):
         state = [policy.initial_state(B, x.device)]
         went_on: list[np.ndarray] = []  # rows of the walk that continued at the last decision
 
+        host = self._host_router() if x.device.type == "cpu" and not self.recurrent else None
+
         def choose(walk: ExitWalk) -> np.ndarray:
             if went_on and state[0] is not None:  # a recurrent state follows the images that are still in the walk
                 keep = torch.from_numpy(went_on.pop()).to(x.device)
                 state[0] = tuple(s.index_select(1, keep) for s in state[0])
+            allowed = None if self.budget is None else self.masks(walk)
+            if host is not None:  # float32 NumPy; the torch head for the rows it cannot call
+                obs32 = host.observations(walk.t, walk.pooled, np.minimum(walk.flops / self.full, 1.0), walk.logits)
+                if obs32 is not None:
+                    acts, sure = host.choose_rows(obs32, allowed)
+                    if not sure.all():
+                        rows = np.flatnonzero(~sure)
+                        sub = walk.select(rows)
+                        mask = None if allowed is None else torch.from_numpy(allowed[rows]).to(x.device)
+                        a, _ = policy.act(self.observe(sub), mask, None)
+                        sub_allowed = None if allowed is None else allowed[rows]
+                        acts[rows] = checked_actions(a, sub_allowed, walk.t, self.A, self.budget, len(rows), where="exit")
+                    return acts
             obs = self.observe(walk)
-            allowed = mask = None
-            if self.budget is not None:
-                allowed = self.masks(walk)
-                mask = torch.from_numpy(allowed).to(obs.device)
+            mask = None if allowed is None else torch.from_numpy(allowed).to(obs.device)
             a, state[0] = policy.act(obs, mask, state[0])
             acts = checked_actions(a, allowed, walk.t, self.A, self.budget, len(walk), where="exit")
             went_on[:] = [np.flatnonzero(acts == 1)]
@@ -236,7 +248,7 @@ class ExitRoutedNet(nn.Module):
         return self.last
 
     def _host_router(self) -> HostRouter | None:
-        """The router for one image on the host (see :mod:`dyncnn_gym.host_head`), or ``None``."""
+        """The router on the host (see :mod:`dyncnn_gym.host_head`), or ``None``."""
         return cached_router(
             self,
             lambda: HostRouter.of(

@@ -10,6 +10,12 @@ path by rounding, so when the best allowed action does not lead the second by a 
 that rounding (:data:`TOLERANCE` of the scores' magnitudes), :meth:`HostHead.choose` returns ``None``
 and the caller runs the torch head. Actions, predictions and FLOPs stay those of
 :func:`dyncnn_gym.evaluate`.
+
+A batch of images takes the same route in float32 NumPy (:meth:`HostRouter.observations`,
+:meth:`HostHead.choose_rows`): at batch 64-256 the router's cost is its elementwise functions, and
+NumPy's float32 ``tanh`` is several times faster than torch's on the CPU. Float32 rounding on both
+sides is still some thousand times below :data:`TOLERANCE`; rows whose lead is not above it are
+decided by the torch head, as one image is.
 """
 
 from __future__ import annotations
@@ -39,6 +45,18 @@ def _changed(watched: list[tuple[torch.Tensor, int | None]]) -> bool:
 
 
 _STEPS = ("linear", "tanh", "relu", "flatten", "logprob", "sin")
+
+
+def _mm_weight(w: np.ndarray) -> torch.Tensor:
+    """A ``[out, in]`` weight as the float32 ``[in, out]`` torch tensor :func:`_mm` multiplies by."""
+    return torch.from_numpy(np.ascontiguousarray(w.T, dtype=np.float32))
+
+
+def _mm(x: np.ndarray, w: torch.Tensor, b: torch.Tensor | None = None) -> np.ndarray:
+    """``x @ w (+ b)`` for float32 ``x [B, in]``, through torch: NumPy's BLAS runs its own thread pool,
+    which fights torch's threads for the cores when both have several."""
+    xt = torch.from_numpy(x)
+    return (xt @ w if b is None else torch.addmm(b, xt, w)).numpy()
 
 
 class HostHead:
@@ -97,6 +115,60 @@ class HostHead:
     def stale(self) -> bool:
         """Whether a weight or buffer of the torch head was changed in place since this was built."""
         return _changed(self._watched)
+
+    def _steps32(self) -> list[tuple[str, object, object]]:
+        """The steps for :meth:`scores_rows`, made once: a linear layer's weight as a float32 torch
+        tensor ``[in, out]`` and its bias ``[out]``."""
+        steps = self.__dict__.get("_f32")
+        if steps is None:
+            steps = [
+                (k, _mm_weight(w), None if b is None else torch.from_numpy(b.astype(np.float32)))
+                if k == "linear"
+                else (k, w, b)
+                for k, w, b in self._steps
+            ]
+            self.__dict__["_f32"] = steps
+            self.__dict__["_cost32"] = None if self._cost is None else self._cost.astype(np.float32)
+        return steps
+
+    def scores_rows(self, obs: np.ndarray) -> np.ndarray:
+        """:meth:`scores` of a batch of observations ``obs [B, D]`` float32, in float32: ``[B, A]``."""
+        x = obs
+        for kind, w, b in self._steps32():
+            if kind == "linear":
+                x = _mm(x, w, b)  # type: ignore[arg-type]
+            elif kind == "tanh":
+                np.tanh(x, out=x)
+            elif kind == "relu":
+                np.maximum(x, 0.0, out=x)
+            elif kind == "sin":
+                x = np.sin(np.float32(w) * x)
+            else:  # logprob
+                m = x.max(1, keepdims=True)
+                x = x - (m + np.log(np.exp(x - m).sum(1, keepdims=True)))
+        cost = self.__dict__["_cost32"]
+        if cost is not None:
+            x -= cost
+        return x
+
+    def choose_rows(self, obs: np.ndarray, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`choose` for a batch ``obs [B, D]`` float32 (``allowed [B, A]`` bool or ``None``):
+        ``(actions int64 [B], sure bool [B])``; a row that is not ``sure`` (a lead within
+        :data:`TOLERANCE`, a score that is not finite, no allowed action) is for the torch head."""
+        s = self.scores_rows(obs)
+        A = s.shape[1]
+        finite = np.isfinite(s).all(1)
+        if allowed is not None:
+            s = np.where(allowed, s, -np.inf)
+        pick = s.argmax(1)
+        if A == 1:
+            return pick, finite & np.isfinite(s[:, 0])
+        top2 = np.partition(s, A - 2, axis=1)[:, A - 2 :].astype(np.float64)
+        second, best = top2[:, 0], top2[:, 1]
+        with np.errstate(invalid="ignore"):
+            lead = best - second > TOLERANCE * (1.0 + np.abs(best) + np.abs(second) + math.log(A))
+        sure = finite & np.isfinite(best) & (np.isneginf(second) | lead)
+        return pick, sure
 
     def scores(self, obs: np.ndarray) -> np.ndarray:
         """The head's action scores ``[A]`` (float64) for one observation ``obs [D]``, cost bias
@@ -181,6 +253,13 @@ class HostRouter:
             self.probes = [(w.detach().double().cpu().numpy(), b.detach().double().cpu().numpy()) for w, b in probes]
             watched += [t for pair in probes for t in pair]
         self._watched = _watch(watched)
+        self.onehots = list(onehots)
+        self.scales32 = [s.astype(np.float32) for s in self.scales]
+        self.probes32 = (
+            None
+            if self.probes is None
+            else [(torch.from_numpy(w.astype(np.float32)), torch.from_numpy(b.astype(np.float32))) for w, b in self.probes]
+        )
 
     @classmethod
     def of(
@@ -238,6 +317,38 @@ class HostRouter:
         """:meth:`HostHead.choose`."""
         return self.head.choose(obs, allowed)
 
+    def observations(
+        self, t: int, pooled: torch.Tensor, ratio: np.ndarray, logits: torch.Tensor | None = None
+    ) -> np.ndarray | None:
+        """Decision ``t``'s observations of a batch, float32 ``[B, obs_dim]``, from the pooled features
+        ``[B, C]`` (CPU, float32), the FLOPs ratios spent ``[B]`` and, where the model has no probes,
+        the logits ``[B, K]`` whose confidences it observes; ``None`` for features or logits that are
+        not float32 (the torch path then builds them)."""
+        if pooled.dtype != torch.float32 or (
+            self.confidences and self.probes32 is None and (logits is None or logits.dtype != torch.float32)
+        ):
+            return None
+        B, w = pooled.shape
+        obs = np.zeros((B, self.obs_dim), dtype=np.float32)
+        obs[:, self.onehots[t]] = 1.0
+        ft = obs[:, :w]
+        np.divide(pooled.numpy(), self.scales32[t][:w], out=ft)
+        np.tanh(ft, out=ft)
+        if self.confidences:
+            if self.probes32 is not None:
+                pw, pb = self.probes32[t]
+                z = _mm(ft, pw[:w], pb)
+            else:
+                z = logits.numpy()  # type: ignore[union-attr]
+            d = self.obs_dim
+            obs[:, d - 4], obs[:, d - 3], obs[:, d - 2] = confidence_rows(z)
+        obs[:, -1] = ratio
+        return obs
+
+    def choose_rows(self, obs: np.ndarray, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`HostHead.choose_rows`."""
+        return self.head.choose_rows(obs, allowed)
+
 
 def cached_router(model: object, build) -> HostRouter | None:
     """``model``'s :class:`HostRouter`, kept in its ``__dict__`` and built again by ``build()`` when
@@ -279,4 +390,17 @@ def confidence_host(z: np.ndarray) -> tuple[float, float, float]:
     return top, top - second, float(-(p @ np.log(np.maximum(p, 1e-12))) / math.log(K))
 
 
-__all__ = ["PYTHON_CLASSES", "TOLERANCE", "HostHead", "HostRouter", "cached_router", "confidence_host"]
+def confidence_rows(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`~dyncnn_gym.envs.probes.confidence` of a batch of logits ``z [B, K]`` (K >= 2), in
+    ``z``'s precision: top probabilities, margins between the two best, entropies / log(K), ``[B]`` each."""
+    K = z.shape[1]
+    p = z - z.max(1, keepdims=True)
+    np.exp(p, out=p)
+    p /= p.sum(1, keepdims=True)
+    top2 = np.partition(p, K - 2, axis=1)[:, K - 2 :]
+    ent = (p * np.log(np.maximum(p, 1e-12))).sum(1)
+    ent /= -math.log(K)
+    return top2[:, 1], top2[:, 1] - top2[:, 0], ent
+
+
+__all__ = ["PYTHON_CLASSES", "TOLERANCE", "HostHead", "HostRouter", "cached_router", "confidence_host", "confidence_rows"]

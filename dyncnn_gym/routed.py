@@ -26,12 +26,14 @@ every face uses) and kept as plain torch modules only (no SB3 object), copied at
 * an ensemble of SB3 models or a :class:`~dyncnn_gym.policies.CostBiasedPolicy` (the mean of the
   members' scores, less the cost bias).
 
-At batch 1 on the CPU a score head's decision runs on the host (:mod:`dyncnn_gym.host_head`): the
-observation and the policy's layers in float64 NumPy, a few tens of microseconds instead of some
-thirty torch dispatches; when two actions are too close for float64 to call the float32 head's
-choice, the torch path below decides. Elsewhere the observation is built from cached constant parts
-(the one-hot row, the FLOPs-ratio entry of the FLOPs spent so far) and the policy's layers run as
-direct functional calls. The walk advances one image without grouping.
+On the CPU a score head's decision runs on the host (:mod:`dyncnn_gym.host_head`): the observation
+and the policy's layers in float64 NumPy for one image (a few tens of microseconds instead of some
+thirty torch dispatches), in float32 NumPy for a batch (NumPy's elementwise functions are several
+times faster than torch's at these sizes); when two actions are too close for that to call the
+float32 torch head's choice, the torch path below decides (for those rows of a batch). Elsewhere
+the observation is built from cached constant parts (the one-hot row, the FLOPs-ratio entry of the
+FLOPs spent so far) and the policy's layers run as direct functional calls. The walk advances one
+image without grouping.
 
 Actor-critic policies that are not maskable, DQN and QR-DQN take the argmax over *allowed* actions
 under a budget (in :func:`~dyncnn_gym.evaluate` such a policy fails on the first forbidden action);
@@ -273,7 +275,7 @@ class RoutedNet(nn.Module):
         return head_policy(self)
 
     def _host_router(self) -> HostRouter | None:
-        """The router for one image on the host (see :mod:`dyncnn_gym.host_head`), or ``None``."""
+        """The router on the host (see :mod:`dyncnn_gym.host_head`), or ``None``."""
         consts = self._constants()
         return cached_router(
             self,
@@ -358,18 +360,33 @@ class RoutedNet(nn.Module):
         # without a budget every action is allowed: score heads skip the mask; other heads get all-ones
         free = None if isinstance(self.head, ScoreHead) else self._all_allowed(B, x.device)
 
-        host = self._host_router() if B == 1 and x.device.type == "cpu" and not self.recurrent else None
+        host = self._host_router() if x.device.type == "cpu" and not self.recurrent else None
 
         def choose(walk: Walk) -> int | np.ndarray:
             allowed = None if self.budget is None else self.masks(walk)
-            if host is not None:  # one image: NumPy, unless two actions are too close to tell apart
+            unsure = None  # rows the host could not decide (a batch), for the torch head
+            if host is not None and B == 1:  # one image: float64 NumPy, unless two actions are too close to tell apart
                 obs64 = host.observation(walk.t, walk.pooled_one(), min(int(walk._flops[0]) / self.full, 1.0))
                 if obs64 is not None:
                     a = host.choose(obs64, None if allowed is None else allowed[0])
                     if a is not None:
                         return a
+            elif host is not None:  # a batch: float32 NumPy, the torch head for the rows it cannot call
+                obs32 = host.observations(walk.t, walk.pooled(), np.minimum(walk.flops.numpy() / self.full, 1.0))
+                if obs32 is not None:
+                    acts, sure = host.choose_rows(obs32, allowed)
+                    if sure.all():
+                        return acts
+                    unsure = np.flatnonzero(~sure)
             obs = self._observe(walk)
             mask = free if allowed is None else torch.from_numpy(allowed).to(obs.device)
+            if unsure is not None:
+                rows = torch.from_numpy(unsure).to(obs.device)
+                a, _ = policy.act(obs.index_select(0, rows), None if mask is None else mask.index_select(0, rows), None)
+                acts[unsure] = checked_actions(
+                    a, None if allowed is None else allowed[unsure], walk.t, self.A, self.budget, len(unsure)
+                )
+                return acts
             a, state[0] = policy.act(obs, mask, state[0])
             return self._check_actions(a, allowed, walk.t, B)
 

@@ -1,8 +1,9 @@
-"""A routed model's batch-1 router on the host (``dyncnn_gym.host_head``).
+"""A routed model's router on the host (``dyncnn_gym.host_head``).
 
-For one image on the CPU a routed model chooses each action in float64 NumPy; when two actions are
-too close for that to be sure, the torch head decides. Either way its actions, predictions and
-FLOPs are the torch head's: those of ``dyncnn_gym.evaluate`` and of the same model on a batch.
+For one image on the CPU a routed model chooses each action in float64 NumPy, for a batch in float32
+NumPy; when two actions are too close for that to be sure, the torch head decides. Either way its
+actions, predictions and FLOPs are the torch head's: those of ``dyncnn_gym.evaluate``, image by
+image and as a batch.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 import dyncnn_gym
 from dyncnn_gym.envs.probes import confidence
-from dyncnn_gym.host_head import HostHead, confidence_host
+from dyncnn_gym.host_head import HostHead, confidence_host, confidence_rows
 from dyncnn_gym.policies import LogProbabilities, MeanScores, ModuleHead, ScoreHead, Sine
 from dyncnn_gym.routed import export
 
@@ -72,6 +73,42 @@ def test_the_host_choice_is_the_torch_heads_or_none(kind, biased):
     assert chosen > 0.95 * 2 * len(obs), "near-ties should be rare"
 
 
+@pytest.mark.parametrize("kind", ["categorical", "maskable", "argmax"])
+@pytest.mark.parametrize("biased", [False, True])
+def test_a_batch_choice_on_the_host_is_the_torch_heads_row_by_row_or_left_to_it(kind, biased):
+    d, a = 20, 4
+    head = _head(d, a, kind, logprob=kind != "argmax", biased=biased)
+    host = HostHead.of(head)
+    rng = np.random.default_rng(1)
+    obs = rng.uniform(-1, 1, (2000, d)).astype(np.float32)
+    masks = rng.random((2000, a)) < 0.7
+    masks[np.arange(2000), rng.integers(0, a, 2000)] = True
+    with torch.no_grad():
+        free = head.act(torch.as_tensor(obs)).numpy()
+        masked = head.act(torch.as_tensor(obs), torch.as_tensor(masks)).numpy()
+    for allowed, want in ((None, free), (masks, masked)):
+        got, sure = host.choose_rows(obs.copy(), allowed)
+        assert sure.mean() > 0.95, "near-ties should be rare"
+        np.testing.assert_array_equal(got[sure], want[sure])
+        single = [host.choose(o.astype(np.float64), None if allowed is None else allowed[i]) for i, o in enumerate(obs)]
+        assert all(g == w for g, w in zip(single, want) if g is not None)
+
+
+def test_rows_with_near_ties_or_bad_scores_or_no_allowed_action_are_left_to_the_torch_head():
+    head = _head(6, 3, logprob=False)
+    with torch.no_grad():
+        head.body[-1].weight.zero_()
+        head.body[-1].bias.copy_(torch.tensor([1.0, 1.0 + 1e-5, -2.0]))
+    host = HostHead.of(head)
+    obs = np.zeros((4, 6), dtype=np.float32)
+    allowed = np.array([[True, True, True], [True, False, True], [False, False, True], [False, False, False]])
+    acts, sure = host.choose_rows(obs, allowed)
+    assert sure.tolist() == [False, True, True, False] and acts[1:3].tolist() == [0, 2]
+    with torch.no_grad():
+        head.body[-1].bias[2] = float("nan")
+    assert not HostHead.of(head).choose_rows(obs, allowed)[1].any()
+
+
 def test_a_plain_torch_module_of_scores_runs_on_the_host_too():
     torch.manual_seed(1)
     module = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3), Sine(5.0))
@@ -121,6 +158,13 @@ def test_host_confidence_is_the_envs(classes):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("classes", [2, 10, 100])
+def test_host_confidence_of_a_batch_is_the_envs(classes):
+    z = torch.randn(50, classes, generator=torch.Generator().manual_seed(classes)) * 3
+    got = np.stack(confidence_rows(z.numpy().copy()), 1)
+    np.testing.assert_allclose(got, confidence(z).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def _kwargs(env_id: str, **kw) -> dict:
     return {"dataset": load_test_data("user12"), "backbone": make_net(ARCH[env_id], "user12"), **kw}
 
@@ -156,6 +200,67 @@ def test_one_image_at_a_time_routes_as_evaluate_does(env_id, obs):
     np.testing.assert_array_equal(torch.cat([o.flops for o in ones]).numpy(), im["flops"][:48])
     np.testing.assert_array_equal(torch.cat([o.logits for o in ones]).argmax(1).numpy(), im["prediction"][:48])
     assert len({tuple(r) for r in im["actions"][:48].tolist()}) > 1, "the test head should route images differently"
+
+
+def _batch(rn, x):
+    """Route ``x`` as one batch, counting the rows the host path decided."""
+    made = []
+    choose_rows = HostHead.choose_rows
+
+    def counting(self, obs, allowed=None):
+        acts, sure = choose_rows(self, obs, allowed)
+        made.extend(sure.tolist())
+        return acts, sure
+
+    with mock.patch.object(HostHead, "choose_rows", counting):
+        out = rn.route(x)
+    return out, float(np.mean(made)) if made else 0.0
+
+
+@pytest.mark.parametrize("env_id", IDS)
+@pytest.mark.parametrize("obs", ["features", "probe"])
+@pytest.mark.parametrize("budgeted", [False, True])
+def test_a_batch_routes_as_evaluate_does(env_id, obs, budgeted):
+    kw = _kwargs(env_id, obs=obs)
+    env = gymnasium.make(env_id, **kw)
+    head = _head(env.observation_space.shape[0], int(env.action_space.n), kind="maskable", seed=4)
+    x = torch.as_tensor(kw["dataset"].test.images)
+    if budgeted:  # a cap that binds for the costlier half of the images
+        free = export(head, env_id, **kw).route(x).flops_ratio.numpy()
+        kw["budget"] = float(np.quantile(free, 0.5))
+    result = dyncnn_gym.evaluate(head, env_id, per_image=True, **kw)
+    rn = export(head, env_id, **kw)
+    out, share = _batch(rn, x)
+    assert share > 0.9, "the host path should make almost every decision"
+    im = result["images"]
+    np.testing.assert_array_equal(out.actions.numpy(), im["actions"])
+    np.testing.assert_array_equal(out.flops.numpy(), im["flops"])
+    np.testing.assert_array_equal(out.logits.argmax(1).numpy(), im["prediction"])
+    if budgeted:  # the cap changed routes, and holds
+        assert (out.flops_ratio.numpy() <= kw["budget"] + 1e-9).all() and (free > kw["budget"] + 1e-9).any()
+    else:
+        assert len({tuple(r) for r in im["actions"].tolist()}) > 1, "the test head should route images differently"
+
+
+def test_rows_the_host_cannot_call_are_decided_by_the_torch_head_in_a_batch():
+    """Every row handed to the torch head (as if each were a near-tie) still routes as evaluate does."""
+    kw = _kwargs("DynChannel-v0", obs="probe")
+    env = gymnasium.make("DynChannel-v0", **kw)
+    head = _head(env.observation_space.shape[0], int(env.action_space.n), seed=8)
+    result = dyncnn_gym.evaluate(head, "DynChannel-v0", per_image=True, **kw)
+    rn = export(head, "DynChannel-v0", **kw)
+    choose_rows = HostHead.choose_rows
+
+    def every_other_row(self, obs, allowed=None):
+        acts, sure = choose_rows(self, obs, allowed)
+        acts = acts.copy()
+        acts[::2] = -1  # wrong on purpose: the torch head must overwrite these rows
+        sure[::2] = False
+        return acts, sure
+
+    with mock.patch.object(HostHead, "choose_rows", every_other_row):
+        out = rn.route(torch.as_tensor(kw["dataset"].test.images))
+    np.testing.assert_array_equal(out.actions.numpy(), result["images"]["actions"])
 
 
 @pytest.mark.parametrize("env_id", ["DynChannel-v0", "DynSkip-v0"])
@@ -198,7 +303,11 @@ def test_an_exit_model_one_image_at_a_time_routes_as_evaluate_does(stages, arch,
     x = torch.as_tensor(kw["dataset"].test.images)
     ones, share = _one_by_one(net, x)
     assert share > 0.9, "the host path should make almost every decision"
+    whole, share = _batch(net, x)
+    assert share > 0.9, "the host path should make almost every decision of a batch"
     im = result["images"]
+    np.testing.assert_array_equal(whole.exits.numpy(), im["exit"])
+    np.testing.assert_array_equal(whole.flops.numpy(), im["flops"])
     np.testing.assert_array_equal(torch.cat([o.exits for o in ones]).numpy(), im["exit"])
     np.testing.assert_array_equal(torch.cat([o.actions for o in ones]).numpy(), im["actions"])
     np.testing.assert_array_equal(torch.cat([o.flops for o in ones]).numpy(), im["flops"])
