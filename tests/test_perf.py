@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import load_test_data, make_net
 
+import dyncnn_gym
 from dyncnn_gym.benchmark.perf import (
     RandomGates,
     _bracket,
@@ -121,8 +122,37 @@ def test_the_routed_table_measures_the_demos_v1_routers_by_default_and_refuses_u
     from dyncnn_gym.benchmark.perf import DEFAULT_ROUTED_SETUPS, ROUTED_SETUPS, run_perf
 
     assert set(DEMO_IDS) <= set(DEFAULT_ROUTED_SETUPS) <= set(ROUTED_SETUPS)
-    assert {"DynExit-v1 depth", "DynSkip-v0 resnet110"} <= set(DEFAULT_ROUTED_SETUPS)
+    assert {"DynExit-v1 depth", "DynSkip-v0 resnet110", "DynExit-v0 resnet110"} <= set(DEFAULT_ROUTED_SETUPS)
     args = add_arguments(argparse.ArgumentParser()).parse_args(["--setup", "DynChannel-v0", "--setup", "DynExit-v1 depth"])
     assert args.setup == ["DynChannel-v0", "DynExit-v1 depth"]
     with pytest.raises(ValueError, match=r"setups=\['DynExit-v0'\]: choose one or more of \['DynChannel-v1'"):
         run_perf(routed_only=True, setups=["DynExit-v0"], progress=False, verbose=False)
+
+
+def test_an_early_exit_setup_times_the_routed_model_its_routes_and_the_truncated_networks():
+    """``exit_timed_setup`` on an untrained ResNet with exits and the random router: the replay
+    without the router gives the routed logits; each static network is the truncated network of one
+    exit; one row of ``time_setup`` per batch and thread count (its figures are not checked here:
+    speed is measured by the command, not by tests)."""
+    from dyncnn_gym.benchmark.perf import exit_timed_setup, time_setup
+    from dyncnn_gym.envs.exit_core import ExitCore
+
+    data = load_test_data("user12")
+    net = make_net("resnet8-exits", "user12")
+    core = ExitCore(1, dataset=data, backbone=net, stages="depth", split="test")
+    gates = RandomGates(core.observation_space.shape[0])
+    st = exit_timed_setup(gates, core, "DynExit-v0", trained=False)
+    x = torch.as_tensor(data.test.images[:12])
+    with torch.no_grad():
+        exits, ratio = st.route(x)
+        logits, flops = st.replay(x, exits)
+        routed = dyncnn_gym.export(gates, core=core).route(x)
+        assert torch.equal(logits, routed.logits) and torch.equal(exits, routed.exits)
+        np.testing.assert_allclose(flops / core.full, ratio.numpy())
+        assert [p["key"] for p in st.front] == [(k,) for k in range(net.num_exits)]
+        for k in range(net.num_exits):
+            torch.testing.assert_close(st.static(x, (k,)), net.exit_forward(x, k))
+    assert len(set(exits.tolist())) > 1, "the random router should exit images at different exits"
+    rows = time_setup(st, "DynExit-v0 tiny", torch.device("cpu"), repeats=1, threads=[1], batches=[1, 6], singles=2)
+    assert [(r["batch"], r["threads"]) for r in rows] == [(1, 1), (6, 1)]
+    assert all(r["routed_vs_static_same_accuracy"] is None and set(r["static_routes"]) == {"flops"} for r in rows)

@@ -581,10 +581,18 @@ ROUTED_SETUPS: dict[str, tuple[str, str, str]] = {
     "DynSkip-v0 resnet110": ("skip", "resnet110", "random"),
     "DynExit-v1": ("exit-width", "vgg+sandwich+distill", "ppo"),
     "DynExit-v1 depth": ("exit-depth", "resnet20-lite-exits+distill", "ppo"),
+    "DynExit-v0 resnet110": ("exit-depth", "resnet110-exits", "random"),
 }
 #: the setups measured by default: the routers ``dyncnn-gym demo`` trains and ships (``-v1``), PPO on the
-#: depth-stage early exits (trained here: 1 minute), and ResNet-110
-DEFAULT_ROUTED_SETUPS = ("DynChannel-v1", "DynSkip-v1", "DynExit-v1", "DynExit-v1 depth", "DynSkip-v0 resnet110")
+#: depth-stage early exits (trained here: 1 minute), and ResNet-110 (blocks skipped, or exits) with random routers
+DEFAULT_ROUTED_SETUPS = (
+    "DynChannel-v1",
+    "DynSkip-v1",
+    "DynExit-v1",
+    "DynExit-v1 depth",
+    "DynSkip-v0 resnet110",
+    "DynExit-v0 resnet110",
+)
 #: batches of the routed-model table
 ROUTED_BATCHES = (1, 64, 256)
 
@@ -778,22 +786,33 @@ def _exit_setup(
     from ..envs.routing import make_core
     from ..recipes import env_kwargs as recipe_env_kwargs
 
-    mode, arch, _router = ROUTED_SETUPS[env_id]
+    mode, arch, router = ROUTED_SETUPS[env_id]
     base_id, kind = env_id.split()[0], mode.split("-")[1]
+    if router == "random":  # an untrained backbone: exits at random, about half of the images at each
+        from ..envs.exit_core import ExitCore
+
+        data, _note = load_bench_data("shapes", (3, 32, 32))
+        net = fresh_backbone(arch, data, 4, device)
+        core = ExitCore(1, dataset=data, backbone=net, stages=kind, split="test", device=str(device))
+        info["router"] = "RandomGates (a random PPO-sized MLP, sin(50 x) continue score: ~50 % of images go on at each exit)"
+        return exit_timed_setup(RandomGates(core.observation_space.shape[0]), core, base_id, info, trained=False)
     kw = recipe_env_kwargs(base_id, dataset="shapes", backbone=arch, stages=kind, groups=4, device=str(device))
     core = make_core(base_id, 1, split="test", **kw)
     model = _ppo_router(base_id, kw, routers, steps, progress, info)
     return exit_timed_setup(model, core, base_id, info)
 
 
-def exit_timed_setup(policy: Any, core: Any, env_id: str = "DynExit-v1", info: dict | None = None) -> TimedSetup:
+def exit_timed_setup(
+    policy: Any, core: Any, env_id: str = "DynExit-v1", info: dict | None = None, trained: bool = True
+) -> TimedSetup:
     """What :func:`time_setup` times for an early-exit router: ``policy`` (anything
     :func:`dyncnn_gym.export` accepts) exported on ``core`` (an ``ExitCore`` on the test split; a
     ``-v1`` policy is dialed to its target as ``evaluate`` dials it), against the full network and the
     static networks of the same backbone. With width stages the static networks are the backbone's
     static channel routes (uniform and greedy, the ``DynChannel-v1`` front on the test split); with
     depth stages, the truncated networks that end at one exit
-    (:meth:`~dyncnn_gym.models.exits.ExitResNet.exit_forward`, no earlier exit head)."""
+    (:meth:`~dyncnn_gym.models.exits.ExitResNet.exit_forward`, no earlier exit head). ``trained=False``
+    (an untrained backbone, depth stages): no accuracies, the truncated networks by FLOPs only."""
     from ..envs.routing import make_core
     from ..exit_walk import run_fixed_exits
     from .baselines import pareto, static_baselines
@@ -802,8 +821,11 @@ def exit_timed_setup(policy: Any, core: Any, env_id: str = "DynExit-v1", info: d
     from .protocol import evaluate
 
     info = {"env_id": env_id, "mode": f"exit-{core.stages.kind}", "backbone": core.net.arch} if info is None else info
-    res = evaluate(policy, env_id, core=core)
-    info.update(accuracy=res["accuracy"], test_flops_ratio=res["flops_ratio"], dialed=res["dialed"])
+    if trained:
+        res = evaluate(policy, env_id, core=core)
+        info.update(accuracy=res["accuracy"], test_flops_ratio=res["flops_ratio"], dialed=res["dialed"])
+    elif core.stages.kind != "depth":
+        raise ValueError("an untrained backbone is timed with depth stages only (its static networks are the truncated ones)")
     rn = _export(policy, core)
     net, stages = rn.backbone, rn.stages
     if stages.kind == "width":
@@ -821,13 +843,18 @@ def exit_timed_setup(policy: Any, core: Any, env_id: str = "DynExit-v1", info: d
             return net.full_forward(x, "channel")
 
     else:
-        correct = exit_outcomes(core, "test").correct  # [S, N]
+        correct = exit_outcomes(core, "test").correct if trained else None  # [S, N]
         pts = [
-            {"exit": k, "accuracy": float(correct[k].mean()), "flops_ratio": net.exit_network_flops(k) / rn.full}
+            {
+                "exit": k,
+                "accuracy": None if correct is None else float(correct[k].mean()),
+                "flops_ratio": net.exit_network_flops(k) / rn.full,
+            }
             for k in range(rn.S)
         ]
-        info["static_front"] = pareto(pts)
-        points = [{"key": (p["exit"],), "accuracy": p["accuracy"], "flops_ratio": p["flops_ratio"]} for p in pareto(pts)]
+        front = pareto(pts) if trained else pts
+        info["static_front"] = front
+        points = [{"key": (p["exit"],), "accuracy": p["accuracy"], "flops_ratio": p["flops_ratio"]} for p in front]
 
         def static(x: torch.Tensor, key: tuple) -> Any:
             return net.exit_forward(x, key[0])
@@ -923,8 +950,9 @@ def time_setup(
                 ratio = float(torch.cat([o[1] for o in outs]).mean())
                 plan: dict[str, list] = {}  # "accuracy" / "flops" -> [(static key, weight), ...]
                 if st.front:
-                    lo, hi, w = _bracket(st.front, "accuracy", st.info["accuracy"])
-                    plan["accuracy"] = [(lo["key"], 1 - w), (hi["key"], w)]
+                    if st.info.get("accuracy") is not None:
+                        lo, hi, w = _bracket(st.front, "accuracy", st.info["accuracy"])
+                        plan["accuracy"] = [(lo["key"], 1 - w), (hi["key"], w)]
                     lo, hi, w = _bracket(st.front, "flops_ratio", ratio)
                     plan["flops"] = [(lo["key"], 1 - w), (hi["key"], w)]
                 else:
