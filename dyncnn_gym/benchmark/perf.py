@@ -829,8 +829,15 @@ def exit_timed_setup(
     rn = _export(policy, core)
     net, stages = rn.backbone, rn.stages
     if stages.kind == "width":
-        channel = make_core(
-            "DynChannel-v1", 1, split="test", dataset=core.data, backbone=net, groups=net.groups, device=str(core.device)
+        channel = make_core(  # static routes need no observations: no probes to fit
+            "DynChannel-v1",
+            1,
+            split="test",
+            dataset=core.data,
+            backbone=net,
+            groups=net.groups,
+            device=str(core.device),
+            obs="features",
         )
         front = static_baselines(channel)["front"]
         info["static_front"] = [{k: p[k] for k in ("actions", "accuracy", "flops_ratio")} for p in front]
