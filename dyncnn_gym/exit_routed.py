@@ -189,11 +189,12 @@ class ExitRoutedNet(nn.Module):
                     acts, sure = host.choose_rows(obs32, allowed)
                     if not sure.all():
                         rows = np.flatnonzero(~sure)
-                        sub = walk.select(rows)
-                        mask = None if allowed is None else torch.from_numpy(allowed[rows]).to(x.device)
-                        a, _ = policy.act(self.observe(sub), mask, None)
-                        sub_allowed = None if allowed is None else allowed[rows]
-                        acts[rows] = checked_actions(a, sub_allowed, walk.t, self.A, self.budget, len(rows), where="exit")
+                        idx = torch.from_numpy(rows).to(x.device)
+                        ratio = torch.from_numpy(np.minimum(walk.flops[rows] / self.full, 1.0).astype(np.float32)[:, None])
+                        obs = self._observe(walk.t, walk.logits[idx], walk.pooled[idx], ratio.to(x.device))
+                        sub = None if allowed is None else allowed[rows]
+                        a, _ = policy.act(obs, None if sub is None else torch.from_numpy(sub).to(x.device), None)
+                        acts[rows] = checked_actions(a, sub, walk.t, self.A, self.budget, len(rows), where="exit")
                     return acts
             obs = self.observe(walk)
             mask = None if allowed is None else torch.from_numpy(allowed).to(obs.device)

@@ -302,21 +302,24 @@ class RoutedNet(nn.Module):
         return self._observe(walk)
 
     def _observe(self, walk: Walk) -> torch.Tensor:
-        t, b = walk.t, len(walk)
+        return self._observation(walk.t, walk.pooled(), walk.flops.numpy())
+
+    def _observation(self, t: int, pooled: torch.Tensor, flops: np.ndarray) -> torch.Tensor:
+        """Decision ``t``'s observations of images with pooled features ``[b, C]`` that spent ``flops`` (int ``[b]``)."""
+        b = pooled.shape[0]
         scale, row, probe_w, probe_b = self._constants()[t]
-        ft = torch.tanh(walk.pooled() / scale)
+        ft = torch.tanh(pooled / scale)
         if ft.dtype != torch.float32:
             ft = ft.float()
         # [features, zero padding to F, one-hot of t, (probe confidence), FLOPs ratio]: one concatenation
         parts = [ft, row if b == 1 else row.expand(b, -1)]
         if probe_w is not None:
             parts.append(confidence(ft @ probe_w + probe_b))
-        parts.append(self._ratio_entry(walk, ft.device))
+        parts.append(self._ratio_entry(flops, ft.device))
         return torch.cat(parts, 1)
 
-    def _ratio_entry(self, walk: Walk, device: torch.device) -> torch.Tensor:
+    def _ratio_entry(self, flops: np.ndarray, device: torch.device) -> torch.Tensor:
         """The observation's last column: ``min(flops / full, 1)`` as float32 ``[B, 1]`` (cached per FLOPs value at batch 1)."""
-        flops = walk.flops.numpy()
         if flops.shape[0] == 1:
             f = int(flops[0])
             hit = self._ratios.get(f)
@@ -364,7 +367,6 @@ class RoutedNet(nn.Module):
 
         def choose(walk: Walk) -> int | np.ndarray:
             allowed = None if self.budget is None else self.masks(walk)
-            unsure = None  # rows the host could not decide (a batch), for the torch head
             if host is not None and B == 1:  # one image: float64 NumPy, unless two actions are too close to tell apart
                 obs64 = host.observation(walk.t, walk.pooled_one(), min(int(walk._flops[0]) / self.full, 1.0))
                 if obs64 is not None:
@@ -372,22 +374,22 @@ class RoutedNet(nn.Module):
                     if a is not None:
                         return a
             elif host is not None:  # a batch: float32 NumPy, the torch head for the rows it cannot call
-                obs32 = host.observations(walk.t, walk.pooled(), np.minimum(walk.flops.numpy() / self.full, 1.0))
+                pooled, flops = walk.pooled(), walk.flops.numpy()
+                obs32 = host.observations(walk.t, pooled, np.minimum(flops / self.full, 1.0))
                 if obs32 is not None:
                     acts, sure = host.choose_rows(obs32, allowed)
-                    if sure.all():
-                        return acts
-                    unsure = np.flatnonzero(~sure)
+                    if not sure.all():
+                        rows = np.flatnonzero(~sure)
+                        obs = self._observation(
+                            walk.t, pooled.index_select(0, torch.from_numpy(rows).to(x.device)), flops[rows]
+                        )
+                        sub = None if allowed is None else allowed[rows]
+                        mask = self._allowed_mask(sub, len(rows), free, obs.device)
+                        a, _ = policy.act(obs, mask, None)
+                        acts[rows] = checked_actions(a, sub, walk.t, self.A, self.budget, len(rows))
+                    return acts
             obs = self._observe(walk)
-            mask = free if allowed is None else torch.from_numpy(allowed).to(obs.device)
-            if unsure is not None:
-                rows = torch.from_numpy(unsure).to(obs.device)
-                a, _ = policy.act(obs.index_select(0, rows), None if mask is None else mask.index_select(0, rows), None)
-                acts[unsure] = checked_actions(
-                    a, None if allowed is None else allowed[unsure], walk.t, self.A, self.budget, len(unsure)
-                )
-                return acts
-            a, state[0] = policy.act(obs, mask, state[0])
+            a, state[0] = policy.act(obs, self._allowed_mask(allowed, B, free, obs.device), state[0])
             return self._check_actions(a, allowed, walk.t, B)
 
         run(walk, choose)
@@ -395,6 +397,15 @@ class RoutedNet(nn.Module):
         flops = walk.flops.clone()
         self.last = Routed(logits, walk.actions.clone(), flops, flops.double() / self.full)
         return self.last
+
+    def _allowed_mask(
+        self, allowed: np.ndarray | None, batch: int, free: torch.Tensor | None, device: torch.device
+    ) -> torch.Tensor | None:
+        """The policy's action mask: the budget's ``allowed`` rows, else ``None`` for a score head
+        (``free`` is ``None``) or all-ones ``[batch, A]`` for other heads."""
+        if allowed is not None:
+            return torch.from_numpy(allowed).to(device)
+        return None if free is None else self._all_allowed(batch, device)
 
     def _all_allowed(self, batch: int, device: torch.device) -> torch.Tensor:
         hit = self._ones.get(batch)

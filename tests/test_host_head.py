@@ -242,13 +242,17 @@ def test_a_batch_routes_as_evaluate_does(env_id, obs, budgeted):
         assert len({tuple(r) for r in im["actions"].tolist()}) > 1, "the test head should route images differently"
 
 
-def test_rows_the_host_cannot_call_are_decided_by_the_torch_head_in_a_batch():
+@pytest.mark.parametrize("env_id", ["DynChannel-v0", "DynExit-v0"])
+def test_rows_the_host_cannot_call_are_decided_by_the_torch_head_in_a_batch(env_id):
     """Every row handed to the torch head (as if each were a near-tie) still routes as evaluate does."""
-    kw = _kwargs("DynChannel-v0", obs="probe")
-    env = gymnasium.make("DynChannel-v0", **kw)
-    head = _head(env.observation_space.shape[0], int(env.action_space.n), seed=8)
-    result = dyncnn_gym.evaluate(head, "DynChannel-v0", per_image=True, **kw)
-    rn = export(head, "DynChannel-v0", **kw)
+    if env_id == "DynExit-v0":
+        kw = {"dataset": load_test_data("user12"), "backbone": make_net("resnet8-exits", "user12"), "stages": "depth"}
+    else:
+        kw = _kwargs(env_id, obs="probe")
+    env = gymnasium.make(env_id, **kw)
+    head = _head(env.observation_space.shape[0], int(env.action_space.n), seed=2 if env_id == "DynExit-v0" else 8)
+    result = dyncnn_gym.evaluate(head, env_id, per_image=True, **kw)
+    rn = dyncnn_gym.export(head, env_id, **kw)
     choose_rows = HostHead.choose_rows
 
     def every_other_row(self, obs, allowed=None):
@@ -261,6 +265,8 @@ def test_rows_the_host_cannot_call_are_decided_by_the_torch_head_in_a_batch():
     with mock.patch.object(HostHead, "choose_rows", every_other_row):
         out = rn.route(torch.as_tensor(kw["dataset"].test.images))
     np.testing.assert_array_equal(out.actions.numpy(), result["images"]["actions"])
+    np.testing.assert_array_equal(out.flops.numpy(), result["images"]["flops"])
+    assert len({tuple(r) for r in result["images"]["actions"].tolist()}) > 1, "the test head should route images differently"
 
 
 @pytest.mark.parametrize("env_id", ["DynChannel-v0", "DynSkip-v0"])
