@@ -1,4 +1,4 @@
-"""A policy head's choice for one observation on the host, in float64 NumPy.
+"""A policy head's choice on the host, in NumPy: float64 for one observation, float32 for a batch.
 
 At batch 1 on the CPU a routed model's decision is a few hundred multiply-adds spread over some
 thirty torch operations, each a few microseconds of dispatch: the router then costs more than the
