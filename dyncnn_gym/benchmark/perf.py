@@ -583,6 +583,7 @@ ROUTED_SETUPS: dict[str, tuple[str, str, str]] = {
     "DynExit-v1 depth": ("exit-depth", "resnet20-lite-exits+distill", "ppo"),
     "DynExit-v0 resnet110": ("exit-depth", "resnet110-exits", "random"),
     "DynExit-v0 resnet56": ("exit-depth", "resnet56-exits", "random"),
+    "DynExit-v1 resnet56": ("exit-depth", "resnet56-exits+distill", "ppo"),
     "DynExit-v0 resnet32": ("exit-depth", "resnet32-exits", "random"),
 }
 #: the setups measured by default: the routers ``dyncnn-gym demo`` trains and ships (``-v1``), PPO on the
