@@ -123,8 +123,16 @@ class ExitRoutedNet(nn.Module):
     @torch.no_grad()
     def observe(self, walk: ExitWalk) -> torch.Tensor:
         """Observations ``[B, obs_dim]`` float32 at the walk's exit (as ``DynExit-v0`` builds them)."""
-        ratio = torch.from_numpy(np.minimum(walk.flops / self.full, 1.0).astype(np.float32)[:, None])
-        return self._observe(walk.t, walk.logits, walk.pooled, ratio.to(walk.logits.device))
+        return self._observe_rows(walk)
+
+    def _observe_rows(self, walk: ExitWalk, rows: np.ndarray | None = None) -> torch.Tensor:
+        """:meth:`observe` of the walk's images, or of its ``rows`` (int64) only."""
+        logits, pooled, flops = walk.logits, walk.pooled, walk.flops
+        if rows is not None:
+            idx = torch.from_numpy(rows).to(logits.device)
+            logits, pooled, flops = logits.index_select(0, idx), pooled.index_select(0, idx), flops[rows]
+        ratio = torch.from_numpy(np.minimum(flops / self.full, 1.0).astype(np.float32)[:, None])
+        return self._observe(walk.t, logits, pooled, ratio.to(logits.device))
 
     def _observe(self, t: int, logits: torch.Tensor, pooled: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
         """The observation at exit ``t`` from its logits ``[B, K]``, pooled features ``[B, C_t]`` and
@@ -189,9 +197,7 @@ class ExitRoutedNet(nn.Module):
                     acts, sure = host.choose_rows(obs32, allowed)
                     if not sure.all():
                         rows = np.flatnonzero(~sure)
-                        idx = torch.from_numpy(rows).to(x.device)
-                        ratio = torch.from_numpy(np.minimum(walk.flops[rows] / self.full, 1.0).astype(np.float32)[:, None])
-                        obs = self._observe(walk.t, walk.logits[idx], walk.pooled[idx], ratio.to(x.device))
+                        obs = self._observe_rows(walk, rows)
                         sub = None if allowed is None else allowed[rows]
                         a, _ = policy.act(obs, None if sub is None else torch.from_numpy(sub).to(x.device), None)
                         acts[rows] = checked_actions(a, sub, walk.t, self.A, self.budget, len(rows), where="exit")

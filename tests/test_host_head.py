@@ -48,20 +48,35 @@ def _head(d: int, a: int, kind: str = "categorical", seed: int = 0, logprob: boo
     return ScoreHead(body, kind, cost=cost, bias=0.3 if biased else 0.0).eval()
 
 
-@pytest.mark.parametrize("kind", ["categorical", "maskable", "argmax"])
-@pytest.mark.parametrize("biased", [False, True])
-def test_the_host_choice_is_the_torch_heads_or_none(kind, biased):
-    d, a = 20, 4
+def _random_case(kind: str, biased: bool, seed: int, n: int = 2000, d: int = 20, a: int = 4):
+    """A test head, its host form, ``n`` random observations and masks (at least one allowed action
+    each), and the torch head's actions without and with the masks."""
     head = _head(d, a, kind, logprob=kind != "argmax", biased=biased)
     host = HostHead.of(head)
     assert host is not None and host.num_actions == a
-    rng = np.random.default_rng(0)
-    obs = rng.uniform(-1, 1, (2000, d)).astype(np.float32)
-    masks = rng.random((2000, a)) < 0.7
-    masks[np.arange(2000), rng.integers(0, a, 2000)] = True  # at least one allowed action
+    rng = np.random.default_rng(seed)
+    obs = rng.uniform(-1, 1, (n, d)).astype(np.float32)
+    masks = rng.random((n, a)) < 0.7
+    masks[np.arange(n), rng.integers(0, a, n)] = True
     with torch.no_grad():
         free = head.act(torch.as_tensor(obs)).numpy()
         masked = head.act(torch.as_tensor(obs), torch.as_tensor(masks)).numpy()
+    return host, obs, masks, free, masked
+
+
+def _tied_head() -> ScoreHead:
+    """A head whose first two actions lead by 1e-5 whatever the observation (6 features, 3 actions)."""
+    head = _head(6, 3, logprob=False)
+    with torch.no_grad():
+        head.body[-1].weight.zero_()
+        head.body[-1].bias.copy_(torch.tensor([1.0, 1.0 + 1e-5, -2.0]))
+    return head
+
+
+@pytest.mark.parametrize("kind", ["categorical", "maskable", "argmax"])
+@pytest.mark.parametrize("biased", [False, True])
+def test_the_host_choice_is_the_torch_heads_or_none(kind, biased):
+    host, obs, masks, free, masked = _random_case(kind, biased, seed=0)
     chosen = 0
     for i in range(len(obs)):
         o = obs[i].astype(np.float64)
@@ -76,16 +91,7 @@ def test_the_host_choice_is_the_torch_heads_or_none(kind, biased):
 @pytest.mark.parametrize("kind", ["categorical", "maskable", "argmax"])
 @pytest.mark.parametrize("biased", [False, True])
 def test_a_batch_choice_on_the_host_is_the_torch_heads_row_by_row_or_left_to_it(kind, biased):
-    d, a = 20, 4
-    head = _head(d, a, kind, logprob=kind != "argmax", biased=biased)
-    host = HostHead.of(head)
-    rng = np.random.default_rng(1)
-    obs = rng.uniform(-1, 1, (2000, d)).astype(np.float32)
-    masks = rng.random((2000, a)) < 0.7
-    masks[np.arange(2000), rng.integers(0, a, 2000)] = True
-    with torch.no_grad():
-        free = head.act(torch.as_tensor(obs)).numpy()
-        masked = head.act(torch.as_tensor(obs), torch.as_tensor(masks)).numpy()
+    host, obs, masks, free, masked = _random_case(kind, biased, seed=1)
     for allowed, want in ((None, free), (masks, masked)):
         got, sure = host.choose_rows(obs.copy(), allowed)
         assert sure.mean() > 0.95, "near-ties should be rare"
@@ -95,10 +101,7 @@ def test_a_batch_choice_on_the_host_is_the_torch_heads_row_by_row_or_left_to_it(
 
 
 def test_rows_with_near_ties_or_bad_scores_or_no_allowed_action_are_left_to_the_torch_head():
-    head = _head(6, 3, logprob=False)
-    with torch.no_grad():
-        head.body[-1].weight.zero_()
-        head.body[-1].bias.copy_(torch.tensor([1.0, 1.0 + 1e-5, -2.0]))
+    head = _tied_head()
     host = HostHead.of(head)
     obs = np.zeros((4, 6), dtype=np.float32)
     allowed = np.array([[True, True, True], [True, False, True], [False, False, True], [False, False, False]])
@@ -124,10 +127,7 @@ def test_a_plain_torch_module_of_scores_runs_on_the_host_too():
 
 
 def test_near_ties_and_bad_scores_are_left_to_the_torch_head():
-    head = _head(6, 3, logprob=False)
-    with torch.no_grad():
-        head.body[-1].weight.zero_()
-        head.body[-1].bias.copy_(torch.tensor([1.0, 1.0 + 1e-5, -2.0]))
+    head = _tied_head()
     host = HostHead.of(head)
     assert host.choose(np.zeros(6)) is None  # a lead of 1e-5: too close to call
     assert host.choose(np.zeros(6), np.array([True, False, True])) == 0  # the rival is masked out

@@ -186,17 +186,18 @@ def _demo_exit(
             out / f"{name}_difficulty.png", f"{env_id}: compute and accuracy by difficulty", {"PPO": res["by_difficulty"]}
         )
     _plot_images(out / f"{name}_images.png", env_id, data, res, core.full)
-    results.setdefault("wall_clock", {})[env_id] = exit_wall_clock(model, core, env_id)
+    results.setdefault("wall_clock", {})[env_id] = exit_wall_clock(model, core, env_id, evaluated=res)
 
 
-def exit_wall_clock(model: Any, core: Any, env_id: str, repeats: int = 5) -> dict[str, Any]:
+def exit_wall_clock(model: Any, core: Any, env_id: str, repeats: int = 5, evaluated: dict | None = None) -> dict[str, Any]:
     """The exported early-exit router's wall-clock on this machine: one batch of (up to) 256 test
     images, one thread, medians of ``repeats`` interleaved repeats, against the full network and the
     static network of the router's test accuracy (a row of ``dyncnn-gym perf``'s routed-model table,
-    :func:`~dyncnn_gym.benchmark.perf.time_setup`)."""
+    :func:`~dyncnn_gym.benchmark.perf.time_setup`); ``evaluated``: the model's :func:`evaluate` result
+    on this env, if the caller has it."""
     from .perf import exit_timed_setup, time_setup
 
-    st = exit_timed_setup(model, core, env_id)
+    st = exit_timed_setup(model, core, env_id, evaluated=evaluated)
     batch = min(256, len(st.images))
     (row,) = time_setup(st, env_id, torch.device(core.device), repeats, threads=[1], batches=[batch])
     row["accuracy"] = st.info["accuracy"]

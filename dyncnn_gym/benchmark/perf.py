@@ -725,8 +725,7 @@ def routed_setup(
         info.update(accuracy=res["accuracy"], test_flops_ratio=res["flops_ratio"], dialed=res["dialed"])
         rn = _export(model, core)
         front = static_baselines(core)["front"]
-        info["static_front"] = [{k: p[k] for k in ("actions", "accuracy", "flops_ratio")} for p in front]
-        points = [{"key": tuple(p["actions"]), "accuracy": p["accuracy"], "flops_ratio": p["flops_ratio"]} for p in front]
+        points = _route_front(front, info)
     else:
         data, _note = load_bench_data("shapes", (3, 32, 32))
         core = RoutingCore(
@@ -754,6 +753,13 @@ def routed_setup(
         spaced=None if points else (lambda ratio: tuple(spaced_route(table, ratio))),
         distinct=lambda acts: int(torch.cat(acts).unique(dim=0).shape[0]),
     )
+
+
+def _route_front(front: list[dict], info: dict) -> list[dict]:
+    """A static front of routes (``static_baselines``'s ``front``) as :class:`TimedSetup` points keyed by
+    route; ``info["static_front"]`` gets its routes, accuracies and FLOPs ratios."""
+    info["static_front"] = [{k: p[k] for k in ("actions", "accuracy", "flops_ratio")} for p in front]
+    return [{"key": tuple(p["actions"]), "accuracy": p["accuracy"], "flops_ratio": p["flops_ratio"]} for p in front]
 
 
 def _ppo_router(env_id: str, kw: dict, routers: str | Path | None, steps: int | None, progress: bool, info: dict):
@@ -806,7 +812,12 @@ def _exit_setup(
 
 
 def exit_timed_setup(
-    policy: Any, core: Any, env_id: str = "DynExit-v1", info: dict | None = None, trained: bool = True
+    policy: Any,
+    core: Any,
+    env_id: str = "DynExit-v1",
+    info: dict | None = None,
+    trained: bool = True,
+    evaluated: dict | None = None,
 ) -> TimedSetup:
     """What :func:`time_setup` times for an early-exit router: ``policy`` (anything
     :func:`dyncnn_gym.export` accepts) exported on ``core`` (an ``ExitCore`` on the test split; a
@@ -815,7 +826,9 @@ def exit_timed_setup(
     static channel routes (uniform and greedy, the ``DynChannel-v1`` front on the test split); with
     depth stages, the truncated networks that end at one exit
     (:meth:`~dyncnn_gym.models.exits.ExitResNet.exit_forward`, no earlier exit head). ``trained=False``
-    (an untrained backbone, depth stages): no accuracies, the truncated networks by FLOPs only."""
+    (an untrained backbone, depth stages): no accuracies, the truncated networks by FLOPs only.
+    ``evaluated``: :func:`~dyncnn_gym.evaluate`'s result for ``policy`` on this env, when the caller
+    has it (otherwise it is evaluated here)."""
     from ..envs.routing import make_core
     from ..exit_walk import run_fixed_exits
     from .baselines import pareto, static_baselines
@@ -825,7 +838,7 @@ def exit_timed_setup(
 
     info = {"env_id": env_id, "mode": f"exit-{core.stages.kind}", "backbone": core.net.arch} if info is None else info
     if trained:
-        res = evaluate(policy, env_id, core=core)
+        res = evaluate(policy, env_id, core=core) if evaluated is None else evaluated
         info.update(accuracy=res["accuracy"], test_flops_ratio=res["flops_ratio"], dialed=res["dialed"])
     elif core.stages.kind != "depth":
         raise ValueError("an untrained backbone is timed with depth stages only (its static networks are the truncated ones)")
@@ -843,8 +856,7 @@ def exit_timed_setup(
             obs="features",
         )
         front = static_baselines(channel)["front"]
-        info["static_front"] = [{k: p[k] for k in ("actions", "accuracy", "flops_ratio")} for p in front]
-        points = [{"key": tuple(p["actions"]), "accuracy": p["accuracy"], "flops_ratio": p["flops_ratio"]} for p in front]
+        points = _route_front(front, info)
 
         def static(x: torch.Tensor, key: tuple) -> Any:
             return static_forward(net, "channel", x, key)
