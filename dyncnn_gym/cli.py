@@ -93,11 +93,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .cache import cache_dir
     from .data import DATASET_NAMES
     from .models import ARCHS
-    from .pretraining import DEFAULT_ARCH
+    from .pretraining import DEFAULT_ARCH, SHIPPED_DIR, SHIPPED_EXTRA
 
     print("envs:      ", ", ".join(ENV_IDS + EXIT_IDS + ONE_SHOT_IDS))
     print("archs:     ", ", ".join(f"{a} ({'/'.join(m)})" for a, m in ARCHS.items()))
     print("defaults:  ", ", ".join(f"{m}: {a}" for m, a in DEFAULT_ARCH.items()))
+    print(
+        "shipped:   ",
+        f"{len(list(SHIPPED_DIR.glob('*.pt')))} backbones in {SHIPPED_DIR}: the defaults (shapes, digits),"
+        f" the benchmark suites', and {', '.join(SHIPPED_EXTRA)} (shapes)",
+    )
     print("data sets: ", ", ".join(DATASET_NAMES))
     print("cache dir: ", cache_dir(create=False))
     return 0

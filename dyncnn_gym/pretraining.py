@@ -104,6 +104,11 @@ DEFAULT_ARCH = {
     "exit": "resnet20-lite-exits+distill",
 }
 
+#: backbones shipped (on the embedded shapes data) beyond the defaults and the benchmark suites' ones:
+#: a ResNet-56 with early exits, large enough for a trained early-exit router to pay in wall-clock
+#: time at every batch size (``dyncnn-gym perf --routed-only --setup "DynExit-v1 resnet56"``)
+SHIPPED_EXTRA = ("resnet56-exits+distill",)
+
 
 #: training options a backbone name may add after ``+`` (see :func:`pretrain`)
 TRAINING_OPTIONS = ("augment", "distill", "sandwich")

@@ -442,7 +442,8 @@ def test_cli_debug_shows_the_traceback(capsys, monkeypatch):
 
 def test_cli_info_and_a_real_process_exit_code(capsys):
     assert main(["info"]) == 0
-    assert "cache dir" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cache dir" in out and "resnet56-exits+distill" in out
     proc = subprocess.run(
         [sys.executable, "-m", "dyncnn_gym.cli", "pretrain", "vgg", "--device", "gpu"],
         cwd=REPO_ROOT,

@@ -71,16 +71,17 @@ def test_agent_scripts_run_from_a_checkout(tmp_path):
 
 def test_the_shipped_checkpoints_are_exactly_what_the_defaults_and_the_suites_load():
     """A checkpoint ships when a registered default (on the embedded shapes or on digits) or a
-    benchmark suite's task loads it; the GPU suite's CIFAR-10 backbones are trained on first use."""
+    benchmark suite's task loads it, or when it is one of the few named extras (on shapes); the GPU
+    suite's CIFAR-10 backbones are trained on first use."""
     from dyncnn_gym.benchmark.suites import SUITES
     from dyncnn_gym.envs.core import _shared_data
-    from dyncnn_gym.pretraining import DEFAULT_ARCH, SHIPPED_DIR, default_checkpoint_name
+    from dyncnn_gym.pretraining import DEFAULT_ARCH, SHIPPED_DIR, SHIPPED_EXTRA, default_checkpoint_name
 
     needed = {
         default_checkpoint_name(arch, 4, _shared_data(dataset))
         for dataset in ("shapes", "digits")
         for arch in DEFAULT_ARCH.values()
-    }
+    } | {default_checkpoint_name(arch, 4, _shared_data("shapes")) for arch in SHIPPED_EXTRA}
     for suite in SUITES.values():
         for task in suite.tasks:
             if task.env_kwargs.get("dataset") in ("shapes", "digits"):

@@ -587,12 +587,14 @@ ROUTED_SETUPS: dict[str, tuple[str, str, str]] = {
     "DynExit-v0 resnet32": ("exit-depth", "resnet32-exits", "random"),
 }
 #: the setups measured by default: the routers ``dyncnn-gym demo`` trains and ships (``-v1``), PPO on the
-#: depth-stage early exits (trained here: 1 minute), and ResNet-110 (blocks skipped, or exits) with random routers
+#: depth-stage early exits of the default ResNet-20 and of the shipped ResNet-56 (trained here: 1 minute
+#: each), and ResNet-110 (blocks skipped, or exits) with random routers
 DEFAULT_ROUTED_SETUPS = (
     "DynChannel-v1",
     "DynSkip-v1",
     "DynExit-v1",
     "DynExit-v1 depth",
+    "DynExit-v1 resnet56",
     "DynSkip-v0 resnet110",
     "DynExit-v0 resnet110",
 )
@@ -920,8 +922,8 @@ def bench_routed(
     Setups (``setups``, names of :data:`ROUTED_SETUPS`; default :data:`DEFAULT_ROUTED_SETUPS`): the demo's
     PPO routers on ``DynChannel-v1``, ``DynSkip-v1`` and ``DynExit-v1`` (width stages), dialed to their
     FLOPs targets (trained here with the recipe, or loaded from ``routers``: a ``dyncnn-gym demo --out``
-    folder), PPO on ``DynExit-v1`` with depth stages and on the ``-v0`` ids (trained here), and
-    ResNet-110 with :class:`RandomGates`. Batch 1 is a loop over ``singles`` test images; batch ``N``
+    folder), PPO on ``DynExit-v1`` with depth stages (the default ResNet-20 with exits, and the shipped
+    ResNet-56 with exits) and on the ``-v0`` ids (trained here), and ResNet-110 with :class:`RandomGates`. Batch 1 is a loop over ``singles`` test images; batch ``N``
     one call on ``N`` test images. Measured interleaved, per row:
 
     * ``full``: the package's full network; ``plain``: the same network as a plain ``nn.Module``
