@@ -316,6 +316,9 @@ def test_bad_arguments_name_the_choices():
         gymnasium.make(ENV, **{**kwargs("depth"), "backbone": make_net("resnet8", "user12")})
     with pytest.raises(TypeError, match="ExitResNet"):
         DepthStages(make_net("resnet8", "user12"))
+    for exits_backbone in ("resnet56-exits+distill", kwargs("depth")["backbone"]):  # a name or a network
+        with pytest.raises(ValueError, match="is a ResNet with early exits, .*pass stages='depth'"):
+            gymnasium.make(ENV, **{**kwargs(), "backbone": exits_backbone})
     env = gymnasium.make(ENV, **kwargs())
     env.reset(seed=0)
     with pytest.raises(ValueError, match="outside the action space"):

@@ -173,6 +173,11 @@ class ExitCore(EpisodeSlots):
         backbone_mode = "channel" if stages == "width" else "exit"
         if backbone is None:
             backbone = DEFAULT_EXIT_ARCH[stages]
+        if stages == "width" and _has_exits(backbone):
+            raise ValueError(
+                f"backbone={backbone!r} is a ResNet with early exits, which width stages cannot use; pass"
+                f" stages='depth' for its exits, or a channel backbone (e.g. {DEFAULT_EXIT_ARCH['width']!r}) for width stages"
+            )
         net = resolve_backbone(backbone, self.data, backbone_mode, int(groups), self.device)
         self.net = at_precision(net, DTYPES[dtype])
         self.net.eval()
@@ -574,3 +579,14 @@ class ExitCore(EpisodeSlots):
             info["difficulty"] = float(self.difficulty[i])
             info["difficulty_params"] = {k: float(v[i]) for k, v in self.difficulty_params.items()}
         return info
+
+
+def _has_exits(backbone: Any) -> bool:
+    """Whether ``backbone`` (a name, a checkpoint path or a network) is a ResNet with early exits."""
+    from ..models.exits import ExitResNet
+
+    if isinstance(backbone, ExitResNet):
+        return True
+    if isinstance(backbone, str) and not backbone.endswith(".pt") and "/" not in backbone:
+        return backbone.split("@")[0].split("+")[0].endswith("-exits")
+    return False
