@@ -16,15 +16,9 @@ import torch
 from conftest import load_test_data, make_net
 
 import dyncnn_gym
-from dyncnn_gym.benchmark.perf import (
-    RandomGates,
-    _bracket,
-    add_arguments,
-    format_routed,
-    spaced_route,
-    static_forward,
-)
+from dyncnn_gym.benchmark.perf import add_arguments
 from dyncnn_gym.benchmark.plain import plain_copy
+from dyncnn_gym.benchmark.routed_table import RandomGates, _bracket, format_routed, spaced_route, static_forward
 from dyncnn_gym.walk import run_routes
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))
@@ -109,7 +103,7 @@ def test_the_table_and_the_command_line():
 
 
 def test_a_routers_folder_without_a_setups_router_names_the_demo_command_that_writes_it(tmp_path):
-    from dyncnn_gym.benchmark.perf import _load_router
+    from dyncnn_gym.benchmark.routed_table import _load_router
 
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "DynChannel-v1-PPO.zip").write_bytes(b"")  # what the demo writes by default
@@ -119,7 +113,8 @@ def test_a_routers_folder_without_a_setups_router_names_the_demo_command_that_wr
 
 def test_the_routed_table_measures_the_demos_v1_routers_by_default_and_refuses_unknown_setups():
     from dyncnn_gym.benchmark.demo import DEMO_IDS
-    from dyncnn_gym.benchmark.perf import DEFAULT_ROUTED_SETUPS, ROUTED_SETUPS, run_perf
+    from dyncnn_gym.benchmark.perf import run_perf
+    from dyncnn_gym.benchmark.routed_table import DEFAULT_ROUTED_SETUPS, ROUTED_SETUPS
 
     assert set(DEMO_IDS) <= set(DEFAULT_ROUTED_SETUPS) <= set(ROUTED_SETUPS)
     assert {"DynExit-v1 depth", "DynSkip-v0 resnet110", "DynExit-v0 resnet110"} <= set(DEFAULT_ROUTED_SETUPS)
@@ -134,7 +129,7 @@ def test_an_early_exit_setup_times_the_routed_model_its_routes_and_the_truncated
     without the router gives the routed logits; each static network is the truncated network of one
     exit; one row of ``time_setup`` per batch and thread count (its figures are not checked here:
     speed is measured by the command, not by tests)."""
-    from dyncnn_gym.benchmark.perf import exit_timed_setup, time_setup
+    from dyncnn_gym.benchmark.routed_table import exit_timed_setup, time_setup
     from dyncnn_gym.envs.exit_core import ExitCore
 
     data = load_test_data("user12")

@@ -475,7 +475,8 @@ def test_mixed_batches_compute_only_what_each_sample_chose(mode, arch, device, e
 # -- the `dyncnn-gym perf` benchmark's route choices (the benchmark itself is not run in tests) --------
 @pytest.mark.parametrize("mode,arch", [("channel", "vgg"), ("skip", "resnet14")])
 def test_perf_routes_hit_their_flops_targets(mode, arch):
-    from dyncnn_gym.benchmark.perf import add_arguments, paired_ratio, random_routes_for, static_routes_for
+    from dyncnn_gym.benchmark.perf import add_arguments, random_routes_for, static_routes_for
+    from dyncnn_gym.benchmark.timing import paired_ratio
 
     table = make_net(arch, "user12").cost_table(mode)
     for target in (0.25, 0.5, 0.75):

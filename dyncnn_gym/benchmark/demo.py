@@ -193,9 +193,9 @@ def exit_wall_clock(model: Any, core: Any, env_id: str, repeats: int = 5, evalua
     """The exported early-exit router's wall-clock on this machine: one batch of (up to) 256 test
     images, one thread, medians of ``repeats`` interleaved repeats, against the full network and the
     static network of the router's test accuracy (a row of ``dyncnn-gym perf``'s routed-model table,
-    :func:`~dyncnn_gym.benchmark.perf.time_setup`); ``evaluated``: the model's :func:`evaluate` result
+    :func:`~dyncnn_gym.benchmark.routed_table.time_setup`); ``evaluated``: the model's :func:`evaluate` result
     on this env, if the caller has it."""
-    from .perf import exit_timed_setup, time_setup
+    from .routed_table import exit_timed_setup, time_setup
 
     st = exit_timed_setup(model, core, env_id, evaluated=evaluated)
     batch = min(256, len(st.images))

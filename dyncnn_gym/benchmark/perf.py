@@ -35,7 +35,7 @@ Measured (see :func:`run_perf` for the JSON layout):
   the observations, the probes and the policy head at every decision). No goal; ``--export-only``
   runs this section alone.
 
-* ``routed`` — what a user ships (:func:`bench_routed`; ``--routed-only`` runs it alone, ``--table-out``
+* ``routed`` — what a user ships (:func:`~dyncnn_gym.benchmark.routed_table.bench_routed`; ``--routed-only`` runs it alone, ``--table-out``
   writes its Markdown table): the demo's trained PPO routers on ``DynChannel-v1``, ``DynSkip-v1`` and
   ``DynExit-v1`` (width stages), dialed to their FLOPs targets (trained here with the recipe, or loaded
   with ``--routers DIR``; the ``-v0`` ids with ``--setup``), PPO on ``DynExit-v1`` with depth stages
@@ -57,13 +57,10 @@ import argparse
 import itertools
 import json
 import os
-import platform
-import statistics
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +70,8 @@ from torch import nn
 
 from ..device import check_device
 from ..fileio import check_writable_file, write_text
+from .routed_table import DEFAULT_ROUTED_SETUPS, ROUTED_BATCHES, ROUTED_SETUPS, bench_routed, format_routed
+from .timing import fresh_backbone, interleaved, load_bench_data, machine_facts, median, paired_ratio
 
 #: env id of each mode
 ENV_OF_MODE = {"channel": "DynChannel-v0", "skip": "DynSkip-v0"}
@@ -81,115 +80,6 @@ SPEEDUP_TARGETS = (0.25, 0.5, 0.75)
 
 #: the archs every section measures (pinned, so that the committed figures stay reproducible)
 PERF_ARCH = {"channel": "vgg", "skip": "resnet20-lite"}
-
-
-# -- measuring -----------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(
-    fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1
-) -> dict[str, list[float]]:
-    """Seconds per call of each function, measured ``repeats`` times, interleaved.
-
-    Each function is called ``warmup`` times first (kernel caches, allocator). In repeat ``r`` the
-    functions run in turn, in reversed order on odd repeats, so drifts in machine load hit all alike.
-    """
-    names = list(fns)
-    for _ in range(warmup):
-        for n in names:
-            fns[n]()
-    _sync(device)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        for n in names if r % 2 == 0 else names[::-1]:
-            _sync(device)
-            t0 = time.perf_counter()
-            fns[n]()
-            _sync(device)
-            times[n].append(time.perf_counter() - t0)
-    return times
-
-
-def _median(xs: Sequence[float]) -> float:
-    return float(statistics.median(xs))
-
-
-def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
-    """Median over repeats of ``times[num][r] / times[den][r]``: each ratio compares two
-    measurements taken back to back, so load that drifts between repeats cancels out."""
-    return _median([a / b for a, b in zip(times[num], times[den])])
-
-
-def machine_facts(device: torch.device) -> dict[str, Any]:
-    """What the numbers were measured on."""
-    import gymnasium
-    import stable_baselines3
-
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        affinity = os.cpu_count()
-    facts: dict[str, Any] = {
-        "device": str(device),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": affinity,
-        "cpu": platform.processor() or platform.machine(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "gymnasium": gymnasium.__version__,
-        "stable_baselines3": stable_baselines3.__version__,
-    }
-    try:
-        facts["load_average_1m_at_start"] = round(os.getloadavg()[0], 2)
-    except OSError:
-        pass
-    if device.type == "cuda":
-        facts["gpu"] = torch.cuda.get_device_name(device)
-    return facts
-
-
-# -- data and backbones ----------------------------------------------------------------------------
-def _synthetic(shape: tuple[int, int, int], n: int = 2048, num_classes: int = 10, name: str = "synthetic"):
-    from ..data.base import DataSplits, Split, fingerprint_arrays
-
-    rng = np.random.default_rng(0)
-    splits = []
-    for m in (n, max(n // 4, 1)):
-        x = rng.standard_normal((m, *shape)).astype(np.float32)
-        y = rng.integers(0, num_classes, m).astype(np.int64)
-        splits.append(Split(x, y, np.full(m, np.nan, dtype=np.float32)))
-    fp = fingerprint_arrays(splits[0].images, splits[0].labels, splits[1].images, splits[1].labels)
-    c = shape[0]
-    return DataSplits(name, splits[0], splits[1], num_classes, np.zeros(c, np.float32), np.ones(c, np.float32), fp)
-
-
-def load_bench_data(name: str, shape: tuple[int, int, int]):
-    """``load_dataset(name)``, or random images of ``shape`` when it is unavailable (speed does not
-    depend on pixel values). Returns ``(data, note)``."""
-    try:
-        from ..data import load_dataset
-
-        data = load_dataset(name)
-        if tuple(data.image_shape) != tuple(shape):
-            raise ValueError(f"{name!r} has shape {data.image_shape}, expected {shape}")
-        return data, f"{name!r} ({len(data.train)} train images, {'x'.join(map(str, data.image_shape))})"
-    except Exception as e:  # noqa: BLE001 - any failure falls back to random data of the same shape
-        return _synthetic(shape, name=f"synthetic-{name}"), f"random images {shape} (load_dataset({name!r}) failed: {e})"
-
-
-def fresh_backbone(arch: str, data, groups: int, device: torch.device, seed: int = 0):
-    """A freshly initialised backbone (eval mode) for ``data``; speed does not depend on trained weights."""
-    from ..models import build
-
-    torch.manual_seed(seed)
-    return build(arch, data.image_shape, data.num_classes, groups).to(device).eval()
 
 
 # -- 1. env vs raw forward -----------------------------------------------------------------------------
@@ -222,7 +112,7 @@ def bench_env_vs_raw(data, nets: dict, device: torch.device, repeats: int, num_e
                 run_routes(net, mode, x, acts_t)
 
         times = interleaved({"env": env_episodes, "raw": raw_forward}, repeats, device)
-        t_env, t_raw = _median(times["env"]), _median(times["raw"])
+        t_env, t_raw = median(times["env"]), median(times["raw"])
         out[env_id] = {
             "backbone": net.arch,
             "num_envs": num_envs,
@@ -260,8 +150,8 @@ def bench_batching_limit(data, net, mode: str, device: torch.device, repeats: in
     times = interleaved({"batched": batched, "single": one_by_one}, repeats, device)
     return {
         "batch": batch,
-        "batched_images_per_s": batch / _median(times["batched"]),
-        "single_images_per_s": batch / _median(times["single"]),
+        "batched_images_per_s": batch / median(times["batched"]),
+        "single_images_per_s": batch / median(times["single"]),
         "batching_limit": paired_ratio(times, "single", "batched"),
     }
 
@@ -293,7 +183,7 @@ def bench_sb3(
     times = interleaved(fns, repeats, device, warmup=0)
     for v in vecs.values():
         v.close()
-    t_native, t_dummy = _median(times["native"]), _median(times["dummy"])
+    t_native, t_dummy = median(times["native"]), median(times["dummy"])
     return {
         "env_id": env_id,
         "backbone": net.arch,
@@ -533,7 +423,7 @@ def bench_export(
                     "wall_speedup": round(paired_ratio(times, "full", "routed"), 3),
                     "raw_speedup": round(paired_ratio(times, "full", "raw"), 3),
                     "policy_overhead": round(paired_ratio(times, "routed", "raw") - 1.0, 3),
-                    "ms_per_image": {k: round(1000 * _median(v) / n, 4) for k, v in times.items()},
+                    "ms_per_image": {k: round(1000 * median(v) / n, 4) for k, v in times.items()},
                     "distinct_routes": int(all_acts.unique(dim=0).shape[0]),
                     "mean_action": [round(float(v), 3) for v in all_acts.double().mean(0) / (rn.A - 1)],
                 }
@@ -564,497 +454,6 @@ def format_export(export: dict) -> list[str]:
             f"  {r['env_id']:<14} {r['batch']:>5} {r['flops_ratio']:>6.3f} {r.get('accuracy', float('nan')):>6.3f}"
             f" {r.get('full_accuracy', float('nan')):>8.3f} {r['wall_speedup']:>12.3f} {r['raw_speedup']:>11.3f}"
             f" {100 * r['policy_overhead']:>14.1f}% {ms['routed']:>13.3f} {ms['full']:>11.3f}"
-        )
-    return lines
-
-
-# -- 5. what a user ships: trained routers vs full, static and plain networks ---------------------------
-#: the routed-model table's setups: name -> (mode, backbone, router); mode ``exit-width`` / ``exit-depth``:
-#: ``DynExit-v1`` with that kind of stages; "ppo": the demo's PPO recipe (:func:`dyncnn_gym.recipes.train_ppo`
-#: on the embedded shapes data; on a ``-v1`` id the policy is dialed to the env's FLOPs target, as
-#: ``evaluate`` and ``export`` do), "random": :class:`RandomGates`
-ROUTED_SETUPS: dict[str, tuple[str, str, str]] = {
-    "DynChannel-v1": ("channel", "vgg+sandwich+distill", "ppo"),
-    "DynSkip-v1": ("skip", "resnet32-lite@skip", "ppo"),
-    "DynChannel-v0": ("channel", "vgg+sandwich+distill", "ppo"),
-    "DynSkip-v0": ("skip", "resnet32-lite@skip", "ppo"),
-    "DynSkip-v0 resnet110": ("skip", "resnet110", "random"),
-    "DynExit-v1": ("exit-width", "vgg+sandwich+distill", "ppo"),
-    "DynExit-v1 depth": ("exit-depth", "resnet20-lite-exits+distill", "ppo"),
-    "DynExit-v0 resnet110": ("exit-depth", "resnet110-exits", "random"),
-    "DynExit-v0 resnet56": ("exit-depth", "resnet56-exits", "random"),
-    "DynExit-v1 resnet56": ("exit-depth", "resnet56-exits+distill", "ppo"),
-    "DynExit-v0 resnet32": ("exit-depth", "resnet32-exits", "random"),
-}
-#: the setups measured by default: the routers ``dyncnn-gym demo`` trains and ships (``-v1``), PPO on the
-#: depth-stage early exits of the default ResNet-20 and of the shipped ResNet-56 (trained here: 1 minute
-#: each), and ResNet-110 (blocks skipped, or exits) with random routers
-DEFAULT_ROUTED_SETUPS = (
-    "DynChannel-v1",
-    "DynSkip-v1",
-    "DynExit-v1",
-    "DynExit-v1 depth",
-    "DynExit-v1 resnet56",
-    "DynSkip-v0 resnet110",
-    "DynExit-v0 resnet110",
-)
-#: batches of the routed-model table
-ROUTED_BATCHES = (1, 64, 256)
-
-
-class RandomGates(nn.Sequential):
-    """A fixed random router for timing (skip decisions): a PPO-sized MLP ``obs -> 64 -> 64 -> 1``
-    (tanh) with random weights whose execute score is ``sin(50 x)``: per-image pseudo-random routes
-    that execute about half of the blocks, at the cost of a policy network like PPO's.
-
-    Returns scores ``[B, 2]`` (skip: 0, execute: the sine). Built from plain layers (the skip score
-    is a zero row of the last ``Linear``), so a routed model runs it as it runs a trained head."""
-
-    def __init__(self, obs_dim: int, seed: int = 0) -> None:
-        from ..policies import Sine
-
-        super().__init__(nn.Linear(obs_dim, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 2), Sine(50.0))
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for m in self:
-                if isinstance(m, nn.Linear):
-                    out = 1 if m.out_features == 2 else m.out_features
-                    w = torch.randn((out, m.in_features), generator=gen) / m.in_features**0.5
-                    m.weight.zero_()
-                    m.weight[-out:].copy_(w)
-                    m.bias.zero_()
-
-
-def static_forward(net, mode: str, images: torch.Tensor, route: Sequence[int]) -> torch.Tensor:
-    """Logits of ``images`` on one static route (every image the same actions): the slim network that
-    route defines, run as one dense pass per decision on the cached kernels (no router, no grouping)."""
-    from ..walk import Walk
-
-    walk = Walk(net, mode, images)
-    for a in route:
-        walk.advance(int(a))
-    return walk.logits()
-
-
-def spaced_route(table, target: float) -> list[int]:
-    """A static skip route executing evenly spaced blocks, about ``target`` of the decisions (for a
-    backbone without a static accuracy front, e.g. an untrained one)."""
-    T = table.num_decisions
-    return [int(np.floor((t + 1) * target) > np.floor(t * target)) for t in range(T)]
-
-
-def _bracket(points: list[dict], key: str, value: float) -> tuple[dict, dict, float]:
-    """The two points of ``points`` (sorted by ``key``) around ``value`` and the weight of the second
-    (linear interpolation; clamped to the ends, where the weight is 0 or 1)."""
-    pts = sorted(points, key=lambda p: p[key])
-    if value <= pts[0][key]:
-        return pts[0], pts[0], 0.0
-    if value >= pts[-1][key]:
-        return pts[-1], pts[-1], 0.0
-    for lo, hi in zip(pts[:-1], pts[1:]):
-        if lo[key] <= value <= hi[key]:
-            span = hi[key] - lo[key]
-            return lo, hi, 0.0 if span <= 0 else (value - lo[key]) / span
-    return pts[-1], pts[-1], 0.0  # pragma: no cover - the loop covers every value in range
-
-
-def _load_router(routers: str | Path, env_id: str):
-    from .protocol import load_model
-
-    root = Path(routers)
-    for cand in (root / "models" / f"{env_id}-PPO.zip", root / f"{env_id}-PPO.zip"):
-        if cand.is_file():
-            return load_model(str(cand)), str(cand)
-    raise FileNotFoundError(
-        f"no {env_id}-PPO.zip under {str(root)!r} (looked in models/ and the folder itself); write it with"
-        f" `dyncnn-gym demo --env {env_id} --out DIR`, or leave --routers out to train the routers here"
-    )
-
-
-@dataclass
-class TimedSetup:
-    """What the routed-model table times for one setup (see :func:`bench_routed`).
-
-    Attributes:
-        info: what is reported about the setup (router, test accuracy and FLOPs ratio, static front).
-        net: the backbone; ``plain``: its full network as a plain ``nn.Module``; ``images``: test images.
-        full: ``full(x)`` runs the full network on ``x [B, C, H, W]``.
-        route: ``route(x) -> (routes, flops_ratio [B])``: the exported routed model (router included).
-        replay: ``replay(x, routes)``: the same routes without the router (the raw dynamic pass).
-        static: ``static(x, key)``: the static network ``key`` of :attr:`front` (or of ``spaced``).
-        front: the static networks' accuracy-FLOPs front on the test split, points ``{"key",
-            "accuracy", "flops_ratio"}``; ``None`` without one (an untrained backbone).
-        spaced: without a front, ``spaced(flops_ratio) -> key``: a static network of that FLOPs ratio.
-        distinct: ``distinct(routes list) -> int``: distinct routes among the routed images.
-    """
-
-    info: dict
-    net: Any
-    plain: nn.Module
-    images: torch.Tensor
-    full: Callable[[torch.Tensor], Any]
-    route: Callable[[torch.Tensor], tuple[Any, torch.Tensor]]
-    replay: Callable[[torch.Tensor, Any], Any]
-    static: Callable[[torch.Tensor, tuple], Any]
-    front: list[dict] | None
-    spaced: Callable[[float], tuple] | None
-    distinct: Callable[[list], int]
-
-
-def routed_setup(
-    env_id: str, device: torch.device, routers: str | Path | None, steps: int | None, progress: bool
-) -> TimedSetup:
-    """One setup of the routed-model table: the exported model, its test-split accuracy and routes, and the
-    static front (or a FLOPs-matched static route where there is no front). See :func:`bench_routed`."""
-    from ..envs.core import RoutingCore
-    from ..envs.routing import make_core
-    from ..recipes import env_kwargs as recipe_env_kwargs
-    from ..walk import run_routes
-    from .baselines import static_baselines
-    from .plain import plain_copy
-    from .protocol import evaluate
-
-    mode, arch, router = ROUTED_SETUPS[env_id]
-    base_id = env_id.split()[0]
-    info: dict[str, Any] = {"env_id": env_id, "mode": mode, "backbone": arch}
-    if mode.startswith("exit-"):
-        return _exit_setup(env_id, device, routers, steps, progress, info)
-    if router == "ppo":
-        kw = recipe_env_kwargs(base_id, dataset="shapes", backbone=arch, groups=4, device=str(device))
-        core = make_core(base_id, 1, split="test", **kw)  # the id's registered defaults (a -v1 FLOPs target)
-        model = _ppo_router(base_id, kw, routers, steps, progress, info)
-        res = evaluate(model, base_id, core=core)  # dialed to a -v1 target on held-out images; export dials alike
-        info.update(accuracy=res["accuracy"], test_flops_ratio=res["flops_ratio"], dialed=res["dialed"])
-        rn = _export(model, core)
-        front = static_baselines(core)["front"]
-        points = _route_front(front, info)
-    else:
-        data, _note = load_bench_data("shapes", (3, 32, 32))
-        core = RoutingCore(
-            mode, 1, dataset=data, backbone=fresh_backbone(arch, data, 4, device), split="test", device=str(device)
-        )
-        rn = _export(RandomGates(core.observation_space.shape[0]), core)
-        info["router"] = "RandomGates (a random PPO-sized MLP, sin(50 x) execute score: ~50 % of blocks per image)"
-        info["static_front"], points = None, None
-    net, table = rn.backbone, rn.table
-
-    def route(x: torch.Tensor) -> tuple[Any, torch.Tensor]:
-        out = rn.route(x)
-        return out.actions, out.flops_ratio
-
-    return TimedSetup(
-        info=info,
-        net=net,
-        plain=plain_copy(net),
-        images=core.images,
-        full=lambda x: net.full_forward(x, mode),
-        route=route,
-        replay=lambda x, acts: run_routes(net, mode, x, acts),
-        static=lambda x, key: static_forward(net, mode, x, key),
-        front=points,
-        spaced=None if points else (lambda ratio: tuple(spaced_route(table, ratio))),
-        distinct=lambda acts: int(torch.cat(acts).unique(dim=0).shape[0]),
-    )
-
-
-def _route_front(front: list[dict], info: dict) -> list[dict]:
-    """A static front of routes (``static_baselines``'s ``front``) as :class:`TimedSetup` points keyed by
-    route; ``info["static_front"]`` gets its routes, accuracies and FLOPs ratios."""
-    info["static_front"] = [{k: p[k] for k in ("actions", "accuracy", "flops_ratio")} for p in front]
-    return [{"key": tuple(p["actions"]), "accuracy": p["accuracy"], "flops_ratio": p["flops_ratio"]} for p in front]
-
-
-def _ppo_router(env_id: str, kw: dict, routers: str | Path | None, steps: int | None, progress: bool, info: dict):
-    """The PPO router of a setup: loaded from ``routers`` (a ``dyncnn-gym demo --out`` folder) when
-    given, else trained with the recipe; ``info["router"]`` says which."""
-    import warnings as _w
-
-    from ..recipes import recipe, train_ppo
-
-    if routers is not None and info["env_id"] == env_id:  # a setup with a suffix ("DynExit-v1 depth") trains its own
-        model, where = _load_router(routers, env_id)
-        info["router"] = f"PPO loaded from {where}"
-        return model
-    n = steps or recipe(env_id)["total_timesteps"]
-    with _w.catch_warnings():
-        _w.simplefilter("ignore")
-        model = train_ppo(env_id, total_timesteps=n, seed=0, progress=progress, **kw)
-    info["router"] = f"PPO, the demo's recipe ({n} steps, seed 0)"
-    return model
-
-
-def _export(policy: Any, core: Any):
-    from ..deployment import export
-
-    return export(policy, core=core)
-
-
-def _exit_setup(
-    env_id: str, device: torch.device, routers: str | Path | None, steps: int | None, progress: bool, info: dict
-) -> TimedSetup:
-    """An early-exit setup of :data:`ROUTED_SETUPS`: its PPO router (loaded or trained) on the
-    embedded shapes data, timed by :func:`exit_timed_setup`."""
-    from ..envs.routing import make_core
-    from ..recipes import env_kwargs as recipe_env_kwargs
-
-    mode, arch, router = ROUTED_SETUPS[env_id]
-    base_id, kind = env_id.split()[0], mode.split("-")[1]
-    if router == "random":  # an untrained backbone: exits at random, about half of the images at each
-        from ..envs.exit_core import ExitCore
-
-        data, _note = load_bench_data("shapes", (3, 32, 32))
-        net = fresh_backbone(arch, data, 4, device)
-        core = ExitCore(1, dataset=data, backbone=net, stages=kind, split="test", device=str(device))
-        info["router"] = "RandomGates (a random PPO-sized MLP, sin(50 x) continue score: ~50 % of images go on at each exit)"
-        return exit_timed_setup(RandomGates(core.observation_space.shape[0]), core, base_id, info, trained=False)
-    kw = recipe_env_kwargs(base_id, dataset="shapes", backbone=arch, stages=kind, groups=4, device=str(device))
-    core = make_core(base_id, 1, split="test", **kw)
-    model = _ppo_router(base_id, kw, routers, steps, progress, info)
-    return exit_timed_setup(model, core, base_id, info)
-
-
-def exit_timed_setup(
-    policy: Any,
-    core: Any,
-    env_id: str = "DynExit-v1",
-    info: dict | None = None,
-    trained: bool = True,
-    evaluated: dict | None = None,
-) -> TimedSetup:
-    """What :func:`time_setup` times for an early-exit router: ``policy`` (anything
-    :func:`dyncnn_gym.export` accepts) exported on ``core`` (an ``ExitCore`` on the test split; a
-    ``-v1`` policy is dialed to its target as ``evaluate`` dials it), against the full network and the
-    static networks of the same backbone. With width stages the static networks are the backbone's
-    static channel routes (uniform and greedy, the ``DynChannel-v1`` front on the test split); with
-    depth stages, the truncated networks that end at one exit
-    (:meth:`~dyncnn_gym.models.exits.ExitResNet.exit_forward`, no earlier exit head). ``trained=False``
-    (an untrained backbone, depth stages): no accuracies, the truncated networks by FLOPs only.
-    ``evaluated``: :func:`~dyncnn_gym.evaluate`'s result for ``policy`` on this env, when the caller
-    has it (otherwise it is evaluated here)."""
-    from ..envs.routing import make_core
-    from ..exit_walk import run_fixed_exits
-    from .baselines import pareto, static_baselines
-    from .exit_baselines import exit_outcomes
-    from .plain import plain_copy
-    from .protocol import evaluate
-
-    info = {"env_id": env_id, "mode": f"exit-{core.stages.kind}", "backbone": core.net.arch} if info is None else info
-    if trained:
-        res = evaluate(policy, env_id, core=core) if evaluated is None else evaluated
-        info.update(accuracy=res["accuracy"], test_flops_ratio=res["flops_ratio"], dialed=res["dialed"])
-    elif core.stages.kind != "depth":
-        raise ValueError("an untrained backbone is timed with depth stages only (its static networks are the truncated ones)")
-    rn = _export(policy, core)
-    net, stages = rn.backbone, rn.stages
-    if stages.kind == "width":
-        channel = make_core(  # static routes need no observations: no probes to fit
-            "DynChannel-v1",
-            1,
-            split="test",
-            dataset=core.data,
-            backbone=net,
-            groups=net.groups,
-            device=str(core.device),
-            obs="features",
-        )
-        front = static_baselines(channel)["front"]
-        points = _route_front(front, info)
-
-        def static(x: torch.Tensor, key: tuple) -> Any:
-            return static_forward(net, "channel", x, key)
-
-        def full(x: torch.Tensor) -> Any:
-            return net.full_forward(x, "channel")
-
-    else:
-        correct = exit_outcomes(core, "test").correct if trained else None  # [S, N]
-        pts = [
-            {
-                "exit": k,
-                "accuracy": None if correct is None else float(correct[k].mean()),
-                "flops_ratio": net.exit_network_flops(k) / rn.full,
-            }
-            for k in range(rn.S)
-        ]
-        front = pareto(pts) if trained else pts
-        info["static_front"] = front
-        points = [{"key": (p["exit"],), "accuracy": p["accuracy"], "flops_ratio": p["flops_ratio"]} for p in front]
-
-        def static(x: torch.Tensor, key: tuple) -> Any:
-            return net.exit_forward(x, key[0])
-
-        def full(x: torch.Tensor) -> Any:
-            return net.full_forward(x, "exit")
-
-    def route(x: torch.Tensor) -> tuple[Any, torch.Tensor]:
-        out = rn.route(x)
-        return out.exits, out.flops_ratio
-
-    return TimedSetup(
-        info=info,
-        net=net,
-        plain=plain_copy(net),
-        images=core.images,
-        full=full,
-        route=route,
-        replay=lambda x, exits: run_fixed_exits(stages, x, exits),
-        static=static,
-        front=points,
-        spaced=None,
-        distinct=lambda exits: int(torch.cat(exits).unique().shape[0]),
-    )
-
-
-def bench_routed(
-    device: torch.device,
-    repeats: int,
-    threads: Sequence[int],
-    batches: Sequence[int] = ROUTED_BATCHES,
-    singles: int = 32,
-    routers: str | Path | None = None,
-    steps: int | None = None,
-    setups: Sequence[str] = DEFAULT_ROUTED_SETUPS,
-    progress: bool = False,
-    bar=None,
-) -> dict:
-    """The routed models a user ships vs the networks they replace, per setup, batch and thread count.
-
-    Setups (``setups``, names of :data:`ROUTED_SETUPS`; default :data:`DEFAULT_ROUTED_SETUPS`): the demo's
-    PPO routers on ``DynChannel-v1``, ``DynSkip-v1`` and ``DynExit-v1`` (width stages), dialed to their
-    FLOPs targets (trained here with the recipe, or loaded from ``routers``: a ``dyncnn-gym demo --out``
-    folder), PPO on ``DynExit-v1`` with depth stages (the default ResNet-20 with exits, and the shipped
-    ResNet-56 with exits) and on the ``-v0`` ids (trained here), and ResNet-110 with :class:`RandomGates`. Batch 1 is a loop over ``singles`` test images; batch ``N``
-    one call on ``N`` test images. Measured interleaved, per row:
-
-    * ``full``: the package's full network; ``plain``: the same network as a plain ``nn.Module``
-      (:func:`~dyncnn_gym.benchmark.plain.plain_copy`);
-    * ``routed``: the exported routed model (router included); ``raw``: the same routes without the
-      router (:func:`~dyncnn_gym.walk.run_routes`; :func:`~dyncnn_gym.exit_walk.run_fixed_exits`);
-    * the static networks of the static front (uniform + greedy routes on the test split; for depth
-      exits, the truncated networks) that bracket the router's test accuracy and its FLOPs ratio;
-      their times are interpolated (per repeat) by accuracy and by FLOPs. Without a front
-      (ResNet-110, untrained), an evenly spaced skip route of the routes' FLOPs (:func:`spaced_route`).
-
-    Ratios (medians over repeats of per-repeat ratios): ``routed_vs_full``, ``raw_vs_full``,
-    ``router_overhead`` (routed / raw - 1), ``routes_vs_static_same_flops`` (static / raw),
-    ``routed_vs_static_same_accuracy`` (static / routed), ``full_vs_plain`` (plain / full).
-    """
-    rows: list[dict] = []
-    info: dict[str, dict] = {}
-    for env_id in setups:
-        st = routed_setup(env_id, device, routers, steps, progress)
-        info[env_id] = st.info
-        rows += time_setup(st, env_id, device, repeats, threads, batches, singles, bar)
-    return {"setups": info, "rows": rows, "threads": list(threads)}
-
-
-def time_setup(
-    st: TimedSetup,
-    name: str,
-    device: torch.device,
-    repeats: int,
-    threads: Sequence[int],
-    batches: Sequence[int] = ROUTED_BATCHES,
-    singles: int = 32,
-    bar=None,
-) -> list[dict]:
-    """The rows of :func:`bench_routed` for one setup ``st`` (named ``name``): per thread count and batch,
-    its ratios (see there), interleaved medians."""
-    rows: list[dict] = []
-    old = torch.get_num_threads()
-    try:
-        for n_threads in threads:
-            torch.set_num_threads(n_threads)
-            for batch in batches:
-                n_calls = singles if batch == 1 else 1
-                parts = [st.images[i * batch : (i + 1) * batch] for i in range(n_calls)]
-                with torch.no_grad():
-                    outs = [st.route(p) for p in parts]
-                routes = [o[0] for o in outs]
-                ratio = float(torch.cat([o[1] for o in outs]).mean())
-                plan: dict[str, list] = {}  # "accuracy" / "flops" -> [(static key, weight), ...]
-                if st.front:
-                    if st.info.get("accuracy") is not None:
-                        lo, hi, w = _bracket(st.front, "accuracy", st.info["accuracy"])
-                        plan["accuracy"] = [(lo["key"], 1 - w), (hi["key"], w)]
-                    lo, hi, w = _bracket(st.front, "flops_ratio", ratio)
-                    plan["flops"] = [(lo["key"], 1 - w), (hi["key"], w)]
-                else:
-                    assert st.spaced is not None
-                    plan["flops"] = [(st.spaced(ratio), 1.0)]
-
-                def timed(fn: Callable, *extra: Any, parts: list = parts) -> Callable[[], None]:
-                    def call() -> None:
-                        with torch.no_grad():
-                            for i, p in enumerate(parts):
-                                fn(p, *(e[i] for e in extra))
-
-                    return call
-
-                fns = {
-                    "full": timed(st.full),
-                    "plain": timed(st.plain),
-                    "routed": timed(st.route),
-                    "raw": timed(st.replay, routes),
-                }
-                for steps_ in plan.values():
-                    for key, _w in steps_:
-                        fns.setdefault(f"static{key}", timed(st.static, [key] * n_calls))
-                times = interleaved(fns, repeats, device)
-                for kind, steps_ in plan.items():
-                    times[f"static_{kind}"] = [sum(w * times[f"static{key}"][i] for key, w in steps_) for i in range(repeats)]
-                n = batch * n_calls
-                factor = 0.6 if batch == 1 else 0.8
-                row = {
-                    "env_id": name,
-                    "backbone": st.net.arch,
-                    "batch": batch,
-                    "threads": n_threads,
-                    "images": n,
-                    "flops_ratio": round(ratio, 4),
-                    "routed_vs_full": round(paired_ratio(times, "full", "routed"), 3),
-                    "goal_routed_vs_full": round(factor / ratio, 3),
-                    "raw_vs_full": round(paired_ratio(times, "full", "raw"), 3),
-                    "router_overhead": round(paired_ratio(times, "routed", "raw") - 1.0, 3),
-                    "routes_vs_static_same_flops": round(paired_ratio(times, "static_flops", "raw"), 3),
-                    "routed_vs_static_same_accuracy": (
-                        round(paired_ratio(times, "static_accuracy", "routed"), 3) if "accuracy" in plan else None
-                    ),
-                    "full_vs_plain": round(paired_ratio(times, "plain", "full"), 3),
-                    "static_routes": {k: [[list(key), round(w, 3)] for key, w in v] for k, v in plan.items()},
-                    "ms_per_image": {
-                        k: round(1000 * _median(v) / n, 4)
-                        for k, v in times.items()
-                        if k in ("full", "plain", "routed", "raw", "static_flops", "static_accuracy")
-                    },
-                    "distinct_routes": st.distinct(routes),
-                }
-                row["met_routed_vs_full"] = bool(row["routed_vs_full"] >= row["goal_routed_vs_full"])
-                rows.append(row)
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        torch.set_num_threads(old)
-    return rows
-
-
-def format_routed(routed: dict) -> list[str]:
-    """The routed-model section as a Markdown table (one row per setup, batch and thread count)."""
-    lines = [
-        "| setup | router | batch | threads | FLOPs | routed vs full (goal) | same routes, no router, vs full |"
-        " router overhead | per-image routes vs static of same FLOPs | routed vs static of same accuracy |"
-        " full vs plain torch |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in routed["rows"]:
-        st = routed["setups"][r["env_id"]]
-        router = "PPO" if st["router"].startswith("PPO") else "random"
-        acc = r["routed_vs_static_same_accuracy"]
-        lines.append(
-            f"| {r['env_id'].split()[0]} ({r['backbone']}) | {router} | {r['batch']} | {r['threads']} | {r['flops_ratio']:.3f} |"
-            f" {r['routed_vs_full']:.2f} ({r['goal_routed_vs_full']:.2f}) | {r['raw_vs_full']:.2f} |"
-            f" {100 * r['router_overhead']:+.0f} % | {r['routes_vs_static_same_flops']:.2f} |"
-            f" {'n/a' if acc is None else f'{acc:.2f}'} | {r['full_vs_plain']:.2f} |"
         )
     return lines
 
@@ -1144,7 +543,7 @@ def run_perf(
         threads: ``torch.set_num_threads`` for the run (default: leave torch's setting).
         groups: channel groups of the backbones.
         export_only: run only the export section (:func:`bench_export`).
-        routed_only: run only the routed-model section (:func:`bench_routed`): the table of what a
+        routed_only: run only the routed-model section (:func:`~dyncnn_gym.benchmark.routed_table.bench_routed`): the table of what a
             user ships. It runs at 1 thread and at the default thread count (``threads`` when given).
         routers: a ``dyncnn-gym demo --out`` folder to load the PPO routers from (default: train them
             here with the demo's recipe).
@@ -1157,7 +556,7 @@ def run_perf(
         A dict with ``machine``, ``setup``, ``env_vs_raw_ratio``, ``env_vs_raw``,
         ``sb3_native_vs_dummy_ratio``, ``batching_limit``, ``sb3``, ``speedup`` (list of rows with
         ``backbone, batch, routes, flops_ratio, wall_speedup, goal, met``), ``goals`` (every ratio with
-        its goal), ``export`` (see :func:`bench_export`), ``routed`` (see :func:`bench_routed`) and
+        its goal), ``export`` (see :func:`bench_export`), ``routed`` (see :func:`~dyncnn_gym.benchmark.routed_table.bench_routed`) and
         ``seconds``. With ``export_only`` / ``routed_only``: ``machine``, ``setup``, that section,
         ``goals`` (empty) and ``seconds``.
     """
