@@ -3,6 +3,9 @@
 
 * Per-decision envs (``DynChannel``, ``DynSkip``, ``DynRoute-v0``): a
   :class:`~dyncnn_gym.routed.RoutedNet` (:func:`dyncnn_gym.routed.export`).
+* ``DynBlockDrop``: a :class:`~dyncnn_gym.routed.RoutedNet` over its ``DynSkip`` core whose one-shot
+  head plans every block from the first observation
+  (:func:`~dyncnn_gym.envs.blockdrop.as_skip_env`).
 * ``DynExit-v0``: an :class:`~dyncnn_gym.exit_routed.ExitRoutedNet`
   (:func:`dyncnn_gym.exit_routed.export_exits`), in which an exited image stops computing.
 
@@ -43,6 +46,12 @@ def export(
     :class:`~dyncnn_gym.routed.RoutedNet` (see :func:`dyncnn_gym.routed.export` for the arguments;
     ``dial`` applies to envs with a ``flops_target``, the ``-v1`` ids, and dials as
     :func:`~dyncnn_gym.evaluate` does)."""
+    from .envs.blockdrop import as_skip_env
+
+    one_step_id = None
+    if env_id is not None:
+        skip_id, env_kwargs = as_skip_env(env_id, env_kwargs)
+        one_step_id, env_id = (env_id, skip_id) if skip_id != env_id else (None, env_id)
     exit_core = None
     if core is not None:
         exit_core = _exit_core_of(core)
@@ -55,7 +64,10 @@ def export(
         env_kwargs.pop("render_mode", None)
         exit_core = make_core(env_id, 1, **env_kwargs)
     if exit_core is None:
-        return export_routed(policy, env_id, core=core, dial=dial, **env_kwargs)
+        routed = export_routed(policy, env_id, core=core, dial=dial, **env_kwargs)
+        if one_step_id is not None:
+            routed.env_id = one_step_id
+        return routed
     from .benchmark.calibrate import dial_to_target
 
     policy, _ = dial_to_target(policy, exit_core, dial)

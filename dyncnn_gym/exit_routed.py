@@ -34,11 +34,11 @@ from .models import DynamicNet
 from .models.exits import make_stages
 from .policies import Policy, RecurrentHead
 from .routed import (
-    _check_spaces,
     _dry_run,
     backbone_entry,
     backbone_from_entry,
     check_images,
+    check_spaces,
     checked_action,
     checked_actions,
     head_policy,
@@ -304,7 +304,7 @@ def export_exits(policy: Any, core: ExitCore, env_id: str = "DynExit-v0") -> Exi
     """One model that routes like ``policy`` does in the early-exit ``core`` (see
     :func:`dyncnn_gym.export` for the accepted policies)."""
     head, description = policy_head(policy)
-    _check_spaces(policy, core)
+    check_spaces(policy, core)
     net = core.net
     routed = ExitRoutedNet(
         net,

@@ -16,8 +16,13 @@ alike in every face. Accepted:
   of the members' action scores (log-probabilities or Q-values; :class:`CostBiasedPolicy`);
 * a :class:`CostBiasedPolicy` (a model or ensemble whose scores pay ``bias`` per unit of action cost);
 * a Python callable ``obs [B, D] (NumPy) -> actions [B]``;
-* a head of this module (:class:`ScoreHead`, :class:`RecurrentHead`, :class:`ModuleHead`), e.g. a
-  routed model's ``.head``.
+* a head of this module (:class:`ScoreHead`, :class:`RecurrentHead`, :class:`ModuleHead`,
+  :class:`OneShotHead`), e.g. a routed model's ``.head``;
+* one-shot (BlockDrop) policies, which choose every skip decision of an image from its first
+  observation: an SB3 actor-critic trained on ``DynBlockDrop`` (``MultiBinary(T)`` actions: PPO,
+  A2C), or a torch module mapping observations to keep logits ``[B, T]`` wrapped as
+  :class:`OneShotHead`. They route the skip envs' decisions (``DynSkip``; ``DynBlockDrop`` is
+  evaluated and exported through it).
 
 The torch form (:attr:`Policy.head`) is what :class:`~dyncnn_gym.routed.RoutedNet` runs: a routed
 model's actions are those of :func:`~dyncnn_gym.evaluate` by construction. The heads run their
@@ -294,6 +299,56 @@ def _module_actions(out: Any, mask: torch.Tensor | None) -> torch.Tensor:
     return out.reshape(-1)
 
 
+class OneShotHead(_Planned):
+    """Every skip decision of an image from its first observation (BlockDrop, Wu et al. 2018).
+
+    ``body(obs [B, D]) -> keep logits [B, T]``, one per residual block, from the observation at the
+    image's first decision (``DynBlockDrop``'s observation). Decision ``t`` runs its block where
+    ``sigmoid(logit_t - bias) > 0.5`` (at ``bias=0`` SB3's deterministic ``MultiBinary`` action:
+    the rounded Bernoulli probability) and skips it otherwise; where a budget allows only one of
+    the two, that one. ``bias`` (keep-logit units) is the cost bias :class:`CostBiasedPolicy` and
+    the FLOPs-target dial set. The plan is the :class:`Policy`'s state, so later observations are
+    never read: a routed model computes one observation per image.
+    """
+
+    kind = "one-shot"
+
+    def __init__(self, body: nn.Module, bias: float = 0.0) -> None:
+        super().__init__()
+        self.body = body
+        self.bias = float(bias)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Keep logits ``[B, T]`` (``bias`` not applied)."""
+        return self.body(obs)
+
+    @torch.jit.unused
+    def plan(self, obs: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` without module dispatch (the same values): the keep logits ``[B, T]``."""
+        logits = _run(self._body_plan(), obs)
+        if logits.dim() != 2 or logits.shape[0] != obs.shape[0] or not logits.dtype.is_floating_point:
+            raise ValueError(
+                f"a one-shot policy must map observations [B, D] to keep logits [B, T]; got {tuple(logits.shape)}"
+                f" ({logits.dtype}) for {obs.shape[0]} observations"
+            )
+        return logits
+
+    def choose(self, plan: torch.Tensor, t: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Actions ``[B]`` (1 runs block ``t``) from the keep logits ``plan [B, T]``; ``mask`` (bool
+        ``[B, 2]``: skip, run allowed) forces the one allowed action."""
+        if t >= plan.shape[1]:
+            raise ValueError(
+                f"the one-shot policy plans {plan.shape[1]} decisions but the env asks for decision {t}; it was"
+                " trained on another backbone (a DynBlockDrop env's MultiBinary(T) must match the backbone's T blocks)"
+            )
+        keep = torch.sigmoid(plan[:, t] - self.bias) > 0.5
+        if mask is not None:
+            if mask.shape[1] != 2:
+                raise ValueError(f"a one-shot policy makes skip decisions (2 actions); this env has {mask.shape[1]} actions")
+            keep = torch.where(mask[:, 0] & mask[:, 1], keep, mask[:, 1])
+        return keep.long()
+
+
 # -- SB3 networks -> heads --------------------------------------------------------------------------------
 def _copy(module: Any, copy: bool) -> Any:
     return copying.deepcopy(module) if copy else module
@@ -325,12 +380,16 @@ def _scores_body(net: nn.Module, name: str, copy: bool = True) -> tuple[nn.Modul
         if getattr(net, "lstm_actor", None) is not None:
             return None
         dist = type(getattr(net, "action_dist", None)).__name__
-        if "Categorical" not in dist or "Multi" in dist:
+        bernoulli = dist == "BernoulliDistribution"
+        if ("Categorical" not in dist or "Multi" in dist) and not bernoulli:
             raise TypeError(
-                f"{name} has a {dist} action distribution; only Discrete action spaces (Categorical) are supported"
+                f"{name} has a {dist} action distribution; only Discrete action spaces (Categorical) and"
+                " DynBlockDrop's MultiBinary (Bernoulli) are supported"
             )
         feats = _features_module(getattr(net, "pi_features_extractor", net.features_extractor), copy)
         body = nn.Sequential(feats, _copy(net.mlp_extractor.policy_net, copy), _copy(net.action_net, copy))
+        if bernoulli:
+            return body, "one-shot", "keep logits"
         return body, ("maskable" if dist.startswith("Maskable") else "categorical"), "log-probabilities"
     if hasattr(net, "quantile_net") and hasattr(net.quantile_net, "quantile_net"):
         qn = net.quantile_net
@@ -365,10 +424,12 @@ class Policy:
     """One routing policy: ``act(obs [B, D], mask [B, A] | None, state) -> (actions int64 [B], state)``.
 
     Attributes:
-        head: the torch form (:class:`ScoreHead`, :class:`RecurrentHead`, :class:`ModuleHead`), or
-            ``None`` where there is none (a plain callable; an SB3-like model whose network this module
-            does not know, which is then called through ``predict``).
-        recurrent: whether a state is carried from decision to decision of an image.
+        head: the torch form (:class:`ScoreHead`, :class:`RecurrentHead`, :class:`ModuleHead`,
+            :class:`OneShotHead`), or ``None`` where there is none (a plain callable; an SB3-like model
+            whose network this module does not know, which is then called through ``predict``).
+        recurrent: whether a state is carried from decision to decision of an image (an LSTM's, or a
+            one-shot policy's plan).
+        one_shot: whether every decision is planned at the image's first (:class:`OneShotHead`).
         description: what the policy is, in words.
         source: what was handed to :func:`as_policy`.
 
@@ -384,7 +445,8 @@ class Policy:
         self.head = head
         self.description = description
         self.source = source
-        self.recurrent = isinstance(head, RecurrentHead) or (call is not None and _is_recurrent_predict(source))
+        self.one_shot = isinstance(head, OneShotHead)
+        self.recurrent = isinstance(head, (RecurrentHead, OneShotHead)) or (call is not None and _is_recurrent_predict(source))
         self._call = call
         self._state: State = None
 
@@ -394,7 +456,8 @@ class Policy:
         return self.head is not None
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> State:
-        """The state before the first decision of ``batch`` images (``None`` if not recurrent)."""
+        """The state before the first decision of ``batch`` images (``None`` if not recurrent, and for a
+        one-shot policy, whose plan the first decision makes)."""
         if isinstance(self.head, RecurrentHead):
             return self.head.initial_state(batch, torch.device(device))
         return None
@@ -407,6 +470,9 @@ class Policy:
         head = self.head
         if isinstance(head, ScoreHead):
             return head.act(obs, mask), None
+        if isinstance(head, OneShotHead):  # state: (keep logits [B, T], the decision now)
+            plan, t = (head.plan(obs), 0) if state is None else state
+            return head.choose(plan, t, mask), (plan, t + 1)
         if isinstance(head, RecurrentHead):
             if state is None:
                 state = head.initial_state(obs.shape[0], obs.device)
@@ -429,11 +495,19 @@ class Policy:
         """Sampled actions ``[B]`` (NumPy) for ``obs [B, D]``: an SB3 model's ``predict(deterministic=False)``
         (same random draws as SB3); a policy without a distribution acts deterministically."""
         model = self.source
-        if (
+        sb3_predict = (
             callable(getattr(model, "predict", None))
             and not isinstance(model, CostBiasedPolicy)
             and (not isinstance(model, nn.Module) or _is_sb3(model))
-        ):
+        )
+        if sb3_predict and self.one_shot and isinstance(self.head, OneShotHead):
+            if state is None:  # the whole route drawn at the first decision, as the one-step env draws it
+                bits = np.asarray(model.predict(obs, deterministic=False)[0]).reshape(len(obs), -1).astype(bool)
+                state = (torch.where(torch.as_tensor(bits), math.inf, -math.inf), 0)
+            plan, t = state
+            allowed = None if masks is None else torch.as_tensor(np.asarray(masks, dtype=bool))
+            return self.head.choose(plan, t, allowed).numpy(), (plan, t + 1)
+        if sb3_predict:
             return _predict(model, obs, masks, first, state, deterministic=False)
         with torch.no_grad():
             a, state = self.act(torch.as_tensor(obs), None if masks is None else torch.as_tensor(masks), state)
@@ -501,11 +575,14 @@ class CostBiasedPolicy:
     members' action distributions, or their mean Q-values). It exposes ``predict`` and ``policy`` as
     SB3 models do, and :func:`as_policy` turns it into one :class:`ScoreHead`, so evaluation,
     calibration, the callbacks and export route with it alike. Recurrent policies are refused
-    (their scores need the LSTM state).
+    (their scores need the LSTM state). A one-shot actor (trained on ``DynBlockDrop``,
+    ``MultiBinary(T)``) runs block ``t`` where ``sigmoid(keep_logit_t - bias) > 0.5``
+    (:class:`OneShotHead`; an ensemble averages the keep logits).
 
     Args:
-        model: a trained SB3 / sb3-contrib model on a routing env (``Discrete(A)`` actions), or a
-            list of them trained on the same env arguments (e.g. several seeds) to route as one.
+        model: a trained SB3 / sb3-contrib model on a routing env (``Discrete(A)`` actions, or
+            ``MultiBinary(T)`` for an actor-critic on ``DynBlockDrop``), or a list of them trained on
+            the same env arguments (e.g. several seeds) to route as one.
         bias: score units per unit of normalised action cost (``a / (A - 1)``).
     """
 
@@ -528,8 +605,8 @@ class CostBiasedPolicy:
                     " (PPO, A2C, MaskablePPO) or a DQN / QR-DQN model"
                 )
             n = getattr(m.action_space, "n", None)
-            if n is None or int(n) < 2:
-                raise TypeError(f"the model's action space {m.action_space} is not Discrete(A >= 2)")
+            if n is None or isinstance(n, (tuple, np.ndarray)) or int(n) < (1 if found[1] == "one-shot" else 2):
+                raise TypeError(f"the model's action space {m.action_space} is not Discrete(A >= 2) or MultiBinary(T)")
             body, _kind, what = found
             kinds.add(what)
             sizes.add(int(n))
@@ -539,9 +616,14 @@ class CostBiasedPolicy:
         self.models = models
         self.model, self.policy = models[0], models[0].policy
         n = sizes.pop()
-        self.cost = torch.arange(n, dtype=torch.float32) / (n - 1)
         self.what = kinds.pop()
-        self.head = ScoreHead(MeanScores(bodies), "argmax", self.cost, bias).eval()
+        self.head: ScoreHead | OneShotHead
+        if self.what == "keep logits":
+            self.cost = None
+            self.head = OneShotHead(MeanScores(bodies), bias).eval()
+        else:
+            self.cost = torch.arange(n, dtype=torch.float32) / (n - 1)
+            self.head = ScoreHead(MeanScores(bodies), "argmax", self.cost, bias).eval()
 
     @property
     def bias(self) -> float:
@@ -565,8 +647,12 @@ class CostBiasedPolicy:
         deterministic: bool = True,
         action_masks: np.ndarray | None = None,
     ) -> tuple[np.ndarray, None]:
-        """Actions ``[B]`` (always the biased argmax; ``deterministic`` is accepted for SB3's signature)."""
+        """Actions ``[B]`` (always the biased argmax; ``deterministic`` is accepted for SB3's signature);
+        a one-shot actor's are ``[B, T]``, every block's run (1) or skip (0)."""
         x = torch.as_tensor(np.asarray(observation, dtype=np.float32), device=_device_of(self.head))
+        if isinstance(self.head, OneShotHead):
+            with torch.no_grad():
+                return (torch.sigmoid(self.head.plan(x) - self.head.bias) > 0.5).long().cpu().numpy(), None
         mask = None
         if action_masks is not None:
             mask = torch.as_tensor(np.asarray(action_masks, dtype=bool), device=x.device).reshape(x.shape[0], -1)
@@ -593,7 +679,7 @@ def as_policy(policy: Any, copy: bool = True) -> Policy:
 
 def _as_policy(policy: Any, copy: bool) -> Policy:
     name = type(policy).__name__
-    if isinstance(policy, (ScoreHead, RecurrentHead, ModuleHead)):  # already a torch form
+    if isinstance(policy, (ScoreHead, RecurrentHead, ModuleHead, OneShotHead)):  # already a torch form
         return Policy(_copy(policy, copy), f"{name} ({getattr(policy, 'kind', 'module')})", policy, own=copy)
     if isinstance(policy, CostBiasedPolicy):
         what = f"{len(policy.models)} models" if len(policy.models) > 1 else type(policy.model).__name__
@@ -611,6 +697,10 @@ def _as_policy(policy: Any, copy: bool) -> Policy:
         found = _scores_body(net, name, copy)
         if found is not None:
             body, kind, what = found
+            if kind == "one-shot":
+                return Policy(
+                    OneShotHead(body), f"{name} (one-shot actor: every block from the first observation)", policy, own=copy
+                )
             described = f"{name} ({kind} actor)" if what == "log-probabilities" else f"{name} (argmax of {what})"
             return Policy(ScoreHead(body, kind), described, policy, own=copy)
         rec = _recurrent_head(net, copy)
@@ -641,6 +731,7 @@ __all__ = [
     "LogProbabilities",
     "MeanScores",
     "ModuleHead",
+    "OneShotHead",
     "Policy",
     "QuantileMean",
     "RecurrentHead",

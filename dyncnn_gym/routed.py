@@ -66,7 +66,7 @@ from torch import nn
 from .envs.probes import confidence
 from .host_head import HostRouter, cached_router
 from .models import DynamicNet, build
-from .policies import ACCEPTED, ModuleHead, Policy, QuantileMean, RecurrentHead, ScoreHead, as_policy
+from .policies import ACCEPTED, ModuleHead, OneShotHead, Policy, QuantileMean, RecurrentHead, ScoreHead, as_policy
 from .walk import Walk, cost_tensors, run
 
 #: ``format`` tag of files written by :meth:`RoutedNet.save`
@@ -223,7 +223,10 @@ class RoutedNet(nn.Module):
             self.register_buffer(f"_row_{t}", row, persistent=False)
         self._device: torch.device | None = None
         self.budget = None if budget is None else float(budget)
-        self.recurrent = isinstance(head, RecurrentHead)
+        self.one_shot = isinstance(head, OneShotHead)  # every decision planned at the first: one observation per image
+        if self.one_shot and mode != "skip":
+            raise ValueError(f"a one-shot (BlockDrop) head makes skip decisions; this model routes in {mode!r} mode")
+        self.recurrent = isinstance(head, (RecurrentHead, OneShotHead))
         self.info = dict(info or {})
         self.last: Routed | None = None
         self._consts: list[tuple] | None = None  # per decision: (scale, row, probe weight, probe bias)
@@ -367,6 +370,9 @@ class RoutedNet(nn.Module):
 
         def choose(walk: Walk) -> int | np.ndarray:
             allowed = None if self.budget is None else self.masks(walk)
+            if self.one_shot and state[0] is not None:  # the plan of the first decision: no observation
+                a, state[0] = policy.act(None, self._allowed_mask(allowed, B, free, x.device), state[0])
+                return self._check_actions(a, allowed, walk.t, B)
             if host is not None and B == 1:  # one image: float64 NumPy, unless two actions are too close to tell apart
                 obs64 = host.observation(walk.t, walk.pooled_one(), min(int(walk._flops[0]) / self.full, 1.0))
                 if obs64 is not None:
@@ -610,7 +616,9 @@ def export(
     Args:
         policy: an SB3 / sb3-contrib model (PPO, A2C, MaskablePPO, RecurrentPPO, DQN, QRDQN) or its
             ``.policy``, or a torch module mapping observations ``[B, D]`` to scores ``[B, A]`` or
-            integer actions ``[B]``. Copied: later training does not change the exported model.
+            integer actions ``[B]``, or a one-shot policy on the skip envs (an actor trained on
+            ``DynBlockDrop``, a :class:`~dyncnn_gym.policies.OneShotHead`). Copied: later training
+            does not change the exported model.
         env_id: ``"DynChannel-v0"`` (default) or ``"DynSkip-v0"``.
         core: instead of ``env_kwargs``, an env (single, vector or SB3 ``VecEnv``) or its
             :class:`~dyncnn_gym.envs.core.RoutingCore`, whose backbone, scales, probes and budget
@@ -655,7 +663,7 @@ def export(
 
     policy, _ = dial_to_target(policy, core, dial)
     head, description = policy_head(policy)
-    _check_spaces(policy, core)
+    check_spaces(policy, core)
     net = core.net
     routed = RoutedNet(
         net,
@@ -678,10 +686,27 @@ def export(
     return routed
 
 
-def _check_spaces(policy: Any, core) -> None:
-    """An SB3 model's spaces must be the env's (e.g. a model trained with ``obs="probe"``)."""
+def check_plan(plan: torch.Tensor, T: int) -> None:
+    """A one-shot policy's keep logits ``plan [B, T']`` must cover the backbone's ``T`` skip decisions exactly."""
+    if plan.dim() != 2 or plan.shape[1] != T:
+        raise ValueError(
+            f"the one-shot policy gives keep logits of shape {tuple(plan.shape)}; this backbone has {T} skip decisions"
+            " (the policy was trained on a DynBlockDrop env with another backbone?)"
+        )
+
+
+def check_spaces(policy: Any, core) -> None:
+    """An SB3 model's spaces must be the env's (e.g. a model trained with ``obs="probe"``); raises ``ValueError``."""
+    from gymnasium import spaces
+
     obs_space = getattr(policy, "observation_space", None)
     act_space = getattr(policy, "action_space", None)
+    one_shot = isinstance(act_space, spaces.MultiBinary)
+    if one_shot and getattr(core, "mode", None) != "skip":
+        raise ValueError(
+            f"the policy has {act_space} actions (a one-shot BlockDrop policy): it routes skip decisions"
+            f" (DynSkip / DynBlockDrop), not {getattr(core, 'mode', 'exit')!r} ones"
+        )
     D = core.observation_space.shape[0]
     shape = getattr(obs_space, "shape", None)
     if shape is not None and tuple(shape) != (D,):
@@ -689,6 +714,10 @@ def _check_spaces(policy: Any, core) -> None:
             f"the policy observes shape {tuple(shape)} but the env gives ({D},) (obs={core.obs_mode!r}, T={core.T});"
             " export with the env arguments the policy was trained with (obs=, backbone=, dataset=)"
         )
+    if one_shot:
+        if tuple(act_space.shape) != (core.T,):
+            raise ValueError(f"the policy has {act_space} actions but the backbone has {core.T} skip decisions")
+        return
     n = getattr(act_space, "n", None)
     if n is not None and int(n) != core.A:
         raise ValueError(f"the policy has {int(n)} actions but the env has Discrete({core.A}); check groups= and env_id")
@@ -699,6 +728,14 @@ def _dry_run(routed: RoutedNet) -> None:
     dev = routed.device
     obs = torch.zeros((1, routed.obs_dim), device=dev)
     mask = torch.ones((1, routed.A), dtype=torch.bool, device=dev)
+    if getattr(routed, "one_shot", False):  # a RoutedNet's one-shot head (an ExitRoutedNet has none)
+        try:
+            with torch.no_grad():
+                plan = routed.head.plan(obs)
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise ValueError(f"the one-shot policy does not run on this env's observations [B, {routed.obs_dim}]: {e}") from e
+        check_plan(plan, routed.T)
+        return
     try:
         with torch.no_grad():
             if routed.recurrent:
@@ -719,6 +756,7 @@ __all__ = [
     "ModuleHead",
     "QuantileMean",
     "RecurrentHead",
+    "OneShotHead",
     "Routed",
     "RoutedNet",
     "ScoreHead",

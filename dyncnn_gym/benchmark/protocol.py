@@ -6,11 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..envs.core import RoutingCore
 from ..envs.routing import make_core, mode_of
 from ..policies import Policy
 from ..policies import as_policy as _as_policy
+from ..routed import check_plan, check_spaces
 
 #: ``policy(obs [B, D] float32, masks [B, A] bool, first: bool) -> actions [B] int``
 BatchPolicy = Callable[[np.ndarray, np.ndarray, bool], np.ndarray]
@@ -55,7 +57,8 @@ def evaluate(
         policy: anything :func:`dyncnn_gym.policies.as_policy` accepts (SB3 models of any algorithm, their
             ``.policy``, ensembles, cost-biased policies, torch modules, callables).
         env_id: a registered routing env id (``"DynChannel-v1"``, ``"DynSkip-v0"``, ``"DynRoute-v0"``,
-            ``"DynExit-v0"``, ...).
+            ``"DynExit-v0"``, ...); a ``DynBlockDrop`` id routes a one-shot policy through its ``DynSkip``
+            core (:func:`~dyncnn_gym.envs.blockdrop.as_skip_env`).
         batch_size: images routed at once.
         bins: difficulty bins (equal-count) for the per-difficulty breakdown.
         per_image: also return per-image arrays under ``"images"``.
@@ -87,6 +90,9 @@ def evaluate(
     for name, value in (("batch_size", batch_size), ("bins", bins)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer")
+    from ..envs.blockdrop import as_skip_env
+
+    env_id, env_kwargs = as_skip_env(env_id, env_kwargs)  # a DynBlockDrop id routes through its DynSkip core
     if env_kwargs.get("split", "test") != "test":
         raise ValueError(f"split={env_kwargs['split']!r}: evaluation always uses the test split")
     env_kwargs.pop("split", None)
@@ -100,8 +106,12 @@ def evaluate(
         core = make_core(env_id, min(batch_size, n_test), dataset=data, split="test", **env_kwargs)
     from .calibrate import dial_to_target
 
+    check_spaces(policy, core)
     policy, dialed = dial_to_target(policy, core, dial)
     choose = as_policy(policy)
+    if choose.one_shot:
+        with torch.no_grad():
+            check_plan(choose.head.plan(torch.zeros((1, core.observation_space.shape[0]))), core.T)
     n = len(core.labels)
     core.cursor = 0
     T = core.T

@@ -29,6 +29,31 @@ from .vector import check_max_episode_steps, slot_seeds, vector_autoreset_mode
 BLOCKDROP_REWARDS = ("blockdrop", *REWARD_KINDS)
 USAGE_KINDS = ("blocks", "flops")
 
+#: the per-decision env each one-step id is evaluated and exported through: the same skip-mode core
+#: (registered with the same defaults), whose first observation is the one-step env's observation
+SKIP_ID_OF = {"DynBlockDrop-v1": "DynSkip-v1", "DynBlockDrop-v0": "DynSkip-v0"}
+
+
+def as_skip_env(env_id: str, env_kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(env id, env arguments)`` that route like ``env_id(**env_kwargs)``: a ``DynBlockDrop`` id
+    becomes its ``DynSkip`` id (:data:`SKIP_ID_OF`) with the one-step env's reward arguments left out
+    (``reward="blockdrop"``, ``penalty``, ``usage``: routing and its evaluation pay no reward); any
+    other id is returned as it is. A one-shot policy (:class:`~dyncnn_gym.policies.OneShotHead`)
+    then makes the same ``T`` decisions from the same first observation, so
+    :func:`~dyncnn_gym.evaluate` and :func:`~dyncnn_gym.export` take the ``DynBlockDrop`` ids."""
+    name = env_id.split(":", 1)[-1] if isinstance(env_id, str) else env_id
+    if name not in SKIP_ID_OF:
+        return env_id, env_kwargs
+    kw = dict(env_kwargs)
+    reward = kw.get("reward")
+    if reward is not None and reward not in BLOCKDROP_REWARDS:
+        raise ValueError(f"reward={reward!r} is not a DynBlockDrop reward; choose one of {list(BLOCKDROP_REWARDS)}")
+    if reward == "blockdrop":
+        del kw["reward"]
+    for name_ in ("penalty", "usage"):
+        kw.pop(name_, None)
+    return SKIP_ID_OF[name], kw
+
 
 class _OneShot:
     """``n`` one-step BlockDrop episodes over a skip-mode :class:`RoutingCore` (shared by both faces)."""
