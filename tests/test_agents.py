@@ -54,6 +54,28 @@ def test_blockdrop_env_passes_check_env_and_is_registered():
         env.step(np.ones(T, dtype=np.int8))
 
 
+def test_blockdrop_renders_as_dynskip_does_and_builds_with_sb3s_make_vec_env(capsys):
+    from stable_baselines3.common.env_util import make_vec_env
+
+    kw = _skip_kwargs(split="test")
+    frames = []
+    for env_id in ("DynBlockDrop-v0", "DynSkip-v0"):
+        env = gymnasium.make(env_id, render_mode="rgb_array", **kw)
+        env.reset(seed=4)
+        T = env.unwrapped.num_decisions
+        for _ in range(1 if env_id.startswith("DynBlockDrop") else T):
+            env.step(np.ones(T, dtype=np.int64) if env_id.startswith("DynBlockDrop") else 1)
+        frames.append(env.render())
+    assert frames[0].dtype == np.uint8 and frames[0].ndim == 3 and np.array_equal(frames[0], frames[1])
+    human = gymnasium.make("DynBlockDrop-v0", render_mode="human", **kw)
+    human.reset(seed=0)
+    human.step(np.zeros(human.unwrapped.num_decisions, dtype=np.int64))
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and "blocks [0," in out[1]
+    venv = make_vec_env("DynBlockDrop-v0", n_envs=2, env_kwargs=kw)  # SB3 asks for render_mode="rgb_array"
+    assert venv.render_mode == "rgb_array" and venv.reset().shape == (2, *venv.observation_space.shape)
+
+
 @pytest.mark.parametrize("reward", ["flops", "skipnet"])
 def test_blockdrop_matches_dynskip_for_the_same_actions(reward):
     kw = _skip_kwargs(split="test", reward=reward, compute_weight=0.3)
@@ -112,7 +134,7 @@ def test_blockdrop_env_errors():
         ({"usage": "time"}, "usage measure"),
         ({"penalty": -1.0}, "penalty=-1.0"),
         ({"compute_weight": 0.5}, "reward='blockdrop'"),
-        ({"render_mode": "human"}, "render_mode"),
+        ({"render_mode": "video"}, "render_mode='video' is not supported"),
     ]:
         with pytest.raises(ValueError, match=match):
             gymnasium.make("DynBlockDrop-v0", **kw, **bad)

@@ -22,7 +22,7 @@ from gymnasium.vector.utils import batch_space
 from ..walk import Walk, run
 from .core import RoutingCore
 from .rewards import DEFAULT_TARGET_RATE, REWARD_KINDS
-from .routing import BackboneAccess, check_render_mode, reset_single
+from .routing import BackboneAccess, check_render_mode, image_rgb, reset_single
 from .vector import check_max_episode_steps, slot_seeds, vector_autoreset_mode
 
 #: ``reward=`` forms of DynBlockDrop-v0: BlockDrop's own, or a DynSkip-v0 episode return
@@ -326,7 +326,9 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
     * `compute_weight`, `loss_weight`, `ce_clip`, `loss`, `flops_target`, `target_rate`: only with a
       `DynSkip` reward form, as there (`flops_target` holds the mean FLOPs ratio of finished
       episodes by adapting `compute_weight`).
-    * `render_mode`: `None` or `"ansi"`.
+    * `render_mode`: `None`, `"ansi"` (a line: the image, the FLOPs ratio and, after the step, the
+      blocks run, prediction and label), `"rgb_array"` (the image over a bar of the FLOPs spent, as
+      `DynSkip` draws it) or `"human"` (the `"ansi"` line printed at every reset and step).
 
     `gymnasium.make_vec("DynBlockDrop-v0", num_envs=N)` routes `N` images as one batch
     (:class:`DynBlockDropVectorEnv`).
@@ -342,7 +344,7 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
     * v0: initial version (`info` gained `cost`; nothing else changed).
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi", "rgb_array", "human"], "render_fps": 4}
 
     def __init__(self, render_mode: str | None = None, **kwargs: Any) -> None:
         EzPickle.__init__(self, render_mode=render_mode, **kwargs)
@@ -364,6 +366,8 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
         obs, info = reset_single(self.core, self.np_random, seed, options)
         info.pop("action_mask", None)
         self._needs_reset, self._last_info = False, info
+        if self.render_mode == "human":
+            print(self._text())
         return obs, info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -372,6 +376,8 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
         a = self._shot.check_actions(action, 1)
         obs, rew, infos = self._shot.run(a)
         self._needs_reset, self._last_info = True, infos[0]
+        if self.render_mode == "human":
+            print(self._text())
         return obs[0], float(rew[0]), True, False, infos[0]
 
     def teacher(self, routes: Any = None) -> dict[str, Any]:
@@ -391,8 +397,16 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
 
     def render(self):
         if self.render_mode is None:
-            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi'")
+            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi', 'rgb_array' or 'human'")
             return None
+        if self.render_mode == "rgb_array":
+            return image_rgb(self.core, self._last_info)
+        if self.render_mode == "human":
+            print(self._text())
+            return None
+        return self._text()
+
+    def _text(self) -> str:
         info = self._last_info
         line = f"image {info.get('index')} flops {info.get('flops', 0) / self.core.full:.3f} of full"
         if "actions" in info:

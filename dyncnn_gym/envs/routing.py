@@ -138,6 +138,23 @@ def check_render_mode(render_mode: str | None, modes: list[str]) -> None:
         raise ValueError(f"render_mode={render_mode!r} is not supported; choose one of {modes} or None")
 
 
+def image_rgb(core: RoutingCore, info: dict) -> np.ndarray:
+    """The ``"rgb_array"`` frame of an episode: its image (``info["index"]`` of the core's split,
+    upscaled to about 128 pixels, uint8 ``[H, W, 3]``) over a bar filled to the FLOPs ratio spent."""
+    d = core.data
+    img = core.images[int(info.get("index", 0))].cpu().numpy() * d.std[:, None, None] + d.mean[:, None, None]
+    img = np.clip(img, 0, 1)
+    if img.shape[0] != 3:
+        img = np.repeat(img[:1], 3, axis=0)
+    img = (img.transpose(1, 2, 0) * 255).astype(np.uint8)
+    k = max(1, 128 // img.shape[0])
+    img = np.kron(img, np.ones((k, k, 1), dtype=np.uint8))
+    bar = np.zeros((8, img.shape[1], 3), dtype=np.uint8)
+    used = int(round(min(info.get("flops", 0) / core.full, 1.0) * img.shape[1]))
+    bar[:, :used] = (230, 120, 30)
+    return np.concatenate([img, bar], axis=0)
+
+
 def reset_single(
     core: RoutingCore, np_random: np.random.Generator, seed: int | None, options: dict | None
 ) -> tuple[np.ndarray, dict]:
@@ -260,7 +277,7 @@ class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
         if self.render_mode == "human":
             print(self._text())
             return None
-        return self._image_rgb(int(self._last_info.get("index", 0)))
+        return image_rgb(self.core, self._last_info)
 
     def _text(self) -> str:
         info = self._last_info
@@ -269,20 +286,6 @@ class RoutingEnv(BackboneAccess, RewardAccess, gym.Env, EzPickle):
         if acts is not None:
             line += f" actions {acts.tolist()} pred {info['prediction']} label {info['label']}"
         return line
-
-    def _image_rgb(self, i: int) -> np.ndarray:
-        d = self.core.data
-        img = self.core.images[i].cpu().numpy() * d.std[:, None, None] + d.mean[:, None, None]
-        img = np.clip(img, 0, 1)
-        if img.shape[0] != 3:
-            img = np.repeat(img[:1], 3, axis=0)
-        img = (img.transpose(1, 2, 0) * 255).astype(np.uint8)
-        k = max(1, 128 // img.shape[0])
-        img = np.kron(img, np.ones((k, k, 1), dtype=np.uint8))
-        bar = np.zeros((8, img.shape[1], 3), dtype=np.uint8)
-        used = int(round(min(self._last_info.get("flops", 0) / self.core.full, 1.0) * img.shape[1]))
-        bar[:, :used] = (230, 120, 30)
-        return np.concatenate([img, bar], axis=0)
 
 
 class DynChannelEnv(RoutingEnv):
