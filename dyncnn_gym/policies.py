@@ -333,6 +333,10 @@ class OneShotHead(_Planned):
             )
         return logits
 
+    def keeps(self, logits: torch.Tensor) -> torch.Tensor:
+        """bool, the shape of ``logits``: whether each block runs (before any budget)."""
+        return torch.sigmoid(logits - self.bias) > 0.5
+
     def choose(self, plan: torch.Tensor, t: int, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Actions ``[B]`` (1 runs block ``t``) from the keep logits ``plan [B, T]``; ``mask`` (bool
         ``[B, 2]``: skip, run allowed) forces the one allowed action."""
@@ -341,7 +345,7 @@ class OneShotHead(_Planned):
                 f"the one-shot policy plans {plan.shape[1]} decisions but the env asks for decision {t}; it was"
                 " trained on another backbone (a DynBlockDrop env's MultiBinary(T) must match the backbone's T blocks)"
             )
-        keep = torch.sigmoid(plan[:, t] - self.bias) > 0.5
+        keep = self.keeps(plan[:, t])
         if mask is not None:
             if mask.shape[1] != 2:
                 raise ValueError(f"a one-shot policy makes skip decisions (2 actions); this env has {mask.shape[1]} actions")
@@ -652,7 +656,7 @@ class CostBiasedPolicy:
         x = torch.as_tensor(np.asarray(observation, dtype=np.float32), device=_device_of(self.head))
         if isinstance(self.head, OneShotHead):
             with torch.no_grad():
-                return (torch.sigmoid(self.head.plan(x) - self.head.bias) > 0.5).long().cpu().numpy(), None
+                return self.head.keeps(self.head.plan(x)).long().cpu().numpy(), None
         mask = None
         if action_masks is not None:
             mask = torch.as_tensor(np.asarray(action_masks, dtype=bool), device=x.device).reshape(x.shape[0], -1)

@@ -370,9 +370,11 @@ class RoutedNet(nn.Module):
 
         def choose(walk: Walk) -> int | np.ndarray:
             allowed = None if self.budget is None else self.masks(walk)
-            if self.one_shot and state[0] is not None:  # the plan of the first decision: no observation
-                a, state[0] = policy.act(None, self._allowed_mask(allowed, B, free, x.device), state[0])
-                return self._check_actions(a, allowed, walk.t, B)
+            if self.one_shot and state[0] is not None:  # the route planned at the first decision: no observation
+                a = state[0][:, walk.t]
+                if allowed is not None:  # where the budget allows one action only, that one (OneShotHead.choose)
+                    a = np.where(allowed[:, 0] & allowed[:, 1], a, allowed[:, 1])
+                return int(a[0]) if B == 1 else a.astype(np.int64)
             if host is not None and B == 1:  # one image: float64 NumPy, unless two actions are too close to tell apart
                 obs64 = host.observation(walk.t, walk.pooled_one(), min(int(walk._flops[0]) / self.full, 1.0))
                 if obs64 is not None:
@@ -396,6 +398,9 @@ class RoutedNet(nn.Module):
                     return acts
             obs = self._observe(walk)
             a, state[0] = policy.act(obs, self._allowed_mask(allowed, B, free, obs.device), state[0])
+            if self.one_shot:  # every decision's action before the budget, as NumPy [B, T]
+                check_plan(state[0][0], self.T)
+                state[0] = self.head.keeps(state[0][0]).cpu().numpy()
             return self._check_actions(a, allowed, walk.t, B)
 
         run(walk, choose)
