@@ -124,3 +124,16 @@ def test_one_shot_policies_refuse_what_they_cannot_route(model):
     with pytest.raises(ValueError, match="reward='bogus' is not a DynBlockDrop reward"):
         evaluate(model, "DynBlockDrop-v0", reward="bogus", **kw)
     assert evaluate(model, "DynBlockDrop-v0", reward="blockdrop", penalty=2.0, usage="flops", **kw)["n_images"] == 40
+
+
+def test_a_sampled_one_shot_route_is_drawn_once_per_image_as_the_one_step_env_draws_it(model):
+    kw = _kw()
+    core = make_core("DynSkip-v0", 8, split="test", **kw)
+    images = core.images[:8]
+    obs = core.observe(Walk(core.net, "skip", images))
+    torch.manual_seed(5)
+    drawn = model.predict(obs, deterministic=False)[0]
+    torch.manual_seed(5)
+    _, walk = core.route(model, images, deterministic=False)
+    assert np.array_equal(walk.actions.numpy(), drawn)  # the same draws as SB3's predict on the first observation
+    assert np.array_equal(walk.flops.numpy(), [core.table.path_flops(a) for a in drawn])
