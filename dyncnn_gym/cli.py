@@ -113,6 +113,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     envs = tuple(args.env) if args.env else None
     kwargs: dict[str, Any] = {"envs": envs} if envs else {}
+    if args.backbone:
+        backbones = {}
+        for item in args.backbone:
+            mode, sep, name = item.partition("=")
+            if not sep or not name:
+                raise ValueError(f"--backbone {item!r} must be MODE=NAME, e.g. exit=resnet56-exits+distill")
+            backbones[mode] = name
+        kwargs["backbones"] = backbones
     if args.root is not None or args.val_fraction != "auto":
         from .data import load_dataset
 
@@ -221,6 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the train split held out for the routers where the data bring no held-out split"
         " ('auto': 0.1 of a train split of at least 5000 images, else none; default: %(default)s)",
     )
+    p.add_argument(
+        "--backbone",
+        action="append",
+        metavar="MODE=NAME",
+        help="use backbone NAME (an arch name or checkpoint path) for MODE: channel (DynChannel, and DynExit's"
+        " width stages), skip (DynSkip) or exit (DynExit then runs depth stages on it, e.g."
+        " exit=resnet56-exits+distill, which ships); repeatable (default: the env defaults)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
@@ -238,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
             "DynSkip-v0",
             "DynRoute-v0",
             "DynExit-v0",
+            "DynBlockDrop-v1",
+            "DynBlockDrop-v0",
         ],
         help="env id the model was trained on",
     )

@@ -78,3 +78,20 @@ def test_the_demo_command_takes_a_data_set_and_names_a_bad_one(tmp_path, capsys)
     assert "--val-fraction 'half' must be 'auto' or a number in [0, 1)" in capsys.readouterr().err
     assert main(["demo", "--data", "digits", "--val-fraction", "1.5", "--out", str(tmp_path / "d")]) == 2
     assert "val_fraction=1.5 must be 'auto' or a number in [0, 1)" in capsys.readouterr().err
+
+
+def test_an_exit_backbone_makes_the_demo_run_depth_stages_on_it(tmp_path, capsys):
+    from dyncnn_gym.benchmark.demo import run_demo
+    from dyncnn_gym.cli import main
+
+    exits = "resnet20-lite-exits+distill"  # ships for digits
+    run_demo(tmp_path, envs=("DynExit-v1",), dataset="digits", timesteps=512, backbones={"exit": exits}, progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    (entry,) = saved["learned"]
+    assert entry["env_kwargs"]["backbone"] == exits and entry["env_kwargs"]["stages"] == "depth"
+    assert len(saved["static"]["DynExit-v1"]["exits"]) == make_core("DynExit-v1", 1, **entry["env_kwargs"]).S
+    assert saved["wall_clock"]["DynExit-v1"]["accuracy"] == entry["accuracy"]
+    assert main(["demo", "--backbone", "exit", "--out", str(tmp_path / "a")]) == 2
+    assert "--backbone 'exit' must be MODE=NAME" in capsys.readouterr().err
+    assert main(["demo", "--backbone", "depth=resnet56-exits", "--out", str(tmp_path / "b")]) == 2
+    assert "backbones has modes ['depth']; choose from ['channel', 'skip', 'exit']" in capsys.readouterr().err

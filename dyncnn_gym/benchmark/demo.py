@@ -31,6 +31,8 @@ from .protocol import evaluate
 
 #: the envs the demo trains routers for: the newest one-pass width and depth envs and the early-exit env
 DEMO_IDS = ("DynChannel-v1", "DynSkip-v1", "DynExit-v1")
+#: the modes :func:`run_demo`'s ``backbones`` may name
+BACKBONE_MODES = ("channel", "skip", "exit")
 
 
 def _jsonable(x: Any) -> Any:
@@ -63,8 +65,10 @@ def run_demo(
         timesteps: PPO steps per env, a positive integer (default ``None``: the recipe's).
         dataset: data set name (default: the embedded ``"shapes"``), or a loaded data set
             (:func:`dyncnn_gym.load_dataset`).
-        backbones: per mode (``"channel"``, ``"skip"``), an arch name or checkpoint path to use instead
-            of the default arch (``DynExit-v1``'s width stages run on the ``"channel"`` one).
+        backbones: per mode (``"channel"``, ``"skip"``, ``"exit"``), an arch name or checkpoint path to
+            use instead of the default arch. ``DynExit-v1``'s width stages run on the ``"channel"`` one;
+            an ``"exit"`` backbone (a ResNet with exits, e.g. the shipped ``"resnet56-exits+distill"``)
+            makes it run depth stages on that backbone instead.
         seed: seeds PPO and the environments.
         progress: show progress bars.
     """
@@ -72,6 +76,10 @@ def run_demo(
     timesteps = check_timesteps(timesteps)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed={seed!r} must be an integer >= 0")
+    backbones = dict(backbones or {})
+    unknown = sorted(set(backbones) - set(BACKBONE_MODES))
+    if unknown:
+        raise ValueError(f"backbones has modes {unknown}; choose from {list(BACKBONE_MODES)}")
     out = check_writable_dir(out, "out")  # before any training: a run is not lost to an unwritable --out
     torch.manual_seed(seed)
     data = _shared_data(dataset)
@@ -93,11 +101,9 @@ def run_demo(
     for env_id in envs:
         mode = mode_of(env_id)
         if mode == "exit":
-            _demo_exit(out, results, env_id, data, dataset, (backbones or {}).get("channel"), timesteps, seed, progress)
+            _demo_exit(out, results, env_id, data, dataset, backbones, timesteps, seed, progress)
             continue
-        env_kwargs = recipe_env_kwargs(
-            env_id, dataset=dataset, backbone=(backbones or {}).get(mode, DEFAULT_ARCH[mode]), groups=4
-        )
+        env_kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=backbones.get(mode, DEFAULT_ARCH[mode]), groups=4)
         core, _model, res, entry = _train_ppo(out, env_id, env_kwargs, timesteps, seed, progress)
         static = static_baselines(core)
         rnd = random_policy_eval(core, res["action_rates"], seed=seed)
@@ -149,14 +155,19 @@ def run_demo(
 
 
 def _demo_exit(
-    out: Path, results: dict[str, Any], env_id: str, data, dataset: str, backbone, timesteps, seed: int, progress: bool
+    out: Path, results: dict[str, Any], env_id: str, data, dataset: str, backbones: dict, timesteps, seed: int, progress: bool
 ) -> None:
     """The demo of an early-exit env (width stages on the channel backbone, by default the DynChannel
-    default): PPO with the recipe against static exits, the confidence-threshold cascade, random
-    exits at PPO's rates and the oracle."""
+    default; depth stages on ``backbones["exit"]`` where given): PPO with the recipe against static
+    exits, the confidence-threshold cascade, random exits at PPO's rates and the oracle."""
     from .exit_baselines import exit_oracle, random_exits, static_exits, threshold_cascade
 
-    env_kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=backbone or DEFAULT_ARCH["channel"])
+    if "exit" in backbones:
+        stages = "depth"
+        env_kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=backbones["exit"], stages="depth")
+    else:
+        stages = "width"
+        env_kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=backbones.get("channel", DEFAULT_ARCH["channel"]))
     core, model, res, entry = _train_ppo(out, env_id, env_kwargs, timesteps, seed, progress)
     static = static_exits(core)
     cascade = threshold_cascade(core)
@@ -176,7 +187,7 @@ def _demo_exit(
     name = env_id.split("-v")[0]
     plots.plot_fronts(
         out / f"{name}_front.png",
-        f"{env_id} on {data.name} (width stages, {env_kwargs['backbone']})",
+        f"{env_id} on {data.name} ({stages} stages, {env_kwargs['backbone']})",
         results["static"][env_id],
         [results["learned"][-1], *({**p, "algorithm": "confidence cascade", "baseline": True} for p in cascade["front"])],
         {"random (matched rates)": rnd, "oracle (knows label)": orc},
