@@ -82,6 +82,8 @@ PPO_RECIPES: dict[str, dict[str, Any]] = {
     "DynSkip-v1": {**_PPO_RECIPE, "env": {}},
     "DynRoute-v1": {**_PPO_RECIPE, "env": {}},
     "DynExit-v1": {**_PPO_RECIPE, "env": {}},
+    # one step per image (MultiBinary(T), BlockDrop): the same PPO settings over the native one-step VecEnv
+    "DynBlockDrop-v1": {**_PPO_RECIPE, "env": {}},
 }
 
 

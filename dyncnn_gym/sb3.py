@@ -25,7 +25,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 from .callbacks import BackboneFinetuneCallback, FlopsTargetCallback
 from .envs.routing import make_core, mode_of
 
-__all__ = ["BackboneFinetuneCallback", "FlopsTargetCallback", "RoutingVecEnv", "make_vec_env"]
+__all__ = ["BackboneFinetuneCallback", "FlopsTargetCallback", "OneShotVecEnv", "RoutingVecEnv", "make_vec_env"]
 
 
 class RoutingVecEnv(VecEnv):
@@ -164,6 +164,84 @@ class RoutingVecEnv(VecEnv):
         return [None for _ in range(self.num_envs)]
 
 
+class OneShotVecEnv(RoutingVecEnv):
+    """Native SB3 ``VecEnv`` of ``DynBlockDrop``: ``n_envs`` one-step episodes per step, every image's
+    ``MultiBinary(T)`` route run through one batched walk (the skip-mode core of
+    :class:`~dyncnn_gym.envs.blockdrop.DynBlockDropVectorEnv`).
+
+    Every step ends every episode: ``infos[i]`` holds the ``terminal_observation`` and the
+    ``episode`` statistics (``l = 1``), and the observations returned are the next images' (SB3's
+    same-step autoreset). Arguments as for :class:`RoutingVecEnv`; ``env_kwargs`` are the one-step
+    env's (``reward="blockdrop"``, ``penalty``, ``usage``, or a ``DynSkip`` reward form), on top of
+    the id's registered defaults.
+    """
+
+    def __init__(self, env_id: str, n_envs: int = 8, seed: int | None = None, **env_kwargs: Any) -> None:
+        from . import ONE_SHOT_IDS
+        from .envs.blockdrop import _OneShot
+
+        name = env_id.split(":", 1)[-1]
+        if name not in ONE_SHOT_IDS:
+            raise ValueError(f"env_id={env_id!r} is not a one-step env; choose one of {list(ONE_SHOT_IDS)}")
+        self.env_id = env_id
+        self.env_kwargs = dict(env_kwargs)
+        self._shot = _OneShot(n_envs, **{**gym.spec(name).kwargs, **env_kwargs})
+        self.core = self._shot.core
+        self.render_mode = None
+        VecEnv.__init__(self, n_envs, self._shot.observation_space, self._shot.action_space)
+        self._actions = None
+        self._returns = np.zeros(n_envs)
+        self._lengths = np.zeros(n_envs, dtype=np.int64)
+        self._t0 = time.time()
+        if seed is not None:
+            self.seed(seed)
+
+    def reset(self) -> np.ndarray:
+        obs = super().reset()
+        for info in self.reset_infos:
+            info.pop("action_mask", None)
+        return obs
+
+    def step_wait(self) -> VecEnvStepReturn:
+        if self._actions is None:
+            raise RuntimeError("step_wait() called without step_async()")
+        n = self.num_envs
+        last, rew, infos = self._shot.run(self._shot.check_actions(self._actions, n))
+        self._actions = None
+        now = round(time.time() - self._t0, 6)
+        for i, info in enumerate(infos):
+            info["terminal_observation"] = last[i].copy()
+            info["TimeLimit.truncated"] = False
+            info["episode"] = {"r": float(rew[i]), "l": 1, "t": now}
+        obs, self.reset_infos = self.core.reset_slots(np.arange(n))
+        for info in self.reset_infos:
+            info.pop("action_mask", None)
+        return obs, rew.astype(np.float32), np.ones(n, dtype=bool), infos
+
+    def action_masks(self) -> np.ndarray:
+        raise AttributeError("DynBlockDrop has no action masks: every route of MultiBinary(T) is allowed")
+
+    def teacher(self, routes: Any = None) -> dict[str, np.ndarray]:
+        """The outcome of the documented routes for every env's image, batched
+        (:meth:`~dyncnn_gym.envs.blockdrop._OneShot.teacher`). It knows the labels: for training or
+        analysing agents, never as an observation."""
+        return self._shot.teacher(routes)
+
+    def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
+        if method_name in ("action_masks", "teacher"):
+            idx = self._get_indices(indices)
+            if method_name == "action_masks":
+                self.action_masks()
+            out = self.teacher(*method_args, **method_kwargs)
+            return [{k: v[i] for k, v in out.items()} for i in idx]
+        return super().env_method(method_name, *method_args, indices=indices, **method_kwargs)
+
+
 def make_vec_env(env_id: str, n_envs: int = 8, seed: int | None = None, **env_kwargs: Any) -> RoutingVecEnv:
-    """The native SB3 ``VecEnv`` of a registered routing env (see :class:`RoutingVecEnv`)."""
+    """The native SB3 ``VecEnv`` of a registered env: :class:`RoutingVecEnv` for the per-decision and
+    early-exit envs, :class:`OneShotVecEnv` for ``DynBlockDrop``."""
+    from . import ONE_SHOT_IDS
+
+    if env_id.split(":", 1)[-1] in ONE_SHOT_IDS:
+        return OneShotVecEnv(env_id, n_envs, seed=seed, **env_kwargs)
     return RoutingVecEnv(env_id, n_envs, seed=seed, **env_kwargs)

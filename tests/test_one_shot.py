@@ -137,3 +137,37 @@ def test_a_sampled_one_shot_route_is_drawn_once_per_image_as_the_one_step_env_dr
     _, walk = core.route(model, images, deterministic=False)
     assert np.array_equal(walk.actions.numpy(), drawn)  # the same draws as SB3's predict on the first observation
     assert np.array_equal(walk.flops.numpy(), [core.table.path_flops(a) for a in drawn])
+
+
+def test_the_native_sb3_vecenv_of_dynblockdrop_equals_its_gymnasium_vector_env():
+    from gymnasium.vector import AutoresetMode
+
+    from dyncnn_gym.sb3 import OneShotVecEnv, make_vec_env
+
+    n, seed, kw = 4, 31, _kw(penalty=2.0)
+    vec = make_vec_env("DynBlockDrop-v0", n_envs=n, seed=seed, **kw)
+    assert isinstance(vec, OneShotVecEnv)
+    venv = gymnasium.make_vec("DynBlockDrop-v0", num_envs=n, autoreset_mode=AutoresetMode.SAME_STEP, **kw)
+    obs_a = vec.reset()
+    obs_b, _ = venv.reset(seed=seed)
+    assert np.allclose(obs_a, obs_b, atol=1e-6) and "action_mask" not in vec.reset_infos[0]
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        actions = rng.integers(0, 2, (n, vec.action_space.n))
+        obs_a, rew_a, done_a, infos = vec.step(actions)
+        obs_b, rew_b, term_b, _, info_b = venv.step(actions)
+        assert np.allclose(obs_a, obs_b, atol=1e-6) and np.allclose(rew_a, rew_b.astype(np.float32))
+        assert done_a.all() and term_b.all()
+        for i in range(n):
+            assert np.allclose(infos[i]["terminal_observation"], info_b["final_obs"][i], atol=1e-6)
+            assert infos[i]["flops"] == info_b["final_info"]["flops"][i]
+            assert infos[i]["episode"]["l"] == 1 and infos[i]["episode"]["r"] == pytest.approx(rew_a[i])
+    assert set(vec.env_method("teacher", indices=[1])[0]) >= {"best_action", "return_full"}
+    with pytest.raises(AttributeError, match="no action masks"):
+        vec.env_method("action_masks")
+    with pytest.raises(ValueError, match="not a one-step env"):
+        OneShotVecEnv("DynSkip-v0", 2, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = PPO("MlpPolicy", vec, n_steps=16, batch_size=64, n_epochs=1, seed=0).learn(64)
+    assert evaluate(model, "DynBlockDrop-v0", **kw)["n_images"] == 40

@@ -20,8 +20,8 @@ from .timing import fresh_backbone, interleaved, load_bench_data, median, paired
 #: the routed-model table's setups: name -> (mode, backbone, router); mode ``exit-width`` / ``exit-depth``:
 #: ``DynExit-v1`` with that kind of stages; "ppo": the demo's PPO recipe (:func:`dyncnn_gym.recipes.train_ppo`
 #: on the embedded shapes data; on a ``-v1`` id the policy is dialed to the env's FLOPs target, as
-#: ``evaluate`` and ``export`` do), "ppo-one-shot": PPO on ``DynBlockDrop-v1`` (:func:`_one_shot_router`:
-#: every block planned from the first observation, exported through the ``DynSkip-v1`` core),
+#: ``evaluate`` and ``export`` do), "ppo-one-shot": the same recipe on ``DynBlockDrop-v1`` (every block
+#: planned from the first observation; evaluated and exported through the ``DynSkip-v1`` core),
 #: "random": :class:`RandomGates`
 ROUTED_SETUPS: dict[str, tuple[str, str, str]] = {
     "DynChannel-v1": ("channel", "vgg+sandwich+distill", "ppo"),
@@ -39,7 +39,7 @@ ROUTED_SETUPS: dict[str, tuple[str, str, str]] = {
 }
 #: the setups measured by default: the routers ``dyncnn-gym demo`` trains and ships (``-v1``), PPO on the
 #: depth-stage early exits of the default ResNet-20 and of the shipped ResNet-56 (trained here: 1 minute
-#: each), PPO on DynBlockDrop-v1 (one observation per image; trained here: about 3 minutes), and
+#: each), PPO on DynBlockDrop-v1 (one observation per image; trained here: about a minute), and
 #: ResNet-110 (blocks skipped, or exits) with random routers
 DEFAULT_ROUTED_SETUPS = (
     "DynChannel-v1",
@@ -173,11 +173,13 @@ def routed_setup(
     if mode.startswith("exit-"):
         return _exit_setup(env_id, device, routers, steps, progress, info)
     if router.startswith("ppo"):
-        if router == "ppo-one-shot":  # DynBlockDrop-v1 routes through the DynSkip-v1 core
-            core = make_core("DynSkip-v1", 1, split="test", dataset="shapes", backbone=arch, groups=4, device=str(device))
-            model = _one_shot_router(base_id, arch, device, steps, progress, info)
+        from ..envs.blockdrop import SKIP_ID_OF
+
+        kw = recipe_env_kwargs(base_id, dataset="shapes", backbone=arch, groups=4, device=str(device))
+        if router == "ppo-one-shot":  # DynBlockDrop-v1 routes through the DynSkip-v1 core; the demo ships no router for it
+            core = make_core(SKIP_ID_OF[base_id], 1, split="test", **kw)
+            model = _ppo_router(base_id, kw, None, steps, progress, info)
         else:
-            kw = recipe_env_kwargs(base_id, dataset="shapes", backbone=arch, groups=4, device=str(device))
             core = make_core(base_id, 1, split="test", **kw)  # the id's registered defaults (a -v1 FLOPs target)
             model = _ppo_router(base_id, kw, routers, steps, progress, info)
         res = evaluate(model, base_id, core=core)  # dialed to a -v1 target on held-out images; export dials alike
@@ -237,46 +239,6 @@ def _ppo_router(env_id: str, kw: dict, routers: str | Path | None, steps: int | 
         _w.simplefilter("ignore")
         model = train_ppo(env_id, total_timesteps=n, seed=0, progress=progress, **kw)
     info["router"] = f"PPO, the demo's recipe ({n} steps, seed 0)"
-    return model
-
-
-#: PPO steps (one image each) of the one-shot router; SB3's DummyVecEnv of 16 one-step envs
-ONE_SHOT_STEPS = 40_000
-
-
-def _one_shot_router(env_id: str, arch: str, device: torch.device, steps: int | None, progress: bool, info: dict):
-    """PPO trained on the one-step ``env_id`` (``DynBlockDrop-v1``: its registered defaults, the
-    embedded shapes data, backbone ``arch``) for ``steps`` steps (:data:`ONE_SHOT_STEPS` by default): the
-    recipe's PPO settings where they carry over (learning rate, entropy bonus, ``gamma = 1``) with
-    rollouts of 16 x 64 one-step episodes; ``info["router"]`` says so."""
-    import warnings as _w
-
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.env_util import make_vec_env
-
-    from ..recipes import _has_rich
-
-    n = steps or ONE_SHOT_STEPS
-    kw = {"dataset": "shapes", "backbone": arch, "device": str(device)}
-    with _w.catch_warnings():
-        _w.simplefilter("ignore")
-        venv = make_vec_env(env_id, n_envs=16, seed=0, env_kwargs=kw)
-        torch.manual_seed(0)
-        model = PPO(
-            "MlpPolicy",
-            venv,
-            n_steps=64,
-            batch_size=256,
-            n_epochs=4,
-            learning_rate=1e-3,
-            ent_coef=0.01,
-            gamma=1.0,
-            seed=0,
-            device="cpu",
-            verbose=0,
-        )
-        model.learn(n, progress_bar=progress and _has_rich())
-    info["router"] = f"PPO on {env_id} ({n} steps, 16 envs, seed 0): every block planned from the first observation"
     return model
 
 
@@ -420,7 +382,7 @@ def bench_routed(
     PPO routers on ``DynChannel-v1``, ``DynSkip-v1`` and ``DynExit-v1`` (width stages), dialed to their
     FLOPs targets (trained here with the recipe, or loaded from ``routers``: a ``dyncnn-gym demo --out``
     folder), PPO on ``DynExit-v1`` with depth stages (the default ResNet-20 with exits, and the shipped
-    ResNet-56 with exits), on ``DynBlockDrop-v1`` (:func:`_one_shot_router`) and on the ``-v0`` ids
+    ResNet-56 with exits), on ``DynBlockDrop-v1`` and on the ``-v0`` ids
     (trained here), and ResNet-110 with :class:`RandomGates`. Batch 1 is a loop over ``singles`` test images; batch ``N``
     one call on ``N`` test images. Measured interleaved, per row:
 
