@@ -349,8 +349,16 @@ class OneShotHead(_Planned):
         if mask is not None:
             if mask.shape[1] != 2:
                 raise ValueError(f"a one-shot policy makes skip decisions (2 actions); this env has {mask.shape[1]} actions")
-            keep = torch.where(mask[:, 0] & mask[:, 1], keep, mask[:, 1])
+            keep = within_budget(keep, mask)
         return keep.long()
+
+
+def within_budget(keep: Any, allowed: Any) -> Any:
+    """A one-shot plan's decision under a budget: ``keep`` (bool ``[B]``) where both actions are
+    allowed (``allowed``: bool ``[B, 2]``, skip and run), else the one allowed action (1: run).
+    NumPy arrays or torch tensors alike."""
+    both = allowed[:, 0] & allowed[:, 1]
+    return (keep & both) | (allowed[:, 1] & ~both)
 
 
 # -- SB3 networks -> heads --------------------------------------------------------------------------------
@@ -504,7 +512,7 @@ class Policy:
             and not isinstance(model, CostBiasedPolicy)
             and (not isinstance(model, nn.Module) or _is_sb3(model))
         )
-        if sb3_predict and self.one_shot and isinstance(self.head, OneShotHead):
+        if sb3_predict and self.one_shot:
             if state is None:  # the whole route drawn at the first decision, as the one-step env draws it
                 bits = np.asarray(model.predict(obs, deterministic=False)[0]).reshape(len(obs), -1).astype(bool)
                 state = (torch.where(torch.as_tensor(bits), math.inf, -math.inf), 0)

@@ -66,7 +66,17 @@ from torch import nn
 from .envs.probes import confidence
 from .host_head import HostRouter, cached_router
 from .models import DynamicNet, build
-from .policies import ACCEPTED, ModuleHead, OneShotHead, Policy, QuantileMean, RecurrentHead, ScoreHead, as_policy
+from .policies import (
+    ACCEPTED,
+    ModuleHead,
+    OneShotHead,
+    Policy,
+    QuantileMean,
+    RecurrentHead,
+    ScoreHead,
+    as_policy,
+    within_budget,
+)
 from .walk import Walk, cost_tensors, run
 
 #: ``format`` tag of files written by :meth:`RoutedNet.save`
@@ -371,9 +381,7 @@ class RoutedNet(nn.Module):
         def choose(walk: Walk) -> int | np.ndarray:
             allowed = None if self.budget is None else self.masks(walk)
             if self.one_shot and state[0] is not None:  # the route planned at the first decision: no observation
-                a = state[0][:, walk.t]
-                if allowed is not None:  # where the budget allows one action only, that one (OneShotHead.choose)
-                    a = np.where(allowed[:, 0] & allowed[:, 1], a, allowed[:, 1])
+                a = state[0][:, walk.t] if allowed is None else within_budget(state[0][:, walk.t], allowed)
                 return int(a[0]) if B == 1 else a.astype(np.int64)
             if host is not None and B == 1:  # one image: float64 NumPy, unless two actions are too close to tell apart
                 obs64 = host.observation(walk.t, walk.pooled_one(), min(int(walk._flops[0]) / self.full, 1.0))

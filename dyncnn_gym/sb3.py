@@ -44,16 +44,29 @@ class RoutingVecEnv(VecEnv):
     def __init__(self, env_id: str, n_envs: int = 8, seed: int | None = None, **env_kwargs: Any) -> None:
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs)
-        mode_of(env_id, "has no native SB3 VecEnv")  # an unknown id raises here, naming the envs
-        self.core = make_core(env_id, n_envs, **env_kwargs)
+        observation_space, action_space = self._make_core(env_id, n_envs)
         self.render_mode = None
-        super().__init__(n_envs, self.core.observation_space, self.core.action_space)
+        VecEnv.__init__(self, n_envs, observation_space, action_space)
         self._actions: np.ndarray | None = None
         self._returns = np.zeros(n_envs)
         self._lengths = np.zeros(n_envs, dtype=np.int64)
         self._t0 = time.time()
         if seed is not None:
             self.seed(seed)
+
+    def _make_core(self, env_id: str, n_envs: int) -> tuple[gym.Space, gym.Space]:
+        """Build ``self.core`` for ``n_envs`` slots; returns the observation and action spaces."""
+        mode_of(env_id, "has no native SB3 VecEnv")  # an unknown id raises here, naming the envs
+        self.core = make_core(env_id, n_envs, **self.env_kwargs)
+        return self.core.observation_space, self.core.action_space
+
+    def _run(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        """One step of every slot: observations, rewards, terminations and infos."""
+        return self.core.step(actions)
+
+    def _reset_slots(self, slots: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+        """Start new episodes in ``slots``: their first observations and infos."""
+        return self.core.reset_slots(slots)
 
     @property
     def backbone(self):
@@ -65,7 +78,7 @@ class RoutingVecEnv(VecEnv):
                 self.core.rngs[i] = np.random.default_rng(s)
                 self.core.restart()
         self._reset_seeds()
-        obs, infos = self.core.reset_slots(np.arange(self.num_envs))
+        obs, infos = self._reset_slots(np.arange(self.num_envs))
         self.reset_infos = infos
         self._returns[:] = 0.0
         self._lengths[:] = 0
@@ -77,7 +90,7 @@ class RoutingVecEnv(VecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         if self._actions is None:
             raise RuntimeError("step_wait() called without step_async()")
-        obs, rew, term, infos = self.core.step(self._actions)
+        obs, rew, term, infos = self._run(self._actions)
         self._actions = None
         self._returns += rew
         self._lengths += 1
@@ -88,7 +101,7 @@ class RoutingVecEnv(VecEnv):
                 infos[s]["terminal_observation"] = obs[s].copy()
                 infos[s]["TimeLimit.truncated"] = False
                 infos[s]["episode"] = {"r": float(self._returns[s]), "l": int(self._lengths[s]), "t": now}
-            r_obs, r_infos = self.core.reset_slots(done)
+            r_obs, r_infos = self._reset_slots(done)
             obs[done] = r_obs
             for r, s in enumerate(done):
                 self.reset_infos[s] = r_infos[r]
@@ -176,47 +189,26 @@ class OneShotVecEnv(RoutingVecEnv):
     the id's registered defaults.
     """
 
-    def __init__(self, env_id: str, n_envs: int = 8, seed: int | None = None, **env_kwargs: Any) -> None:
+    def _make_core(self, env_id: str, n_envs: int) -> tuple[gym.Space, gym.Space]:
         from . import ONE_SHOT_IDS
         from .envs.blockdrop import _OneShot
 
         name = env_id.split(":", 1)[-1]
         if name not in ONE_SHOT_IDS:
             raise ValueError(f"env_id={env_id!r} is not a one-step env; choose one of {list(ONE_SHOT_IDS)}")
-        self.env_id = env_id
-        self.env_kwargs = dict(env_kwargs)
-        self._shot = _OneShot(n_envs, **{**gym.spec(name).kwargs, **env_kwargs})
+        self._shot = _OneShot(n_envs, **{**gym.spec(name).kwargs, **self.env_kwargs})
         self.core = self._shot.core
-        self.render_mode = None
-        VecEnv.__init__(self, n_envs, self._shot.observation_space, self._shot.action_space)
-        self._actions = None
-        self._returns = np.zeros(n_envs)
-        self._lengths = np.zeros(n_envs, dtype=np.int64)
-        self._t0 = time.time()
-        if seed is not None:
-            self.seed(seed)
+        return self._shot.observation_space, self._shot.action_space
 
-    def reset(self) -> np.ndarray:
-        obs = super().reset()
-        for info in self.reset_infos:
-            info.pop("action_mask", None)
-        return obs
+    def _run(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        last, rew, infos = self._shot.run(self._shot.check_actions(actions, self.num_envs))
+        return last, rew, np.ones(self.num_envs, dtype=bool), infos
 
-    def step_wait(self) -> VecEnvStepReturn:
-        if self._actions is None:
-            raise RuntimeError("step_wait() called without step_async()")
-        n = self.num_envs
-        last, rew, infos = self._shot.run(self._shot.check_actions(self._actions, n))
-        self._actions = None
-        now = round(time.time() - self._t0, 6)
-        for i, info in enumerate(infos):
-            info["terminal_observation"] = last[i].copy()
-            info["TimeLimit.truncated"] = False
-            info["episode"] = {"r": float(rew[i]), "l": 1, "t": now}
-        obs, self.reset_infos = self.core.reset_slots(np.arange(n))
-        for info in self.reset_infos:
+    def _reset_slots(self, slots: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+        obs, infos = self.core.reset_slots(slots)
+        for info in infos:
             info.pop("action_mask", None)
-        return obs, rew.astype(np.float32), np.ones(n, dtype=bool), infos
+        return obs, infos
 
     def action_masks(self) -> np.ndarray:
         raise AttributeError("DynBlockDrop has no action masks: every route of MultiBinary(T) is allowed")
@@ -228,12 +220,11 @@ class OneShotVecEnv(RoutingVecEnv):
         return self._shot.teacher(routes)
 
     def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
-        if method_name in ("action_masks", "teacher"):
-            idx = self._get_indices(indices)
-            if method_name == "action_masks":
-                self.action_masks()
+        if method_name == "action_masks":
+            return self.action_masks()  # raises: there are none
+        if method_name == "teacher":
             out = self.teacher(*method_args, **method_kwargs)
-            return [{k: v[i] for k, v in out.items()} for i in idx]
+            return [{k: v[i] for k, v in out.items()} for i in self._get_indices(indices)]
         return super().env_method(method_name, *method_args, indices=indices, **method_kwargs)
 
 

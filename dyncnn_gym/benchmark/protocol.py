@@ -109,9 +109,10 @@ def evaluate(
     check_spaces(policy, core)
     policy, dialed = dial_to_target(policy, core, dial)
     choose = as_policy(policy)
-    if choose.one_shot:
+    if choose.one_shot:  # keep logits for exactly the backbone's T blocks (no more, which routing would ignore)
+        device = next(choose.head.parameters(), torch.empty(0)).device
         with torch.no_grad():
-            check_plan(choose.head.plan(torch.zeros((1, core.observation_space.shape[0]))), core.T)
+            check_plan(choose.head.plan(torch.zeros((1, core.observation_space.shape[0]), device=device)), core.T)
     n = len(core.labels)
     core.cursor = 0
     T = core.T
