@@ -35,14 +35,14 @@ probes stay those of the backbone the stage started from; the test evaluation re
 ``backbone.pt`` as a fresh network, as a user would (its scales and probes are refitted on the
 fine-tuned weights), so ``result.json`` is what the saved files reproduce.
 
-Evaluation: the learned one-shot policy is exported as a per-decision policy over
-``DynSkip-v0`` (:class:`PerDecision`): at an episode's first decision it reads the observation
-(the same as ``DynBlockDrop-v0``'s), decides every block at once and then replays those
-decisions, so ``dyncnn_gym.evaluate(policy, "DynSkip-v0", ...)`` measures it on the whole test split
-under the common protocol (same keys, same FLOPs as the one-shot env; checked by the tests).
+Evaluation: the learned network is wrapped as the package's one-shot policy head,
+:class:`dyncnn_gym.policies.OneShotHead` (keep block ``t`` where its logit is above 0, or above the
+FLOPs dial's bias), so ``dyncnn_gym.evaluate(head, "DynSkip-v0", ...)`` measures it on the whole test
+split under the common protocol (same keys, same FLOPs as the one-shot env; checked by the tests),
+reading one observation per image, and ``dyncnn_gym.export`` turns it into a routed model.
 
-Output in ``--out``: ``policy.pt`` (:func:`load_policy`: the :class:`PerDecision` module by
-default, the raw one-shot network with ``per_decision=False``), ``result.json`` and, after joint
+Output in ``--out``: ``policy.pt`` (:func:`load_policy`: the :class:`OneShotHead` by default, the
+raw :class:`OneShotPolicy` network with ``raw=True``), ``result.json`` and, after joint
 fine-tuning, ``backbone.pt`` (a backbone checkpoint: pass its path as ``backbone=`` to the envs or
 ``dyncnn_gym.evaluate``); ``result.json``'s ``finetune`` entry records the stage's settings and
 its final supervised loss.
@@ -69,6 +69,7 @@ from dyncnn_gym import Walk, evaluate
 from dyncnn_gym.benchmark.bench import point_env_kwargs
 from dyncnn_gym.cli import HelpFormatter, add_dataclass_arguments, arg
 from dyncnn_gym.fileio import check_writable_dir, load_torch, save_torch, write_text
+from dyncnn_gym.policies import OneShotHead
 from dyncnn_gym.pretraining import save_checkpoint
 from dyncnn_gym.walk import run
 
@@ -143,50 +144,24 @@ class OneShotPolicy(nn.Module):
         return self.net(obs)
 
 
-class PerDecision(nn.Module):
-    """A :class:`OneShotPolicy` as a per-decision policy over ``DynSkip``: obs ``[B, D]`` -> scores ``[B, 2]``.
-
-    At a row's first decision (its decision one-hot reads 0) the one-shot network scores every
-    block from that observation (``DynBlockDrop``'s); at decision ``t`` the scores are ``[0, l_t]``,
-    ``l_t`` the keep logit of block ``t``, so the argmax keeps the block exactly where the one-shot
-    policy would (``l_t > 0``) and a cost bias ``b`` (``dyncnn_gym.evaluate``'s dial) keeps it where
-    ``l_t > b``. ``dyncnn_gym.evaluate(PerDecision(...), "DynSkip-v1")``.
-    """
-
-    def __init__(self, oneshot: OneShotPolicy) -> None:
-        super().__init__()
-        self.oneshot = oneshot
-        self._plan: torch.Tensor | None = None
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        F_, T = self.oneshot.F, self.oneshot.T
-        t = obs[:, F_ : F_ + T].argmax(1)
-        first = t == 0
-        if self._plan is None or self._plan.shape[0] != obs.shape[0]:
-            if not bool(first.all()):
-                raise RuntimeError("the policy got a batch mid-episode without its plan; start at decision 0")
-            self._plan = torch.zeros(obs.shape[0], T, dtype=obs.dtype, device=obs.device)
-        if first.any():
-            self._plan[first] = self.oneshot(obs[first]).to(self._plan.dtype)
-        keep = self._plan.gather(1, t[:, None]).squeeze(1)
-        return torch.stack([torch.zeros_like(keep), keep], 1)
-
-
-def save_policy(policy: OneShotPolicy | PerDecision, path: str | Path) -> None:
-    """Save the one-shot network (of a :class:`PerDecision` too) as a weights-only torch file."""
-    if isinstance(policy, PerDecision):
-        policy = policy.oneshot
+def save_policy(policy: OneShotPolicy | OneShotHead, path: str | Path) -> None:
+    """Save the one-shot network (the body of a :class:`OneShotHead` too) as a weights-only torch file."""
+    if isinstance(policy, OneShotHead):
+        policy = policy.body
+    if not isinstance(policy, OneShotPolicy):
+        raise TypeError(f"save_policy saves a OneShotPolicy or a OneShotHead around one, not {type(policy).__name__}")
     save_torch({"config": policy.config, "state_dict": policy.state_dict()}, path)
 
 
-def load_policy(path: str | Path, per_decision: bool = True) -> nn.Module:
-    """The saved policy (eval mode): :class:`PerDecision` for ``DynSkip-v0`` (default) or the raw
-    :class:`OneShotPolicy` for ``DynBlockDrop-v0`` (``per_decision=False``)."""
+def load_policy(path: str | Path, raw: bool = False) -> OneShotHead | OneShotPolicy:
+    """The saved policy (eval mode): a :class:`OneShotHead` (default; ``dyncnn_gym.evaluate`` and
+    ``dyncnn_gym.export`` take it on the ``DynSkip`` and ``DynBlockDrop`` ids) or, with ``raw=True``,
+    the :class:`OneShotPolicy` network (observation ``[B, D]`` -> keep logits ``[B, T]``)."""
     blob = load_torch(path, what="BlockDrop policy file")
     net = OneShotPolicy(**blob["config"])
     net.load_state_dict(blob["state_dict"])
     net.eval()
-    return PerDecision(net).eval() if per_decision else net
+    return net if raw else OneShotHead(net).eval()
 
 
 def curriculum_blocks(it: int, iterations: int, T: int, fraction: float) -> int:
@@ -347,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         save_checkpoint(net, out / "backbone.pt")
         test_kwargs["backbone"] = load_checkpoint(out / "backbone.pt")  # evaluated as reloaded from the file
     skip_id = "DynSkip-" + args.env.rpartition("-")[2]
-    res = evaluate(PerDecision(policy), skip_id, **test_kwargs)
+    res = evaluate(OneShotHead(policy), skip_id, **test_kwargs)
     print(
         f"test ({skip_id} protocol): accuracy {res['accuracy']:.4f} at FLOPs ratio {res['flops_ratio']:.3f} "
         f"({train_s:.0f}s training)"
@@ -392,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return entry
 
 
-def bench_agent(env_fn, task, seed: int, step_budget: int, images_per_update: int | None = None) -> PerDecision:
+def bench_agent(env_fn, task, seed: int, step_budget: int, images_per_update: int | None = None) -> OneShotHead:
     """``dyncnn-gym bench`` plug-in (DynSkip tasks only; raises ``NotImplementedError`` on others):
     BlockDrop-PG, backbone frozen.
 
@@ -402,8 +377,8 @@ def bench_agent(env_fn, task, seed: int, step_budget: int, images_per_update: in
     every agent of the suite gets. An image routed once counts as ``T`` env steps (the decisions it
     covers), the self-critical pass included: ``images_per_update`` images per policy-gradient update
     (default: ``step_budget / (2 T 20)`` clipped to [8, 256], i.e. at least 20 updates), as many updates
-    as the budget pays for. Returns the :class:`PerDecision` export, which ``dyncnn_gym.evaluate`` runs
-    on ``task.env_id``.
+    as the budget pays for. Returns the :class:`~dyncnn_gym.policies.OneShotHead`, which
+    ``dyncnn_gym.evaluate`` runs on ``task.env_id``.
     """
     name, _, version = task.env_id.rpartition(":")[-1].partition("-")
     if name != "DynSkip":
@@ -427,7 +402,7 @@ def bench_agent(env_fn, task, seed: int, step_budget: int, images_per_update: in
         seed=seed,
     )
     policy, _, _ = train(args, kw, log=lambda *a, **k: None)
-    return PerDecision(policy).eval()
+    return OneShotHead(policy).eval()
 
 
 if __name__ == "__main__":

@@ -15,17 +15,18 @@ from __future__ import annotations
 import argparse
 
 from dyncnn_gym import cli
-from dyncnn_gym.agents.blockdrop_pg import PerDecision, bench_agent, load_policy, save_policy
+from dyncnn_gym.agents.blockdrop_pg import bench_agent, load_policy, save_policy
+from dyncnn_gym.policies import OneShotHead
 
 __all__ = ["images_32", "images_64", "load_policy", "save_policy"]
 
 
-def images_64(env_fn, task, seed: int, step_budget: int) -> PerDecision:
+def images_64(env_fn, task, seed: int, step_budget: int) -> OneShotHead:
     """``blockdrop`` with 64 images per update."""
     return bench_agent(env_fn, task, seed, step_budget, images_per_update=64)
 
 
-def images_32(env_fn, task, seed: int, step_budget: int) -> PerDecision:
+def images_32(env_fn, task, seed: int, step_budget: int) -> OneShotHead:
     """``blockdrop`` with 32 images per update."""
     return bench_agent(env_fn, task, seed, step_budget, images_per_update=32)
 

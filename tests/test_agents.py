@@ -22,6 +22,7 @@ from gymnasium.utils.env_checker import check_env
 import dyncnn_gym
 from dyncnn_gym import evaluate
 from dyncnn_gym.agents import blockdrop_pg, rnp_dqn, skipnet_hrl
+from dyncnn_gym.policies import OneShotHead
 
 SKIP_NET = ("resnet14", "digits")
 
@@ -385,8 +386,10 @@ def test_blockdrop_pg_trains_saves_and_reloads(tmp_path):
     assert not saved["finetuned_backbone"] and not (out / "backbone.pt").exists()
     _check_saved(out, blockdrop_pg.load_policy, "DynSkip-v0", dataset="digits", obs="features")
     # the export replays the one-shot decisions: DynBlockDrop-v0 gives the same FLOPs per image
-    oneshot = blockdrop_pg.load_policy(out / "policy.pt", per_decision=False)
-    res = evaluate(blockdrop_pg.load_policy(out / "policy.pt"), "DynSkip-v0", per_image=True, dataset="digits", obs="features")
+    oneshot = blockdrop_pg.load_policy(out / "policy.pt", raw=True)
+    head = blockdrop_pg.load_policy(out / "policy.pt")
+    assert isinstance(head, OneShotHead) and head.body.state_dict().keys() == oneshot.state_dict().keys()
+    res = evaluate(head, "DynSkip-v0", per_image=True, dataset="digits", obs="features")
     bd = gymnasium.make("DynBlockDrop-v0", dataset="digits", obs="features", split="test")
     obs, info = bd.reset(seed=0)
     for _ in range(5):
@@ -443,7 +446,7 @@ def test_blockdrop_pg_joint_finetuning_lowers_the_routed_loss(tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in tuned.state_dict().items())
     # the routed loss on fixed train images under fixed drop patterns (sampled from the policy) went down
     x, y = torch.as_tensor(core.data.train.images[:256]), torch.as_tensor(core.data.train.labels[:256])
-    oneshot = blockdrop_pg.load_policy(out / "policy.pt", per_decision=False)
+    oneshot = blockdrop_pg.load_policy(out / "policy.pt", raw=True)
     with torch.no_grad():
         p = blockdrop_pg.explore_probs(torch.sigmoid(oneshot(torch.as_tensor(core.observe(Walk(default, "skip", x))))), 0.8)
         keep = torch.bernoulli(p, generator=torch.Generator().manual_seed(0)).long()
