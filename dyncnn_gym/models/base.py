@@ -34,8 +34,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .layers import tensor_version
-
 MODES = ("channel", "skip", "route")
 
 
@@ -187,13 +185,6 @@ class DynamicNet(nn.Module):
     def _fast(self) -> bool:
         """True when the folded, cached inference kernels may be used (eval mode, no autograd)."""
         return (not self.training) and not torch.is_grad_enabled()
-
-    def weights_version(self) -> int:
-        """Changes whenever any parameter or buffer is modified in place (optimiser step, load).
-
-        (The folded-kernel caches track the exact tensors each kernel was made from instead.)"""
-        versions = [tensor_version(t) for t in (*self.parameters(), *self.buffers())]
-        return sum(v for v in versions if v is not None)
 
     def full_forward(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
         """Plain forward pass of the full network (every decision at its largest action)."""
