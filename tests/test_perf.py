@@ -18,7 +18,7 @@ from conftest import load_test_data, make_net
 import dyncnn_gym
 from dyncnn_gym.benchmark.perf import add_arguments
 from dyncnn_gym.benchmark.plain import plain_copy
-from dyncnn_gym.benchmark.routed_table import RandomGates, _bracket, format_routed, spaced_route, static_forward
+from dyncnn_gym.benchmark.routed_table import RandomGates, RandomPlans, _bracket, format_routed, spaced_route, static_forward
 from dyncnn_gym.walk import run_routes
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))
@@ -63,6 +63,25 @@ def test_the_random_router_executes_about_half_of_the_blocks_per_image():
     for target in (0.25, 0.5, 0.75):
         route = spaced_route(table, target)
         assert abs(table.path_flops(route) / table.full - target) < 0.2 and set(route) <= {0, 1}
+
+
+def test_the_random_one_shot_router_plans_about_half_of_the_blocks_per_image_from_one_look():
+    from dyncnn_gym.envs.core import RoutingCore
+    from dyncnn_gym.policies import OneShotHead
+
+    core = RoutingCore("skip", 1, dataset=load_test_data("user12"), backbone=make_net("resnet14", "user12"), split="test")
+    rn = dyncnn_gym.export(OneShotHead(RandomPlans(core.observation_space.shape[0], core.T)), core=core)
+    x = core.images[:64]
+    calls = []
+    observe = rn._observation
+    rn._observation = lambda *a: calls.append(a[0]) or observe(*a)
+    out = rn.route(x)
+    assert calls == [0]  # one observation per image: the plan is made at the first decision
+    keeps = out.actions.float()
+    assert 0.3 < float(keeps.mean()) < 0.7 and len({tuple(r) for r in out.actions.tolist()}) >= 6  # of 2**5 routes
+    logits, flops = run_routes(rn.backbone, "skip", x, out.actions)
+    torch.testing.assert_close(out.logits, logits)
+    assert torch.equal(out.flops, flops)
 
 
 def test_static_times_interpolate_between_the_front_points_around_a_value():
@@ -117,7 +136,9 @@ def test_the_routed_table_measures_the_demos_v1_routers_by_default_and_refuses_u
     from dyncnn_gym.benchmark.routed_table import DEFAULT_ROUTED_SETUPS, ROUTED_SETUPS
 
     assert set(DEMO_IDS) <= set(DEFAULT_ROUTED_SETUPS) <= set(ROUTED_SETUPS)
-    assert {"DynExit-v1 depth", "DynSkip-v0 resnet110", "DynExit-v0 resnet110"} <= set(DEFAULT_ROUTED_SETUPS)
+    assert {"DynExit-v1 depth", "DynSkip-v0 resnet110", "DynBlockDrop-v0 resnet110", "DynExit-v0 resnet110"} <= set(
+        DEFAULT_ROUTED_SETUPS
+    )
     args = add_arguments(argparse.ArgumentParser()).parse_args(["--setup", "DynChannel-v0", "--setup", "DynExit-v1 depth"])
     assert args.setup == ["DynChannel-v0", "DynExit-v1 depth"]
     with pytest.raises(ValueError, match=r"setups=\['DynExit-v0'\]: choose one or more of \['DynChannel-v1'"):

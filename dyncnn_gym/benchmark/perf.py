@@ -39,8 +39,9 @@ Measured (see :func:`run_perf` for the JSON layout):
   writes its Markdown table): the demo's trained PPO routers on ``DynChannel-v1``, ``DynSkip-v1`` and
   ``DynExit-v1`` (width stages), dialed to their FLOPs targets (trained here with the recipe, or loaded
   with ``--routers DIR``; the ``-v0`` ids with ``--setup``), PPO on ``DynExit-v1`` with depth stages
-  (trained here) and ResNet-110 with a random router at about half of
-  its blocks, at batch 1, 64 and 256, at 1 thread and at the default thread count: the routed model
+  on the default ResNet-20 and the shipped ResNet-56 and on ``DynBlockDrop-v1`` (trained here), and
+  ResNet-110 with random routers at about half of its blocks (per block, planned at once) or exits,
+  at batch 1, 64 and 256, at 1 thread and at the default thread count: the routed model
   vs the full network (goal >= 0.6 / flops_ratio at batch 1, >= 0.8 / flops_ratio from batch 64),
   the same routes without the router, per-image routes vs static routes of the same FLOPs (goal
   >= 0.8 at batch 256), the routed model vs the static network of the same test accuracy (goal

@@ -22,13 +22,15 @@ from .timing import fresh_backbone, interleaved, load_bench_data, median, paired
 #: on the embedded shapes data; on a ``-v1`` id the policy is dialed to the env's FLOPs target, as
 #: ``evaluate`` and ``export`` do), "ppo-one-shot": the same recipe on ``DynBlockDrop-v1`` (every block
 #: planned from the first observation; evaluated and exported through the ``DynSkip-v1`` core),
-#: "random": :class:`RandomGates`
+#: "random": :class:`RandomGates`, "random-one-shot": :class:`RandomPlans` (BlockDrop's form: every block from
+#: the first observation)
 ROUTED_SETUPS: dict[str, tuple[str, str, str]] = {
     "DynChannel-v1": ("channel", "vgg+sandwich+distill", "ppo"),
     "DynSkip-v1": ("skip", "resnet32-lite@skip", "ppo"),
     "DynChannel-v0": ("channel", "vgg+sandwich+distill", "ppo"),
     "DynSkip-v0": ("skip", "resnet32-lite@skip", "ppo"),
     "DynSkip-v0 resnet110": ("skip", "resnet110", "random"),
+    "DynBlockDrop-v0 resnet110": ("skip", "resnet110", "random-one-shot"),
     "DynExit-v1": ("exit-width", "vgg+sandwich+distill", "ppo"),
     "DynExit-v1 depth": ("exit-depth", "resnet20-lite-exits+distill", "ppo"),
     "DynExit-v0 resnet110": ("exit-depth", "resnet110-exits", "random"),
@@ -40,7 +42,7 @@ ROUTED_SETUPS: dict[str, tuple[str, str, str]] = {
 #: the setups measured by default: the routers ``dyncnn-gym demo`` trains and ships (``-v1``), PPO on the
 #: depth-stage early exits of the default ResNet-20 and of the shipped ResNet-56 (trained here: 1 minute
 #: each), PPO on DynBlockDrop-v1 (one observation per image; trained here: about a minute), and
-#: ResNet-110 (blocks skipped, or exits) with random routers
+#: ResNet-110 (blocks skipped, per block or planned at once, or exits) with random routers
 DEFAULT_ROUTED_SETUPS = (
     "DynChannel-v1",
     "DynSkip-v1",
@@ -49,6 +51,7 @@ DEFAULT_ROUTED_SETUPS = (
     "DynExit-v1 resnet56",
     "DynBlockDrop-v1",
     "DynSkip-v0 resnet110",
+    "DynBlockDrop-v0 resnet110",
     "DynExit-v0 resnet110",
 )
 #: batches of the routed-model table
@@ -75,6 +78,24 @@ class RandomGates(nn.Sequential):
                     w = torch.randn((out, m.in_features), generator=gen) / m.in_features**0.5
                     m.weight.zero_()
                     m.weight[-out:].copy_(w)
+                    m.bias.zero_()
+
+
+class RandomPlans(nn.Sequential):
+    """:class:`RandomGates` in BlockDrop's form, for timing: a PPO-sized MLP ``obs -> 64 -> 64 -> T``
+    (tanh) with random weights whose keep logits are ``sin(50 x)``, so that a
+    :class:`~dyncnn_gym.policies.OneShotHead` around it plans per-image pseudo-random routes that run
+    about half of the ``T`` blocks, from one observation per image."""
+
+    def __init__(self, obs_dim: int, T: int, seed: int = 0) -> None:
+        from ..policies import Sine
+
+        super().__init__(nn.Linear(obs_dim, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, T), Sine(50.0))
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for m in self:
+                if isinstance(m, nn.Linear):
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / m.in_features**0.5)
                     m.bias.zero_()
 
 
@@ -192,8 +213,14 @@ def routed_setup(
         core = RoutingCore(
             mode, 1, dataset=data, backbone=fresh_backbone(arch, data, 4, device), split="test", device=str(device)
         )
-        rn = _export(RandomGates(core.observation_space.shape[0]), core)
-        info["router"] = "RandomGates (a random PPO-sized MLP, sin(50 x) execute score: ~50 % of blocks per image)"
+        if router == "random-one-shot":
+            from ..policies import OneShotHead
+
+            rn = _export(OneShotHead(RandomPlans(core.observation_space.shape[0], core.T)), core)
+            info["router"] = "RandomPlans (one look: a random PPO-sized MLP, sin(50 x) keep logits: ~50 % of blocks per image)"
+        else:
+            rn = _export(RandomGates(core.observation_space.shape[0]), core)
+            info["router"] = "RandomGates (a random PPO-sized MLP, sin(50 x) execute score: ~50 % of blocks per image)"
         info["static_front"], points = None, None
     net, table = rn.backbone, rn.table
 
