@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the checkpoint metadata as JSON")
     p.set_defaults(func=_cmd_pretrain)
 
+    from .benchmark.demo import DEMO_CHOICES
+
     p = sub.add_parser(
         "demo",
         formatter_class=HelpFormatter,
@@ -210,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--env",
         action="append",
-        choices=["DynChannel-v1", "DynSkip-v1", "DynExit-v1", "DynExit-v0", "DynChannel-v0", "DynSkip-v0"],
-        help="only this env (repeatable; default: DynChannel-v1, DynSkip-v1 and DynExit-v1)",
+        choices=DEMO_CHOICES,
+        help="only this env (repeatable; default: DynChannel-v1, DynSkip-v1 and DynExit-v1; DynBlockDrop-v1 plans"
+        " every block of the skip backbone from one look and is timed like DynExit-v1)",
     )
     p.add_argument("--timesteps", type=int, default=None, help="PPO steps per env (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="seeds PPO and the evaluation's random baselines")

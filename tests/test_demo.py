@@ -95,3 +95,30 @@ def test_an_exit_backbone_makes_the_demo_run_depth_stages_on_it(tmp_path, capsys
     assert "--backbone 'exit' must be MODE=NAME" in capsys.readouterr().err
     assert main(["demo", "--backbone", "depth=resnet56-exits", "--out", str(tmp_path / "b")]) == 2
     assert "backbones has modes ['depth']; choose from ['channel', 'skip', 'exit']" in capsys.readouterr().err
+
+
+def test_the_demo_trains_times_and_saves_a_one_look_router_on_dynblockdrop(digit_backbones, tmp_path, capsys):
+    from dyncnn_gym.benchmark.demo import run_demo
+    from dyncnn_gym.benchmark.protocol import evaluate
+    from dyncnn_gym.cli import build_parser
+
+    assert build_parser().parse_args(["demo", "--env", "DynBlockDrop-v1"]).env == ["DynBlockDrop-v1"]
+    skip = digit_backbones["skip"]
+    run_demo(tmp_path, envs=("DynBlockDrop-v1",), dataset="digits", timesteps=512, backbones={"skip": skip}, progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    (entry,) = saved["learned"]
+    assert entry["env_id"] == "DynBlockDrop-v1" and entry["env_kwargs"]["backbone"] == skip
+    assert (
+        entry["dialed"]["target"] == 0.68
+        and len(entry["action_rates"]) == make_core("DynSkip-v1", 1, dataset="digits", backbone=skip).T
+    )
+    assert saved["static"]["DynBlockDrop-v1"]["front"] and (tmp_path / "DynBlockDrop_front.png").stat().st_size > 1000
+    # the exported one-look router, timed against the full network and the static network of its accuracy
+    clock = saved["wall_clock"]["DynBlockDrop-v1"]
+    assert (
+        clock["accuracy"] == entry["accuracy"] and clock["routed_vs_full"] > 0 and clock["routed_vs_static_same_accuracy"] > 0
+    )
+    assert "DynBlockDrop-v1, PPO exported as one model" in capsys.readouterr().out
+    # the saved model reproduces the table's figures
+    again = evaluate(load_model(str(tmp_path / entry["model_path"])), "DynBlockDrop-v1", **entry["env_kwargs"])
+    assert (again["accuracy"], again["flops_ratio"]) == (entry["accuracy"], entry["flops_ratio"])

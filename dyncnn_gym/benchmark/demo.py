@@ -5,8 +5,9 @@ Loads (or pretrains and caches) the default backbones, trains PPO routers on ``D
 evaluates them on the whole test split against the full network, static routes (static exits and
 the confidence-threshold cascade for ``DynExit-v1``), random routes at the learned rates and a
 label-aware oracle, prints a table, times the exported ``DynExit-v1`` router against the full network
-and the static network of its accuracy (:func:`exit_wall_clock`), and writes ``results.json``, PNG
-plots and the trained SB3 models.
+and the static network of its accuracy (:func:`wall_clock`), and writes ``results.json``, PNG
+plots and the trained SB3 models. ``envs=("DynBlockDrop-v1",)`` (``--env DynBlockDrop-v1``) does the
+same for a router that plans every block of the skip backbone from one look, timed alike.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..envs.blockdrop import SKIP_ID_OF, as_skip_env
 from ..envs.core import RoutingCore, _shared_data
 from ..envs.routing import make_core, mode_of
 from ..fileio import check_writable_dir, save_sb3, write_json
@@ -31,6 +33,8 @@ from .protocol import evaluate
 
 #: the envs the demo trains routers for: the newest one-pass width and depth envs and the early-exit env
 DEMO_IDS = ("DynChannel-v1", "DynSkip-v1", "DynExit-v1")
+#: the envs ``dyncnn-gym demo --env`` offers
+DEMO_CHOICES = (*DEMO_IDS, "DynBlockDrop-v1", "DynExit-v0", "DynChannel-v0", "DynSkip-v0")
 #: the modes :func:`run_demo`'s ``backbones`` may name
 BACKBONE_MODES = ("channel", "skip", "exit")
 
@@ -61,7 +65,7 @@ def run_demo(
 
     Args:
         out: output directory (checked to be writable before anything is trained).
-        envs: env ids to train routers for.
+        envs: env ids to train routers for (e.g. of :data:`DEMO_CHOICES`).
         timesteps: PPO steps per env, a positive integer (default ``None``: the recipe's).
         dataset: data set name (default: the embedded ``"shapes"``), or a loaded data set
             (:func:`dyncnn_gym.load_dataset`).
@@ -99,12 +103,12 @@ def run_demo(
         "baselines": {},
     }
     for env_id in envs:
-        mode = mode_of(env_id)
+        mode = mode_of(as_skip_env(env_id, {})[0])
         if mode == "exit":
             _demo_exit(out, results, env_id, data, dataset, backbones, timesteps, seed, progress)
             continue
         env_kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=backbones.get(mode, DEFAULT_ARCH[mode]), groups=4)
-        core, _model, res, entry = _train_ppo(out, env_id, env_kwargs, timesteps, seed, progress)
+        core, model, res, entry = _train_ppo(out, env_id, env_kwargs, timesteps, seed, progress)
         static = static_baselines(core)
         rnd = random_policy_eval(core, res["action_rates"], seed=seed)
         pool = static.get("exhaustive") or (static["uniform"] + static.get("greedy", []))
@@ -145,6 +149,8 @@ def run_demo(
                 {"PPO": res["by_difficulty"], "full network": full_rows},
             )
         _plot_images(out / f"{name}_images.png", env_id, data, res, core.full)
+        if env_id in SKIP_ID_OF:  # one look per image, the lean router: timed as the early-exit one is
+            results.setdefault("wall_clock", {})[env_id] = wall_clock(model, core, env_id, evaluated=res)
     results["seconds"] = round(time.perf_counter() - start, 1)
     write_json(out / "results.json", _jsonable(results), indent=2)
     print(format_table(results))
@@ -197,18 +203,21 @@ def _demo_exit(
             out / f"{name}_difficulty.png", f"{env_id}: compute and accuracy by difficulty", {"PPO": res["by_difficulty"]}
         )
     _plot_images(out / f"{name}_images.png", env_id, data, res, core.full)
-    results.setdefault("wall_clock", {})[env_id] = exit_wall_clock(model, core, env_id, evaluated=res)
+    results.setdefault("wall_clock", {})[env_id] = wall_clock(model, core, env_id, evaluated=res)
 
 
-def exit_wall_clock(model: Any, core: Any, env_id: str, repeats: int = 5, evaluated: dict | None = None) -> dict[str, Any]:
-    """The exported early-exit router's wall-clock on this machine: one batch of (up to) 256 test
-    images, one thread, medians of ``repeats`` interleaved repeats, against the full network and the
-    static network of the router's test accuracy (a row of ``dyncnn-gym perf``'s routed-model table,
-    :func:`~dyncnn_gym.benchmark.routed_table.time_setup`); ``evaluated``: the model's :func:`evaluate` result
-    on this env, if the caller has it."""
-    from .routed_table import exit_timed_setup, time_setup
+def wall_clock(model: Any, core: Any, env_id: str, repeats: int = 5, evaluated: dict | None = None) -> dict[str, Any]:
+    """The exported router's wall-clock on this machine: one batch of (up to) 256 test images, one
+    thread, medians of ``repeats`` interleaved repeats, against the full network and the static network
+    of the router's test accuracy (a row of ``dyncnn-gym perf``'s routed-model table,
+    :func:`~dyncnn_gym.benchmark.routed_table.time_setup`). ``core``: the test-split core ``env_id``
+    routes through (an ``ExitCore`` for the early exits, the ``DynSkip`` core for ``DynBlockDrop``);
+    ``evaluated``: the model's :func:`evaluate` result on this env, if the caller has it."""
+    from ..envs.exit_core import ExitCore
+    from .routed_table import exit_timed_setup, route_timed_setup, time_setup
 
-    st = exit_timed_setup(model, core, env_id, evaluated=evaluated)
+    timed = exit_timed_setup if isinstance(core, ExitCore) else route_timed_setup
+    st = timed(model, core, env_id, evaluated=evaluated)
     batch = min(256, len(st.images))
     (row,) = time_setup(st, env_id, torch.device(core.device), repeats, threads=[1], batches=[batch])
     row["accuracy"] = st.info["accuracy"]
@@ -238,7 +247,8 @@ def _train_ppo(
     evaluate it on the test split: ``(core on the test split, the model, evaluate's result, the result
     entry's common part)``."""
     t0 = time.perf_counter()
-    core = make_core(env_id, 1, split="test", **env_kwargs)  # loads or pretrains the backbone
+    route_id, route_kwargs = as_skip_env(env_id, env_kwargs)  # DynBlockDrop routes through its DynSkip core
+    core = make_core(route_id, 1, split="test", **route_kwargs)  # loads or pretrains the backbone
     t_backbone = time.perf_counter() - t0
     t0 = time.perf_counter()
     steps = timesteps or recipe(env_id)["total_timesteps"]

@@ -183,10 +183,6 @@ def routed_setup(
     from ..envs.core import RoutingCore
     from ..envs.routing import make_core
     from ..recipes import env_kwargs as recipe_env_kwargs
-    from ..walk import run_routes
-    from .baselines import static_baselines
-    from .plain import plain_copy
-    from .protocol import evaluate
 
     mode, arch, router = ROUTED_SETUPS[env_id]
     base_id = env_id.split()[0]
@@ -203,24 +199,50 @@ def routed_setup(
         else:
             core = make_core(base_id, 1, split="test", **kw)  # the id's registered defaults (a -v1 FLOPs target)
             model = _ppo_router(base_id, kw, routers, steps, progress, info)
-        res = evaluate(model, base_id, core=core)  # dialed to a -v1 target on held-out images; export dials alike
-        info.update(accuracy=res["accuracy"], test_flops_ratio=res["flops_ratio"], dialed=res["dialed"])
-        rn = _export(model, core)
-        front = static_baselines(core)["front"]
-        points = _route_front(front, info)
-    else:
-        data, _note = load_bench_data("shapes", (3, 32, 32))
-        core = RoutingCore(
-            mode, 1, dataset=data, backbone=fresh_backbone(arch, data, 4, device), split="test", device=str(device)
-        )
-        if router == "random-one-shot":
-            from ..policies import OneShotHead
+        return route_timed_setup(model, core, base_id, info)
+    data, _note = load_bench_data("shapes", (3, 32, 32))
+    core = RoutingCore(mode, 1, dataset=data, backbone=fresh_backbone(arch, data, 4, device), split="test", device=str(device))
+    if router == "random-one-shot":
+        from ..policies import OneShotHead
 
-            rn = _export(OneShotHead(RandomPlans(core.observation_space.shape[0], core.T)), core)
-            info["router"] = "RandomPlans (one look: a random PPO-sized MLP, sin(50 x) keep logits: ~50 % of blocks per image)"
-        else:
-            rn = _export(RandomGates(core.observation_space.shape[0]), core)
-            info["router"] = "RandomGates (a random PPO-sized MLP, sin(50 x) execute score: ~50 % of blocks per image)"
+        policy: Any = OneShotHead(RandomPlans(core.observation_space.shape[0], core.T))
+        info["router"] = "RandomPlans (one look: a random PPO-sized MLP, sin(50 x) keep logits: ~50 % of blocks per image)"
+    else:
+        policy = RandomGates(core.observation_space.shape[0])
+        info["router"] = "RandomGates (a random PPO-sized MLP, sin(50 x) execute score: ~50 % of blocks per image)"
+    return route_timed_setup(policy, core, base_id, info, trained=False)
+
+
+def route_timed_setup(
+    policy: Any,
+    core: Any,
+    env_id: str,
+    info: dict | None = None,
+    trained: bool = True,
+    evaluated: dict | None = None,
+) -> TimedSetup:
+    """What :func:`time_setup` times for a router of channel or skip decisions: ``policy`` (anything
+    :func:`dyncnn_gym.export` accepts) exported on ``core`` (a :class:`~dyncnn_gym.envs.core.RoutingCore`
+    on the test split; for a ``DynBlockDrop`` id, the ``DynSkip`` core it routes through; a ``-v1``
+    policy is dialed to its target as ``evaluate`` dials it), against the full network and the static
+    routes of the same backbone (uniform and greedy, the static front on the test split).
+    ``trained=False`` (an untrained backbone): no accuracies, and an evenly spaced static skip route
+    of the routes' FLOPs in place of the front. ``evaluated``: :func:`~dyncnn_gym.evaluate`'s result
+    for ``policy`` on ``env_id``, when the caller has it (otherwise it is evaluated here)."""
+    from ..walk import run_routes
+    from .baselines import static_baselines
+    from .plain import plain_copy
+    from .protocol import evaluate
+
+    mode = core.mode
+    info = {"env_id": env_id, "mode": mode, "backbone": core.net.arch} if info is None else info
+    if trained:
+        res = evaluate(policy, env_id, core=core) if evaluated is None else evaluated  # dialed to a -v1 target
+        info.update(accuracy=res["accuracy"], test_flops_ratio=res["flops_ratio"], dialed=res["dialed"])
+        rn = _export(policy, core)  # export dials alike
+        points = _route_front(static_baselines(core)["front"], info)
+    else:
+        rn = _export(policy, core)
         info["static_front"], points = None, None
     net, table = rn.backbone, rn.table
 
