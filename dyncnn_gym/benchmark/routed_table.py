@@ -193,7 +193,7 @@ def routed_setup(
         from ..envs.blockdrop import SKIP_ID_OF
 
         kw = recipe_env_kwargs(base_id, dataset="shapes", backbone=arch, groups=4, device=str(device))
-        if router == "ppo-one-shot":  # DynBlockDrop-v1 routes through the DynSkip-v1 core; the demo ships no router for it
+        if router == "ppo-one-shot":  # routed through the DynSkip-v1 core; trained here (the default demo trains none)
             core = make_core(SKIP_ID_OF[base_id], 1, split="test", **kw)
             model = _ppo_router(base_id, kw, None, steps, progress, info)
         else:
