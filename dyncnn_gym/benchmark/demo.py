@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..envs.blockdrop import SKIP_ID_OF, as_skip_env
+from ..envs.blockdrop import as_skip_env
 from ..envs.core import RoutingCore, _shared_data
 from ..envs.routing import make_core, mode_of
 from ..fileio import check_writable_dir, save_sb3, write_json
@@ -103,7 +103,8 @@ def run_demo(
         "baselines": {},
     }
     for env_id in envs:
-        mode = mode_of(as_skip_env(env_id, {})[0])
+        route_id = as_skip_env(env_id, {})[0]  # DynBlockDrop routes through its DynSkip core
+        mode = mode_of(route_id)
         if mode == "exit":
             _demo_exit(out, results, env_id, data, dataset, backbones, timesteps, seed, progress)
             continue
@@ -149,7 +150,7 @@ def run_demo(
                 {"PPO": res["by_difficulty"], "full network": full_rows},
             )
         _plot_images(out / f"{name}_images.png", env_id, data, res, core.full)
-        if env_id in SKIP_ID_OF:  # one look per image, the lean router: timed as the early-exit one is
+        if route_id != env_id:  # one look per image, the lean router: timed as the early-exit one is
             results.setdefault("wall_clock", {})[env_id] = wall_clock(model, core, env_id, evaluated=res)
     results["seconds"] = round(time.perf_counter() - start, 1)
     write_json(out / "results.json", _jsonable(results), indent=2)

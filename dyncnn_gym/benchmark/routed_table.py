@@ -190,15 +190,13 @@ def routed_setup(
     if mode.startswith("exit-"):
         return _exit_setup(env_id, device, routers, steps, progress, info)
     if router.startswith("ppo"):
-        from ..envs.blockdrop import SKIP_ID_OF
+        from ..envs.blockdrop import as_skip_env
 
         kw = recipe_env_kwargs(base_id, dataset="shapes", backbone=arch, groups=4, device=str(device))
-        if router == "ppo-one-shot":  # routed through the DynSkip-v1 core; trained here (the default demo trains none)
-            core = make_core(SKIP_ID_OF[base_id], 1, split="test", **kw)
-            model = _ppo_router(base_id, kw, None, steps, progress, info)
-        else:
-            core = make_core(base_id, 1, split="test", **kw)  # the id's registered defaults (a -v1 FLOPs target)
-            model = _ppo_router(base_id, kw, routers, steps, progress, info)
+        route_id, route_kw = as_skip_env(base_id, kw)  # DynBlockDrop-v1 routes through the DynSkip-v1 core
+        core = make_core(route_id, 1, split="test", **route_kw)  # the id's registered defaults (a -v1 FLOPs target)
+        one_shot = router == "ppo-one-shot"  # trained here: the default demo trains no one-shot router
+        model = _ppo_router(base_id, kw, None if one_shot else routers, steps, progress, info)
         return route_timed_setup(model, core, base_id, info)
     data, _note = load_bench_data("shapes", (3, 32, 32))
     core = RoutingCore(mode, 1, dataset=data, backbone=fresh_backbone(arch, data, 4, device), split="test", device=str(device))
@@ -239,11 +237,10 @@ def route_timed_setup(
     if trained:
         res = evaluate(policy, env_id, core=core) if evaluated is None else evaluated  # dialed to a -v1 target
         info.update(accuracy=res["accuracy"], test_flops_ratio=res["flops_ratio"], dialed=res["dialed"])
-        rn = _export(policy, core)  # export dials alike
         points = _route_front(static_baselines(core)["front"], info)
     else:
-        rn = _export(policy, core)
         info["static_front"], points = None, None
+    rn = _export(policy, core)  # export dials as evaluate does
     net, table = rn.backbone, rn.table
 
     def route(x: torch.Tensor) -> tuple[Any, torch.Tensor]:
