@@ -234,9 +234,7 @@ class ExitRoutedNet(nn.Module):
             allowed = None if limit is None or nxt <= limit else np.array([[True, False]])
             v = None
             if host is not None:  # NumPy, unless the two actions are too close to tell apart
-                obs64 = host.observation(t, pooled, min(flops / self.full, 1.0), logits)
-                if obs64 is not None:
-                    v = host.choose(obs64, None if allowed is None else allowed[0])
+                v = host.choose_pooled(t, pooled, min(flops / self.full, 1.0), logits, None if allowed is None else allowed[0])
             if v is None:
                 mask = None if allowed is None else torch.from_numpy(allowed).to(x.device)
                 a, state = policy.act(self._observe(t, logits, pooled, self._ratio(flops, x.device)), mask, state)

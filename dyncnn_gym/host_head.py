@@ -44,6 +44,17 @@ def _changed(watched: list[tuple[torch.Tensor, int | None]]) -> bool:
     return any(tensor_version(t) != v for t, v in watched)
 
 
+_ONES: dict[int, np.ndarray] = {}
+
+
+def _ones(n: int) -> np.ndarray:
+    """float32 ones ``[n]`` (one per size): a feature map's per-channel sums as one matrix-vector product."""
+    hit = _ONES.get(n)
+    if hit is None:
+        hit = _ONES[n] = np.ones(n, dtype=np.float32)
+    return hit
+
+
 _STEPS = ("linear", "tanh", "relu", "flatten", "logprob", "sin")
 
 
@@ -174,8 +185,20 @@ class HostHead:
         """The head's action scores ``[A]`` (float64) for one observation ``obs [D]``, cost bias
         included, up to one constant shared by all actions (a last log-probability step, which shifts
         every score alike, is left out)."""
-        x = obs
-        for kind, w, b in self._steps:
+        _, w, b = self._steps[0]
+        x = w @ obs
+        if b is not None:
+            x += b
+        return self.scores_of_hidden(x)
+
+    def first_layer(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The first linear layer, float64: weight ``[H, D]`` and bias ``[H]`` (or ``None``)."""
+        _, w, b = self._steps[0]
+        return w, b  # type: ignore[return-value]
+
+    def scores_of_hidden(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`scores` from the first linear layer's output ``x [H]`` (float64, overwritten)."""
+        for kind, w, b in self._steps[1:]:
             if kind == "linear":
                 x = w @ x
                 if b is not None:
@@ -196,7 +219,17 @@ class HostHead:
     def choose(self, obs: np.ndarray, allowed: np.ndarray | None = None) -> int | None:
         """The best allowed action for ``obs [D]``, or ``None`` when the lead is too small to be sure
         (or a score is not finite)."""
-        s = self.scores(obs).tolist()
+        return self.pick(self.scores(obs), allowed)
+
+    def choose_hidden(self, x: np.ndarray, allowed: np.ndarray | None = None) -> int | None:
+        """:meth:`choose` from the first linear layer's output ``x [H]`` (float64, overwritten)."""
+        return self.pick(self.scores_of_hidden(x), allowed)
+
+    @staticmethod
+    def pick(scores: np.ndarray, allowed: np.ndarray | None = None) -> int | None:
+        """The best allowed action of float64 ``scores [A]``, or ``None`` when its lead over the
+        second is within :data:`TOLERANCE`, a score is not finite or no action is allowed."""
+        s = scores.tolist()
         A = len(s)
         best = second = -math.inf
         pick = -1
@@ -220,10 +253,16 @@ class HostHead:
 
 
 class HostRouter:
-    """A routed model's router for one image on the host: its :class:`HostHead` and, per decision
-    ``t``, the float64 observation scale and the observation's constant part (zeros and the one-hot
-    of ``t``). Observations are ``[tanh(pooled / scale), zeros, one-hot of t, (3 confidences), FLOPs
-    ratio]``, as the envs build them.
+    """A routed model's router on the host: its :class:`HostHead` and, per decision ``t``, the
+    observation scale and the observation's constant part (zeros and the one-hot of ``t``).
+    Observations are ``[tanh(pooled / scale), zeros, one-hot of t, (3 confidences), FLOPs ratio]``,
+    as the envs build them.
+
+    One image never has its observation built: :meth:`choose_features` pools the feature map with
+    one NumPy matrix-vector product and runs the head's first layer folded per decision (its
+    one-hot column and bias in one vector, the probe's weights stacked on the feature columns), so
+    that a decision costs about a dozen NumPy calls. A batch builds float32 observations
+    (:meth:`observations`).
 
     Build it with :meth:`of` (``None`` when the head has no host form); :meth:`stale` says whether a
     weight, scale or probe changed in place since.
@@ -242,11 +281,6 @@ class HostRouter:
         self.obs_dim = obs_dim
         self.confidences = confidences
         self.scales = [s.detach().double().cpu().numpy() for s in scales]
-        self.templates = []
-        for i in onehots:
-            template = np.zeros(obs_dim)
-            template[i] = 1.0
-            self.templates.append(template)
         self.probes = None
         watched = list(scales)
         if probes is not None:
@@ -260,6 +294,20 @@ class HostRouter:
             if self.probes is None
             else [(torch.from_numpy(w.astype(np.float32)), torch.from_numpy(b.astype(np.float32))) for w, b in self.probes]
         )
+        w1, b1 = host.first_layer()
+        self._classes = 0 if self.probes is None else int(self.probes[0][1].shape[0])
+        # per decision: [probe weights; first-layer feature columns] [K + H, width], their biases
+        # [probe bias; first-layer bias + one-hot column], and 1 / (scale * H * W) per (channels, H * W)
+        self._folded: list[tuple[np.ndarray, np.ndarray, dict]] = []
+        for t, i in enumerate(self.onehots):
+            width = self.scales[t].shape[0]
+            weight, bias = w1[:, :width], w1[:, i] + (0.0 if b1 is None else b1)
+            if self.probes is not None:
+                pw, pb = self.probes[t]
+                weight, bias = np.concatenate([pw[:width].T, weight]), np.concatenate([pb, bias])
+            self._folded.append((np.ascontiguousarray(weight), bias, {}))
+        # the first layer's columns of (3 confidences and) the FLOPs ratio
+        self._tail = np.ascontiguousarray(w1[:, obs_dim - (4 if confidences else 1) :])
 
     @classmethod
     def of(
@@ -287,35 +335,59 @@ class HostRouter:
         """Whether the head, a scale or a probe was changed in place since this was built."""
         return self.head.stale() or _changed(self._watched)
 
-    def observation(self, t: int, pooled: torch.Tensor, ratio: float, logits: torch.Tensor | None = None) -> np.ndarray | None:
-        """Decision ``t``'s observation of one image, float64 ``[obs_dim]``, from its pooled features
-        ``[1, C]`` (``C`` up to the decision's width: the others are zero) and the FLOPs ratio spent;
-        ``logits [1, K]`` give the confidences where the model has no probes. ``None`` for features
-        that are not float32 (the torch path then builds it)."""
+    def choose_features(self, t: int, features: torch.Tensor, ratio: float, allowed: np.ndarray | None = None) -> int | None:
+        """Decision ``t``'s action for one image from its feature map ``[1, C, H, W]`` (``C`` up to
+        the decision's width: the others are zero) and the FLOPs ratio spent (``allowed [A]`` bool or
+        ``None``); ``None`` when the lead is too small to be sure (:meth:`HostHead.choose`) or the
+        features are not a dense float32 map (the torch path then decides)."""
+        if features.dtype != torch.float32 or features.shape[0] != 1 or features.dim() != 4:
+            return None
+        _, C, H, W = features.shape
+        hw = H * W
+        if features.is_contiguous():
+            sums = features.numpy().reshape(C, hw) @ _ones(hw)
+        elif features.is_contiguous(memory_format=torch.channels_last):
+            sums = _ones(hw) @ features.numpy()[0].transpose(1, 2, 0).reshape(hw, C)
+        else:
+            return None
+        return self._choose(t, sums, hw, ratio, None, allowed)
+
+    def choose_pooled(
+        self, t: int, pooled: torch.Tensor, ratio: float, logits: torch.Tensor | None = None, allowed: np.ndarray | None = None
+    ) -> int | None:
+        """:meth:`choose_features` from pooled features ``[1, C]``; ``logits [1, K]`` give the
+        confidences where the model has no probes (``None`` when either is not float32)."""
         if pooled.dtype != torch.float32:
             return None
-        obs = self.templates[t].copy()
-        w = pooled.shape[1]
-        ft = obs[:w]
-        np.divide(pooled.numpy()[0], self.scales[t][:w], out=ft)
-        np.tanh(ft, out=ft)
-        if self.confidences:
-            if self.probes is not None:
-                pw, pb = self.probes[t]
-                z = ft @ pw[:w]
-                z += pb
-            else:
-                if logits is None or logits.dtype != torch.float32:
-                    return None
-                z = logits.numpy()[0].astype(np.float64)
-            d = self.obs_dim
-            obs[d - 4], obs[d - 3], obs[d - 2] = confidence_host(z)
-        obs[-1] = ratio
-        return obs
+        return self._choose(t, pooled.numpy()[0], 1, ratio, logits, allowed)
 
-    def choose(self, obs: np.ndarray, allowed: np.ndarray | None = None) -> int | None:
-        """:meth:`HostHead.choose`."""
-        return self.head.choose(obs, allowed)
+    def _choose(
+        self, t: int, sums: np.ndarray, hw: int, ratio: float, logits: torch.Tensor | None, allowed: np.ndarray | None
+    ) -> int | None:
+        """The head's choice from per-channel sums ``[C]`` of ``hw`` positions each: the first layer
+        applied to the observation without building it."""
+        weight, bias, inverse = self._folded[t]
+        C = sums.shape[0]
+        inv = inverse.get((C, hw))
+        if inv is None:
+            inv = inverse[(C, hw)] = 1.0 / (self.scales[t][:C] * hw)
+        ft = sums * inv  # float64
+        np.tanh(ft, out=ft)
+        x = (weight if C == weight.shape[1] else weight[:, :C]) @ ft
+        x += bias
+        if not self.confidences:
+            x += ratio * self._tail[:, 0]
+            return self.head.choose_hidden(x, allowed)
+        K = self._classes
+        if K:
+            z, x = x[:K], x[K:]
+        else:
+            if logits is None or logits.dtype != torch.float32:
+                return None
+            z = logits.numpy()[0].astype(np.float64)
+        top, margin, entropy = confidence_host(z)
+        x += self._tail @ np.array((top, margin, entropy, ratio))
+        return self.head.choose_hidden(x, allowed)
 
     def observations(
         self, t: int, pooled: torch.Tensor, ratio: np.ndarray, logits: torch.Tensor | None = None

@@ -384,11 +384,14 @@ class RoutedNet(nn.Module):
                 a = state[0][:, walk.t] if allowed is None else within_budget(state[0][:, walk.t], allowed)
                 return int(a[0]) if B == 1 else a.astype(np.int64)
             if host is not None and B == 1:  # one image: float64 NumPy, unless two actions are too close to tell apart
-                obs64 = host.observation(walk.t, walk.pooled_one(), min(int(walk._flops[0]) / self.full, 1.0))
-                if obs64 is not None:
-                    a = host.choose(obs64, None if allowed is None else allowed[0])
-                    if a is not None:
-                        return a
+                a = host.choose_features(
+                    walk.t,
+                    walk.features_one(),
+                    min(int(walk._flops[0]) / self.full, 1.0),
+                    None if allowed is None else allowed[0],
+                )
+                if a is not None:
+                    return a
             elif host is not None:  # a batch: float32 NumPy, the torch head for the rows it cannot call
                 pooled, flops = walk.pooled(), walk.flops.numpy()
                 obs32 = host.observations(walk.t, pooled, np.minimum(flops / self.full, 1.0))

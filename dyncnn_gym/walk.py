@@ -181,12 +181,12 @@ class Walk:
             return torch.zeros((0, width), device=self.device)
         return self._unpermute(fs[0] if len(fs) == 1 else torch.cat(fs))
 
-    def pooled_one(self) -> torch.Tensor:
-        """One image's :meth:`pooled` without the zero padding: ``[1, C]``, ``C <= widths[t]`` (the
-        channels of the feature map as computed; the rest of ``widths[t]`` would be zeros)."""
+    def features_one(self) -> torch.Tensor:
+        """One image's feature map entering decision ``t``, as computed: ``[1, C, H, W]``, ``C <=
+        widths[t]`` (the rest of ``widths[t]`` channels would be zeros). Do not modify it."""
         if self.done or len(self) != 1:
-            raise RuntimeError("pooled_one needs a walk of one image that is not finished")
-        return self._chunks[0].x.mean(dim=(2, 3))
+            raise RuntimeError("features_one needs a walk of one image that is not finished")
+        return self._chunks[0].x
 
     # -- acting ------------------------------------------------------------------------------
     def step(self, actions: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:

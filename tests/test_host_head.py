@@ -20,7 +20,7 @@ from torch import nn
 
 import dyncnn_gym
 from dyncnn_gym.envs.probes import confidence
-from dyncnn_gym.host_head import HostHead, confidence_host, confidence_rows
+from dyncnn_gym.host_head import HostHead, HostRouter, confidence_host, confidence_rows
 from dyncnn_gym.policies import LogProbabilities, MeanScores, ModuleHead, ScoreHead, Sine
 from dyncnn_gym.routed import export
 
@@ -165,6 +165,43 @@ def test_host_confidence_of_a_batch_is_the_envs(classes):
     np.testing.assert_allclose(got, confidence(z).numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("probes", [False, True])
+def test_one_images_choice_from_its_feature_map_is_the_choice_of_its_observation(probes):
+    """The folded first layer (no observation built) chooses as the head does on the observation
+    the envs build: ``[tanh(pooled / scale), zeros, one-hot of t, (confidences), FLOPs ratio]``."""
+    widths, T, K = [8, 16], 2, 5
+    d = max(widths) + T + (3 if probes else 0) + 1
+    head = _head(d, 3, seed=3)
+    g = torch.Generator().manual_seed(0)
+    scales = [torch.rand(w, generator=g) + 0.5 for w in widths]
+    pr = [(torch.randn(w, K, generator=g), torch.randn(K, generator=g)) for w in widths] if probes else None
+    router = HostRouter.of(head, 3, scales, [max(widths) + t for t in range(T)], d, pr)
+    host = HostHead.of(head)
+    chosen = 0
+    for i in range(200):
+        t = i % T
+        C = widths[t] if i % 3 else widths[t] // 2  # a narrower map: the other channels are zero
+        x = torch.randn(1, C, 4, 4, generator=g) * 2
+        ratio = i / 200
+        pooled = x.mean(dim=(2, 3))[0].double()
+        obs = np.zeros(d)
+        obs[:C] = np.tanh((pooled / scales[t][:C].double()).numpy())
+        obs[max(widths) + t] = 1.0
+        if probes:
+            z = torch.from_numpy(obs[:C]) @ pr[t][0][:C].double() + pr[t][1].double()
+            obs[d - 4 : d - 1] = confidence_host(z.numpy())
+        obs[-1] = ratio
+        want = host.choose(obs)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            got = router.choose_features(t, x.contiguous(memory_format=layout), ratio)
+            if want is not None and got is not None:
+                assert got == want, (i, layout)
+                chosen += 1
+    assert chosen > 0.9 * 2 * 200, "near-ties should be rare"
+    assert router.choose_features(0, torch.randn(1, 8, 4, 6)[..., ::2], 0.5) is None  # not dense: the torch head decides
+    assert router.choose_features(0, torch.randn(1, 8, 4, 4, dtype=torch.float64), 0.5) is None
+
+
 def _kwargs(env_id: str, **kw) -> dict:
     return {"dataset": load_test_data("user12"), "backbone": make_net(ARCH[env_id], "user12"), **kw}
 
@@ -172,14 +209,14 @@ def _kwargs(env_id: str, **kw) -> dict:
 def _one_by_one(rn, x):
     """Route ``x`` image by image, counting the decisions the host path made."""
     made = []
-    choose = HostHead.choose
+    choose = HostHead.choose_hidden
 
     def counting(self, obs, allowed=None):
         a = choose(self, obs, allowed)
         made.append(a is not None)
         return a
 
-    with mock.patch.object(HostHead, "choose", counting):
+    with mock.patch.object(HostHead, "choose_hidden", counting):
         ones = [rn.route(x[i : i + 1]) for i in range(len(x))]
     return ones, float(np.mean(made)) if made else 0.0
 
