@@ -82,3 +82,26 @@ def test_the_cascade_front_is_selected_off_the_test_split_and_measured_on_it(dig
     for bad in (1.5, float("nan"), "high", True):
         with pytest.raises(ValueError, match=f"threshold={bad!r} must be a probability"):
             cascade_outcomes(core, 0, 3, bad)
+
+
+@pytest.mark.parametrize("mode", ["channel", "skip"])
+def test_the_one_step_cheaper_routes_share_their_prefix_and_score_as_each_route_alone(digit_backbones, mode):
+    """``lowered_outcomes`` (one walk, candidates branching off it) gives, bit for bit, what each
+    candidate route gives evaluated on its own; the greedy front is built from it."""
+    from dyncnn_gym.benchmark import baselines
+
+    core = RoutingCore(mode, 1, split="test", dataset="digits", backbone=digit_backbones[mode])
+    route = np.array([(t * 2 + 1) % core.A for t in range(core.T)], dtype=np.int64)
+    route[0] = core.A - 1
+    baselines._OUTCOMES.pop(core.net, None)
+    cands, correct, flops = baselines.lowered_outcomes(core, route, batch=97)
+    ts = np.flatnonzero(route > 0)
+    assert len(cands) == len(ts) and all((c != route).sum() == 1 and c[t] == route[t] - 1 for c, t in zip(cands, ts))
+    baselines._OUTCOMES.pop(core.net, None)  # each candidate from scratch
+    want, want_flops = baselines.route_outcomes(core, cands, batch=97)
+    np.testing.assert_array_equal(correct, want)
+    np.testing.assert_array_equal(flops, want_flops)
+    assert len({c.tobytes() for c in correct}) > 1, "the candidates should differ on some image"
+    greedy = baselines.greedy_routes(core, select_on=200)
+    steps = np.diff(greedy, axis=0)
+    assert (steps.sum(1) == -1).all() and (steps <= 0).all() and (greedy[-1] == 0).all()

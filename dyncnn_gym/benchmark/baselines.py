@@ -16,7 +16,7 @@ import torch
 
 from ..envs.core import RoutingCore
 from ..models.layers import tensor_version
-from ..walk import run_routes
+from ..walk import Walk, run_routes
 
 #: per backbone: (data fingerprint, split, limit, weights version, route) -> correct bool [N]
 _OUTCOMES: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
@@ -49,8 +49,7 @@ def route_outcomes(
     X, y = _split_arrays(core, split, limit)
     correct = np.zeros((len(routes), len(y)), dtype=bool)
     flops = np.array([core.table.path_flops(r) for r in routes], dtype=np.int64)
-    memo = _OUTCOMES.setdefault(core.net, {})
-    version = (core.data.fingerprint, core.mode, split, limit, len(y), _weights_version(core.net))
+    memo, version = _memo(core, split, limit, len(y))
     for r, route in enumerate(routes):
         key = (version, tuple(int(a) for a in route))
         if key in memo:
@@ -63,6 +62,59 @@ def route_outcomes(
             correct[r, i : i + batch] = logits.argmax(1).cpu().numpy() == y[i : i + batch]
         memo[key] = correct[r].copy()
     return correct, flops
+
+
+def _memo(core: RoutingCore, split: str, limit: int | None, n: int) -> tuple[dict, tuple]:
+    """The outcome memo of ``core``'s backbone and the key prefix of ``split``'s first ``n`` images."""
+    return _OUTCOMES.setdefault(core.net, {}), (core.data.fingerprint, core.mode, split, limit, n, _weights_version(core.net))
+
+
+@torch.no_grad()
+def lowered_outcomes(
+    core: RoutingCore, route: np.ndarray, split: str = "test", limit: int | None = None, batch: int = 500
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`route_outcomes` of the routes one step cheaper than ``route`` (int64 ``[T]``): for every
+    decision ``t`` with ``route[t] > 0``, ``route`` with ``route[t] - 1``.
+
+    Each candidate shares ``route``'s prefix up to its decision ``t``: one walk runs ``route`` and
+    a candidate branches off it at ``t`` (:meth:`Walk.select`, no copy), so the prefixes are
+    computed once instead of once per candidate (about half the work of evaluating the candidates
+    one by one on a deep network, the same outcomes bit for bit).
+
+    Returns the candidates int64 ``[R, T]`` (in the order of ``t``), ``correct`` bool ``[R, N]``
+    and ``flops`` int64 ``[R]``.
+    """
+    route = np.asarray(route, dtype=np.int64)
+    ts = np.flatnonzero(route > 0)
+    cands = np.repeat(route[None], len(ts), axis=0)
+    cands[np.arange(len(ts)), ts] -= 1
+    X, y = _split_arrays(core, split, limit)
+    correct = np.zeros((len(ts), len(y)), dtype=bool)
+    flops = np.array([core.table.path_flops(r) for r in cands], dtype=np.int64)
+    memo, version = _memo(core, split, limit, len(y))
+    keys = [(version, tuple(int(a) for a in r)) for r in cands]
+    todo = {}  # decision -> candidate index, for those not memoised
+    for k, (t, key) in enumerate(zip(ts.tolist(), keys)):
+        if key in memo:
+            correct[k] = memo[key]
+        else:
+            todo[t] = k
+    if todo:
+        last = max(todo)
+        for i in range(0, len(y), batch):
+            walk = Walk(core.net, core.mode, X[i : i + batch])
+            rows = np.arange(len(walk))
+            for t in range(last + 1):
+                k = todo.get(t)
+                if k is not None:
+                    branch = walk.select(rows)
+                    for s in range(t, core.T):
+                        branch.advance(int(cands[k, s]))
+                    correct[k, i : i + batch] = branch.logits().argmax(1).cpu().numpy() == y[i : i + batch]
+                walk.advance(int(route[t]))
+        for k in todo.values():
+            memo[keys[k]] = correct[k].copy()
+    return cands, correct, flops
 
 
 def _split_arrays(core: RoutingCore, split: str, limit: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
@@ -94,13 +146,7 @@ def greedy_routes(core: RoutingCore, select_on: int = 1000) -> np.ndarray:
     base_correct, _ = route_outcomes(core, route[None], split="train", limit=select_on)
     base_acc, base_flops = base_correct.mean(), core.table.path_flops(route)
     while (route > 0).any():
-        cands = []
-        for t in np.nonzero(route > 0)[0]:
-            r = route.copy()
-            r[t] -= 1
-            cands.append(r)
-        cands = np.stack(cands)
-        correct, flops = route_outcomes(core, cands, split="train", limit=select_on)
+        cands, correct, flops = lowered_outcomes(core, route, split="train", limit=select_on)
         acc = correct.mean(1)
         cost = (base_acc - acc) / np.maximum(base_flops - flops, 1)
         best = int(np.argmin(cost))
@@ -224,7 +270,7 @@ def cascade_outcomes(
     beat. Action indices as in the envs (channel groups - 1; skip 0 / execute 1).
     """
     from ..envs.probes import confidence, fit_probes
-    from ..walk import Walk, run_policy
+    from ..walk import run_policy
 
     if not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) and 0 <= a < core.A for a in (cheap, rich)):
         raise ValueError(f"cheap={cheap!r} and rich={rich!r} must be actions in [0, {core.A - 1}]")
