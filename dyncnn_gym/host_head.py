@@ -3,13 +3,16 @@
 At batch 1 on the CPU a routed model's decision is a few hundred multiply-adds spread over some
 thirty torch operations, each a few microseconds of dispatch: the router then costs more than the
 backbone it prunes. :class:`HostHead` holds a :class:`~dyncnn_gym.policies.ScoreHead`'s layers as
-float64 NumPy arrays and chooses an action for one observation in a handful of NumPy calls.
+float64 NumPy arrays and chooses an action for one observation in a handful of NumPy calls
+(:class:`HostRouter` folds the observation into the first layer, so one image's observation is
+never built). A :class:`~dyncnn_gym.policies.OneShotHead`'s plan (every block's keep logit from
+one observation) is made the same way (:meth:`HostRouter.plan_features`).
 
 Its choice is the torch head's, or none: float64 scores differ from the float32 scores of the torch
 path by rounding, so when the best allowed action does not lead the second by a margin far above
-that rounding (:data:`TOLERANCE` of the scores' magnitudes), :meth:`HostHead.choose` returns ``None``
-and the caller runs the torch head. Actions, predictions and FLOPs stay those of
-:func:`dyncnn_gym.evaluate`.
+that rounding (:data:`TOLERANCE` of the scores' magnitudes), or a keep logit is that close to the
+one-shot head's bias, the host returns ``None`` and the caller runs the torch head. Actions,
+predictions and FLOPs stay those of :func:`dyncnn_gym.evaluate`.
 
 A batch of images takes the same route in float32 NumPy (:meth:`HostRouter.observations`,
 :meth:`HostHead.choose_rows`): at batch 64-256 the router's cost is its elementwise functions, and
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 
 from .models.layers import tensor_version
-from .policies import ModuleHead, ScoreHead, _plan
+from .policies import ModuleHead, OneShotHead, ScoreHead, _plan
 
 #: a lead below this share of ``1 + |best| + |second| + log(A)`` is left to the torch head (float32
 #: rounding of the torch path, log-probabilities included, is about 1e-7 of twice these magnitudes,
@@ -96,9 +99,10 @@ class HostHead:
 
     @classmethod
     def of(cls, head: object) -> HostHead | None:
-        """The host form of ``head``, or ``None`` if it is neither a :class:`ScoreHead` nor a
-        :class:`ModuleHead` (argmax of its scores) of plain layers on the CPU."""
-        if type(head) is ScoreHead:
+        """The host form of ``head``, or ``None`` if it is neither a :class:`ScoreHead`, a
+        :class:`ModuleHead` (argmax of its scores) nor a :class:`OneShotHead` (its keep logits are
+        the scores) of plain layers on the CPU."""
+        if type(head) is ScoreHead or type(head) is OneShotHead:
             body = head.body
         elif type(head) is ModuleHead:
             body = head.module
@@ -340,6 +344,34 @@ class HostRouter:
         the decision's width: the others are zero) and the FLOPs ratio spent (``allowed [A]`` bool or
         ``None``); ``None`` when the lead is too small to be sure (:meth:`HostHead.choose`) or the
         features are not a dense float32 map (the torch path then decides)."""
+        x = self._hidden_of_features(t, features, ratio)
+        return None if x is None else self.head.choose_hidden(x, allowed)
+
+    def plan_features(self, t: int, features: torch.Tensor, ratio: float, bias: float) -> np.ndarray | None:
+        """A one-shot head's plan for one image (:class:`~dyncnn_gym.policies.OneShotHead`): whether
+        each block runs, bool ``[T]``, from the observation of decision ``t`` (as
+        :meth:`choose_features`) and the head's ``bias``; ``None`` when a keep logit is within
+        :data:`TOLERANCE` of the bias, or not finite (the torch head then plans)."""
+        x = self._hidden_of_features(t, features, ratio)
+        if x is None:
+            return None
+        z = self.head.scores_of_hidden(x) - bias
+        if not np.isfinite(z).all() or (np.abs(z) <= TOLERANCE * (1.0 + np.abs(z) + abs(bias))).any():
+            return None
+        return z > 0
+
+    def choose_pooled(
+        self, t: int, pooled: torch.Tensor, ratio: float, logits: torch.Tensor | None = None, allowed: np.ndarray | None = None
+    ) -> int | None:
+        """:meth:`choose_features` from pooled features ``[1, C]``; ``logits [1, K]`` give the
+        confidences where the model has no probes (``None`` when either is not float32)."""
+        if pooled.dtype != torch.float32:
+            return None
+        x = self._hidden(t, pooled.numpy()[0], 1, ratio, logits)
+        return None if x is None else self.head.choose_hidden(x, allowed)
+
+    def _hidden_of_features(self, t: int, features: torch.Tensor, ratio: float) -> np.ndarray | None:
+        """The first layer's output for one image's feature map ``[1, C, H, W]`` (float32, dense), else ``None``."""
         if features.dtype != torch.float32 or features.shape[0] != 1 or features.dim() != 4:
             return None
         _, C, H, W = features.shape
@@ -350,22 +382,12 @@ class HostRouter:
             sums = _ones(hw) @ features.numpy()[0].transpose(1, 2, 0).reshape(hw, C)
         else:
             return None
-        return self._choose(t, sums, hw, ratio, None, allowed)
+        return self._hidden(t, sums, hw, ratio, None)
 
-    def choose_pooled(
-        self, t: int, pooled: torch.Tensor, ratio: float, logits: torch.Tensor | None = None, allowed: np.ndarray | None = None
-    ) -> int | None:
-        """:meth:`choose_features` from pooled features ``[1, C]``; ``logits [1, K]`` give the
-        confidences where the model has no probes (``None`` when either is not float32)."""
-        if pooled.dtype != torch.float32:
-            return None
-        return self._choose(t, pooled.numpy()[0], 1, ratio, logits, allowed)
-
-    def _choose(
-        self, t: int, sums: np.ndarray, hw: int, ratio: float, logits: torch.Tensor | None, allowed: np.ndarray | None
-    ) -> int | None:
-        """The head's choice from per-channel sums ``[C]`` of ``hw`` positions each: the first layer
-        applied to the observation without building it."""
+    def _hidden(self, t: int, sums: np.ndarray, hw: int, ratio: float, logits: torch.Tensor | None) -> np.ndarray | None:
+        """The head's first layer applied to decision ``t``'s observation without building it, from
+        per-channel sums ``[C]`` of ``hw`` positions each: float64 ``[H]``, or ``None`` where the
+        confidences would come from ``logits`` that are missing or not float32."""
         weight, bias, inverse = self._folded[t]
         C = sums.shape[0]
         inv = inverse.get((C, hw))
@@ -377,7 +399,7 @@ class HostRouter:
         x += bias
         if not self.confidences:
             x += ratio * self._tail[:, 0]
-            return self.head.choose_hidden(x, allowed)
+            return x
         K = self._classes
         if K:
             z, x = x[:K], x[K:]
@@ -387,7 +409,7 @@ class HostRouter:
             z = logits.numpy()[0].astype(np.float64)
         top, margin, entropy = confidence_host(z)
         x += self._tail @ np.array((top, margin, entropy, ratio))
-        return self.head.choose_hidden(x, allowed)
+        return x
 
     def observations(
         self, t: int, pooled: torch.Tensor, ratio: np.ndarray, logits: torch.Tensor | None = None

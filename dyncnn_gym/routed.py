@@ -294,7 +294,7 @@ class RoutedNet(nn.Module):
             self,
             lambda: HostRouter.of(
                 self.head,
-                self.A,
+                self.T if self.one_shot else self.A,
                 [c[0] for c in consts],
                 [self.feat_dim + t for t in range(self.T)],
                 self.obs_dim,
@@ -376,7 +376,7 @@ class RoutedNet(nn.Module):
         # without a budget every action is allowed: score heads skip the mask; other heads get all-ones
         free = None if isinstance(self.head, ScoreHead) else self._all_allowed(B, x.device)
 
-        host = self._host_router() if x.device.type == "cpu" and not self.recurrent else None
+        host = self._host_router() if x.device.type == "cpu" and not isinstance(self.head, RecurrentHead) else None
 
         def choose(walk: Walk) -> int | np.ndarray:
             allowed = None if self.budget is None else self.masks(walk)
@@ -384,15 +384,18 @@ class RoutedNet(nn.Module):
                 a = state[0][:, walk.t] if allowed is None else within_budget(state[0][:, walk.t], allowed)
                 return int(a[0]) if B == 1 else a.astype(np.int64)
             if host is not None and B == 1:  # one image: float64 NumPy, unless two actions are too close to tell apart
-                a = host.choose_features(
-                    walk.t,
-                    walk.features_one(),
-                    min(int(walk._flops[0]) / self.full, 1.0),
-                    None if allowed is None else allowed[0],
-                )
-                if a is not None:
-                    return a
-            elif host is not None:  # a batch: float32 NumPy, the torch head for the rows it cannot call
+                ratio = min(int(walk._flops[0]) / self.full, 1.0)
+                if self.one_shot:  # the plan, unless a keep logit is too close to the bias to tell
+                    keeps = host.plan_features(walk.t, walk.features_one(), ratio, self.head.bias)
+                    if keeps is not None:
+                        state[0] = keeps[None, :]
+                        a = state[0][:, walk.t] if allowed is None else within_budget(state[0][:, walk.t], allowed)
+                        return int(a[0])
+                else:
+                    a = host.choose_features(walk.t, walk.features_one(), ratio, None if allowed is None else allowed[0])
+                    if a is not None:
+                        return a
+            elif host is not None and not self.one_shot:  # a batch: float32 NumPy, the torch head for the rows it cannot call
                 pooled, flops = walk.pooled(), walk.flops.numpy()
                 obs32 = host.observations(walk.t, pooled, np.minimum(flops / self.full, 1.0))
                 if obs32 is not None:

@@ -20,9 +20,11 @@ from torch import nn
 
 import dyncnn_gym
 from dyncnn_gym.envs.probes import confidence
+from dyncnn_gym.envs.routing import make_core
 from dyncnn_gym.host_head import HostHead, HostRouter, confidence_host, confidence_rows
-from dyncnn_gym.policies import LogProbabilities, MeanScores, ModuleHead, ScoreHead, Sine
+from dyncnn_gym.policies import LogProbabilities, MeanScores, ModuleHead, OneShotHead, ScoreHead, Sine
 from dyncnn_gym.routed import export
+from dyncnn_gym.walk import Walk
 
 IDS = ("DynChannel-v0", "DynSkip-v0", "DynRoute-v0")
 ARCH = {"DynChannel-v0": "vgg", "DynSkip-v0": "resnet14", "DynRoute-v0": "resnet14"}
@@ -379,3 +381,41 @@ def test_a_model_loaded_under_inference_mode_routes_one_image_at_a_time(tmp_path
         assert len(static_baselines(make_core("DynChannel-v0", 1, split="test", **inf_kw))["front"]) >= 1
         result = dyncnn_gym.evaluate(again.head, "DynChannel-v0", **inf_kw)
     assert 0.0 <= result["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("obs", ["features", "probe"])
+@pytest.mark.parametrize("budgeted", [False, True])
+def test_one_image_at_a_time_a_one_shot_head_plans_on_the_host_as_evaluate_does(obs, budgeted):
+    kw = _kwargs("DynSkip-v0", obs=obs)
+    env = gymnasium.make("DynSkip-v0", **kw)
+    d, T = env.observation_space.shape[0], env.unwrapped.num_decisions
+    torch.manual_seed(6)
+    body = nn.Sequential(nn.Linear(d, 32), nn.Tanh(), nn.Linear(32, T))
+    x = torch.as_tensor(kw["dataset"].test.images[:48])
+    core = make_core("DynSkip-v0", 1, split="test", **kw)
+    first = torch.as_tensor(core.observe(Walk(core.net, "skip", x)))
+    with torch.no_grad():  # sensitive, and centred on the bias: each block runs for about half of the images
+        body[0].weight.mul_(20.0)
+        body[-1].weight.mul_(8.0)
+        body[-1].bias.sub_(body(first).mean(0) - 0.4)
+    head = OneShotHead(body, bias=0.4).eval()
+    if budgeted:  # a cap that binds for the costlier half of the images
+        kw["budget"] = float(np.quantile(export(head, "DynSkip-v0", **kw).route(x).flops_ratio.numpy(), 0.5))
+    result = dyncnn_gym.evaluate(head, "DynSkip-v0", per_image=True, **kw)
+    rn = export(head, "DynSkip-v0", **kw)
+    planned = []
+    plan = HostRouter.plan_features
+
+    def counting(self, *args):
+        keeps = plan(self, *args)
+        planned.append(keeps is not None)
+        return keeps
+
+    with mock.patch.object(HostRouter, "plan_features", counting):
+        ones = [rn.route(x[i : i + 1]) for i in range(len(x))]
+    assert len(planned) == len(x) and np.mean(planned) > 0.9, "the host should plan almost every image, once"
+    im = result["images"]
+    np.testing.assert_array_equal(torch.cat([o.actions for o in ones]).numpy(), im["actions"][:48])
+    np.testing.assert_array_equal(torch.cat([o.flops for o in ones]).numpy(), im["flops"][:48])
+    np.testing.assert_array_equal(torch.cat([o.logits for o in ones]).argmax(1).numpy(), im["prediction"][:48])
+    assert len({tuple(r) for r in im["actions"][:48].tolist()}) > 1, "the test head should route images differently"
