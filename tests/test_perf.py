@@ -172,3 +172,28 @@ def test_an_early_exit_setup_times_the_routed_model_its_routes_and_the_truncated
     rows = time_setup(st, "DynExit-v0 tiny", torch.device("cpu"), repeats=1, threads=[1], batches=[1, 6], singles=2)
     assert [(r["batch"], r["threads"]) for r in rows] == [(1, 1), (6, 1)]
     assert all(r["routed_vs_static_same_accuracy"] is None and set(r["static_routes"]) == {"flops"} for r in rows)
+
+
+def test_the_deep_blockdrop_example_trains_evaluates_and_times_a_one_look_router():
+    """``examples/deep_blockdrop.py`` on a tiny skip backbone: the router it reports is the model it
+    trained, evaluated as ``evaluate`` does; the static front is measured on the test split; the
+    table has a row per batch with finite ratios."""
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("deep_blockdrop", REPO_ROOT / "examples" / "deep_blockdrop.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    data = load_test_data("digits")
+    net = make_net("resnet14", "digits")
+    out = example.run(net, data, steps=256, select_on=100, repeats=1, threads=[1], progress=False)
+    res = dyncnn_gym.evaluate(out["model"], "DynBlockDrop-v1", dataset=data, backbone=net)
+    assert out["evaluation"]["accuracy"] == res["accuracy"] and out["evaluation"]["flops_ratio"] == res["flops_ratio"]
+    front = out["static_front"]
+    assert front and [q["flops_ratio"] for q in front] == sorted(q["flops_ratio"] for q in front)
+    assert all(0 <= q["accuracy"] <= 1 and len(q["actions"]) == len(front[0]["actions"]) for q in front)
+    rows = out["table"]["rows"]
+    assert sorted(r["batch"] for r in rows) == [1, 64, 256]
+    lines = format_routed(out["table"])
+    assert len(lines) == 2 + 3 and all("DynBlockDrop-v1" in line for line in lines[2:])

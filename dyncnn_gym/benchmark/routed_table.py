@@ -218,6 +218,7 @@ def route_timed_setup(
     info: dict | None = None,
     trained: bool = True,
     evaluated: dict | None = None,
+    select_on: int = 1000,
 ) -> TimedSetup:
     """What :func:`time_setup` times for a router of channel or skip decisions: ``policy`` (anything
     :func:`dyncnn_gym.export` accepts) exported on ``core`` (a :class:`~dyncnn_gym.envs.core.RoutingCore`
@@ -226,7 +227,8 @@ def route_timed_setup(
     routes of the same backbone (uniform and greedy, the static front on the test split).
     ``trained=False`` (an untrained backbone): no accuracies, and an evenly spaced static skip route
     of the routes' FLOPs in place of the front. ``evaluated``: :func:`~dyncnn_gym.evaluate`'s result
-    for ``policy`` on ``env_id``, when the caller has it (otherwise it is evaluated here)."""
+    for ``policy`` on ``env_id``, when the caller has it (otherwise it is evaluated here).
+    ``select_on``: train images the greedy static routes are chosen on (fewer for deep backbones)."""
     from ..walk import run_routes
     from .baselines import static_baselines
     from .plain import plain_copy
@@ -237,7 +239,7 @@ def route_timed_setup(
     if trained:
         res = evaluate(policy, env_id, core=core) if evaluated is None else evaluated  # dialed to a -v1 target
         info.update(accuracy=res["accuracy"], test_flops_ratio=res["flops_ratio"], dialed=res["dialed"])
-        points = _route_front(static_baselines(core)["front"], info)
+        points = _route_front(static_baselines(core, select_on=select_on)["front"], info)
     else:
         info["static_front"], points = None, None
     rn = _export(policy, core)  # export dials as evaluate does
