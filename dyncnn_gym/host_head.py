@@ -125,7 +125,10 @@ class HostHead:
                 steps.append((kind, None, None))
         if not steps or steps[0][0] != "linear":
             return None
-        return cls(head, steps[:-1] if steps[-1][0] == "logprob" else steps, tensors)
+        # a last log-probability step shifts every action's score alike: an argmax need not compute
+        # it, a one-shot head's keep logits (each compared with the bias) must
+        drop = steps[-1][0] == "logprob" and type(head) is not OneShotHead
+        return cls(head, steps[:-1] if drop else steps, tensors)
 
     def stale(self) -> bool:
         """Whether a weight or buffer of the torch head was changed in place since this was built."""

@@ -419,3 +419,20 @@ def test_one_image_at_a_time_a_one_shot_head_plans_on_the_host_as_evaluate_does(
     np.testing.assert_array_equal(torch.cat([o.flops for o in ones]).numpy(), im["flops"][:48])
     np.testing.assert_array_equal(torch.cat([o.logits for o in ones]).argmax(1).numpy(), im["prediction"][:48])
     assert len({tuple(r) for r in im["actions"][:48].tolist()}) > 1, "the test head should route images differently"
+
+
+def test_a_one_shot_heads_keep_logits_on_the_host_are_its_torch_logits_a_last_log_probability_included():
+    """An argmax may skip a last log-probability step (it shifts every score alike); a one-shot
+    head compares each keep logit with its bias, so the host computes it."""
+    torch.manual_seed(2)
+    for body in (
+        nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4)),
+        nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4), LogProbabilities()),
+    ):
+        head = OneShotHead(body, bias=-1.0)
+        host = HostHead.of(head)
+        obs = np.random.default_rng(0).uniform(-1, 1, (50, 6))
+        with torch.no_grad():
+            want = head.plan(torch.as_tensor(obs, dtype=torch.float32)).double().numpy()
+        got = np.stack([host.scores(o) for o in obs])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
