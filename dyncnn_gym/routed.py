@@ -380,22 +380,21 @@ class RoutedNet(nn.Module):
 
         def choose(walk: Walk) -> int | np.ndarray:
             allowed = None if self.budget is None else self.masks(walk)
+            one = host is not None and B == 1  # one image: float64 NumPy, unless too close to tell apart
+            if one and self.one_shot and state[0] is None:  # the plan on the host; else the torch head plans below
+                ratio = min(int(walk._flops[0]) / self.full, 1.0)
+                keeps = host.plan_features(walk.t, walk.features_one(), ratio, self.head.bias)
+                if keeps is not None:
+                    state[0] = keeps[None, :]
             if self.one_shot and state[0] is not None:  # the route planned at the first decision: no observation
                 a = state[0][:, walk.t] if allowed is None else within_budget(state[0][:, walk.t], allowed)
                 return int(a[0]) if B == 1 else a.astype(np.int64)
-            if host is not None and B == 1:  # one image: float64 NumPy, unless two actions are too close to tell apart
+            if one and not self.one_shot:
                 ratio = min(int(walk._flops[0]) / self.full, 1.0)
-                if self.one_shot:  # the plan, unless a keep logit is too close to the bias to tell
-                    keeps = host.plan_features(walk.t, walk.features_one(), ratio, self.head.bias)
-                    if keeps is not None:
-                        state[0] = keeps[None, :]
-                        a = state[0][:, walk.t] if allowed is None else within_budget(state[0][:, walk.t], allowed)
-                        return int(a[0])
-                else:
-                    a = host.choose_features(walk.t, walk.features_one(), ratio, None if allowed is None else allowed[0])
-                    if a is not None:
-                        return a
-            elif host is not None and not self.one_shot:  # a batch: float32 NumPy, the torch head for the rows it cannot call
+                a = host.choose_features(walk.t, walk.features_one(), ratio, None if allowed is None else allowed[0])
+                if a is not None:
+                    return a
+            elif host is not None and B > 1 and not self.one_shot:  # a batch: float32 NumPy; rows it cannot call: torch
                 pooled, flops = walk.pooled(), walk.flops.numpy()
                 obs32 = host.observations(walk.t, pooled, np.minimum(flops / self.full, 1.0))
                 if obs32 is not None:
