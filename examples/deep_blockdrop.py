@@ -26,6 +26,7 @@ import torch
 from dyncnn_gym.benchmark.protocol import evaluate
 from dyncnn_gym.benchmark.routed_table import format_routed, route_timed_setup, time_setup
 from dyncnn_gym.cli import HelpFormatter
+from dyncnn_gym.envs.blockdrop import as_skip_env
 from dyncnn_gym.envs.routing import make_core
 from dyncnn_gym.recipes import env_kwargs, train_ppo
 
@@ -50,7 +51,8 @@ def run(
     t = time.perf_counter()
     model = train_ppo(ENV, seed=seed, total_timesteps=steps, progress=progress, **kw)
     seconds["train"] = time.perf_counter() - t
-    core = make_core("DynSkip-v1", 1, split="test", **{k: v for k, v in kw.items() if k != "reward"})
+    route_id, route_kw = as_skip_env(ENV, kw)  # the DynSkip-v1 core the one-look router routes through
+    core = make_core(route_id, 1, split="test", **route_kw)
     t = time.perf_counter()
     res = evaluate(model, ENV, core=core)
     setup = route_timed_setup(model, core, ENV, evaluated=res, select_on=select_on)
