@@ -85,23 +85,54 @@ def test_the_cascade_front_is_selected_off_the_test_split_and_measured_on_it(dig
 
 
 @pytest.mark.parametrize("mode", ["channel", "skip"])
-def test_the_one_step_cheaper_routes_share_their_prefix_and_score_as_each_route_alone(digit_backbones, mode):
-    """``lowered_outcomes`` (one walk, candidates branching off it) gives, bit for bit, what each
-    candidate route gives evaluated on its own; the greedy front is built from it."""
+def test_static_routes_share_their_prefixes_and_score_bit_for_bit_as_each_route_walked_alone(digit_backbones, mode):
+    """``route_outcomes`` walks the routes as a prefix tree: each distinct prefix is computed once per
+    batch of images, and every route's outcome is exactly that of walking it alone (duplicates and
+    the one-step-cheaper candidates of ``lowered_outcomes`` included); the greedy front is built from it."""
     from dyncnn_gym.benchmark import baselines
+    from dyncnn_gym.walk import run_routes
 
     core = RoutingCore(mode, 1, split="test", dataset="digits", backbone=digit_backbones[mode])
-    route = np.array([(t * 2 + 1) % core.A for t in range(core.T)], dtype=np.int64)
-    route[0] = core.A - 1
-    baselines._OUTCOMES.pop(core.net, None)
-    cands, correct, flops = baselines.lowered_outcomes(core, route, batch=97)
+    T, A = core.T, core.A
+    route = np.array([(t * 2 + 1) % A for t in range(T)], dtype=np.int64)
+    route[0] = A - 1
+    rng = np.random.default_rng(0)
     ts = np.flatnonzero(route > 0)
-    assert len(cands) == len(ts) and all((c != route).sum() == 1 and c[t] == route[t] - 1 for c, t in zip(cands, ts))
-    baselines._OUTCOMES.pop(core.net, None)  # each candidate from scratch
-    want, want_flops = baselines.route_outcomes(core, cands, batch=97)
+    lowered = np.repeat(route[None], len(ts), axis=0)
+    lowered[np.arange(len(ts)), ts] -= 1
+    routes = np.concatenate([baselines.uniform_routes(core), lowered, rng.integers(0, A, (6, T)), lowered[:1]])
+
+    calls = []
+    net = core.net
+    decision = net.decision
+    net.decision = lambda *a, **k: calls.append(1) or decision(*a, **k)
+    try:
+        baselines._OUTCOMES.pop(net, None)
+        correct, flops = baselines.route_outcomes(core, routes, batch=97)
+        shared = len(calls)
+        want = np.stack(
+            [
+                run_routes(net, mode, core.images, np.broadcast_to(r, (len(core.labels), T)))[0].argmax(1).numpy()
+                == core.labels
+                for r in routes
+            ]
+        )
+        alone = len(calls) - shared
+    finally:
+        del net.decision
     np.testing.assert_array_equal(correct, want)
-    np.testing.assert_array_equal(flops, want_flops)
-    assert len({c.tobytes() for c in correct}) > 1, "the candidates should differ on some image"
+    np.testing.assert_array_equal(flops, [core.table.path_flops(r) for r in routes])
+    batches = -(-len(core.labels) // 97)
+    prefixes = len({tuple(r[: k + 1]) for r in routes for k in range(T)})
+    if mode == "channel":  # every decision is a call (skip mode: a skipped identity block is none)
+        assert shared == batches * prefixes
+    assert shared <= batches * prefixes and shared / batches < 0.8 * alone  # alone: every route walked once, one batch
+
+    baselines._OUTCOMES.pop(net, None)
+    got, correct_l, flops_l = baselines.lowered_outcomes(core, route, batch=97)
+    np.testing.assert_array_equal(got, lowered)
+    np.testing.assert_array_equal(correct_l, want[A : A + len(ts)])
+    assert len({c.tobytes() for c in correct_l}) > 1, "the candidates should differ on some image"
     greedy = baselines.greedy_routes(core, select_on=200)
     steps = np.diff(greedy, axis=0)
     assert (steps.sum(1) == -1).all() and (steps <= 0).all() and (greedy[-1] == 0).all()

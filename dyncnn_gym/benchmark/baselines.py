@@ -39,29 +39,68 @@ def route_outcomes(
         split: ``"test"`` (the core's images), ``"train"`` (for selecting routes without
             touching the test split) or ``"val"`` (held-out images, where the data has them).
         limit: use only the first ``limit`` images of the split.
+        batch: images walked at once.
 
     Returns:
         ``correct`` bool ``[R, N]`` and ``flops`` int64 ``[R]`` (a static route costs the same on every image).
 
-    Per-route outcomes are memoised per backbone and weights version, so the static baselines,
-    the oracle and the per-difficulty tables that share routes evaluate each route once.
+    Routes that share a prefix share its computation: the routes are walked as a prefix tree
+    (:func:`_walk_tree`), so a prefix is computed once, whichever routes continue it (the greedy
+    routes of a front differ from each other in a few decisions; on a deep network this halves the
+    work). Each route's outcome is bit for bit what walking it alone gives. Per-route outcomes are
+    memoised per backbone and weights version, so the static baselines, the oracle and the
+    per-difficulty tables that share routes evaluate each route once.
     """
+    routes = np.asarray(routes, dtype=np.int64)
     X, y = _split_arrays(core, split, limit)
     correct = np.zeros((len(routes), len(y)), dtype=bool)
     flops = np.array([core.table.path_flops(r) for r in routes], dtype=np.int64)
     memo, version = _memo(core, split, limit, len(y))
-    for r, route in enumerate(routes):
-        key = (version, tuple(int(a) for a in route))
+    keys = [(version, tuple(int(a) for a in route)) for route in routes]
+    todo: dict[tuple, list[int]] = {}  # route -> its rows in ``routes``, for the routes not memoised
+    for r, key in enumerate(keys):
         if key in memo:
             correct[r] = memo[key]
-            continue
+        else:
+            todo.setdefault(key[1], []).append(r)
+    if todo:
+        unique = np.array(list(todo), dtype=np.int64).reshape(len(todo), -1)
         for i in range(0, len(y), batch):
-            xb = X[i : i + batch]
-            acts = torch.as_tensor(np.broadcast_to(route, (xb.shape[0], len(route))).copy())
-            logits, _ = run_routes(core.net, core.mode, xb, acts)
-            correct[r, i : i + batch] = logits.argmax(1).cpu().numpy() == y[i : i + batch]
-        memo[key] = correct[r].copy()
+            labels = y[i : i + batch]
+            walk = Walk(core.net, core.mode, X[i : i + batch])
+            for u, logits in _walk_tree(walk, unique, np.arange(len(unique))):
+                correct[todo[tuple(unique[u].tolist())], i : i + batch] = logits.argmax(1).cpu().numpy() == labels
+        for key, rows in todo.items():
+            memo[(version, key)] = correct[rows[0]].copy()
     return correct, flops
+
+
+def _walk_tree(walk: Walk, routes: np.ndarray, members: np.ndarray):
+    """Yield ``(index, logits)`` for every route ``routes[index]`` (int64 ``[R, T]``, distinct) in
+    ``members``, all of which agree with the decisions ``walk`` has taken so far.
+
+    A depth-first walk of the routes' prefix tree: at each decision the routes are split by their
+    action; every branch but the largest continues a shallow copy of the walk (:meth:`Walk.select`
+    of all its rows: no tensor is copied, and the shared feature maps are never changed in place),
+    the largest continues the walk itself. So every distinct prefix is computed once, and at most
+    one walk per pending branch is alive: about log2(R) of them.
+    """
+    T = routes.shape[1]
+    while walk.t < T:
+        acts = routes[members, walk.t]
+        values, counts = np.unique(acts, return_counts=True)
+        last = int(np.argmax(counts))  # the largest branch continues this walk, in place
+        for k, a in enumerate(values.tolist()):
+            if k != last:
+                branch = walk.select(np.arange(len(walk)))
+                branch.advance(a)
+                yield from _walk_tree(branch, routes, members[acts == a])
+        if len(values) > 1:
+            members = members[acts == values[last]]
+        walk.advance(int(values[last]))
+    logits = walk.logits()
+    for m in members.tolist():
+        yield m, logits
 
 
 def _memo(core: RoutingCore, split: str, limit: int | None, n: int) -> tuple[dict, tuple]:
@@ -69,51 +108,21 @@ def _memo(core: RoutingCore, split: str, limit: int | None, n: int) -> tuple[dic
     return _OUTCOMES.setdefault(core.net, {}), (core.data.fingerprint, core.mode, split, limit, n, _weights_version(core.net))
 
 
-@torch.no_grad()
 def lowered_outcomes(
     core: RoutingCore, route: np.ndarray, split: str = "test", limit: int | None = None, batch: int = 500
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`route_outcomes` of the routes one step cheaper than ``route`` (int64 ``[T]``): for every
     decision ``t`` with ``route[t] > 0``, ``route`` with ``route[t] - 1``.
 
-    Each candidate shares ``route``'s prefix up to its decision ``t``: one walk runs ``route`` and
-    a candidate branches off it at ``t`` (:meth:`Walk.select`, no copy), so the prefixes are
-    computed once instead of once per candidate (about half the work of evaluating the candidates
-    one by one on a deep network, the same outcomes bit for bit).
-
     Returns the candidates int64 ``[R, T]`` (in the order of ``t``), ``correct`` bool ``[R, N]``
-    and ``flops`` int64 ``[R]``.
+    and ``flops`` int64 ``[R]``. The candidates share ``route``'s prefix up to their decision, which
+    :func:`route_outcomes` computes once.
     """
     route = np.asarray(route, dtype=np.int64)
     ts = np.flatnonzero(route > 0)
     cands = np.repeat(route[None], len(ts), axis=0)
     cands[np.arange(len(ts)), ts] -= 1
-    X, y = _split_arrays(core, split, limit)
-    correct = np.zeros((len(ts), len(y)), dtype=bool)
-    flops = np.array([core.table.path_flops(r) for r in cands], dtype=np.int64)
-    memo, version = _memo(core, split, limit, len(y))
-    keys = [(version, tuple(int(a) for a in r)) for r in cands]
-    todo = {}  # decision -> candidate index, for those not memoised
-    for k, (t, key) in enumerate(zip(ts.tolist(), keys)):
-        if key in memo:
-            correct[k] = memo[key]
-        else:
-            todo[t] = k
-    if todo:
-        last = max(todo)
-        for i in range(0, len(y), batch):
-            walk = Walk(core.net, core.mode, X[i : i + batch])
-            rows = np.arange(len(walk))
-            for t in range(last + 1):
-                k = todo.get(t)
-                if k is not None:
-                    branch = walk.select(rows)
-                    for s in range(t, core.T):
-                        branch.advance(int(cands[k, s]))
-                    correct[k, i : i + batch] = branch.logits().argmax(1).cpu().numpy() == y[i : i + batch]
-                walk.advance(int(route[t]))
-        for k in todo.values():
-            memo[keys[k]] = correct[k].copy()
+    correct, flops = route_outcomes(core, cands, split=split, limit=limit, batch=batch)
     return cands, correct, flops
 
 
