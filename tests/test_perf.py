@@ -172,6 +172,10 @@ def test_an_early_exit_setup_times_the_routed_model_its_routes_and_the_truncated
     rows = time_setup(st, "DynExit-v0 tiny", torch.device("cpu"), repeats=1, threads=[1], batches=[1, 6], singles=2)
     assert [(r["batch"], r["threads"]) for r in rows] == [(1, 1), (6, 1)]
     assert all(r["routed_vs_static_same_accuracy"] is None and set(r["static_routes"]) == {"flops"} for r in rows)
+    assert all(r["ranges"]["routed_vs_static_same_accuracy"] is None for r in rows)
+    rows = time_setup(st, "DynExit-v0 tiny", torch.device("cpu"), repeats=3, threads=[1], batches=[6], singles=2)
+    lo, hi = rows[0]["ranges"]["routed_vs_full"]
+    assert 0 < lo <= rows[0]["routed_vs_full"] <= hi, "the median of the repeats lies within their range"
 
 
 def test_the_deep_blockdrop_example_trains_evaluates_and_times_a_one_look_router():

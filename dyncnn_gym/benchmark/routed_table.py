@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .timing import fresh_backbone, interleaved, load_bench_data, median, paired_ratio
+from .timing import fresh_backbone, interleaved, load_bench_data, median, paired_range, paired_ratio
 
 #: the routed-model table's setups: name -> (mode, backbone, router); mode ``exit-width`` / ``exit-depth``:
 #: ``DynExit-v1`` with that kind of stages; "ppo": the demo's PPO recipe (:func:`dyncnn_gym.recipes.train_ppo`
@@ -445,7 +445,8 @@ def bench_routed(
 
     Ratios (medians over repeats of per-repeat ratios): ``routed_vs_full``, ``raw_vs_full``,
     ``router_overhead`` (routed / raw - 1), ``routes_vs_static_same_flops`` (static / raw),
-    ``routed_vs_static_same_accuracy`` (static / routed), ``full_vs_plain`` (plain / full).
+    ``routed_vs_static_same_accuracy`` (static / routed), ``full_vs_plain`` (plain / full); ``ranges``:
+    ``[min, max]`` over the repeats of ``routed_vs_full`` and ``routed_vs_static_same_accuracy``.
     """
     rows: list[dict] = []
     info: dict[str, dict] = {}
@@ -529,6 +530,12 @@ def time_setup(
                         round(paired_ratio(times, "static_accuracy", "routed"), 3) if "accuracy" in plan else None
                     ),
                     "full_vs_plain": round(paired_ratio(times, "plain", "full"), 3),
+                    "ranges": {  # [min, max] over the repeats of the two headline ratios
+                        "routed_vs_full": paired_range(times, "full", "routed"),
+                        "routed_vs_static_same_accuracy": (
+                            paired_range(times, "static_accuracy", "routed") if "accuracy" in plan else None
+                        ),
+                    },
                     "static_routes": {k: [[list(key), round(w, 3)] for key, w in v] for k, v in plan.items()},
                     "ms_per_image": {
                         k: round(1000 * median(v) / n, 4)

@@ -58,6 +58,13 @@ def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
     return median([a / b for a, b in zip(times[num], times[den])])
 
 
+def paired_range(times: dict[str, list[float]], num: str, den: str) -> list[float]:
+    """``[min, max]`` over repeats of the paired ratios whose median :func:`paired_ratio` reports
+    (rounded to 3 decimals): the spread of that figure within one run."""
+    ratios = [a / b for a, b in zip(times[num], times[den])]
+    return [round(min(ratios), 3), round(max(ratios), 3)]
+
+
 def machine_facts(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on."""
     import gymnasium
