@@ -45,9 +45,10 @@ def route_outcomes(
         ``correct`` bool ``[R, N]`` and ``flops`` int64 ``[R]`` (a static route costs the same on every image).
 
     Routes that share a prefix share its computation: the routes are walked as a prefix tree
-    (:func:`_walk_tree`), so a prefix is computed once, whichever routes continue it (the greedy
-    routes of a front differ from each other in a few decisions; on a deep network this halves the
-    work). Each route's outcome is bit for bit what walking it alone gives. Per-route outcomes are
+    (:func:`_walk_tree`), so a prefix is computed once, whichever routes continue it. What that
+    saves depends on where the routes differ: a front's greedy routes that lower late decisions
+    share most of their work, routes that differ in their first decision share none. Each route's
+    outcome is bit for bit what walking it alone gives. Per-route outcomes are
     memoised per backbone and weights version, so the static baselines, the oracle and the
     per-difficulty tables that share routes evaluate each route once.
     """
@@ -82,8 +83,8 @@ def _walk_tree(walk: Walk, routes: np.ndarray, members: np.ndarray):
     A depth-first walk of the routes' prefix tree: at each decision the routes are split by their
     action; every branch but the largest continues a shallow copy of the walk (:meth:`Walk.select`
     of all its rows: no tensor is copied, and the shared feature maps are never changed in place),
-    the largest continues the walk itself. So every distinct prefix is computed once, and at most
-    one walk per pending branch is alive: about log2(R) of them.
+    the largest continues the walk itself. So every distinct prefix is computed once, and besides
+    the current walk at most log2(R) walks wait for their largest branch.
     """
     T = routes.shape[1]
     while walk.t < T:
