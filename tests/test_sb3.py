@@ -28,6 +28,12 @@ CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available
 DEVICES = ["cpu", CUDA]
 
 
+#: a vector env steps its envs as one batch, single envs one image at a time: oneDNN picks the
+#: convolution kernels by shape, and their float32 rounding, magnified by the observation's 1 / scale,
+#: differs by up to about 2e-5 (an AMD EPYC, AVX2); a wrong observation is off by far more
+OBS_ATOL = 1e-4
+
+
 def _kwargs(env_id: str, data_name: str = "digits", device: str = "cpu", **kw) -> dict:
     net = make_net(ARCH[mode_of(env_id)], data_name)
     if device != "cpu":
@@ -68,7 +74,7 @@ def test_same_step_autoreset_terminal_observation_and_episode_stats(env_id, devi
     obs = vec.reset()
     for i, env in enumerate(singles):
         o, _ = env.reset(seed=seed + i)
-        assert np.allclose(obs[i], o, atol=1e-5)
+        assert np.allclose(obs[i], o, atol=OBS_ATOL)
     T = vec.core.T
     rng = np.random.default_rng(0)
     for _episode in range(2):
@@ -82,10 +88,10 @@ def test_same_step_autoreset_terminal_observation_and_episode_stats(env_id, devi
                 returns[i] += r
                 assert np.isclose(rew[i], r, rtol=1e-5, atol=1e-6) and bool(dones[i]) == term
                 if not term:
-                    assert np.allclose(obs[i], o, atol=1e-5)
+                    assert np.allclose(obs[i], o, atol=OBS_ATOL)
                     assert "terminal_observation" not in infos[i]
                     continue
-                assert np.allclose(infos[i]["terminal_observation"], o, atol=1e-5)
+                assert np.allclose(infos[i]["terminal_observation"], o, atol=OBS_ATOL)
                 assert infos[i]["TimeLimit.truncated"] is False
                 ep = infos[i]["episode"]
                 assert ep["l"] == T and np.isclose(ep["r"], returns[i], rtol=1e-5, atol=1e-6)
@@ -94,7 +100,7 @@ def test_same_step_autoreset_terminal_observation_and_episode_stats(env_id, devi
                     assert infos[i][k] == inf[k]
                 assert np.array_equal(infos[i]["actions"], inf["actions"])
                 o2, inf2 = env.reset()
-                assert np.allclose(obs[i], o2, atol=1e-5)  # the new episode's first observation
+                assert np.allclose(obs[i], o2, atol=OBS_ATOL)  # the new episode's first observation
                 assert vec.reset_infos[i]["index"] == inf2["index"]
         assert dones.all()
 
