@@ -66,11 +66,12 @@ def route_outcomes(
             todo.setdefault(key[1], []).append(r)
     if todo:
         unique = np.array(list(todo), dtype=np.int64).reshape(len(todo), -1)
+        rows_of = list(todo.values())  # rows_of[u]: the rows of ``routes`` that are route ``unique[u]``
         for i in range(0, len(y), batch):
             labels = y[i : i + batch]
             walk = Walk(core.net, core.mode, X[i : i + batch])
             for u, logits in _walk_tree(walk, unique, np.arange(len(unique))):
-                correct[todo[tuple(unique[u].tolist())], i : i + batch] = logits.argmax(1).cpu().numpy() == labels
+                correct[rows_of[u], i : i + batch] = logits.argmax(1).cpu().numpy() == labels
         for key, rows in todo.items():
             memo[(version, key)] = correct[rows[0]].copy()
     return correct, flops

@@ -55,14 +55,19 @@ def median(xs: Sequence[float]) -> float:
 def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
     """Median over repeats of ``times[num][r] / times[den][r]``: each ratio compares two
     measurements taken back to back, so load that drifts between repeats cancels out."""
-    return median([a / b for a, b in zip(times[num], times[den])])
+    return median(_paired(times, num, den))
 
 
 def paired_range(times: dict[str, list[float]], num: str, den: str) -> list[float]:
     """``[min, max]`` over repeats of the paired ratios whose median :func:`paired_ratio` reports
     (rounded to 3 decimals): the spread of that figure within one run."""
-    ratios = [a / b for a, b in zip(times[num], times[den])]
+    ratios = _paired(times, num, den)
     return [round(min(ratios), 3), round(max(ratios), 3)]
+
+
+def _paired(times: dict[str, list[float]], num: str, den: str) -> list[float]:
+    """``times[num][r] / times[den][r]`` for every repeat ``r``."""
+    return [a / b for a, b in zip(times[num], times[den])]
 
 
 def machine_facts(device: torch.device) -> dict[str, Any]:
