@@ -6,7 +6,9 @@ backbone it prunes. :class:`HostHead` holds a :class:`~dyncnn_gym.policies.Score
 float64 NumPy arrays and chooses an action for one observation in a handful of NumPy calls
 (:class:`HostRouter` folds the observation into the first layer, so one image's observation is
 never built). A :class:`~dyncnn_gym.policies.OneShotHead`'s plan (every block's keep logit from
-one observation) is made the same way (:meth:`HostRouter.plan_features`).
+one observation) is made the same way (:meth:`HostRouter.plan_features`). Where numba is installed,
+one image's whole decision (pooling, observation, policy layers and choice) is one compiled call
+instead (:mod:`dyncnn_gym.native_router`), with the same arithmetic and the same rule below.
 
 Its choice is the torch head's, or none: float64 scores differ from the float32 scores of the torch
 path by rounding, so when the best allowed action does not lead the second by a margin far above
@@ -24,10 +26,12 @@ decided by the torch head, as one image is.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 
+from . import native_router
 from .models.layers import tensor_version
 from .policies import ModuleHead, OneShotHead, ScoreHead, _plan
 
@@ -59,6 +63,13 @@ def _ones(n: int) -> np.ndarray:
 
 
 _STEPS = ("linear", "tanh", "relu", "flatten", "logprob", "sin")
+_NATIVE_OPS = {
+    "linear": native_router.LINEAR,
+    "tanh": native_router.TANH,
+    "relu": native_router.RELU,
+    "sin": native_router.SIN,
+    "logprob": native_router.LOGPROB,
+}
 
 
 def _mm_weight(w: np.ndarray) -> torch.Tensor:
@@ -71,6 +82,29 @@ def _mm(x: np.ndarray, w: torch.Tensor, b: torch.Tensor | None = None) -> np.nda
     which fights torch's threads for the cores when both have several."""
     xt = torch.from_numpy(x)
     return (xt @ w if b is None else torch.addmm(b, xt, w)).numpy()
+
+
+_NO_LOGITS = np.zeros(2)
+
+
+def _feature_rows(features: torch.Tensor) -> tuple[np.ndarray, bool, int] | None:
+    """One image's dense float32 feature map ``[1, C, H, W]`` as rows for the host: ``(array, cl,
+    H * W)``, the array ``[C, H * W]`` (``cl`` False) or, for a channels-last map, ``[H * W, C]``
+    (views, no copy); ``None`` for other maps (the torch path then decides)."""
+    if features.dtype != torch.float32 or features.dim() != 4 or features.shape[0] != 1:
+        return None
+    _, C, H, W = features.shape
+    if features.is_contiguous():
+        return features.numpy().reshape(C, H * W), False, H * W
+    if features.is_contiguous(memory_format=torch.channels_last):
+        return features.numpy()[0].transpose(1, 2, 0).reshape(H * W, C), True, H * W
+    return None
+
+
+def _sums(m: tuple[np.ndarray, bool, int]) -> np.ndarray:
+    """Per-channel sums ``[C]`` (float32) of :func:`_feature_rows`' rows, as one matrix-vector product."""
+    rows, cl, hw = m
+    return _ones(hw) @ rows if cl else rows @ _ones(hw)
 
 
 class HostHead:
@@ -203,6 +237,29 @@ class HostHead:
         _, w, b = self._steps[0]
         return w, b  # type: ignore[return-value]
 
+    def native_program(self) -> tuple:
+        """The steps after the first linear layer for :func:`dyncnn_gym.native_router.decide`:
+        ``(ws, bs, ops, params, cost)``, made once."""
+        hit = self.__dict__.get("_native")
+        if hit is None:
+            ws, bs, ops, params = [], [], [], []
+            for kind, w, b in self._steps[1:]:
+                if kind == "linear":
+                    ws.append(np.ascontiguousarray(w))
+                    bs.append(np.zeros(w.shape[0]) if b is None else np.ascontiguousarray(b))
+                ops.append(_NATIVE_OPS[kind])
+                params.append(float(w) if kind == "sin" else 0.0)
+            A = int(self.num_actions)  # type: ignore[arg-type]
+            cost = np.zeros(A) if self._cost is None else np.ascontiguousarray(self._cost, dtype=np.float64)
+            hit = self.__dict__["_native"] = (
+                tuple(ws),
+                tuple(bs),
+                np.array(ops, dtype=np.int64),
+                np.array(params, dtype=np.float64),
+                cost,
+            )
+        return hit
+
     def scores_of_hidden(self, x: np.ndarray) -> np.ndarray:
         """:meth:`scores` from the first linear layer's output ``x [H]`` (float64, overwritten)."""
         for kind, w, b in self._steps[1:]:
@@ -286,6 +343,8 @@ class HostRouter:
     ) -> None:
         self.head = host
         self.obs_dim = obs_dim
+        self._all = np.ones(host.num_actions or 0, dtype=bool)
+        self._native: Any = False  # the compiled decision, decided on first use (see _kernel)
         self.confidences = confidences
         self.scales = [s.detach().double().cpu().numpy() for s in scales]
         self.probes = None
@@ -347,7 +406,13 @@ class HostRouter:
         the decision's width: the others are zero) and the FLOPs ratio spent (``allowed [A]`` bool or
         ``None``); ``None`` when the lead is too small to be sure (:meth:`HostHead.choose`) or the
         features are not a dense float32 map (the torch path then decides)."""
-        x = self._hidden_of_features(t, features, ratio)
+        m = _feature_rows(features)
+        if m is None:
+            return None
+        kernel = self._kernel()
+        if kernel is not None:
+            return self._decide(kernel, t, m, ratio, _NO_LOGITS, allowed)[0]
+        x = self._hidden(t, _sums(m), m[2], ratio, None)
         return None if x is None else self.head.choose_hidden(x, allowed)
 
     def plan_features(self, t: int, features: torch.Tensor, ratio: float, bias: float) -> np.ndarray | None:
@@ -355,10 +420,18 @@ class HostRouter:
         each block runs, bool ``[T]``, from the observation of decision ``t`` (as
         :meth:`choose_features`) and the head's ``bias``; ``None`` when a keep logit is within
         :data:`TOLERANCE` of the bias, or not finite (the torch head then plans)."""
-        x = self._hidden_of_features(t, features, ratio)
-        if x is None:
+        m = _feature_rows(features)
+        if m is None:
             return None
-        z = self.head.scores_of_hidden(x) - bias
+        kernel = self._kernel()
+        if kernel is not None:
+            scores = self._decide(kernel, t, m, ratio, _NO_LOGITS, None)[1]
+        else:
+            x = self._hidden(t, _sums(m), m[2], ratio, None)
+            if x is None:
+                return None
+            scores = self.head.scores_of_hidden(x)
+        z = scores - bias
         if not np.isfinite(z).all() or (np.abs(z) <= TOLERANCE * (1.0 + np.abs(z) + abs(bias))).any():
             return None
         return z > 0
@@ -370,35 +443,77 @@ class HostRouter:
         confidences where the model has no probes (``None`` when either is not float32)."""
         if pooled.dtype != torch.float32:
             return None
-        x = self._hidden(t, pooled.numpy()[0], 1, ratio, logits)
-        return None if x is None else self.head.choose_hidden(x, allowed)
+        sums = pooled.numpy()[0]
+        kernel = self._kernel()
+        if kernel is None:
+            x = self._hidden(t, sums, 1, ratio, logits)
+            return None if x is None else self.head.choose_hidden(x, allowed)
+        z = _NO_LOGITS
+        if self.confidences and not self._classes:
+            if logits is None or logits.dtype != torch.float32 or logits.shape[-1] < 2:
+                return None
+            z = logits.numpy()[0].astype(np.float64)
+        return self._decide(kernel, t, (np.ascontiguousarray(sums).reshape(-1, 1), False, 1), ratio, z, allowed)[0]
 
-    def _hidden_of_features(self, t: int, features: torch.Tensor, ratio: float) -> np.ndarray | None:
-        """The first layer's output for one image's feature map ``[1, C, H, W]`` (float32, dense), else ``None``."""
-        if features.dtype != torch.float32 or features.shape[0] != 1 or features.dim() != 4:
-            return None
-        _, C, H, W = features.shape
-        hw = H * W
-        if features.is_contiguous():
-            sums = features.numpy().reshape(C, hw) @ _ones(hw)
-        elif features.is_contiguous(memory_format=torch.channels_last):
-            sums = _ones(hw) @ features.numpy()[0].transpose(1, 2, 0).reshape(hw, C)
-        else:
-            return None
-        return self._hidden(t, sums, hw, ratio, None)
+    def _kernel(self):
+        """The compiled decision (:func:`dyncnn_gym.native_router.kernel`), or ``None`` (numba
+        missing or turned off, or a policy whose layers do not chain)."""
+        if self._native is False:
+            self._native = native_router.kernel() if native_router.enabled() and self._chains() else None
+        return self._native
+
+    def _chains(self) -> bool:
+        """Whether the policy's layers chain (each linear layer reads what the one before it
+        writes): the compiled kernel indexes without bounds checks."""
+        ws = self.head.native_program()[0]
+        if not ws or not self._folded:
+            return False
+        width = self._folded[0][0].shape[0] - self._classes
+        for w in ws:
+            if w.shape[1] != width:
+                return False
+            width = w.shape[0]
+        return width == self.head.num_actions and self._tail.shape[0] == self._folded[0][0].shape[0] - self._classes
+
+    def _decide(
+        self, kernel, t: int, m: tuple, ratio: float, z: np.ndarray, allowed: np.ndarray | None
+    ) -> tuple[int | None, np.ndarray]:
+        """The compiled decision ``t`` on feature rows ``m`` (:func:`_feature_rows`): the action
+        (``None`` when not sure) and the scores, float64 ``[A]``."""
+        feat, cl, hw = m
+        C = feat.shape[1] if cl else feat.shape[0]
+        inv, weight = self._first(t, C, hw)
+        ws, bs, ops, params, cost = self.head.native_program()  # type: ignore[misc]
+        out = np.empty(cost.shape[0])
+        if weight is None or (allowed is not None and allowed.shape != cost.shape):
+            return None, np.full(cost.shape[0], np.nan)
+        a = kernel(
+            feat, cl, inv, weight, self._folded[t][1], self._classes, z, self._tail, float(ratio), self.confidences,
+            ws, bs, ops, params, cost, self._all if allowed is None else np.ascontiguousarray(allowed, dtype=bool), TOLERANCE, out,
+        )  # fmt: skip
+        return (None if a < 0 else int(a)), out
+
+    def _first(self, t: int, C: int, hw: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Decision ``t``'s ``1 / (scale * hw)`` for ``C`` channels and its folded first layer's
+        first ``C`` columns, contiguous (``None`` where ``C`` exceeds the decision's width)."""
+        weight, _, cache = self._folded[t]
+        hit = cache.get((C, hw))
+        if hit is None:
+            cols = np.ascontiguousarray(weight[:, :C]) if C <= weight.shape[1] else None
+            hit = cache[(C, hw)] = (1.0 / (self.scales[t][:C] * hw), cols)
+        return hit
 
     def _hidden(self, t: int, sums: np.ndarray, hw: int, ratio: float, logits: torch.Tensor | None) -> np.ndarray | None:
         """The head's first layer applied to decision ``t``'s observation without building it, from
         per-channel sums ``[C]`` of ``hw`` positions each: float64 ``[H]``, or ``None`` where the
         confidences would come from ``logits`` that are missing or not float32."""
-        weight, bias, inverse = self._folded[t]
-        C = sums.shape[0]
-        inv = inverse.get((C, hw))
-        if inv is None:
-            inv = inverse[(C, hw)] = 1.0 / (self.scales[t][:C] * hw)
+        bias = self._folded[t][1]
+        inv, weight = self._first(t, sums.shape[0], hw)
+        if weight is None:
+            return None
         ft = sums * inv  # float64
         np.tanh(ft, out=ft)
-        x = (weight if C == weight.shape[1] else weight[:, :C]) @ ft
+        x = weight @ ft
         x += bias
         if not self.confidences:
             x += ratio * self._tail[:, 0]

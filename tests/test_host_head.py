@@ -1,7 +1,8 @@
 """A routed model's router on the host (``dyncnn_gym.host_head``).
 
-For one image on the CPU a routed model chooses each action in float64 NumPy, for a batch in float32
-NumPy; when two actions are too close for that to be sure, the torch head decides. Either way its
+For one image on the CPU a routed model chooses each action in float64, in one compiled kernel
+(``dyncnn_gym.native_router``, numba) or in NumPy, for a batch in float32 NumPy; when two actions
+are too close for that to be sure, the torch head decides. Either way its
 actions, predictions and FLOPs are the torch head's: those of ``dyncnn_gym.evaluate``, image by
 image and as a batch.
 """
@@ -19,6 +20,7 @@ from conftest import load_test_data, make_net
 from torch import nn
 
 import dyncnn_gym
+from dyncnn_gym import native_router
 from dyncnn_gym.envs.probes import confidence
 from dyncnn_gym.envs.routing import make_core
 from dyncnn_gym.host_head import HostHead, HostRouter, confidence_host, confidence_rows
@@ -35,6 +37,15 @@ def _quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def host_path(request, monkeypatch) -> str:
+    """One image's decisions in the compiled kernel (numba) and, again, in NumPy."""
+    if request.param == "compiled":
+        pytest.importorskip("numba")
+    monkeypatch.setenv(native_router.ENV_VAR, "1" if request.param == "compiled" else "0")
+    return request.param
 
 
 def _head(d: int, a: int, kind: str = "categorical", seed: int = 0, logprob: bool = True, biased: bool = False) -> ScoreHead:
@@ -168,7 +179,7 @@ def test_host_confidence_of_a_batch_is_the_envs(classes):
 
 
 @pytest.mark.parametrize("probes", [False, True])
-def test_one_images_choice_from_its_feature_map_is_the_choice_of_its_observation(probes):
+def test_one_images_choice_from_its_feature_map_is_the_choice_of_its_observation(probes, host_path):
     """The folded first layer (no observation built) chooses as the head does on the observation
     the envs build: ``[tanh(pooled / scale), zeros, one-hot of t, (confidences), FLOPs ratio]``."""
     widths, T, K = [8, 16], 2, 5
@@ -200,39 +211,88 @@ def test_one_images_choice_from_its_feature_map_is_the_choice_of_its_observation
                 assert got == want, (i, layout)
                 chosen += 1
     assert chosen > 0.9 * 2 * 200, "near-ties should be rare"
+    assert (router._kernel() is not None) == (host_path == "compiled")
     assert router.choose_features(0, torch.randn(1, 8, 4, 6)[..., ::2], 0.5) is None  # not dense: the torch head decides
     assert router.choose_features(0, torch.randn(1, 8, 4, 4, dtype=torch.float64), 0.5) is None
+
+
+def _kernel_case_head(case: str):
+    """A policy head of each kind of step the compiled kernel runs, and its number of outputs."""
+    torch.manual_seed(0)
+    if case == "tanh-relu-cost":  # a cost-biased score head (CostBiasedPolicy's form)
+        body = nn.Sequential(nn.Linear(15, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+        return ScoreHead(body, "categorical", cost=torch.linspace(0.0, 1.0, 4), bias=0.3), 4
+    if case == "relu-sine":
+        return ModuleHead(nn.Sequential(nn.Linear(15, 16), nn.ReLU(), nn.Linear(16, 3), Sine(5.0))), 3
+    return OneShotHead(nn.Sequential(nn.Linear(15, 16), nn.Tanh(), nn.Linear(16, 4), LogProbabilities()), bias=0.2), 4
+
+
+@pytest.mark.parametrize("case", ["tanh-relu-cost", "relu-sine", "one-shot-logprob"])
+@pytest.mark.parametrize("probes", [False, True])
+def test_the_compiled_decision_computes_the_numpy_hosts_scores(case, probes):
+    """Every step a policy may hold (linear, tanh, relu, sine, a last log-probability, a cost
+    bias; probe confidences or the model's logits): the kernel's scores are the NumPy path's to
+    float64 rounding, and it chooses as the NumPy path does wherever both are sure."""
+    pytest.importorskip("numba")
+    widths, T, K, d = [8, 10], 2, 4, 15
+    head, A = _kernel_case_head(case)
+    g = torch.Generator().manual_seed(1)
+    scales = [torch.rand(w, generator=g) + 0.5 for w in widths]
+    pr = [(torch.randn(w, K, generator=g), torch.randn(K, generator=g)) for w in widths] if probes else None
+    router = HostRouter.of(head, A, scales, [10 + t for t in range(T)], d, pr, confidences=True)
+    kernel = router._kernel()
+    assert kernel is not None
+    agreed = 0
+    for i in range(100):
+        t = i % T
+        x = torch.randn(1, widths[t] - (i % 3), 3, 3, generator=g).contiguous(memory_format=torch.channels_last)
+        m = (x.numpy()[0].transpose(1, 2, 0).reshape(9, -1), True, 9)
+        logits = None if probes else torch.randn(1, 6, generator=g)
+        z = torch.zeros(2, dtype=torch.float64).numpy() if probes else logits.numpy()[0].astype(np.float64)
+        action, scores = router._decide(kernel, t, m, i / 100, z, None)
+        want = router.head.scores_of_hidden(router._hidden(t, m[0].astype(np.float64).sum(0), 9, i / 100, logits))
+        np.testing.assert_allclose(scores, want, rtol=1e-9, atol=1e-9)
+        numpy_action = router.head.pick(want)
+        if action is not None and numpy_action is not None:
+            assert action == numpy_action
+            agreed += 1
+    assert agreed > 80
 
 
 def _kwargs(env_id: str, **kw) -> dict:
     return {"dataset": load_test_data("user12"), "backbone": make_net(ARCH[env_id], "user12"), **kw}
 
 
-def _one_by_one(rn, x):
-    """Route ``x`` image by image, counting the decisions the host path made."""
+def _one_by_one(rn, x, host_path: str):
+    """Route ``x`` image by image, counting the decisions the host path made (compiled or NumPy,
+    as ``host_path`` says: checked)."""
     made = []
-    choose = HostHead.choose_hidden
+    originals = {name: getattr(HostRouter, name) for name in ("choose_features", "choose_pooled")}
 
-    def counting(self, obs, allowed=None):
-        a = choose(self, obs, allowed)
-        made.append(a is not None)
-        return a
+    def counting(name):
+        def call(self, *args, **kwargs):
+            a = originals[name](self, *args, **kwargs)
+            made.append(a is not None)
+            return a
 
-    with mock.patch.object(HostHead, "choose_hidden", counting):
+        return call
+
+    with mock.patch.multiple(HostRouter, **{name: counting(name) for name in originals}):
         ones = [rn.route(x[i : i + 1]) for i in range(len(x))]
+    assert (rn._host_router()._kernel() is not None) == (host_path == "compiled")
     return ones, float(np.mean(made)) if made else 0.0
 
 
 @pytest.mark.parametrize("env_id", IDS)
 @pytest.mark.parametrize("obs", ["features", "probe"])
-def test_one_image_at_a_time_routes_as_evaluate_does(env_id, obs):
+def test_one_image_at_a_time_routes_as_evaluate_does(env_id, obs, host_path):
     kw = _kwargs(env_id, obs=obs)
     env = gymnasium.make(env_id, **kw)
     head = _head(env.observation_space.shape[0], int(env.action_space.n), seed=4)
     result = dyncnn_gym.evaluate(head, env_id, per_image=True, **kw)
     rn = export(head, env_id, **kw)
     x = torch.as_tensor(kw["dataset"].test.images[:48])
-    ones, share = _one_by_one(rn, x)
+    ones, share = _one_by_one(rn, x, host_path)
     assert share > 0.9, "the host path should make almost every decision"
     im = result["images"]
     np.testing.assert_array_equal(torch.cat([o.actions for o in ones]).numpy(), im["actions"][:48])
@@ -309,7 +369,7 @@ def test_rows_the_host_cannot_call_are_decided_by_the_torch_head_in_a_batch(env_
 
 
 @pytest.mark.parametrize("env_id", ["DynChannel-v0", "DynSkip-v0"])
-def test_one_image_at_a_time_under_a_budget_and_after_the_head_changes(env_id):
+def test_one_image_at_a_time_under_a_budget_and_after_the_head_changes(env_id, host_path):
     kw = _kwargs(env_id, obs="probe")
     env = gymnasium.make(env_id, **kw)
     head = _head(env.observation_space.shape[0], int(env.action_space.n), seed=5)
@@ -320,16 +380,16 @@ def test_one_image_at_a_time_under_a_budget_and_after_the_head_changes(env_id):
     rb = export(head, env_id, budget=budget, **kw)
     for model in (rb, rn):
         whole = model.route(x)
-        ones, share = _one_by_one(model, x)
+        ones, share = _one_by_one(model, x, host_path)
         assert share > 0.9
         np.testing.assert_array_equal(torch.cat([o.actions for o in ones]).numpy(), whole.actions.numpy())
     assert (rb.last.flops_ratio <= budget + 1e-9).all()
     # a weight changed in place: the host form is rebuilt, and still routes as the batch does
-    before = torch.cat([o.actions for o in _one_by_one(rn, x)[0]])
+    before = torch.cat([o.actions for o in _one_by_one(rn, x, host_path)[0]])
     with torch.no_grad():
         rn.head.body.members[0][0][-1].bias.add_(torch.linspace(-3.0, 3.0, rn.A))
     whole = rn.route(x)
-    after = torch.cat([o.actions for o in _one_by_one(rn, x)[0]])
+    after = torch.cat([o.actions for o in _one_by_one(rn, x, host_path)[0]])
     assert torch.equal(after, whole.actions) and not torch.equal(after, before)
 
 
@@ -337,7 +397,7 @@ def test_one_image_at_a_time_under_a_budget_and_after_the_head_changes(env_id):
     "stages, arch, extra, seed, gain",
     [("width", "vgg", {"widths": (0, 2, 3)}, 6, 30.0), ("depth", "resnet8-exits", {}, 2, 1.0)],
 )
-def test_an_exit_model_one_image_at_a_time_routes_as_evaluate_does(stages, arch, extra, seed, gain):
+def test_an_exit_model_one_image_at_a_time_routes_as_evaluate_does(stages, arch, extra, seed, gain, host_path):
     kw = {"dataset": load_test_data("user12"), "backbone": make_net(arch, "user12"), "stages": stages, **extra}
     env = gymnasium.make("DynExit-v0", **kw)
     head = _head(env.observation_space.shape[0], 2, seed=seed)
@@ -346,7 +406,7 @@ def test_an_exit_model_one_image_at_a_time_routes_as_evaluate_does(stages, arch,
     result = dyncnn_gym.evaluate(head, "DynExit-v0", per_image=True, **kw)
     net = dyncnn_gym.export(head, "DynExit-v0", **kw)
     x = torch.as_tensor(kw["dataset"].test.images)
-    ones, share = _one_by_one(net, x)
+    ones, share = _one_by_one(net, x, host_path)
     assert share > 0.9, "the host path should make almost every decision"
     whole, share = _batch(net, x)
     assert share > 0.9, "the host path should make almost every decision of a batch"
@@ -360,7 +420,7 @@ def test_an_exit_model_one_image_at_a_time_routes_as_evaluate_does(stages, arch,
     assert len(set(im["exit"].tolist())) > 1, "the test head should exit images at different stages"
 
 
-def test_a_model_loaded_under_inference_mode_routes_one_image_at_a_time(tmp_path):
+def test_a_model_loaded_under_inference_mode_routes_one_image_at_a_time(tmp_path, host_path):
     kw = _kwargs("DynChannel-v0", obs="probe")
     env = gymnasium.make("DynChannel-v0", **kw)
     rn = export(_head(env.observation_space.shape[0], int(env.action_space.n), seed=7), "DynChannel-v0", **kw)
@@ -368,7 +428,7 @@ def test_a_model_loaded_under_inference_mode_routes_one_image_at_a_time(tmp_path
     x = torch.as_tensor(kw["dataset"].test.images[:16])
     with torch.inference_mode():
         again = dyncnn_gym.load_routed(path)
-        ones, share = _one_by_one(again, x)
+        ones, share = _one_by_one(again, x, host_path)
         whole = again.route(x)
     assert share > 0.9
     assert torch.equal(torch.cat([o.actions for o in ones]), whole.actions)
@@ -385,7 +445,7 @@ def test_a_model_loaded_under_inference_mode_routes_one_image_at_a_time(tmp_path
 
 @pytest.mark.parametrize("obs", ["features", "probe"])
 @pytest.mark.parametrize("budgeted", [False, True])
-def test_one_image_at_a_time_a_one_shot_head_plans_on_the_host_as_evaluate_does(obs, budgeted):
+def test_one_image_at_a_time_a_one_shot_head_plans_on_the_host_as_evaluate_does(obs, budgeted, host_path):
     kw = _kwargs("DynSkip-v0", obs=obs)
     env = gymnasium.make("DynSkip-v0", **kw)
     d, T = env.observation_space.shape[0], env.unwrapped.num_decisions
@@ -414,6 +474,7 @@ def test_one_image_at_a_time_a_one_shot_head_plans_on_the_host_as_evaluate_does(
     with mock.patch.object(HostRouter, "plan_features", counting):
         ones = [rn.route(x[i : i + 1]) for i in range(len(x))]
     assert len(planned) == len(x) and np.mean(planned) > 0.9, "the host should plan almost every image, once"
+    assert (rn._host_router()._kernel() is not None) == (host_path == "compiled")
     im = result["images"]
     np.testing.assert_array_equal(torch.cat([o.actions for o in ones]).numpy(), im["actions"][:48])
     np.testing.assert_array_equal(torch.cat([o.flops for o in ones]).numpy(), im["flops"][:48])
