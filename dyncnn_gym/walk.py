@@ -51,6 +51,18 @@ def cost_tensors(net: DynamicNet, mode: str) -> tuple[CostTable, torch.Tensor, t
     return hit
 
 
+def feature_widths(net: DynamicNet, mode: str) -> list[int]:
+    """``net.feature_widths(mode)``, cached with the cost table (a network's structure does not
+    change; on a ResNet the uncached call indexes every block, some 50 us, once per walk)."""
+    per_net = _COST_CACHE.get(net)
+    if per_net is None:
+        per_net = _COST_CACHE[net] = {}
+    hit = per_net.get(("widths", mode))
+    if hit is None:
+        hit = per_net[("widths", mode)] = tuple(net.feature_widths(mode))
+    return list(hit)
+
+
 class _Chunk:
     """Rows of a walk that share their previous action ``p``: sample indices ``rows`` (NumPy int64)
     and their feature map ``x`` ``[len(rows), c, H, W]`` (``c`` = what ``p`` computed).
@@ -92,7 +104,7 @@ class Walk:
         self.net, self.mode = net, mode
         self.table, self._steps, self._head = cost_tensors(net, mode)
         self.T, self.A = self.table.num_decisions, self.table.num_actions
-        self.widths = net.feature_widths(mode)
+        self.widths = feature_widths(net, mode)
         self._by_prev = net.decision_uses_prev(mode)
         self.t = 0
         self._logits: torch.Tensor | None = None
