@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -43,13 +44,24 @@ def enabled() -> bool:
 
 
 def kernel() -> Any:
-    """The compiled :func:`decide` (compiled on first use, once per process and argument types)."""
+    """The compiled :func:`decide` (compiled on first use, once per process and argument types), or
+    ``None`` with a warning when numba is installed but cannot be imported (e.g. built for another
+    NumPy): the NumPy host path then runs."""
     global _KERNEL
     if _KERNEL is None:
-        from numba import njit
-
-        _KERNEL = njit(nogil=True, cache=False)(decide)
-    return _KERNEL
+        try:
+            from numba import njit
+        except ImportError as e:
+            warnings.warn(
+                f"numba could not be imported ({e}); routing one image runs the NumPy host path"
+                f" (set {ENV_VAR}=0 to silence this)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            _KERNEL = False
+        else:
+            _KERNEL = njit(nogil=True, cache=False)(decide)
+    return _KERNEL or None
 
 
 def decide(feat, cl, inv, weight, bias, K, z, tail, ratio, conf, ws, bs, ops, params, cost, allowed, tol, out):  # noqa: PLR0912, PLR0913, PLR0915

@@ -497,3 +497,22 @@ def test_a_one_shot_heads_keep_logits_on_the_host_are_its_torch_logits_a_last_lo
             want = head.plan(torch.as_tensor(obs, dtype=torch.float32)).double().numpy()
         got = np.stack([host.scores(o) for o in obs])
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_without_an_importable_numba_one_image_routes_on_the_numpy_path_with_a_warning(monkeypatch):
+    """numba installed but not importable (built for another NumPy): a warning, then NumPy."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_numba(name, *args, **kwargs):
+        if name == "numba" or name.startswith("numba."):
+            raise ImportError("Numba needs NumPy 2.3 or less")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(native_router, "_KERNEL", None)
+    monkeypatch.setattr(builtins, "__import__", no_numba)
+    monkeypatch.setenv(native_router.ENV_VAR, "1")
+    with pytest.warns(RuntimeWarning, match="NumPy host path"):
+        assert native_router.kernel() is None
+    assert native_router.kernel() is None  # decided once per process
