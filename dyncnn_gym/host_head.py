@@ -468,12 +468,13 @@ class HostRouter:
         ws = self.head.native_program()[0]
         if not ws or not self._folded:
             return False
-        width = self._folded[0][0].shape[0] - self._classes
+        hidden = self._folded[0][0].shape[0] - self._classes
+        width = hidden
         for w in ws:
             if w.shape[1] != width:
                 return False
             width = w.shape[0]
-        return width == self.head.num_actions and self._tail.shape[0] == self._folded[0][0].shape[0] - self._classes
+        return width == self.head.num_actions and self._tail.shape[0] == hidden
 
     def _decide(
         self, kernel, t: int, m: tuple, ratio: float, z: np.ndarray, allowed: np.ndarray | None
@@ -484,9 +485,9 @@ class HostRouter:
         C = feat.shape[1] if cl else feat.shape[0]
         inv, weight = self._first(t, C, hw)
         ws, bs, ops, params, cost = self.head.native_program()  # type: ignore[misc]
-        out = np.empty(cost.shape[0])
         if weight is None or (allowed is not None and allowed.shape != cost.shape):
             return None, np.full(cost.shape[0], np.nan)
+        out = np.empty(cost.shape[0])
         a = kernel(
             feat, cl, inv, weight, self._folded[t][1], self._classes, z, self._tail, float(ratio), self.confidences,
             ws, bs, ops, params, cost, self._all if allowed is None else np.ascontiguousarray(allowed, dtype=bool), TOLERANCE, out,

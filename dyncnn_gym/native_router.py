@@ -3,8 +3,9 @@
 A decision of :class:`~dyncnn_gym.host_head.HostRouter` for one image is some twenty NumPy calls
 (pooling, ``tanh``, the folded first layer, the confidences, the policy's layers, the choice), each
 a microsecond or more of call overhead on arrays of a few dozen numbers, and slower still right
-after a convolution has filled the caches: 60-80 us per decision in a routed model, which at
-batch 1 is about as much as the convolution it decides on. :func:`decide` does the same arithmetic
+after a convolution has filled the caches: at batch 1 about as much as the convolution it decides
+on (the router overhead column of ``dyncnn-gym perf --routed-only``, with and without
+``DYNCNN_GYM_NATIVE=0``). :func:`decide` does the same arithmetic
 in float64 in one compiled call.
 
 Its scores differ from the NumPy path's and the torch head's by rounding only (the summation order
@@ -12,7 +13,7 @@ differs), so it keeps the host's rule: the action is returned only when it leads
 than :data:`~dyncnn_gym.host_head.TOLERANCE` of the scores' magnitudes, else the torch head
 decides. Actions, predictions and FLOPs stay those of :func:`dyncnn_gym.evaluate`.
 
-The kernel is compiled when a process first routes one image on the host (about 2 s; nothing is
+The kernel is compiled when a process first routes one image on the host (2-3 s; nothing is
 cached on disk, so no file is read). Without numba, or with the environment variable
 ``DYNCNN_GYM_NATIVE=0``, the host router runs its NumPy path.
 """
