@@ -345,6 +345,9 @@ class HostRouter:
         self.obs_dim = obs_dim
         self._all = np.ones(host.num_actions or 0, dtype=bool)
         self._native: Any = False  # the compiled decision, decided on first use (see _kernel)
+        self._programs: dict[tuple[int, int, int], tuple] = {}  # (t, C, H * W) -> the kernel's fixed arguments
+        self._nan = np.full(host.num_actions or 0, np.nan)
+        self._nan.flags.writeable = False
         self.confidences = confidences
         self.scales = [s.detach().double().cpu().numpy() for s in scales]
         self.probes = None
@@ -406,12 +409,12 @@ class HostRouter:
         the decision's width: the others are zero) and the FLOPs ratio spent (``allowed [A]`` bool or
         ``None``); ``None`` when the lead is too small to be sure (:meth:`HostHead.choose`) or the
         features are not a dense float32 map (the torch path then decides)."""
+        kernel = self._kernel()
+        if kernel is not None:
+            return self._decide(kernel, t, features, ratio, _NO_LOGITS, allowed)[0]
         m = _feature_rows(features)
         if m is None:
             return None
-        kernel = self._kernel()
-        if kernel is not None:
-            return self._decide(kernel, t, m, ratio, _NO_LOGITS, allowed)[0]
         x = self._hidden(t, _sums(m), m[2], ratio, None)
         return None if x is None else self.head.choose_hidden(x, allowed)
 
@@ -420,13 +423,13 @@ class HostRouter:
         each block runs, bool ``[T]``, from the observation of decision ``t`` (as
         :meth:`choose_features`) and the head's ``bias``; ``None`` when a keep logit is within
         :data:`TOLERANCE` of the bias, or not finite (the torch head then plans)."""
-        m = _feature_rows(features)
-        if m is None:
-            return None
         kernel = self._kernel()
         if kernel is not None:
-            scores = self._decide(kernel, t, m, ratio, _NO_LOGITS, None)[1]
+            scores = self._decide(kernel, t, features, ratio, _NO_LOGITS, None)[1]
         else:
+            m = _feature_rows(features)
+            if m is None:
+                return None
             x = self._hidden(t, _sums(m), m[2], ratio, None)
             if x is None:
                 return None
@@ -443,17 +446,16 @@ class HostRouter:
         confidences where the model has no probes (``None`` when either is not float32)."""
         if pooled.dtype != torch.float32:
             return None
-        sums = pooled.numpy()[0]
         kernel = self._kernel()
         if kernel is None:
-            x = self._hidden(t, sums, 1, ratio, logits)
+            x = self._hidden(t, pooled.numpy()[0], 1, ratio, logits)
             return None if x is None else self.head.choose_hidden(x, allowed)
         z = _NO_LOGITS
         if self.confidences and not self._classes:
             if logits is None or logits.dtype != torch.float32 or logits.shape[-1] < 2:
                 return None
             z = logits.numpy()[0].astype(np.float64)
-        return self._decide(kernel, t, (np.ascontiguousarray(sums).reshape(-1, 1), False, 1), ratio, z, allowed)[0]
+        return self._decide(kernel, t, pooled.reshape(1, -1, 1, 1), ratio, z, allowed)[0]
 
     def _kernel(self):
         """The compiled decision (:func:`dyncnn_gym.native_router.kernel`), or ``None`` (numba
@@ -477,22 +479,37 @@ class HostRouter:
         return width == self.head.num_actions and self._tail.shape[0] == hidden
 
     def _decide(
-        self, kernel, t: int, m: tuple, ratio: float, z: np.ndarray, allowed: np.ndarray | None
+        self, kernel, t: int, features: torch.Tensor, ratio: float, z: np.ndarray, allowed: np.ndarray | None
     ) -> tuple[int | None, np.ndarray]:
-        """The compiled decision ``t`` on feature rows ``m`` (:func:`_feature_rows`): the action
-        (``None`` when not sure) and the scores, float64 ``[A]``."""
-        feat, cl, hw = m
-        C = feat.shape[1] if cl else feat.shape[0]
-        inv, weight = self._first(t, C, hw)
-        ws, bs, ops, params, cost = self.head.native_program()  # type: ignore[misc]
-        if weight is None or (allowed is not None and allowed.shape != cost.shape):
-            return None, np.full(cost.shape[0], np.nan)
-        out = np.empty(cost.shape[0])
-        a = kernel(
-            feat, cl, inv, weight, self._folded[t][1], self._classes, z, self._tail, float(ratio), self.confidences,
-            ws, bs, ops, params, cost, self._all if allowed is None else np.ascontiguousarray(allowed, dtype=bool), TOLERANCE, out,
-        )  # fmt: skip
+        """The compiled decision ``t`` on one image's features ``[1, C, H, W]``: the action (``None``
+        when not sure, or for features that are not a dense float32 map) and the scores, float64
+        ``[A]`` (NaN where the kernel did not run)."""
+        f, shape = features, features.shape
+        if (
+            len(shape) != 4
+            or shape[0] != 1
+            or f.dtype is not torch.float32
+            or not (f.is_contiguous(memory_format=torch.channels_last) or f.is_contiguous())
+        ):
+            return None, self._nan
+        key = (t, shape[1], shape[2] * shape[3])
+        program = self._programs.get(key)
+        if program is None:
+            program = self._programs[key] = self._program(*key)
+        if not program or (allowed is not None and allowed.shape != self._all.shape):
+            return None, self._nan
+        out = np.empty(self._all.shape[0])
+        a = kernel(f.numpy(), ratio, z, self._all if allowed is None else np.ascontiguousarray(allowed, dtype=bool), out, *program)
         return (None if a < 0 else int(a)), out
+
+    def _program(self, t: int, C: int, hw: int) -> tuple:
+        """The kernel's arguments after the image's own for decision ``t`` on ``C`` channels of ``hw``
+        positions (empty where ``C`` exceeds the decision's width)."""
+        inv, weight = self._first(t, C, hw)
+        if weight is None:
+            return ()
+        ws, bs, ops, params, cost = self.head.native_program()  # type: ignore[misc]
+        return (inv, weight, self._folded[t][1], self._classes, self._tail, self.confidences, ws, bs, ops, params, cost, TOLERANCE)
 
     def _first(self, t: int, C: int, hw: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Decision ``t``'s ``1 / (scale * hw)`` for ``C`` channels and its folded first layer's

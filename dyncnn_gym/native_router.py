@@ -61,48 +61,50 @@ def kernel() -> Any:
             )
             _KERNEL = False
         else:
-            _KERNEL = njit(nogil=True, cache=False)(decide)
+            # sums may be reordered (vectorised) and fused; NaN and infinity keep their IEEE meaning,
+            # which the choice's finiteness check needs
+            _KERNEL = njit(nogil=True, cache=False, fastmath={"reassoc", "contract"})(decide)
     return _KERNEL or None
 
 
-def decide(feat, cl, inv, weight, bias, K, z, tail, ratio, conf, ws, bs, ops, params, cost, allowed, tol, out):  # noqa: PLR0912, PLR0913, PLR0915
+def decide(feat, ratio, z, allowed, out, inv, weight, bias, K, tail, conf, ws, bs, ops, params, cost, tol):  # noqa: PLR0912, PLR0913, PLR0915
     """One image's decision from its feature map, as :class:`~dyncnn_gym.host_head.HostRouter`
     makes it in NumPy (this is the Python source numba compiles; called uncompiled it gives the
     same result, slowly).
 
     Args:
-        feat: float32 feature map, ``[C, hw]`` (``cl`` False) or ``[hw, C]`` (``cl`` True, channels-last).
-        inv: float64 ``[C]``: ``1 / (scale * hw)`` per channel (the pooled mean over the scale).
+        feat: float32 feature map ``[1, C, H, W]``, any strides (channels-last is read in memory order).
+        ratio: the FLOPs ratio spent so far.
+        z: float64 logits ``[n >= 2]`` whose confidences are observed where ``K`` is 0 and ``conf``.
+        allowed: bool ``[A]``. out: float64 ``[A]``, receives the scores.
+        inv: float64 ``[C]``: ``1 / (scale * H * W)`` per channel (the pooled mean over the scale).
         weight, bias: the folded first layer, float64 ``[K + H, C]`` and ``[K + H]`` (``K`` probe rows first).
         K: number of probe classes (0: no probe; then ``z`` holds the logits when ``conf``).
-        z: float64 logits ``[n >= 2]`` whose confidences are observed where ``K`` is 0 and ``conf``.
         tail: float64 ``[H, 1]`` (the FLOPs ratio's column) or ``[H, 4]`` (3 confidences, ratio).
-        ratio: the FLOPs ratio spent so far.
         conf: whether the observation has the three confidences.
         ws, bs: the later linear layers' weights ``[out, in]`` and biases (float64), in order.
         ops, params: the steps after the first linear layer (:data:`LINEAR`, :data:`TANH`,
             :data:`RELU`, :data:`SIN` with its frequency in ``params``, :data:`LOGPROB`).
         cost: float64 ``[A]`` subtracted from the last scores (zeros without a cost bias).
-        allowed: bool ``[A]``. tol: the host's tolerance. out: float64 ``[A]``, receives the scores.
+        tol: the host's tolerance.
 
     Returns:
         the best allowed action, or -1 when its lead over the second is within ``tol`` of the
         scores' magnitudes, a score is not finite, or no action is allowed.
     """
-    if cl:
-        hw, C = feat.shape[0], feat.shape[1]
-    else:
-        C, hw = feat.shape[0], feat.shape[1]
+    C, Hh, Ww = feat.shape[1], feat.shape[2], feat.shape[3]
     ft = np.zeros(C)
-    if cl:
-        for p in range(hw):
-            for c in range(C):
-                ft[c] += feat[p, c]
+    if feat.strides[1] < feat.strides[3]:  # channels-last: channels vary fastest in memory
+        for i in range(Hh):
+            for j in range(Ww):
+                for c in range(C):
+                    ft[c] += feat[0, c, i, j]
     else:
         for c in range(C):
             s = 0.0
-            for p in range(hw):
-                s += feat[c, p]
+            for i in range(Hh):
+                for j in range(Ww):
+                    s += feat[0, c, i, j]
             ft[c] = s
     for c in range(C):
         ft[c] = np.tanh(ft[c] * inv[c])

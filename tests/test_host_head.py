@@ -245,12 +245,13 @@ def test_the_compiled_decision_computes_the_numpy_hosts_scores(case, probes):
     agreed = 0
     for i in range(100):
         t = i % T
-        x = torch.randn(1, widths[t] - (i % 3), 3, 3, generator=g).contiguous(memory_format=torch.channels_last)
-        m = (x.numpy()[0].transpose(1, 2, 0).reshape(9, -1), True, 9)
+        x = torch.randn(1, widths[t] - (i % 3), 3, 4, generator=g)
+        if i % 2:  # both layouts a feature map may have
+            x = x.contiguous(memory_format=torch.channels_last)
         logits = None if probes else torch.randn(1, 6, generator=g)
         z = torch.zeros(2, dtype=torch.float64).numpy() if probes else logits.numpy()[0].astype(np.float64)
-        action, scores = router._decide(kernel, t, m, i / 100, z, None)
-        want = router.head.scores_of_hidden(router._hidden(t, m[0].astype(np.float64).sum(0), 9, i / 100, logits))
+        action, scores = router._decide(kernel, t, x, i / 100, z, None)
+        want = router.head.scores_of_hidden(router._hidden(t, x.double().sum((0, 2, 3)).numpy(), 12, i / 100, logits))
         np.testing.assert_allclose(scores, want, rtol=1e-9, atol=1e-9)
         numpy_action = router.head.pick(want)
         if action is not None and numpy_action is not None:
