@@ -192,9 +192,9 @@ class ExitRoutedNet(nn.Module):
                 state[0] = tuple(s.index_select(1, keep) for s in state[0])
             allowed = None if self.budget is None else self.masks(walk)
             if host is not None:  # float32 NumPy; the torch head for the rows it cannot call
-                obs32 = host.observations(walk.t, walk.pooled, np.minimum(walk.flops / self.full, 1.0), walk.logits)
-                if obs32 is not None:
-                    acts, sure = host.choose_rows(obs32, allowed)
+                chosen = host.choose_batch(walk.t, walk.pooled, np.minimum(walk.flops / self.full, 1.0), walk.logits, allowed)
+                if chosen is not None:
+                    acts, sure = chosen
                     if not sure.all():
                         rows = np.flatnonzero(~sure)
                         obs = self._observe_rows(walk, rows)

@@ -16,8 +16,9 @@ that rounding (:data:`TOLERANCE` of the scores' magnitudes), or a keep logit is 
 one-shot head's bias, the host returns ``None`` and the caller runs the torch head. Actions,
 predictions and FLOPs stay those of :func:`dyncnn_gym.evaluate`.
 
-A batch of images takes the same route in float32 NumPy (:meth:`HostRouter.observations`,
-:meth:`HostHead.choose_rows`): at batch 64-256 the router's cost is its elementwise functions, and
+A batch of images takes the same route in float32 NumPy (:meth:`HostRouter.choose_batch`: the
+pooled features through the same folded first layer, then :meth:`HostHead.choose_hidden_rows`):
+at batch 64-256 the router's cost is its small matrix products and elementwise functions, and
 NumPy's float32 ``tanh`` is several times faster than torch's on the CPU. Float32 rounding on both
 sides is still some thousand times below :data:`TOLERANCE`; rows whose lead is not above it are
 decided by the torch head, as one image is.
@@ -185,8 +186,12 @@ class HostHead:
 
     def scores_rows(self, obs: np.ndarray) -> np.ndarray:
         """:meth:`scores` of a batch of observations ``obs [B, D]`` float32, in float32: ``[B, A]``."""
-        x = obs
-        for kind, w, b in self._steps32():
+        _, w, b = self._steps32()[0]
+        return self.scores_hidden_rows(_mm(obs, w, b))  # type: ignore[arg-type]
+
+    def scores_hidden_rows(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`scores_rows` from the first linear layer's outputs ``x [B, H]`` float32 (overwritten)."""
+        for kind, w, b in self._steps32()[1:]:
             if kind == "linear":
                 x = _mm(x, w, b)  # type: ignore[arg-type]
             elif kind == "tanh":
@@ -207,7 +212,15 @@ class HostHead:
         """:meth:`choose` for a batch ``obs [B, D]`` float32 (``allowed [B, A]`` bool or ``None``):
         ``(actions int64 [B], sure bool [B])``; a row that is not ``sure`` (a lead within
         :data:`TOLERANCE`, a score that is not finite, no allowed action) is for the torch head."""
-        s = self.scores_rows(obs)
+        return self.pick_rows(self.scores_rows(obs), allowed)
+
+    def choose_hidden_rows(self, x: np.ndarray, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`choose_rows` from the first linear layer's outputs ``x [B, H]`` float32 (overwritten)."""
+        return self.pick_rows(self.scores_hidden_rows(x), allowed)
+
+    @staticmethod
+    def pick_rows(s: np.ndarray, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`pick` for float32 scores ``s [B, A]``: ``(actions int64 [B], sure bool [B])``."""
         A = s.shape[1]
         finite = np.isfinite(s).all(1)
         if allowed is not None:
@@ -346,6 +359,7 @@ class HostRouter:
         self._all = np.ones(host.num_actions or 0, dtype=bool)
         self._native: Any = False  # the compiled decision, decided on first use (see _kernel)
         self._programs: dict[tuple[int, int, int], tuple] = {}  # (t, C, H * W) -> the kernel's fixed arguments
+        self._fold32: dict[tuple[int, int], tuple | None] = {}  # (t, C) -> choose_batch's float32 fold
         self._nan = np.full(host.num_actions or 0, np.nan)
         self._nan.flags.writeable = False
         self.confidences = confidences
@@ -357,12 +371,6 @@ class HostRouter:
             watched += [t for pair in probes for t in pair]
         self._watched = _watch(watched)
         self.onehots = list(onehots)
-        self.scales32 = [s.astype(np.float32) for s in self.scales]
-        self.probes32 = (
-            None
-            if self.probes is None
-            else [(torch.from_numpy(w.astype(np.float32)), torch.from_numpy(b.astype(np.float32))) for w, b in self.probes]
-        )
         w1, b1 = host.first_layer()
         self._classes = 0 if self.probes is None else int(self.probes[0][1].shape[0])
         # per decision: [probe weights; first-layer feature columns] [K + H, width], their biases
@@ -499,7 +507,9 @@ class HostRouter:
         if not program or (allowed is not None and allowed.shape != self._all.shape):
             return None, self._nan
         out = np.empty(self._all.shape[0])
-        a = kernel(f.numpy(), ratio, z, self._all if allowed is None else np.ascontiguousarray(allowed, dtype=bool), out, *program)
+        a = kernel(
+            f.numpy(), ratio, z, self._all if allowed is None else np.ascontiguousarray(allowed, dtype=bool), out, *program
+        )
         return (None if a < 0 else int(a)), out
 
     def _program(self, t: int, C: int, hw: int) -> tuple:
@@ -509,7 +519,20 @@ class HostRouter:
         if weight is None:
             return ()
         ws, bs, ops, params, cost = self.head.native_program()  # type: ignore[misc]
-        return (inv, weight, self._folded[t][1], self._classes, self._tail, self.confidences, ws, bs, ops, params, cost, TOLERANCE)
+        return (
+            inv,
+            weight,
+            self._folded[t][1],
+            self._classes,
+            self._tail,
+            self.confidences,
+            ws,
+            bs,
+            ops,
+            params,
+            cost,
+            TOLERANCE,
+        )
 
     def _first(self, t: int, C: int, hw: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Decision ``t``'s ``1 / (scale * hw)`` for ``C`` channels and its folded first layer's
@@ -547,37 +570,59 @@ class HostRouter:
         x += self._tail @ np.array((top, margin, entropy, ratio))
         return x
 
-    def observations(
-        self, t: int, pooled: torch.Tensor, ratio: np.ndarray, logits: torch.Tensor | None = None
-    ) -> np.ndarray | None:
-        """Decision ``t``'s observations of a batch, float32 ``[B, obs_dim]``, from the pooled features
-        ``[B, C]`` (CPU, float32), the FLOPs ratios spent ``[B]`` and, where the model has no probes,
-        the logits ``[B, K]`` whose confidences it observes; ``None`` for features or logits that are
-        not float32 (the torch path then builds them)."""
-        if pooled.dtype != torch.float32 or (
-            self.confidences and self.probes32 is None and (logits is None or logits.dtype != torch.float32)
-        ):
+    def choose_batch(
+        self,
+        t: int,
+        pooled: torch.Tensor,
+        ratio: np.ndarray,
+        logits: torch.Tensor | None = None,
+        allowed: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Decision ``t`` for a batch, in float32, without building its observations: the pooled
+        features ``[B, C]`` (CPU) through the folded first layer (:meth:`choose_features`' fold, the
+        probe's logits in the same product), the FLOPs ratios spent ``[B]`` and, where the model
+        has no probes, the logits ``[B, K]`` whose confidences it observes. Returns
+        :meth:`HostHead.choose_hidden_rows`' ``(actions, sure)``, or ``None`` for features or logits
+        that are not float32 or wider than the decision (the torch path then decides)."""
+        K = self._classes
+        if pooled.dtype != torch.float32 or (self.confidences and not K and (logits is None or logits.dtype != torch.float32)):
             return None
-        B, w = pooled.shape
-        obs = np.zeros((B, self.obs_dim), dtype=np.float32)
-        obs[:, self.onehots[t]] = 1.0
-        ft = obs[:, :w]
-        np.divide(pooled.numpy(), self.scales32[t][:w], out=ft)
+        B, C = pooled.shape
+        folded = self._first32(t, C)
+        if folded is None:
+            return None
+        inv, weight, bias, tail = folded
+        ft = pooled.numpy() * inv
         np.tanh(ft, out=ft)
-        if self.confidences:
-            if self.probes32 is not None:
-                pw, pb = self.probes32[t]
-                z = _mm(ft, pw[:w], pb)
-            else:
-                z = logits.numpy()  # type: ignore[union-attr]
-            d = self.obs_dim
-            obs[:, d - 4], obs[:, d - 3], obs[:, d - 2] = confidence_rows(z)
-        obs[:, -1] = ratio
-        return obs
+        x = _mm(ft, weight, bias)
+        r = ratio.astype(np.float32).reshape(B, 1)
+        if not self.confidences:
+            h = x
+            h += r * tail[0].numpy()
+        else:
+            z, h = (x[:, :K], x[:, K:]) if K else (logits.numpy(), x)  # type: ignore[union-attr]
+            top, margin, entropy = confidence_rows(z)
+            h += _mm(np.concatenate([top[:, None], margin[:, None], entropy[:, None], r], 1).astype(np.float32), tail)
+        return self.head.choose_hidden_rows(h, allowed)
 
-    def choose_rows(self, obs: np.ndarray, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`HostHead.choose_rows`."""
-        return self.head.choose_rows(obs, allowed)
+    def _first32(self, t: int, C: int) -> tuple | None:
+        """:meth:`choose_batch`'s float32 fold for decision ``t`` on ``C`` channels: ``1 / scale``
+        ``[C]`` (NumPy), the folded first layer as ``[C, K + H]`` and its bias (torch, for
+        :func:`_mm`), the tail columns ``[1 or 4, H]`` (torch); ``None`` where ``C`` exceeds the
+        decision's width."""
+        key = (t, C)
+        hit = self._fold32.get(key)
+        if hit is None and key not in self._fold32:
+            weight, bias, _ = self._folded[t]
+            if C <= weight.shape[1]:
+                hit = (
+                    (1.0 / self.scales[t][:C]).astype(np.float32),
+                    _mm_weight(weight[:, :C]),
+                    torch.from_numpy(bias.astype(np.float32)),
+                    _mm_weight(self._tail),
+                )
+            self._fold32[key] = hit
+        return hit
 
 
 def cached_router(model: object, build) -> HostRouter | None:

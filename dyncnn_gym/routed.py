@@ -396,9 +396,9 @@ class RoutedNet(nn.Module):
                     return a
             elif host is not None and B > 1 and not self.one_shot:  # a batch: float32 NumPy; rows it cannot call: torch
                 pooled, flops = walk.pooled(), walk.flops.numpy()
-                obs32 = host.observations(walk.t, pooled, np.minimum(flops / self.full, 1.0))
-                if obs32 is not None:
-                    acts, sure = host.choose_rows(obs32, allowed)
+                chosen = host.choose_batch(walk.t, pooled, np.minimum(flops / self.full, 1.0), None, allowed)
+                if chosen is not None:
+                    acts, sure = chosen
                     if not sure.all():
                         rows = np.flatnonzero(~sure)
                         obs = self._observation(

@@ -305,14 +305,14 @@ def test_one_image_at_a_time_routes_as_evaluate_does(env_id, obs, host_path):
 def _batch(rn, x):
     """Route ``x`` as one batch, counting the rows the host path decided."""
     made = []
-    choose_rows = HostHead.choose_rows
+    pick_rows = HostHead.pick_rows
 
-    def counting(self, obs, allowed=None):
-        acts, sure = choose_rows(self, obs, allowed)
+    def counting(scores, allowed=None):
+        acts, sure = pick_rows(scores, allowed)
         made.extend(sure.tolist())
         return acts, sure
 
-    with mock.patch.object(HostHead, "choose_rows", counting):
+    with mock.patch.object(HostHead, "pick_rows", staticmethod(counting)):
         out = rn.route(x)
     return out, float(np.mean(made)) if made else 0.0
 
@@ -353,16 +353,16 @@ def test_rows_the_host_cannot_call_are_decided_by_the_torch_head_in_a_batch(env_
     head = _head(env.observation_space.shape[0], int(env.action_space.n), seed=2 if env_id == "DynExit-v0" else 8)
     result = dyncnn_gym.evaluate(head, env_id, per_image=True, **kw)
     rn = dyncnn_gym.export(head, env_id, **kw)
-    choose_rows = HostHead.choose_rows
+    pick_rows = HostHead.pick_rows
 
-    def every_other_row(self, obs, allowed=None):
-        acts, sure = choose_rows(self, obs, allowed)
+    def every_other_row(scores, allowed=None):
+        acts, sure = pick_rows(scores, allowed)
         acts = acts.copy()
         acts[::2] = -1  # wrong on purpose: the torch head must overwrite these rows
         sure[::2] = False
         return acts, sure
 
-    with mock.patch.object(HostHead, "choose_rows", every_other_row):
+    with mock.patch.object(HostHead, "pick_rows", staticmethod(every_other_row)):
         out = rn.route(torch.as_tensor(kw["dataset"].test.images))
     np.testing.assert_array_equal(out.actions.numpy(), result["images"]["actions"])
     np.testing.assert_array_equal(out.flops.numpy(), result["images"]["flops"])
