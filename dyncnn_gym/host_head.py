@@ -602,7 +602,7 @@ class HostRouter:
         else:
             z, h = (x[:, :K], x[:, K:]) if K else (logits.numpy(), x)  # type: ignore[union-attr]
             top, margin, entropy = confidence_rows(z)
-            h += _mm(np.concatenate([top[:, None], margin[:, None], entropy[:, None], r], 1).astype(np.float32), tail)
+            h += _mm(np.column_stack((top, margin, entropy, r)), tail)  # float32, as z
         return self.head.choose_hidden_rows(h, allowed)
 
     def _first32(self, t: int, C: int) -> tuple | None:
@@ -611,18 +611,19 @@ class HostRouter:
         :func:`_mm`), the tail columns ``[1 or 4, H]`` (torch); ``None`` where ``C`` exceeds the
         decision's width."""
         key = (t, C)
-        hit = self._fold32.get(key)
-        if hit is None and key not in self._fold32:
-            weight, bias, _ = self._folded[t]
-            if C <= weight.shape[1]:
-                hit = (
-                    (1.0 / self.scales[t][:C]).astype(np.float32),
-                    _mm_weight(weight[:, :C]),
-                    torch.from_numpy(bias.astype(np.float32)),
+        if key not in self._fold32:
+            inv, cols = self._first(t, C, 1)
+            self._fold32[key] = (
+                None
+                if cols is None
+                else (
+                    inv.astype(np.float32),
+                    _mm_weight(cols),
+                    torch.from_numpy(self._folded[t][1].astype(np.float32)),
                     _mm_weight(self._tail),
                 )
-            self._fold32[key] = hit
-        return hit
+            )
+        return self._fold32[key]
 
 
 def cached_router(model: object, build) -> HostRouter | None:
