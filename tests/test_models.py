@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import randomize_bn
 from torch.utils.flop_counter import FlopCounterMode
 
-from dyncnn_gym.models import ARCHS, MODES, ChannelVGG, CostTable, DynamicNet, ResNet, build
+from dyncnn_gym.models import ARCHS, MODES, ChannelVGG, CostTable, DynamicNet, ResNet, build, layers
+from dyncnn_gym.models.layers import max_pool2x2
 from dyncnn_gym.models.resnet import RESNET_DEPTHS
 from dyncnn_gym.models.vgg import VGG_CONFIGS
 from dyncnn_gym.walk import run_routes
@@ -20,6 +23,35 @@ def counted_full(net, mode, x):
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         out = net.full_forward(x, mode)
     return out, fc.get_total_flops()
+
+
+# ------------------------------------------------------------------------------ inference pooling
+
+
+@pytest.mark.parametrize(
+    ("shape", "channels_last", "native"),
+    [
+        ((1, 16, 8, 8), False, True),
+        ((1, 16, 8, 8), True, True),
+        ((1, 16, 32, 32), False, False),  # 16,384 numbers: NCHW above a quarter of NATIVE_POOL_MAX
+        ((1, 16, 32, 32), True, True),
+        ((2, 8, 31, 33), True, True),  # odd sizes: trailing rows and columns dropped
+        ((2, 8, 31, 33), False, False),
+        ((4, 64, 16, 16), True, False),
+        ((64, 16, 9, 8), True, False),
+    ],
+)
+def test_inference_pooling_equals_max_pool2d_on_both_sides_of_the_native_threshold(monkeypatch, shape, channels_last, native):
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    expected = F.max_pool2d(x, 2)
+    calls = []
+    monkeypatch.setattr(layers, "F", SimpleNamespace(max_pool2d=lambda *a: calls.append(a) or F.max_pool2d(*a)))
+    y = max_pool2x2(x)
+    assert torch.equal(y, expected)
+    assert bool(calls) == native
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
 # ------------------------------------------------------------------------------ ResNets
