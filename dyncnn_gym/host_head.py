@@ -338,8 +338,8 @@ class HostRouter:
     One image never has its observation built: :meth:`choose_features` pools the feature map with
     one NumPy matrix-vector product and runs the head's first layer folded per decision (its
     one-hot column and bias in one vector, the probe's weights stacked on the feature columns), so
-    that a decision costs about a dozen NumPy calls. A batch builds float32 observations
-    (:meth:`observations`).
+    that a decision costs one compiled call (:mod:`dyncnn_gym.native_router`) or about a dozen
+    NumPy calls. A batch goes through the same fold in float32 (:meth:`choose_batch`).
 
     Build it with :meth:`of` (``None`` when the head has no host form); :meth:`stale` says whether a
     weight, scale or probe changed in place since.
@@ -451,7 +451,8 @@ class HostRouter:
         self, t: int, pooled: torch.Tensor, ratio: float, logits: torch.Tensor | None = None, allowed: np.ndarray | None = None
     ) -> int | None:
         """:meth:`choose_features` from pooled features ``[1, C]``; ``logits [1, K]`` give the
-        confidences where the model has no probes (``None`` when either is not float32)."""
+        confidences where the model has no probes (``None`` when either is not float32, or for
+        logits of fewer than 2 classes)."""
         if pooled.dtype != torch.float32:
             return None
         kernel = self._kernel()
@@ -547,7 +548,7 @@ class HostRouter:
     def _hidden(self, t: int, sums: np.ndarray, hw: int, ratio: float, logits: torch.Tensor | None) -> np.ndarray | None:
         """The head's first layer applied to decision ``t``'s observation without building it, from
         per-channel sums ``[C]`` of ``hw`` positions each: float64 ``[H]``, or ``None`` where the
-        confidences would come from ``logits`` that are missing or not float32."""
+        confidences would come from ``logits`` that are missing, not float32 or of fewer than 2 classes."""
         bias = self._folded[t][1]
         inv, weight = self._first(t, sums.shape[0], hw)
         if weight is None:
@@ -563,7 +564,7 @@ class HostRouter:
         if K:
             z, x = x[:K], x[K:]
         else:
-            if logits is None or logits.dtype != torch.float32:
+            if logits is None or logits.dtype != torch.float32 or logits.shape[-1] < 2:
                 return None
             z = logits.numpy()[0].astype(np.float64)
         top, margin, entropy = confidence_host(z)
@@ -583,9 +584,12 @@ class HostRouter:
         probe's logits in the same product), the FLOPs ratios spent ``[B]`` and, where the model
         has no probes, the logits ``[B, K]`` whose confidences it observes. Returns
         :meth:`HostHead.choose_hidden_rows`' ``(actions, sure)``, or ``None`` for features or logits
-        that are not float32 or wider than the decision (the torch path then decides)."""
+        that are not float32, logits of fewer than 2 classes, or features wider than the decision
+        (the torch path then decides)."""
         K = self._classes
-        if pooled.dtype != torch.float32 or (self.confidences and not K and (logits is None or logits.dtype != torch.float32)):
+        if pooled.dtype != torch.float32 or (
+            self.confidences and not K and (logits is None or logits.dtype != torch.float32 or logits.shape[-1] < 2)
+        ):
             return None
         B, C = pooled.shape
         folded = self._first32(t, C)

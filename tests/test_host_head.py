@@ -517,3 +517,18 @@ def test_without_an_importable_numba_one_image_routes_on_the_numpy_path_with_a_w
     with pytest.warns(RuntimeWarning, match="NumPy host path"):
         assert native_router.kernel() is None
     assert native_router.kernel() is None  # decided once per process
+
+
+def test_logits_of_one_class_are_left_to_the_torch_head_on_every_host_path(host_path):
+    """Confidences need at least two classes: the compiled, NumPy and batch paths all decline."""
+    widths, T, d = [8, 10], 2, 15
+    head, A = _kernel_case_head("tanh-relu-cost")
+    scales = [torch.rand(w) + 0.5 for w in widths]
+    router = HostRouter.of(head, A, scales, [10 + t for t in range(T)], d, None, confidences=True)
+    pooled = torch.randn(1, 8)
+    assert router.choose_pooled(0, pooled, 0.5, torch.randn(1, 1)) is None
+    sums = pooled.double().numpy()[0]
+    assert router._hidden(0, sums, 1, 0.5, torch.randn(1, 1)) is None
+    assert router._hidden(0, sums, 1, 0.5, torch.randn(1, 3)) is not None
+    assert router.choose_batch(0, torch.randn(4, 8), np.full(4, 0.5), torch.randn(4, 1)) is None
+    assert router.choose_batch(0, torch.randn(4, 8), np.full(4, 0.5), torch.randn(4, 3)) is not None
