@@ -86,6 +86,8 @@ def _mm(x: np.ndarray, w: torch.Tensor, b: torch.Tensor | None = None) -> np.nda
 
 
 _NO_LOGITS = np.zeros(2)
+_NO_ROWS = np.zeros((0, 0), dtype=np.float32)  # the batch kernel's logits where it observes none
+_NO_MASK = np.zeros((0, 0), dtype=bool)
 
 
 def _feature_rows(features: torch.Tensor) -> tuple[np.ndarray, bool, int] | None:
@@ -273,6 +275,22 @@ class HostHead:
             )
         return hit
 
+    def native_program32(self) -> tuple:
+        """:meth:`native_program` in float32 (the step codes and parameters unchanged), for
+        :func:`dyncnn_gym.native_router.decide_rows`, made once."""
+        hit = self.__dict__.get("_native32")
+        if hit is None:
+            ws, bs, ops, params, cost = self.native_program()
+            f32 = np.float32
+            hit = self.__dict__["_native32"] = (
+                tuple(w.astype(f32) for w in ws),
+                tuple(b.astype(f32) for b in bs),
+                ops,
+                params,
+                cost.astype(f32),
+            )
+        return hit
+
     def scores_of_hidden(self, x: np.ndarray) -> np.ndarray:
         """:meth:`scores` from the first linear layer's output ``x [H]`` (float64, overwritten)."""
         for kind, w, b in self._steps[1:]:
@@ -358,6 +376,8 @@ class HostRouter:
         self.obs_dim = obs_dim
         self._all = np.ones(host.num_actions or 0, dtype=bool)
         self._native: Any = False  # the compiled decision, decided on first use (see _kernel)
+        self._native_rows: Any = False  # the compiled batch decision (see _rows_kernel)
+        self._rows32: dict[tuple[int, int], tuple | None] = {}  # (t, C) -> its fixed arguments
         self._programs: dict[tuple[int, int, int], tuple] = {}  # (t, C, H * W) -> the kernel's fixed arguments
         self._fold32: dict[tuple[int, int], tuple | None] = {}  # (t, C) -> choose_batch's float32 fold
         self._nan = np.full(host.num_actions or 0, np.nan)
@@ -472,6 +492,13 @@ class HostRouter:
         if self._native is False:
             self._native = native_router.kernel() if native_router.enabled() and self._chains() else None
         return self._native
+
+    def _rows_kernel(self):
+        """The compiled batch decision (:func:`dyncnn_gym.native_router.rows_kernel`), or ``None``
+        (as :meth:`_kernel`)."""
+        if self._native_rows is False:
+            self._native_rows = native_router.rows_kernel() if native_router.enabled() and self._chains() else None
+        return self._native_rows
 
     def _chains(self) -> bool:
         """Whether the policy's layers chain (each linear layer reads what the one before it
@@ -592,6 +619,24 @@ class HostRouter:
         ):
             return None
         B, C = pooled.shape
+        kernel = self._rows_kernel()
+        if kernel is not None:
+            program = self._program32(t, C)
+            if program is None:
+                return None
+            z = np.ascontiguousarray(logits.numpy()) if self.confidences and not K else _NO_ROWS  # type: ignore[union-attr]
+            masked = allowed is not None
+            acts = np.empty(B, dtype=np.int64)
+            kernel(
+                np.ascontiguousarray(pooled.numpy()),
+                ratio.astype(np.float32),
+                z,
+                np.ascontiguousarray(allowed, dtype=bool) if masked else _NO_MASK,
+                masked,
+                acts,
+                *program,
+            )
+            return acts, acts >= 0
         folded = self._first32(t, C)
         if folded is None:
             return None
@@ -608,6 +653,33 @@ class HostRouter:
             top, margin, entropy = confidence_rows(z)
             h += _mm(np.column_stack((top, margin, entropy, r)), tail)  # float32, as z
         return self.head.choose_hidden_rows(h, allowed)
+
+    def _program32(self, t: int, C: int) -> tuple | None:
+        """:func:`~dyncnn_gym.native_router.decide_rows`' arguments after the batch's own for decision
+        ``t`` on ``C`` channels (float32), or ``None`` where ``C`` exceeds the decision's width."""
+        key = (t, C)
+        if key not in self._rows32:
+            inv, cols = self._first(t, C, 1)
+            program = None
+            if cols is not None:
+                ws, bs, ops, params, cost = self.head.native_program32()
+                f32 = np.float32
+                program = (
+                    inv.astype(f32),
+                    cols.astype(f32),
+                    self._folded[t][1].astype(f32),
+                    self._classes,
+                    self._tail.astype(f32),
+                    self.confidences,
+                    ws,
+                    bs,
+                    ops,
+                    params,
+                    cost,
+                    TOLERANCE,
+                )
+            self._rows32[key] = program
+        return self._rows32[key]
 
     def _first32(self, t: int, C: int) -> tuple | None:
         """:meth:`choose_batch`'s float32 fold for decision ``t`` on ``C`` channels: ``1 / scale``

@@ -1,4 +1,4 @@
-"""One image's routing decision as one compiled kernel (numba), for the host router at batch 1.
+"""One image's routing decision, and a batch's, as one compiled kernel each (numba), for the host router.
 
 A decision of :class:`~dyncnn_gym.host_head.HostRouter` for one image is some twenty NumPy calls
 (pooling, ``tanh``, the folded first layer, the confidences, the policy's layers, the choice), each
@@ -6,16 +6,19 @@ a microsecond or more of call overhead on arrays of a few dozen numbers, and slo
 after a convolution has filled the caches: at batch 1 about as much as the convolution it decides
 on (the router overhead column of ``dyncnn-gym perf --routed-only``, with and without
 ``DYNCNN_GYM_NATIVE=0``). :func:`decide` does the same arithmetic
-in float64 in one compiled call.
+in float64 in one compiled call. :func:`decide_rows` does a batch's decision (pooled features in,
+actions out) in float32, row by row, in one call instead of some forty NumPy and torch calls; its
+``tanh`` is a rational approximation (:func:`tanh32`, a few float32 ulp) that the compiler
+vectorises, where the C library's would be one call per number.
 
 Its scores differ from the NumPy path's and the torch head's by rounding only (the summation order
 differs), so it keeps the host's rule: the action is returned only when it leads the second by more
 than :data:`~dyncnn_gym.host_head.TOLERANCE` of the scores' magnitudes, else the torch head
 decides. Actions, predictions and FLOPs stay those of :func:`dyncnn_gym.evaluate`.
 
-The kernel is compiled when a process first routes one image on the host (2-3 s; nothing is
-cached on disk, so no file is read). Without numba, or with the environment variable
-``DYNCNN_GYM_NATIVE=0``, the host router runs its NumPy path.
+Each kernel is compiled when a process first uses it (2-3 s; nothing is cached on disk, so no
+file is read). Without numba, or with the environment variable ``DYNCNN_GYM_NATIVE=0``, the host
+router runs its NumPy path.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ ENV_VAR = "DYNCNN_GYM_NATIVE"
 #: step codes of a policy's program after its first linear layer (see :func:`decide`)
 LINEAR, TANH, RELU, SIN, LOGPROB = 0, 1, 2, 3, 4
 
-_KERNEL: Any = None
+#: compiled kernels by name (``False``: numba could not be imported)
+_COMPILED: dict[str, Any] = {}
 
 
 def enabled() -> bool:
@@ -48,23 +52,35 @@ def kernel() -> Any:
     """The compiled :func:`decide` (compiled on first use, once per process and argument types), or
     ``None`` with a warning when numba is installed but cannot be imported (e.g. built for another
     NumPy): the NumPy host path then runs."""
-    global _KERNEL
-    if _KERNEL is None:
+    return _compiled("decide")
+
+
+def rows_kernel() -> Any:
+    """The compiled :func:`decide_rows` (as :func:`kernel`)."""
+    return _compiled("decide_rows")
+
+
+def _compiled(name: str) -> Any:
+    hit = _COMPILED.get(name)
+    if hit is None:
         try:
             from numba import njit
         except ImportError as e:
             warnings.warn(
-                f"numba could not be imported ({e}); routing one image runs the NumPy host path"
-                f" (set {ENV_VAR}=0 to silence this)",
+                f"numba could not be imported ({e}); routing runs the NumPy host path (set {ENV_VAR}=0 to silence this)",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-            _KERNEL = False
+            hit = False
         else:
             # sums may be reordered (vectorised) and fused; NaN and infinity keep their IEEE meaning,
             # which the choice's finiteness check needs
-            _KERNEL = njit(nogil=True, cache=False, fastmath={"reassoc", "contract"})(decide)
-    return _KERNEL or None
+            fastmath = {"reassoc", "contract"}
+            if name == "decide_rows":  # the kernel calls tanh32 by its global name: compiled, inlined
+                globals()["tanh32"] = njit(inline="always", fastmath=fastmath)(_tanh32)
+            hit = njit(nogil=True, cache=False, fastmath=fastmath)(globals()[name])
+        _COMPILED[name] = hit
+    return hit or None
 
 
 def decide(feat, ratio, z, allowed, out, inv, weight, bias, K, tail, conf, ws, bs, ops, params, cost, tol):  # noqa: PLR0912, PLR0913, PLR0915
@@ -205,4 +221,146 @@ def decide(feat, ratio, z, allowed, out, inv, weight, bias, K, tail, conf, ws, b
     return pick
 
 
-__all__ = ["ENV_VAR", "decide", "enabled", "kernel"]
+def _tanh32(x):
+    """``tanh(x)`` for a float32 ``x``: Eigen's rational approximation (a few float32 ulp; exact 0 at 0,
+    +-1 beyond +-7.9), branch-free so that loops of it vectorise."""
+    c = np.float32(7.90531110763549805)
+    x = min(max(x, -c), c)
+    x2 = x * x
+    p = x2 * np.float32(-2.76076847742355e-16) + np.float32(2.00018790482477e-13)
+    p = x2 * p + np.float32(-8.60467152213735e-11)
+    p = x2 * p + np.float32(5.12229709037114e-08)
+    p = x2 * p + np.float32(1.48572235717979e-05)
+    p = x2 * p + np.float32(6.37261928875436e-04)
+    p = x2 * p + np.float32(4.89352455891786e-03)
+    q = x2 * np.float32(1.19825839466702e-06) + np.float32(1.18534705686654e-04)
+    q = x2 * q + np.float32(2.26843463243900e-03)
+    q = x2 * q + np.float32(4.89352518554385e-03)
+    return x * p / q
+
+
+tanh32 = _tanh32  # replaced by its compiled form when decide_rows is compiled (see _compiled)
+
+
+def decide_rows(pooled, ratio, z, allowed, masked, acts, inv, weight, bias, K, tail, conf, ws, bs, ops, params, cost, tol):  # noqa: PLR0912, PLR0913, PLR0915
+    """A batch's decision from its pooled features, in float32, row by row: :func:`decide`'s
+    arithmetic, as :meth:`~dyncnn_gym.host_head.HostRouter.choose_batch` makes it in NumPy.
+
+    Args:
+        pooled: float32 ``[B, C]``, the feature maps' means. ratio: float32 ``[B]``, FLOPs ratios spent.
+        z: float32 logits ``[B, n >= 2]`` whose confidences are observed where ``K`` is 0 and ``conf``
+            (else any 2-D float32 array).
+        allowed, masked: bool ``[B, A]`` and whether to apply it (else any 2-D bool array).
+        acts: int64 ``[B]``, receives each row's action, or -1 where the torch head must decide.
+        inv: float32 ``[C]``, ``1 / scale``. weight, bias: the folded first layer, float32
+            ``[K + H, C]`` and ``[K + H]`` (the ``K`` probe rows first).
+        K, conf, ops, params, tol: as for :func:`decide`; ``tail`` as there, float32.
+        ws, bs: the later linear layers, float32 ``[out, in]`` and ``[out]``. cost: float32 ``[A]``.
+    """
+    B, C = pooled.shape
+    R = weight.shape[0]
+    H = R - K
+    A = cost.shape[0]
+    width = H
+    for w in ws:
+        width = max(width, w.shape[0])
+    ft = np.empty(C, dtype=np.float32)
+    x = np.empty(R, dtype=np.float32)
+    cur = np.empty(width, dtype=np.float32)
+    nxt = np.empty(width, dtype=np.float32)
+    log_a = np.log(A)
+    for b in range(B):
+        for c in range(C):
+            ft[c] = tanh32(pooled[b, c] * inv[c])
+        for r in range(R):
+            s = np.float32(0.0)
+            for c in range(C):
+                s += weight[r, c] * ft[c]
+            x[r] = s + bias[r]
+        n = H
+        for j in range(H):
+            cur[j] = x[K + j]
+        if not conf:
+            rb = ratio[b]
+            for j in range(H):
+                cur[j] += rb * tail[j, 0]
+        else:
+            zz = x[:K] if K > 0 else z[b]
+            nz = zz.shape[0]
+            m = zz[0]
+            for i in range(1, nz):
+                m = max(m, zz[i])
+            total = 0.0
+            for i in range(nz):
+                total += np.exp(np.float64(zz[i] - m))
+            top = 0.0
+            second = 0.0
+            ent = 0.0
+            for i in range(nz):
+                p = np.exp(np.float64(zz[i] - m)) / total
+                if p > top:
+                    second = top
+                    top = p
+                elif p > second:
+                    second = p
+                ent -= p * np.log(p if p > 1e-12 else 1e-12)
+            ent /= np.log(nz)
+            c0, c1, c2, c3 = np.float32(top), np.float32(top - second), np.float32(ent), ratio[b]
+            for j in range(H):
+                cur[j] += tail[j, 0] * c0 + tail[j, 1] * c1 + tail[j, 2] * c2 + tail[j, 3] * c3
+        layer = 0
+        for k in range(ops.shape[0]):
+            op = ops[k]
+            if op == 0:
+                w = ws[layer]
+                bb = bs[layer]
+                layer += 1
+                out = w.shape[0]
+                for r in range(out):
+                    s = np.float32(0.0)
+                    for c in range(n):
+                        s += w[r, c] * cur[c]
+                    nxt[r] = s + bb[r]
+                n = out
+                for r in range(n):
+                    cur[r] = nxt[r]
+            elif op == 1:
+                for j in range(n):
+                    cur[j] = tanh32(cur[j])
+            elif op == 2:
+                for j in range(n):
+                    cur[j] = max(cur[j], np.float32(0.0))
+            elif op == 3:
+                f = np.float32(params[k])
+                for j in range(n):
+                    cur[j] = np.sin(f * cur[j])
+            else:
+                m = cur[0]
+                for j in range(1, n):
+                    m = max(m, cur[j])
+                total = 0.0
+                for j in range(n):
+                    total += np.exp(np.float64(cur[j] - m))
+                shift = np.float32(m + np.log(total))
+                for j in range(n):
+                    cur[j] -= shift
+        best = -np.inf
+        second = -np.inf
+        pick = -1
+        for i in range(A):
+            v = np.float64(cur[i] - cost[i])
+            if not np.isfinite(v):
+                pick = -2
+            elif pick > -2 and (not masked or allowed[b, i]):
+                if v > best:
+                    second = best
+                    best = v
+                    pick = i
+                elif v > second:
+                    second = v
+        if pick >= 0 and second != -np.inf and best - second <= tol * (1.0 + abs(best) + abs(second) + log_a):
+            pick = -1
+        acts[b] = max(pick, -1)
+
+
+__all__ = ["ENV_VAR", "decide", "decide_rows", "enabled", "kernel", "rows_kernel", "tanh32"]

@@ -9,6 +9,7 @@ image and as a batch.
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from unittest import mock
 
@@ -302,25 +303,28 @@ def test_one_image_at_a_time_routes_as_evaluate_does(env_id, obs, host_path):
     assert len({tuple(r) for r in im["actions"][:48].tolist()}) > 1, "the test head should route images differently"
 
 
-def _batch(rn, x):
-    """Route ``x`` as one batch, counting the rows the host path decided."""
+def _batch(rn, x, host_path: str):
+    """Route ``x`` as one batch, counting the rows the host path decided (compiled or NumPy, as
+    ``host_path`` says: checked)."""
     made = []
-    pick_rows = HostHead.pick_rows
+    choose_batch = HostRouter.choose_batch
 
-    def counting(scores, allowed=None):
-        acts, sure = pick_rows(scores, allowed)
-        made.extend(sure.tolist())
-        return acts, sure
+    def counting(self, *args, **kwargs):
+        chosen = choose_batch(self, *args, **kwargs)
+        if chosen is not None:
+            made.extend(chosen[1].tolist())
+        return chosen
 
-    with mock.patch.object(HostHead, "pick_rows", staticmethod(counting)):
+    with mock.patch.object(HostRouter, "choose_batch", counting):
         out = rn.route(x)
+    assert (rn._host_router()._rows_kernel() is not None) == (host_path == "compiled")
     return out, float(np.mean(made)) if made else 0.0
 
 
 @pytest.mark.parametrize("env_id", IDS)
 @pytest.mark.parametrize("obs", ["features", "probe"])
 @pytest.mark.parametrize("budgeted", [False, True])
-def test_a_batch_routes_as_evaluate_does(env_id, obs, budgeted):
+def test_a_batch_routes_as_evaluate_does(env_id, obs, budgeted, host_path):
     kw = _kwargs(env_id, obs=obs)
     env = gymnasium.make(env_id, **kw)
     head = _head(env.observation_space.shape[0], int(env.action_space.n), kind="maskable", seed=4)
@@ -330,7 +334,7 @@ def test_a_batch_routes_as_evaluate_does(env_id, obs, budgeted):
         kw["budget"] = float(np.quantile(free, 0.5))
     result = dyncnn_gym.evaluate(head, env_id, per_image=True, **kw)
     rn = export(head, env_id, **kw)
-    out, share = _batch(rn, x)
+    out, share = _batch(rn, x, host_path)
     assert share > 0.9, "the host path should make almost every decision"
     im = result["images"]
     np.testing.assert_array_equal(out.actions.numpy(), im["actions"])
@@ -343,7 +347,7 @@ def test_a_batch_routes_as_evaluate_does(env_id, obs, budgeted):
 
 
 @pytest.mark.parametrize("env_id", ["DynChannel-v0", "DynExit-v0"])
-def test_rows_the_host_cannot_call_are_decided_by_the_torch_head_in_a_batch(env_id):
+def test_rows_the_host_cannot_call_are_decided_by_the_torch_head_in_a_batch(env_id, host_path):
     """Every row handed to the torch head (as if each were a near-tie) still routes as evaluate does."""
     if env_id == "DynExit-v0":
         kw = {"dataset": load_test_data("user12"), "backbone": make_net("resnet8-exits", "user12"), "stages": "depth"}
@@ -353,16 +357,16 @@ def test_rows_the_host_cannot_call_are_decided_by_the_torch_head_in_a_batch(env_
     head = _head(env.observation_space.shape[0], int(env.action_space.n), seed=2 if env_id == "DynExit-v0" else 8)
     result = dyncnn_gym.evaluate(head, env_id, per_image=True, **kw)
     rn = dyncnn_gym.export(head, env_id, **kw)
-    pick_rows = HostHead.pick_rows
+    choose_batch = HostRouter.choose_batch
 
-    def every_other_row(scores, allowed=None):
-        acts, sure = pick_rows(scores, allowed)
-        acts = acts.copy()
+    def every_other_row(self, *args, **kwargs):
+        acts, sure = choose_batch(self, *args, **kwargs)
+        acts, sure = acts.copy(), sure.copy()
         acts[::2] = -1  # wrong on purpose: the torch head must overwrite these rows
         sure[::2] = False
         return acts, sure
 
-    with mock.patch.object(HostHead, "pick_rows", staticmethod(every_other_row)):
+    with mock.patch.object(HostRouter, "choose_batch", every_other_row):
         out = rn.route(torch.as_tensor(kw["dataset"].test.images))
     np.testing.assert_array_equal(out.actions.numpy(), result["images"]["actions"])
     np.testing.assert_array_equal(out.flops.numpy(), result["images"]["flops"])
@@ -409,7 +413,7 @@ def test_an_exit_model_one_image_at_a_time_routes_as_evaluate_does(stages, arch,
     x = torch.as_tensor(kw["dataset"].test.images)
     ones, share = _one_by_one(net, x, host_path)
     assert share > 0.9, "the host path should make almost every decision"
-    whole, share = _batch(net, x)
+    whole, share = _batch(net, x, host_path)
     assert share > 0.9, "the host path should make almost every decision of a batch"
     im = result["images"]
     np.testing.assert_array_equal(whole.exits.numpy(), im["exit"])
@@ -500,8 +504,8 @@ def test_a_one_shot_heads_keep_logits_on_the_host_are_its_torch_logits_a_last_lo
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_without_an_importable_numba_one_image_routes_on_the_numpy_path_with_a_warning(monkeypatch):
-    """numba installed but not importable (built for another NumPy): a warning, then NumPy."""
+def test_without_an_importable_numba_routing_runs_on_the_numpy_path_with_a_warning(monkeypatch):
+    """numba installed but not importable (built for another NumPy): a warning per kernel, then NumPy."""
     import builtins
 
     real_import = builtins.__import__
@@ -511,12 +515,14 @@ def test_without_an_importable_numba_one_image_routes_on_the_numpy_path_with_a_w
             raise ImportError("Numba needs NumPy 2.3 or less")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(native_router, "_KERNEL", None)
+    monkeypatch.setattr(native_router, "_COMPILED", {})
     monkeypatch.setattr(builtins, "__import__", no_numba)
     monkeypatch.setenv(native_router.ENV_VAR, "1")
     with pytest.warns(RuntimeWarning, match="NumPy host path"):
         assert native_router.kernel() is None
     assert native_router.kernel() is None  # decided once per process
+    with pytest.warns(RuntimeWarning, match="NumPy host path"):
+        assert native_router.rows_kernel() is None
 
 
 def test_logits_of_one_class_are_left_to_the_torch_head_on_every_host_path(host_path):
@@ -532,3 +538,54 @@ def test_logits_of_one_class_are_left_to_the_torch_head_on_every_host_path(host_
     assert router._hidden(0, sums, 1, 0.5, torch.randn(1, 3)) is not None
     assert router.choose_batch(0, torch.randn(4, 8), np.full(4, 0.5), torch.randn(4, 1)) is None
     assert router.choose_batch(0, torch.randn(4, 8), np.full(4, 0.5), torch.randn(4, 3)) is not None
+
+
+def test_the_batch_kernels_tanh_is_within_float32_rounding():
+    """``tanh32`` (a rational approximation the compiler vectorises) against float64 ``tanh``."""
+    x = np.concatenate([np.linspace(-12, 12, 20001), np.geomspace(1e-8, 1.0, 500), [0.0, 7.9, 8.0, 30.0, -30.0]])
+    want = np.tanh(x)
+    kernels = [native_router._tanh32]
+    if importlib.util.find_spec("numba") is not None:
+        from numba import njit
+
+        kernels.append(njit(native_router._tanh32))
+    for f in kernels:
+        got = np.array([float(f(np.float32(v))) for v in x])
+        assert np.abs(got - want).max() <= 4e-7
+        assert (np.abs(got - want) <= 1e-6 * np.abs(want) + 1e-12).all()  # relative near zero too
+        assert f(np.float32(0.0)) == 0.0 and abs(f(np.float32(30.0))) <= 1.0
+
+
+@pytest.mark.parametrize("case", ["tanh-relu-cost", "relu-sine"])
+@pytest.mark.parametrize("probes", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_compiled_batch_decision_chooses_as_the_numpy_batch_path(case, probes, masked):
+    """A batch's compiled decision (float32 rows, approximated ``tanh``) gives the NumPy batch
+    path's action wherever both are sure, and is sure almost everywhere."""
+    pytest.importorskip("numba")
+    widths, T, K, d, B = [8, 10], 2, 4, 15, 400
+    head, A = _kernel_case_head(case)
+    g = torch.Generator().manual_seed(3)
+    scales = [torch.rand(w, generator=g) + 0.5 for w in widths]
+    pr = [(torch.randn(w, K, generator=g), torch.randn(K, generator=g)) for w in widths] if probes else None
+    router = HostRouter.of(head, A, scales, [10 + t for t in range(T)], d, pr, confidences=True)
+    kernel = router._rows_kernel()
+    assert kernel is not None
+    both = agreed = 0
+    for t, width in enumerate(widths):
+        pooled = torch.randn(B, width - t, generator=g) * 2
+        ratio = np.linspace(0.0, 1.0, B)
+        logits = None if probes else torch.randn(B, 6, generator=g) * 3
+        allowed = (torch.rand(B, A, generator=g) > 0.3).numpy() if masked else None
+        got, got_sure = router.choose_batch(t, pooled, ratio, logits, allowed)
+        router._native_rows = None  # the NumPy batch path
+        want, want_sure = router.choose_batch(t, pooled, ratio, logits, allowed)
+        router._native_rows = kernel
+        assert ((got >= 0) == got_sure).all() and (got[~got_sure] == -1).all()
+        sure = got_sure & want_sure
+        both += int(sure.sum())
+        agreed += int((got[sure] == want[sure]).sum())
+        if masked:
+            assert allowed[got_sure, got[got_sure]].all()
+        assert got_sure.mean() > 0.9 - 0.3 * masked  # no allowed action at all is not sure
+    assert agreed == both and both > 0.5 * len(widths) * B
