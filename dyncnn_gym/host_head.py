@@ -609,10 +609,12 @@ class HostRouter:
         """Decision ``t`` for a batch, in float32, without building its observations: the pooled
         features ``[B, C]`` (CPU) through the folded first layer (:meth:`choose_features`' fold, the
         probe's logits in the same product), the FLOPs ratios spent ``[B]`` and, where the model
-        has no probes, the logits ``[B, K]`` whose confidences it observes. Returns
-        :meth:`HostHead.choose_hidden_rows`' ``(actions, sure)``, or ``None`` for features or logits
-        that are not float32, logits of fewer than 2 classes, or features wider than the decision
-        (the torch path then decides)."""
+        has no probes, the logits ``[B, K]`` whose confidences it observes. With numba, one
+        compiled call (:func:`dyncnn_gym.native_router.decide_rows`), else NumPy. Returns
+        ``(actions int64 [B], sure bool [B])`` (:meth:`HostHead.choose_hidden_rows`; an action where
+        not ``sure`` is for the torch head to replace), or ``None`` for features or logits that are
+        not float32, logits of fewer than 2 classes, or features wider than the decision (the torch
+        path then decides)."""
         K = self._classes
         if pooled.dtype != torch.float32 or (
             self.confidences and not K and (logits is None or logits.dtype != torch.float32 or logits.shape[-1] < 2)
@@ -620,12 +622,18 @@ class HostRouter:
             return None
         B, C = pooled.shape
         kernel = self._rows_kernel()
-        if kernel is not None:
+        if kernel is not None:  # one compiled call; it indexes without bounds checks: shapes checked here
             program = self._program32(t, C)
-            if program is None:
-                return None
-            z = np.ascontiguousarray(logits.numpy()) if self.confidences and not K else _NO_ROWS  # type: ignore[union-attr]
+            observed = self.confidences and not K
+            z = np.ascontiguousarray(logits.numpy()) if observed else _NO_ROWS  # type: ignore[union-attr]
             masked = allowed is not None
+            if (
+                program is None
+                or ratio.shape != (B,)
+                or (observed and z.shape[0] != B)
+                or (masked and allowed.shape != (B, self._all.shape[0]))  # type: ignore[union-attr]
+            ):
+                return None
             acts = np.empty(B, dtype=np.int64)
             kernel(
                 np.ascontiguousarray(pooled.numpy()),

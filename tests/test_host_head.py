@@ -589,3 +589,11 @@ def test_the_compiled_batch_decision_chooses_as_the_numpy_batch_path(case, probe
             assert allowed[got_sure, got[got_sure]].all()
         assert got_sure.mean() > 0.9 - 0.3 * masked  # no allowed action at all is not sure
     assert agreed == both and both > 0.5 * len(widths) * B
+    # the kernel reads without bounds checks: arguments of the wrong shape go to the torch head
+    pooled, ratio = torch.randn(5, 8), np.full(5, 0.5)
+    logits = None if probes else torch.randn(5, 6)
+    assert router.choose_batch(0, pooled, ratio[:4], logits) is None
+    assert router.choose_batch(0, pooled, ratio, logits, np.ones((5, A + 1), dtype=bool)) is None
+    if not probes:
+        assert router.choose_batch(0, pooled, ratio, logits[:4]) is None
+    assert router.choose_batch(0, pooled, ratio, logits) is not None
