@@ -86,8 +86,17 @@ def _mm(x: np.ndarray, w: torch.Tensor, b: torch.Tensor | None = None) -> np.nda
 
 
 _NO_LOGITS = np.zeros(2)
+
+
 _NO_ROWS = np.zeros((0, 0), dtype=np.float32)  # the batch kernel's logits where it observes none
 _NO_MASK = np.zeros((0, 0), dtype=bool)
+
+
+def _float32(v: Any) -> Any:
+    """``v`` with its float64 arrays (also inside a tuple) as float32 copies; anything else as is."""
+    if isinstance(v, tuple):
+        return tuple(_float32(x) for x in v)
+    return v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype == np.float64 else v
 
 
 def _feature_rows(features: torch.Tensor) -> tuple[np.ndarray, bool, int] | None:
@@ -272,22 +281,6 @@ class HostHead:
                 np.array(ops, dtype=np.int64),
                 np.array(params, dtype=np.float64),
                 cost,
-            )
-        return hit
-
-    def native_program32(self) -> tuple:
-        """:meth:`native_program` in float32 (the step codes and parameters unchanged), for
-        :func:`dyncnn_gym.native_router.decide_rows`, made once."""
-        hit = self.__dict__.get("_native32")
-        if hit is None:
-            ws, bs, ops, params, cost = self.native_program()
-            f32 = np.float32
-            hit = self.__dict__["_native32"] = (
-                tuple(w.astype(f32) for w in ws),
-                tuple(b.astype(f32) for b in bs),
-                ops,
-                params,
-                cost.astype(f32),
             )
         return hit
 
@@ -664,29 +657,12 @@ class HostRouter:
 
     def _program32(self, t: int, C: int) -> tuple | None:
         """:func:`~dyncnn_gym.native_router.decide_rows`' arguments after the batch's own for decision
-        ``t`` on ``C`` channels (float32), or ``None`` where ``C`` exceeds the decision's width."""
+        ``t`` on ``C`` channels: :meth:`_program`'s for pooled features, in float32; ``None`` where
+        ``C`` exceeds the decision's width."""
         key = (t, C)
         if key not in self._rows32:
-            inv, cols = self._first(t, C, 1)
-            program = None
-            if cols is not None:
-                ws, bs, ops, params, cost = self.head.native_program32()
-                f32 = np.float32
-                program = (
-                    inv.astype(f32),
-                    cols.astype(f32),
-                    self._folded[t][1].astype(f32),
-                    self._classes,
-                    self._tail.astype(f32),
-                    self.confidences,
-                    ws,
-                    bs,
-                    ops,
-                    params,
-                    cost,
-                    TOLERANCE,
-                )
-            self._rows32[key] = program
+            program = self._program(t, C, 1)
+            self._rows32[key] = tuple(_float32(v) for v in program) if program else None
         return self._rows32[key]
 
     def _first32(self, t: int, C: int) -> tuple | None:
