@@ -191,7 +191,7 @@ class ExitRoutedNet(nn.Module):
                 keep = torch.from_numpy(went_on.pop()).to(x.device)
                 state[0] = tuple(s.index_select(1, keep) for s in state[0])
             allowed = None if self.budget is None else self.masks(walk)
-            if host is not None:  # float32 NumPy; the torch head for the rows it cannot call
+            if host is not None:  # float32 on the host; the torch head for the rows it cannot call
                 chosen = host.choose_batch(walk.t, walk.pooled, np.minimum(walk.flops / self.full, 1.0), walk.logits, allowed)
                 if chosen is not None:
                     acts, sure = chosen

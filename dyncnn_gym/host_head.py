@@ -16,8 +16,9 @@ that rounding (:data:`TOLERANCE` of the scores' magnitudes), or a keep logit is 
 one-shot head's bias, the host returns ``None`` and the caller runs the torch head. Actions,
 predictions and FLOPs stay those of :func:`dyncnn_gym.evaluate`.
 
-A batch of images takes the same route in float32 NumPy (:meth:`HostRouter.choose_batch`: the
-pooled features through the same folded first layer, then :meth:`HostHead.choose_hidden_rows`):
+A batch of images takes the same route in float32 (:meth:`HostRouter.choose_batch`: the pooled
+features through the same folded first layer), in one compiled call with numba
+(:func:`dyncnn_gym.native_router.decide_rows`), else in NumPy (:meth:`HostHead.choose_hidden_rows`):
 at batch 64-256 the router's cost is its small matrix products and elementwise functions, and
 NumPy's float32 ``tanh`` is several times faster than torch's on the CPU. Float32 rounding on both
 sides is still some thousand times below :data:`TOLERANCE`; rows whose lead is not above it are
@@ -609,15 +610,15 @@ class HostRouter:
         not float32, logits of fewer than 2 classes, or features wider than the decision (the torch
         path then decides)."""
         K = self._classes
+        observed = self.confidences and not K  # the confidences of the model's logits
         if pooled.dtype != torch.float32 or (
-            self.confidences and not K and (logits is None or logits.dtype != torch.float32 or logits.shape[-1] < 2)
+            observed and (logits is None or logits.dtype != torch.float32 or logits.shape[-1] < 2)
         ):
             return None
         B, C = pooled.shape
         kernel = self._rows_kernel()
         if kernel is not None:  # one compiled call; it indexes without bounds checks: shapes checked here
             program = self._program32(t, C)
-            observed = self.confidences and not K
             z = np.ascontiguousarray(logits.numpy()) if observed else _NO_ROWS  # type: ignore[union-attr]
             masked = allowed is not None
             if (

@@ -76,9 +76,11 @@ def _compiled(name: str) -> Any:
             # sums may be reordered (vectorised) and fused; NaN and infinity keep their IEEE meaning,
             # which the choice's finiteness check needs
             fastmath = {"reassoc", "contract"}
-            if name == "decide_rows":  # the kernel calls tanh32 by its global name: compiled, inlined
-                globals()["tanh32"] = njit(inline="always", fastmath=fastmath)(_tanh32)
-            hit = njit(nogil=True, cache=False, fastmath=fastmath)(globals()[name])
+            g = globals()
+            for helper, source in _HELPERS.items():  # the kernels call them by their global names
+                if g[helper] is source:
+                    g[helper] = njit(inline="always", fastmath=fastmath)(source)
+            hit = njit(nogil=True, cache=False, fastmath=fastmath)(g[name])
         _COMPILED[name] = hit
     return hit or None
 
@@ -137,28 +139,7 @@ def decide(feat, ratio, z, allowed, out, inv, weight, bias, K, tail, conf, ws, b
         for j in range(H):
             cur[j] += ratio * tail[j, 0]
     else:
-        zz = x[:K] if K > 0 else z
-        n = zz.shape[0]
-        m = zz[0]
-        for i in range(1, n):
-            if zz[i] > m:
-                m = zz[i]
-        total = 0.0
-        for i in range(n):
-            total += np.exp(zz[i] - m)
-        top = 0.0
-        second = 0.0
-        ent = 0.0
-        for i in range(n):
-            p = np.exp(zz[i] - m) / total
-            if p > top:
-                second = top
-                top = p
-            elif p > second:
-                second = p
-            ent -= p * np.log(p if p > 1e-12 else 1e-12)
-        ent /= np.log(n)
-        margin = top - second
+        top, margin, ent = confidence(x[:K] if K > 0 else z)
         for j in range(H):
             cur[j] += tail[j, 0] * top + tail[j, 1] * margin + tail[j, 2] * ent + tail[j, 3] * ratio
     layer = 0
@@ -196,29 +177,7 @@ def decide(feat, ratio, z, allowed, out, inv, weight, bias, K, tail, conf, ws, b
             shift = m + np.log(total)
             for j in range(cur.shape[0]):
                 cur[j] -= shift
-    A = cur.shape[0]
-    best = -np.inf
-    second = -np.inf
-    pick = -1
-    for i in range(A):
-        v = cur[i] - cost[i]
-        out[i] = v
-        if not np.isfinite(v):
-            pick = -2
-        elif pick > -2 and allowed[i]:
-            if v > best:
-                second = best
-                best = v
-                pick = i
-            elif v > second:
-                second = v
-    if pick < 0:
-        return -1
-    if second == -np.inf:
-        return pick
-    if best - second <= tol * (1.0 + abs(best) + abs(second) + np.log(A)):
-        return -1
-    return pick
+    return choice(cur, cost, allowed, out, tol)
 
 
 def _tanh32(x):
@@ -239,7 +198,61 @@ def _tanh32(x):
     return x * p / q
 
 
-tanh32 = _tanh32  # replaced by its compiled form when decide_rows is compiled (see _compiled)
+def _confidence(zz):
+    """The probe's confidences of logits ``zz [n >= 2]`` (float32 or float64), in float64: top
+    probability, margin between the two best, entropy / log(n)."""
+    n = zz.shape[0]
+    m = zz[0]
+    for i in range(1, n):
+        m = max(m, zz[i])
+    total = 0.0
+    for i in range(n):
+        total += np.exp(np.float64(zz[i] - m))
+    top = 0.0
+    second = 0.0
+    ent = 0.0
+    for i in range(n):
+        p = np.exp(np.float64(zz[i] - m)) / total
+        if p > top:
+            second = top
+            top = p
+        elif p > second:
+            second = p
+        ent -= p * np.log(p if p > 1e-12 else 1e-12)
+    return top, top - second, ent / np.log(n)
+
+
+def _choice(cur, cost, allowed, out, tol):
+    """The host's choice from the last scores ``cur [A]`` minus ``cost [A]`` (written to ``out``,
+    float64): the best action ``allowed [A]`` permits, or -1 when its lead over the second is within
+    ``tol`` of the scores' magnitudes, a score is not finite, or no action is allowed."""
+    A = cur.shape[0]
+    best = -np.inf
+    second = -np.inf
+    pick = -1
+    for i in range(A):
+        v = np.float64(cur[i] - cost[i])
+        out[i] = v
+        if not np.isfinite(v):
+            pick = -2
+        elif pick > -2 and allowed[i]:
+            if v > best:
+                second = best
+                best = v
+                pick = i
+            elif v > second:
+                second = v
+    if pick < 0:
+        return -1
+    if second != -np.inf and best - second <= tol * (1.0 + abs(best) + abs(second) + np.log(A)):
+        return -1
+    return pick
+
+
+# the kernels' helpers by the global names they call them by; _compiled replaces each with its
+# compiled, inlined form before compiling a kernel (uncompiled, the kernels call the Python ones)
+tanh32, confidence, choice = _tanh32, _confidence, _choice
+_HELPERS = {"tanh32": _tanh32, "confidence": _confidence, "choice": _choice}
 
 
 def decide_rows(pooled, ratio, z, allowed, masked, acts, inv, weight, bias, K, tail, conf, ws, bs, ops, params, cost, tol):  # noqa: PLR0912, PLR0913, PLR0915
@@ -268,7 +281,8 @@ def decide_rows(pooled, ratio, z, allowed, masked, acts, inv, weight, bias, K, t
     x = np.empty(R, dtype=np.float32)
     cur = np.empty(width, dtype=np.float32)
     nxt = np.empty(width, dtype=np.float32)
-    log_a = np.log(A)
+    every = np.ones(A, dtype=np.bool_)
+    scores = np.empty(A)
     for b in range(B):
         for c in range(C):
             ft[c] = tanh32(pooled[b, c] * inv[c])
@@ -285,27 +299,8 @@ def decide_rows(pooled, ratio, z, allowed, masked, acts, inv, weight, bias, K, t
             for j in range(H):
                 cur[j] += rb * tail[j, 0]
         else:
-            zz = x[:K] if K > 0 else z[b]
-            nz = zz.shape[0]
-            m = zz[0]
-            for i in range(1, nz):
-                m = max(m, zz[i])
-            total = 0.0
-            for i in range(nz):
-                total += np.exp(np.float64(zz[i] - m))
-            top = 0.0
-            second = 0.0
-            ent = 0.0
-            for i in range(nz):
-                p = np.exp(np.float64(zz[i] - m)) / total
-                if p > top:
-                    second = top
-                    top = p
-                elif p > second:
-                    second = p
-                ent -= p * np.log(p if p > 1e-12 else 1e-12)
-            ent /= np.log(nz)
-            c0, c1, c2, c3 = np.float32(top), np.float32(top - second), np.float32(ent), ratio[b]
+            top, margin, ent = confidence(x[:K] if K > 0 else z[b])
+            c0, c1, c2, c3 = np.float32(top), np.float32(margin), np.float32(ent), ratio[b]
             for j in range(H):
                 cur[j] += tail[j, 0] * c0 + tail[j, 1] * c1 + tail[j, 2] * c2 + tail[j, 3] * c3
         layer = 0
@@ -344,23 +339,7 @@ def decide_rows(pooled, ratio, z, allowed, masked, acts, inv, weight, bias, K, t
                 shift = np.float32(m + np.log(total))
                 for j in range(n):
                     cur[j] -= shift
-        best = -np.inf
-        second = -np.inf
-        pick = -1
-        for i in range(A):
-            v = np.float64(cur[i] - cost[i])
-            if not np.isfinite(v):
-                pick = -2
-            elif pick > -2 and (not masked or allowed[b, i]):
-                if v > best:
-                    second = best
-                    best = v
-                    pick = i
-                elif v > second:
-                    second = v
-        if pick >= 0 and second != -np.inf and best - second <= tol * (1.0 + abs(best) + abs(second) + log_a):
-            pick = -1
-        acts[b] = max(pick, -1)
+        acts[b] = choice(cur[:A], cost, allowed[b] if masked else every, scores, tol)
 
 
 __all__ = ["ENV_VAR", "decide", "decide_rows", "enabled", "kernel", "rows_kernel", "tanh32"]

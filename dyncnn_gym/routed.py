@@ -394,7 +394,7 @@ class RoutedNet(nn.Module):
                 a = host.choose_features(walk.t, walk.features_one(), ratio, None if allowed is None else allowed[0])
                 if a is not None:
                     return a
-            elif host is not None and B > 1 and not self.one_shot:  # a batch: float32 NumPy; rows it cannot call: torch
+            elif host is not None and B > 1 and not self.one_shot:  # a batch: float32 on the host; rows it cannot call: torch
                 pooled, flops = walk.pooled(), walk.flops.numpy()
                 chosen = host.choose_batch(walk.t, pooled, np.minimum(flops / self.full, 1.0), None, allowed)
                 if chosen is not None:

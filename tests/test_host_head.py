@@ -228,6 +228,22 @@ def _kernel_case_head(case: str):
     return OneShotHead(nn.Sequential(nn.Linear(15, 16), nn.Tanh(), nn.Linear(16, 4), LogProbabilities()), bias=0.2), 4
 
 
+#: the kernel cases' decision widths, probe classes and observation size
+KERNEL_WIDTHS, KERNEL_CLASSES, KERNEL_OBS = [8, 10], 4, 15
+
+
+def _kernel_case_router(case: str, probes: bool, g: torch.Generator) -> tuple[HostRouter, int]:
+    """A host router of :func:`_kernel_case_head`'s head over two decisions of
+    :data:`KERNEL_WIDTHS` channels, observing confidences (a probe's of :data:`KERNEL_CLASSES`
+    classes, or the model's logits), with scales and probes drawn from ``g``; and its number of actions."""
+    head, A = _kernel_case_head(case)
+    widths, K = KERNEL_WIDTHS, KERNEL_CLASSES
+    scales = [torch.rand(w, generator=g) + 0.5 for w in widths]
+    pr = [(torch.randn(w, K, generator=g), torch.randn(K, generator=g)) for w in widths] if probes else None
+    onehots = [KERNEL_OBS - 5 + t for t in range(len(widths))]
+    return HostRouter.of(head, A, scales, onehots, KERNEL_OBS, pr, confidences=True), A
+
+
 @pytest.mark.parametrize("case", ["tanh-relu-cost", "relu-sine", "one-shot-logprob"])
 @pytest.mark.parametrize("probes", [False, True])
 def test_the_compiled_decision_computes_the_numpy_hosts_scores(case, probes):
@@ -235,12 +251,9 @@ def test_the_compiled_decision_computes_the_numpy_hosts_scores(case, probes):
     bias; probe confidences or the model's logits): the kernel's scores are the NumPy path's to
     float64 rounding, and it chooses as the NumPy path does wherever both are sure."""
     pytest.importorskip("numba")
-    widths, T, K, d = [8, 10], 2, 4, 15
-    head, A = _kernel_case_head(case)
+    widths, T = KERNEL_WIDTHS, len(KERNEL_WIDTHS)
     g = torch.Generator().manual_seed(1)
-    scales = [torch.rand(w, generator=g) + 0.5 for w in widths]
-    pr = [(torch.randn(w, K, generator=g), torch.randn(K, generator=g)) for w in widths] if probes else None
-    router = HostRouter.of(head, A, scales, [10 + t for t in range(T)], d, pr, confidences=True)
+    router, A = _kernel_case_router(case, probes, g)
     kernel = router._kernel()
     assert kernel is not None
     agreed = 0
@@ -527,10 +540,7 @@ def test_without_an_importable_numba_routing_runs_on_the_numpy_path_with_a_warni
 
 def test_logits_of_one_class_are_left_to_the_torch_head_on_every_host_path(host_path):
     """Confidences need at least two classes: the compiled, NumPy and batch paths all decline."""
-    widths, T, d = [8, 10], 2, 15
-    head, A = _kernel_case_head("tanh-relu-cost")
-    scales = [torch.rand(w) + 0.5 for w in widths]
-    router = HostRouter.of(head, A, scales, [10 + t for t in range(T)], d, None, confidences=True)
+    router, _ = _kernel_case_router("tanh-relu-cost", False, torch.Generator().manual_seed(0))
     pooled = torch.randn(1, 8)
     assert router.choose_pooled(0, pooled, 0.5, torch.randn(1, 1)) is None
     sums = pooled.double().numpy()[0]
@@ -563,12 +573,9 @@ def test_the_compiled_batch_decision_chooses_as_the_numpy_batch_path(case, probe
     """A batch's compiled decision (float32 rows, approximated ``tanh``) gives the NumPy batch
     path's action wherever both are sure, and is sure almost everywhere."""
     pytest.importorskip("numba")
-    widths, T, K, d, B = [8, 10], 2, 4, 15, 400
-    head, A = _kernel_case_head(case)
+    widths, B = KERNEL_WIDTHS, 400
     g = torch.Generator().manual_seed(3)
-    scales = [torch.rand(w, generator=g) + 0.5 for w in widths]
-    pr = [(torch.randn(w, K, generator=g), torch.randn(K, generator=g)) for w in widths] if probes else None
-    router = HostRouter.of(head, A, scales, [10 + t for t in range(T)], d, pr, confidences=True)
+    router, A = _kernel_case_router(case, probes, g)
     kernel = router._rows_kernel()
     assert kernel is not None
     both = agreed = 0
