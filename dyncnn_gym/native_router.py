@@ -7,9 +7,10 @@ after a convolution has filled the caches: at batch 1 about as much as the convo
 on (the router overhead column of ``dyncnn-gym perf --routed-only``, with and without
 ``DYNCNN_GYM_NATIVE=0``). :func:`decide` does the same arithmetic
 in float64 in one compiled call. :func:`decide_rows` does a batch's decision (pooled features in,
-actions out) in float32, row by row, in one call instead of some forty NumPy and torch calls; its
-``tanh`` is a rational approximation (:func:`tanh32`, a few float32 ulp) that the compiler
-vectorises, where the C library's would be one call per number.
+actions out) in float32 in one call instead of some forty NumPy and torch calls, a policy step at
+a time for the whole batch (four rows per pass over a weight matrix); its ``tanh`` is a rational
+approximation (:func:`tanh32`, a few float32 ulp) that the compiler vectorises, where the C
+library's would be one call per number.
 
 Its scores differ from the NumPy path's and the torch head's by rounding only (the summation order
 differs), so it keeps the host's rule: the action is returned only when it leads the second by more
@@ -74,13 +75,15 @@ def _compiled(name: str) -> Any:
             hit = False
         else:
             # sums may be reordered (vectorised) and fused; NaN and infinity keep their IEEE meaning,
-            # which the choice's finiteness check needs
-            fastmath = {"reassoc", "contract"}
+            # which the choice's finiteness check needs. NumPy's error model: a division by zero
+            # gives an infinity or NaN instead of raising (Python's model tests every divisor, and
+            # the test keeps loops such as tanh32's from being vectorised).
+            options = {"fastmath": {"reassoc", "contract"}, "error_model": "numpy"}
             g = globals()
             for helper, source in _HELPERS.items():  # the kernels call them by their global names
                 if g[helper] is source:
-                    g[helper] = njit(inline="always", fastmath=fastmath)(source)
-            hit = njit(nogil=True, cache=False, fastmath=fastmath)(g[name])
+                    g[helper] = njit(inline="always", **options)(source)
+            hit = njit(nogil=True, cache=False, **options)(g[name])
         _COMPILED[name] = hit
     return hit or None
 
@@ -249,15 +252,48 @@ def _choice(cur, cost, allowed, out, tol):
     return pick
 
 
+def _affine(X, n, w, bias, Y):
+    """``Y[b, :out] = w @ X[b, :n] + bias`` for every row ``b`` of ``X`` (float32; ``w [out, >= n]``),
+    four rows per pass over ``w``, so that each weight is loaded once for four rows. Each row's
+    sum runs over the same columns in the same order as for one row alone."""
+    B = X.shape[0]
+    out = w.shape[0]
+    B4 = B - B % 4
+    for b0 in range(0, B4, 4):
+        for r in range(out):
+            s0 = np.float32(0.0)
+            s1 = np.float32(0.0)
+            s2 = np.float32(0.0)
+            s3 = np.float32(0.0)
+            for c in range(n):
+                wv = w[r, c]
+                s0 += wv * X[b0, c]
+                s1 += wv * X[b0 + 1, c]
+                s2 += wv * X[b0 + 2, c]
+                s3 += wv * X[b0 + 3, c]
+            br = bias[r]
+            Y[b0, r] = s0 + br
+            Y[b0 + 1, r] = s1 + br
+            Y[b0 + 2, r] = s2 + br
+            Y[b0 + 3, r] = s3 + br
+    for b in range(B4, B):
+        for r in range(out):
+            s = np.float32(0.0)
+            for c in range(n):
+                s += w[r, c] * X[b, c]
+            Y[b, r] = s + bias[r]
+
+
 # the kernels' helpers by the global names they call them by; _compiled replaces each with its
 # compiled, inlined form before compiling a kernel (uncompiled, the kernels call the Python ones)
-tanh32, confidence, choice = _tanh32, _confidence, _choice
-_HELPERS = {"tanh32": _tanh32, "confidence": _confidence, "choice": _choice}
+tanh32, confidence, choice, affine = _tanh32, _confidence, _choice, _affine
+_HELPERS = {"tanh32": _tanh32, "confidence": _confidence, "choice": _choice, "affine": _affine}
 
 
 def decide_rows(pooled, ratio, z, allowed, masked, acts, inv, weight, bias, K, tail, conf, ws, bs, ops, params, cost, tol):  # noqa: PLR0912, PLR0913, PLR0915
-    """A batch's decision from its pooled features, in float32, row by row: :func:`decide`'s
-    arithmetic, as :meth:`~dyncnn_gym.host_head.HostRouter.choose_batch` makes it in NumPy.
+    """A batch's decision from its pooled features, in float32, one step of the policy at a time
+    for the whole batch: :func:`decide`'s arithmetic, as
+    :meth:`~dyncnn_gym.host_head.HostRouter.choose_batch` makes it in NumPy.
 
     Args:
         pooled: float32 ``[B, C]``, the feature maps' means. ratio: float32 ``[B]``, FLOPs ratios spent.
@@ -277,69 +313,63 @@ def decide_rows(pooled, ratio, z, allowed, masked, acts, inv, weight, bias, K, t
     width = H
     for w in ws:
         width = max(width, w.shape[0])
-    ft = np.empty(C, dtype=np.float32)
-    x = np.empty(R, dtype=np.float32)
-    cur = np.empty(width, dtype=np.float32)
-    nxt = np.empty(width, dtype=np.float32)
-    every = np.ones(A, dtype=np.bool_)
-    scores = np.empty(A)
+    ft = np.empty((B, C), dtype=np.float32)
     for b in range(B):
         for c in range(C):
-            ft[c] = tanh32(pooled[b, c] * inv[c])
-        for r in range(R):
-            s = np.float32(0.0)
-            for c in range(C):
-                s += weight[r, c] * ft[c]
-            x[r] = s + bias[r]
-        n = H
+            ft[b, c] = tanh32(pooled[b, c] * inv[c])
+    x = np.empty((B, R), dtype=np.float32)
+    affine(ft, C, weight, bias, x)
+    cur = np.empty((B, width), dtype=np.float32)
+    nxt = np.empty((B, width), dtype=np.float32)
+    for b in range(B):
         for j in range(H):
-            cur[j] = x[K + j]
+            cur[b, j] = x[b, K + j]
         if not conf:
             rb = ratio[b]
             for j in range(H):
-                cur[j] += rb * tail[j, 0]
+                cur[b, j] += rb * tail[j, 0]
         else:
-            top, margin, ent = confidence(x[:K] if K > 0 else z[b])
+            top, margin, ent = confidence(x[b, :K] if K > 0 else z[b])
             c0, c1, c2, c3 = np.float32(top), np.float32(margin), np.float32(ent), ratio[b]
             for j in range(H):
-                cur[j] += tail[j, 0] * c0 + tail[j, 1] * c1 + tail[j, 2] * c2 + tail[j, 3] * c3
-        layer = 0
-        for k in range(ops.shape[0]):
-            op = ops[k]
-            if op == 0:
-                w = ws[layer]
-                bb = bs[layer]
-                layer += 1
-                out = w.shape[0]
-                for r in range(out):
-                    s = np.float32(0.0)
-                    for c in range(n):
-                        s += w[r, c] * cur[c]
-                    nxt[r] = s + bb[r]
-                n = out
-                for r in range(n):
-                    cur[r] = nxt[r]
-            elif op == 1:
+                cur[b, j] += tail[j, 0] * c0 + tail[j, 1] * c1 + tail[j, 2] * c2 + tail[j, 3] * c3
+    n = H
+    layer = 0
+    for k in range(ops.shape[0]):
+        op = ops[k]
+        if op == 0:
+            affine(cur, n, ws[layer], bs[layer], nxt)
+            n = ws[layer].shape[0]
+            layer += 1
+            cur, nxt = nxt, cur
+        elif op == 1:
+            for b in range(B):
                 for j in range(n):
-                    cur[j] = tanh32(cur[j])
-            elif op == 2:
+                    cur[b, j] = tanh32(cur[b, j])
+        elif op == 2:
+            for b in range(B):
                 for j in range(n):
-                    cur[j] = max(cur[j], np.float32(0.0))
-            elif op == 3:
-                f = np.float32(params[k])
+                    cur[b, j] = max(cur[b, j], np.float32(0.0))
+        elif op == 3:
+            f = np.float32(params[k])
+            for b in range(B):
                 for j in range(n):
-                    cur[j] = np.sin(f * cur[j])
-            else:
-                m = cur[0]
+                    cur[b, j] = np.sin(f * cur[b, j])
+        else:
+            for b in range(B):
+                m = cur[b, 0]
                 for j in range(1, n):
-                    m = max(m, cur[j])
+                    m = max(m, cur[b, j])
                 total = 0.0
                 for j in range(n):
-                    total += np.exp(np.float64(cur[j] - m))
+                    total += np.exp(np.float64(cur[b, j] - m))
                 shift = np.float32(m + np.log(total))
                 for j in range(n):
-                    cur[j] -= shift
-        acts[b] = choice(cur[:A], cost, allowed[b] if masked else every, scores, tol)
+                    cur[b, j] -= shift
+    every = np.ones(A, dtype=np.bool_)
+    scores = np.empty(A)
+    for b in range(B):
+        acts[b] = choice(cur[b, :A], cost, allowed[b] if masked else every, scores, tol)
 
 
 __all__ = ["ENV_VAR", "decide", "decide_rows", "enabled", "kernel", "rows_kernel", "tanh32"]
