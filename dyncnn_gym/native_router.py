@@ -254,8 +254,9 @@ def _choice(cur, cost, allowed, out, tol):
 
 def _affine(X, n, w, bias, Y):
     """``Y[b, :out] = w @ X[b, :n] + bias`` for every row ``b`` of ``X`` (float32; ``w [out, >= n]``),
-    four rows per pass over ``w``, so that each weight is loaded once for four rows. Each row's
-    sum runs over the same columns in the same order as for one row alone."""
+    four rows per pass over ``w``, so that each weight is loaded once for four rows (the rows
+    after the last four one at a time; a row's sums are the same whichever way, up to the order
+    the compiler adds them in)."""
     B = X.shape[0]
     out = w.shape[0]
     B4 = B - B % 4

@@ -160,6 +160,8 @@ class TimedSetup:
             "accuracy", "flops_ratio"}``; ``None`` without one (an untrained backbone).
         spaced: without a front, ``spaced(flops_ratio) -> key``: a static network of that FLOPs ratio.
         distinct: ``distinct(routes list) -> int``: distinct routes among the routed images.
+        model: the exported routed model (a :class:`~dyncnn_gym.routed.RoutedNet`) where the setup
+            routes channels or blocks; ``None`` for early exits.
     """
 
     info: dict
@@ -173,6 +175,7 @@ class TimedSetup:
     front: list[dict] | None
     spaced: Callable[[float], tuple] | None
     distinct: Callable[[list], int]
+    model: Any = None
 
 
 def routed_setup(
@@ -261,6 +264,7 @@ def route_timed_setup(
         front=points,
         spaced=None if points else (lambda ratio: tuple(spaced_route(table, ratio))),
         distinct=lambda acts: int(torch.cat(acts).unique(dim=0).shape[0]),
+        model=rn,
     )
 
 
