@@ -20,16 +20,13 @@ Shapes: ``B`` samples, ``T`` decision points, ``A`` actions per decision.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models.base import CostTable, DynamicNet
-
-_COST_CACHE: weakref.WeakKeyDictionary[DynamicNet, dict] = weakref.WeakKeyDictionary()
+from .models.base import CostTable, DynamicNet, structure_cache
 
 #: executed FLOPs one merge of two groups of a decision may add (a group's rows computed at a
 #: wider action's width): about what a separate small convolution loses at 1 CPU thread (its fixed
@@ -39,17 +36,9 @@ _COST_CACHE: weakref.WeakKeyDictionary[DynamicNet, dict] = weakref.WeakKeyDictio
 MERGE_FLOPS = 8_000_000
 
 
-def _per_net(net: DynamicNet) -> dict:
-    """``net``'s entry of the structure cache (cost tables, feature widths), made on first use."""
-    per_net = _COST_CACHE.get(net)
-    if per_net is None:
-        per_net = _COST_CACHE[net] = {}
-    return per_net
-
-
 def cost_tensors(net: DynamicNet, mode: str) -> tuple[CostTable, torch.Tensor, torch.Tensor]:
     """The cost table of ``net`` in ``mode``, plus its ``steps`` and ``head`` as CPU int64 tensors."""
-    per_net = _per_net(net)
+    per_net = structure_cache(net)
     hit = per_net.get(mode)
     if hit is None:
         table = net.cost_table(mode)
@@ -60,7 +49,7 @@ def cost_tensors(net: DynamicNet, mode: str) -> tuple[CostTable, torch.Tensor, t
 def feature_widths(net: DynamicNet, mode: str) -> list[int]:
     """``net.feature_widths(mode)``, cached with the cost table (a network's structure does not
     change; on a ResNet the uncached call indexes every block, some 50 us, once per walk)."""
-    per_net = _per_net(net)
+    per_net = structure_cache(net)
     hit = per_net.get(("widths", mode))
     if hit is None:
         hit = per_net[("widths", mode)] = tuple(net.feature_widths(mode))

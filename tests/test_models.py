@@ -260,6 +260,22 @@ def test_channel_costs_grow_with_the_action():
         assert (np.diff(table.steps, axis=1) >= 0).all()
 
 
+@pytest.mark.parametrize(("arch", "mode"), [("vgg", "channel"), ("resnet20", "skip"), ("resnet20", "route")])
+def test_a_forward_pass_reads_the_decision_count_without_rebuilding_the_cost_table(monkeypatch, arch, mode):
+    net = build(arch, (3, 16, 16), 10).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = net.full_forward(x, mode)
+        T = net.num_decisions(mode)
+
+        def rebuilt(*args, **kwargs):
+            raise AssertionError("the cost table was built again")
+
+        monkeypatch.setattr(net, "cost_table", rebuilt)
+        assert net.num_decisions(mode) == T
+        assert torch.equal(net.full_forward(x, mode), expected)
+
+
 def test_cost_table_is_a_plain_dataclass():
     t = CostTable(stem=10, steps=np.array([[[1, 2], [3, 4]]], dtype=np.int64), head=np.array([5, 6], dtype=np.int64))
     assert t.full == 10 + 4 + 6 and t.path_flops([0]) == 10 + 3 + 5
