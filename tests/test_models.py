@@ -316,3 +316,37 @@ def test_folded_kernels_follow_weight_changes(arch, mode):
     other = randomize_bn(build(arch, (1, 16, 16), 3, groups=2), seed=9)
     net.load_state_dict(other.state_dict())
     torch.testing.assert_close(fused(), plain(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch,mode", [("vgg", "channel"), ("resnet8", "skip")])
+def test_folded_kernels_follow_swapped_storage_replaced_parameters_and_dtype(arch, mode):
+    """Changes that leave a tensor's version counter alone are seen too: new storage under the same
+    parameter (``vector_to_parameters`` sets ``.data``), a parameter replaced by another object, and
+    a move to another dtype."""
+    net = randomize_bn(build(arch, (1, 16, 16), 3, groups=2), seed=1).eval()
+    x = torch.randn(4, 1, 16, 16)
+    T, A = net.num_decisions(mode), net.num_actions(mode)
+    acts = torch.randint(0, A, (4, T), generator=torch.Generator().manual_seed(0))
+
+    def fused(x=x):
+        with torch.no_grad():
+            return run_routes(net, mode, x, acts)[0]
+
+    def plain(x=x):
+        with torch.enable_grad():
+            return run_routes(net, mode, x, acts)[0].detach()
+
+    before = fused()
+    params = list(net.parameters())
+    torch.nn.utils.vector_to_parameters(torch.nn.utils.parameters_to_vector(params).detach() * 1.5, params)
+    swapped = fused()
+    assert not torch.allclose(before, swapped)
+    torch.testing.assert_close(swapped, plain(), rtol=1e-4, atol=1e-4)
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.weight = torch.nn.Parameter(-conv.weight.detach())
+    replaced = fused()
+    assert not torch.allclose(swapped, replaced)
+    torch.testing.assert_close(replaced, plain(), rtol=1e-4, atol=1e-4)
+    net.double()
+    assert fused(x.double()).dtype == torch.float64
+    torch.testing.assert_close(fused(x.double()), plain(x.double()), rtol=1e-8, atol=1e-8)

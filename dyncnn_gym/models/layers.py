@@ -157,14 +157,13 @@ class KernelCache:
         """
         hit = self._store.get(key)
         if hit is not None:
-            slots, stamp, value, _refs = hit
-            if _stamp(slots) == stamp:
+            checks, value = hit
+            if _unchanged(checks):
                 return value
         slots = tuple(sources())
         with torch.no_grad():
             value = make()
-        # the source tensors are kept alive with the entry, so their ids cannot be reused
-        self._store[key] = (slots, _stamp(slots), value, tuple(d.get(n) for d, n in slots))
+        self._store[key] = (_checks(slots), value)
         return value
 
     def clear(self) -> None:
@@ -177,12 +176,26 @@ def tensor_version(t: torch.Tensor) -> int | None:
     return None if t.is_inference() else t._version
 
 
-def _stamp(slots) -> tuple:
+def _checks(slots) -> tuple:
+    """What :func:`_unchanged` compares for each ``(dict, name)`` slot: ``(dict, name, tensor,
+    version, storage address)`` as they are now. The entry keeps the tensor alive, so no other
+    tensor can take its place unseen."""
     out = []
     for d, name in slots:
         t = d.get(name)
-        out.append(None if t is None else (id(t), tensor_version(t), t.data_ptr()))
+        out.append((d, name, t, None if t is None else tensor_version(t), None if t is None else t.data_ptr()))
     return tuple(out)
+
+
+def _unchanged(checks) -> bool:
+    """Whether every slot of :func:`_checks` still holds the same tensor, at the same version (an
+    inference tensor has none, and stays one) and in the same storage."""
+    for d, name, t, version, ptr in checks:
+        if d.get(name) is not t:
+            return False
+        if t is not None and ((version is not None and t._version != version) or t.data_ptr() != ptr):
+            return False
+    return True
 
 
 def conv_slots(conv: nn.Conv2d) -> list:
