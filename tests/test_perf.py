@@ -19,7 +19,7 @@ from conftest import load_test_data, make_net
 import dyncnn_gym
 from dyncnn_gym.benchmark.perf import add_arguments
 from dyncnn_gym.benchmark.plain import plain_copy
-from dyncnn_gym.benchmark.routed_table import RandomGates, RandomPlans, _bracket, format_routed, spaced_route, static_forward
+from dyncnn_gym.benchmark.routed_table import RandomGates, RandomPlans, _bracket, format_routed, spaced_route
 from dyncnn_gym.walk import run_routes
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))
@@ -48,8 +48,8 @@ def test_a_static_route_runs_as_its_slim_network(arch, mode):
         expected, _ = run_routes(net, mode, x, torch.as_tensor([route] * 6))
         one, _ = run_routes(net, mode, x[:1], torch.as_tensor([route]))
         with mock.patch("dyncnn_gym.walk.Walk.__init__", side_effect=AssertionError("a static network needs no walk")):
-            assert torch.equal(static_forward(net, mode, x, route), expected)
-            assert torch.equal(static_forward(net, mode, x[:1], route), one)
+            assert torch.equal(net.static_forward(x, mode, route), expected)
+            assert torch.equal(net.static_forward(x[:1], mode, route), one)
 
 
 def test_the_random_router_executes_about_half_of_the_blocks_per_image():

@@ -99,19 +99,6 @@ class RandomPlans(nn.Sequential):
                     m.bias.zero_()
 
 
-def static_forward(net, mode: str, images: torch.Tensor, route: Sequence[int]) -> torch.Tensor:
-    """Logits of ``images`` on one static route (every image the same actions): the slim network that
-    route defines, run as one would ship it, like :meth:`~dyncnn_gym.models.base.DynamicNet.full_forward`:
-    the stem, one dense call per decision on the cached kernels, the head (no walk, no router, no
-    grouping; the walk's bookkeeping would cost it 20-30 % at batch 1 on the default backbones)."""
-    h = net.stem(images, mode)
-    prev = net.num_actions(mode) - 1
-    for t, a in enumerate(route):
-        h = net.decision(mode, t, h, prev, int(a))
-        prev = int(a)
-    return net.head(h, mode, prev)
-
-
 def spaced_route(table, target: float) -> list[int]:
     """A static skip route executing evenly spaced blocks, about ``target`` of the decisions (for a
     backbone without a static accuracy front, e.g. an untrained one)."""
@@ -262,7 +249,7 @@ def route_timed_setup(
         full=lambda x: net.full_forward(x, mode),
         route=route,
         replay=lambda x, acts: run_routes(net, mode, x, acts),
-        static=lambda x, key: static_forward(net, mode, x, key),
+        static=lambda x, key: net.static_forward(x, mode, key),
         front=points,
         spaced=None if points else (lambda ratio: tuple(spaced_route(table, ratio))),
         distinct=lambda acts: int(torch.cat(acts).unique(dim=0).shape[0]),
@@ -374,7 +361,7 @@ def exit_timed_setup(
         points = _route_front(front, info)
 
         def static(x: torch.Tensor, key: tuple) -> Any:
-            return static_forward(net, "channel", x, key)
+            return net.static_forward(x, "channel", key)
 
         def full(x: torch.Tensor) -> Any:
             return net.full_forward(x, "channel")

@@ -28,6 +28,7 @@ and policy are not counted.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -208,11 +209,20 @@ class DynamicNet(nn.Module):
     def full_forward(self, x: torch.Tensor, mode: str | None = None) -> torch.Tensor:
         """Plain forward pass of the full network (every decision at its largest action)."""
         mode = mode or self.modes[0]
-        h = self.stem(x, mode)
         a_max = self.num_actions(mode) - 1
-        for t in range(self.num_decisions(mode)):
-            h = self.decision(mode, t, h, a_max, a_max)
-        return self.head(h, mode, a_max)
+        return self.static_forward(x, mode, [a_max] * self.num_decisions(mode))
+
+    def static_forward(self, x: torch.Tensor, mode: str, route: Sequence[int]) -> torch.Tensor:
+        """Logits ``[B, classes]`` of the slim network one static route defines (every sample takes
+        action ``route[t]`` at decision ``t``): the stem, one call per decision, the head; no walk
+        and no per-sample bookkeeping (a shipped static network; its FLOPs are
+        ``cost_table(mode).path_flops(route)``)."""
+        h = self.stem(x, mode)
+        prev = self.num_actions(mode) - 1
+        for t, a in enumerate(route):
+            h = self.decision(mode, t, h, prev, int(a))
+            prev = int(a)
+        return self.head(h, mode, prev)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # the full network
         return self.full_forward(x)
