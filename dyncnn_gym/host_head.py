@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from . import native_router
-from .models.layers import tensor_version
 from .policies import ModuleHead, OneShotHead, ScoreHead, _plan
 
 #: a lead below this share of ``1 + |best| + |second| + log(A)`` is left to the torch head (float32
@@ -43,14 +42,19 @@ from .policies import ModuleHead, OneShotHead, ScoreHead, _plan
 TOLERANCE = 1e-3
 
 
-def _watch(tensors) -> list[tuple[torch.Tensor, int | None]]:
-    """``tensors`` with their version counters now (see :func:`_changed`)."""
-    return [(t, tensor_version(t)) for t in tensors]
+class _Watched:
+    """Tensors with their in-place version counters as they were when watched (see :meth:`changed`).
+    Inference tensors (made under ``torch.inference_mode``) keep no counter and are not watched."""
 
+    __slots__ = ("tensors", "versions")
 
-def _changed(watched: list[tuple[torch.Tensor, int | None]]) -> bool:
-    """Whether a tensor of :func:`_watch` was changed in place since."""
-    return any(tensor_version(t) != v for t, v in watched)
+    def __init__(self, tensors) -> None:
+        self.tensors = tuple(t for t in tensors if not t.is_inference())
+        self.versions = [t._version for t in self.tensors]
+
+    def changed(self) -> bool:
+        """Whether a watched tensor was changed in place since."""
+        return [t._version for t in self.tensors] != self.versions
 
 
 _ONES: dict[int, np.ndarray] = {}
@@ -137,7 +141,7 @@ class HostHead:
         self._steps = steps
         biased = getattr(head, "biased", False)
         self._cost = head.cost.detach().double().cpu().numpy() * head.bias if biased else None
-        self._watched = _watch(tensors)
+        self._watched = _Watched(tensors)
         self.num_actions: int | None = None
         for kind, w, _ in reversed(steps):
             if kind == "linear":
@@ -179,7 +183,7 @@ class HostHead:
 
     def stale(self) -> bool:
         """Whether a weight or buffer of the torch head was changed in place since this was built."""
-        return _changed(self._watched)
+        return self._watched.changed()
 
     def _steps32(self) -> list[tuple[str, object, object]]:
         """The steps for :meth:`scores_rows`, made once: a linear layer's weight as a float32 torch
@@ -383,7 +387,7 @@ class HostRouter:
         if probes is not None:
             self.probes = [(w.detach().double().cpu().numpy(), b.detach().double().cpu().numpy()) for w, b in probes]
             watched += [t for pair in probes for t in pair]
-        self._watched = _watch(watched)
+        self._watched = _Watched([*host._watched.tensors, *watched])  # the head's and these: one check
         self.onehots = list(onehots)
         w1, b1 = host.first_layer()
         self._classes = 0 if self.probes is None else int(self.probes[0][1].shape[0])
@@ -424,7 +428,7 @@ class HostRouter:
 
     def stale(self) -> bool:
         """Whether the head, a scale or a probe was changed in place since this was built."""
-        return self.head.stale() or _changed(self._watched)
+        return self._watched.changed()
 
     def choose_features(self, t: int, features: torch.Tensor, ratio: float, allowed: np.ndarray | None = None) -> int | None:
         """Decision ``t``'s action for one image from its feature map ``[1, C, H, W]`` (``C`` up to

@@ -382,7 +382,7 @@ class RoutedNet(nn.Module):
             allowed = None if self.budget is None else self.masks(walk)
             one = host is not None and B == 1  # one image: float64 NumPy, unless too close to tell apart
             if one and self.one_shot and state[0] is None:  # the plan on the host; else the torch head plans below
-                ratio = min(int(walk._flops[0]) / self.full, 1.0)
+                ratio = min(walk.spent() / self.full, 1.0)
                 keeps = host.plan_features(walk.t, walk.features_one(), ratio, self.head.bias)
                 if keeps is not None:
                     state[0] = keeps[None, :]
@@ -390,7 +390,7 @@ class RoutedNet(nn.Module):
                 a = state[0][:, walk.t] if allowed is None else within_budget(state[0][:, walk.t], allowed)
                 return int(a[0]) if B == 1 else a.astype(np.int64)
             if one and not self.one_shot:
-                ratio = min(int(walk._flops[0]) / self.full, 1.0)
+                ratio = min(walk.spent() / self.full, 1.0)
                 a = host.choose_features(walk.t, walk.features_one(), ratio, None if allowed is None else allowed[0])
                 if a is not None:
                     return a
@@ -416,10 +416,16 @@ class RoutedNet(nn.Module):
                 state[0] = self.head.keeps(state[0][0]).cpu().numpy()
             return self._check_actions(a, allowed, walk.t, B)
 
-        run(walk, choose)
+        if B == 1 and host is not None and self.budget is None and not self.one_shot:
+            full = self.full  # one image, the router on the host: choose's first branch without choose
+            while not walk.done:
+                a = host.choose_features(walk.t, walk.features_one(), min(walk.spent() / full, 1.0))
+                walk.advance(choose(walk) if a is None else a)  # not sure: the torch head decides
+        else:
+            run(walk, choose)
         logits = walk.logits()
-        flops = walk.flops.clone()
-        self.last = Routed(logits, walk.actions.clone(), flops, flops.double() / self.full)
+        actions, flops = walk.accounts()
+        self.last = Routed(logits, actions, flops, flops.double() / self.full)
         return self.last
 
     def _allowed_mask(

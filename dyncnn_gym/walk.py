@@ -36,24 +36,49 @@ from .models.base import CostTable, DynamicNet, structure_cache
 MERGE_FLOPS = 8_000_000
 
 
-def cost_tensors(net: DynamicNet, mode: str) -> tuple[CostTable, torch.Tensor, torch.Tensor]:
-    """The cost table of ``net`` in ``mode``, plus its ``steps`` and ``head`` as CPU int64 tensors."""
+class Structure:
+    """What a walk needs to know of ``net`` in ``mode``, built once per network and mode (a
+    network's structure does not change) and kept in :func:`~dyncnn_gym.models.base.structure_cache`.
+
+    Attributes:
+        table: the :class:`~dyncnn_gym.models.CostTable`; ``steps`` / ``head``: its ``steps``
+            ``[T, A, A]`` and ``head`` ``[A]`` as CPU int64 tensors, and ``steps_list`` /
+            ``head_list`` as nested Python lists (one image's accounting in Python ints).
+        widths: ``net.feature_widths(mode)`` (uncached, a ResNet indexes every block: some 50 us).
+        by_prev: ``net.decision_uses_prev(mode)``.
+        identity: per decision, whether action 0 leaves the feature map as it is (a skipped block
+            that keeps its input's shape), so the walk need not call the backbone.
+    """
+
+    __slots__ = ("table", "steps", "head", "steps_list", "head_list", "widths", "by_prev", "identity")
+
+    def __init__(self, net: DynamicNet, mode: str) -> None:
+        self.table = table = net.cost_table(mode)
+        self.steps, self.head = torch.as_tensor(table.steps), torch.as_tensor(table.head)
+        self.steps_list, self.head_list = table.steps.tolist(), table.head.tolist()
+        self.widths = tuple(net.feature_widths(mode))
+        self.by_prev = net.decision_uses_prev(mode)
+        self.identity = tuple(mode == "skip" and _is_identity_skip(net, t) for t in range(table.num_decisions))
+
+
+def structure(net: DynamicNet, mode: str) -> Structure:
+    """The :class:`Structure` of ``net`` in ``mode`` (cached)."""
     per_net = structure_cache(net)
     hit = per_net.get(mode)
     if hit is None:
-        table = net.cost_table(mode)
-        hit = per_net[mode] = (table, torch.as_tensor(table.steps), torch.as_tensor(table.head))
+        hit = per_net[mode] = Structure(net, mode)
     return hit
 
 
+def cost_tensors(net: DynamicNet, mode: str) -> tuple[CostTable, torch.Tensor, torch.Tensor]:
+    """The cost table of ``net`` in ``mode``, plus its ``steps`` and ``head`` as CPU int64 tensors."""
+    s = structure(net, mode)
+    return s.table, s.steps, s.head
+
+
 def feature_widths(net: DynamicNet, mode: str) -> list[int]:
-    """``net.feature_widths(mode)``, cached with the cost table (a network's structure does not
-    change; on a ResNet the uncached call indexes every block, some 50 us, once per walk)."""
-    per_net = structure_cache(net)
-    hit = per_net.get(("widths", mode))
-    if hit is None:
-        hit = per_net[("widths", mode)] = tuple(net.feature_widths(mode))
-    return list(hit)
+    """``net.feature_widths(mode)``, cached with the cost table."""
+    return list(structure(net, mode).widths)
 
 
 class _Chunk:
@@ -69,6 +94,22 @@ class _Chunk:
 
     def __init__(self, p: int, rows: np.ndarray, x: torch.Tensor, owned: bool = True) -> None:
         self.p, self.rows, self.x, self.owned = p, rows, x, owned
+
+
+class _One:
+    """The accounting of a walk of one image in Python ints (previous action, FLOPs spent, actions
+    taken ``[T]``), with the cost table as nested lists (:class:`Structure`)."""
+
+    __slots__ = ("prev", "flops", "actions", "steps", "head")
+
+    def __init__(self, prev: int, flops: int, actions: list[int], steps: list, head: list[int]) -> None:
+        self.prev, self.flops, self.actions, self.steps, self.head = prev, flops, actions, steps, head
+
+
+#: the accounting arrays and their tensors, built on first read for a walk of one image
+_BOOKS = frozenset(("_prev", "_flops", "_actions", "prev", "flops", "actions"))
+_ROW0 = np.zeros(1, dtype=np.int64)
+_ROW0.flags.writeable = False
 
 
 class Walk:
@@ -89,25 +130,33 @@ class Walk:
     group once on contiguous cached weight slices, and concatenates the outputs by action; so a
     mixed batch costs one gather and one concatenation per step, never a mask or a zero fill, and a
     uniform batch costs neither. The accounting (``prev``, ``flops``, ``actions``) lives in NumPy
-    arrays that the tensors share memory with.
+    arrays that the tensors share memory with; a walk of one image keeps it in Python ints until
+    one of them is first read (:meth:`spent` reads its FLOPs without that), so a single image
+    walks with no NumPy or tensor bookkeeping at a decision.
     """
 
     def __init__(self, net: DynamicNet, mode: str, images: torch.Tensor | None) -> None:
         net.check_mode(mode)
         self.net, self.mode = net, mode
-        self.table, self._steps, self._head = cost_tensors(net, mode)
+        self._s = st = structure(net, mode)
+        self.table = st.table
         self.T, self.A = self.table.num_decisions, self.table.num_actions
-        self.widths = feature_widths(net, mode)
-        self._by_prev = net.decision_uses_prev(mode)
+        self.widths = list(st.widths)
+        self._by_prev = st.by_prev
         self.t = 0
         self._logits: torch.Tensor | None = None
         self._chunks: list[_Chunk] = []
+        self._one: _One | None = None
         if images is None:  # used by select / cat
             return
         B = images.shape[0]
-        dtype = _param_dtype(net)
+        dtype = param_dtype(net)
         if images.is_floating_point() and images.dtype != dtype:  # e.g. a bfloat16 / float16 backbone
             images = images.to(dtype)
+        if B == 1:
+            self._one = _One(self.A - 1, self.table.stem, [-1] * self.T, st.steps_list, st.head_list)
+            self._chunks = [_Chunk(self.A - 1, _ROW0, net.stem(images, mode))]
+            return
         self._chunks = [_Chunk(self.A - 1, np.arange(B, dtype=np.int64), net.stem(images, mode))]
         self._books(
             np.full(B, self.A - 1, dtype=np.int64),
@@ -116,11 +165,39 @@ class Walk:
         )
 
     def _books(self, prev: np.ndarray, flops: np.ndarray, actions: np.ndarray) -> None:
+        self._one = None
         self._prev, self._flops, self._actions = prev, flops, actions
         self.prev, self.flops, self.actions = torch.from_numpy(prev), torch.from_numpy(flops), torch.from_numpy(actions)
 
+    def __getattr__(self, name: str):
+        # only reached for an attribute not set: a walk of one image builds its accounting arrays
+        # the first time one of them is read, and keeps them up to date from then on
+        one = self.__dict__.get("_one")
+        if one is None or name not in _BOOKS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        self._books(
+            np.array([one.prev], dtype=np.int64),
+            np.array([one.flops], dtype=np.int64),
+            np.array([one.actions], dtype=np.int64),
+        )
+        return self.__dict__[name]
+
     def __len__(self) -> int:
-        return int(self._prev.shape[0])
+        return 1 if self._one is not None else int(self._prev.shape[0])
+
+    def accounts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of :attr:`actions` ``[B, T]`` and :attr:`flops` ``[B]`` (int64; on a walk of one
+        image, made without building its accounting arrays)."""
+        one = self._one
+        if one is not None:
+            return torch.tensor([one.actions], dtype=torch.int64), torch.tensor([one.flops], dtype=torch.int64)
+        return self.actions.clone(), self.flops.clone()
+
+    def spent(self) -> int:
+        """FLOPs spent so far by the first image (a Python int; on a walk of one image, read without
+        building the accounting arrays)."""
+        one = self._one
+        return one.flops if one is not None else int(self._flops[0])
 
     @property
     def done(self) -> bool:
@@ -228,7 +305,19 @@ class Walk:
         return self._advance_all(int(action))
 
     def _advance_all(self, v: int) -> int:
-        t, prev = self.t, self._prev
+        one, t = self._one, self.t
+        if one is not None:  # one image, accounting not yet read as arrays: Python ints (_run_chunk inlined)
+            p, c = one.prev, self._chunks[0]
+            if v or not self._s.identity[t]:
+                c.x, c.owned = self.net.decision(self.mode, t, c.x, p, v), True
+            c.p = v
+            cost = one.steps[t][p][v]
+            one.flops += cost
+            one.actions[t] = v
+            one.prev = v
+            self.t = t + 1
+            return cost
+        prev = self._prev
         B = prev.shape[0]
         if B == 1:  # one image (the single env, a routed model at batch 1): scalar bookkeeping
             p = int(prev[0])
@@ -251,7 +340,7 @@ class Walk:
 
     def _run_chunk(self, t: int, c: _Chunk, v: int) -> _Chunk:
         """Decision ``t`` with action ``v`` for every row of chunk ``c`` (one call on the backbone)."""
-        if self.mode == "skip" and v == 0 and _is_identity_skip(self.net, t):
+        if v == 0 and self._s.identity[t]:
             c.p = v
             return c
         c.x, c.p, c.owned = self.net.decision(self.mode, t, c.x, c.p, v), v, True
@@ -329,7 +418,7 @@ class Walk:
         execute it are gathered, computed and written back (in place when the chunk is owned and
         no gradient is recorded)."""
         net, mode = self.net, self.mode
-        skip_identity = mode == "skip" and _is_identity_skip(net, t)
+        skip_identity = self._s.identity[t]
         inplace_ok = not torch.is_grad_enabled()
         kept: list[_Chunk] = []
         pieces: list[tuple[np.ndarray, torch.Tensor]] = []
@@ -373,7 +462,10 @@ class Walk:
                 self._logits = torch.zeros((0, self.net.num_classes), device=self.device)
             else:
                 self._logits = self._unpermute(ys[0] if len(ys) == 1 else torch.cat(ys))
-            self._flops += self.table.head[self._prev]
+            if self._one is not None:
+                self._one.flops += self._one.head[self._one.prev]
+            else:
+                self._flops += self.table.head[self._prev]
         return self._logits
 
     # -- regrouping (vector envs with partial resets) ----------------------------------------
@@ -424,9 +516,22 @@ class Walk:
         return w
 
 
-def _param_dtype(net: torch.nn.Module) -> torch.dtype:
-    p = next(net.parameters(), None)
-    return p.dtype if p is not None else torch.float32
+def param_dtype(net: torch.nn.Module) -> torch.dtype:
+    """The dtype of ``net``'s first parameter (float32 without parameters). Where that parameter
+    lives is cached (``next(net.parameters())`` walks the module tree, some 6 us), and checked to
+    still be registered there at every call."""
+    per_net = structure_cache(net)
+    hit = per_net.get("param0")  # (submodule or None for net itself: the cache must not hold net, name, parameter)
+    if hit is None or (hit[0] or net)._parameters.get(hit[1]) is not hit[2]:
+        hit = None
+        for module in net.modules():
+            name = next((n for n, p in module._parameters.items() if p is not None), None)
+            if name is not None:
+                hit = per_net["param0"] = (None if module is net else module, name, module._parameters[name])
+                break
+        if hit is None:
+            return torch.float32
+    return hit[2].dtype
 
 
 def _scatter_(x: torch.Tensor, idx: torch.Tensor, y: torch.Tensor) -> None:

@@ -298,6 +298,64 @@ def test_walk_steps_report_each_decisions_cost(arch, mode, exact_execution):
     assert walk.flops.tolist() == [table.path_flops(a.tolist()) for a in acts]
 
 
+@pytest.mark.parametrize("arch,mode", [(a, m) for a in ("vgg", "resnet8") for m in ARCHS[a]])
+def test_one_image_is_accounted_as_in_a_batch_whenever_its_books_are_read(arch, mode):
+    """A walk of one image keeps its accounting in Python ints until it is first read; read before,
+    during or after the walk (and then held while it goes on), or through ``spent`` / ``accounts``,
+    it equals the same image's row in a batch, the FLOPs the counter sees and the cost table's."""
+    net = make_net(arch, "user12", 4)
+    table = net.cost_table(mode)
+    x = images("user12", 3, seed=5)
+    acts = random_routes(net, mode, 3, seed=2)
+    with torch.no_grad():
+        batch = Walk(net, mode, x)
+        for t in range(batch.T):
+            batch.step(acts[:, t])
+        batch_logits = batch.logits()
+        for i in range(3):
+            for read_at in (None, 0, batch.T // 2, batch.T):
+                w, c_stem = counted(Walk, net, mode, x[i : i + 1])
+                held, executed = None, c_stem
+                for t in range(w.T):
+                    if t == read_at:
+                        held = w.flops  # from here on the walk keeps these tensors up to date
+                        assert held.tolist() == [w.spent()]
+                    assert w.spent() == table.stem + sum(
+                        int(table.steps[k, int(acts[i, k - 1]) if k else table.num_actions - 1, int(acts[i, k])])
+                        for k in range(t)
+                    )
+                    _, c = counted(w.advance, int(acts[i, t]))
+                    executed += c
+                if read_at == w.T:
+                    held = w.flops
+                logits, c = counted(w.logits)
+                executed += c
+                actions, flops = w.accounts()
+                assert flops.tolist() == [executed] == [table.path_flops(acts[i].tolist())] == [batch.flops[i].item()]
+                assert actions.tolist() == [acts[i].tolist()] == w.actions.tolist()
+                assert w.spent() == executed and w.prev.tolist() == [int(acts[i, -1])]
+                if held is not None:
+                    assert held.tolist() == [executed], f"a FLOPs tensor read at decision {read_at} went stale"
+                torch.testing.assert_close(logits, batch_logits[i : i + 1], rtol=1e-4, atol=1e-5)
+                assert len(w) == 1 and len(w.select([0])) == 1 and w.select([0]).flops.tolist() == [executed]
+
+
+def test_a_walk_casts_images_to_a_replaced_parameters_dtype():
+    """The walk casts images to the backbone's parameter dtype; it caches where the first parameter
+    lives, not its dtype, and notices that parameter being replaced."""
+    net = make_net("vgg", "user12", 4)
+    x = images("user12", 2)
+    with torch.no_grad():
+        ref = run_routes(net, "channel", x, random_routes(net, "channel", 2, seed=0))[0]
+        net.double()  # parameters converted in place
+        assert run_routes(net, "channel", x, random_routes(net, "channel", 2, seed=0))[0].dtype == torch.float64
+        state = {k: v.float() for k, v in net.state_dict().items()}
+        net.load_state_dict(state, assign=True)  # parameters replaced by new float32 ones
+        out = run_routes(net, "channel", x, random_routes(net, "channel", 2, seed=0))[0]
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref)
+
+
 # ------------------------------------------------------------------------------ the envs
 
 
