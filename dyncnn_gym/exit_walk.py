@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .models.exits import Carry, Stages, take
+from .walk import param_dtype
 
 
 class Exited(NamedTuple):
@@ -61,9 +62,9 @@ class ExitWalk:
         self.carry: Carry = ()
         if images is None:  # used by select / cat
             return
-        p = next(stages.net.parameters(), None)
-        if p is not None and images.is_floating_point() and images.dtype != p.dtype:
-            images = images.to(p.dtype)
+        dtype = param_dtype(stages.net)
+        if images.is_floating_point() and images.dtype != dtype:
+            images = images.to(dtype)
         B = images.shape[0]
         carry, self.logits, self.pooled = stages.advance(0, stages.begin(images))
         self.carry = carry

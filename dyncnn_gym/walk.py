@@ -522,7 +522,7 @@ def param_dtype(net: torch.nn.Module) -> torch.dtype:
     still be registered there at every call."""
     per_net = structure_cache(net)
     hit = per_net.get("param0")  # (submodule or None for net itself: the cache must not hold net, name, parameter)
-    if hit is None or (hit[0] or net)._parameters.get(hit[1]) is not hit[2]:
+    if hit is None or (net if hit[0] is None else hit[0])._parameters.get(hit[1]) is not hit[2]:
         hit = None
         for module in net.modules():
             name = next((n for n, p in module._parameters.items() if p is not None), None)
