@@ -97,13 +97,13 @@ class _Chunk:
 
 
 class _One:
-    """The accounting of a walk of one image in Python ints (previous action, FLOPs spent, actions
-    taken ``[T]``), with the cost table as nested lists (:class:`Structure`)."""
+    """The accounting of a walk of one image in Python ints: previous action, FLOPs spent, actions
+    taken ``[T]`` (priced from :attr:`Structure.steps_list` / :attr:`Structure.head_list`)."""
 
-    __slots__ = ("prev", "flops", "actions", "steps", "head")
+    __slots__ = ("prev", "flops", "actions")
 
-    def __init__(self, prev: int, flops: int, actions: list[int], steps: list, head: list[int]) -> None:
-        self.prev, self.flops, self.actions, self.steps, self.head = prev, flops, actions, steps, head
+    def __init__(self, prev: int, flops: int, actions: list[int]) -> None:
+        self.prev, self.flops, self.actions = prev, flops, actions
 
 
 #: the accounting arrays and their tensors, built on first read for a walk of one image
@@ -154,7 +154,7 @@ class Walk:
         if images.is_floating_point() and images.dtype != dtype:  # e.g. a bfloat16 / float16 backbone
             images = images.to(dtype)
         if B == 1:
-            self._one = _One(self.A - 1, self.table.stem, [-1] * self.T, st.steps_list, st.head_list)
+            self._one = _One(self.A - 1, self.table.stem, [-1] * self.T)
             self._chunks = [_Chunk(self.A - 1, _ROW0, net.stem(images, mode))]
             return
         self._chunks = [_Chunk(self.A - 1, np.arange(B, dtype=np.int64), net.stem(images, mode))]
@@ -311,7 +311,7 @@ class Walk:
             if v or not self._s.identity[t]:
                 c.x, c.owned = self.net.decision(self.mode, t, c.x, p, v), True
             c.p = v
-            cost = one.steps[t][p][v]
+            cost = self._s.steps_list[t][p][v]
             one.flops += cost
             one.actions[t] = v
             one.prev = v
@@ -463,7 +463,7 @@ class Walk:
             else:
                 self._logits = self._unpermute(ys[0] if len(ys) == 1 else torch.cat(ys))
             if self._one is not None:
-                self._one.flops += self._one.head[self._one.prev]
+                self._one.flops += self._s.head_list[self._one.prev]
             else:
                 self._flops += self.table.head[self._prev]
         return self._logits
