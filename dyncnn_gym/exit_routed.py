@@ -45,6 +45,7 @@ from .routed import (
     policy_head,
     read_file,
 )
+from .walk import first_parameter, param_dtype
 
 #: ``format`` tag of files written by :meth:`ExitRoutedNet.save`
 EXIT_FORMAT = "dyncnn_gym.exit_routed"
@@ -97,18 +98,11 @@ class ExitRoutedNet(nn.Module):
     @property
     def device(self) -> torch.device:
         """The device of the backbone (and of every buffer and the policy head)."""
-        return self._param_meta()[0]
-
-    def _param_meta(self) -> tuple[torch.device, torch.dtype | None]:
-        """``(device, dtype)`` of the backbone's parameters (cached until the next ``.to()``)."""
-        meta = self.__dict__.get("_meta")
-        if meta is None:
-            p = next(self.backbone.parameters())
-            meta = self.__dict__["_meta"] = (p.device, p.dtype)
-        return meta
+        p = first_parameter(self.backbone)
+        return torch.device("cpu") if p is None else p.device
 
     def _apply(self, fn, *args: Any, **kwargs: Any) -> ExitRoutedNet:
-        for cached in ("_meta", "_rows", "_ratios", "_host"):  # .to() / .cuda() / .half() may move or cast everything
+        for cached in ("_rows", "_ratios", "_host"):  # .to() / .cuda() / .half() may move or cast everything
             self.__dict__.pop(cached, None)
         return super()._apply(fn, *args, **kwargs)
 
@@ -218,7 +212,7 @@ class ExitRoutedNet(nn.Module):
         """:meth:`route` for one image: the same stages, observations and actions with scalar
         bookkeeping (no row gathers, no NumPy accounting)."""
         stages, costs = self.stages, self.stages.costs
-        dtype = self._param_meta()[1]
+        dtype = param_dtype(self.backbone)
         if x.dtype != dtype:
             x = x.to(dtype)
         policy = self.policy

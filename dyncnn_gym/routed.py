@@ -77,7 +77,7 @@ from .policies import (
     as_policy,
     within_budget,
 )
-from .walk import Walk, cost_tensors, run
+from .walk import Walk, cost_tensors, first_parameter, run
 
 #: ``format`` tag of files written by :meth:`RoutedNet.save`
 FORMAT = "dyncnn_gym.routed"
@@ -231,7 +231,6 @@ class RoutedNet(nn.Module):
             row = torch.zeros((1, self.feat_dim - width + self.T), device=dev)
             row[0, self.feat_dim - width + t] = 1.0
             self.register_buffer(f"_row_{t}", row, persistent=False)
-        self._device: torch.device | None = None
         self.budget = None if budget is None else float(budget)
         self.one_shot = isinstance(head, OneShotHead)  # every decision planned at the first: one observation per image
         if self.one_shot and mode != "skip":
@@ -257,12 +256,10 @@ class RoutedNet(nn.Module):
     @property
     def device(self) -> torch.device:
         """The device of the backbone (and of every buffer and the policy head)."""
-        if self._device is None:
-            self._device = next(self.backbone.parameters()).device
-        return self._device
+        p = first_parameter(self.backbone)
+        return torch.device("cpu") if p is None else p.device
 
     def _apply(self, fn, *args: Any, **kwargs: Any) -> RoutedNet:
-        self._device = None  # .to() / .cuda() / .cpu() may move everything: cached tensors go too
         self._consts, self._ratios, self._ones = None, {}, {}
         self.__dict__.pop("_host", None)
         return super()._apply(fn, *args, **kwargs)

@@ -477,6 +477,23 @@ def assert_one_at_a_time_routes_as_the_batch(net, x: torch.Tensor, out) -> None:
     assert torch.allclose(torch.cat([o.logits for o in ones]), out.logits, atol=1e-5)
 
 
+def test_an_exported_router_follows_its_backbone_cast_or_replaced_after_export():
+    """Routing one image or a batch reads the backbone's parameter dtype at every call: a backbone cast
+    after export (or given new parameters) routes as before, in its new dtype."""
+    kw = kwargs("depth", "user12")
+    net = dyncnn_gym.export(Jumpy(), ENV, **kw)
+    x = torch.as_tensor(kw["dataset"].test.images[:6])
+    ref = net.route(x)
+    net.backbone.double()
+    for out in (net.route(x), *(net.route(x[i : i + 1]) for i in range(len(x)))):
+        assert out.logits.dtype == torch.float64
+    assert torch.equal(torch.cat([net.route(x[i : i + 1]).exits for i in range(len(x))]), ref.exits)
+    net.backbone.load_state_dict({k: v.float() for k, v in net.backbone.state_dict().items()}, assign=True)
+    one = net.route(x[:1])
+    assert one.logits.dtype == torch.float32 and net.device == torch.device("cpu")
+    assert torch.equal(one.exits, ref.exits[:1])
+
+
 class Jumpy(torch.nn.Module):
     """Continue where the hundredths digit of the sum of the observed features is odd: a
     deterministic policy whose choice changes from image to image, so that every exit is taken
