@@ -136,3 +136,30 @@ def test_static_routes_share_their_prefixes_and_score_bit_for_bit_as_each_route_
     greedy = baselines.greedy_routes(core, select_on=200)
     steps = np.diff(greedy, axis=0)
     assert (steps.sum(1) == -1).all() and (steps <= 0).all() and (greedy[-1] == 0).all()
+
+
+def test_greedy_static_routes_are_chosen_off_the_test_split_on_held_out_images_too():
+    """Where the data hold out a ``"val"`` split, the static front holds the greedy routes chosen there
+    and those chosen on train images (each row says which); never routes chosen on the test split."""
+    from conftest import make_net
+
+    from dyncnn_gym.benchmark import baselines
+    from dyncnn_gym.data import load_dataset
+
+    data = load_dataset("digits", val_fraction=0.25)
+    core = RoutingCore("channel", 1, split="test", dataset=data, backbone=make_net("vgg", "digits"))
+    static = static_baselines(core, select_on=200)
+    assert static["selected_on"] == ["val", "train"]
+    for s in ("val", "train"):
+        family = [r["actions"] for r in static["greedy"] if r["selected_on"] == s]
+        np.testing.assert_array_equal(family, baselines.greedy_routes(core, select_on=200, split=s))
+    val, train = (baselines.greedy_routes(core, select_on=200, split=s) for s in ("val", "train"))
+    assert len(val) != len(train) or (val != train).any(), "the two families should differ on this backbone"
+    assert static["front"] == pareto(static["uniform"] + static["greedy"])
+    only = static_baselines(core, select_on=200, select_split="train")  # the published benchmark suites' protocol
+    assert only["selected_on"] == ["train"] and {r["selected_on"] for r in only["greedy"]} == {"train"}
+    assert static_baselines(
+        RoutingCore("channel", 1, split="test", dataset="digits", backbone=make_net("vgg", "digits")), select_on=200
+    )["selected_on"] == ["train"]  # no held-out split: train images only
+    with pytest.raises(ValueError, match="not on the test split"):
+        baselines.greedy_routes(core, split="test")

@@ -346,7 +346,8 @@ class TaskBaselines:
             return static, [{k: r[k] for k in ("accuracy", "flops_ratio", "exit")} for r in st["points"]]
         from .baselines import static_baselines
 
-        static = static_baselines(self.core)
+        # the published suites' protocol: greedy routes chosen on train images (docs/benchmark.md)
+        static = static_baselines(self.core, select_split="train")
         pool = static.get("exhaustive") or (static["uniform"] + static.get("greedy", []))
         return static, [{"accuracy": r["accuracy"], "flops_ratio": r["flops_ratio"], "actions": r["actions"]} for r in pool]
 
