@@ -4,7 +4,8 @@
     python agents/baselines.py --env DynSkip-v0 --dataset digits --rate 0.3
 
 * ``static``: the same action at every decision (every static width, skip none / skip all), and
-  per-decision static routes found greedily on train images (all routes when there are <= 64);
+  per-decision static routes found greedily on held-out and on train images (all routes when there
+  are <= 64);
 * ``random``: each decision draws its action at random; ``--rate`` sets the probability of the
   cheap choice (skip / narrowest width), the rest spread over the other actions;
 * ``cascade``: a confidence cascade — at every decision, the rich action (widest / execute) where the

@@ -3,7 +3,7 @@
 PPO with the package's recipe learns `DynBlockDrop-v1` (every block kept or dropped from one look at
 the stem's features, dialed to the FLOPs target 0.68) on your skip backbone; the router is
 evaluated on the whole test split against the static skip patterns of the same backbone (uniform
-and greedy, the greedy ones chosen on `--select-on` train images), exported, and timed at batch 1,
+and greedy, the greedy ones chosen on `--select-on` held-out and train images), exported, and timed at batch 1,
 64 and 256 against the full network, the same routes without the router, and the static networks
 of the same FLOPs and of the same accuracy (the columns of docs/speed.md's table).
 
@@ -78,7 +78,12 @@ def main() -> None:
     p.add_argument("--backbone", required=True, help="a pretrained skip backbone: checkpoint file or registry name")
     p.add_argument("--data", default="shapes", help="data set the backbone was trained on")
     p.add_argument("--steps", type=int, default=None, help="PPO steps (default: the recipe's 150000)")
-    p.add_argument("--select-on", type=int, default=250, help="train images the greedy static routes are chosen on")
+    p.add_argument(
+        "--select-on",
+        type=int,
+        default=250,
+        help="images (of the held-out split, where the data has one, and of the train split) the greedy static routes are chosen on",
+    )
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats per measurement (median reported)")
     p.add_argument("--threads", type=int, nargs="+", default=None, help="torch thread counts (default: 1 and torch's)")
     p.add_argument("--seed", type=int, default=0, help="PPO seed")

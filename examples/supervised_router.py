@@ -49,7 +49,7 @@ def first_obs(images: np.ndarray | torch.Tensor) -> np.ndarray:
     return core.observe(Walk(core.net, mode, torch.as_tensor(images)))
 
 
-routes = greedy_routes(core)  # chosen on train images, full network first
+routes = greedy_routes(core, split="train")  # chosen on train images (the val images train the router), full network first
 cost = np.array([core.table.path_flops(r) for r in routes]) / core.full
 ok_val, _ = route_outcomes(core, routes, split="val", limit=args.n_val)
 ok_test, _ = route_outcomes(core, routes)

@@ -220,7 +220,8 @@ def route_timed_setup(
     ``trained=False`` (an untrained backbone): no accuracies, and an evenly spaced static skip route
     of the routes' FLOPs in place of the front. ``evaluated``: :func:`~dyncnn_gym.evaluate`'s result
     for ``policy`` on ``env_id``, when the caller has it (otherwise it is evaluated here).
-    ``select_on``: train images the greedy static routes are chosen on (fewer for deep backbones)."""
+    ``select_on``: images the greedy static routes are chosen on, of the held-out and of the train
+    split (:func:`~dyncnn_gym.benchmark.baselines.static_baselines`; fewer for deep backbones)."""
     from ..walk import run_routes
     from .baselines import static_baselines
     from .plain import plain_copy
