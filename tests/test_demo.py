@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -31,7 +32,14 @@ def test_demo_writes_results_that_a_third_party_can_reproduce(digit_backbones, t
         assert (tmp_path / png).stat().st_size > 1000
     exit_entry = saved["learned"][2]
     assert exit_entry["env_kwargs"]["backbone"] == digit_backbones["channel"]  # the width cascade on the channel backbone
-    assert sum(exit_entry["exit_rates"]) == pytest.approx(1.0) and saved["baselines"]["DynExit-v1"]["cascade"]
+    assert sum(exit_entry["exit_rates"]) == pytest.approx(1.0)
+    from dyncnn_gym.benchmark.demo import format_table
+
+    table = format_table(saved)
+    for env_id, entry in zip(saved["full"], saved["learned"]):  # a confidence cascade beside every router
+        assert saved["baselines"][env_id]["cascade"] and "cascade_accuracy_at_same_flops" in entry
+        assert f"| {env_id} | confidence cascade" in table
+    assert re.search(r"\| DynChannel-v1 \| confidence cascade \d+->\d+, threshold", table)  # its action pair
     # the exported early-exit router, timed against the full network and the static network of its accuracy
     clock = saved["wall_clock"]["DynExit-v1"]
     assert clock["accuracy"] == exit_entry["accuracy"] and (clock["batch"], clock["threads"]) == (256, 1)

@@ -2,9 +2,9 @@
 
 Loads (or pretrains and caches) the default backbones, trains PPO routers on ``DynChannel-v1``,
 ``DynSkip-v1`` and ``DynExit-v1`` (the width cascade) with the recipe of :mod:`dyncnn_gym.recipes`,
-evaluates them on the whole test split against the full network, static routes (static exits and
-the confidence-threshold cascade for ``DynExit-v1``), random routes at the learned rates and a
-label-aware oracle, prints a table, times the exported ``DynExit-v1`` router against the full network
+evaluates them on the whole test split against the full network, static routes (static exits for
+``DynExit-v1``), a confidence cascade (:func:`~dyncnn_gym.benchmark.baselines.cascade_front`; on
+``DynExit-v1`` the threshold cascade), random routes at the learned rates and a label-aware oracle, prints a table, times the exported ``DynExit-v1`` router against the full network
 and the static network of its accuracy (:func:`wall_clock`), and writes ``results.json``, PNG
 plots and the trained SB3 models. ``envs=("DynBlockDrop-v1",)`` (``--env DynBlockDrop-v1``) does the
 same for a router that plans every block of the skip backbone from one look, timed alike.
@@ -28,7 +28,7 @@ from ..pretraining import DEFAULT_ARCH
 from ..recipes import check_timesteps, recipe, train_ppo
 from ..recipes import env_kwargs as recipe_env_kwargs
 from . import plots
-from .baselines import interpolate, oracle, random_policy_eval, static_baselines
+from .baselines import cascade_front, interpolate, oracle, random_policy_eval, static_baselines
 from .protocol import evaluate
 
 #: the envs the demo trains routers for: the newest one-pass width and depth envs and the early-exit env
@@ -114,13 +114,15 @@ def run_demo(
         rnd = random_policy_eval(core, res["action_rates"], seed=seed)
         pool = static.get("exhaustive") or (static["uniform"] + static.get("greedy", []))
         orc = oracle(core, np.array([r["actions"] for r in pool], dtype=np.int64))
+        cascade = cascade_front(core)
         results["full"][env_id] = {k: static["full"][k] for k in ("accuracy", "flops_ratio")}
         results["static"][env_id] = static
-        results["baselines"][env_id] = {"random_matched": rnd, "oracle": orc}
+        results["baselines"][env_id] = {"random_matched": rnd, "oracle": orc, "cascade": cascade["points"]}
         results["learned"].append(
             {
                 **entry,
                 "static_front_accuracy_at_same_flops": interpolate(static["front"], res["flops_ratio"]),
+                "cascade_accuracy_at_same_flops": interpolate(cascade["front"], res["flops_ratio"]),
                 **{
                     k: res[k]
                     for k in ("action_rates", "mean_action", "routes", "by_difficulty", "difficulty_flops_spearman")
@@ -133,7 +135,7 @@ def run_demo(
             out / f"{name}_front.png",
             f"{env_id} on {data.name} ({env_kwargs['backbone']})",
             static,
-            [results["learned"][-1]],
+            [results["learned"][-1], *({**p, "algorithm": "confidence cascade", "baseline": True} for p in cascade["front"])],
             {"random (matched rates)": rnd, "oracle (knows label)": orc},
         )
         plots.plot_usage(
@@ -294,6 +296,11 @@ def _full_by_difficulty(core: RoutingCore, res: dict[str, Any]) -> list[dict[str
     return rows
 
 
+def _percent(accuracy: float | None) -> str:
+    """An accuracy in percent with two decimals; ``n/a`` for a front that does not reach the FLOPs."""
+    return "n/a" if accuracy is None or not np.isfinite(accuracy) else f"{100 * accuracy:.2f}"
+
+
 def format_table(results: dict[str, Any]) -> str:
     """A Markdown table of the demo's results."""
     lines = [
@@ -312,21 +319,21 @@ def format_table(results: dict[str, Any]) -> str:
                 lines.append(
                     f"| {env_id} | every image at exit {row['exit']} | {100 * row['accuracy']:.2f} | {row['flops_ratio']:.3f} | |"
                 )
-            front = results["baselines"][env_id]["cascade"]
-            at = entry["cascade_accuracy_at_same_flops"]
+        front = results["baselines"][env_id].get("cascade")
+        if front:  # the cascade's point nearest PPO's FLOPs, and its front there
             best = min(front, key=lambda p: abs(p["flops_ratio"] - entry["flops_ratio"]))
+            how = "" if exits else f" {best['cheap']}->{best['rich']}"
             lines.append(
-                f"| {env_id} | confidence cascade, threshold {best['threshold']} | {100 * best['accuracy']:.2f} | {best['flops_ratio']:.3f} |"
-                f" {100 * at:.2f} (cascade front at PPO's FLOPs) |"
+                f"| {env_id} | confidence cascade{how}, threshold {best['threshold']} | {100 * best['accuracy']:.2f} |"
+                f" {best['flops_ratio']:.3f} | {_percent(entry['cascade_accuracy_at_same_flops'])} (cascade front at PPO's FLOPs) |"
             )
         for row in results["static"][env_id].get("uniform", [])[:-1]:
             lines.append(f"| {env_id} | static {row['actions']} | {100 * row['accuracy']:.2f} | {row['flops_ratio']:.3f} | |")
         rnd = results["baselines"][env_id]["random_matched"]
         lines.append(f"| {env_id} | random at PPO's rates | {100 * rnd['accuracy']:.2f} | {rnd['flops_ratio']:.3f} | |")
-        st = entry["static_front_accuracy_at_same_flops"]
-        st_s = "n/a" if st is None or not np.isfinite(st) else f"{100 * st:.2f}"
         lines.append(
-            f"| {env_id} | **{entry['algorithm']}** | **{100 * entry['accuracy']:.2f}** | **{entry['flops_ratio']:.3f}** | {st_s} |"
+            f"| {env_id} | **{entry['algorithm']}** | **{100 * entry['accuracy']:.2f}** | **{entry['flops_ratio']:.3f}** |"
+            f" {_percent(entry['static_front_accuracy_at_same_flops'])} |"
         )
         orc = results["baselines"][env_id]["oracle"]
         lines.append(
