@@ -4,9 +4,10 @@ Loads (or pretrains and caches) the default backbones, trains PPO routers on ``D
 ``DynSkip-v1`` and ``DynExit-v1`` (the width cascade) with the recipe of :mod:`dyncnn_gym.recipes`,
 evaluates them on the whole test split against the full network, static routes (static exits for
 ``DynExit-v1``), a confidence cascade (:func:`~dyncnn_gym.benchmark.baselines.cascade_front`; on
-``DynExit-v1`` the threshold cascade), random routes at the learned rates and a label-aware oracle, prints a table, times the exported ``DynExit-v1`` router against the full network
-and the static network of its accuracy (:func:`wall_clock`), and writes ``results.json``, PNG
-plots and the trained SB3 models. ``envs=("DynBlockDrop-v1",)`` (``--env DynBlockDrop-v1``) does the
+``DynExit-v1`` the threshold cascade), random routes at the learned rates and a label-aware
+oracle, prints a table, times the exported ``DynExit-v1`` router against the full network and the
+static network of its accuracy (:func:`wall_clock`), and writes ``results.json``, PNG plots and
+the trained SB3 models. ``envs=("DynBlockDrop-v1",)`` (``--env DynBlockDrop-v1``) does the
 same for a router that plans every block of the skip backbone from one look, timed alike.
 """
 
