@@ -156,8 +156,13 @@ def test_greedy_static_routes_are_chosen_off_the_test_split_on_held_out_images_t
     val, train = (baselines.greedy_routes(core, select_on=200, split=s) for s in ("val", "train"))
     assert len(val) != len(train) or (val != train).any(), "the two families should differ on this backbone"
     assert static["front"] == pareto(static["uniform"] + static["greedy"])
-    only = static_baselines(core, select_on=200, select_split="train")  # the published benchmark suites' protocol
+    only = static_baselines(core, select_on=200, select_split="train")
     assert only["selected_on"] == ["train"] and {r["selected_on"] for r in only["greedy"]} == {"train"}
+    from dyncnn_gym.benchmark.bench import TaskBaselines
+
+    bench, _ = TaskBaselines(core).static()  # the published suites' protocol, recorded in their format
+    assert "selected_on" not in bench and not any("selected_on" in r for r in bench["greedy"] + bench["front"])
+    np.testing.assert_array_equal([r["actions"] for r in bench["greedy"]], baselines.greedy_routes(core, split="train"))
     assert static_baselines(
         RoutingCore("channel", 1, split="test", dataset="digits", backbone=make_net("vgg", "digits")), select_on=200
     )["selected_on"] == ["train"]  # no held-out split: train images only

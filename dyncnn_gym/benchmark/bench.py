@@ -346,8 +346,12 @@ class TaskBaselines:
             return static, [{k: r[k] for k in ("accuracy", "flops_ratio", "exit")} for r in st["points"]]
         from .baselines import static_baselines
 
-        # the published suites' protocol: greedy routes chosen on train images (docs/benchmark.md)
+        # the published suites' protocol: greedy routes chosen on train images (docs/benchmark.md),
+        # recorded as before (no selection annotations), so `dyncnn-gym validate` reads older runs
         static = static_baselines(self.core, select_split="train")
+        static.pop("selected_on", None)
+        for row in static.get("greedy", []):
+            row.pop("selected_on", None)
         pool = static.get("exhaustive") or (static["uniform"] + static.get("greedy", []))
         return static, [{"accuracy": r["accuracy"], "flops_ratio": r["flops_ratio"], "actions": r["actions"]} for r in pool]
 
