@@ -31,6 +31,7 @@ from .envs.probes import confidence
 from .exit_walk import ExitWalk, RoutedExits, run_exits
 from .host_head import HostRouter, cached_router
 from .models import DynamicNet
+from .models.base import first_parameter, param_dtype
 from .models.exits import make_stages
 from .policies import Policy, RecurrentHead
 from .routed import (
@@ -45,7 +46,6 @@ from .routed import (
     policy_head,
     read_file,
 )
-from .walk import first_parameter, param_dtype
 
 #: ``format`` tag of files written by :meth:`ExitRoutedNet.save`
 EXIT_FORMAT = "dyncnn_gym.exit_routed"

@@ -21,8 +21,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .models.base import param_dtype
 from .models.exits import Carry, Stages, take
-from .walk import param_dtype
 
 
 class Exited(NamedTuple):

@@ -66,6 +66,7 @@ from torch import nn
 from .envs.probes import confidence
 from .host_head import HostRouter, cached_router
 from .models import DynamicNet, build
+from .models.base import first_parameter
 from .policies import (
     ACCEPTED,
     ModuleHead,
@@ -77,7 +78,7 @@ from .policies import (
     as_policy,
     within_budget,
 )
-from .walk import Walk, cost_tensors, first_parameter, run
+from .walk import Walk, cost_tensors, run
 
 #: ``format`` tag of files written by :meth:`RoutedNet.save`
 FORMAT = "dyncnn_gym.routed"

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models.base import CostTable, DynamicNet, structure_cache
+from .models.base import CostTable, DynamicNet, first_parameter, param_dtype, structure_cache
 
 #: executed FLOPs one merge of two groups of a decision may add (a group's rows computed at a
 #: wider action's width): about what a separate small convolution loses at 1 CPU thread (its fixed
@@ -74,11 +74,6 @@ def cost_tensors(net: DynamicNet, mode: str) -> tuple[CostTable, torch.Tensor, t
     """The cost table of ``net`` in ``mode``, plus its ``steps`` and ``head`` as CPU int64 tensors."""
     s = structure(net, mode)
     return s.table, s.steps, s.head
-
-
-def feature_widths(net: DynamicNet, mode: str) -> list[int]:
-    """``net.feature_widths(mode)``, cached with the cost table."""
-    return list(structure(net, mode).widths)
 
 
 class _Chunk:
@@ -514,29 +509,6 @@ class Walk:
         if all(x._logits is not None for x in walks):
             w._logits = torch.cat([x._logits for x in walks])
         return w
-
-
-def first_parameter(net: torch.nn.Module) -> torch.Tensor | None:
-    """``net``'s first parameter (``None`` without parameters), as ``next(net.parameters())``. Where
-    it lives is cached (``next(net.parameters())`` walks the module tree, some 6 us) and checked to
-    still be registered there at every call, so a cast or a move of ``net`` (or of any module in it,
-    or ``load_state_dict(..., assign=True)``) is seen at once."""
-    per_net = structure_cache(net)
-    hit = per_net.get("param0")  # (submodule or None for net itself: the cache must not hold net, name, parameter)
-    if hit is not None and (net if hit[0] is None else hit[0])._parameters.get(hit[1]) is hit[2]:
-        return hit[2]
-    for module in net.modules():
-        name = next((n for n, p in module._parameters.items() if p is not None), None)
-        if name is not None:
-            per_net["param0"] = (None if module is net else module, name, module._parameters[name])
-            return module._parameters[name]
-    return None
-
-
-def param_dtype(net: torch.nn.Module) -> torch.dtype:
-    """The dtype of ``net``'s first parameter (float32 without parameters; :func:`first_parameter`)."""
-    p = first_parameter(net)
-    return torch.float32 if p is None else p.dtype
 
 
 def _scatter_(x: torch.Tensor, idx: torch.Tensor, y: torch.Tensor) -> None:

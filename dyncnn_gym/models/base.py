@@ -51,6 +51,29 @@ def structure_cache(net: nn.Module) -> dict:
     return entry
 
 
+def first_parameter(net: nn.Module) -> torch.Tensor | None:
+    """``net``'s first parameter (``None`` without parameters), as ``next(net.parameters())``. Where
+    it lives is cached (``next(net.parameters())`` walks the module tree, some 6 us) and checked to
+    still be registered there at every call, so a cast or a move of ``net`` (or of any module in it,
+    or ``load_state_dict(..., assign=True)``) is seen at once."""
+    per_net = structure_cache(net)
+    hit = per_net.get("param0")  # (submodule or None for net itself: the cache must not hold net, name, parameter)
+    if hit is not None and (net if hit[0] is None else hit[0])._parameters.get(hit[1]) is hit[2]:
+        return hit[2]
+    for module in net.modules():
+        name = next((n for n, p in module._parameters.items() if p is not None), None)
+        if name is not None:
+            per_net["param0"] = (None if module is net else module, name, module._parameters[name])
+            return module._parameters[name]
+    return None
+
+
+def param_dtype(net: nn.Module) -> torch.dtype:
+    """The dtype of ``net``'s first parameter (float32 without parameters; :func:`first_parameter`)."""
+    p = first_parameter(net)
+    return torch.float32 if p is None else p.dtype
+
+
 @dataclass(frozen=True)
 class CostTable:
     """Exact FLOPs of one backbone in one mode.
