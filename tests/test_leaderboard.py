@@ -46,6 +46,12 @@ def test_suites_resolve_and_unknown_names_are_named():
         assert not {"reward", "loss", "obs", "split"} & set(t.env_kwargs), "the -v1 ids' registered defaults apply"
         assert registered_kwargs(t.env_id)["flops_target"] in t.flops_targets
         assert t.score_range == (min(t.flops_targets), max(t.flops_targets))
+    v3, v4 = get_suite("cpu-v3"), get_suite("cpu-v4")  # cpu-v3's tasks against a static front chosen off train images too
+    assert (v4.tasks, v4.backbone_sha256, v4.seeds) == (v3.tasks, v3.backbone_sha256, v3.seeds)
+    assert v4.static_selection == "held-out"
+    assert all(SUITES[n].static_selection == "train" for n in SUITES if n != "cpu-v4"), "published protocols stay"
+    with pytest.raises(ValueError, match=r"static_selection='test'.*'train', 'held-out'"):
+        dataclasses.replace(v4, static_selection="test")
     with pytest.raises(ValueError, match=r"nope.*cpu-v0.*tiny-v0"):
         get_suite("nope")
     with pytest.raises(ValueError, match=r"sac.*ppo"):
@@ -56,7 +62,7 @@ def test_suites_resolve_and_unknown_names_are_named():
 
 
 def test_pins_match_the_shipped_checkpoints_and_a_mismatch_raises():
-    for name in ("cpu-v0", "cpu-v1", "cpu-v2", "cpu-v3"):
+    for name in ("cpu-v0", "cpu-v1", "cpu-v2", "cpu-v3", "cpu-v4"):
         found = check_pins(name)
         assert found == get_suite(name).backbone_sha256 and all(found.values())
     cpu = get_suite("cpu-v0")
@@ -177,6 +183,34 @@ def test_bench_merges_agents_and_reports_seeds(tmp_path):
     assert row["seeds"] == 2
     with pytest.raises(ValueError, match="distinct seeds"):
         run_bench("tiny-v0", ["static"], tmp_path, progress=False, seed=[1, 1])
+
+
+def test_a_suite_scores_against_the_static_front_its_selection_names(tmp_path):
+    """A suite with ``static_selection="held-out"`` records the static front that
+    ``static_baselines`` chooses by default (each greedy row saying which split chose it) and says so in
+    its leaderboard; a suite of train-only selection records the older format; runs of the two never merge."""
+    from dyncnn_gym.benchmark.baselines import static_baselines
+    from dyncnn_gym.benchmark.bench import TaskBaselines
+    from dyncnn_gym.envs.routing import make_core
+
+    tiny = get_suite("tiny-v0")
+    held = dataclasses.replace(tiny, name="tiny-held-out", tasks=tiny.tasks[:1], static_selection="held-out")
+    res = run_bench(held, ["static"], tmp_path, progress=False, timesteps=64, reps=200)
+    task = tiny.tasks[0]
+    static = res["tasks"][task.name]["static"]
+    core = make_core(task.env_id, 1, split="test", **task.env_kwargs)
+    want, _ = TaskBaselines(core, "held-out").static()
+    assert want["selected_on"] == static_baselines(core)["selected_on"] == ["train"]  # digits hold no "val" split
+    assert static["selected_on"] == ["train"] and {r["selected_on"] for r in static["greedy"]} == {"train"}
+    assert [r["actions"] for r in static["front"]] == [r["actions"] for r in want["front"]]
+    assert res["suite"]["static_selection"] == "held-out"
+    assert "chosen greedily on held-out images" in (tmp_path / "leaderboard.md").read_text()
+    train_only = dataclasses.replace(held, static_selection="train")
+    with pytest.raises(ValueError, match="static_selection='held-out'.*'train'"):
+        run_bench(train_only, ["random"], tmp_path, progress=False, timesteps=64, merge=True, reps=200)
+    res = run_bench(train_only, ["static"], tmp_path / "train", progress=False, timesteps=64, reps=200)
+    assert "selected_on" not in res["tasks"][task.name]["static"]
+    assert "chosen greedily on train images" in (tmp_path / "train" / "leaderboard.md").read_text()
 
 
 def test_a_merged_rerun_of_one_task_keeps_that_tasks_baselines(tmp_path):

@@ -330,11 +330,14 @@ class TaskBaselines:
     the confidence cascade and random routes, per-decision (:mod:`~dyncnn_gym.benchmark.baselines`)
     or, on ``DynExit-v0``, their early-exit counterparts
     (:mod:`~dyncnn_gym.benchmark.exit_baselines`: static exits, the confidence-threshold cascade
-    with its threshold swept, random exits, the first correct exit)."""
+    with its threshold swept, random exits, the first correct exit). ``static_selection``: the
+    suite's (:attr:`~dyncnn_gym.benchmark.suites.Suite.static_selection`), where the greedy static
+    routes are chosen."""
 
-    def __init__(self, core) -> None:
+    def __init__(self, core, static_selection: str = "train") -> None:
         self.core = core
         self.exits = getattr(core, "mode", "") == "exit"
+        self.static_selection = static_selection
 
     def static(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """``(static, points)``: the static baselines (with their Pareto ``front``) and the static points."""
@@ -346,12 +349,13 @@ class TaskBaselines:
             return static, [{k: r[k] for k in ("accuracy", "flops_ratio", "exit")} for r in st["points"]]
         from .baselines import static_baselines
 
-        # the published suites' protocol: greedy routes chosen on train images (docs/benchmark.md),
-        # recorded as before (no selection annotations), so `dyncnn-gym validate` reads older runs
-        static = static_baselines(self.core, select_split="train")
-        static.pop("selected_on", None)
-        for row in static.get("greedy", []):
-            row.pop("selected_on", None)
+        if self.static_selection == "held-out":  # each greedy row says which split chose it
+            static = static_baselines(self.core)
+        else:  # greedy routes chosen on train images, recorded as the suites up to cpu-v3 recorded them
+            static = static_baselines(self.core, select_split="train")  # (`dyncnn-gym validate` reads those runs)
+            static.pop("selected_on", None)
+            for row in static.get("greedy", []):
+                row.pop("selected_on", None)
         pool = static.get("exhaustive") or (static["uniform"] + static.get("greedy", []))
         return static, [{"accuracy": r["accuracy"], "flops_ratio": r["flops_ratio"], "actions": r["actions"]} for r in pool]
 
@@ -532,8 +536,8 @@ def _seed_summary(
 
 
 def _load_previous(out: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """The task entries of an earlier ``results.json`` in ``out`` for the same suite version, results
-    format, pin of every task it holds, and FLOPs ranges (for ``merge``); raises ``ValueError`` naming
+    """The task entries of an earlier ``results.json`` in ``out`` for the same suite version, static
+    front selection, results format, pin of every task it holds, and FLOPs ranges (for ``merge``); raises ``ValueError`` naming
     what differs. (Pins of tasks the earlier run did not hold may differ: a task pinned since then is
     merged in by a later run.)"""
     f = out / "results.json"
@@ -545,7 +549,8 @@ def _load_previous(out: Path, results: dict[str, Any]) -> dict[str, Any]:
             f"merge: {f} is in results format {old.get('format')!r}, this bench writes format {results['format']};"
             " use another --out or drop --merge"
         )
-    for key in ("name", "version"):
+    old["suite"].setdefault("static_selection", "train")  # runs written before suites recorded it
+    for key in ("name", "version", "static_selection"):
         if old["suite"].get(key) != results["suite"][key]:
             raise ValueError(
                 f"merge: {f} was written for suite {key}={old['suite'].get(key)!r}, this run has {results['suite'][key]!r};"
@@ -761,7 +766,13 @@ def run_bench(
     pins = check_pins(suite)
     results: dict[str, Any] = {
         "format": RESULTS_FORMAT,
-        "suite": {"name": suite.name, "version": suite.version, "backbone_sha256": suite.backbone_sha256, "checked": pins},
+        "suite": {
+            "name": suite.name,
+            "version": suite.version,
+            "backbone_sha256": suite.backbone_sha256,
+            "checked": pins,
+            "static_selection": suite.static_selection,
+        },
         "seed": seeds[0],
         "seeds": seeds,
         "flops_ranges": {t.name: list(t.score_range) for t in suite.tasks},
@@ -777,7 +788,7 @@ def run_bench(
         if tasks is not None and task.name not in tasks:
             continue
         cores[task.name] = core = make_core(task.env_id, 1, split="test", **task.env_kwargs)
-        bases[task.name] = base = TaskBaselines(core)
+        bases[task.name] = base = TaskBaselines(core, suite.static_selection)
         log(f"[bench] {suite.name} / {task.name}: static baselines")
         statics[task.name], static_points[task.name] = base.static()
 
@@ -1087,6 +1098,13 @@ def _ci(v: float, ci: list[float], fmt: str = "+.2f") -> str:
     return f"{v:{fmt}} [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
 
+_STATIC_FRONT = {
+    "train": "The static front: uniform routes and per-decision static routes chosen greedily on train images.",
+    "held-out": "The static front: uniform routes and per-decision static routes chosen greedily on held-out"
+    " images (where the data has them) and on train images, the better of both.",
+}
+
+
 def format_leaderboard(results: dict[str, Any]) -> str:
     """The Markdown leaderboard: agents ranked by the IQM of their per-(task, seed) scores, with 95 %
     confidence intervals, the probability of improvement over static, per-task means, the gain
@@ -1099,7 +1117,8 @@ def format_leaderboard(results: dict[str, Any]) -> str:
         f"Suite `{suite['name']}` v{suite['version']}, seeds {seeds}. Score of a run (one task, one seed): the mean accuracy"
         f" gain (points) of the agent's accuracy-FLOPs front over the static front across the task's FLOPs range ({ranges});"
         " `*` = the agent's points do not cover the whole range; beyond them its front is the best random per-image mixture"
-        " of its end point with a static route (see `dyncnn_gym.benchmark.bench`).",
+        " of its end point with a static route (see `dyncnn_gym.benchmark.bench`). "
+        + _STATIC_FRONT[suite.get("static_selection", "train")],
         "",
         f"IQM: interquartile mean over runs x tasks; [..] = 95 % stratified-bootstrap confidence interval (rliable,"
         f" {results.get('reps', 0)} replications); P(> static): probability of improvement over the static front."

@@ -221,7 +221,7 @@ def validate(
         # 2. baselines
         log(f"[validate] {tname}: baselines")
         core = make_core(task.env_id, 1, split="test", **task.env_kwargs)
-        base = TaskBaselines(core)
+        base = TaskBaselines(core, known.static_selection)
         static, static_points = base.static()
         report.check(f"{tname}: static routes", entry["static"], _jsonable_results(static))
         for name, a in entry["agents"].items():
