@@ -188,7 +188,8 @@ def test_bench_merges_agents_and_reports_seeds(tmp_path):
 def test_a_suite_scores_against_the_static_front_its_selection_names(tmp_path):
     """A suite with ``static_selection="held-out"`` records the static front that
     ``static_baselines`` chooses by default (each greedy row saying which split chose it) and says so in
-    its leaderboard; a suite of train-only selection records the older format; runs of the two never merge."""
+    its leaderboard; a suite of train-only selection records the older format; runs of the two never merge,
+    and runs written before suites recorded their selection keep their leaderboard (``validate`` reads them)."""
     from dyncnn_gym.benchmark.baselines import static_baselines
     from dyncnn_gym.benchmark.bench import TaskBaselines
     from dyncnn_gym.envs.routing import make_core
@@ -204,7 +205,18 @@ def test_a_suite_scores_against_the_static_front_its_selection_names(tmp_path):
     assert static["selected_on"] == ["train"] and {r["selected_on"] for r in static["greedy"]} == {"train"}
     assert [r["actions"] for r in static["front"]] == [r["actions"] for r in want["front"]]
     assert res["suite"]["static_selection"] == "held-out"
-    assert "chosen greedily on held-out images" in (tmp_path / "leaderboard.md").read_text()
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert "chosen greedily on held-out images" in board
+    from dyncnn_gym.benchmark.bench import format_leaderboard
+
+    older = json.loads((tmp_path / "results.json").read_text())
+    assert format_leaderboard(older) == board
+    del older["suite"]["static_selection"]  # a run written before suites recorded it: its leaderboard as it was written
+    assert format_leaderboard(older) == board.replace(
+        " The static front: uniform routes and per-decision static routes chosen greedily on held-out images"
+        " (where the data has them) and on train images, the better of both.",
+        "",
+    )
     train_only = dataclasses.replace(held, static_selection="train")
     with pytest.raises(ValueError, match="static_selection='held-out'.*'train'"):
         run_bench(train_only, ["random"], tmp_path, progress=False, timesteps=64, merge=True, reps=200)

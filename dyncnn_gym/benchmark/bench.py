@@ -1117,8 +1117,8 @@ def format_leaderboard(results: dict[str, Any]) -> str:
         f"Suite `{suite['name']}` v{suite['version']}, seeds {seeds}. Score of a run (one task, one seed): the mean accuracy"
         f" gain (points) of the agent's accuracy-FLOPs front over the static front across the task's FLOPs range ({ranges});"
         " `*` = the agent's points do not cover the whole range; beyond them its front is the best random per-image mixture"
-        " of its end point with a static route (see `dyncnn_gym.benchmark.bench`). "
-        + _STATIC_FRONT[suite.get("static_selection", "train")],
+        " of its end point with a static route (see `dyncnn_gym.benchmark.bench`)."
+        + (f" {_STATIC_FRONT[suite['static_selection']]}" if "static_selection" in suite else ""),  # runs before it: unsaid
         "",
         f"IQM: interquartile mean over runs x tasks; [..] = 95 % stratified-bootstrap confidence interval (rliable,"
         f" {results.get('reps', 0)} replications); P(> static): probability of improvement over the static front."
