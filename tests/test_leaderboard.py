@@ -205,6 +205,8 @@ def test_a_suite_scores_against_the_static_front_its_selection_names(tmp_path):
     assert static["selected_on"] == ["train"] and {r["selected_on"] for r in static["greedy"]} == {"train"}
     assert [r["actions"] for r in static["front"]] == [r["actions"] for r in want["front"]]
     assert res["suite"]["static_selection"] == "held-out"
+    with pytest.raises(ValueError, match=r"static_selection='val' is not one of \['train', 'held-out'\]"):
+        TaskBaselines(core, "val")
     board = (tmp_path / "leaderboard.md").read_text()
     assert "chosen greedily on held-out images" in board
     from dyncnn_gym.benchmark.bench import format_leaderboard

@@ -79,7 +79,7 @@ from typing import Any
 
 import numpy as np
 
-from .suites import FLOPS_RANGE, Suite, Task, check_pins, get_suite
+from .suites import FLOPS_RANGE, STATIC_SELECTIONS, Suite, Task, check_pins, get_suite
 
 #: registered trainable agents (name -> "module:function"); the reference agents are the installed
 #: :mod:`dyncnn_gym.agents` (the repository's ``agents/`` folder)
@@ -337,6 +337,8 @@ class TaskBaselines:
     def __init__(self, core, static_selection: str = "train") -> None:
         self.core = core
         self.exits = getattr(core, "mode", "") == "exit"
+        if static_selection not in STATIC_SELECTIONS:
+            raise ValueError(f"static_selection={static_selection!r} is not one of {list(STATIC_SELECTIONS)}")
         self.static_selection = static_selection
 
     def static(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -537,8 +539,8 @@ def _seed_summary(
 
 def _load_previous(out: Path, results: dict[str, Any]) -> dict[str, Any]:
     """The task entries of an earlier ``results.json`` in ``out`` for the same suite version, static
-    front selection, results format, pin of every task it holds, and FLOPs ranges (for ``merge``); raises ``ValueError`` naming
-    what differs. (Pins of tasks the earlier run did not hold may differ: a task pinned since then is
+    front selection, results format, pin of every task it holds, and FLOPs ranges (for ``merge``);
+    raises ``ValueError`` naming what differs. (Pins of tasks the earlier run did not hold may differ: a task pinned since then is
     merged in by a later run.)"""
     f = out / "results.json"
     if not f.exists():
@@ -1055,7 +1057,7 @@ def _task_plots(out: Path, task: Task, core, entry: dict[str, Any], images: dict
     lo, hi = task.score_range
     plots.plot_fronts(
         out / f"{task.name}_fronts.png",
-        f"{task.name}: fronts vs static (scored on [{lo}, {hi}])",
+        f"{task.name}\nfronts vs static (scored on [{lo}, {hi}])",  # two lines: long task names
         entry["static"],
         learned,
         extra,
