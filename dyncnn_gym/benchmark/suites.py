@@ -143,8 +143,8 @@ class Suite:
     ``seeds`` are the seeds a bench runs when none are given.
 
     ``static_selection``: where the greedy per-decision static routes of the static front (the
-    reference every score is measured from) are chosen: ``"train"``, on train images only (the
-    suites up to ``cpu-v3``), or ``"held-out"``, on the held-out ``"val"`` images where the task's
+    reference every score is measured from) are chosen: ``"train"``, on train images only (every
+    suite but ``cpu-v4``), or ``"held-out"``, on the held-out ``"val"`` images where the task's
     data has them and on train images, the front taking the better of both
     (:func:`~dyncnn_gym.benchmark.baselines.static_baselines`). Never on the test split the scores
     are measured on."""
