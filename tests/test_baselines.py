@@ -140,7 +140,8 @@ def test_static_routes_share_their_prefixes_and_score_bit_for_bit_as_each_route_
 
 def test_greedy_static_routes_are_chosen_off_the_test_split_on_held_out_images_too():
     """Where the data hold out a ``"val"`` split, the static front holds the greedy routes chosen there
-    and those chosen on train images (each row says which); never routes chosen on the test split."""
+    and those chosen on train images (each row says which); never routes chosen on the split they are
+    evaluated on (the test split, or the held-out one for a second opinion)."""
     from conftest import make_net
 
     from dyncnn_gym.benchmark import baselines
@@ -168,3 +169,8 @@ def test_greedy_static_routes_are_chosen_off_the_test_split_on_held_out_images_t
     )["selected_on"] == ["train"]  # no held-out split: train images only
     with pytest.raises(ValueError, match="not on the test split"):
         baselines.greedy_routes(core, split="test")
+    second = static_baselines(core, select_on=200, split="val")  # scored on the held-out images: chosen off them
+    assert second["selected_on"] == ["train"] and {r["selected_on"] for r in second["greedy"]} == {"train"}
+    assert {r["n_images"] for r in second["greedy"]} == {len(data.val)}
+    with pytest.raises(ValueError, match=r"select_split='val' is the split the routes are evaluated on"):
+        static_baselines(core, select_on=200, split="val", select_split="val")
