@@ -172,5 +172,9 @@ def test_greedy_static_routes_are_chosen_off_the_test_split_on_held_out_images_t
     second = static_baselines(core, select_on=200, split="val")  # scored on the held-out images: chosen off them
     assert second["selected_on"] == ["train"] and {r["selected_on"] for r in second["greedy"]} == {"train"}
     assert {r["n_images"] for r in second["greedy"]} == {len(data.val)}
-    with pytest.raises(ValueError, match=r"select_split='val' is the split the routes are evaluated on"):
-        static_baselines(core, select_on=200, split="val", select_split="val")
+    assert static_baselines(core, select_on=200, split="val", select_split="val")["selected_on"] == ["val"]  # asked for
+    no_val = RoutingCore("channel", 1, split="test", dataset="digits", backbone=make_net("vgg", "digits"))
+    with pytest.raises(
+        ValueError, match=r"off split='train', and the data has no 'val' split.*select_split='train'.*greedy=False"
+    ):
+        static_baselines(no_val, select_on=200, split="train")

@@ -219,7 +219,8 @@ def static_baselines(
     The greedy routes are chosen on the first ``select_on`` images of ``select_split`` (``"val"`` or
     ``"train"``), or by default of both where the data has a held-out ``"val"`` split (two families,
     each row's ``selected_on`` says which; else ``"train"`` alone), never of ``split``, the images
-    they are evaluated on (with ``split="val"``, train images alone); ``selected_on`` lists the splits.
+    they are evaluated on unless ``select_split`` says so (with ``split="val"``, train images alone);
+    ``selected_on`` lists the splits.
     Held-out images matter: a backbone is right on nearly every train image it was fitted to, so
     train images barely tell which layer's width costs accuracy (on the embedded data's default VGG
     the routes chosen there lie up to 0.9 points below those chosen on held-out images at half the
@@ -249,11 +250,11 @@ def static_baselines(
         if select_split is None:  # never chosen on the images they are scored on (a held-out second opinion)
             families = ["val", "train"] if selection_split(core) == "val" else ["train"]
             out["selected_on"] = [s for s in families if s != split]
-        elif select_split == split:
-            raise ValueError(
-                f"select_split={select_split!r} is the split the routes are evaluated on (split={split!r});"
-                " choose them on another: 'val' or 'train'"
-            )
+            if not out["selected_on"]:
+                raise ValueError(
+                    f"the greedy routes are chosen off split={split!r}, and the data has no 'val' split to choose them"
+                    f" on; pass select_split={split!r} to choose them on the images they are evaluated on, or greedy=False"
+                )
         else:
             out["selected_on"] = [select_split]
         out["greedy"] = [
