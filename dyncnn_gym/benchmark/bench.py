@@ -79,7 +79,7 @@ from typing import Any
 
 import numpy as np
 
-from .suites import FLOPS_RANGE, STATIC_SELECTIONS, Suite, Task, check_pins, get_suite
+from .suites import FLOPS_RANGE, STATIC_SELECTIONS, Suite, Task, check_pins, check_static_selection, get_suite
 
 #: registered trainable agents (name -> "module:function"); the reference agents are the installed
 #: :mod:`dyncnn_gym.agents` (the repository's ``agents/`` folder)
@@ -337,9 +337,7 @@ class TaskBaselines:
     def __init__(self, core, static_selection: str = "train") -> None:
         self.core = core
         self.exits = getattr(core, "mode", "") == "exit"
-        if static_selection not in STATIC_SELECTIONS:
-            raise ValueError(f"static_selection={static_selection!r} is not one of {list(STATIC_SELECTIONS)}")
-        self.static_selection = static_selection
+        self.static_selection = check_static_selection(static_selection)
 
     def static(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """``(static, points)``: the static baselines (with their Pareto ``front``) and the static points."""
@@ -540,8 +538,8 @@ def _seed_summary(
 def _load_previous(out: Path, results: dict[str, Any]) -> dict[str, Any]:
     """The task entries of an earlier ``results.json`` in ``out`` for the same suite version, static
     front selection, results format, pin of every task it holds, and FLOPs ranges (for ``merge``);
-    raises ``ValueError`` naming what differs. (Pins of tasks the earlier run did not hold may differ: a task pinned since then is
-    merged in by a later run.)"""
+    raises ``ValueError`` naming what differs. (Pins of tasks the earlier run did not hold may
+    differ: a task pinned since then is merged in by a later run.)"""
     f = out / "results.json"
     if not f.exists():
         return {}
@@ -1100,13 +1098,6 @@ def _ci(v: float, ci: list[float], fmt: str = "+.2f") -> str:
     return f"{v:{fmt}} [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
 
-_STATIC_FRONT = {
-    "train": "The static front: uniform routes and per-decision static routes chosen greedily on train images.",
-    "held-out": "The static front: uniform routes and per-decision static routes chosen greedily on held-out"
-    " images (where the data has them) and on train images, the better of both.",
-}
-
-
 def format_leaderboard(results: dict[str, Any]) -> str:
     """The Markdown leaderboard: agents ranked by the IQM of their per-(task, seed) scores, with 95 %
     confidence intervals, the probability of improvement over static, per-task means, the gain
@@ -1120,7 +1111,12 @@ def format_leaderboard(results: dict[str, Any]) -> str:
         f" gain (points) of the agent's accuracy-FLOPs front over the static front across the task's FLOPs range ({ranges});"
         " `*` = the agent's points do not cover the whole range; beyond them its front is the best random per-image mixture"
         " of its end point with a static route (see `dyncnn_gym.benchmark.bench`)."
-        + (f" {_STATIC_FRONT[suite['static_selection']]}" if "static_selection" in suite else ""),  # runs before it: unsaid
+        + (
+            " The static front: uniform routes and per-decision static routes chosen greedily on"
+            f" {STATIC_SELECTIONS[suite['static_selection']]}."
+            if "static_selection" in suite
+            else ""  # runs written before suites recorded it: their leaderboard as written
+        ),
         "",
         f"IQM: interquartile mean over runs x tasks; [..] = 95 % stratified-bootstrap confidence interval (rliable,"
         f" {results.get('reps', 0)} replications); P(> static): probability of improvement over the static front."

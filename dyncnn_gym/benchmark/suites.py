@@ -133,8 +133,19 @@ class Task:
         return {self.point_key: float(value)}
 
 
-#: how a suite chooses the per-decision static routes of its static front (see :class:`Suite`)
-STATIC_SELECTIONS: tuple[str, ...] = ("train", "held-out")
+#: how a suite chooses the per-decision static routes of its static front (see :class:`Suite`) -> the
+#: images they are chosen on, in words (the leaderboard and ``bench --list`` say it)
+STATIC_SELECTIONS: dict[str, str] = {
+    "train": "train images",
+    "held-out": "held-out images (where the data has them) and on train images, the better of both",
+}
+
+
+def check_static_selection(value: str, what: str = "static_selection") -> str:
+    """``value`` if it is a key of :data:`STATIC_SELECTIONS`, else a ``ValueError`` naming the valid ones."""
+    if value not in STATIC_SELECTIONS:
+        raise ValueError(f"{what}={value!r} is not one of {list(STATIC_SELECTIONS)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -157,10 +168,7 @@ class Suite:
     static_selection: str = "train"
 
     def __post_init__(self) -> None:
-        if self.static_selection not in STATIC_SELECTIONS:
-            raise ValueError(
-                f"suite {self.name!r}: static_selection={self.static_selection!r} is not one of {list(STATIC_SELECTIONS)}"
-            )
+        check_static_selection(self.static_selection, f"suite {self.name!r}: static_selection")
 
     def with_budget(self, step_budget: int) -> Suite:
         """The same suite with every task's step budget replaced (e.g. ``--timesteps``)."""
@@ -377,7 +385,7 @@ def list_suites() -> str:
             f"{t.name} ({t.env_id}, {t.step_budget} steps, {'FLOPs targets' if t.flops_targets else 'weights'} {list(t.points)})"
             for t in s.tasks
         )
-        where = "held-out and train images" if s.static_selection == "held-out" else "train images"
+        where = STATIC_SELECTIONS[s.static_selection]
         lines.append(f"{s.name} (v{s.version}, {pinned}, seeds {list(s.seeds)}, static routes chosen on {where}): {tasks}")
     return "\n".join(lines)
 
