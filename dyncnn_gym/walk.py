@@ -576,8 +576,12 @@ def run_routes(
     walk = Walk(net, mode, images)
     if acts.ndim != 2 or acts.shape[1] != walk.T:
         raise ValueError(f"actions must have shape [B, {walk.T}], got {tuple(acts.shape)}")
-    for t in range(walk.T):
-        walk.step(acts[:, t])
+    if len(walk) == 1 and acts.dtype.kind in "iu":  # one image: the lean path a routed model takes
+        for a in acts[0].tolist():
+            walk.advance(a)
+    else:
+        for t in range(walk.T):
+            walk.step(acts[:, t])
     return walk.logits(), walk.flops
 
 

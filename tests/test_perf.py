@@ -52,6 +52,25 @@ def test_a_static_route_runs_as_its_slim_network(arch, mode):
             assert torch.equal(net.static_forward(x[:1], mode, route), one)
 
 
+@pytest.mark.parametrize("arch,mode", [("vgg", "channel"), ("resnet14", "skip")])
+def test_one_image_replays_its_route_on_the_lean_path_a_routed_model_takes(arch, mode):
+    net = make_net(arch, "user12")
+    x = torch.as_tensor(load_test_data("user12").test.images[:6])
+    T, A = net.num_decisions(mode), net.num_actions(mode)
+    routes = torch.as_tensor(np.random.default_rng(1).integers(0, A, (6, T)))
+    with torch.no_grad():
+        logits, flops = run_routes(net, mode, x, routes)
+        with mock.patch("dyncnn_gym.walk.Walk.step", side_effect=AssertionError("one image needs no arrays per decision")):
+            for i in range(6):
+                one, cost = run_routes(net, mode, x[i : i + 1], routes[i : i + 1])
+                torch.testing.assert_close(one, logits[i : i + 1], rtol=1e-4, atol=1e-4)
+                assert cost.tolist() == flops[i : i + 1].tolist()
+            bad = routes[:1].clone()
+            bad[0, -1] = A
+            with pytest.raises(ValueError, match=rf"action {A} is outside Discrete\({A}\) \(valid: 0..{A - 1}\)"):
+                run_routes(net, mode, x[:1], bad)
+
+
 def test_the_random_router_executes_about_half_of_the_blocks_per_image():
     torch.manual_seed(0)
     gates = RandomGates(40)
