@@ -125,7 +125,11 @@ def test_bad_groups(groups):
 def test_groups_not_dividing_the_arch_widths():
     with pytest.raises(ValueError) as exc:
         gymnasium.make(CHANNEL_ID, dataset=load_test_data("user12"), backbone="vgg", groups=3)
-    assert "groups=3" in message(exc) and "32" in message(exc)
+    assert "groups=3" in message(exc) and "32" in message(exc) and "choose one of [2, 4, 8, 16]" in message(exc)
+    with pytest.raises(
+        ValueError, match=r"groups=5 does not divide the stage widths \[16, 32, 64\].*choose one of \[2, 4, 8, 16\]"
+    ):
+        make_net("resnet14", "user12", groups=5)
 
 
 def test_backbone_groups_differ_from_env_groups():

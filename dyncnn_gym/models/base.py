@@ -127,6 +127,17 @@ class CostTable:
         return m
 
 
+def check_groups(groups: int, widths: Sequence[int], what: str) -> None:
+    """Raise a ``ValueError`` naming the valid choices unless ``groups`` divides every width."""
+    bad = sorted({int(w) for w in widths if int(w) % groups})
+    if bad:
+        g = int(np.gcd.reduce([int(w) for w in widths]))
+        valid = [d for d in range(2, g + 1) if g % d == 0]
+        raise ValueError(
+            f"groups={groups} does not divide the {what} widths {bad} (widths {tuple(widths)}); choose one of {valid}"
+        )
+
+
 def conv_flops(c_in: int, c_out: int, k: int, h_out: int, w_out: int) -> int:
     """FLOPs of a dense ``k x k`` convolution producing a ``c_out x h_out x w_out`` map."""
     return 2 * c_in * c_out * k * k * h_out * w_out

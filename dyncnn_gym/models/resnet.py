@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import CostTable, DynamicNet, conv_flops, linear_flops
+from .base import CostTable, DynamicNet, check_groups, conv_flops, linear_flops
 from .layers import (
     KernelCache,
     SwitchableBatchNorm2d,
@@ -107,9 +107,7 @@ class ResNet(DynamicNet):
         if stem_stride not in (1, 2):
             raise ValueError(f"stem_stride={stem_stride!r} must be 1 (CIFAR ResNet) or 2 (the '-lite' variants)")
         self.stem_stride = stem_stride
-        bad = [w for w in self.widths if w % groups]
-        if bad:
-            raise ValueError(f"groups={groups} must divide every stage width; widths={self.widths} (not {bad})")
+        check_groups(groups, self.widths, "stage")
         n = (depth - 2) // 6
         c, h, w = self.in_shape
         self.conv1 = nn.Conv2d(c, self.widths[0], 3, stride=stem_stride, padding=1, bias=False)

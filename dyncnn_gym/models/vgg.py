@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import CostTable, DynamicNet, conv_flops, linear_flops
+from .base import CostTable, DynamicNet, check_groups, conv_flops, linear_flops
 from .layers import (
     KernelCache,
     SwitchableBatchNorm2d,
@@ -63,9 +63,7 @@ class ChannelVGG(DynamicNet):
         self.pool_after = tuple(int(p) for p in pool_after)
         if len(self.widths) < 2:
             raise ValueError(f"widths={widths!r} needs at least two layers (a stem and a decision point)")
-        bad = [w for w in self.widths if w % groups]
-        if bad:
-            raise ValueError(f"groups={groups} must divide every layer width; widths={self.widths} (not {bad})")
+        check_groups(groups, self.widths, "layer")
         c, h, w = self.in_shape
         self.spatial: list[tuple[int, int]] = []  # output size of each layer (after its pooling)
         for i in range(len(self.widths)):
