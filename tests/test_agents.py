@@ -131,7 +131,7 @@ def test_blockdrop_vector_env_equals_single_envs(mode):
 def test_blockdrop_env_errors():
     kw = _skip_kwargs()
     for bad, match in [
-        ({"reward": "bonus"}, "not a DynBlockDrop-v0 reward"),
+        ({"reward": "bonus"}, "not a DynBlockDrop reward"),
         ({"usage": "time"}, "usage measure"),
         ({"penalty": -1.0}, "penalty=-1.0"),
         ({"compute_weight": 0.5}, "reward='blockdrop'"),

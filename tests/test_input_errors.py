@@ -26,6 +26,7 @@ from dyncnn_gym.data.arrays import MAX_PIXEL, channels_last
 from dyncnn_gym.device import check_device
 from dyncnn_gym.envs.core import nearest_allowed
 from dyncnn_gym.pretraining import ChanceLevelError, pretrain
+from dyncnn_gym.sb3 import make_vec_env
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CHANNEL_ID, SKIP_ID = "DynChannel-v0", "DynSkip-v0"
@@ -118,6 +119,25 @@ def test_env_arguments_build_or_fail_with_the_name_of_the_bad_one(budget, obs, s
     with pytest.raises(ValueError) as exc:
         make_env(SKIP_ID, "resnet8", "user12", budget=budget, obs=obs, split=split)
     assert any(f"{n}=" in str(exc.value) for n in bad)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: gymnasium.make("DynChannel-v1", **kw),
+        lambda **kw: gymnasium.make_vec("DynSkip-v1", num_envs=2, **kw),
+        lambda **kw: gymnasium.make("DynExit-v1", **kw),
+        lambda **kw: gymnasium.make("DynBlockDrop-v1", **kw),
+        lambda **kw: make_vec_env("DynRoute-v1", n_envs=2, **kw),
+        lambda **kw: make_vec_env("DynBlockDrop-v1", n_envs=2, **kw),
+    ],
+)
+def test_a_misspelt_env_argument_is_named_with_the_valid_ones(make):
+    with pytest.raises(TypeError) as exc:
+        make(flop_target=0.5)
+    message = str(exc.value)
+    assert "unknown argument flop_target=0.5; the valid arguments are [" in message
+    assert "'flops_target'" in message and "'dataset'" in message and "'num_slots'" not in message
 
 
 # ---------------------------------------------------------------------------------------- actions and budgets

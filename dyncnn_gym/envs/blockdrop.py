@@ -20,7 +20,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from ..walk import Walk, run
-from .core import RoutingCore
+from .core import RoutingCore, check_arguments
 from .rewards import DEFAULT_TARGET_RATE, REWARD_KINDS
 from .routing import BackboneAccess, check_render_mode, image_rgb, reset_single
 from .vector import check_max_episode_steps, slot_seeds, vector_autoreset_mode
@@ -58,6 +58,10 @@ def as_skip_env(env_id: str, env_kwargs: dict[str, Any]) -> tuple[str, dict[str,
 class _OneShot:
     """``n`` one-step BlockDrop episodes over a skip-mode :class:`RoutingCore` (shared by both faces)."""
 
+    def __new__(cls, *args: Any, **kwargs: Any):
+        check_arguments(cls, kwargs)
+        return super().__new__(cls)
+
     def __init__(
         self,
         n: int,
@@ -78,7 +82,7 @@ class _OneShot:
         target_rate: float = DEFAULT_TARGET_RATE,
     ) -> None:
         if reward not in BLOCKDROP_REWARDS:
-            raise ValueError(f"reward={reward!r} is not a DynBlockDrop-v0 reward; choose one of {list(BLOCKDROP_REWARDS)}")
+            raise ValueError(f"reward={reward!r} is not a DynBlockDrop reward; choose one of {list(BLOCKDROP_REWARDS)}")
         if usage not in USAGE_KINDS:
             raise ValueError(f"usage={usage!r} is not a usage measure; choose one of {list(USAGE_KINDS)}")
         if (

@@ -8,6 +8,8 @@ cohort, and only partial resets (``reset_mask``) split them for a while.
 
 from __future__ import annotations
 
+import inspect
+import reprlib
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -187,6 +189,20 @@ def feature_scale(net: DynamicNet, mode: str, data: DataSplits, n: int = 256) ->
     return per_net[key]
 
 
+def check_arguments(cls: type, kwargs: dict) -> None:
+    """A ``TypeError`` naming the unknown arguments and the valid ones, unless ``cls(**kwargs)`` takes
+    every keyword (what a misspelt env argument, e.g. ``gym.make("DynChannel-v1", flop_target=0.5)``,
+    meets before Python's own error, which names no valid choice)."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        shown = ", ".join(f"{k}={reprlib.repr(kwargs[k])}" for k in unknown)
+        valid = [n for n in params if n not in ("self", "mode", "num_slots", "n")]  # not those the env sets
+        raise TypeError(f"unknown argument {shown}; the valid arguments are {valid}")
+
+
 class EpisodeSlots:
     """What the per-decision :class:`RoutingCore` and the early-exit
     :class:`~dyncnn_gym.envs.exit_core.ExitCore` share: the backbone's weights, the compute weight
@@ -194,6 +210,10 @@ class EpisodeSlots:
 
     A core sets ``net``, ``reward``, ``target``, ``data``, ``device``, ``split_name``, ``images``,
     ``labels``, ``rngs`` and ``cursor``, and defines ``check_flops_ratio``."""
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        check_arguments(cls, kwargs)
+        return super().__new__(cls)
 
     def backbone_state(self) -> dict:
         """A detached CPU copy of the backbone's ``state_dict`` (name -> tensor)."""
