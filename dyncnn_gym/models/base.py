@@ -133,9 +133,8 @@ def check_groups(groups: int, widths: Sequence[int], what: str) -> None:
     if bad:
         g = int(np.gcd.reduce([int(w) for w in widths]))
         valid = [d for d in range(2, g + 1) if g % d == 0]
-        raise ValueError(
-            f"groups={groups} does not divide the {what} widths {bad} (widths {tuple(widths)}); choose one of {valid}"
-        )
+        choice = f"choose one of {valid}" if valid else "no number of groups >= 2 divides them all"
+        raise ValueError(f"groups={groups} does not divide the {what} widths {bad} (widths {tuple(widths)}); {choice}")
 
 
 def conv_flops(c_in: int, c_out: int, k: int, h_out: int, w_out: int) -> int:
