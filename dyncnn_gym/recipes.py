@@ -89,12 +89,12 @@ PPO_RECIPES: dict[str, dict[str, Any]] = {
 
 #: co-training, per env id: PPO's recipe (:data:`PPO_RECIPES`) at ``compute_weight`` while
 #: ``BackboneFinetuneCallback(**finetune)`` fine-tunes a private copy of the backbone. The weight is
-#: for the shapes data; on digits the best co-trained DynChannel weight was 0.002, with
-#: ``augment=False`` (docs/results.md).
+#: for the shapes data; on digits no co-trained DynChannel weight lies above the static front
+#: (docs/results.md).
 COTRAIN_RECIPES: dict[str, dict[str, Any]] = {
     # `dyncnn-gym sweep --env DynChannel-v0 --no-frozen --weight 0.07 --seed 0 1 2 3 4 --finetune-augment`:
     # 4 of 5 seeds save >= 40 % within 1 point of the full network and >= 1.5 points above uniform static
-    # widths; 0.05 saves less but stays within 1 point on the held-out images in 4 of 5 (docs/results.md)
+    # widths; 0.05 saves less, within 1 point on the held-out images in 3 of 5 as 0.07 (docs/results.md)
     "DynChannel-v0": {
         "compute_weight": 0.07,
         "finetune": {
