@@ -133,7 +133,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         kwargs["dataset"] = load_dataset(args.data, root=args.root, val_fraction=vf)
     else:
         kwargs["dataset"] = args.data
-    run_demo(args.out, timesteps=args.timesteps, seed=args.seed, progress=not args.quiet, **kwargs)
+    run_demo(
+        args.out,
+        timesteps=args.timesteps,
+        seed=args.seed,
+        progress=not args.quiet,
+        decision_costs=args.decision_costs,
+        **kwargs,
+    )
     return 0
 
 
@@ -239,6 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="use backbone NAME (an arch name or checkpoint path) for MODE: channel (DynChannel, and DynExit's"
         " width stages), skip (DynSkip) or exit (DynExit then runs depth stages on it, e.g."
         " exit=resnet56-exits+distill, which ships); repeatable (default: the env defaults)",
+    )
+    p.add_argument(
+        "--decision-costs",
+        choices=["flops", "time"],
+        default="flops",
+        help="what the reward charges each decision of DynChannel / DynSkip: its FLOPs, or its time on this"
+        " machine measured when the env is built (the env argument decision_costs); 'time' needs --env"
+        " DynChannel-* / DynSkip-* only (default: %(default)s)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)

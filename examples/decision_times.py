@@ -1,21 +1,25 @@
 """Is FLOPs a fair proxy of time on this machine? Each decision's wall-clock against its FLOPs.
 
 Runs the default backbone of ``--env`` (``DynSkip-v1``: ``resnet32-lite@skip``; ``DynChannel-v1``:
-``vgg+sandwich+distill``) on the first ``--batch`` test images and times every decision alone at
-its most expensive action (a block run; a layer at full width after a full-width layer): the
-feature map entering it is recorded once, then each decision's call is timed, interleaved with the
-others (milliseconds per batch, medians of ``--repeats``). It prints each decision's input shape,
-time, share of the decisions' time, share of their FLOPs, and time per GFLOP. Where the shares
-differ, a route's FLOPs ratio misstates its time: routes that save time-cheap decisions run slower
-than static routes of the same FLOPs that save time-expensive ones.
+``vgg+sandwich+distill``) on the first ``--batch`` test images and times every decision alone, at
+every action after every previous action, as a routing env does with ``decision_costs="time"``
+(``dyncnn_gym.time_costs.decision_times``: the feature map entering each decision on the full
+route, each call the median of ``--repeats`` interleaved with the others; milliseconds per batch).
+It prints, at the most expensive action (a block run; a layer at full width after a full-width
+layer), each decision's input shape, time, share of the decisions' time, share of their FLOPs, and
+time per GFLOP. Where the shares differ, a route's FLOPs ratio misstates its time: routes that save
+time-cheap decisions run slower than static routes of the same FLOPs that save time-expensive ones.
 
-With ``--routers`` (a ``dyncnn-gym demo --out`` folder) on ``DynSkip-v1``, the demo's router is
-exported and routes the same images, and the script also prints how often each block runs and
-the decisions' share of FLOPs and of time (from the per-block times above) that its routes keep.
+With ``--routers`` (a ``dyncnn-gym demo --out`` folder), the demo's router for ``--env`` is
+exported (dialed to ``--flops-target``, by default the env's) and routes the whole test split; the
+script prints its accuracy, its FLOPs ratio, how often each action is taken at each decision, and
+the share of the decisions' FLOPs and of their time (from the times above) that its routes keep:
+two routers of the same accuracy and FLOPs can differ in time.
 
     python examples/decision_times.py                                  # DynSkip-v1, batch 256, 1 thread
     python examples/decision_times.py --env DynChannel-v1 --batch 64 --threads 2
     python examples/decision_times.py --routers demo_out
+    python examples/decision_times.py --routers demo_out --flops-target 0.64
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ import argparse
 import numpy as np
 import torch
 
-from dyncnn_gym.benchmark.timing import interleaved, median
 from dyncnn_gym.cli import HelpFormatter
+from dyncnn_gym.time_costs import decision_times
 from dyncnn_gym.walk import Walk
 
 ENVS = ("DynSkip-v1", "DynChannel-v1")
@@ -46,10 +50,16 @@ def main() -> None:
     p.add_argument("--batch", type=positive, default=256, help="test images per call")
     p.add_argument("--threads", type=positive, default=1, help="torch threads")
     p.add_argument("--repeats", type=positive, default=15, help="interleaved timing repeats (the median is reported)")
-    p.add_argument("--routers", help="a `dyncnn-gym demo --out` folder: also the demo's DynSkip-v1 router's routes")
+    p.add_argument("--routers", help="a `dyncnn-gym demo --out` folder: also the demo's router for --env")
+    p.add_argument(
+        "--flops-target",
+        type=float,
+        default=None,
+        help="with --routers: dial the router to this FLOPs ratio (default: the env's flops_target)",
+    )
     args = p.parse_args()
-    if args.routers and args.env != "DynSkip-v1":
-        p.error(f"--routers reads skip routes: use it with --env DynSkip-v1, not --env {args.env}")
+    if args.flops_target is not None and not args.routers:
+        p.error("--flops-target dials a router: give --routers too")
     torch.set_num_threads(args.threads)
 
     from dyncnn_gym.envs.routing import make_core
@@ -59,20 +69,19 @@ def main() -> None:
     x = core.images[: args.batch]
     T, top = core.T, core.A - 1
     table = net.cost_table(mode)
-    with torch.no_grad():
-        walk, entering = Walk(net, mode, x), []
-        for _ in range(T):
-            entering.append(walk.h.clone())
-            walk.advance(top)
-        fns = {t: (lambda t=t: net.decision(mode, t, entering[t], top, top)) for t in range(T)}
-        times = interleaved(fns, args.repeats, x.device)
-    ms = np.array([1000 * median(times[t]) for t in range(T)])
-    flops = np.array([float(table.steps[t][top, top]) for t in range(T)])
+    times = decision_times(net, mode, x, repeats=args.repeats)
+    ms = times[np.arange(T), top, top]
+    flops = table.steps[np.arange(T), top, top].astype(np.float64)
     print(f"{args.env} ({net.arch}), batch {len(x)}, {args.threads} thread(s), {args.repeats} repeats")
     print("| decision | input [C, H, W] | ms per batch | share of time | share of FLOPs | ms per GFLOP |")
     print("|---:|---|---:|---:|---:|---:|")
+    with torch.no_grad():  # the feature map entering each decision, on the full route
+        walk, shapes = Walk(net, mode, x[:1]), []
+        for _ in range(T):
+            shapes.append(list(walk.h.shape[1:]))
+            walk.advance(top)
     for t in range(T):
-        shape = list(entering[t].shape[1:])
+        shape = shapes[t]
         per_gflop = ms[t] / (flops[t] * len(x) / 1e9)
         print(f"| {t} | {shape} | {ms[t]:.2f} | {ms[t] / ms.sum():.3f} | {flops[t] / flops.sum():.3f} | {per_gflop:.2f} |")
     if args.routers:
@@ -80,13 +89,29 @@ def main() -> None:
         from dyncnn_gym.benchmark.routed_table import _load_router
 
         model, path = _load_router(args.routers, args.env)
-        routed = dyncnn_gym.export(model, args.env)  # dialed to the env's FLOPs target, as evaluate does
+        dial = {} if args.flops_target is None else {"flops_target": args.flops_target}
+        routed = dyncnn_gym.export(model, args.env, **dial)  # dialed as evaluate dials
         with torch.no_grad():
-            runs = routed.route(x).actions.double().mean(0).numpy()
-        print(f"\n{path}: how often each block runs, {', '.join(f'{r:.2f}' for r in runs)}")
+            out = [routed.route(core.images[i : i + 500]) for i in range(0, len(core.images), 500)]
+        acts = torch.cat([o.actions for o in out]).numpy()
+        pred = torch.cat([o.logits.argmax(1) for o in out]).numpy()
+        ratio = torch.cat([o.flops for o in out]).double().numpy() / table.full
+        prev = np.full(len(acts), top)
+        kept_ms, kept_flops = np.zeros(len(acts)), np.zeros(len(acts))
+        for t in range(T):
+            kept_ms += times[t, prev, acts[:, t]]
+            kept_flops += table.steps[t, prev, acts[:, t]]
+            prev = acts[:, t]
+        rates = [np.bincount(acts[:, t], minlength=core.A) / len(acts) for t in range(T)]
         print(
-            f"the decisions' FLOPs its routes keep: {runs @ flops / flops.sum():.3f}; their time, from the"
-            f" per-block times above: {runs @ ms / ms.sum():.3f}"
+            f"\n{path}, {len(acts)} test images: accuracy {float((pred == core.labels).mean()):.4f}, FLOPs ratio {ratio.mean():.3f}"
+        )
+        what = "how often each block runs" if core.A == 2 else "mean action (0 narrowest) at each decision"
+        how = [f"{r[1]:.2f}" for r in rates] if core.A == 2 else [f"{float(r @ np.arange(core.A)):.2f}" for r in rates]
+        print(f"{what}: {', '.join(how)}")
+        print(
+            f"the decisions' FLOPs its routes keep: {kept_flops.mean() / flops.sum():.3f}; their time, from the"
+            f" times above: {kept_ms.mean() / ms.sum():.3f}"
         )
 
 

@@ -130,3 +130,29 @@ def test_the_demo_trains_times_and_saves_a_one_look_router_on_dynblockdrop(digit
     # the saved model reproduces the table's figures
     again = evaluate(load_model(str(tmp_path / entry["model_path"])), "DynBlockDrop-v1", **entry["env_kwargs"])
     assert (again["accuracy"], again["flops_ratio"]) == (entry["accuracy"], entry["flops_ratio"])
+
+
+def test_the_demo_trains_routers_priced_in_time_where_decisions_have_a_time(digit_backbones, tmp_path, capsys):
+    from dyncnn_gym.benchmark.demo import run_demo
+    from dyncnn_gym.cli import main
+
+    run_demo(
+        tmp_path,
+        envs=("DynSkip-v1",),
+        dataset="digits",
+        timesteps=512,
+        backbones=digit_backbones,
+        progress=False,
+        decision_costs="time",
+    )
+    saved = json.loads((tmp_path / "results.json").read_text())
+    (entry,) = saved["learned"]
+    assert entry["env_kwargs"]["decision_costs"] == "time"
+    assert saved["command"].endswith("--data digits --decision-costs time")
+    assert make_core("DynSkip-v1", 1, **entry["env_kwargs"]).time_weighted
+    assert main(["demo", "--decision-costs", "time", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "decision_costs='time' prices the decisions of DynChannel and DynSkip; ['DynExit-v1'] price FLOPs only" in err
+    with pytest.raises(SystemExit, match="2"):
+        main(["demo", "--decision-costs", "seconds", "--out", str(tmp_path / "b")])
+    assert "invalid choice: 'seconds' (choose from 'flops', 'time')" in capsys.readouterr().err

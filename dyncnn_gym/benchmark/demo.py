@@ -61,6 +61,7 @@ def run_demo(
     backbones: dict[str, str] | None = None,
     seed: int = 0,
     progress: bool = True,
+    decision_costs: str = "flops",
 ) -> dict[str, Any]:
     """Run the demo and write its outputs into ``out`` (see the module docstring). Returns the results.
 
@@ -76,6 +77,8 @@ def run_demo(
             makes it run depth stages on that backbone instead.
         seed: seeds PPO and the environments.
         progress: show progress bars.
+        decision_costs: the per-decision envs' ``decision_costs`` (``"flops"`` or ``"time"``); ``"time"``
+            only with ``envs`` of DynChannel and DynSkip (the others price FLOPs only).
     """
     start = time.perf_counter()
     timesteps = check_timesteps(timesteps)
@@ -85,11 +88,21 @@ def run_demo(
     unknown = sorted(set(backbones) - set(BACKBONE_MODES))
     if unknown:
         raise ValueError(f"backbones has modes {unknown}; choose from {list(BACKBONE_MODES)}")
+    if decision_costs not in ("flops", "time"):
+        raise ValueError(f"decision_costs={decision_costs!r} is not a cost; choose 'flops' or 'time'")
+    flops_only = [e for e in envs if as_skip_env(e, {})[0] != e or mode_of(e) == "exit"]  # one-shot or exits
+    if decision_costs != "flops" and flops_only:
+        raise ValueError(
+            f"decision_costs={decision_costs!r} prices the decisions of DynChannel and DynSkip; {flops_only}"
+            " price FLOPs only: leave them out of envs (--env)"
+        )
     out = check_writable_dir(out, "out")  # before any training: a run is not lost to an unwritable --out
     torch.manual_seed(seed)
     data = _shared_data(dataset)
     results: dict[str, Any] = {
-        "command": f"dyncnn-gym demo --out {out}" + ("" if data.name == "shapes" else f" --data {data.name}"),
+        "command": f"dyncnn-gym demo --out {out}"
+        + ("" if data.name == "shapes" else f" --data {data.name}")
+        + ("" if decision_costs == "flops" else f" --decision-costs {decision_costs}"),
         "data": {
             "name": data.name,
             "fingerprint": data.fingerprint,
@@ -110,6 +123,8 @@ def run_demo(
             _demo_exit(out, results, env_id, data, dataset, backbones, timesteps, seed, progress)
             continue
         env_kwargs = recipe_env_kwargs(env_id, dataset=dataset, backbone=backbones.get(mode, DEFAULT_ARCH[mode]), groups=4)
+        if decision_costs != "flops":
+            env_kwargs["decision_costs"] = decision_costs
         core, model, res, entry = _train_ppo(out, env_id, env_kwargs, timesteps, seed, progress)
         static = static_baselines(core)
         rnd = random_policy_eval(core, res["action_rates"], seed=seed)

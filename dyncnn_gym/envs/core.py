@@ -336,6 +336,7 @@ class RoutingCore(EpisodeSlots):
         budget_strict: bool = False,
         flops_target: float | None = None,
         target_rate: float = DEFAULT_TARGET_RATE,
+        decision_costs: Any = "flops",
     ) -> None:
         if not isinstance(num_slots, (int, np.integer)) or num_slots < 1:
             raise ValueError(f"num_envs={num_slots!r} must be a positive integer")
@@ -367,7 +368,12 @@ class RoutingCore(EpisodeSlots):
         self.T, self.A = self.table.num_decisions, self.table.num_actions
         self.full = self.table.full
         a_max = self.A - 1
-        self._full_step = np.array([int(self.table.steps[t, a_max, a_max]) for t in range(self.T)], dtype=np.int64)
+        split_data = self.data.split(split)
+        if len(split_data) == 0:
+            raise ValueError(f"the {split!r} split of data {self.data.name!r} is empty")
+        #: what the reward's compute term charges each decision, ``[T, A, A]`` (see ``decision_costs``)
+        self.cost_steps = self._decision_costs(decision_costs, split_data)
+        self._full_step = np.array([self.cost_steps[t, a_max, a_max] for t in range(self.T)], dtype=np.float64)
         self._full_step[-1] += int(self.table.head[a_max])
         self._min_to_go = self.table.min_to_go()
         self.budget = self._check_budget(budget)
@@ -382,9 +388,6 @@ class RoutingCore(EpisodeSlots):
             lambda: starting_weight(self.net, mode, self.data, split, float(flops_target)),
         )
 
-        split_data = self.data.split(split)
-        if len(split_data) == 0:
-            raise ValueError(f"the {split!r} split of data {self.data.name!r} is empty")
         self.images = torch.as_tensor(split_data.images).to(self.device, DTYPES[dtype])
         self.labels = np.asarray(split_data.labels, dtype=np.int64)
         self.difficulty = np.asarray(split_data.difficulty, dtype=np.float32)
@@ -415,6 +418,28 @@ class RoutingCore(EpisodeSlots):
         self.phi = np.zeros(self.n, dtype=np.float64)
 
     # -- configuration ---------------------------------------------------------------------------
+    def _decision_costs(self, spec: Any, split_data: Any) -> np.ndarray:
+        """``cost_steps`` from the ``decision_costs`` argument: the FLOPs table itself for
+        ``"flops"``, else time-weighted FLOPs (:func:`~dyncnn_gym.time_costs.time_weighted_steps`) of
+        the given times or, for ``"time"``, of :func:`~dyncnn_gym.time_costs.decision_times`
+        measured now on up to ``TIME_BATCH`` images of the episodes' split."""
+        from .. import time_costs
+
+        steps = self.table.steps
+        #: whether the reward prices decisions by time (``decision_costs`` other than ``"flops"``)
+        self.time_weighted = not (isinstance(spec, str) and spec == "flops")
+        if not self.time_weighted:
+            return steps.astype(np.float64)
+        if isinstance(spec, str):
+            if spec != "time":
+                raise ValueError(
+                    f"decision_costs={spec!r} is not a cost; choose 'flops', 'time' or an array of shape"
+                    f" {list(steps.shape)} (e.g. from dyncnn_gym.time_costs.decision_times)"
+                )
+            x = torch.as_tensor(split_data.images[: time_costs.TIME_BATCH]).to(self.device, DTYPES[self.dtype])
+            spec = time_costs.decision_times(self.net, self.mode, x)
+        return time_costs.time_weighted_steps(steps, time_costs.check_costs(spec, tuple(steps.shape)))
+
     @property
     def min_flops_ratio(self) -> float:
         """FLOPs of the cheapest route of this backbone, as a ratio of the full network's."""
@@ -492,14 +517,17 @@ class RoutingCore(EpisodeSlots):
             a = actions[slots]
             t = walk.t
             spent = walk.flops.numpy().copy() if t else np.zeros(len(slots), dtype=np.int64)
+            prev = walk.prev.numpy().copy() if self.time_weighted else None
             cost = walk.step(torch.as_tensor(a)).numpy().copy()
+            if prev is not None:
+                cost = self.cost_steps[t][prev, a]
             if walk.done:
                 logits = walk.logits()
                 cost = cost + self._head.numpy()[a]
                 labels = torch.as_tensor(self.labels[self.index[slots]], device=logits.device)
                 ce = F.cross_entropy(logits.float(), labels, reduction="none").double().cpu().numpy()
                 pred = logits.argmax(1).cpu().numpy()
-                rew[slots] = self.reward.step(t, a, cost, int(self._full_step[t]), self.full, self.A, self.T)
+                rew[slots] = self.reward.step(t, a, cost, float(self._full_step[t]), self.full, self.A, self.T)
                 rew[slots] += self.reward.final(ce, pred == labels.cpu().numpy())
                 if self.shaping != "none":  # the terminal state's potential is 0
                     rew[slots] -= self.phi[slots]
@@ -517,7 +545,7 @@ class RoutingCore(EpisodeSlots):
                 if self.target is not None:
                     self.reward = self.reward.with_weight(self.target.update(walk.flops.numpy() / self.full, self.T))
             else:
-                rew[slots] = self.reward.step(t, a, cost, int(self._full_step[t]), self.full, self.A, self.T)
+                rew[slots] = self.reward.step(t, a, cost, float(self._full_step[t]), self.full, self.A, self.T)
                 if self.shaping != "none":
                     phi = self.potential(walk, slots)
                     rew[slots] += phi - self.phi[slots]
@@ -647,8 +675,8 @@ class RoutingCore(EpisodeSlots):
         total = np.zeros(routes.shape[0])
         for s in range(t, T):
             acts = routes[:, s - t]
-            cost = self.table.steps[s][prev, acts] + (head[acts] if s == T - 1 else 0)
-            total += self.reward.step(s, acts, cost, int(self._full_step[s]), self.full, A, T)
+            cost = self.cost_steps[s][prev, acts] + (head[acts] if s == T - 1 else 0)
+            total += self.reward.step(s, acts, cost, float(self._full_step[s]), self.full, A, T)
             prev = acts
         return total + self.reward.final(ce, correct)
 
@@ -669,8 +697,8 @@ class RoutingCore(EpisodeSlots):
             comp = np.zeros(b)
             while True:
                 s = w.t
-                cost = self.table.steps[s][w.prev.numpy(), acts] + (head[acts] if s == T - 1 else 0)
-                comp += self.reward.step(s, acts, cost, int(self._full_step[s]), self.full, A, T)
+                cost = self.cost_steps[s][w.prev.numpy(), acts] + (head[acts] if s == T - 1 else 0)
+                comp += self.reward.step(s, acts, cost, float(self._full_step[s]), self.full, A, T)
                 w.step(acts)
                 if w.done:
                     break

@@ -5,7 +5,11 @@ Each decision ``t`` pays a compute term; the last decision adds a classification
 * ``"flops"`` (default): ``compute_weight * (F_t_full - F_t) / F_full`` at each step, where ``F_t``
   is the FLOPs decision ``t`` actually cost and ``F_t_full`` what it costs in the full network (the
   head's saving is paid on the last step). Summed over an episode it is exactly
-  ``compute_weight * (1 - flops_ratio)``. Default ``compute_weight = 0.5``.
+  ``compute_weight * (1 - flops_ratio)``. Default ``compute_weight = 0.5``. With the env argument
+  ``decision_costs`` (``"time"`` or a table) ``F_t`` are time-weighted FLOPs instead: each
+  decision's time, scaled so that the full route's decisions cost their FLOPs
+  (:mod:`dyncnn_gym.time_costs`); an episode's compute terms then sum to ``compute_weight * (1 -
+  f)`` with ``f`` the route's time-weighted FLOPs over the full network's FLOPs.
 * ``"rnp"`` (Runtime Neural Pruning): ``compute_weight * (A - 1 - a_t)`` — a fixed bonus per channel
   group (or block) not computed; the paper's ``-p`` per group used, shifted by a constant so that it
   reads as a saving. Default ``compute_weight = 0.1`` (``p`` of the paper's reproduction).
@@ -80,12 +84,12 @@ class Reward:
         return Reward.make(self.kind, compute_weight, self.loss_weight, self.ce_clip, self.loss)
 
     def step(
-        self, t: int, actions: np.ndarray, cost: np.ndarray, full_cost: int, full_flops: int, A: int, T: int
+        self, t: int, actions: np.ndarray, cost: np.ndarray, full_cost: float, full_flops: int, A: int, T: int
     ) -> np.ndarray:
         """Compute term of decision ``t`` for each sample (float64 ``[B]``).
 
-        ``cost``/``full_cost`` are FLOPs of this decision (plus the head on the last one) as taken
-        and in the full network.
+        ``cost``/``full_cost`` are FLOPs (or time-weighted FLOPs) of this decision (plus the head on
+        the last one) as taken and in the full network.
         """
         if self.kind == "flops":
             return self.compute_weight * (full_cost - cost) / full_flops

@@ -18,7 +18,8 @@ _ARGS_DOC = """
     gymnasium.make("{id}-v1", dataset="shapes", backbone=None, groups=4, split="auto",
                    reward="flops", compute_weight=None, loss_weight=1.0, ce_clip=5.0, loss="error",
                    budget=None, budget_strict=False, device="cpu", obs="probe", dtype="float32",
-                   shaping="none", flops_target={target}, target_rate=2e-4, render_mode=None)
+                   shaping="none", flops_target={target}, target_rate=2e-4, decision_costs="flops",
+                   render_mode=None)
     ```
 
     `{id}-v0` has the same arguments with `split="train"`, `loss="ce"`, `obs="features"` and
@@ -50,6 +51,13 @@ _ARGS_DOC = """
       `compute_weight`.
       The current weight is `env.unwrapped.compute_weight`.
     * `target_rate`: change of `log(compute_weight)` per decision per unit of FLOPs-ratio error.
+    * `decision_costs`: what the reward's compute term charges each decision. `"flops"` (default):
+      its FLOPs. `"time"`: its time on this machine, measured when the env is built (on 256 images
+      of the episodes' split, at torch's thread count then; `dyncnn_gym.time_costs.decision_times`),
+      or an array `[T, A, A]` of such costs (decision `t`, previous action `p`, action `a`; any
+      unit). The costs are rescaled so that the full route's decisions cost their FLOPs, so
+      `compute_weight` keeps its meaning and only the price of each decision changes; the FLOPs in
+      `info`, `flops_target` and `budget` stay FLOPs.
     * `budget`: optional FLOPs-ratio budget per image; actions that could not finish within it are
       masked (`info["action_mask"]`, `action_masks()`). A masked action is replaced by the nearest
       allowed one: the largest allowed action below it (fewer channel groups; skip instead of
