@@ -86,9 +86,9 @@ def main() -> None:
         print(f"| {t} | {shape} | {ms[t]:.2f} | {ms[t] / ms.sum():.3f} | {flops[t] / flops.sum():.3f} | {per_gflop:.2f} |")
     if args.routers:
         import dyncnn_gym
-        from dyncnn_gym.benchmark.routed_table import _load_router
+        from dyncnn_gym.benchmark.routed_table import load_router
 
-        model, path = _load_router(args.routers, args.env)
+        model, path = load_router(args.routers, args.env)
         dial = {} if args.flops_target is None else {"flops_target": args.flops_target}
         routed = dyncnn_gym.export(model, args.env, **dial)  # dialed as evaluate dials
         with torch.no_grad():

@@ -148,7 +148,9 @@ def test_the_demo_trains_routers_priced_in_time_where_decisions_have_a_time(digi
     saved = json.loads((tmp_path / "results.json").read_text())
     (entry,) = saved["learned"]
     assert entry["env_kwargs"]["decision_costs"] == "time"
-    assert saved["command"].endswith("--data digits --decision-costs time")
+    backbones = " ".join(f"--backbone {m}={n}" for m, n in digit_backbones.items())
+    want = f"dyncnn-gym demo --out {tmp_path} --env DynSkip-v1 --timesteps 512 --data digits {backbones} --decision-costs time"
+    assert saved["command"] == want  # the command that reruns it
     assert make_core("DynSkip-v1", 1, **entry["env_kwargs"]).time_weighted
     assert main(["demo", "--decision-costs", "time", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err

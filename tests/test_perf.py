@@ -145,12 +145,12 @@ def test_the_table_and_the_command_line():
 
 
 def test_a_routers_folder_without_a_setups_router_names_the_demo_command_that_writes_it(tmp_path):
-    from dyncnn_gym.benchmark.routed_table import _load_router
+    from dyncnn_gym.benchmark.routed_table import load_router
 
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "DynChannel-v1-PPO.zip").write_bytes(b"")  # what the demo writes by default
     with pytest.raises(FileNotFoundError, match=r"no DynChannel-v0-PPO.zip under .*dyncnn-gym demo --env DynChannel-v0"):
-        _load_router(tmp_path, "DynChannel-v0")
+        load_router(tmp_path, "DynChannel-v0")
 
 
 def test_the_routed_table_measures_the_demos_v1_routers_by_default_and_refuses_unknown_setups():

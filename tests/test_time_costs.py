@@ -121,6 +121,11 @@ def test_bad_decision_costs_are_named(costs, match):
         make_env("DynSkip-v1", "resnet8", decision_costs=costs)
 
 
+def test_reward_forms_that_count_groups_refuse_costs():
+    with pytest.raises(ValueError, match="decision_costs='time' prices the reward='flops' form; reward='rnp' pays per"):
+        make_env("DynChannel-v1", "vgg", reward="rnp", decision_costs="time")
+
+
 def test_envs_without_per_decision_costs_refuse_them():
     with pytest.raises(TypeError, match="unknown argument decision_costs"):
         make_env("DynBlockDrop-v1", "resnet8", decision_costs="time")

@@ -100,9 +100,7 @@ def run_demo(
     torch.manual_seed(seed)
     data = _shared_data(dataset)
     results: dict[str, Any] = {
-        "command": f"dyncnn-gym demo --out {out}"
-        + ("" if data.name == "shapes" else f" --data {data.name}")
-        + ("" if decision_costs == "flops" else f" --decision-costs {decision_costs}"),
+        "command": _command(out, envs, timesteps, data.name, backbones, seed, decision_costs),
         "data": {
             "name": data.name,
             "fingerprint": data.fingerprint,
@@ -257,6 +255,25 @@ def format_wall_clock(results: dict[str, Any]) -> str:
             + " (`dyncnn-gym perf --routed-only` times every router)"
         )
     return "\n".join(lines)
+
+
+def _command(
+    out: Path, envs: tuple[str, ...], timesteps: int | None, data: str, backbones: dict, seed: int, costs: str
+) -> str:
+    """The ``dyncnn-gym demo`` command line that runs the demo with these settings."""
+    parts = ["dyncnn-gym demo", f"--out {out}"]
+    if tuple(envs) != DEMO_IDS:
+        parts += [f"--env {e}" for e in envs]
+    if timesteps is not None:
+        parts.append(f"--timesteps {timesteps}")
+    if seed != 0:
+        parts.append(f"--seed {seed}")
+    if data != "shapes":
+        parts.append(f"--data {data}")
+    parts += [f"--backbone {mode}={name}" for mode, name in backbones.items()]
+    if costs != "flops":
+        parts.append(f"--decision-costs {costs}")
+    return " ".join(parts)
 
 
 def _train_ppo(

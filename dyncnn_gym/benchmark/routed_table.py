@@ -121,7 +121,9 @@ def _bracket(points: list[dict], key: str, value: float) -> tuple[dict, dict, fl
     return pts[-1], pts[-1], 0.0  # pragma: no cover - the loop covers every value in range
 
 
-def _load_router(routers: str | Path, env_id: str):
+def load_router(routers: str | Path, env_id: str) -> tuple[Any, str]:
+    """The PPO router for ``env_id`` that ``dyncnn-gym demo --out ROUTERS`` saved (its
+    ``models/<env id>-PPO.zip``, or ``<env id>-PPO.zip`` in the folder itself), and its path."""
     from .protocol import load_model
 
     root = Path(routers)
@@ -273,7 +275,7 @@ def _ppo_router(env_id: str, kw: dict, routers: str | Path | None, steps: int | 
     from ..recipes import recipe, train_ppo
 
     if routers is not None and info["env_id"] == env_id:  # a setup with a suffix ("DynExit-v1 depth") trains its own
-        model, where = _load_router(routers, env_id)
+        model, where = load_router(routers, env_id)
         info["router"] = f"PPO loaded from {where}"
         return model
     n = steps or recipe(env_id)["total_timesteps"]

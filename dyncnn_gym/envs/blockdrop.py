@@ -20,7 +20,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from ..walk import Walk, run
-from .core import RoutingCore, check_arguments
+from .core import CheckedArguments, RoutingCore
 from .rewards import DEFAULT_TARGET_RATE, REWARD_KINDS
 from .routing import BackboneAccess, check_render_mode, image_rgb, reset_single
 from .vector import check_max_episode_steps, slot_seeds, vector_autoreset_mode
@@ -55,12 +55,8 @@ def as_skip_env(env_id: str, env_kwargs: dict[str, Any]) -> tuple[str, dict[str,
     return SKIP_ID_OF[name], kw
 
 
-class _OneShot:
+class _OneShot(CheckedArguments):
     """``n`` one-step BlockDrop episodes over a skip-mode :class:`RoutingCore` (shared by both faces)."""
-
-    def __new__(cls, *args: Any, **kwargs: Any):
-        check_arguments(cls, kwargs)
-        return super().__new__(cls)
 
     def __init__(
         self,

@@ -203,17 +203,22 @@ def check_arguments(cls: type, kwargs: dict) -> None:
         raise TypeError(f"unknown argument {shown}; the valid arguments are {valid}")
 
 
-class EpisodeSlots:
+class CheckedArguments:
+    """A class whose constructor names a misspelt keyword argument with the valid ones
+    (:func:`check_arguments`) before Python's own ``TypeError``."""
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        check_arguments(cls, kwargs)
+        return super().__new__(cls)
+
+
+class EpisodeSlots(CheckedArguments):
     """What the per-decision :class:`RoutingCore` and the early-exit
     :class:`~dyncnn_gym.envs.exit_core.ExitCore` share: the backbone's weights, the compute weight
     (fixed, or held at a FLOPs target), the budget check, and how each slot draws its images.
 
     A core sets ``net``, ``reward``, ``target``, ``data``, ``device``, ``split_name``, ``images``,
     ``labels``, ``rngs`` and ``cursor``, and defines ``check_flops_ratio``."""
-
-    def __new__(cls, *args: Any, **kwargs: Any):
-        check_arguments(cls, kwargs)
-        return super().__new__(cls)
 
     def backbone_state(self) -> dict:
         """A detached CPU copy of the backbone's ``state_dict`` (name -> tensor)."""
@@ -430,6 +435,11 @@ class RoutingCore(EpisodeSlots):
         self.time_weighted = not (isinstance(spec, str) and spec == "flops")
         if not self.time_weighted:
             return steps.astype(np.float64)
+        if self.reward.kind != "flops":
+            raise ValueError(
+                f"decision_costs={reprlib.repr(spec)} prices the reward='flops' form; reward={self.reward.kind!r}"
+                " pays per group or block not computed, whatever it costs"
+            )
         if isinstance(spec, str):
             if spec != "time":
                 raise ValueError(
