@@ -136,8 +136,12 @@ def test_the_table_and_the_command_line():
     }
     lines = format_routed({"setups": {row["env_id"]: {"router": "RandomGates"}}, "rows": [row]})
     assert lines[-1].startswith(
-        "| DynSkip-v0 (resnet110) | random | 64 | 1 | 0.500 | 1.50 (1.60) | 1.70 | +10 % | 0.90 | n/a | 1.20 |"
-    )
+        "| DynSkip-v0 (resnet110) | random | 64 | 1 | 0.500 | 1.50 (1.60) | n/a | 1.70 | +10 % | 0.90 | n/a | 1.20 |"
+    )  # a row written before the static network of the routes' FLOPs was timed against the full one
+    row["static_same_flops_vs_full"] = 1.8
+    lines = format_routed({"setups": {row["env_id"]: {"router": "RandomGates"}}, "rows": [row]})
+    assert "| 1.50 (1.60) | 1.80 | 1.70 |" in lines[-1]
+    assert lines[0].count("|") == lines[1].count("|") == lines[-1].count("|")
     args = add_arguments(argparse.ArgumentParser()).parse_args(
         ["--routed-only", "--routers", "demo_out", "--router-steps", "5000", "--table-out", "t.md"]
     )
@@ -222,5 +226,6 @@ def test_the_deep_blockdrop_example_trains_evaluates_and_times_a_one_look_router
     assert all(0 <= q["accuracy"] <= 1 and len(q["actions"]) == len(front[0]["actions"]) for q in front)
     rows = out["table"]["rows"]
     assert sorted(r["batch"] for r in rows) == [1, 64, 256]
+    assert all(r["static_same_flops_vs_full"] > 0 for r in rows)
     lines = format_routed(out["table"])
     assert len(lines) == 2 + 3 and all("DynBlockDrop-v1" in line for line in lines[2:])
