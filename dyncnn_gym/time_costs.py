@@ -15,6 +15,7 @@ share of the FLOPs (:func:`time_weighted_steps`). FLOPs are still counted exactl
 from __future__ import annotations
 
 import numbers
+import reprlib
 from typing import Any
 
 import numpy as np
@@ -42,19 +43,21 @@ def decision_times(net: DynamicNet, mode: str, images: torch.Tensor, repeats: in
 
     if isinstance(repeats, bool) or not isinstance(repeats, numbers.Integral) or repeats < 1:
         raise ValueError(f"repeats={repeats!r} must be an integer >= 1")
-    was_training = net.training
-    net.eval()
     table = cost_tensors(net, mode)[0]
     T, A = table.num_decisions, table.num_actions
-    walk, entering = Walk(net, mode, images), []
-    for _ in range(T):
-        entering.append(walk.h)
-        walk.advance(A - 1)
     by_prev = net.decision_uses_prev(mode)
     pairs = [(t, p, a) for t in range(T) for p in (range(A) if by_prev and t else [A - 1]) for a in range(A)]
-    fns = {k: (lambda k=k: net.decision(mode, k[0], entering[k[0]], k[1], k[2])) for k in pairs}
-    times = interleaved(fns, int(repeats), images.device)
-    net.train(was_training)
+    was_training = net.training
+    net.eval()
+    try:
+        walk, entering = Walk(net, mode, images), []
+        for _ in range(T):
+            entering.append(walk.h)
+            walk.advance(A - 1)
+        fns = {k: (lambda k=k: net.decision(mode, k[0], entering[k[0]], k[1], k[2])) for k in pairs}
+        times = interleaved(fns, int(repeats), images.device)
+    finally:
+        net.train(was_training)
     out = np.zeros((T, A, A), dtype=np.float64)
     for t, p, a in pairs:
         out[t, p if by_prev and t else slice(None), a] = 1000.0 * median(times[(t, p, a)])
@@ -69,7 +72,7 @@ def check_costs(costs: Any, shape: tuple[int, int, int]) -> np.ndarray:
         arr = np.asarray(costs, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise ValueError(
-            f"decision_costs={costs!r} must be 'flops', 'time' or an array of shape {list(shape)}"
+            f"decision_costs={reprlib.repr(costs)} must be 'flops', 'time' or an array of shape {list(shape)}"
             " (cost of decision t after previous action p with action a)"
         ) from e
     if arr.shape != shape:
