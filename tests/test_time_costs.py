@@ -69,6 +69,9 @@ def test_the_teacher_prices_routes_as_the_env_pays_them():
         _, r, *_ = env.step(action)
         paid += r
     assert told["returns"][a, cont] == pytest.approx(paid, rel=1e-12, abs=1e-12)
+    env.reset(seed=3)
+    told = env.unwrapped.teacher(lambda obs: np.full(len(obs), cont))  # a policy that always takes cont
+    np.testing.assert_allclose(told["q_policy"], told["returns"][:, cont], rtol=1e-12)
 
 
 @pytest.mark.parametrize(("arch", "mode"), [("vgg", "channel"), ("resnet8", "skip")])
