@@ -251,9 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--decision-costs",
         choices=["flops", "time"],
         default="flops",
-        help="what the reward charges each decision of DynChannel / DynSkip: its FLOPs, or its time on this"
-        " machine measured when the env is built (the env argument decision_costs); 'time' needs --env"
-        " DynChannel-* / DynSkip-* only (default: %(default)s)",
+        help="what the reward charges each decision of DynChannel / DynSkip / DynBlockDrop: its FLOPs, or its"
+        " time on this machine measured when the env is built (the env argument decision_costs); 'time'"
+        " leaves DynExit out: give --env (default: %(default)s)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)

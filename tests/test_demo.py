@@ -154,7 +154,7 @@ def test_the_demo_trains_routers_priced_in_time_where_decisions_have_a_time(digi
     assert make_core("DynSkip-v1", 1, **entry["env_kwargs"]).time_weighted
     assert main(["demo", "--decision-costs", "time", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
-    assert "decision_costs='time' prices the decisions of DynChannel and DynSkip; ['DynExit-v1'] price FLOPs only" in err
+    assert "prices the decisions of DynChannel, DynSkip and DynBlockDrop; ['DynExit-v1'] price FLOPs only" in err
     with pytest.raises(SystemExit, match="2"):
         main(["demo", "--decision-costs", "seconds", "--out", str(tmp_path / "b")])
     assert "invalid choice: 'seconds' (choose from 'flops', 'time')" in capsys.readouterr().err

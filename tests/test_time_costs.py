@@ -129,6 +129,22 @@ def test_reward_forms_that_count_groups_refuse_costs():
         make_env("DynChannel-v1", "vgg", reward="rnp", decision_costs="time")
 
 
-def test_envs_without_per_decision_costs_refuse_them():
+def test_a_one_look_route_is_paid_what_dynskip_pays_its_decisions_at_the_same_costs():
+    T = cost_tensors(make_net("resnet8", "user12"), "skip")[0].num_decisions
+    costs = np.random.default_rng(2).uniform(0.5, 2.0, (T, 2, 2))
+    route = np.array([1, 0] * (T // 2) + [1] * (T % 2))
+    one_look = make_env("DynBlockDrop-v1", "resnet8", decision_costs=costs, **FIXED)
+    one_look.reset(seed=5)
+    _, paid, *_ = one_look.step(route)
+    per_block, _ = rollout(make_env("DynSkip-v1", "resnet8", decision_costs=costs, **FIXED), route, seed=5)
+    assert paid == pytest.approx(per_block.sum(), rel=1e-12, abs=1e-12)
+    flops_paid = make_env("DynBlockDrop-v1", "resnet8", **FIXED)
+    flops_paid.reset(seed=5)
+    assert flops_paid.step(route)[1] != pytest.approx(paid, rel=1e-9)  # the costs changed the price
+    with pytest.raises(ValueError, match="reward='blockdrop' pays 1 - u\\*\\*2"):
+        make_env("DynBlockDrop-v0", "resnet8", decision_costs="time")
+
+
+def test_early_exit_envs_refuse_decision_costs():
     with pytest.raises(TypeError, match="unknown argument decision_costs"):
-        make_env("DynBlockDrop-v1", "resnet8", decision_costs="time")
+        make_env("DynExit-v1", "vgg", decision_costs="time")

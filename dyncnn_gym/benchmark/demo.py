@@ -77,8 +77,8 @@ def run_demo(
             makes it run depth stages on that backbone instead.
         seed: seeds PPO and the environments.
         progress: show progress bars.
-        decision_costs: the per-decision envs' ``decision_costs`` (``"flops"`` or ``"time"``); ``"time"``
-            only with ``envs`` of DynChannel and DynSkip (the others price FLOPs only).
+        decision_costs: the routing envs' ``decision_costs`` (``"flops"`` or ``"time"``); ``"time"``
+            only with ``envs`` of DynChannel, DynSkip and DynBlockDrop (the early exits price FLOPs only).
     """
     start = time.perf_counter()
     timesteps = check_timesteps(timesteps)
@@ -90,11 +90,11 @@ def run_demo(
         raise ValueError(f"backbones has modes {unknown}; choose from {list(BACKBONE_MODES)}")
     if decision_costs not in ("flops", "time"):
         raise ValueError(f"decision_costs={decision_costs!r} is not a cost; choose 'flops' or 'time'")
-    flops_only = [e for e in envs if as_skip_env(e, {})[0] != e or mode_of(e) == "exit"]  # one-shot or exits
+    flops_only = [e for e in envs if mode_of(as_skip_env(e, {})[0]) == "exit"]
     if decision_costs != "flops" and flops_only:
         raise ValueError(
-            f"decision_costs={decision_costs!r} prices the decisions of DynChannel and DynSkip; {flops_only}"
-            " price FLOPs only: leave them out of envs (--env)"
+            f"decision_costs={decision_costs!r} prices the decisions of DynChannel, DynSkip and DynBlockDrop;"
+            f" {flops_only} price FLOPs only: leave them out of envs (--env)"
         )
     out = check_writable_dir(out, "out")  # before any training: a run is not lost to an unwritable --out
     torch.manual_seed(seed)

@@ -8,6 +8,7 @@ counts for the same actions.
 from __future__ import annotations
 
 import numbers
+import reprlib
 from typing import Any
 
 import gymnasium as gym
@@ -76,6 +77,7 @@ class _OneShot(CheckedArguments):
         obs: str = "features",
         flops_target: float | None = None,
         target_rate: float = DEFAULT_TARGET_RATE,
+        decision_costs: Any = "flops",
     ) -> None:
         if reward not in BLOCKDROP_REWARDS:
             raise ValueError(f"reward={reward!r} is not a DynBlockDrop reward; choose one of {list(BLOCKDROP_REWARDS)}")
@@ -95,6 +97,11 @@ class _OneShot(CheckedArguments):
                 "compute_weight / loss_weight / ce_clip / loss / flops_target apply to the DynSkip reward forms"
                 f" {list(REWARD_KINDS)}; reward='blockdrop' is set by penalty= and usage="
             )
+        if reward == "blockdrop" and not (isinstance(decision_costs, str) and decision_costs == "flops"):
+            raise ValueError(
+                f"decision_costs={reprlib.repr(decision_costs)} prices the DynSkip reward forms {list(REWARD_KINDS)};"
+                " reward='blockdrop' pays 1 - u**2 with u the share of blocks or of FLOPs (usage=)"
+            )
         self.kind, self.penalty, self.usage = reward, float(penalty), usage
         core_reward = "flops" if reward == "blockdrop" else reward
         self.core = RoutingCore(
@@ -113,6 +120,7 @@ class _OneShot(CheckedArguments):
             obs=obs,
             flops_target=flops_target,
             target_rate=target_rate,
+            decision_costs=decision_costs,
         )
         self.T = self.core.T
         self.observation_space = self.core.observation_space
@@ -312,7 +320,7 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
     gymnasium.make("DynBlockDrop-v1", dataset="shapes", backbone=None, groups=4, split="auto",
                    reward="flops", penalty=1.0, usage="blocks", compute_weight=None,
                    loss_weight=1.0, ce_clip=5.0, loss="error", device="cpu", obs="probe",
-                   flops_target=0.68, target_rate=2e-4, render_mode=None)
+                   flops_target=0.68, target_rate=2e-4, decision_costs="flops", render_mode=None)
     ```
 
     `DynBlockDrop-v0` has the same arguments with `split="train"`, `reward="blockdrop"`, `loss="ce"`,
@@ -326,6 +334,9 @@ class DynBlockDropEnv(BackboneAccess, gym.Env, EzPickle):
     * `compute_weight`, `loss_weight`, `ce_clip`, `loss`, `flops_target`, `target_rate`: only with a
       `DynSkip` reward form, as there (`flops_target` holds the mean FLOPs ratio of finished
       episodes by adapting `compute_weight`).
+    * `decision_costs`: with a `DynSkip` reward form, what its compute term charges each block, as
+      for `DynSkip-v0` (`"flops"`, `"time"` or an array `[T, 2, 2]`); `reward="blockdrop"` takes
+      `"flops"` only.
     * `render_mode`: `None`, `"ansi"` (a line: the image, the FLOPs ratio and, after the step, the
       blocks run, prediction and label), `"rgb_array"` (the image over a bar of the FLOPs spent, as
       `DynSkip` draws it) or `"human"` (the `"ansi"` line printed at every reset and step).
