@@ -11,10 +11,10 @@ time per GFLOP. Where the shares differ, a route's FLOPs ratio misstates its tim
 time-cheap decisions run slower than static routes of the same FLOPs that save time-expensive ones.
 
 With ``--routers`` (a ``dyncnn-gym demo --out`` folder), the demo's router for ``--env`` is
-exported (dialed to ``--flops-target``, by default the env's) and routes the whole test split; the
-script prints its accuracy, its FLOPs ratio, how often each action is taken at each decision, and
-the share of the decisions' FLOPs and of their time (from the times above) that its routes keep:
-two routers of the same accuracy and FLOPs can differ in time.
+evaluated on the whole test split (``dyncnn_gym.evaluate``, dialed to ``--flops-target``, by
+default the env's); the script prints its accuracy, its FLOPs ratio, how often each action is
+taken at each decision, and the share of the decisions' FLOPs and of their time (from the times
+above) that its routes keep: two routers of the same accuracy and FLOPs can differ in time.
 
     python examples/decision_times.py                                  # DynSkip-v1, batch 256, 1 thread
     python examples/decision_times.py --env DynChannel-v1 --batch 64 --threads 2
@@ -90,12 +90,8 @@ def main() -> None:
 
         model, path = load_router(args.routers, args.env)
         dial = {} if args.flops_target is None else {"flops_target": args.flops_target}
-        routed = dyncnn_gym.export(model, args.env, **dial)  # dialed as evaluate dials
-        with torch.no_grad():
-            out = [routed.route(core.images[i : i + 500]) for i in range(0, len(core.images), 500)]
-        acts = torch.cat([o.actions for o in out]).numpy()
-        pred = torch.cat([o.logits.argmax(1) for o in out]).numpy()
-        ratio = torch.cat([o.flops for o in out]).double().numpy() / table.full
+        res = dyncnn_gym.evaluate(model, args.env, per_image=True, **dial)  # dialed to the target
+        acts = res["images"]["actions"]
         prev = np.full(len(acts), top)
         kept_ms, kept_flops = np.zeros(len(acts)), np.zeros(len(acts))
         for t in range(T):
@@ -103,9 +99,7 @@ def main() -> None:
             kept_flops += table.steps[t, prev, acts[:, t]]
             prev = acts[:, t]
         rates = [np.bincount(acts[:, t], minlength=core.A) / len(acts) for t in range(T)]
-        print(
-            f"\n{path}, {len(acts)} test images: accuracy {float((pred == core.labels).mean()):.4f}, FLOPs ratio {ratio.mean():.3f}"
-        )
+        print(f"\n{path}, {len(acts)} test images: accuracy {res['accuracy']:.4f}, FLOPs ratio {res['flops_ratio']:.3f}")
         what = "how often each block runs" if core.A == 2 else "mean action (0 narrowest) at each decision"
         how = [f"{r[1]:.2f}" for r in rates] if core.A == 2 else [f"{float(r @ np.arange(core.A)):.2f}" for r in rates]
         print(f"{what}: {', '.join(how)}")

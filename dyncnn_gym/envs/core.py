@@ -376,6 +376,8 @@ class RoutingCore(EpisodeSlots):
         split_data = self.data.split(split)
         if len(split_data) == 0:
             raise ValueError(f"the {split!r} split of data {self.data.name!r} is empty")
+        #: whether the reward prices decisions by time (``decision_costs`` other than ``"flops"``)
+        self.time_weighted = not (isinstance(decision_costs, str) and decision_costs == "flops")
         #: what the reward's compute term charges each decision, ``[T, A, A]`` (see ``decision_costs``)
         self.cost_steps = self._decision_costs(decision_costs, split_data)
         self._full_step = np.array([self.cost_steps[t, a_max, a_max] for t in range(self.T)], dtype=np.float64)
@@ -431,8 +433,6 @@ class RoutingCore(EpisodeSlots):
         from .. import time_costs
 
         steps = self.table.steps
-        #: whether the reward prices decisions by time (``decision_costs`` other than ``"flops"``)
-        self.time_weighted = not (isinstance(spec, str) and spec == "flops")
         if not self.time_weighted:
             return steps.astype(np.float64)
         if self.reward.kind != "flops":
