@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numbers
 import reprlib
+import weakref
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from .walk import Walk, cost_tensors
 TIME_BATCH = 256
 #: interleaved repeats per decision (the median is kept)
 TIME_REPEATS = 7
+_MEASURED: weakref.WeakKeyDictionary[DynamicNet, dict[tuple, np.ndarray]] = weakref.WeakKeyDictionary()
 
 
 @torch.no_grad()
@@ -62,6 +64,18 @@ def decision_times(net: DynamicNet, mode: str, images: torch.Tensor, repeats: in
     for t, p, a in pairs:
         out[t, p if by_prev and t else slice(None), a] = 1000.0 * median(times[(t, p, a)])
     return out
+
+
+def measured_times(net: DynamicNet, mode: str, images: torch.Tensor) -> np.ndarray:
+    """:func:`decision_times` of ``images`` ``[B, C, H, W]``, measured once per backbone, mode, batch
+    shape, dtype, device and thread count in a process (a copy): every env built on one backbone
+    prices decisions by one table, whatever its split, and a second env costs no second
+    measurement. (A decision's time depends on the tensors' shapes, not on the images' values.)"""
+    key = (mode, tuple(images.shape), images.dtype, str(images.device), torch.get_num_threads())
+    per_net = _MEASURED.setdefault(net, {})
+    if key not in per_net:
+        per_net[key] = decision_times(net, mode, images)
+    return per_net[key].copy()
 
 
 def check_costs(costs: Any, shape: tuple[int, int, int]) -> np.ndarray:

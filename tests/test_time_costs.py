@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gymnasium
 import numpy as np
 import pytest
 import torch
@@ -148,3 +149,20 @@ def test_a_one_look_route_is_paid_what_dynskip_pays_its_decisions_at_the_same_co
 def test_early_exit_envs_refuse_decision_costs():
     with pytest.raises(TypeError, match="unknown argument decision_costs"):
         make_env("DynExit-v1", "vgg", decision_costs="time")
+
+
+def test_envs_on_one_backbone_share_one_measurement(monkeypatch):
+    import dyncnn_gym.time_costs as tc
+
+    calls = []
+    real = tc.decision_times
+    monkeypatch.setattr(tc, "decision_times", lambda *a, **k: calls.append(1) or real(*a, **k))
+    net = make_net("resnet8", "user12", cached=False)
+    make = lambda split: gymnasium.make(  # noqa: E731
+        "DynSkip-v1", dataset=load_test_data("user12"), backbone=net, groups=4, split=split, decision_costs="time"
+    )
+    train, test = make("train").unwrapped.core, make("test").unwrapped.core
+    assert len(calls) == 1
+    np.testing.assert_array_equal(train.cost_steps, test.cost_steps)
+    train.cost_steps[0, 1, 1] = -1.0  # each env holds its own copy
+    assert test.cost_steps[0, 1, 1] > 0

@@ -429,7 +429,9 @@ class RoutingCore(EpisodeSlots):
         """``cost_steps`` from the ``decision_costs`` argument: the FLOPs table itself for
         ``"flops"``, else time-weighted FLOPs (:func:`~dyncnn_gym.time_costs.time_weighted_steps`) of
         the given times or, for ``"time"``, of :func:`~dyncnn_gym.time_costs.decision_times`
-        measured now on up to ``TIME_BATCH`` images of the episodes' split."""
+        on a batch of ``TIME_BATCH`` images of the episodes' split (repeated where it holds fewer;
+        measured once per backbone and thread count in a process:
+        :func:`~dyncnn_gym.time_costs.measured_times`)."""
         from .. import time_costs
 
         steps = self.table.steps
@@ -446,8 +448,9 @@ class RoutingCore(EpisodeSlots):
                     f"decision_costs={spec!r} is not a cost; choose 'flops', 'time' or an array of shape"
                     f" {list(steps.shape)} (e.g. from dyncnn_gym.time_costs.decision_times)"
                 )
-            x = torch.as_tensor(split_data.images[: time_costs.TIME_BATCH]).to(self.device, DTYPES[self.dtype])
-            spec = time_costs.decision_times(self.net, self.mode, x)
+            rows = np.arange(time_costs.TIME_BATCH) % len(split_data.images)
+            x = torch.as_tensor(split_data.images[rows]).to(self.device, DTYPES[self.dtype])
+            spec = time_costs.measured_times(self.net, self.mode, x)
         return time_costs.time_weighted_steps(steps, time_costs.check_costs(spec, tuple(steps.shape)))
 
     @property

@@ -52,8 +52,10 @@ _ARGS_DOC = """
       The current weight is `env.unwrapped.compute_weight`.
     * `target_rate`: change of `log(compute_weight)` per decision per unit of FLOPs-ratio error.
     * `decision_costs`: what the reward's compute term charges each decision. `"flops"` (default):
-      its FLOPs. `"time"`: its time on this machine, measured when the env is built (on 256 images
-      of the episodes' split, at torch's thread count then; `dyncnn_gym.time_costs.decision_times`),
+      its FLOPs. `"time"`: its time on this machine, measured when the first such env on the
+      backbone is built (a batch of 256 images of the episodes' split, repeated where it holds
+      fewer; at torch's thread count then; once per backbone and thread count in a process, so
+      envs on one backbone share it; `dyncnn_gym.time_costs.decision_times`),
       or an array `[T, A, A]` of such costs (decision `t`, previous action `p`, action `a`; any
       unit). The costs are rescaled so that the full route's decisions cost their FLOPs, so
       `compute_weight` keeps its meaning and only the price of each decision changes; the FLOPs in
