@@ -209,11 +209,13 @@ def run_subprocess(code: str, timeout: float = 240) -> str:
 
 @pytest.fixture
 def exact_execution(monkeypatch):
-    """The walk with group merging off: every (previous action, action) group runs on its own, so
-    the FLOPs a mixed batch executes equal the FLOPs its routes count (see ``walk.MERGE_FLOPS``)."""
+    """The walk with group merging and dense skips off: every (previous action, action) group runs
+    on its own and only the rows that run a block compute it, so the FLOPs a mixed batch executes
+    equal the FLOPs its routes count (see ``walk.MERGE_FLOPS`` and ``walk.DENSE_SKIP_SHARE``)."""
     import dyncnn_gym.walk
 
     monkeypatch.setattr(dyncnn_gym.walk, "MERGE_FLOPS", 0)
+    monkeypatch.setattr(dyncnn_gym.walk, "DENSE_SKIP_SHARE", 0)
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,9 @@
 * FLOPs: what the walk and the envs report equals what ``torch.utils.flop_counter.FlopCounterMode``
   counts for the operations that actually ran. A 0/1 mask multiply would be counted at full cost,
   so equality for cheap routes also proves that pruned groups and skipped blocks are not computed.
-  (With the walk's group merging on, a mixed batch may run a group at a wider width: the executed
-  work is then bounded, not equal; the exact checks run with merging off, ``exact_execution``.)
+  (With the walk's group merging on, a mixed batch may run a group at a wider width, and a block
+  nearly every sample runs may run on all of them: the executed work is then bounded, not equal;
+  the exact checks run with both off, ``exact_execution``.)
 * Outputs: the walk's logits equal those of a plain reference implementation written here, which
   computes every channel and block densely and then zeroes / bypasses what the route drops.
 """
@@ -268,6 +269,55 @@ def test_merged_groups_bound_the_executed_work(data_name, batch):
         mixed_cheap[::2, -1] = 1  # two cheap groups at the last decision
         (_, f1), executed1 = counted(run_routes, net, "channel", x, mixed_cheap)
         assert executed1 < batch * table.full / 2
+
+
+def test_dense_skips_bound_the_executed_work_and_keep_every_route(monkeypatch):
+    """At inference a residual block that at most ``DENSE_SKIP_SHARE`` of a chunk's rows skip runs on
+    the whole chunk: the accounting stays exact, the executed FLOPs exceed the counted ones by at
+    most the skipping rows' share of such blocks (the block executes at most ``1 / (1 -
+    DENSE_SKIP_SHARE)`` its count), every sample gets its own route's output, and a block most rows
+    skip, a batch of cheapest routes and training mode execute exactly what they count."""
+    import dyncnn_gym.walk as walk_module
+
+    monkeypatch.setattr(walk_module, "MERGE_FLOPS", 0)
+    net = make_net("resnet20-lite", "user12", 4)
+    table, T = net.cost_table("skip"), net.num_decisions("skip")
+    B = 32
+    train = load_test_data("user12").train.images
+    x = torch.as_tensor(train[np.arange(B) % len(train)])
+    acts = torch.ones((B, T), dtype=torch.int64)
+    acts[:3, 0] = 0  # 3 of 32 skip decision 0: within the share, so it runs densely
+    acts[:, 1] = 0
+    acts[:5, 1] = 1  # 5 of 32 run decision 1: computed for those 5 only
+    block = [int(table.steps[t, 1, 1]) for t in range(T)]
+    identity = [not net.blocks[1 + t].changes_shape for t in range(T)]
+    assert identity[0] and identity[1], "the test needs identity blocks at decisions 0 and 1"
+    with torch.no_grad():
+        (logits, flops), executed = counted(run_routes, net, "skip", x, acts)
+        monkeypatch.setattr(walk_module, "DENSE_SKIP_SHARE", 0)
+        (exact_logits, exact_flops), exact_executed = counted(run_routes, net, "skip", x, acts)
+        monkeypatch.setattr(walk_module, "DENSE_SKIP_SHARE", 0.125)
+    exact = sum(table.path_flops(r) for r in acts.tolist())
+    assert flops.tolist() == exact_flops.tolist() == [table.path_flops(r) for r in acts.tolist()]
+    assert exact_executed == exact
+    assert executed == exact + 3 * block[0]  # the 3 skipping rows of decision 0, nothing else
+    assert executed - exact <= walk_module.DENSE_SKIP_SHARE * B * sum(block)
+    torch.testing.assert_close(logits, exact_logits, rtol=1e-5, atol=1e-5)
+    for i in (0, 2, 3, 7):  # the skipping rows kept their input; the others ran the block
+        with torch.no_grad():
+            one, _ = run_routes(net, "skip", x[i : i + 1], acts[i : i + 1])
+        torch.testing.assert_close(one[0], logits[i], rtol=1e-4, atol=1e-4)
+    cheapest = torch.zeros((B, T), dtype=torch.int64)
+    with torch.no_grad():
+        (_, f0), executed0 = counted(run_routes, net, "skip", x, cheapest)
+    assert executed0 == int(f0.sum()) == B * table.path_flops([0] * T)
+    net.train()
+    try:
+        with torch.no_grad():
+            (_, ft), executed_t = counted(run_routes, net, "skip", x, acts)
+    finally:
+        net.eval()
+    assert executed_t == int(ft.sum()) == exact
 
 
 # ------------------------------------------------------------------------------ the walk, step by step
