@@ -9,8 +9,10 @@ decision point it builds exactly the observation the env builds (``tanh(pooled /
 to ``F``, the one-hot of ``t``, the probe confidences with ``obs="probe"``, the FLOPs ratio spent
 so far), runs the policy network, masks the actions a compute ``budget`` forbids exactly as the env
 does, and lets the backbone compute only what was chosen (a batched :class:`~dyncnn_gym.walk.Walk`:
-skipped blocks and pruned channel groups are never computed). So on the test split it gives the
-same predictions, actions and FLOPs as :func:`dyncnn_gym.evaluate` with the same policy.
+skipped blocks and pruned channel groups are not computed, but for a bounded share of a mixed
+batch's rows: :data:`~dyncnn_gym.walk.MERGE_FLOPS`, :data:`~dyncnn_gym.walk.DENSE_SKIP_SHARE`).
+So on the test split it gives the same predictions, actions and FLOPs as
+:func:`dyncnn_gym.evaluate` with the same policy.
 
 The policy is turned into its torch form by :func:`dyncnn_gym.policies.as_policy` (the one adapter
 every face uses) and kept as plain torch modules only (no SB3 object), copied at export time:
