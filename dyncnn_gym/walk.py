@@ -41,9 +41,9 @@ MERGE_FLOPS = 8_000_000
 #: at inference, an identity-shortcut residual block that all but at most this share of a chunk's
 #: rows run is run on every row of the chunk, the skipping rows' input copied back over their output
 #: (instead of gathering the running rows and scattering their outputs back: two copies of nearly
-#: the whole feature map, about a fifth of a 16-channel block's time at 1 CPU thread). The block
-#: then executes at most ``1 / (1 - DENSE_SKIP_SHARE)`` (8/7) times the FLOPs its rows count. ``0``
-#: turns it off.
+#: the whole feature map, and convolutions over freshly copied memory; docs/speed.md measures what
+#: it saves). The block then executes at most ``1 / (1 - DENSE_SKIP_SHARE)`` (8/7) times the FLOPs
+#: its rows count. ``0`` turns it off.
 DENSE_SKIP_SHARE = 0.125
 
 
