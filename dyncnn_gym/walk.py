@@ -14,7 +14,7 @@ the next wider group of the same previous action and its surplus channels droppe
 at most :data:`MERGE_FLOPS` executed FLOPs. So a decision executes at most ``(A - 1) * MERGE_FLOPS``
 FLOPs per chunk more than its samples' routes count, whatever the batch size. Likewise a residual
 block that nearly every sample of a chunk runs is run on the whole chunk at inference, when at most
-:data:`DENSE_SKIP_SHARE` of its rows skip it, and the skipping rows' feature maps are put back: the
+:data:`DENSE_SKIP_SHARE` of its rows skip it, and the skipping rows get their own output back: the
 block then executes at most ``1 / (1 - DENSE_SKIP_SHARE)`` times the FLOPs its samples count. A
 batch whose samples take one route, a single image, and everything under autograd or in training
 mode execute exactly the counted FLOPs.
@@ -38,12 +38,12 @@ from .models.base import CostTable, DynamicNet, first_parameter, param_dtype, st
 #: 5-24 % faster with random per-image widths and 1-6 % with a trained router's routes). ``0`` turns
 #: merging off (executed FLOPs then equal the counted ones for any batch).
 MERGE_FLOPS = 8_000_000
-#: at inference, an identity-shortcut residual block that all but at most this share of a chunk's
-#: rows run is run on every row of the chunk, the skipping rows' input copied back over their output
-#: (instead of gathering the running rows and scattering their outputs back: two copies of nearly
-#: the whole feature map, and convolutions over freshly copied memory; docs/speed.md measures what
-#: it saves). The block then executes at most ``1 / (1 - DENSE_SKIP_SHARE)`` (8/7) times the FLOPs
-#: its rows count. ``0`` turns it off.
+#: at inference in skip mode, a residual block that all but at most this share of a chunk's rows
+#: run is run on every row of the chunk, and the skipping rows' own output (their input, or the
+#: shortcut's) is copied over theirs (instead of gathering the running rows and scattering or
+#: concatenating their outputs: two copies of nearly the whole feature map, and convolutions over
+#: freshly copied memory; docs/speed.md measures what it saves). The block then executes at most
+#: ``1 / (1 - DENSE_SKIP_SHARE)`` (8/7) times the FLOPs its rows count. ``0`` turns it off.
 DENSE_SKIP_SHARE = 0.125
 
 
@@ -422,12 +422,14 @@ class Walk:
         """Decision ``t`` when the previous action does not matter (ResNets): chunks need not be
         split by it. Samples that skip an identity block stay where they are: only the rows that
         execute it are gathered, computed and written back (in place when the chunk is owned and
-        no gradient is recorded), or, at inference when at most :data:`DENSE_SKIP_SHARE` of them
-        skip it, the block runs on the whole chunk and the skipping rows' input is copied back."""
+        no gradient is recorded). At inference in skip mode, where at most :data:`DENSE_SKIP_SHARE`
+        of a chunk's rows skip the block, it runs on the whole chunk instead and the skipping rows
+        get their own output back (their input, or the shortcut's output where the block changes
+        the map's shape)."""
         net, mode = self.net, self.mode
         skip_identity = self._s.identity[t]
         inplace_ok = not torch.is_grad_enabled()
-        dense = DENSE_SKIP_SHARE > 0 and inplace_ok and not net.training
+        dense = DENSE_SKIP_SHARE > 0 and mode == "skip" and inplace_ok and not net.training
         kept: list[_Chunk] = []
         pieces: list[tuple[np.ndarray, torch.Tensor]] = []
         for c in self._chunks:
@@ -439,10 +441,11 @@ class Walk:
                 c.p = a0
                 kept.append(c)
                 continue
-            if skip_identity and dense and (ac == 0).sum() <= DENSE_SKIP_SHARE * ac.shape[0]:
+            if dense and (ac == 0).sum() <= DENSE_SKIP_SHARE * ac.shape[0]:
                 idx = torch.from_numpy(np.flatnonzero(ac == 0)).to(c.x.device)
                 y = net.decision(mode, t, c.x, c.p, 1)
-                _scatter_(y, idx, _gather(c.x, idx))  # the skipping rows keep their input
+                skipped = _gather(c.x, idx)  # the skipping rows' input, or their shortcut's output
+                _scatter_(y, idx, skipped if skip_identity else net.decision(mode, t, skipped, c.p, 0))
                 c.x, c.p, c.owned = y, -1, True
                 kept.append(c)
                 continue

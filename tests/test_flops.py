@@ -289,9 +289,10 @@ def test_dense_skips_bound_the_executed_work_and_keep_every_route(monkeypatch):
     acts[:3, 0] = 0  # 3 of 32 skip decision 0: within the share, so it runs densely
     acts[:, 1] = 0
     acts[:5, 1] = 1  # 5 of 32 run decision 1: computed for those 5 only
+    acts[10:12, 2] = 0  # 2 of 32 skip decision 2, a block that changes the map's shape: dense too
     block = [int(table.steps[t, 1, 1]) for t in range(T)]
     identity = [not net.blocks[1 + t].changes_shape for t in range(T)]
-    assert identity[0] and identity[1], "the test needs identity blocks at decisions 0 and 1"
+    assert identity[:3] == [True, True, False], "the test needs identity blocks at decisions 0, 1 and a downsampling one at 2"
     with torch.no_grad():
         (logits, flops), executed = counted(run_routes, net, "skip", x, acts)
         monkeypatch.setattr(walk_module, "DENSE_SKIP_SHARE", 0)
@@ -300,10 +301,10 @@ def test_dense_skips_bound_the_executed_work_and_keep_every_route(monkeypatch):
     exact = sum(table.path_flops(r) for r in acts.tolist())
     assert flops.tolist() == exact_flops.tolist() == [table.path_flops(r) for r in acts.tolist()]
     assert exact_executed == exact
-    assert executed == exact + 3 * block[0]  # the 3 skipping rows of decision 0, nothing else
+    assert executed == exact + 3 * block[0] + 2 * block[2]  # the skipping rows of decisions 0 and 2
     assert executed - exact <= walk_module.DENSE_SKIP_SHARE * B * sum(block)
     torch.testing.assert_close(logits, exact_logits, rtol=1e-5, atol=1e-5)
-    for i in (0, 2, 3, 7):  # the skipping rows kept their input; the others ran the block
+    for i in (0, 2, 3, 7, 10, 12):  # the skipping rows got their own output; the others ran the block
         with torch.no_grad():
             one, _ = run_routes(net, "skip", x[i : i + 1], acts[i : i + 1])
         torch.testing.assert_close(one[0], logits[i], rtol=1e-4, atol=1e-4)
