@@ -280,13 +280,14 @@ def test_dense_skips_bound_the_executed_work_and_keep_every_route(monkeypatch):
     import dyncnn_gym.walk as walk_module
 
     monkeypatch.setattr(walk_module, "MERGE_FLOPS", 0)
-    net = make_net("resnet20-lite", "user12", 4)
+    monkeypatch.setattr(walk_module, "DENSE_SKIP_SHARE", 0.125)
+    net = make_net("resnet20-lite", "user12", 4, cached=False)  # put in training mode below
     table, T = net.cost_table("skip"), net.num_decisions("skip")
     B = 32
     train = load_test_data("user12").train.images
     x = torch.as_tensor(train[np.arange(B) % len(train)])
     acts = torch.ones((B, T), dtype=torch.int64)
-    acts[:3, 0] = 0  # 3 of 32 skip decision 0: within the share, so it runs densely
+    acts[:3, 0] = 0  # 3 of 32 skip decision 0: within the share (4 of 32), so it runs densely
     acts[:, 1] = 0
     acts[:5, 1] = 1  # 5 of 32 run decision 1: computed for those 5 only
     acts[10:12, 2] = 0  # 2 of 32 skip decision 2, a block that changes the map's shape: dense too
@@ -313,11 +314,8 @@ def test_dense_skips_bound_the_executed_work_and_keep_every_route(monkeypatch):
         (_, f0), executed0 = counted(run_routes, net, "skip", x, cheapest)
     assert executed0 == int(f0.sum()) == B * table.path_flops([0] * T)
     net.train()
-    try:
-        with torch.no_grad():
-            (_, ft), executed_t = counted(run_routes, net, "skip", x, acts)
-    finally:
-        net.eval()
+    with torch.no_grad():
+        (_, ft), executed_t = counted(run_routes, net, "skip", x, acts)
     assert executed_t == int(ft.sum()) == exact
 
 
