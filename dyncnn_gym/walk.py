@@ -441,8 +441,9 @@ class Walk:
                 c.p = a0
                 kept.append(c)
                 continue
-            if dense and (ac == 0).sum() <= DENSE_SKIP_SHARE * ac.shape[0]:
-                idx = torch.from_numpy(np.flatnonzero(ac == 0)).to(c.x.device)
+            skips = np.flatnonzero(ac == 0) if dense else None
+            if skips is not None and skips.shape[0] <= DENSE_SKIP_SHARE * ac.shape[0]:
+                idx = torch.from_numpy(skips).to(c.x.device)
                 y = net.decision(mode, t, c.x, c.p, 1)
                 skipped = _gather(c.x, idx)  # the skipping rows' input, or their shortcut's output
                 _scatter_(y, idx, skipped if skip_identity else net.decision(mode, t, skipped, c.p, 0))
