@@ -203,26 +203,30 @@ def _tanh32(x):
 
 def _confidence(zz):
     """The probe's confidences of logits ``zz [n >= 2]`` (float32 or float64), in float64: top
-    probability, margin between the two best, entropy / log(n)."""
+    probability, margin between the two best, entropy / log(n).
+
+    One exponential per class and one logarithm: with ``e_i = exp(z_i - max z)`` and ``S = sum e_i``,
+    the entropy ``-sum p_i log p_i`` is ``log S - sum e_i (z_i - max z) / S``. (The env's formula
+    clamps each ``p_i`` at 1e-12 inside the logarithm; the two differ by less than 3e-11 per class.)"""
     n = zz.shape[0]
     m = zz[0]
     for i in range(1, n):
         m = max(m, zz[i])
     total = 0.0
-    for i in range(n):
-        total += np.exp(np.float64(zz[i] - m))
+    weighted = 0.0
     top = 0.0
     second = 0.0
-    ent = 0.0
     for i in range(n):
-        p = np.exp(np.float64(zz[i] - m)) / total
-        if p > top:
+        d = np.float64(zz[i] - m)
+        e = np.exp(d)
+        total += e
+        weighted += e * d
+        if e > top:
             second = top
-            top = p
-        elif p > second:
-            second = p
-        ent -= p * np.log(p if p > 1e-12 else 1e-12)
-    return top, top - second, ent / np.log(n)
+            top = e
+        elif e > second:
+            second = e
+    return top / total, (top - second) / total, (np.log(total) - weighted / total) / np.log(n)
 
 
 def _choice(cur, cost, allowed, out, tol):

@@ -172,6 +172,28 @@ def test_host_confidence_is_the_envs(classes):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("classes", [2, 10, 100])
+def test_the_kernels_confidence_is_the_envs_near_ties_and_vanishing_probabilities_included(classes, compiled):
+    gen = torch.Generator().manual_seed(classes)
+    z = torch.cat(
+        [
+            torch.randn(50, classes, generator=gen) * 3,
+            torch.randn(10, classes, generator=gen) * 40,  # probabilities below the env's 1e-12 clamp
+            torch.zeros(2, classes),  # every class tied
+            torch.tensor([[5.0, 5.0] + [0.0] * (classes - 2)]),  # the two best tied
+        ]
+    )
+    helper = native_router._confidence
+    if compiled:
+        numba = pytest.importorskip("numba")
+        helper = numba.njit(helper)
+    want = confidence(z).double().numpy()
+    for zz in (z.double().numpy(), z.numpy()):  # the one-image kernel reads float64, the batch kernel float32
+        got = np.array([helper(row) for row in zz])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("classes", [2, 10, 100])
 def test_host_confidence_of_a_batch_is_the_envs(classes):
     z = torch.randn(50, classes, generator=torch.Generator().manual_seed(classes)) * 3
