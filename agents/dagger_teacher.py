@@ -65,7 +65,7 @@ class Args:
     env: str = arg("DynExit-v0", "routing env id (DynExit-v0, DynChannel-v0, DynSkip-v0, DynRoute-v0, ...)")
     dataset: str = arg("shapes", "data set name (shapes, digits, ...)")
     stages: str = arg("width", "DynExit-v0 only: width or depth stages")
-    obs: str = arg("", "observation mode (default: empty, the env's; probe for the per-decision envs)")
+    obs: str = arg("", "observation mode (default: empty, the env's own; e.g. probe on the per-decision envs)")
     compute_weight: float = arg(0.02, "the reward's compute weight")
     steps: int = arg(40_000, "decisions collected in all")
     n_envs: int = arg(64, "episodes (images) stepped as one batch")
