@@ -164,17 +164,10 @@ def test_heads_without_a_host_form():
     assert HostHead.of(_head(4, 2).half()) is None
 
 
+@pytest.mark.parametrize("helper", ["host", "kernel", "compiled kernel"])
 @pytest.mark.parametrize("classes", [2, 10, 100])
-def test_host_confidence_is_the_envs(classes):
-    z = torch.randn(50, classes, generator=torch.Generator().manual_seed(classes)) * 3
-    want = confidence(z).double().numpy()
-    got = np.array([confidence_host(row.double().numpy()) for row in z])
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("compiled", [False, True])
-@pytest.mark.parametrize("classes", [2, 10, 100])
-def test_the_kernels_confidence_is_the_envs_near_ties_and_vanishing_probabilities_included(classes, compiled):
+def test_host_confidence_is_the_envs_near_ties_and_vanishing_probabilities_included(classes, helper):
+    """The NumPy host's :func:`confidence_host` and the kernels' helper (as Python and compiled)."""
     gen = torch.Generator().manual_seed(classes)
     z = torch.cat(
         [
@@ -184,13 +177,12 @@ def test_the_kernels_confidence_is_the_envs_near_ties_and_vanishing_probabilitie
             torch.tensor([[5.0, 5.0] + [0.0] * (classes - 2)]),  # the two best tied
         ]
     )
-    helper = native_router._confidence
-    if compiled:
-        numba = pytest.importorskip("numba")
-        helper = numba.njit(helper)
+    fn = confidence_host if helper == "host" else native_router._confidence
+    if helper == "compiled kernel":
+        fn = pytest.importorskip("numba").njit(fn)
     want = confidence(z).double().numpy()
     for zz in (z.double().numpy(), z.numpy()):  # the one-image kernel reads float64, the batch kernel float32
-        got = np.array([helper(row) for row in zz])
+        got = np.array([fn(row) for row in zz])
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
